@@ -1,0 +1,325 @@
+"""Load user images (paths, PIL images, NumPy arrays) into one canonical form: ``(H, W, 3)`` uint8 RGB.
+
+Every entry point of the package that accepts an image goes through [`load_image`], so the rules below hold
+everywhere:
+
+- EXIF orientation is applied (a portrait photo stored sideways comes out upright), so the labels returned by the
+  segmenter line up with what an image viewer shows.
+- Grayscale, palette, CMYK and YCbCr images are converted to RGB.
+- Alpha is **dropped**, not composited: the colour channels are kept as stored. Compositing over white or black
+  would invent a background colour that the model would then try to segment; dropping alpha keeps the pixels the
+  user sees in most viewers for opaque regions and leaves transparent regions with whatever colour they store.
+- 16-bit images are rescaled to 8 bit (``round(v / 257)``, so 65535 -> 255), never clipped.
+- A corrupt or truncated file raises [`ImageLoadError`]; truncated images are never decoded silently (this module
+  never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``; if your own code sets it to ``True``, PIL will pad truncated
+  files with grey and this module cannot tell).
+
+[`iter_image_paths`] expands the files, folders and glob patterns given on a command line into a sorted list of
+image files.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageInput", "ImageLoadError", "iter_image_paths", "load_image"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""Lower-case file suffixes that [`iter_image_paths`] picks up when it expands a folder or a glob pattern."""
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+"""Anything [`load_image`] accepts."""
+
+_GLOB_CHARS = frozenset("*?[")
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class ImageLoadError(ValueError):
+    """An image file (or PIL image) could not be decoded into RGB pixels.
+
+    Args:
+        path (`str`):
+            The file that failed, or a short description such as ``"<PIL.Image>"`` for in-memory images.
+        reason (`str`):
+            What went wrong, in words (for example ``"image file is truncated"``).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"Could not load image {self.path!r}: {reason}. Check that the file is a complete, readable image "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}); re-export or re-download it if it is damaged."
+        )
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """Load an image into a fresh ``(H, W, 3)`` uint8 RGB array.
+
+    Args:
+        image (`str`, `os.PathLike`, `PIL.Image.Image` or `np.ndarray`):
+            - a path to an image file (any format PIL reads);
+            - a PIL image in any mode (``"1"``, ``"L"``, ``"LA"``, ``"P"``, ``"PA"``, ``"RGB"``, ``"RGBA"``,
+              ``"CMYK"``, ``"YCbCr"``, ``"I;16"``, ``"I"``, ``"F"``...);
+            - a NumPy array of shape ``(H, W)`` (gray), ``(H, W, 1)`` (gray), ``(H, W, 2)`` (gray + alpha),
+              ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), channels last, with dtype uint8 (0..255),
+              uint16 (0..65535), bool, float (values in [0, 1]) or another integer type whose values lie in 0..255.
+
+    Returns:
+        `np.ndarray` of shape ``(H, W, 3)``, dtype uint8, values in [0, 255], C-contiguous. It never shares memory
+        with the input. For files and PIL images, ``H, W`` are the size *after* EXIF orientation was applied.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ImageLoadError: the file (or PIL image) is corrupt, truncated, not an image, or in a mode that cannot be
+            converted to RGB. Subclass of `ValueError`.
+        ValueError: an array with an unsupported shape, an empty array, non-finite values, or values outside the
+            range its dtype implies (for example floats outside [0, 1]).
+        TypeError: any other input type.
+    """
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    if isinstance(image, Image.Image):
+        name = getattr(image, "filename", "") or "<PIL.Image>"
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageLoadError(name, str(exc) or type(exc).__name__) from exc
+        return _pil_to_rgb(image, name)
+    if isinstance(image, str | os.PathLike):
+        return _load_path(Path(image))
+    hint = " (for a torch tensor, pass tensor.permute(1, 2, 0).cpu().numpy())" if hasattr(image, "permute") else ""
+    raise TypeError(
+        f"load_image expects a path, a PIL.Image.Image or a numpy.ndarray, got {type(image).__name__}{hint}."
+    )
+
+
+def _load_path(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"Image file not found: {str(path)!r}.")
+    if path.is_dir():
+        raise ImageLoadError(path, "it is a folder, not a file (use iter_image_paths to expand folders)")
+    try:
+        with Image.open(path) as pil:
+            # Decode now, inside the try: Image.open is lazy and a truncated file only fails on load().
+            pil.load()
+            return _pil_to_rgb(pil, str(path))
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(path, "not a recognised image format, or the file header is corrupt") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            path, f"{exc} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file, or downscale it)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(path, str(exc) or type(exc).__name__) from exc
+
+
+def _pil_to_rgb(pil: Image.Image, name: str) -> np.ndarray:
+    """Apply EXIF orientation and convert any PIL mode to a ``(H, W, 3)`` uint8 RGB array."""
+    try:
+        oriented = ImageOps.exif_transpose(pil)
+    except Exception as exc:  # a damaged EXIF block must not make a readable image unusable
+        logger.warning("Ignoring unreadable EXIF orientation of %s: %s", name, exc)
+        oriented = pil
+    if oriented is None:  # only returned with in_place=True, kept for safety across Pillow versions
+        oriented = pil
+    mode = oriented.mode
+    try:
+        if mode == "RGB":
+            return np.array(oriented, dtype=np.uint8)
+        if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+            gray = _wide_gray_to_uint8(np.asarray(oriented), mode, name)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        if mode in ("P", "PA"):
+            # Go through RGBA so that palette transparency is interpreted (and then dropped) rather than warned about.
+            return np.array(oriented.convert("RGBA").convert("RGB"), dtype=np.uint8)
+        if mode in ("LA", "La", "RGBa"):
+            return np.array(oriented.convert("RGBA").convert("RGB"), dtype=np.uint8)
+        # "1", "L", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"... : PIL's own conversion (alpha is dropped).
+        return np.array(oriented.convert("RGB"), dtype=np.uint8)
+    except ValueError as exc:
+        raise ImageLoadError(name, f"cannot convert PIL mode {mode!r} to RGB ({exc})") from exc
+
+
+def _wide_gray_to_uint8(values: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """Scale a single-channel 16-bit, 32-bit integer or float PIL image to uint8 without clipping."""
+    if mode in _SIXTEEN_BIT_MODES:
+        return _scale_uint16(values.astype(np.uint16, copy=False))
+    if mode == "I":
+        lo, hi = int(values.min()), int(values.max())
+        if lo >= 0 and hi <= 65535:  # the usual case: a 16-bit PNG/TIFF decoded into 32-bit storage
+            return _scale_uint16(values.astype(np.uint16))
+        logger.warning("Image %s has 32-bit values in [%d, %d]; rescaling min-max to 0..255.", name, lo, hi)
+        return _minmax_to_uint8(values.astype(np.float64))
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageLoadError(name, "float image contains NaN or infinite values")
+    if values.min() >= 0.0 and values.max() <= 1.0:
+        return np.rint(values * 255.0).astype(np.uint8)
+    logger.warning(
+        "Float image %s has values in [%g, %g], not [0, 1]; rescaling min-max to 0..255.",
+        name,
+        values.min(),
+        values.max(),
+    )
+    return _minmax_to_uint8(values)
+
+
+def _scale_uint16(values: np.ndarray) -> np.ndarray:
+    # 65535 / 257 == 255 exactly, so the full 16-bit range maps onto the full 8-bit range.
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _minmax_to_uint8(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.size == 0:
+        raise ValueError(f"Cannot load an empty image array (shape {array.shape}).")
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"Image array of shape {array.shape} looks channels-first; pass channels-last (H, W, C), "
+            "for example array.transpose(1, 2, 0)."
+        )
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"Image array must have shape (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4); got {array.shape}."
+        )
+    pixels = _to_uint8(array)
+    channels = pixels.shape[2]
+    if channels in (1, 2):  # gray (+ alpha, dropped)
+        pixels = np.repeat(pixels[:, :, :1], 3, axis=2)
+    else:  # RGB (+ alpha, dropped)
+        pixels = pixels[:, :, :3]
+    return np.ascontiguousarray(pixels) if not pixels.flags.c_contiguous else pixels
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Convert an array's values to uint8 according to its dtype; always returns a new array."""
+    dtype = array.dtype
+    if dtype == np.uint8:
+        return array.copy()
+    if dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255)
+    if dtype == np.uint16:
+        return _scale_uint16(array)
+    if np.issubdtype(dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("Image array contains NaN or infinite values.")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"Float image arrays must hold values in [0, 1]; got values in [{lo:g}, {hi:g}]. "
+                "Divide by 255 for 0..255 data, or convert to uint8/uint16 first."
+            )
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    if np.issubdtype(dtype, np.integer):
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"Integer image arrays of dtype {dtype} must hold values in 0..255; got [{lo}, {hi}]. "
+                "Pass 16-bit data as uint16, or floats in [0, 1]."
+            )
+        return array.astype(np.uint8)
+    raise ValueError(f"Unsupported image array dtype {dtype}; use uint8, uint16, bool or float in [0, 1].")
+
+
+def iter_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders and glob patterns into a list of image files.
+
+    - A file is kept as given, whatever its extension (naming a file is explicit).
+    - A folder is searched recursively for files whose lower-cased suffix is in [`IMAGE_EXTENSIONS`]; files and
+      folders whose name starts with ``"."`` (hidden files, macOS ``._*`` resource forks) are skipped.
+    - A pattern containing ``*``, ``?`` or ``[`` is expanded with `glob.glob` (``**`` is recursive); matched image
+      files are kept and matched folders are expanded as above.
+
+    Args:
+        inputs (`Iterable[str | os.PathLike]`):
+            Paths and patterns, for example ``["photo.jpg", "data/val", "shots/**/*.png"]``.
+
+    Returns:
+        `list[pathlib.Path]`: the image files, inputs in the order given and each folder or pattern's matches
+        sorted by POSIX path; a file reached twice is listed once (at its first position).
+
+    Raises:
+        TypeError: `inputs` is a single string or path instead of a list of them.
+        FileNotFoundError: an input names a missing path, a folder without images, or a pattern matching no image;
+            the message names that input.
+    """
+    if isinstance(inputs, str | os.PathLike):
+        raise TypeError(
+            f"iter_image_paths expects a list of paths, got the single path {str(inputs)!r}; wrap it in []."
+        )
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        text = os.fspath(raw)
+        matches = _expand_one(text)
+        if not matches:
+            raise FileNotFoundError(_nothing_found_message(text))
+        for path in matches:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(path)
+    return found
+
+
+def _expand_one(text: str) -> list[Path]:
+    path = Path(text)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return _images_under(path)
+    if _GLOB_CHARS.intersection(text):
+        matches: list[Path] = []
+        for match in sorted(glob.glob(text, recursive=True)):
+            candidate = Path(match)
+            if candidate.is_dir():
+                matches.extend(_images_under(candidate))
+            elif candidate.is_file() and _is_image_name(candidate):
+                matches.append(candidate)
+        return matches
+    return []
+
+
+def _images_under(folder: Path) -> list[Path]:
+    images = []
+    for candidate in folder.rglob("*"):
+        relative = candidate.relative_to(folder).parts
+        if any(part.startswith(".") for part in relative):
+            continue
+        if candidate.is_file() and _is_image_name(candidate):
+            images.append(candidate)
+    return sorted(images, key=lambda p: p.as_posix())
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _nothing_found_message(text: str) -> str:
+    path = Path(text)
+    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+    if path.is_dir():
+        return f"No image files ({extensions}) found under folder {text!r}."
+    if _GLOB_CHARS.intersection(text):
+        return f"Pattern {text!r} matched no image files ({extensions})."
+    return f"Input {text!r} does not exist (not a file, folder or glob pattern)."
