@@ -1,0 +1,104 @@
+"""The method's hyperparameters, in one place, with the paper's defaults.
+
+Sources (see ``shared/docs/method.md``): [CODE] = the released scripts at HEAD b3a8686.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["SegmenterConfig", "PAPER_LEVEL_WEIGHTS"]
+
+#: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
+#: for SD1.5 at 512² these are the 8x8, 16x16, 32x32 and 64x64 levels).
+PAPER_LEVEL_WEIGHTS: dict[int, float] = {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}
+
+
+@dataclass
+class SegmenterConfig:
+    """Every knob of the segmentation method. Library defaults live here and only here.
+
+    A model folder may carry ``segmenter_config.json`` with values recommended for that model (chosen on
+    validation data); explicit arguments override it.
+    """
+
+    # Input side length the image is resized to before VAE encoding, aspect not kept ([CODE]: 512 for SD1.5).
+    # None = the UNet's sample_size x the VAE's downsampling factor.
+    resolution: int | None = None
+    # Diffusion timestep the latent is noised to; one UNet forward at this t ([CODE] `times = [100]`).
+    timestep: int = 100
+    # Seed of the noise; the same noise is used for every class of an image ([CODE] used unseeded noise).
+    seed: int = 0
+    # Encode with a sample of the VAE posterior ([CODE] scripts) instead of its mean (demo notebook; deterministic).
+    vae_sample: bool = False
+    # Prompt template; "{}" receives the class phrase ([CODE] VOC12: "a photograph of {c}").
+    template: str = "a photograph of {}"
+    # How one class is written inside the template ("{}" = the bare name, as the paper; e.g. "a {}").
+    class_phrase: str = "{}"
+    # "per_class": one prompt and one UNet sample per class (paper). "single": all classes of an image named in one
+    # prompt, one UNet sample per image (FA-Seg style; faster, chunked when the names exceed the prompt length).
+    prompt_mode: Literal["per_class", "single"] = "per_class"
+    # Separator between class phrases in "single" mode.
+    joiner: str = " and "
+    # Class-token emphasis: z_empty + w * (z - z_empty) on the class tokens (Compel "++" = 1.1**2 = 1.21, [CODE]).
+    # 1.0 disables it.
+    emphasis: float = 1.21
+    # Which sub-token maps stand for a multi-token class name: "mean" of all, "last" ([CODE] VOC10/COCO), "first".
+    token_rule: Literal["mean", "last", "first"] = "mean"
+    # Released-code heuristic: when the captioner's first continuation word ends in "ing", average its first token's
+    # map with the class map ([CODE] L515-518). Off by default: it only applies with a captioner.
+    ing_heuristic: bool = False
+    # Fusion weights keyed by downsampling factor, renormalised over the levels a model has ([CODE] L452).
+    level_weights: dict[int, float] = field(default_factory=lambda: dict(PAPER_LEVEL_WEIGHTS))
+    # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
+    self_attention_steps: int = 1
+    # Constant background score: a pixel is background unless a class scores above it. The released evaluation
+    # swept 0.30-0.74 on the evaluation split itself; 0.4 is a fixed prior inside that range, NOT tuned on any
+    # evaluation split. Model folders may recommend their own value chosen on validation data.
+    tau: float = 0.4
+    # Use the captioner (when one is loaded) to continue the prompt after the class word ([CODE]: BLIP-large).
+    use_captioner: bool = True
+    # Maximum tokens the captioner generates ([CODE]: transformers' default max_length 20).
+    caption_max_tokens: int = 20
+    # UNet samples per forward; None = all samples of a call, halved automatically on out-of-memory.
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.level_weights = {int(k): float(v) for k, v in self.level_weights.items()}
+        if "{}" not in self.template:
+            raise ValueError(f"template {self.template!r} must contain '{{}}' where the class phrase goes")
+        if "{}" not in self.class_phrase:
+            raise ValueError(f"class_phrase {self.class_phrase!r} must contain '{{}}' where the class name goes")
+        if self.prompt_mode not in ("per_class", "single"):
+            raise ValueError(f"prompt_mode must be 'per_class' or 'single', got {self.prompt_mode!r}")
+        if self.token_rule not in ("mean", "last", "first"):
+            raise ValueError(f"token_rule must be 'mean', 'last' or 'first', got {self.token_rule!r}")
+        if not 0 < self.timestep < 1000:
+            raise ValueError(f"timestep must be in 1..999, got {self.timestep}")
+        if self.self_attention_steps < 0:
+            raise ValueError(f"self_attention_steps must be >= 0, got {self.self_attention_steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+    def replace(self, **changes: Any) -> SegmenterConfig:
+        """A copy with some fields changed; unknown names raise ``ValueError`` listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown SegmenterConfig field(s) {unknown}; valid fields: {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides: Any) -> SegmenterConfig:
+        """Load a ``segmenter_config.json``; keys starting with "_" (comments, provenance) are ignored."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = {k: v for k, v in data.items() if not k.startswith("_")}
+        return cls().replace(**{**data, **overrides})

@@ -1,0 +1,427 @@
+"""The DiffSegmenter facade: a frozen text-to-image diffusion model used as a semantic segmenter.
+
+Recipe per image (see ``shared/docs/method.md`` §3 and :class:`~diffsegmenter.config.SegmenterConfig`):
+
+0. load the image as RGB uint8, resize to the model's resolution (aspect not kept), VAE-encode, scale;
+1. noise the latent to ``timestep`` with a seeded generator (the same noise for all classes of the image);
+2. build one prompt per class (or one for all classes in ``"single"`` mode), optionally continued by a captioner,
+   and emphasise the class tokens;
+3. run ONE UNet forward on the conditional prompts only, all prompts of all images in one batch, capturing
+   cross-attention (all layers) and finest-level self-attention through attention processors;
+4. per class: average its tokens' maps per level, fuse levels, complete with the mean self-attention;
+5. upsample to the image size, min-max per class, label by argmax against the background score ``tau``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .aggregation import complete_with_self_attention, fuse_levels, label_with_background, select_token_maps
+from .aggregation import upsample_scores
+from .attention import AttentionStore, capture_attention
+from .config import SegmenterConfig
+from .prompts import ClassPrompt, apply_emphasis, per_class_prompt, select_positions, single_prompts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DiffSegmenter", "SegmentationResult"]
+
+
+@dataclass
+class SegmentationResult:
+    """Segmentation of one image.
+
+    Attributes:
+        labels (`np.ndarray`): (H, W) int32 at the input's size; 0 = background, i = ``classes[i-1]``.
+        scores (`np.ndarray`): (K, H, W) float32 in [0, 1], one map per class in ``classes`` order; each map
+            reaches 1 at its peak (per-class min-max, as the paper).
+        classes (`list[str]`): the classes segmented, in order (after the category filter, if one ran).
+        prompts (`list[str]`): the exact text prompt whose attention gave each class's map.
+        tau (`float`): the background score used for ``labels``.
+        candidates (`dict[str, float] | None`): presence score of every vocabulary class when a filter ran.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: list[str]
+    prompts: list[str]
+    tau: float
+    candidates: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def relabel(self, tau: float) -> np.ndarray:
+        """Labels for another background score, from the stored score maps (no model call).
+
+        Args:
+            tau (`float`): background score.
+
+        Returns:
+            `np.ndarray`: (H, W) int32 labels.
+        """
+        return label_with_background(torch.from_numpy(self.scores), tau).numpy().astype(np.int32)
+
+
+def _validate_classes(classes: Sequence[str]) -> list[str]:
+    if isinstance(classes, str):
+        raise ValueError(f"classes must be a list of names, not the string {classes!r}; e.g. classes=['cat', 'sofa']")
+    out = []
+    seen: dict[str, str] = {}
+    for c in classes:
+        if not isinstance(c, str) or not c.strip():
+            raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)}")
+        name = " ".join(c.split())
+        key = name.lower()
+        if key in seen:
+            raise ValueError(f"duplicate class name {name!r} (also given as {seen[key]!r}); give each class once")
+        seen[key] = name
+        out.append(name)
+    return out
+
+
+class DiffSegmenter:
+    r"""Training-free open-vocabulary semantic segmentation with a frozen latent diffusion model.
+
+    Args:
+        vae (`AutoencoderKL`): the image encoder (its decoder is never used).
+        unet (`UNet2DConditionModel`): the denoiser whose attention is read.
+        text_encoder (`CLIPTextModel`): the prompt encoder.
+        tokenizer (`CLIPTokenizer`): its tokenizer.
+        scheduler: a diffusers scheduler with ``add_noise`` (DDIM/DDPM/PNDM all share SD's noise schedule).
+        config (`SegmenterConfig`, *optional*): method settings; the paper's defaults if not given.
+        captioner (*optional*): an object with ``continue_captions(image, prefixes) -> list[str]`` (e.g.
+            :class:`~diffsegmenter.captioner.BlipCaptioner`); used when ``config.use_captioner``.
+        default_classes (`list[str]`, *optional*): classes used when ``segment`` gets none (a model folder's own).
+
+    Example:
+        ```python
+        >>> seg = DiffSegmenter.from_pretrained("shapes")
+        >>> res = seg.segment(image, classes=["circle", "square"])
+        >>> res.labels.shape, res.scores.shape
+        ((64, 64), (2, 64, 64))
+        ```
+    """
+
+    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, config: SegmenterConfig | None = None,
+                 captioner=None, default_classes: list[str] | None = None) -> None:
+        self.vae = vae.eval().requires_grad_(False)
+        self.unet = unet.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.config = config or SegmenterConfig()
+        self.captioner = captioner
+        self.default_classes = list(default_classes) if default_classes else None
+        self.filters: dict[str, Any] = {}
+        self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model: str | Path = "shapes", *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, config: SegmenterConfig | None = None,
+                        captioner: Any = None, local_files_only: bool | None = None,
+                        **config_overrides: Any) -> DiffSegmenter:
+        """Load a segmenter from ``"shapes"`` (the shipped model), a hub id, or a local diffusers folder.
+
+        Only the components segmentation needs are loaded (vae, unet, text_encoder, tokenizer, scheduler; no safety
+        checker), from safetensors only.
+
+        Args:
+            model (`str` or `Path`): ``"shapes"``, a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``,
+                or a folder in the diffusers layout.
+            device (`str` or `torch.device`, *optional*, defaults to "cpu").
+            dtype (`torch.dtype`, *optional*, defaults to float32): e.g. ``torch.float16`` on a GPU.
+            config (`SegmenterConfig`, *optional*): full settings; otherwise the model folder's
+                ``segmenter_config.json`` if any, else the paper's defaults.
+            captioner (*optional*): a captioner object, or a BLIP hub id / folder to load
+                (e.g. ``"Salesforce/blip-image-captioning-large"``); None = no captioner (template prompts).
+            local_files_only (`bool`, *optional*): never contact the hub (default: the ``HF_HUB_OFFLINE`` setting).
+            **config_overrides: single SegmenterConfig fields to change, e.g. ``tau=0.5``.
+
+        Raises:
+            ModelNotFoundError: the model is neither a local folder nor reachable/cached on the hub; the message says
+                where it looked and how to fix it.
+        """
+        from .loading import load_components
+
+        parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
+        if config is None:
+            config = (SegmenterConfig.from_json(parts["segmenter_config"]) if parts.get("segmenter_config")
+                      else SegmenterConfig())
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        if isinstance(captioner, (str, Path)):
+            from .captioner import BlipCaptioner
+
+            captioner = BlipCaptioner.from_pretrained(captioner, device=device, dtype=dtype,
+                                                      local_files_only=local_files_only)
+        return cls(parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+                   config=config, captioner=captioner, default_classes=parts.get("classes"))
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def resolution(self) -> int:
+        """Side length images are resized to before encoding (512 for SD1.5)."""
+        if self.config.resolution:
+            return int(self.config.resolution)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.unet.config.sample_size) * scale
+
+    # ------------------------------------------------------------------ public API
+    def segment(self, images, classes: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
+                filter: Any = None, seed: int | None = None, tau: float | None = None):
+        """Segment one image or a list of images.
+
+        Args:
+            images: a path, a PIL image or an (H, W[, C]) array (uint8, uint16 or float in [0, 1]); or a list.
+            classes (`list[str]` or `list[list[str]]`, *optional*): class names for every image, or one list per
+                image. With a filter, the vocabulary to choose from. Defaults to the model's own classes, if any.
+            filter (*optional*): None (keep all classes), ``"clip"``, ``"diffusion"``, or a category-filter object
+                with ``scores(image, vocabulary) -> dict`` and ``predict(image, vocabulary) -> list``.
+            seed (`int`, *optional*): noise seed; defaults to ``config.seed``. Same seed, same output.
+            tau (`float`, *optional*): background score; defaults to ``config.tau``.
+
+        Returns:
+            `SegmentationResult` for one image, or a list of them for a list.
+        """
+        from .images import load_image
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            return []
+        arrays = [load_image(x) for x in items]
+        class_lists = self._class_lists(classes, len(arrays))
+        candidates: list[dict[str, float] | None] = [None] * len(arrays)
+        if filter is not None:
+            flt = self._get_filter(filter)
+            for i, (img, vocab) in enumerate(zip(arrays, class_lists)):
+                scores = flt.scores(img, vocab)
+                kept = set(flt.predict(img, vocab, scores=scores)) if _accepts_scores(flt) else set(
+                    flt.predict(img, vocab))
+                candidates[i] = {c: float(scores.get(c, 0.0)) for c in vocab}
+                class_lists[i] = [c for c in vocab if c in kept]
+        results = self._segment_arrays(arrays, class_lists, seed=seed, tau=tau)
+        for r, cand in zip(results, candidates):
+            r.candidates = cand
+        return results[0] if single else results
+
+    def __call__(self, images, classes=None, **kwargs):
+        """Same as :meth:`segment`."""
+        return self.segment(images, classes, **kwargs)
+
+    # ------------------------------------------------------------------ steps
+    def _class_lists(self, classes, n: int) -> list[list[str]]:
+        if classes is None:
+            if not self.default_classes:
+                raise ValueError(
+                    "no classes given: pass classes=['cat', 'sofa', ...] (with filter='clip' or 'diffusion' to pick "
+                    "the present ones from a vocabulary)"
+                )
+            classes = self.default_classes
+        if isinstance(classes, str):
+            raise ValueError(f"classes must be a list of names, not the string {classes!r}")
+        classes = list(classes)
+        if classes and all(isinstance(c, (list, tuple)) for c in classes):
+            if len(classes) != n:
+                raise ValueError(f"got {len(classes)} class lists for {n} images; give one list per image or one list")
+            return [_validate_classes(c) for c in classes]
+        return [_validate_classes(classes) for _ in range(n)]
+
+    def _get_filter(self, filter: Any):
+        if not isinstance(filter, str):
+            return filter
+        if filter not in self.filters:
+            if filter == "diffusion":
+                from .filters.diffusion import DiffusionFilter
+
+                self.filters[filter] = DiffusionFilter(self)
+            else:
+                raise ValueError(
+                    f"filter {filter!r} is not loaded: use filter='diffusion', pass a filter object, or load the "
+                    "paper's BLIP+CLIP filter with seg.filters['clip'] = ClipBlipFilter.from_pretrained(...)"
+                )
+        return self.filters[filter]
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) -> (3, R, R) float in [-1, 1] on the model's device (bilinear, aspect not kept)."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+        r = self.resolution
+        if x.shape[-2:] != (r, r):
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+        return (x[0] * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[np.ndarray], seed: int) -> torch.Tensor:
+        """VAE-encode images and noise them to ``config.timestep``.
+
+        Args:
+            images (`list[np.ndarray]`): RGB uint8 (H, W, 3) arrays.
+            seed (`int`): noise seed; each image gets the noise of ``torch.Generator().manual_seed(seed)``, so an
+                image's result does not depend on which other images share its batch.
+
+        Returns:
+            `torch.Tensor`: (N, c, h, w) noisy latents in the UNet's dtype.
+        """
+        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.vae.dtype)
+        dist = self.vae.encode(pixels).latent_dist
+        if self.config.vae_sample:
+            gens = [torch.Generator().manual_seed(seed + 1) for _ in images]
+            eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
+            z0 = dist.mean + dist.std * eps.to(dist.mean)
+        else:
+            z0 = dist.mean
+        z0 = z0 * self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift:
+            z0 = z0 - shift * self.vae.config.scaling_factor
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed)) for _ in images])
+        t = torch.tensor([self.config.timestep] * len(images), dtype=torch.long)
+        zt = self.scheduler.add_noise(z0.float().cpu(), noise, t)
+        return zt.to(self.device, self.dtype)
+
+    def build_prompts(self, image: np.ndarray, classes: list[str]) -> list[ClassPrompt]:
+        """The prompts for one image's classes (per-class or single-prompt mode, captioner if configured)."""
+        cfg = self.config
+        if cfg.prompt_mode == "single":
+            return single_prompts(self.tokenizer, classes, cfg.template, cfg.class_phrase, cfg.joiner)
+        conts = [""] * len(classes)
+        if self.captioner is not None and cfg.use_captioner and classes:
+            prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
+            conts = list(self.captioner.continue_captions(image, prefixes))
+        return [per_class_prompt(self.tokenizer, c, i, cfg.template, cfg.class_phrase, conts[i], cfg.ing_heuristic)
+                for i, c in enumerate(classes)]
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompt: ClassPrompt) -> torch.Tensor:
+        """Text-encoder output of a prompt with its class tokens emphasised: (T, D) in the UNet's dtype."""
+        key = (*prompt.input_ids, -1, *[p for toks in prompt.class_tokens for p in toks])
+        if key not in self._text_cache:
+            z = self._encode_ids(prompt.input_ids)
+            positions = [p for toks in prompt.class_tokens for p in toks]
+            if self.config.emphasis != 1.0:
+                z = apply_emphasis(z, self._empty_embedding(), positions, self.config.emphasis)
+            if len(self._text_cache) > 4096:
+                self._text_cache.clear()
+            self._text_cache[key] = z
+        return self._text_cache[key]
+
+    def _encode_ids(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], device=self.text_encoder.device)
+        return self.text_encoder(x)[0][0].to(self.dtype)
+
+    def _empty_embedding(self) -> torch.Tensor:
+        ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length)["input_ids"]
+        return self._encode_ids(ids)
+
+    @torch.inference_mode()
+    def attention_maps(self, latents: torch.Tensor, text: torch.Tensor, token_groups: list[list[list[int]]],
+                       cfg_reference: bool = False) -> torch.Tensor:
+        """One UNet forward; per sample, the fused and completed map of each of its classes.
+
+        Args:
+            latents (`torch.Tensor`): (B, c, h, w) noisy latents.
+            text (`torch.Tensor`): (B, T, D) prompt embeddings.
+            token_groups (`list[list[list[int]]]`): per sample, per class, the token positions to average.
+            cfg_reference (`bool`, *optional*): run the released code's [empty prompt, prompt] batch of 2B and read
+                the conditional half (for equivalence tests and the reference benchmark; twice the cost).
+
+        Returns:
+            `torch.Tensor`: (B, C, h, w) float32 maps in [0, 1] at the latent resolution.
+        """
+        b = latents.shape[0]
+        store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
+        if cfg_reference:
+            empty = self._empty_embedding().unsqueeze(0).expand(b, -1, -1)
+            latents = torch.cat([latents, latents])
+            text = torch.cat([empty, text])
+            store.keep_batch = slice(b, 2 * b)
+        t = torch.tensor(self.config.timestep, device=self.device)
+        with capture_attention(self.unet, store):
+            self.unet(latents, t, encoder_hidden_states=text, return_dict=False)
+        per_level = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
+        fused = fuse_levels(per_level, self.config.level_weights)
+        return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps)
+
+    def _segment_arrays(self, arrays: list[np.ndarray], class_lists: list[list[str]], seed: int | None,
+                        tau: float | None) -> list[SegmentationResult]:
+        cfg = self.config
+        seed = cfg.seed if seed is None else int(seed)
+        tau = cfg.tau if tau is None else float(tau)
+        latents = self.encode_images(arrays, seed)
+        # work items: (image index, prompt); a prompt names one class (per_class) or several (single)
+        work: list[tuple[int, ClassPrompt]] = []
+        for i, (img, classes) in enumerate(zip(arrays, class_lists)):
+            work.extend((i, p) for p in self.build_prompts(img, classes))
+        maps: dict[tuple[int, int], torch.Tensor] = {}
+        self._run_batched(work, latents, maps)
+        results = []
+        for i, (img, classes) in enumerate(zip(arrays, class_lists)):
+            h, w = img.shape[:2]
+            prompts_by_class = {ci: p.text for (j, p) in work if j == i for ci in p.class_indices}
+            if classes:
+                low = torch.stack([maps[(i, ci)] for ci in range(len(classes))])
+                scores = upsample_scores(low, (h, w))
+            else:
+                scores = torch.zeros(0, h, w)
+            labels = label_with_background(scores, tau)
+            results.append(SegmentationResult(
+                labels=labels.numpy().astype(np.int32), scores=scores.numpy().astype(np.float32),
+                classes=list(classes), prompts=[prompts_by_class[ci] for ci in range(len(classes))], tau=tau))
+        return results
+
+    def _run_batched(self, work: list[tuple[int, ClassPrompt]], latents: torch.Tensor,
+                     maps: dict[tuple[int, int], torch.Tensor]) -> None:
+        """Run the UNet over work items in batches; on out-of-memory halve the batch and retry."""
+        # prompts naming the same number of classes batch together (select_token_maps needs equal C per batch)
+        groups: dict[int, list[tuple[int, ClassPrompt]]] = {}
+        for item in work:
+            groups.setdefault(len(item[1].class_indices), []).append(item)
+        for items in groups.values():
+            bs = self.config.batch_size or len(items)
+            start = 0
+            while start < len(items):
+                chunk = items[start : start + bs]
+                try:
+                    out = self.attention_maps(
+                        latents[[i for i, _ in chunk]],
+                        torch.stack([self.encode_prompt(p) for _, p in chunk]),
+                        [[select_positions(t, e, self.config.token_rule) for t, e in zip(p.class_tokens,
+                                                                                         p.extra_tokens)]
+                         for _, p in chunk],
+                    )
+                except torch.OutOfMemoryError:
+                    if bs == 1:
+                        raise
+                    bs = max(1, bs // 2)
+                    logger.warning("out of memory; retrying with %d UNet samples per batch", bs)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                for (i, p), m in zip(chunk, out.cpu()):
+                    for ci, cm in zip(p.class_indices, m):
+                        maps[(i, ci)] = cm
+                start += len(chunk)
+
+
+def _accepts_scores(flt: Any) -> bool:
+    import inspect
+
+    try:
+        return "scores" in inspect.signature(flt.predict).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,80 @@
+"""Where a class name sits in a tokenised prompt.
+
+The released code assumed the class token is at a fixed index (4 for "a photograph of X"). Here a prompt is built
+from text segments that are tokenised one by one and concatenated, so the positions of every class name's
+sub-tokens are known exactly (as daam finds a word's span), whatever the template, the name's length or the
+tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ClassTokenError", "TokenisedPrompt", "tokenise_segments"]
+
+
+class ClassTokenError(ValueError):
+    """A class name that the tokenizer cannot place in the prompt (empty after tokenising, or cut off)."""
+
+
+@dataclass
+class TokenisedPrompt:
+    """A prompt as the text encoder sees it.
+
+    Attributes:
+        text (`str`): the prompt text (the segments joined).
+        input_ids (`list[int]`): BOS, the segments' tokens, EOS, then padding; length = the tokenizer's max length.
+        spans (`dict[str, list[int]]`): for each tagged segment, the positions of its tokens in ``input_ids``.
+    """
+
+    text: str
+    input_ids: list[int]
+    spans: dict[str, list[int]] = field(default_factory=dict)
+
+
+def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> TokenisedPrompt:
+    """Tokenise a prompt given as segments, recording the token positions of tagged segments.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with BOS/EOS tokens (``CLIPTokenizer`` for Stable Diffusion).
+        segments (`list[tuple[str, str | None]]`): (text, tag) pieces in order; tags name the spans to record.
+            Pieces are joined with single spaces (empty pieces skipped).
+
+    Returns:
+        `TokenisedPrompt`: the padded ids and the span of every tag.
+
+    Raises:
+        ClassTokenError: a tagged segment produced no token, or the prompt is longer than the tokenizer's
+            ``model_max_length`` (the message names the segment and the lengths).
+    """
+    max_len = int(tokenizer.model_max_length)
+    ids: list[int] = [tokenizer.bos_token_id]
+    spans: dict[str, list[int]] = {}
+    texts = []
+    for text, tag in segments:
+        text = " ".join(text.split())
+        if not text:
+            if tag is not None:
+                raise ClassTokenError(f"class name for {tag!r} is empty; give a non-empty class name")
+            continue
+        texts.append(text)
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if tag is not None:
+            if not piece:
+                raise ClassTokenError(
+                    f"the tokenizer produced no token for class name {text!r}; use a name made of words it can "
+                    "read (letters, digits)"
+                )
+            spans[tag] = list(range(len(ids), len(ids) + len(piece)))
+        ids.extend(piece)
+    ids.append(tokenizer.eos_token_id)
+    if len(ids) > max_len:
+        cut = [tag for tag, pos in spans.items() if pos[-1] >= max_len - 1]
+        raise ClassTokenError(
+            f"prompt of {len(ids)} tokens exceeds the text encoder's {max_len}"
+            + (f"; class name(s) {cut} would be cut off" if cut else "")
+            + ": shorten the template or class names, or use prompt_mode='per_class'"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids.extend([pad] * (max_len - len(ids)))
+    return TokenisedPrompt(text=" ".join(texts), input_ids=ids, spans=spans)
