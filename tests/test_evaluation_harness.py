@@ -1,0 +1,324 @@
+import argparse
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffsegmenter.evaluation import harness
+from diffsegmenter.evaluation.datasets import VOC_CLASSES, load_dataset, voc_colormap
+from diffsegmenter.evaluation.harness import (
+    NO_BACKGROUND_TAU,
+    SWEEP_TAUS,
+    add_eval_arguments,
+    evaluate,
+    parse_shard,
+    run_eval,
+    score_predictions,
+    shard_bounds,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+H, W = 6, 8
+# image id -> foreground VOC class ids painted in it (left block, right block); [] = background only
+IMAGES = {
+    "2007_000001": [15, 12],  # person, dog
+    "2007_000002": [1],  # aeroplane
+    "2007_000003": [],
+    "2007_000004": [20, 15],  # tvmonitor, person
+    "2007_000005": [7],  # car
+}
+
+
+class FakeSegmenter:
+    """Deterministic stand-in for DiffSegmenter: class k scores 0.9 where the red channel equals 10 * its VOC id
+    (how the fake images are painted), 0.1 elsewhere; labels = argmax over [tau, scores] as the real one."""
+
+    def __init__(self, tau: float = 0.4):
+        self.config = SimpleNamespace(tau=tau, seed=0)
+        self.calls: list[dict] = []
+
+    def segment(self, image, classes, **kwargs):
+        assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (H, W, 3)
+        self.calls.append({"classes": list(classes), **kwargs})
+        tau = kwargs.get("tau", self.config.tau)
+        names = [c.lower() for c in VOC_CLASSES]
+        ids = [names.index(c) for c in classes]
+        red = image[..., 0].astype(int)
+        scores = np.stack([np.where(red == 10 * i, 0.9, 0.1) for i in ids]).astype(np.float32)
+        labels = np.concatenate([np.full((1, H, W), tau, np.float32), scores]).argmax(0)
+        return SimpleNamespace(labels=labels.astype(np.int32), scores=scores, classes=list(classes), tau=tau)
+
+
+def make_voc(tmp: Path, images=IMAGES, split="val") -> Path:
+    """Fake VOC2012 in the exact layout (PNG images so that pixel values survive), GT with an ignored first row."""
+    root = tmp / "VOCdevkit" / "VOC2012"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(images) + "\n")
+    for image_id, classes in images.items():
+        gt = np.zeros((H, W), np.uint8)
+        for k, c in enumerate(classes):
+            gt[2:, k * 4 : k * 4 + 3] = c
+        rgb = np.zeros((H, W, 3), np.uint8)
+        rgb[..., 0] = gt * 10
+        gt[0] = 255
+        (root / "JPEGImages").mkdir(exist_ok=True)
+        (root / "SegmentationClass").mkdir(exist_ok=True)
+        Image.fromarray(rgb).save(root / "JPEGImages" / f"{image_id}.png")
+        label = Image.fromarray(gt)
+        label.putpalette(voc_colormap().reshape(-1).tolist())
+        label.save(root / "SegmentationClass" / f"{image_id}.png")
+    return tmp
+
+
+@pytest.fixture
+def voc(tmp_path):
+    return load_dataset("voc21", make_voc(tmp_path / "data"))
+
+
+def gt_names(image_id):
+    return [VOC_CLASSES[c] for c in sorted(IMAGES[image_id])]
+
+
+def test_oracle_end_to_end_and_outputs(voc, tmp_path):
+    seg = FakeSegmenter()
+    out = tmp_path / "out"
+    report = evaluate(seg, voc, out, protocol="oracle", progress=False)
+    # oracle passes exactly the GT classes of each image, in class-id order; no filter, no tau override
+    assert [c["classes"] for c in seg.calls] == [gt_names(i) for i in IMAGES if IMAGES[i]]
+    assert all(set(c) == {"classes"} for c in seg.calls)
+    assert report["mIoU"] == 100.0 and report["aAcc"] == 100.0
+    assert report["per_class_iou"]["person"] == 100.0 and report["per_class_iou"]["cat"] is None
+    assert report["protocol"] == "oracle" and report["tau"] == 0.4 and report["dataset"] == "voc21"
+    assert report["num_images"] == 5 and report["missing_predictions"] == []
+    assert json.loads((out / "metrics.json").read_text()) == report
+    md = (out / "metrics.md").read_text()
+    assert "| person | 100.00 |" in md and "mIoU" in md
+    pred = Image.open(out / "predictions" / "2007_000001.png")
+    assert pred.mode == "P" and pred.getpalette()[3:6] == [128, 0, 0]
+    assert np.array(pred)[3, 0] == 15 and np.array(pred)[3, 4] == 12
+    # the background-only image was not sent to the segmenter but still has a prediction
+    assert (out / "predictions" / "2007_000003.png").is_file()
+    assert not list((out / "predictions").glob("*.tmp")) and not list((out / "predictions").glob(".*"))
+
+
+def test_resume_recomputes_nothing(voc, tmp_path):
+    first = FakeSegmenter()
+    report1 = evaluate(first, voc, tmp_path / "out", protocol="full-vocabulary", progress=False)
+    assert len(first.calls) == 5 and all(len(c["classes"]) == 20 for c in first.calls)
+    second = FakeSegmenter()
+    report2 = evaluate(second, voc, tmp_path / "out", protocol="full-vocabulary", progress=False)
+    assert second.calls == []
+    assert report2["reused"] == 5 and report2["computed"] == 0
+    assert report2["mIoU"] == report1["mIoU"]
+
+
+def test_shards_cover_every_image_once_then_full_run_scores(voc, tmp_path):
+    out = tmp_path / "out"
+    seen = []
+    for i in range(3):
+        seg = FakeSegmenter()
+        summary = evaluate(seg, voc, out, protocol="full-vocabulary", shard=(i, 3), progress=False)
+        assert summary["metrics_computed"] is False
+        seen += [p.stem for p in (out / "predictions").glob("*.png") if p.stem not in seen]
+        assert len(seg.calls) == summary["num_images_in_shard"]
+    assert sorted(seen) == sorted(IMAGES)
+    assert not (out / "metrics.json").exists()
+    final = FakeSegmenter()
+    report = evaluate(final, voc, out, protocol="full-vocabulary", progress=False)
+    assert final.calls == [] and report["mIoU"] == 100.0
+
+
+@pytest.mark.parametrize("num_items", [0, 1, 5, 7, 100])
+@pytest.mark.parametrize("count", [1, 2, 3, 8])
+def test_shard_bounds_partition_like_accelerate(num_items, count):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from accelerate import PartialState
+
+    split = PartialState.split_between_processes.__wrapped__  # the generator behind the context manager
+    items = list(range(num_items))
+    covered = []
+    for index in range(count):
+        start, end = shard_bounds(num_items, index, count)
+        covered += items[start:end]
+        if count > 1:
+            fake_state = SimpleNamespace(num_processes=count, process_index=index)
+            assert next(split(fake_state, items)) == items[start:end]
+    assert covered == items
+
+
+def test_parse_shard():
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_shard(bad)
+
+
+def test_missing_and_unreadable_predictions_count_as_background_and_are_listed(voc, tmp_path):
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, protocol="oracle", shard=(0, 2), progress=False)  # images 1-3 only
+    (out / "predictions" / "2007_000002.png").write_bytes(b"not a png")
+    report = score_predictions(voc, out, progress=False)
+    assert report["missing_predictions"] == ["2007_000002", "2007_000004", "2007_000005"]
+    assert "unreadable" in report["missing_prediction_reasons"]["2007_000002"]
+    assert report["missing_prediction_reasons"]["2007_000004"] == "missing"
+    assert report["num_images"] == 5 and report["protocol"] == "oracle"  # settings read back from run_config.json
+    # scored as background: the classes only in missing images get IoU 0, background loses precision
+    assert report["per_class_iou"]["aeroplane"] == 0.0 and report["per_class_iou"]["car"] == 0.0
+    assert report["per_class_iou"]["dog"] == 100.0 and report["per_class_iou"]["background"] < 100.0
+    assert "2007_000004" in (out / "metrics.md").read_text()
+
+
+def test_existing_unreadable_prediction_is_not_silently_dropped_on_resume(voc, tmp_path):
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, protocol="oracle", progress=False)
+    Image.new("L", (3, 3)).save(out / "predictions" / "2007_000001.png")  # wrong size
+    seg = FakeSegmenter()
+    report = evaluate(seg, voc, out, protocol="oracle", progress=False)
+    assert seg.calls == []
+    assert report["missing_predictions"] == ["2007_000001"]
+    assert "shape" in report["missing_prediction_reasons"]["2007_000001"]
+    assert report["mIoU"] < 100.0
+
+
+def test_paper_protocol_candidate_json_absolute_keys_matched_by_basename(voc, tmp_path):
+    prefix = "/root/autodl-tmp/dataset/VOCdevkit/VOC2012/JPEGImages/"
+    candidates = {
+        "image_similarity": {f"{prefix}2007_000001.jpg": ["people"], f"{prefix}2007_000002.jpg": ["plane"]},
+        "text_similarity": {f"{prefix}2007_000001.jpg": ["dog", "people"], f"{prefix}2007_000002.jpg": []},
+        "synonym_matching": {f"{prefix}2007_000001.jpg": ["cat"]},  # ignored, as in the released code
+    }
+    path = tmp_path / "predict_syn_txt_0.8_img_0.97.json"
+    path.write_text(json.dumps(candidates))
+    seg = FakeSegmenter()
+    report = evaluate(seg, voc, tmp_path / "out", candidates_json=path, limit=3, progress=False)
+    assert [c["classes"] for c in seg.calls] == [["dog", "person"], ["aeroplane"]]  # union, class-id order
+    assert report["protocol"] == "paper" and report["num_images"] == 3
+    assert report["images_without_candidates"] == ["2007_000003"]
+    assert report["mIoU"] == 100.0
+
+
+def test_paper_protocol_with_filter_sends_vocabulary_and_filter(voc, tmp_path):
+    seg = FakeSegmenter()
+    evaluate(seg, voc, tmp_path / "out", filter="clip", limit=1, progress=False)
+    assert seg.calls[0]["filter"] == "clip" and seg.calls[0]["classes"] == list(VOC_CLASSES[1:])
+
+
+def test_tau_is_forwarded_only_when_given(voc, tmp_path):
+    seg = FakeSegmenter()
+    report = evaluate(seg, voc, tmp_path / "out", protocol="oracle", tau=0.95, progress=False)
+    assert all(c["tau"] == 0.95 for c in seg.calls)
+    assert report["tau"] == 0.95
+    assert report["per_class_iou"]["person"] == 0.0  # 0.9 < tau: everything is background
+
+
+def test_dataset_without_background_uses_tau_minus_one(tmp_path):
+    voc20 = load_dataset("voc20", make_voc(tmp_path / "data"))
+    seg = FakeSegmenter()
+    report = evaluate(seg, voc20, tmp_path / "out", protocol="oracle", progress=False)
+    assert all(c["tau"] == NO_BACKGROUND_TAU for c in seg.calls)
+    assert report["tau"] == NO_BACKGROUND_TAU and "never wins" in report["tau_note"]
+    # every pixel of image 2 gets aeroplane (id 0 in voc20); its GT background pixels are ignored
+    pred = np.array(Image.open(tmp_path / "out" / "predictions" / "2007_000002.png"))
+    assert (pred == 0).all()
+    # background-only image: no class to segment -> "no prediction" (255), which only GT-ignored pixels hold
+    assert (np.array(Image.open(tmp_path / "out" / "predictions" / "2007_000003.png")) == 255).all()
+    assert report["mIoU"] == 100.0
+    with pytest.raises(ValueError, match="no background class"):
+        evaluate(FakeSegmenter(), voc20, tmp_path / "out2", protocol="oracle", tau=0.4)
+
+
+def test_tau_sweep_is_optional_and_labelled_optimistic(voc, tmp_path):
+    out = tmp_path / "out"
+    report = evaluate(FakeSegmenter(), voc, out, protocol="oracle", sweep_tau=True, progress=False)
+    sweep = report["tau_sweep_optimistic"]
+    assert sweep["note"] == "tau tuned on this split (optimistic)"
+    assert len(sweep["mIoU_by_tau"]) == len(SWEEP_TAUS) == 45
+    assert list(sweep["mIoU_by_tau"])[0] == "0.30" and list(sweep["mIoU_by_tau"])[-1] == "0.74"
+    assert sweep["best_mIoU"] == 100.0 and report["mIoU"] == 100.0
+    with np.load(out / "scores" / "2007_000001.npz") as data:
+        assert data["scores"].dtype == np.float16 and data["scores"].shape == (2, H, W)
+        assert data["class_ids"].tolist() == [12, 15]
+    plain = evaluate(FakeSegmenter(), voc, tmp_path / "plain", protocol="oracle", progress=False)
+    assert "tau_sweep_optimistic" not in plain and not (tmp_path / "plain" / "scores").exists()
+
+
+def test_changed_settings_refuse_to_mix_predictions(voc, tmp_path):
+    evaluate(FakeSegmenter(), voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
+    with pytest.raises(ValueError, match="protocol: 'oracle' -> 'full-vocabulary'"):
+        evaluate(FakeSegmenter(), voc, tmp_path / "out", protocol="full-vocabulary", limit=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"protocol": "paper"}, "needs per-image candidate classes"),
+        ({"protocol": "oracle", "filter": "clip"}, "apply to protocol 'paper' only"),
+        ({"protocol": "bogus"}, "protocol must be one of"),
+        ({"protocol": "oracle", "limit": 0}, "limit"),
+        ({"protocol": "oracle", "shard": (3, 3)}, "0-based"),
+    ],
+)
+def test_invalid_arguments(voc, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate(FakeSegmenter(), voc, tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()  # rejected before anything is written
+
+
+def test_bad_candidate_json(voc, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"foo": {}}))
+    with pytest.raises(ValueError, match="image_similarity"):
+        evaluate(FakeSegmenter(), voc, tmp_path / "out", candidates_json=path, progress=False)
+    path.write_text(json.dumps({"image_similarity": {"2007_000001.jpg": ["unicorn"]}}))
+    with pytest.raises(ValueError, match="unicorn"):
+        evaluate(FakeSegmenter(), voc, tmp_path / "out2", candidates_json=path, progress=False)
+
+
+def test_cli_glue_forwards_only_given_flags(tmp_path):
+    root = make_voc(tmp_path / "data")
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "out")])
+    optional = {k: v for k, v in vars(args).items() if k not in ("dataset", "root", "out")}
+    assert optional and all(v is None for v in optional.values())
+
+    captured = {}
+
+    def fake_evaluate(segmenter, dataset, out_dir, **kwargs):
+        captured.update(kwargs)
+        return {}
+
+    original = harness.evaluate
+    harness.evaluate = fake_evaluate
+    try:
+        run_eval(args, segmenter=FakeSegmenter())
+        assert captured == {}
+        args = parser.parse_args(
+            ["--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "out"), "--protocol", "oracle",
+             "--shard", "1/2", "--limit", "3", "--sweep-tau", "--no-progress", "--tau", "0.5"]
+        )  # fmt: skip
+        run_eval(args, segmenter=FakeSegmenter())
+        assert captured == {
+            "protocol": "oracle", "shard": (1, 2), "limit": 3, "sweep_tau": True, "progress": False, "tau": 0.5
+        }  # fmt: skip
+    finally:
+        harness.evaluate = original
+
+
+def test_cli_end_to_end_and_score_only(tmp_path):
+    root = make_voc(tmp_path / "data")
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    base = ["--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "out"), "--no-progress"]
+    report = run_eval(parser.parse_args([*base, "--protocol", "oracle"]), segmenter=FakeSegmenter())
+    assert report["mIoU"] == 100.0
+
+    def no_model(_args):
+        raise AssertionError("--score-only must not load a model")
+
+    again = run_eval(parser.parse_args([*base, "--score-only"]), load_segmenter=no_model)
+    assert again["mIoU"] == 100.0 and again["protocol"] == "oracle"
