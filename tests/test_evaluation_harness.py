@@ -322,3 +322,36 @@ def test_cli_end_to_end_and_score_only(tmp_path):
 
     again = run_eval(parser.parse_args([*base, "--score-only"]), load_segmenter=no_model)
     assert again["mIoU"] == 100.0 and again["protocol"] == "oracle"
+
+
+def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
+    import diffsegmenter
+
+    loaded = []
+
+    class FakeDiffSegmenter:
+        @classmethod
+        def from_pretrained(cls, model, **kwargs):
+            loaded.append((model, kwargs))
+            return FakeSegmenter()
+
+    monkeypatch.setattr(diffsegmenter, "DiffSegmenter", FakeDiffSegmenter, raising=False)
+    root = make_voc(tmp_path / "data")
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    base = ["--dataset", "voc21", "--root", str(root), "--protocol", "oracle", "--no-progress", "--limit", "1"]
+    run_eval(parser.parse_args([*base, "--out", str(tmp_path / "a")]))
+    run_eval(
+        parser.parse_args(
+            [*base, "--out", str(tmp_path / "b"), "--model", "my/sd", "--device", "cuda:1",
+             "--set", "token_rule=last", "--set", "ing_heuristic=true", "--set", "template=a photography of {}"]
+        )
+    )  # fmt: skip
+    assert loaded == [
+        (harness.DEFAULT_MODEL, {}),
+        (
+            "my/sd",
+            {"device": "cuda:1", "token_rule": "last", "ing_heuristic": True, "template": "a photography of {}"},
+        ),
+    ]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--out", "x", "--set", "novalue"])

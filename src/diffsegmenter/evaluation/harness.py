@@ -93,6 +93,18 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``FIELD=VALUE``; VALUE is read as JSON when it parses (``true``, ``0.5``, ``[1, 2]``), else as a string."""
+    field_name, sep, raw = text.partition("=")
+    if not sep or not field_name.strip():
+        raise argparse.ArgumentTypeError(f"--set expects FIELD=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return field_name.strip(), value
+
+
 def _candidate_key(key: str) -> str:
     """Normalise an image key of a candidate JSON or an image id: basename, no extension, no COCO-2014 prefix."""
     name = re.split(r"[\\/]", key.strip())[-1]
@@ -633,6 +645,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         help=f"model id or folder (default: 'shapes' for --dataset shapes, else {DEFAULT_MODEL})",
     )
+    parser.add_argument(
+        "--set",
+        dest="config_overrides",
+        metavar="FIELD=VALUE",
+        type=parse_override,
+        action="append",
+        default=None,
+        help="override one SegmenterConfig field, repeatable, e.g. --set token_rule=last (default: the model's config)",
+    )
     parser.add_argument("--captioner", default=None, help="BLIP id or folder for captioned prompts (default: none)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: the library's, cpu)")
     parser.add_argument(
@@ -676,6 +697,7 @@ def _load_segmenter(args: argparse.Namespace) -> Any:
     from diffsegmenter import DiffSegmenter
 
     kwargs = _given(args, {"device": "device", "captioner": "captioner"})
+    kwargs.update(dict(getattr(args, "config_overrides", None) or []))
     if getattr(args, "dtype", None) is not None:
         import torch
 
@@ -702,7 +724,8 @@ def run_eval(
             With ``--score-only`` no segmenter is used or loaded.
         filter (*optional*): a category-filter object to use instead of the ``--filter`` name.
         load_segmenter (*optional*): ``callable(args) -> segmenter`` replacing the default
-            ``DiffSegmenter.from_pretrained(--model, device=..., dtype=..., captioner=...)``.
+            ``DiffSegmenter.from_pretrained(--model, device=..., dtype=..., captioner=..., **--set overrides)``
+            (each keyword only when its flag was given).
 
     Returns:
         `dict`: what [`evaluate`] returns.
