@@ -36,8 +36,13 @@ def resolve_model(model: str | os.PathLike[str]) -> str:
     return str(model)
 
 
-def load_components(model: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32, local_files_only: bool | None = None) -> dict[str, Any]:
+def load_components(
+    model: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+) -> dict[str, Any]:
     """Load vae, unet, text_encoder, tokenizer and scheduler (no safety checker), safetensors only.
 
     Args:

@@ -36,8 +36,15 @@ def _split(template: str) -> tuple[str, str]:
     return before, after
 
 
-def per_class_prompt(tokenizer, name: str, index: int, template: str, class_phrase: str, continuation: str = "",
-                     ing_heuristic: bool = False) -> ClassPrompt:
+def per_class_prompt(
+    tokenizer,
+    name: str,
+    index: int,
+    template: str,
+    class_phrase: str,
+    continuation: str = "",
+    ing_heuristic: bool = False,
+) -> ClassPrompt:
     """The paper's prompt for one class: the template around the class phrase, then the captioner's continuation.
 
     Args:
@@ -54,8 +61,14 @@ def per_class_prompt(tokenizer, name: str, index: int, template: str, class_phra
     """
     t_before, t_after = _split(template)
     p_before, p_after = _split(class_phrase)
-    segments = [(t_before, None), (p_before, None), (name, "class"), (p_after, None), (t_after, None),
-                (continuation, "continuation")]
+    segments = [
+        (t_before, None),
+        (p_before, None),
+        (name, "class"),
+        (p_after, None),
+        (t_after, None),
+        (continuation, "continuation"),
+    ]
     segments = [(text, tag) for text, tag in segments if text.strip() or tag == "class"]
     tp = tokenise_segments(tokenizer, segments)
     extra: list[int] = []

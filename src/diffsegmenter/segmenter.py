@@ -24,8 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .aggregation import complete_with_self_attention, fuse_levels, label_with_background, select_token_maps
-from .aggregation import upsample_scores
+from .aggregation import (
+    complete_with_self_attention,
+    fuse_levels,
+    label_with_background,
+    select_token_maps,
+    upsample_scores,
+)
 from .attention import AttentionStore, capture_attention
 from .config import SegmenterConfig
 from .prompts import ClassPrompt, apply_emphasis, per_class_prompt, select_positions, single_prompts
@@ -109,8 +114,17 @@ class DiffSegmenter:
         ```
     """
 
-    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, config: SegmenterConfig | None = None,
-                 captioner=None, default_classes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        vae,
+        unet,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        config: SegmenterConfig | None = None,
+        captioner=None,
+        default_classes: list[str] | None = None,
+    ) -> None:
         self.vae = vae.eval().requires_grad_(False)
         self.unet = unet.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
@@ -124,10 +138,17 @@ class DiffSegmenter:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, model: str | Path = "shapes", *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, config: SegmenterConfig | None = None,
-                        captioner: Any = None, local_files_only: bool | None = None,
-                        **config_overrides: Any) -> DiffSegmenter:
+    def from_pretrained(
+        cls,
+        model: str | Path = "shapes",
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        config: SegmenterConfig | None = None,
+        captioner: Any = None,
+        local_files_only: bool | None = None,
+        **config_overrides: Any,
+    ) -> DiffSegmenter:
         """Load a segmenter from ``"shapes"`` (the shipped model), a hub id, or a local diffusers folder.
 
         Only the components segmentation needs are loaded (vae, unet, text_encoder, tokenizer, scheduler; no safety
@@ -153,17 +174,29 @@ class DiffSegmenter:
 
         parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
         if config is None:
-            config = (SegmenterConfig.from_json(parts["segmenter_config"]) if parts.get("segmenter_config")
-                      else SegmenterConfig())
+            config = (
+                SegmenterConfig.from_json(parts["segmenter_config"])
+                if parts.get("segmenter_config")
+                else SegmenterConfig()
+            )
         if config_overrides:
             config = config.replace(**config_overrides)
         if isinstance(captioner, (str, Path)):
             from .captioner import BlipCaptioner
 
-            captioner = BlipCaptioner.from_pretrained(captioner, device=device, dtype=dtype,
-                                                      local_files_only=local_files_only)
-        return cls(parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
-                   config=config, captioner=captioner, default_classes=parts.get("classes"))
+            captioner = BlipCaptioner.from_pretrained(
+                captioner, device=device, dtype=dtype, local_files_only=local_files_only
+            )
+        return cls(
+            parts["vae"],
+            parts["unet"],
+            parts["text_encoder"],
+            parts["tokenizer"],
+            parts["scheduler"],
+            config=config,
+            captioner=captioner,
+            default_classes=parts.get("classes"),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -182,8 +215,15 @@ class DiffSegmenter:
         return int(self.unet.config.sample_size) * scale
 
     # ------------------------------------------------------------------ public API
-    def segment(self, images, classes: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
-                filter: Any = None, seed: int | None = None, tau: float | None = None):
+    def segment(
+        self,
+        images,
+        classes: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        *,
+        filter: Any = None,
+        seed: int | None = None,
+        tau: float | None = None,
+    ):
         """Segment one image or a list of images.
 
         Args:
@@ -211,8 +251,11 @@ class DiffSegmenter:
             flt = self._get_filter(filter)
             for i, (img, vocab) in enumerate(zip(arrays, class_lists)):
                 scores = flt.scores(img, vocab)
-                kept = set(flt.predict(img, vocab, scores=scores)) if _accepts_scores(flt) else set(
-                    flt.predict(img, vocab))
+                kept = (
+                    set(flt.predict(img, vocab, scores=scores))
+                    if _accepts_scores(flt)
+                    else set(flt.predict(img, vocab))
+                )
                 candidates[i] = {c: float(scores.get(c, 0.0)) for c in vocab}
                 class_lists[i] = [c for c in vocab if c in kept]
         results = self._segment_arrays(arrays, class_lists, seed=seed, tau=tau)
@@ -303,8 +346,10 @@ class DiffSegmenter:
         if self.captioner is not None and cfg.use_captioner and classes:
             prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
             conts = list(self.captioner.continue_captions(image, prefixes))
-        return [per_class_prompt(self.tokenizer, c, i, cfg.template, cfg.class_phrase, conts[i], cfg.ing_heuristic)
-                for i, c in enumerate(classes)]
+        return [
+            per_class_prompt(self.tokenizer, c, i, cfg.template, cfg.class_phrase, conts[i], cfg.ing_heuristic)
+            for i, c in enumerate(classes)
+        ]
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: ClassPrompt) -> torch.Tensor:
@@ -329,8 +374,13 @@ class DiffSegmenter:
         return self._encode_ids(ids)
 
     @torch.inference_mode()
-    def attention_maps(self, latents: torch.Tensor, text: torch.Tensor, token_groups: list[list[list[int]]],
-                       cfg_reference: bool = False) -> torch.Tensor:
+    def attention_maps(
+        self,
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        token_groups: list[list[list[int]]],
+        cfg_reference: bool = False,
+    ) -> torch.Tensor:
         """One UNet forward; per sample, the fused and completed map of each of its classes.
 
         Args:
@@ -357,8 +407,9 @@ class DiffSegmenter:
         fused = fuse_levels(per_level, self.config.level_weights)
         return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps)
 
-    def _segment_arrays(self, arrays: list[np.ndarray], class_lists: list[list[str]], seed: int | None,
-                        tau: float | None) -> list[SegmentationResult]:
+    def _segment_arrays(
+        self, arrays: list[np.ndarray], class_lists: list[list[str]], seed: int | None, tau: float | None
+    ) -> list[SegmentationResult]:
         cfg = self.config
         seed = cfg.seed if seed is None else int(seed)
         tau = cfg.tau if tau is None else float(tau)
@@ -379,13 +430,20 @@ class DiffSegmenter:
             else:
                 scores = torch.zeros(0, h, w)
             labels = label_with_background(scores, tau)
-            results.append(SegmentationResult(
-                labels=labels.numpy().astype(np.int32), scores=scores.numpy().astype(np.float32),
-                classes=list(classes), prompts=[prompts_by_class[ci] for ci in range(len(classes))], tau=tau))
+            results.append(
+                SegmentationResult(
+                    labels=labels.numpy().astype(np.int32),
+                    scores=scores.numpy().astype(np.float32),
+                    classes=list(classes),
+                    prompts=[prompts_by_class[ci] for ci in range(len(classes))],
+                    tau=tau,
+                )
+            )
         return results
 
-    def _run_batched(self, work: list[tuple[int, ClassPrompt]], latents: torch.Tensor,
-                     maps: dict[tuple[int, int], torch.Tensor]) -> None:
+    def _run_batched(
+        self, work: list[tuple[int, ClassPrompt]], latents: torch.Tensor, maps: dict[tuple[int, int], torch.Tensor]
+    ) -> None:
         """Run the UNet over work items in batches; on out-of-memory halve the batch and retry."""
         # prompts naming the same number of classes batch together (select_token_maps needs equal C per batch)
         groups: dict[int, list[tuple[int, ClassPrompt]]] = {}
@@ -400,9 +458,13 @@ class DiffSegmenter:
                     out = self.attention_maps(
                         latents[[i for i, _ in chunk]],
                         torch.stack([self.encode_prompt(p) for _, p in chunk]),
-                        [[select_positions(t, e, self.config.token_rule) for t, e in zip(p.class_tokens,
-                                                                                         p.extra_tokens)]
-                         for _, p in chunk],
+                        [
+                            [
+                                select_positions(t, e, self.config.token_rule)
+                                for t, e in zip(p.class_tokens, p.extra_tokens)
+                            ]
+                            for _, p in chunk
+                        ],
                     )
                 except torch.OutOfMemoryError:
                     if bs == 1:

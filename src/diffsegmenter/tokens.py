@@ -60,7 +60,8 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
         texts.append(text)
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         if tag is not None:
-            if not piece:
+            unknown = tokenizer.unk_token_id
+            if not piece or (unknown is not None and all(tok == unknown for tok in piece)):
                 raise ClassTokenError(
                     f"the tokenizer produced no token for class name {text!r}; use a name made of words it can "
                     "read (letters, digits)"

@@ -17,11 +17,34 @@ SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 _BASE_CHARS = string.ascii_lowercase + string.digits + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's byte-pair merge loop: merge the lowest-ranked adjacent pair (all its occurrences) until none applies."""
+    word = list(symbols)
+    while len(word) > 1:
+        pairs = {(a, b) for a, b in zip(word, word[1:]) if (a, b) in ranks}
+        if not pairs:
+            break
+        first, second = min(pairs, key=lambda pair: ranks[pair])
+        merged: list[str] = []
+        i = 0
+        while i < len(word):
+            if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(word[i])
+                i += 1
+        word = merged
+    return word
+
+
 def build_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[str]]:
     """Build a CLIP-style BPE vocabulary in which each given word is one token.
 
-    CLIP's BPE splits a word into characters, marks the last one with ``</w>``, then applies merges by rank. A
-    left-to-right chain of merges per word ("c i", "ci r", ..., "circl e</w>") rebuilds each word in full.
+    CLIP's BPE splits a word into characters, marks the last one with ``</w>``, then repeatedly merges the
+    lowest-ranked adjacent pair. Words are added one by one: the word is run through the merges made so far, and new
+    merges (ranked after all existing ones, so they can never change how earlier words tokenise) join its remaining
+    pieces until it is a single token.
 
     Args:
         words (`Iterable[str]`): lower-case words made of the base characters (letters, digits, punctuation).
@@ -32,26 +55,21 @@ def build_vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[s
     """
     vocab: list[str] = list(_BASE_CHARS) + [c + "</w>" for c in _BASE_CHARS]
     seen = set(vocab)
-    merges: list[str] = []
-    merge_seen: set[str] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.strip().lower() for w in words if w.strip()}):
         bad = [c for c in word if c not in _BASE_CHARS]
         if bad:
             raise ValueError(f"word {word!r} has characters {bad} outside the tokenizer's base alphabet")
-        if len(word) == 1:
-            continue
-        left = word[0]
-        for i in range(1, len(word)):
-            right = word[i] + ("</w>" if i == len(word) - 1 else "")
-            rule = f"{left} {right}"
-            left = left + right
-            if rule not in merge_seen:
-                merge_seen.add(rule)
-                merges.append(rule)
-            if left not in seen:
-                seen.add(left)
-                vocab.append(left)
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = _bpe(symbols, ranks)
+        while len(pieces) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            if pieces[0] + pieces[1] not in seen:
+                seen.add(pieces[0] + pieces[1])
+                vocab.append(pieces[0] + pieces[1])
+            pieces = _bpe(symbols, ranks)
     vocab.extend(SPECIAL_TOKENS)
+    merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
     return {tok: i for i, tok in enumerate(vocab)}, merges
 
 

@@ -1,0 +1,94 @@
+"""Known-answer tests of the pure maths on hand-made tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffsegmenter.aggregation import (
+    complete_with_self_attention,
+    fuse_levels,
+    label_with_background,
+    mean_self_attention_matrix,
+    minmax,
+    select_token_maps,
+    upsample_scores,
+)
+
+
+def test_minmax_known_answer_and_constant_map():
+    x = torch.tensor([[[1.0, 3.0], [5.0, 9.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    out = minmax(x)
+    assert torch.allclose(out[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
+    assert torch.equal(out[1], torch.zeros(2, 2))
+
+
+def test_fuse_levels_weights_renormalised_over_present_levels():
+    fine = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # factor 1, min-max = itself
+    coarse = torch.tensor([[[[2.0]]]])  # factor 2, constant -> zeros after min-max
+    fused = fuse_levels({1: fine, 2: coarse}, {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1})
+    # weights 0.1 / 0.1 renormalise to 0.5 / 0.5
+    assert torch.allclose(fused, 0.5 * fine)
+
+
+def test_fuse_levels_paper_weights_on_four_levels():
+    maps = {f: torch.zeros(1, 1, 16 // f, 16 // f) for f in (1, 2, 4, 8)}
+    for f in maps:
+        maps[f][..., 0, 0] = 1.0  # a peak in the top-left cell of every level
+    fused = fuse_levels(maps, {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1})
+    assert fused.shape == (1, 1, 16, 16)
+    assert fused[0, 0, 0, 0] == pytest.approx(1.0)  # every level reaches its max at the corner
+    assert float(fused.min()) >= 0.0 and float(fused.max()) <= 1.0 + 1e-6
+    # a 1x1 level is constant, so it carries no evidence: only the other three levels' weights remain
+    one = {1: maps[1], 8: torch.ones(1, 1, 1, 1)}
+    assert fuse_levels(one, {8: 0.3, 1: 0.1})[0, 0, 0, 0] == pytest.approx(0.25)
+
+
+def test_fuse_levels_missing_weight_raises():
+    with pytest.raises(ValueError, match="no fusion weight"):
+        fuse_levels({16: torch.zeros(1, 1, 2, 2)}, {1: 1.0})
+
+
+def test_select_token_maps_averages_groups():
+    maps = torch.arange(2 * 4 * 1 * 1, dtype=torch.float32).view(2, 4, 1, 1)
+    out = select_token_maps(maps, [[[1, 2], [3]], [[0], [1, 3]]])
+    assert out.flatten().tolist() == [1.5, 3.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 11])
+def test_completion_without_matrix_equals_explicit_product(channels):
+    g = torch.Generator().manual_seed(0)
+    b, heads, h, w, d = 2, 3, 4, 5, 8
+    n = h * w
+    qk = [
+        (torch.randn(b, heads, n, d, generator=g), torch.randn(b, heads, n, d, generator=g), d**-0.5) for _ in range(2)
+    ]
+    maps = torch.rand(b, channels, h, w, generator=g)
+    implicit = complete_with_self_attention(maps, qk, steps=1)
+    s = mean_self_attention_matrix(qk)  # (B, N, N), rows sum to 1
+    assert torch.allclose(s.sum(-1), torch.ones(b, n), atol=1e-5)
+    explicit = torch.einsum("bij,bcj->bci", s, maps.reshape(b, channels, n)).reshape(b, channels, h, w)
+    assert torch.allclose(implicit, explicit, atol=1e-5)
+    two = complete_with_self_attention(maps, qk, steps=2)
+    explicit2 = torch.einsum("bij,bcj->bci", s, explicit.reshape(b, channels, n)).reshape(b, channels, h, w)
+    assert torch.allclose(two, explicit2, atol=1e-5)
+
+
+def test_completion_zero_steps_is_identity():
+    maps = torch.rand(1, 2, 3, 3)
+    assert torch.equal(complete_with_self_attention(maps, [], steps=0), maps)
+
+
+def test_upsample_scores_minmax_each_map():
+    maps = torch.tensor([[[0.2, 0.4], [0.6, 0.8]]])
+    up = upsample_scores(maps, (5, 7))
+    assert up.shape == (1, 5, 7)
+    assert float(up.min()) == pytest.approx(0.0) and float(up.max()) == pytest.approx(1.0)
+
+
+def test_label_with_background_known_answer():
+    scores = torch.tensor([[[0.9, 0.1, 0.5]], [[0.2, 0.3, 0.6]]])  # (K=2, H=1, W=3)
+    labels = label_with_background(scores, tau=0.4)
+    assert labels.tolist() == [[1, 0, 2]]
+    assert label_with_background(scores, tau=0.95).tolist() == [[0, 0, 0]]
+    assert label_with_background(torch.zeros(0, 2, 2), tau=0.4).tolist() == [[0, 0], [0, 0]]

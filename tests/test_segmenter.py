@@ -1,0 +1,137 @@
+"""End-to-end behaviour of the DiffSegmenter facade on tiny random components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffsegmenter import DiffSegmenter, ModelNotFoundError, SegmenterConfig
+from diffsegmenter.prompts import select_positions
+
+
+def _image(h=24, w=40, seed=0):
+    return (np.random.RandomState(seed).rand(h, w, 3) * 255).astype(np.uint8)
+
+
+def test_segment_api_shapes_types_and_prompts(tiny_segmenter):
+    res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"])
+    assert res.labels.shape == (24, 40) and res.labels.dtype == np.int32
+    assert res.scores.shape == (2, 24, 40) and res.scores.dtype == np.float32
+    assert res.scores.min() >= 0.0 and res.scores.max() <= 1.0
+    assert np.allclose(res.scores.reshape(2, -1).max(1), 1.0)  # per-class min-max
+    assert set(np.unique(res.labels)) <= {0, 1, 2}
+    assert res.classes == ["cat", "sofa"]
+    assert res.prompts == ["a photograph of cat", "a photograph of sofa"]
+    assert np.array_equal(res.labels, res.relabel(res.tau))
+
+
+def test_same_seed_identical_output_other_seed_differs(tiny_segmenter):
+    a = tiny_segmenter.segment(_image(), classes=["cat", "sofa"], seed=3)
+    b = tiny_segmenter.segment(_image(), classes=["cat", "sofa"], seed=3)
+    c = tiny_segmenter.segment(_image(), classes=["cat", "sofa"], seed=4)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.scores, c.scores)
+
+
+def test_batched_classes_and_images_equal_one_at_a_time(tiny_segmenter):
+    imgs = [_image(seed=0), _image(20, 20, seed=1)]
+    batched = tiny_segmenter.segment(imgs, classes=["cat", "sofa", "plant"])
+    tiny_segmenter.config = tiny_segmenter.config.replace(batch_size=1)
+    for img, res in zip(imgs, batched):
+        for k, name in enumerate(["cat", "sofa", "plant"]):
+            alone = tiny_segmenter.segment(img, classes=[name])
+            # the per-class map before min-max is the same whatever the batch; after min-max too
+            assert np.allclose(alone.scores[0], res.scores[k], atol=1e-4)
+
+
+def test_conditional_only_equals_cfg_conditional_half(tiny_segmenter):
+    seg = tiny_segmenter
+    latents = seg.encode_images([_image()], seed=0).repeat(2, 1, 1, 1)
+    prompts = [seg.build_prompts(_image(), ["cat", "sofa"])[i] for i in range(2)]
+    text = torch.stack([seg.encode_prompt(p) for p in prompts])
+    groups = [[select_positions(p.class_tokens[0], [], "mean")] for p in prompts]
+    ours = seg.attention_maps(latents, text, groups)
+    released = seg.attention_maps(latents, text, groups, cfg_reference=True)
+    assert torch.allclose(ours, released, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "uint16", "nonsquare_pil"])
+def test_input_kinds_give_labels_at_input_size(tiny_segmenter, kind, tmp_path):
+    rng = np.random.RandomState(0)
+    if kind == "gray":
+        img = (rng.rand(17, 23) * 255).astype(np.uint8)
+    elif kind == "rgba":
+        img = (rng.rand(19, 13, 4) * 255).astype(np.uint8)
+    elif kind == "uint16":
+        path = tmp_path / "deep.png"
+        Image.fromarray((rng.rand(21, 15) * 65535).astype(np.uint16)).save(path)
+        img = str(path)
+    else:
+        img = Image.fromarray((rng.rand(31, 9, 3) * 255).astype(np.uint8))
+    res = tiny_segmenter.segment(img, classes=["cat"])
+    size = {"gray": (17, 23), "rgba": (19, 13), "uint16": (21, 15), "nonsquare_pil": (31, 9)}[kind]
+    assert res.labels.shape == size and res.scores.shape == (1, *size)
+
+
+def test_bad_classes_raise_clear_errors(tiny_segmenter):
+    with pytest.raises(ValueError, match="no token"):
+        tiny_segmenter.segment(_image(), classes=["™"])
+    with pytest.raises(ValueError, match="duplicate"):
+        tiny_segmenter.segment(_image(), classes=["cat", "Cat"])
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny_segmenter.segment(_image(), classes=["cat", " "])
+    with pytest.raises(ValueError, match="list of names"):
+        tiny_segmenter.segment(_image(), classes="cat")
+    with pytest.raises(ValueError, match="no classes given"):
+        tiny_segmenter.segment(_image())
+
+
+def test_single_prompt_mode_names_all_classes_once(tiny_segmenter):
+    tiny_segmenter.config = tiny_segmenter.config.replace(prompt_mode="single", class_phrase="a {}")
+    res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"])
+    assert res.prompts == ["a photograph of a cat and a sofa"] * 2
+    assert res.scores.shape == (2, 24, 40)
+
+
+def test_captioner_continuation_is_batched_and_appended(tiny_segmenter):
+    calls = []
+
+    class FakeCaptioner:
+        def continue_captions(self, image, prefixes):
+            calls.append(list(prefixes))
+            return ["sitting on a sofa" for _ in prefixes]
+
+    tiny_segmenter.captioner = FakeCaptioner()
+    res = tiny_segmenter.segment(_image(), classes=["cat", "dog"])
+    assert calls == [["a photograph of cat", "a photograph of dog"]]  # one call per image, all classes
+    assert res.prompts == ["a photograph of cat sitting on a sofa", "a photograph of dog sitting on a sofa"]
+
+
+def test_from_pretrained_local_folder_and_config_file(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "segmenter_config.json").write_text(json.dumps({"tau": 0.55, "_classes": ["cat", "sofa"]}))
+    seg = DiffSegmenter.from_pretrained(folder, timestep=50)
+    assert seg.config.tau == 0.55 and seg.config.timestep == 50
+    res = seg.segment(_image())  # the folder's own classes
+    assert res.classes == ["cat", "sofa"]
+
+
+def test_missing_model_gives_actionable_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        DiffSegmenter.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(ModelNotFoundError, match="no-such-org/no-such-model"):
+        DiffSegmenter.from_pretrained("no-such-org/no-such-model")
+
+
+def test_unknown_config_field_raises():
+    with pytest.raises(ValueError, match="unknown SegmenterConfig field"):
+        SegmenterConfig().replace(tua=0.3)
+    with pytest.raises(ValueError, match="template"):
+        SegmenterConfig(template="a photo")
