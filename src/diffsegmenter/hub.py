@@ -1,0 +1,227 @@
+"""Load pretrained components from the Hugging Face Hub or a local folder, with errors that say how to fix them.
+
+Every model this package uses (the diffusion model's parts, BLIP, CLIP) is loaded through :func:`load_component`,
+which wraps ``cls.from_pretrained`` so that:
+
+- weights are only ever read from ``.safetensors`` files (``use_safetensors=True`` for model classes);
+- ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set in the environment at call time is honoured
+  (``local_files_only=True``), so nothing is downloaded in offline runs and tests;
+- "not found", "offline" and "no safetensors weights" failures become one :class:`ModelNotFoundError` whose message
+  names the model, where it was looked for, why, and how to fetch it or point to a local copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TRUE_VALUES = {"1", "on", "yes", "true"}
+
+
+class ModelNotFoundError(ValueError):
+    """A pretrained component could not be found locally and could not (or may not) be downloaded.
+
+    Subclasses `ValueError` so that callers validating user input catch it with the other bad-argument errors.
+    """
+
+
+def hub_offline() -> bool:
+    """Whether the Hub must not be contacted: ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is truthy.
+
+    The environment is read at call time (``huggingface_hub.constants.HF_HUB_OFFLINE`` is only read at import), so a
+    variable set after import is honoured too.
+
+    Returns:
+        `bool`: `True` when offline mode is requested.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE_VALUES:
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub always ships with transformers
+        return False
+
+
+def looks_like_local_path(name_or_path: str | os.PathLike[str]) -> bool:
+    """Whether ``name_or_path`` is meant as a filesystem path rather than a Hub repo id (``"org/name"``).
+
+    True for `Path` objects, existing paths, and strings that start with ``/``, ``.``, ``~`` or a drive letter, contain
+    a backslash, or have more than one ``/`` (a Hub id has at most one).
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): what the user passed.
+
+    Returns:
+        `bool`: `True` when it should be treated as a local folder.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return True
+    text = str(name_or_path)
+    if os.path.exists(os.path.expanduser(text)):
+        return True
+    if text.startswith(("/", ".", "~")) or "\\" in text or (len(text) > 1 and text[1] == ":"):
+        return True
+    return text.count("/") > 1
+
+
+def _hub_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str:
+    if cache_dir is not None:
+        return str(cache_dir)
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except (ImportError, AttributeError):  # pragma: no cover
+        return "the Hugging Face cache (HF_HUB_CACHE)"
+
+
+def _takes_weights(cls: type) -> bool:
+    """Whether ``cls.from_pretrained`` loads weights (and so accepts ``use_safetensors``)."""
+    try:
+        import torch
+
+        if issubclass(cls, torch.nn.Module):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return any(base.__name__ == "DiffusionPipeline" for base in cls.__mro__)
+
+
+def _is_load_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the files are not there / cannot be fetched" rather than a genuine bug."""
+    if isinstance(exc, OSError):  # EnvironmentError, FileNotFoundError, huggingface_hub HTTP/offline errors
+        return True
+    try:
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+        if isinstance(exc, (HFValidationError, HfHubHTTPError)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, ValueError) and "safetensors" in str(exc).lower()
+
+
+def _describe(
+    name: str,
+    subfolder: str | None,
+    *,
+    local: bool,
+    offline: bool,
+    local_files_only: bool = False,
+    cache_dir: str | os.PathLike[str] | None,
+    cause: BaseException | None,
+) -> str:
+    what = f"{name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    cause_text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}" if cause is not None else ""
+    if cause is not None and "safetensors" in str(cause).lower():
+        return (
+            f"Could not load {what}: no `.safetensors` weights were found ({cause_text}). This package only loads "
+            "safetensors weights. Use a repository or folder that provides `*.safetensors` files, or convert a "
+            "checkpoint you trust once (load it with `use_safetensors=False`, then `save_pretrained(folder)`) and "
+            "pass that folder."
+        )
+    if local:
+        where = f"the local folder {str(Path(os.path.expanduser(name)).resolve())!r}"
+        target = os.path.join(os.path.expanduser(name), subfolder) if subfolder else os.path.expanduser(name)
+        if not os.path.exists(os.path.expanduser(name)):
+            reason = "that folder does not exist"
+        elif not os.path.isdir(target):
+            reason = f"it has no {subfolder!r} subfolder" if subfolder else "it is not a folder"
+        elif not any(os.scandir(target)):
+            reason = f"{target!r} is empty"
+        else:
+            reason = "the folder does not contain the expected files" + (f" ({cause_text})" if cause_text else "")
+        return (
+            f"Could not load {what} from {where}: {reason}. Pass the path of a folder that holds the model files "
+            "(config + `*.safetensors`), e.g. one written by `save_pretrained` or by `hf download <repo_id> "
+            "--local-dir <folder>`, or pass a Hugging Face Hub id instead."
+        )
+    if offline:
+        why = "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so the Hub was not contacted"
+    elif local_files_only:
+        why = "`local_files_only=True` was passed, so the Hub was not contacted"
+    else:
+        why = "the Hugging Face Hub could not be reached or has no such repository (or it is gated)"
+    return (
+        f"Could not load {what}: it is not in the local Hugging Face cache {_hub_cache_dir(cache_dir)!r} and {why}"
+        + (f" ({cause_text})" if cause_text else "")
+        + f". To fix: on a machine with internet access run `hf download {name}` (or "
+        f"`huggingface-cli download {name}`) and copy the cache (or set HF_HOME / HF_HUB_CACHE to it); or download "
+        f"it with `hf download {name} --local-dir <folder>` and pass that folder path instead of the id; or unset "
+        "HF_HUB_OFFLINE to allow downloading. Check the spelling of the id as well."
+    )
+
+
+def load_component(
+    cls: type[T],
+    name_or_path: str | os.PathLike[str],
+    *,
+    subfolder: str | None = None,
+    local_files_only: bool | None = None,
+    **kwargs: Any,
+) -> T:
+    """Call ``cls.from_pretrained`` on a Hub id or a local folder, safetensors only, with actionable errors.
+
+    Args:
+        cls (`type`): any class with a ``from_pretrained`` classmethod (transformers / diffusers models,
+            tokenizers, processors, schedulers). For model classes (``torch.nn.Module`` subclasses and diffusers
+            pipelines) ``use_safetensors=True`` is passed, so pickle checkpoints are never loaded.
+        name_or_path (`str` or `os.PathLike`): a Hub repo id (``"Salesforce/blip-image-captioning-large"``) or a
+            local folder in the ``save_pretrained`` layout.
+        subfolder (`str`, *optional*): folder inside the repo/folder (e.g. ``"unet"`` in the diffusers layout).
+        local_files_only (`bool`, *optional*): never contact the Hub. Defaults to `True` when ``HF_HUB_OFFLINE`` /
+            ``TRANSFORMERS_OFFLINE`` is set (see :func:`hub_offline`), else `False`. Passing `False` while offline
+            mode is set is overridden to `True`.
+        **kwargs: forwarded to ``from_pretrained`` (e.g. ``cache_dir``, ``revision``, ``torch_dtype``).
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ModelNotFoundError: the files are missing locally and could not (or may not) be downloaded, the local folder
+            does not exist or lacks the files, or there are no ``.safetensors`` weights. The message names the
+            model, where it looked and how to fix it.
+    """
+    name = str(name_or_path)
+    offline = hub_offline()
+    if local_files_only is None or offline:
+        local_files_only = bool(local_files_only) or offline
+    local = looks_like_local_path(name_or_path)
+    cache_dir = kwargs.get("cache_dir")
+    if local:
+        name = os.path.expanduser(name)
+        target = os.path.join(name, subfolder) if subfolder else name
+        if not os.path.isdir(target) or not any(os.scandir(target)):
+            raise ModelNotFoundError(
+                _describe(name, subfolder, local=True, offline=offline, cache_dir=cache_dir, cause=None)
+            )
+    if _takes_weights(cls):
+        kwargs.setdefault("use_safetensors", True)
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
+    logger.debug("Loading %s from %r (local_files_only=%s)", cls.__name__, name, local_files_only)
+    try:
+        return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
+    except Exception as exc:
+        if not _is_load_failure(exc):
+            raise
+        raise ModelNotFoundError(
+            _describe(
+                name,
+                subfolder,
+                local=local,
+                offline=offline,
+                local_files_only=local_files_only,
+                cache_dir=cache_dir,
+                cause=exc,
+            )
+        ) from exc
