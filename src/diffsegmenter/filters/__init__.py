@@ -1,0 +1,51 @@
+"""Category filters: decide which classes of a vocabulary are present in an image (method.md §5).
+
+- :class:`CategoryFilter`: the protocol every filter implements (``scores`` and ``predict``).
+- :class:`ClipBlipFilter`: the paper's recipe, BLIP captions + CLIP image-text and text-text similarity.
+- :func:`load_candidates` / :func:`save_candidates`: the released JSON format of precomputed filter outputs.
+
+Names are resolved lazily, so importing this package loads neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffsegmenter.filters.base import CategoryFilter, validate_vocabulary
+    from diffsegmenter.filters.candidates import image_key, load_candidates, save_candidates
+    from diffsegmenter.filters.clip import ClipBlipDecision, ClipBlipFilter
+
+_LAZY = {
+    "CategoryFilter": "base",
+    "validate_vocabulary": "base",
+    "image_key": "candidates",
+    "load_candidates": "candidates",
+    "save_candidates": "candidates",
+    "ClipBlipDecision": "clip",
+    "ClipBlipFilter": "clip",
+}
+
+__all__ = [
+    "CategoryFilter",
+    "ClipBlipDecision",
+    "ClipBlipFilter",
+    "image_key",
+    "load_candidates",
+    "save_candidates",
+    "validate_vocabulary",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

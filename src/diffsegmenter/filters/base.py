@@ -1,0 +1,71 @@
+"""The category-filter contract: which classes of a vocabulary are present in an image.
+
+In the open-vocabulary setting the segmenter gets a whole vocabulary (20 to 171 classes) and segments only the classes
+a filter keeps: a class the filter misses can never be segmented, and a false one always claims some pixels
+(method.md §5). Every filter (the paper's BLIP+CLIP recipe in :mod:`diffsegmenter.filters.clip`, a diffusion-only
+one) implements :class:`CategoryFilter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class CategoryFilter(Protocol):
+    """Decides which classes of a vocabulary are present in an image."""
+
+    def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
+        """Presence score of every vocabulary class.
+
+        Args:
+            image (`np.ndarray` of shape `(H, W, 3)`, dtype `uint8`): RGB image, values in [0, 255].
+            vocabulary (`list[str]`): candidate class names, unique.
+
+        Returns:
+            `dict[str, float]`: one score per class, in vocabulary order; higher means more likely present. Each
+            filter documents its range (e.g. [0, 1]).
+        """
+        ...
+
+    def predict(self, image: np.ndarray, vocabulary: list[str]) -> list[str]:
+        """Classes judged present.
+
+        Args:
+            image (`np.ndarray` of shape `(H, W, 3)`, dtype `uint8`): RGB image, values in [0, 255].
+            vocabulary (`list[str]`): candidate class names, unique.
+
+        Returns:
+            `list[str]`: the kept classes, in vocabulary order (possibly empty).
+        """
+        ...
+
+
+def validate_vocabulary(vocabulary: Sequence[str]) -> list[str]:
+    """Check that a vocabulary is a non-empty sequence of unique, non-blank class names.
+
+    Args:
+        vocabulary (`Sequence[str]`): candidate class names.
+
+    Returns:
+        `list[str]`: the vocabulary as a list, unchanged.
+
+    Raises:
+        ValueError: not a sequence of strings, empty, blank names, or duplicates (each named in the message).
+    """
+    if isinstance(vocabulary, str):
+        raise ValueError(f"vocabulary must be a list of class names, not a single string: pass [{vocabulary!r}].")
+    vocab = list(vocabulary)
+    if not vocab:
+        raise ValueError("vocabulary is empty: pass the list of candidate class names, e.g. ['cat', 'dog'].")
+    bad = [v for v in vocab if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ValueError(f"vocabulary entries must be non-empty strings; got {bad!r}.")
+    seen: set[str] = set()
+    dupes = sorted({v for v in vocab if v in seen or seen.add(v)})
+    if dupes:
+        raise ValueError(f"vocabulary has duplicate class names {dupes}; each class must appear once.")
+    return vocab

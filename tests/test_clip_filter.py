@@ -1,0 +1,289 @@
+"""The BLIP+CLIP category filter and the released candidate-JSON format, on tiny random CLIP and BLIP models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffsegmenter.captioner import BlipCaptioner
+from diffsegmenter.filters import (
+    CategoryFilter,
+    ClipBlipFilter,
+    image_key,
+    load_candidates,
+    save_candidates,
+    validate_vocabulary,
+)
+from diffsegmenter.filters.clip import _clip_image_processor_class, caption_words, singularize
+from diffsegmenter.hub import ModelNotFoundError
+from tests.test_captioner import build_tiny_blip
+
+torch.set_num_threads(1)
+
+CLIP_TOKENIZER = Path(__file__).parent / "fixtures" / "clip_tokenizer"
+VOCAB = ["cat", "dog", "table", "potted plant", "traffic light", "bus", "man", "sofa"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def build_tiny_clip(tmp_path_factory: pytest.TempPathFactory | None = None, seed: int = 0):
+    """A random CLIPModel (2 layers, width 32, 32x32 images), its tokenizer and a PIL image processor."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    if CLIP_TOKENIZER.is_dir():
+        tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER)
+    else:  # the shared fixture is missing: build a word-level tokenizer instead
+        from diffsegmenter.shapes.tokenizer import save_tokenizer
+
+        assert tmp_path_factory is not None
+        words = " ".join(VOCAB).split() + ["a", "photo", "of", "picture", "sitting", "on", "near"]
+        tokenizer = CLIPTokenizer.from_pretrained(save_tokenizer(words, tmp_path_factory.mktemp("clip_tok")))
+    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(
+        layers,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(layers, image_size=32, patch_size=8)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    image_processor = _clip_image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model, tokenizer, image_processor
+
+
+class FixedCaptioner:
+    """Returns fixed captions, so that text-similarity tests know exactly which words the captions hold."""
+
+    def __init__(self, captions: list[str]) -> None:
+        self.captions = captions
+        self.calls = 0
+
+    def caption(self, image: np.ndarray, prompts: list[str]) -> list[str]:
+        self.calls += 1
+        assert list(prompts) == ["", "a picture of"]
+        return list(self.captions)
+
+
+CAPTIONS = ["a cat sitting on a couch", "a picture of two dogs near a traffic light"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory):
+    return build_tiny_clip(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
+
+
+def count_text_encoder_calls(model) -> list[int]:
+    calls = [0]
+    model.text_model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+# -- the recipe -------------------------------------------------------------------------------------------------
+
+
+def test_argmax_class_always_kept(clip, image) -> None:
+    f = ClipBlipFilter(*clip)  # no captioner: image similarity only
+    assert isinstance(f, CategoryFilter)
+    for seed in range(3):
+        img = np.random.default_rng(seed).integers(0, 256, size=(30, 50, 3), dtype=np.uint8)
+        d = f.explain(img, VOCAB)
+        best = max(VOCAB, key=d.image_logits.__getitem__)
+        assert best in f.predict(img, VOCAB)
+        assert d.image_scores[best] == 1.0
+        assert d.kept == d.image_kept and d.text_kept == [] and d.captions == []
+
+
+def test_scores_are_ratios_in_unit_interval(clip, image) -> None:
+    f = ClipBlipFilter(*clip)
+    d = f.explain(image, VOCAB)
+    scores = f.scores(image, VOCAB)
+    assert list(scores) == VOCAB
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
+    best = max(d.image_logits.values())
+    if best > 0:  # the paper's logit / max logit
+        for c in VOCAB:
+            assert scores[c] == pytest.approx(max(d.image_logits[c], 0.0) / best, abs=1e-5)
+    assert d.kept == [c for c in VOCAB if scores[c] >= 0.97]
+
+
+def test_thresholds(clip, image) -> None:
+    model, tokenizer, processor = clip
+    assert ClipBlipFilter(model, tokenizer, processor, img_rel_threshold=0.0).predict(image, VOCAB) == VOCAB
+    assert ClipBlipFilter(model, tokenizer, processor, img_rel_threshold=1.0001).predict(image, VOCAB) == []
+    # Above 1 nothing passes by image similarity; only exact caption matches pass by text similarity.
+    f = ClipBlipFilter(
+        model, tokenizer, processor, FixedCaptioner(CAPTIONS), img_rel_threshold=1.0001, text_threshold=0.9999
+    )
+    d = f.explain(image, VOCAB)
+    assert d.image_kept == []
+    assert d.kept == d.text_kept == ["cat", "dog", "traffic light"]
+    assert d.best_words["cat"] == "cat" and d.best_words["dog"] == "dog"
+    assert all(f.scores(image, VOCAB)[c] == 1.0 for c in d.kept)
+    assert ClipBlipFilter(*clip, FixedCaptioner(CAPTIONS), text_threshold=None).explain(image, VOCAB).text_kept == []
+
+
+def test_caption_words_matching_a_class_are_kept_by_text(clip, image) -> None:
+    f = ClipBlipFilter(*clip, FixedCaptioner(CAPTIONS))  # paper thresholds
+    d = f.explain(image, VOCAB)
+    assert d.captions == CAPTIONS
+    assert {"cat", "dog", "traffic light"} <= set(d.text_kept)
+    assert all(d.text_scores[c] == pytest.approx(1.0, abs=1e-5) for c in ("cat", "dog", "traffic light"))
+    assert "picture" not in d.words  # prompt words are not evidence (words_from_prompts=False)
+    assert d.kept == [c for c in VOCAB if c in set(d.image_kept) | set(d.text_kept)]
+    assert d.sources() == {"image_similarity": d.image_kept, "text_similarity": d.text_kept}
+    with_prompt = ClipBlipFilter(*clip, FixedCaptioner(CAPTIONS), words_from_prompts=True).explain(image, VOCAB)
+    assert "picture" in with_prompt.words
+
+
+def test_class_embeddings_are_cached(clip, image) -> None:
+    model, tokenizer, processor = build_tiny_clip(seed=1)
+    calls = count_text_encoder_calls(model)
+    f = ClipBlipFilter(model, tokenizer, processor, FixedCaptioner(CAPTIONS))
+    first = f.predict(image, VOCAB)
+    assert calls[0] > 0
+    before = calls[0]
+    assert f.predict(image, VOCAB) == first
+    assert f.scores(np.flipud(image).copy(), VOCAB)
+    assert calls[0] == before  # same vocabulary, same caption words: nothing re-encoded
+    f.predict(image, VOCAB[::-1])  # a different vocabulary is a different cache entry
+    assert calls[0] > before
+    f.clear_cache()
+    before = calls[0]
+    f.predict(image, VOCAB)
+    assert calls[0] > before
+
+
+def test_with_tiny_blip_captioner(clip, image) -> None:
+    captioner = BlipCaptioner(*build_tiny_blip())
+    f = ClipBlipFilter(*clip, captioner)
+    d = f.explain(image, VOCAB)
+    assert d.captions == captioner.caption(image, ["", "a picture of"])
+    assert d.kept and set(d.kept) <= set(VOCAB)
+    assert all(isinstance(w, str) and w for w in d.words)
+
+
+def test_bad_arguments(clip, image) -> None:
+    f = ClipBlipFilter(*clip)
+    with pytest.raises(ValueError, match="duplicate"):
+        f.predict(image, ["cat", "cat"])
+    with pytest.raises(ValueError, match="empty"):
+        f.predict(image, [])
+    with pytest.raises(ValueError, match="single string"):
+        f.predict(image, "cat")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="uint8"):
+        f.predict(image.astype(np.float64), VOCAB)
+    with pytest.raises(ValueError, match="class_template"):
+        ClipBlipFilter(*clip, class_template="A photo of a")
+    with pytest.raises(ValueError, match="caption"):
+        ClipBlipFilter(*clip, object())
+    assert validate_vocabulary(("a", "b")) == ["a", "b"]
+
+
+def test_from_pretrained_reuses_captioner(clip, image, tmp_path: Path) -> None:
+    model, tokenizer, processor = clip
+    folder = tmp_path / "tiny-clip"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    captioner = FixedCaptioner(CAPTIONS)
+    f = ClipBlipFilter.from_pretrained(clip=str(folder), captioner=captioner, text_threshold=0.9)
+    assert f.captioner is captioner and f.text_threshold == 0.9
+    reference = ClipBlipFilter(model, tokenizer, processor, captioner, text_threshold=0.9)
+    assert f.scores(image, VOCAB) == pytest.approx(reference.scores(image, VOCAB), abs=1e-6)
+    with pytest.raises(ModelNotFoundError, match="no-clip-here"):
+        ClipBlipFilter.from_pretrained(clip=str(tmp_path / "no-clip-here"), blip=None)
+
+
+# -- caption words --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "singular"),
+    [("dogs", "dog"), ("puppies", "puppy"), ("buses", "bus"), ("boxes", "box"), ("men", "man"), ("glass", "glass")],
+)
+def test_singularize(word: str, singular: str) -> None:
+    assert singularize(word) == singular
+
+
+def test_caption_words() -> None:
+    words = caption_words(["Two dogs sitting near the traffic lights", "a red bus"], phrases=["traffic light"])
+    assert words == ["dogs", "dog", "traffic", "lights", "light", "traffic light", "bus"]
+    assert "light" not in caption_words(["a light"], non_nouns={"light"})
+    assert "light" in caption_words(["a light"], non_nouns={"light"}, keep=["light"])
+
+
+# -- candidate JSON -------------------------------------------------------------------------------------------------
+
+
+def test_image_key() -> None:
+    assert image_key("/root/autodl-tmp/dataset/VOCdevkit/VOC2012/JPEGImages/2007_000033.jpg") == "2007_000033"
+    assert image_key("2007_000033.jpg") == "2007_000033"
+    assert image_key("2007_000033") == "2007_000033"
+    assert image_key(r"C:\data\COCO_val2014_000000182611.jpg") == "COCO_val2014_000000182611"
+
+
+def test_candidates_round_trip(tmp_path: Path) -> None:
+    per_image = {
+        "2007_000033": {"image_similarity": ["plane"], "text_similarity": ["plane", "people"]},
+        "2007_000042": {"image_similarity": ["train"], "text_similarity": [], "synonym_matching": ["train"]},
+    }
+    path = save_candidates(tmp_path / "sub" / "predict.json", per_image)
+    raw = json.loads(path.read_text())
+    assert list(raw) == ["image_similarity", "text_similarity", "synonym_matching"]
+    assert raw["synonym_matching"]["2007_000033"] == []
+    assert load_candidates(path) == {"2007_000033": ["plane", "people"], "2007_000042": ["train"]}
+    for choice in ("image_similarity", "text_similarity", "synonym_matching"):
+        assert load_candidates(path, choice=[choice]) == {k: v.get(choice, []) for k, v in per_image.items()}
+
+
+def test_candidates_absolute_keys_union_and_order(tmp_path: Path) -> None:
+    root = "/root/autodl-tmp/dataset/VOCdevkit/VOC2012/JPEGImages/"
+    data = {
+        "image_similarity": {root + "2007_000033.jpg": ["plane", "buses"], root + "2007_000129.jpg": ["bicycle"]},
+        "text_similarity": {root + "2007_000033.jpg": ["people", "plane"], root + "2007_000129.jpg": []},
+        "synonym_matching": {root + "2007_000033.jpg": ["car"]},
+    }
+    path = tmp_path / "predict_syn_txt_0.8_img_0.97.json"
+    path.write_text(json.dumps(data))
+    assert load_candidates(path) == {"2007_000033": ["plane", "buses", "people"], "2007_000129": ["bicycle"]}
+    vocab = ["plane", "bicycle", "bird", "boat", "bottle", "buses", "car", "people"]
+    assert load_candidates(path, vocabulary=vocab)["2007_000033"] == ["plane", "buses", "people"]
+    three = load_candidates(path, choice=("image_similarity", "text_similarity", "synonym_matching"), vocabulary=vocab)
+    assert three["2007_000033"] == ["plane", "buses", "car", "people"]
+    with pytest.raises(ValueError, match="not in the given vocabulary"):
+        load_candidates(path, vocabulary=["plane"])
+    with pytest.raises(ValueError, match="lacks"):
+        load_candidates(path, choice=["nope"])
+
+
+def test_candidates_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_candidates(tmp_path / "missing.json")
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({"image_similarity": {"/a/x.jpg": ["cat"], "/b/x.jpg": ["dog"]}}))
+    with pytest.raises(ValueError, match="normalise to image id 'x'"):
+        load_candidates(clash, choice=["image_similarity"])
+    with pytest.raises(ValueError, match="map source names"):
+        save_candidates(tmp_path / "bad.json", {"x": ["cat"]})  # type: ignore[dict-item]
+
+
+def test_filter_decision_writes_candidates(clip, image, tmp_path: Path) -> None:
+    f = ClipBlipFilter(*clip, FixedCaptioner(CAPTIONS))
+    d = f.explain(image, VOCAB)
+    path = save_candidates(tmp_path / "out.json", {"img_0001.jpg": d.sources()})
+    assert load_candidates(path, vocabulary=VOCAB) == {"img_0001": d.kept}
