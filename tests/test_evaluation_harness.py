@@ -249,9 +249,18 @@ def test_tau_sweep_is_optional_and_labelled_optimistic(voc, tmp_path):
 
 
 def test_changed_settings_refuse_to_mix_predictions(voc, tmp_path):
-    evaluate(FakeSegmenter(), voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
+    seg = FakeSegmenter()
+    seg.unet = SimpleNamespace(config={"_name_or_path": "org/model-a"})
+    report = evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
+    assert report["model"] == "org/model-a"
     with pytest.raises(ValueError, match="protocol: 'oracle' -> 'full-vocabulary'"):
-        evaluate(FakeSegmenter(), voc, tmp_path / "out", protocol="full-vocabulary", limit=1, progress=False)
+        evaluate(seg, voc, tmp_path / "out", protocol="full-vocabulary", limit=1, progress=False)
+    seg.unet.config["_name_or_path"] = "org/model-b"
+    with pytest.raises(ValueError, match="model-a"):
+        evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
+    seg.config.template = "a photo of {}"
+    with pytest.raises(ValueError, match="segmenter_config"):
+        evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -335,7 +344,8 @@ def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
             loaded.append((model, kwargs))
             return FakeSegmenter()
 
-    monkeypatch.setattr(diffsegmenter, "DiffSegmenter", FakeDiffSegmenter, raising=False)
+    # setitem, not setattr: reading the old attribute would trigger the package's lazy import of the real model code
+    monkeypatch.setitem(vars(diffsegmenter), "DiffSegmenter", FakeDiffSegmenter)
     root = make_voc(tmp_path / "data")
     parser = add_eval_arguments(argparse.ArgumentParser())
     base = ["--dataset", "voc21", "--root", str(root), "--protocol", "oracle", "--no-progress", "--limit", "1"]

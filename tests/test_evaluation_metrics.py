@@ -2,8 +2,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from diffsegmenter.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
+
+torch.set_num_threads(1)
 
 # 4 classes: 0 background, 1, 2, and 3 which appears in neither GT nor prediction (must be left out of the mean).
 GT = np.array(
@@ -109,10 +113,6 @@ def test_to_dict_percent_and_nan_as_none():
 
 
 def test_equals_torchmetrics_on_random_data():
-    torch = pytest.importorskip("torch")
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-
-    torch.set_num_threads(1)
     num_classes = 7
     rng = np.random.default_rng(1234)
     ours = ConfusionMatrix(num_classes)

@@ -30,7 +30,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -208,6 +208,15 @@ def _config_dict(segmenter: Any) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str, sort_keys=True))
 
 
+def _model_id(segmenter: Any) -> str | None:
+    """Best-effort id of the weights: ``segmenter.name_or_path``, else the UNet config's ``_name_or_path``."""
+    value = getattr(segmenter, "name_or_path", None)
+    if value is None:
+        unet_config = getattr(getattr(segmenter, "unet", None), "config", None)
+        value = unet_config.get("_name_or_path") if isinstance(unet_config, Mapping) else None
+    return str(value) if value else None
+
+
 def _check_run_config(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse to mix predictions made with different settings in one output folder."""
     path = out_dir / RUN_CONFIG
@@ -369,6 +378,7 @@ def evaluate(
         else None,
         "filter": filter if isinstance(filter, str) or filter is None else type(filter).__name__,
         "segmenter": type(segmenter).__name__,
+        "model": _model_id(segmenter),
         "segmenter_config": _config_dict(segmenter),
     }
     _check_run_config(out, fingerprint)
@@ -462,6 +472,7 @@ def evaluate(
         "tau": effective_tau,
         "candidates_json": str(candidates_json) if candidates_json is not None else None,
         "filter": fingerprint["filter"],
+        "model": fingerprint["model"],
         "computed": computed,
         "reused": reused,
     }
@@ -509,7 +520,7 @@ def score_predictions(
         config_path = out / RUN_CONFIG
         if config_path.is_file():
             previous = json.loads(config_path.read_text(encoding="utf-8"))
-            info = {k: previous.get(k) for k in ("protocol", "tau", "filter")}
+            info = {k: previous.get(k) for k in ("protocol", "tau", "filter", "model")}
     no_pred = 0 if dataset.has_background else dataset.ignore_index
     report = _score(dataset, samples, out, no_pred, sweep_tau, progress)
     report.update(
