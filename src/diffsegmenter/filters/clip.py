@@ -27,6 +27,8 @@ of the released ``predict_syn_txt_0.8_img_0.97.json``, with these differences, a
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -171,6 +173,13 @@ def caption_words(
     return list(out)
 
 
+def _image_digest(image: np.ndarray) -> str:
+    """A content hash of an image array (shape included)."""
+    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
 def _fold_name(name: str) -> str:
     return " ".join(normalized_words(name))
 
@@ -300,6 +309,7 @@ class ClipBlipFilter:
         self.cache_size = int(cache_size)
         self._class_cache: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._word_cache: dict[str, torch.Tensor] = {}
+        self._last: tuple[tuple[Any, ...], ClipBlipDecision] | None = None
 
     @classmethod
     def from_pretrained(
@@ -377,6 +387,9 @@ class ClipBlipFilter:
     def explain(self, image: np.ndarray, vocabulary: list[str]) -> ClipBlipDecision:
         """Run the whole recipe on one image and return every intermediate result.
 
+        The last decision is memoised (keyed by a hash of the image bytes, the vocabulary and the settings), so
+        calling :meth:`scores` and :meth:`predict` on the same image runs BLIP and CLIP once.
+
         Args:
             image (`np.ndarray` of shape `(H, W, 3)`, dtype `uint8`): RGB image (a PIL image is accepted too).
             vocabulary (`list[str]`): unique class names.
@@ -391,6 +404,20 @@ class ClipBlipFilter:
 
         vocab = validate_vocabulary(vocabulary)
         image = _as_image_array(image)
+        settings = (
+            self.img_rel_threshold,
+            self.text_threshold,
+            tuple(self.caption_prompts),
+            self.class_template,
+            self.word_max_length,
+            self.stop_words,
+            self.noun_heuristic,
+            self.words_from_prompts,
+            id(self.captioner),
+        )
+        memo_key = (_image_digest(image), tuple(vocab), settings)
+        if self._last is not None and self._last[0] == memo_key:
+            return copy.deepcopy(self._last[1])
         sentence_emb, name_emb = self._class_embeddings(vocab)
 
         # (a) image-text similarity, relative to the best class
@@ -425,7 +452,7 @@ class ClipBlipFilter:
         kept = [c for c in vocab if c in kept_set]
         scores = {c: 1.0 if c in text_kept else image_scores[c] for c in vocab}
         logger.debug("captions=%s words=%s kept=%s", captions, words, kept)
-        return ClipBlipDecision(
+        decision = ClipBlipDecision(
             vocabulary=vocab,
             captions=captions,
             words=words,
@@ -438,11 +465,14 @@ class ClipBlipFilter:
             kept=kept,
             scores=scores,
         )
+        self._last = (memo_key, copy.deepcopy(decision))
+        return decision
 
     def clear_cache(self) -> None:
         """Drop the cached class and word embeddings (e.g. after moving the model)."""
         self._class_cache.clear()
         self._word_cache.clear()
+        self._last = None
 
     # -- internals --------------------------------------------------------------------------------------------------
 
@@ -467,7 +497,7 @@ class ClipBlipFilter:
         """``(sentence embeddings (K, P), name embeddings (K, D))``, float32, unit norm; cached per vocabulary."""
         import torch
 
-        key = tuple(vocab)
+        key = (*vocab, self.class_template, str(self.word_max_length))  # tuple(vocabulary) + what shapes the text
         if key in self._class_cache:
             self._class_cache.move_to_end(key)
             return self._class_cache[key]
