@@ -282,9 +282,9 @@ def test_invalid_arguments(voc, tmp_path, kwargs, match):
 def test_bad_candidate_json(voc, tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"foo": {}}))
-    with pytest.raises(ValueError, match="image_similarity"):
+    with pytest.raises(ValueError, match="image_similarity"):  # not in the released format
         evaluate(FakeSegmenter(), voc, tmp_path / "out", candidates_json=path, progress=False)
-    path.write_text(json.dumps({"image_similarity": {"2007_000001.jpg": ["unicorn"]}}))
+    path.write_text(json.dumps({"image_similarity": {"2007_000001.jpg": ["unicorn"]}, "text_similarity": {}}))
     with pytest.raises(ValueError, match="unicorn"):
         evaluate(FakeSegmenter(), voc, tmp_path / "out2", candidates_json=path, progress=False)
 
@@ -365,3 +365,17 @@ def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
     ]
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--out", "x", "--set", "novalue"])
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("/root/autodl-tmp/dataset/VOCdevkit/VOC2012/JPEGImages/2007_000033.jpg", "2007_000033"),
+        ("2008_000002.jpg", "2008_000002"),
+        ("COCO_val2014_000000182611.jpg", "000000182611"),
+        ("C:\\data\\val2017\\000000000139.jpg", "000000000139"),
+        ("frankfurt_000000_000294", "frankfurt_000000_000294"),
+    ],
+)
+def test_candidate_keys_match_image_ids(key, expected):
+    assert harness._candidate_key(key) == expected

@@ -113,38 +113,33 @@ def _candidate_key(key: str) -> str:
 
 
 def load_candidates(path: str | os.PathLike, dataset: SegmentationDataset) -> dict[str, list[int]]:
-    """Read a candidate-class JSON in the released DiffSegmenter format.
+    """Read a candidate-class JSON in the released DiffSegmenter format and map it onto a dataset.
+
+    Parsing is [`diffsegmenter.filters.candidates.load_candidates`] (the union of ``image_similarity`` and
+    ``text_similarity``; ``synonym_matching`` is ignored, as in the released code); this adds the dataset side.
 
     Args:
-        path: JSON with ``image_similarity`` and/or ``text_similarity``, each ``{image key: [class name, ...]}``.
-            Image keys may be absolute paths (``/root/.../JPEGImages/2007_000033.jpg``), basenames
+        path: the JSON. Image keys may be absolute paths (``/root/.../JPEGImages/2007_000033.jpg``), basenames
             (``2008_000002.jpg``) or COCO-2014 names (``COCO_val2014_000000182611.jpg``); they are matched to image
-            ids by basename without extension. ``synonym_matching`` is ignored, as in the released code.
-        dataset ([`SegmentationDataset`]): to map class names (standard or paper spelling) to class ids.
+            ids by basename without extension (and without the COCO-2014 prefix).
+        dataset ([`SegmentationDataset`]): maps class names (standard or paper spelling) to class ids.
 
     Returns:
-        `dict[str, list[int]]`: normalised image key -> sorted foreground class ids (union of both lists).
+        `dict[str, list[int]]`: normalised image key -> sorted foreground class ids.
     """
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    keys = [k for k in ("image_similarity", "text_similarity") if isinstance(data, dict) and k in data]
-    if not keys:
-        raise ValueError(
-            f"{path} is not a DiffSegmenter candidate JSON: expected top-level keys 'image_similarity' and/or "
-            "'text_similarity', each mapping an image key to a list of class names"
-        )
+    from ..filters.candidates import load_candidates as read_candidate_file
+
     background = 0 if dataset.has_background else None
     union: dict[str, set[int]] = {}
-    for key in keys:
-        for image_key, names in data[key].items():
-            ids = union.setdefault(_candidate_key(image_key), set())
-            for name in names:
-                try:
-                    class_id = dataset.class_index(name)
-                except ValueError as exc:
-                    raise ValueError(f"{path}: {key}[{image_key!r}] lists class {name!r}: {exc}") from None
-                if class_id != background:
-                    ids.add(class_id)
+    for image_key, names in read_candidate_file(path).items():
+        ids = union.setdefault(_candidate_key(image_key), set())
+        for name in names:
+            try:
+                class_id = dataset.class_index(name)
+            except ValueError as exc:
+                raise ValueError(f"{path}: image {image_key!r} lists class {name!r}: {exc}") from None
+            if class_id != background:
+                ids.add(class_id)
     return {k: sorted(v) for k, v in union.items()}
 
 
