@@ -71,9 +71,11 @@ def load_components(
         parts[name] = parts[name].to(device)
     parts["segmenter_config"] = None
     parts["classes"] = None
+    parts["settings"] = {}
     if looks_like_local_path(src):
         cfg = Path(src).expanduser() / "segmenter_config.json"
         if cfg.is_file():
             parts["segmenter_config"] = str(cfg)
-            parts["classes"] = json.loads(cfg.read_text(encoding="utf-8")).get("_classes")
+            parts["settings"] = json.loads(cfg.read_text(encoding="utf-8"))
+            parts["classes"] = parts["settings"].get("_classes")
     return parts

@@ -104,6 +104,8 @@ class DiffSegmenter:
         captioner (*optional*): an object with ``continue_captions(image, prefixes) -> list[str]`` (e.g.
             :class:`~diffsegmenter.captioner.BlipCaptioner`); used when ``config.use_captioner``.
         default_classes (`list[str]`, *optional*): classes used when ``segment`` gets none (a model folder's own).
+        model_settings (`dict`, *optional*): everything the model folder's ``segmenter_config.json`` recommends
+            beyond SegmenterConfig fields (e.g. ``"_diffusion_filter"`` thresholds chosen on validation data).
 
     Example:
         ```python
@@ -124,6 +126,7 @@ class DiffSegmenter:
         config: SegmenterConfig | None = None,
         captioner=None,
         default_classes: list[str] | None = None,
+        model_settings: dict[str, Any] | None = None,
     ) -> None:
         self.vae = vae.eval().requires_grad_(False)
         self.unet = unet.eval().requires_grad_(False)
@@ -133,6 +136,7 @@ class DiffSegmenter:
         self.config = config or SegmenterConfig()
         self.captioner = captioner
         self.default_classes = list(default_classes) if default_classes else None
+        self.model_settings = dict(model_settings or {})
         self.filters: dict[str, Any] = {}
         self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -196,6 +200,7 @@ class DiffSegmenter:
             config=config,
             captioner=captioner,
             default_classes=parts.get("classes"),
+            model_settings=parts.get("settings"),
         )
 
     @property
@@ -309,32 +314,51 @@ class DiffSegmenter:
         return (x[0] * 2.0 - 1.0).clamp(-1.0, 1.0)
 
     @torch.inference_mode()
-    def encode_images(self, images: list[np.ndarray], seed: int) -> torch.Tensor:
-        """VAE-encode images and noise them to ``config.timestep``.
+    def encode_latents(self, images: list[np.ndarray], seed: int) -> torch.Tensor:
+        """VAE-encode images to clean, scaled latents.
 
         Args:
             images (`list[np.ndarray]`): RGB uint8 (H, W, 3) arrays.
-            seed (`int`): noise seed; each image gets the noise of ``torch.Generator().manual_seed(seed)``, so an
-                image's result does not depend on which other images share its batch.
+            seed (`int`): seed of the posterior sample when ``config.vae_sample`` (unused otherwise).
 
         Returns:
-            `torch.Tensor`: (N, c, h, w) noisy latents in the UNet's dtype.
+            `torch.Tensor`: (N, c, h, w) float32 latents on the CPU, scaled by the VAE's scaling factor.
         """
         pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.vae.dtype)
         dist = self.vae.encode(pixels).latent_dist
+        z0 = dist.mean.float().cpu()
         if self.config.vae_sample:
-            gens = [torch.Generator().manual_seed(seed + 1) for _ in images]
-            eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
-            z0 = dist.mean + dist.std * eps.to(dist.mean)
-        else:
-            z0 = dist.mean
-        z0 = z0 * self.vae.config.scaling_factor
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift:
-            z0 = z0 - shift * self.vae.config.scaling_factor
-        noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed)) for _ in images])
+            eps = torch.stack(
+                [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1)) for _ in images]
+            )
+            z0 = z0 + dist.std.float().cpu() * eps
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (z0 - shift) * self.vae.config.scaling_factor
+
+    def noise_like(self, latents: torch.Tensor, seed: int) -> torch.Tensor:
+        """Per-image noise: every image gets ``torch.randn`` of ``torch.Generator().manual_seed(seed)``, so its
+        result does not depend on which other images share the batch. (N, c, h, w) float32 on the CPU."""
+        return torch.stack(
+            [
+                torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))
+                for _ in range(latents.shape[0])
+            ]
+        )
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[np.ndarray], seed: int) -> torch.Tensor:
+        """VAE-encode images and noise them to ``config.timestep`` (the same noise for all classes of an image).
+
+        Args:
+            images (`list[np.ndarray]`): RGB uint8 (H, W, 3) arrays.
+            seed (`int`): noise seed (see :meth:`noise_like`).
+
+        Returns:
+            `torch.Tensor`: (N, c, h, w) noisy latents in the UNet's dtype on its device.
+        """
+        z0 = self.encode_latents(images, seed)
         t = torch.tensor([self.config.timestep] * len(images), dtype=torch.long)
-        zt = self.scheduler.add_noise(z0.float().cpu(), noise, t)
+        zt = self.scheduler.add_noise(z0, self.noise_like(z0, seed), t)
         return zt.to(self.device, self.dtype)
 
     def build_prompts(self, image: np.ndarray, classes: list[str]) -> list[ClassPrompt]:

@@ -1,0 +1,47 @@
+"""The diffusion-only category filter on tiny random components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffsegmenter.filters.diffusion import DiffusionFilter
+
+
+def _image(seed=0):
+    return (np.random.RandomState(seed).rand(32, 32, 3) * 255).astype(np.uint8)
+
+
+def test_scores_predict_and_threshold(tiny_segmenter):
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    vocab = ["cat", "sofa", "plant"]
+    scores = flt.scores(_image(), vocab)
+    assert list(scores) == vocab and all(np.isfinite(v) for v in scores.values())
+    assert flt.scores(_image(), vocab) == scores  # deterministic given the segmenter's seed
+    flt.threshold = -1e9
+    assert flt.predict(_image(), vocab) == vocab
+    flt.threshold = 1e9  # nothing reaches it: the best class is kept
+    assert flt.predict(_image(), vocab, scores=scores) == [max(vocab, key=scores.get)]
+
+
+def test_reduction_maps_shape_and_class_dependence(tiny_segmenter):
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    maps = flt.reduction_maps(_image(), ["cat"])
+    assert maps.shape == (1, 16, 16)
+    # the latent-resolution map depends on which class is named
+    other = flt.reduction_maps(_image(), ["sofa"])
+    assert not np.allclose(maps.numpy(), other.numpy())
+
+
+def test_segment_with_diffusion_filter_keeps_subset(tiny_segmenter):
+    res = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"], filter="diffusion")
+    assert set(res.classes) <= {"cat", "sofa", "plant"} and res.classes
+    assert set(res.candidates) == {"cat", "sofa", "plant"}
+    assert res.scores.shape[0] == len(res.classes)
+
+
+def test_bad_settings_raise(tiny_segmenter):
+    with pytest.raises(ValueError, match="timesteps"):
+        DiffusionFilter(tiny_segmenter, timesteps=(0,))
+    with pytest.raises(ValueError, match="vocabulary"):
+        DiffusionFilter(tiny_segmenter).scores(_image(), [])
