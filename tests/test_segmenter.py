@@ -135,3 +135,24 @@ def test_unknown_config_field_raises():
         SegmenterConfig().replace(tua=0.3)
     with pytest.raises(ValueError, match="template"):
         SegmenterConfig(template="a photo")
+
+
+def test_filter_object_and_unknown_filter(tiny_segmenter):
+    class KeepFirst:
+        def scores(self, image, vocabulary):
+            return {c: float(i == 0) for i, c in enumerate(vocabulary)}
+
+        def predict(self, image, vocabulary):
+            return vocabulary[:1]
+
+    res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"], filter=KeepFirst())
+    assert res.classes == ["cat"] and res.candidates == {"cat": 1.0, "sofa": 0.0}
+    assert res.scores.shape[0] == 1
+    with pytest.raises(ValueError, match="unknown filter"):
+        tiny_segmenter.segment(_image(), classes=["cat"], filter="magic")
+
+
+def test_clip_filter_missing_weights_is_actionable(tiny_segmenter, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="clip-vit-large-patch14|blip-image-captioning-large"):
+        tiny_segmenter.segment(_image(), classes=["cat"], filter="clip")

@@ -291,6 +291,7 @@ class DiffSegmenter:
         return [_validate_classes(classes) for _ in range(n)]
 
     def _get_filter(self, filter: Any):
+        """A filter object from a name ("diffusion", "clip") or the object itself; loaded once and kept."""
         if not isinstance(filter, str):
             return filter
         if filter not in self.filters:
@@ -298,10 +299,18 @@ class DiffSegmenter:
                 from .filters.diffusion import DiffusionFilter
 
                 self.filters[filter] = DiffusionFilter(self)
+            elif filter == "clip":
+                from .captioner import BlipCaptioner
+                from .filters.clip import ClipBlipFilter
+
+                blip = self.captioner if isinstance(self.captioner, BlipCaptioner) else None
+                self.filters[filter] = ClipBlipFilter.from_pretrained(
+                    device=self.device, dtype=self.dtype, captioner=blip
+                )
             else:
                 raise ValueError(
-                    f"filter {filter!r} is not loaded: use filter='diffusion', pass a filter object, or load the "
-                    "paper's BLIP+CLIP filter with seg.filters['clip'] = ClipBlipFilter.from_pretrained(...)"
+                    f"unknown filter {filter!r}: use None, 'clip' (BLIP + CLIP, the paper's recipe), 'diffusion' "
+                    "(the diffusion model alone), or pass a filter object with scores() and predict()"
                 )
         return self.filters[filter]
 

@@ -2,6 +2,7 @@
 
 - :class:`CategoryFilter`: the protocol every filter implements (``scores`` and ``predict``).
 - :class:`ClipBlipFilter`: the paper's recipe, BLIP captions + CLIP image-text and text-text similarity.
+- :class:`DiffusionFilter`: needs only the diffusion model (denoising-error reduction of each class prompt).
 - :func:`load_candidates` / :func:`save_candidates`: the released JSON format of precomputed filter outputs.
 
 Names are resolved lazily, so importing this package loads neither torch nor transformers.
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from diffsegmenter.filters.base import CategoryFilter, validate_vocabulary
     from diffsegmenter.filters.candidates import image_key, load_candidates, save_candidates
     from diffsegmenter.filters.clip import ClipBlipDecision, ClipBlipFilter
+    from diffsegmenter.filters.diffusion import DiffusionFilter
 
 _LAZY = {
     "CategoryFilter": "base",
@@ -25,12 +27,14 @@ _LAZY = {
     "save_candidates": "candidates",
     "ClipBlipDecision": "clip",
     "ClipBlipFilter": "clip",
+    "DiffusionFilter": "diffusion",
 }
 
 __all__ = [
     "CategoryFilter",
     "ClipBlipDecision",
     "ClipBlipFilter",
+    "DiffusionFilter",
     "image_key",
     "load_candidates",
     "save_candidates",
