@@ -1,0 +1,324 @@
+"""Tests for the ``diffsegmenter`` command (diffsegmenter.cli) on the tiny random model: every format's content,
+the defaults-forwarding rule, resume after a SIGKILL, a folder of broken images, usage errors and the demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffsegmenter import cli
+from diffsegmenter.outputs import (
+    colorize_scores,
+    decode_rle_records,
+    is_done,
+    load_label_png,
+    load_npz,
+    load_rle_json,
+    load_sidecar,
+)
+
+torch.set_num_threads(1)
+
+ALL_FORMATS = "png,overlay,heatmaps,rle,npz"
+SHIPPED_MODEL = Path(cli.__file__).parent / "models" / "shapes"
+
+
+def _save_random(path: Path, size: tuple[int, int], seed: int) -> Path:
+    """A random RGB image of (height, width) `size`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def test_no_flags_forward_no_overrides() -> None:
+    args = cli.build_parser().parse_args(["segment", "x.png", "--out", "o"])
+    assert cli.config_overrides(args) == {}
+    assert cli.load_kwargs(args) == {}
+    assert args.model is None and args.classes is None and args.format is None and args.filter is None
+
+    args = cli.build_parser().parse_args(
+        ["segment", "x.png", "--out", "o", "--tau", "0.3", "--prompt-mode", "single", "--set", "emphasis=1.0"]
+        + ["--set", "tau=0.9", "--batch-size", "4", "--dtype", "fp16", "--captioner", "none"]
+    )
+    assert cli.config_overrides(args) == {"emphasis": 1.0, "tau": 0.3, "prompt_mode": "single", "batch_size": 4}
+    assert cli.load_kwargs(args) == {"dtype": torch.float16}  # --captioner none = no captioner = not forwarded
+
+
+def test_parse_classes_and_formats() -> None:
+    assert cli.parse_classes(" cat,  potted   plant ,sofa") == ["cat", "potted plant", "sofa"]
+    assert cli.parse_formats("npz, png") == ["png", "npz"]
+    assert cli.parse_formats(None) == list(cli.DEFAULT_FORMATS)
+    for bad in ("cat,,sofa", "cat,Cat", ""):
+        with pytest.raises(cli.CliError):
+            cli.parse_classes(bad)
+    with pytest.raises(cli.CliError, match="jpeg"):
+        cli.parse_formats("png,jpeg")
+
+
+def test_collect_jobs_keeps_subfolders_and_unique_names(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for rel in ("a/x.png", "b/x.png", "x.png", "x.jpg", "out/old.png"):
+        _save_random(src / rel, (4, 4), 0)
+    out = src / "out"  # an output folder inside the input folder is never read as input
+    jobs = cli.collect_jobs([str(src), str(src / "x.png")], out)
+    got = {(j.path.relative_to(src).as_posix(), j.out_dir.relative_to(out).as_posix(), j.stem) for j in jobs}
+    assert got == {("a/x.png", "a", "x"), ("b/x.png", "b", "x"), ("x.jpg", ".", "x"), ("x.png", ".", "x.png")}
+    with pytest.raises(cli.CliError, match="input folder"):
+        cli.collect_jobs([str(src)], src)
+
+
+# ------------------------------------------------------------------------------------------------ formats
+
+
+def test_every_format_matches_the_library(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    from diffsegmenter import DiffSegmenter
+
+    src = tmp_path / "in"
+    paths = [_save_random(src / "one" / "img.png", (40, 56), 1), _save_random(src / "two" / "img.png", (36, 36), 2)]
+    out = tmp_path / "out"
+    classes = ["circle", "square", "triangle"]
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", ",".join(classes)]
+    code, stdout, _ = _run(argv + ["--format", ALL_FORMATS, "--tau", "0.45", "--seed", "3", "--quiet"], capsys)
+    assert code == 0 and stdout == ""
+    assert not (out / "skipped.json").exists()
+
+    seg = DiffSegmenter.from_pretrained(tiny_model_dir, tau=0.45, seed=3)
+    for path in paths:
+        ref = seg.segment(path, classes=classes)
+        folder, stem = out / path.parent.name, path.stem  # sub-folders kept: same-named files don't collide
+        assert is_done(folder, stem, ALL_FORMATS.split(","))
+        labels = load_label_png(folder / f"{stem}.png")
+        np.testing.assert_array_equal(labels, ref.labels)
+        assert len(np.unique(labels)) > 1  # a non-trivial comparison
+        masks = decode_rle_records(load_rle_json(folder / f"{stem}.rle.json")["annotations"])
+        assert list(masks) == classes
+        for i, name in enumerate(classes, start=1):
+            np.testing.assert_array_equal(masks[name], ref.labels == i)
+            heat = np.asarray(Image.open(folder / f"{stem}.heatmaps" / f"{name}.png").convert("RGB"))
+            np.testing.assert_array_equal(heat, colorize_scores(ref.scores[i - 1]))
+        npz = load_npz(folder / f"{stem}.npz")
+        np.testing.assert_allclose(npz["scores"], ref.scores, atol=1e-6)
+        assert npz["classes"] == classes
+        np.testing.assert_array_equal(npz["labels"], ref.labels)
+        with Image.open(folder / f"{stem}.overlay.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.width >= ref.labels.shape[1]
+            assert overlay.height > ref.labels.shape[0]  # legend strip below the image
+        sidecar = load_sidecar(folder / f"{stem}.json")
+        assert sidecar["classes"] == classes and sidecar["tau"] == pytest.approx(0.45)
+        assert sidecar["prompts"] == ref.prompts and Path(sidecar["source"]) == path
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def _files(out: Path) -> dict[str, int]:
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_interrupted_run_resumes_without_redoing_or_losing(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    src = tmp_path / "in"
+    for i in range(8):
+        _save_random(src / f"img{i}.png", (160, 200), 10 + i)
+    out = tmp_path / "out"
+    formats = ALL_FORMATS.split(",")
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b,c,d"]
+    argv += ["--format", ALL_FORMATS]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffsegmenter", *argv, "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not any(out.glob("img?.json")):  # a sidecar (img<i>.json): the first finished image
+            assert proc.poll() is None, f"the CLI exited early: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no image finished within 120 s"
+            time.sleep(0.005)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+
+    done = [f"img{i}" for i in range(8) if is_done(out, f"img{i}", formats)]
+    assert 1 <= len(done) < 8, "the kill should land mid-batch"
+    for sidecar in out.glob("img?.json"):  # a sidecar only ever marks a complete image
+        assert is_done(out, sidecar.stem, formats)
+    before = {name: t for name, t in _files(out).items() if name.split(".")[0] in done}
+    (out / f".img7.png.{proc.pid}.0123abcd.tmp").write_bytes(b"partial")  # as a kill during a write leaves
+
+    code, stdout, stderr = _run(argv, capsys)
+    assert code == 0, stderr
+    assert f"8 image(s): {8 - len(done)} segmented, {len(done)} already done, 0 skipped" in stdout
+    assert all(is_done(out, f"img{i}", formats) for i in range(8))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    after = _files(out)
+    assert {name: after[name] for name in before} == before  # finished images were not rewritten
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+
+def test_folder_with_broken_images_reports_them_and_exits_1(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    src = tmp_path / "in"
+    _save_random(src / "good1.png", (24, 32), 1)
+    _save_random(src / "good2.jpg", (32, 24), 2)
+    (src / "corrupt.png").write_bytes(np.random.default_rng(0).bytes(300))
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, "PNG")
+    (src / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.new("CMYK", (30, 20), (0, 255, 255, 0)).save(src / "cmyk.jpg", quality=95)
+    wide = (np.arange(20 * 28, dtype=np.uint16).reshape(20, 28) * 117).astype(np.uint16)
+    Image.fromarray(wide).save(src / "gray16.png")
+    rgba = np.random.default_rng(4).integers(0, 256, (20, 24, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(src / "rgba.png")
+
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    code, stdout, stderr = _run(argv + ["--images-per-batch", "3"], capsys)
+    assert code == 1
+    for stem in ("good1", "good2", "cmyk", "gray16", "rgba"):
+        assert is_done(out, stem, cli.DEFAULT_FORMATS), stem
+    assert not (out / "corrupt.json").exists() and not (out / "truncated.json").exists()
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert sorted(Path(item["path"]).name for item in skipped) == ["corrupt.png", "truncated.png"]
+    assert all(item["reason"] for item in skipped)
+    assert "truncated" in {Path(i["path"]).stem: i["reason"] for i in skipped}["truncated"]
+    assert "7 image(s): 5 segmented, 0 already done, 2 skipped" in stdout
+    assert "corrupt.png" in stderr and "truncated.png" in stderr and "Traceback" not in stderr
+
+
+@dataclasses.dataclass
+class _Result:
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: list[str]
+    prompts: list[str]
+    tau: float = 0.4
+
+
+class _FailsOnSecond:
+    """A segmenter whose model call fails for any batch holding the second image (a 7-pixel-wide one)."""
+
+    def segment(self, images, classes=None, filter=None):
+        if any(img.shape[1] == 7 for img in images):
+            raise RuntimeError("boom")
+        return [
+            _Result(np.zeros(img.shape[:2], np.int32), np.zeros((1, *img.shape[:2]), np.float32), ["a"], ["p"])
+            for img in images
+        ]
+
+
+def test_a_failing_model_call_costs_only_its_image(tmp_path: Path) -> None:
+    jobs = [
+        cli.ImageJob(_save_random(tmp_path / f"{i}.png", (5, 5 + 2 * (i == 1)), i), tmp_path / "out", str(i))
+        for i in range(3)
+    ]
+    report = cli.run_batch(_FailsOnSecond(), jobs, formats=["png"], images_per_batch=3, progress=False)
+    assert [job.stem for job, _ in report.segmented] == ["0", "2"]
+    assert [(job.stem, reason) for job, reason in report.skipped] == [("1", "RuntimeError: boom")]
+
+
+# ------------------------------------------------------------------------------------------------ usage errors
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "{tmp}/no-such-model", "--classes", "a"], "does not exist"),
+        ([], "no classes"),
+        (["--classes", "cat,sofa,Cat"], "duplicate class name"),
+        (["--classes", "cat,,sofa"], "empty"),
+        (["--classes", "a", "--format", "png,tiff"], "unknown output format"),
+        (["--classes", "a", "--timestep", "5000"], "timestep"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, tiny_model_dir: Path, capsys, extra, message) -> None:
+    image = _save_random(tmp_path / "img.png", (16, 16), 0)
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    if "--model" not in extra:
+        extra += ["--model", str(tiny_model_dir)]
+    code, _, stderr = _run(["segment", str(image), "--out", str(tmp_path / "out"), *extra], capsys)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffsegmenter: error:") and message in lines[0], stderr
+
+
+def test_output_folder_that_is_a_file_exits_2(tmp_path: Path, capsys) -> None:
+    image = _save_random(tmp_path / "img.png", (8, 8), 0)
+    (tmp_path / "taken").write_text("x")
+    code, _, stderr = _run(["segment", str(image), "--out", str(tmp_path / "taken"), "--classes", "a"], capsys)
+    assert code == 2 and "not a folder" in stderr
+
+
+def test_offline_flag_sets_hf_hub_offline(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    image = _save_random(tmp_path / "img.png", (8, 8), 0)
+    argv = ["segment", str(image), "--out", str(tmp_path / "o"), "--classes", "a", "--model", str(tmp_path / "none")]
+    assert _run(argv, capsys)[0] == 2
+    assert "HF_HUB_OFFLINE" not in os.environ
+    assert _run([*argv, "--offline"], capsys)[0] == 2
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_import_has_no_side_effects() -> None:
+    code = "import os, sys; os.environ.pop('HF_HUB_OFFLINE', None); import diffsegmenter.cli, diffsegmenter.__main__; "
+    code += "assert 'torch' not in sys.modules and 'HF_HUB_OFFLINE' not in os.environ"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_eval_delegates_to_the_harness(capsys) -> None:
+    pytest.importorskip("diffsegmenter.evaluation.harness")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    assert "--dataset" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+def test_demo_on_the_tiny_model_writes_overlays(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    with cli.example_images() as examples:
+        names = [p.stem for p in examples]
+    assert 4 <= len(names) <= 6
+    out = tmp_path / "demo"
+    code, stdout, stderr = _run(["demo", "--model", str(tiny_model_dir), "--out", str(out)], capsys)
+    assert code == 0, stderr
+    for name in names:
+        assert (out / f"{name}.overlay.png").is_file() and (out / f"{name}.png").is_file()
+        assert f"{name}.png: " in stdout
+    assert str(out.resolve()) in stdout
+
+
+@pytest.mark.skipif(
+    not (SHIPPED_MODEL / "unet").is_dir(), reason="the shipped shapes model (models/shapes/) is not built yet"
+)
+def test_demo_on_the_shipped_model(tmp_path: Path, capsys) -> None:
+    code, stdout, stderr = _run(["demo", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 0, stderr
+    assert "overlay" in stdout
