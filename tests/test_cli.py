@@ -322,3 +322,17 @@ def test_demo_on_the_shipped_model(tmp_path: Path, capsys) -> None:
     code, stdout, stderr = _run(["demo", "--out", str(tmp_path / "demo")], capsys)
     assert code == 0, stderr
     assert "overlay" in stdout
+
+
+def test_shipped_examples_are_the_example_scenes() -> None:
+    """The demo images are ``shapes.world.example_scenes()``. After changing EXAMPLE_SEEDS, regenerate them with:
+    python -c "from PIL import Image; from diffsegmenter.shapes.world import example_scenes as e;
+    [Image.fromarray(s.image).save(f'src/diffsegmenter/examples/shapes_{s.seed}.png', optimize=True) for s in e()]"
+    """
+    world = pytest.importorskip("diffsegmenter.shapes.world", reason="the shapes world is not built yet")
+    with cli.example_images() as paths:
+        shipped = {p.name: np.asarray(Image.open(p).convert("RGB")) for p in paths}
+    scenes = world.example_scenes()
+    assert sorted(shipped) == sorted(f"shapes_{s.seed}.png" for s in scenes)
+    for scene in scenes:
+        np.testing.assert_array_equal(shipped[f"shapes_{scene.seed}.png"], scene.image)
