@@ -87,6 +87,8 @@ def test_collect_jobs_keeps_subfolders_and_unique_names(tmp_path: Path) -> None:
     assert got == {("a/x.png", "a", "x"), ("b/x.png", "b", "x"), ("x.jpg", ".", "x"), ("x.png", ".", "x.png")}
     with pytest.raises(cli.CliError, match="input folder"):
         cli.collect_jobs([str(src)], src)
+    with pytest.raises(cli.CliError, match="replace an input"):  # x.png's label map would be src/x.png itself
+        cli.collect_jobs([str(src / "x.png")], src)
 
 
 # ------------------------------------------------------------------------------------------------ formats

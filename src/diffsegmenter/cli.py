@@ -412,7 +412,7 @@ def collect_jobs(inputs: Sequence[str], out: str | os.PathLike) -> list[ImageJob
 
     Raises:
         FileNotFoundError: an input names nothing (the message names it).
-        CliError: the output folder is one of the input folders.
+        CliError: the output folder is one of the input folders, or holds an input file.
     """
     from .images import iter_image_paths
 
@@ -451,7 +451,13 @@ def collect_jobs(inputs: Sequence[str], out: str | os.PathLike) -> list[ImageJob
                     stem = f"{path.stem}-{counter}"
                 logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
             taken.add((key_dir, stem.lower()))
-            jobs.append(ImageJob(path=path, out_dir=out_root / rel, stem=stem))
+            job = ImageJob(path=path, out_dir=out_root / rel, stem=stem)
+            if job.out_dir.resolve() == resolved.parent:
+                raise CliError(
+                    f"--out {str(out)!r} is the folder of the input {str(path)!r}; choose another output folder "
+                    f"(the label map {stem}.png could replace an input image)"
+                )
+            jobs.append(job)
     return jobs
 
 
@@ -622,9 +628,10 @@ def run_batch(
 
     request = _normalise(request or {})
     report = BatchReport(total=len(jobs))
-    for root in sorted({job.out_dir for job in jobs}):
-        if root.is_dir():
-            remove_stale_temp_files(root)
+    folders = {job.out_dir for job in jobs}
+    for folder in sorted(folders):
+        if folder.is_dir() and not any(parent in folders for parent in folder.parents):  # walk each tree once
+            remove_stale_temp_files(folder)
     pending: list[ImageJob] = []
     for job in jobs:
         if not overwrite and _is_finished(job, formats, request):
