@@ -301,6 +301,18 @@ def test_eval_delegates_to_the_harness(capsys) -> None:
     assert "--dataset" in capsys.readouterr().out
 
 
+def test_eval_runs_the_harness_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    pytest.importorskip("diffsegmenter.evaluation.harness")
+    world = pytest.importorskip("diffsegmenter.shapes.world", reason="the shapes world is not built yet")
+    root = world.export_voc(tmp_path / "voc", {"val": 2}, workers=1)
+    argv = ["eval", "--dataset", "shapes", "--root", str(root), "--split", "val", "--protocol", "oracle"]
+    code, stdout, stderr = _run([*argv, "--model", str(tiny_model_dir), "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, stderr
+    assert "mIoU" in stdout and (tmp_path / "ev" / "metrics.json").is_file()
+    code, _, stderr = _run([*argv[:3], "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "e2")], capsys)
+    assert code == 2 and "does not exist" in stderr
+
+
 # ------------------------------------------------------------------------------------------------ demo
 
 

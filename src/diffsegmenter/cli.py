@@ -893,8 +893,10 @@ def _eval_main(argv: Sequence[str]) -> int:
     add_eval_arguments(parser)
     args = parser.parse_args(list(argv))
     _configure(getattr(args, "offline", False), verbose=True)
+    quiet = _quiet_weight_loading(args.model) if args.model is not None else contextlib.nullcontext()
     try:
-        report = run_eval(args)
+        with quiet:
+            report = run_eval(args)
     except (ValueError, OSError) as exc:  # ModelNotFoundError, bad dataset root, refused resume...
         logger.debug("evaluation failed", exc_info=exc)
         raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
