@@ -213,6 +213,7 @@ def build_components(
     tokenizer_dir: str | Path,
     seed: int = 0,
     tiny: bool = False,
+    token_embedding_std: float = TOKEN_EMBEDDING_STD,
     vae_overrides: Mapping[str, Any] | None = None,
     unet_overrides: Mapping[str, Any] | None = None,
     text_encoder_overrides: Mapping[str, Any] | None = None,
@@ -223,6 +224,7 @@ def build_components(
         tokenizer_dir (`str` or `Path`): where to write the tokenizer files.
         seed (`int`, *optional*, defaults to 0): seed of every random initialisation.
         tiny (`bool`, *optional*, defaults to `False`): use the ``TINY_*_OVERRIDES`` (tests).
+        token_embedding_std (`float`, *optional*, defaults to 1.0): see ``build_text_encoder``.
         vae_overrides, unet_overrides, text_encoder_overrides (`Mapping`, *optional*): further config entries.
 
     Returns:
@@ -236,7 +238,7 @@ def build_components(
     vae_kw = {**(TINY_VAE_OVERRIDES if tiny else {}), **(vae_overrides or {})}
     unet_kw = {**(TINY_UNET_OVERRIDES if tiny else {}), **(unet_overrides or {})}
     text_kw = {**(TINY_TEXT_ENCODER_OVERRIDES if tiny else {}), **(text_encoder_overrides or {})}
-    text_encoder = build_text_encoder(tokenizer, seed=seed, **text_kw)
+    text_encoder = build_text_encoder(tokenizer, seed=seed, token_embedding_std=token_embedding_std, **text_kw)
     unet_kw.setdefault("cross_attention_dim", text_encoder.config.hidden_size)
     return {
         "vae": build_vae(seed, **vae_kw),

@@ -1,0 +1,224 @@
+"""Shapes-world model components and the training script (CPU, tiny sizes, a few steps)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffsegmenter.shapes import components as C
+from diffsegmenter.shapes import train as T
+from diffsegmenter.shapes.captions import VOCABULARY, sample_caption
+from diffsegmenter.shapes.world import make_scene
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return C.build_components(tmp_path_factory.mktemp("tok") / "tokenizer", tiny=True)
+
+
+def test_real_config_sizes_within_limits():
+    """The shipped configuration: parameter counts and fp16 sizes, without writing the big files."""
+    vae, unet = C.build_vae(), C.build_unet()
+    n_vae, n_unet = C.count_parameters(vae), C.count_parameters(unet)
+    assert 4_000_000 <= n_unet <= 7_000_000
+    assert 2 * n_unet <= 14_000_000  # fp16 UNet file
+    n_text = 264 * 256 + 77 * 256 + 4 * (256 * 256 + 256) + 2 * 256 * 1024 + 1024 + 256 + 6 * 256
+    total = 2 * (n_vae + n_unet + n_text)
+    assert total <= C.MAX_FOLDER_BYTES - 200_000
+    assert max(n_vae, n_unet, n_text) * 2 < C.MAX_FILE_BYTES - 100_000
+    # cross-attention at three resolutions (32, 16, 8) with at least two heads each
+    sizes = {}
+    x = torch.zeros(1, 4, 32, 32)
+    hooks = []
+    for name, mod in unet.named_modules():
+        if name.endswith("attn2"):
+            assert mod.heads >= 2, name
+            hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: sizes.setdefault(n, i[0].shape[1])))
+    with torch.no_grad():
+        unet(x, 10, encoder_hidden_states=torch.zeros(1, 77, 256))
+    for h in hooks:
+        h.remove()
+    assert set(sizes.values()) == {32 * 32, 16 * 16, 8 * 8}
+    assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 2
+
+
+def test_text_encoder_keeps_shape_words_distinct(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(C.build_tokenizer(tmp_path / "tok")))
+    te = C.build_text_encoder(tok)
+    assert not any(p.requires_grad for p in te.parameters())
+    assert te.config.num_hidden_layers == 1 and te.config.hidden_size == 256
+    text = "a top left red circle and a bottom right blue square"
+    ids = tok(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        h = te(ids).last_hidden_state[0]
+    words = tok.convert_ids_to_tokens(ids[0])
+    ci, si = words.index("circle</w>"), words.index("square</w>")
+    cos = torch.nn.functional.cosine_similarity(h[ci], h[si], dim=0)
+    assert cos < 0.5
+    again = C.build_text_encoder(tok)
+    assert torch.equal(again.get_input_embeddings().weight, te.get_input_embeddings().weight)  # seeded
+
+
+def test_save_model_folder_round_trip(tiny, tmp_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out = tmp_path / "model"
+    size = C.save_model_folder(
+        out, tiny["vae"], tiny["unet"], tiny["text_encoder"], tiny["tokenizer_dir"], tiny["scheduler"]
+    )
+    assert size == C.folder_size(out)[0] and size < C.MAX_FOLDER_BYTES
+    assert not list(out.rglob("*.bin")) and len(list(out.rglob("*.safetensors"))) == 3
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["safety_checker"] == [None, None]
+    assert next(tiny["unet"].parameters()).dtype == torch.float32  # the caller's models are untouched
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(out, subfolder="vae")
+    te = CLIPTextModel.from_pretrained(out, subfolder="text_encoder", dtype=torch.float32)
+    tok = CLIPTokenizer.from_pretrained(out, subfolder="tokenizer")
+    sched = DDIMScheduler.from_pretrained(out, subfolder="scheduler")
+    assert sched.config.beta_schedule == "scaled_linear" and sched.config.beta_end == 0.012
+    ref = tiny["unet"].state_dict()
+    for k, v in unet.state_dict().items():
+        assert torch.allclose(v.float(), ref[k].half().float()), k
+    assert vae.config.latent_channels == 4 and len(tok) == len(tiny["tokenizer"])
+    assert torch.allclose(
+        te.get_input_embeddings().weight, tiny["text_encoder"].get_input_embeddings().weight.half().float()
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, feature_extractor=None)
+    assert pipe.vae_scale_factor == 2
+    # replacing an existing model folder works; a foreign non-empty folder is refused
+    C.save_model_folder(out, tiny["vae"], tiny["unet"], tiny["text_encoder"], tiny["tokenizer_dir"], tiny["scheduler"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(ValueError):
+        C.save_model_folder(
+            other, tiny["vae"], tiny["unet"], tiny["text_encoder"], tiny["tokenizer_dir"], tiny["scheduler"]
+        )
+
+
+def test_caption_encoder_matches_tokenizer(tiny):
+    enc = T.CaptionEncoder(tiny["tokenizer"], VOCABULARY)
+    rng = np.random.default_rng(0)
+    caps = [sample_caption(make_scene(s), rng) for s in range(30)] + [""]
+    ids = enc(caps)
+    ref = tiny["tokenizer"](caps, padding="max_length", max_length=77, truncation=True).input_ids
+    assert ids.tolist() == ref
+
+
+def test_batch_stream_is_deterministic_per_step(tiny):
+    pool = T.ScenePool(64, 0).start()
+    enc = T.CaptionEncoder(tiny["tokenizer"], VOCABULARY)
+    s1 = T.BatchStream(pool, 4, 0, "unet", 0, 64, (4, 32, 32), enc)
+    s2 = T.BatchStream(pool, 4, 0, "unet", 5, 64, (4, 32, 32), enc)
+    it = iter(s1)
+    batches = [next(it) for _ in range(7)]
+    b5 = next(iter(s2))
+    for k in b5:
+        assert torch.equal(batches[5][k], b5[k]), k
+    assert not torch.equal(batches[4]["noise"], batches[5]["noise"])
+    assert batches[0]["images"].shape == (4, 64, 64, 3) and batches[0]["input_ids"].shape == (4, 77)
+    assert int(batches[0]["timesteps"].max()) < 1000
+
+
+def test_lr_factor_schedule():
+    assert T.lr_factor(0, 10, 0.0, "cosine", 0.1) == pytest.approx(0.1)
+    assert T.lr_factor(20, 10, 0.0, "cosine", 0.1) == pytest.approx(1.0)
+    assert T.lr_factor(20, 10, 1.0, "cosine", 0.1) == pytest.approx(0.1)
+    assert T.lr_factor(20, 10, 0.7, "constant", 0.1) == pytest.approx(1.0)
+
+
+def _train_args(out, *extra):
+    return [
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--tiny",
+        "--vae-steps",
+        "3",
+        "--vae-batch-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--pool-size",
+        "32",
+        "--workers",
+        "0",
+        "--loader-workers",
+        "0",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_train_tiny_runs_resumes_and_saves(tmp_path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    out = tmp_path / "run"
+    assert T.main(_train_args(out, "--unet-steps", "2", "--save-every", "2")) == 0
+    assert (out / "model" / "model_index.json").is_file() and (out / "ckpt-2" / "unet").is_dir()
+    assert (out / "state.pt").is_file() and (out / "train_config.json").is_file()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records]
+    assert events.count("vae") == 3 and events.count("unet") == 2 and events[-1] == "done"
+    vae_done = next(r for r in records if r["event"] == "vae_done")
+    vae = AutoencoderKL.from_pretrained(out / "model", subfolder="vae")
+    assert vae.config.scaling_factor == pytest.approx(vae_done["scaling_factor"], rel=1e-6)
+    # resume: continues at step 2, runs 2 more steps, no further VAE steps
+    assert T.main(_train_args(out, "--unet-steps", "4", "--save-every", "2", "--resume")) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    resume = [r for r in records if r["event"] == "resume"][-1]
+    assert resume["found"] and resume["unet_step"] == 2 and resume["phase"] == "unet"
+    unet_steps = [r["step"] for r in records if r["event"] == "unet"]
+    assert unet_steps == [1, 2, 3, 4] and [r["event"] for r in records].count("vae") == 3
+    assert (out / "ckpt-4").is_dir()
+    state = torch.load(out / "state.pt", weights_only=False)
+    assert state["unet_step"] == 4
+    unet = UNet2DConditionModel.from_pretrained(out / "model", subfolder="unet")
+    ema = state["ema_unet"]
+    for k, v in unet.state_dict().items():
+        assert torch.allclose(v.float(), ema[k].half().float()), k  # the EMA weights are what is saved
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert T.main(_train_args(a, "--unet-steps", "2", "--save-every", "0")) == 0
+    assert T.main(_train_args(b, "--unet-steps", "1", "--save-every", "0")) == 0
+    assert T.main(_train_args(b, "--unet-steps", "2", "--save-every", "0", "--resume")) == 0
+    sa = torch.load(a / "state.pt", weights_only=False)
+    sb = torch.load(b / "state.pt", weights_only=False)
+    for k, v in sa["unet"].items():
+        assert torch.allclose(v, sb["unet"][k], atol=1e-6), k
+
+
+def test_profile_mode_writes_nothing(tmp_path, capsys):
+    args = ["--profile-steps", "1", "--device", "cpu", "--tiny", "--vae-batch-size", "2", "--batch-size", "2"]
+    assert T.main([*args, "--pool-size", "16", "--loader-workers", "0", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "unet_steps_per_s" in out and "vae_steps_per_s" in out
+
+
+@pytest.mark.slow
+def test_sample_grid_from_a_tiny_model(tiny, tmp_path):
+    model = tmp_path / "model"
+    C.save_model_folder(
+        model, tiny["vae"], tiny["unet"], tiny["text_encoder"], tiny["tokenizer_dir"], tiny["scheduler"]
+    )
+    png = T.sample_grid(model, ["a red circle", "a blue square"], tmp_path / "grid.png", steps=2, per_prompt=2)
+    from PIL import Image
+
+    im = Image.open(png)
+    assert im.size[1] == 2 * (128 + 4)
