@@ -327,7 +327,11 @@ def save_model_folder(
     tmp.mkdir(parents=True)
     try:
         for name, model in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
-            clone = copy.deepcopy(model).to(device="cpu", dtype=dtype)
+            clone = copy.deepcopy(model).cpu()
+            with torch.no_grad():  # cast tensors directly: ModelMixin.to(dtype) warns about fp32-kept modules
+                for t in [*clone.parameters(), *clone.buffers()]:
+                    if t.is_floating_point():
+                        t.data = t.data.to(dtype)
             clone.save_pretrained(tmp / name, safe_serialization=True)
             del clone
         tok_out = tmp / "tokenizer"

@@ -16,9 +16,17 @@ its step only, and a resumed run sees the batches an uninterrupted one would.
 
 Run::
 
-    python -m diffsegmenter.shapes.train --out runs/shapes --device cuda --time-budget-s 450
+    python -m diffsegmenter.shapes.train --out runs/shapes --device cuda --time-budget-s 420
     python -m diffsegmenter.shapes.train --out runs/shapes --device cpu --time-budget-s 7200   # then --resume
     python -m diffsegmenter.shapes.train --profile-steps 20 --device cuda     # steps/s of each phase, then exit
+
+``--time-budget-s`` counts from the start of the run (after Python's imports) over all legs together; the process
+takes about 15 s more (imports, CUDA start, the final save). Measured on one H200 (bf16 autocast, default sizes):
+VAE 41 steps/s at batch 128, UNet 12.5 steps/s at batch 256 (3200 samples/s); 150k scenes render in ~35 s on 15
+processes, in the background of phase 1. A 230 s run (1.5k VAE steps, PSNR 31 dB; 1.85k UNet steps) already drew the
+single shapes it was asked for, and its class-token cross-attention (raw maps of every cross-attention layer,
+summed; prompt "a circle and a square") picked the right present class on 93% of foreground pixels of 60
+validation scenes (after 730 steps: 72%, about chance).
 
 Output folder: ``train_config.json``, ``log.jsonl`` (one JSON record per log line), ``state.pt`` (resumable: models,
 optimisers, EMA, steps, elapsed time), ``ckpt-<step>/`` model folders (the last four), ``model/`` (the final model,
@@ -114,9 +122,9 @@ class TrainConfig:
             "batch_size": 256 if gpu else 32,
             "warmup_steps": 300 if gpu else 200,
             "pool_size": 150_000 if gpu else 20_000,
-            "workers": max(1, min(16, cpus - 1)) if gpu else 1,
+            "workers": max(1, min(16, cpus - 4)) if gpu else 1,  # leave cores to the main and loader processes
             "loader_workers": min(6, max(1, cpus // 2)) if gpu else 1,
-            "save_every": 2000 if gpu else 1000,
+            "save_every": 1000 if gpu else 500,
             "log_every": 100 if gpu else 20,
             "bf16": gpu,
         }
@@ -124,7 +132,7 @@ class TrainConfig:
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
         if cfg.vae_time_s is None and cfg.time_budget_s is not None:
-            cfg.vae_time_s = min(90.0, 0.2 * cfg.time_budget_s) if gpu else 0.15 * cfg.time_budget_s
+            cfg.vae_time_s = min(60.0, 0.2 * cfg.time_budget_s) if gpu else 0.15 * cfg.time_budget_s
         if cfg.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"--lr-schedule must be 'cosine' or 'constant', not {cfg.lr_schedule!r}")
         if cfg.latents not in ("sample", "mean"):
@@ -654,7 +662,7 @@ class Trainer:
         """Phase 1; returns steps/s of the timed steps."""
         cfg = self.cfg
         self.vae.train()
-        limit = min(pool.size, max(cfg.vae_batch_size * 8, pool.size // 4))
+        limit = min(pool.size, max(cfg.vae_batch_size * 16, 16384))  # start early; the rest renders meanwhile
         pool.wait(limit)
         it = self._stream(pool, "vae", self.vae_step, limit)
         t_phase = time.perf_counter()
@@ -990,7 +998,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--time-budget-s", type=float, help="wall clock for the whole run, all legs together")
-    p.add_argument("--vae-time-s", type=float, help="cap on phase 1 (default: min(90, 20%%) of the budget on GPU)")
+    p.add_argument(
+        "--vae-time-s", type=float, help="cap on phase 1 (default: min(60 s, 20%%) of the budget on GPU, 15%% on CPU)"
+    )
     p.add_argument("--vae-steps", type=int, help="phase-1 steps (default 4000 GPU / 1500 CPU)")
     p.add_argument("--vae-batch-size", type=int, help="default 128 GPU / 32 CPU")
     p.add_argument("--vae-lr", type=float, default=d.vae_lr)
@@ -1015,7 +1025,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-steps", type=int, default=0, help="time N steps of each phase, print steps/s, exit")
     p.add_argument("--token-embedding-std", type=float, default=d.token_embedding_std)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="no bf16 autocast on GPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (about 95 s of compiling on an H200: not worth it for runs under ~15 min)",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny models (tests only)")
     p.add_argument("--sample-grid", metavar="PNG", help="after training, write a sample grid of model/ here")
     return p
