@@ -159,6 +159,8 @@ def _train_args(out, *extra):
         "1",
         "--warmup-steps",
         "2",
+        "--threads",
+        "1",
         *extra,
     ]
 
@@ -205,7 +207,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_profile_mode_writes_nothing(tmp_path, capsys):
-    args = ["--profile-steps", "1", "--device", "cpu", "--tiny", "--vae-batch-size", "2", "--batch-size", "2"]
+    args = [
+        "--profile-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--tiny",
+        "--vae-batch-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+    ]
     assert T.main([*args, "--pool-size", "16", "--loader-workers", "0", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "unet_steps_per_s" in out and "vae_steps_per_s" in out
