@@ -82,6 +82,11 @@ def test_save_model_folder_round_trip(tiny, tmp_path):
     unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(out, subfolder="vae")
     te = CLIPTextModel.from_pretrained(out, subfolder="text_encoder", dtype=torch.float32)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "text_encoder" / "model.safetensors"), "pt") as fh:
+        names = list(fh.keys())
+    assert all(k.startswith("text_model.") for k in names)  # SD 1.x key layout (transformers 4 and 5)
     tok = CLIPTokenizer.from_pretrained(out, subfolder="tokenizer")
     sched = DDIMScheduler.from_pretrained(out, subfolder="scheduler")
     assert sched.config.beta_schedule == "scaled_linear" and sched.config.beta_end == 0.012

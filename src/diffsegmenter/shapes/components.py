@@ -282,6 +282,21 @@ def folder_size(path: str | Path) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
+def _legacy_text_encoder_keys(folder: Path) -> None:
+    """Give the text encoder's weights the ``text_model.`` key prefix of Stable Diffusion's checkpoints.
+
+    transformers 5 saves ``CLIPTextModel`` weights without the prefix, which transformers 4.x (allowed by this
+    package's requirements) would silently fail to load; with the prefix both load them (5.x maps the legacy keys).
+    """
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.glob("*.safetensors"):
+        weights = load_file(str(path))
+        if any(k.startswith("text_model.") for k in weights):
+            continue
+        save_file({f"text_model.{k}": v for k, v in weights.items()}, str(path), metadata={"format": "pt"})
+
+
 def save_model_folder(
     out_dir: str | Path,
     vae: torch.nn.Module,
@@ -334,6 +349,7 @@ def save_model_folder(
                         t.data = t.data.to(dtype)
             clone.save_pretrained(tmp / name, safe_serialization=True)
             del clone
+        _legacy_text_encoder_keys(tmp / "text_encoder")
         tok_out = tmp / "tokenizer"
         tok_out.mkdir()
         for fname in _TOKENIZER_FILES:
