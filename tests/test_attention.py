@@ -84,3 +84,18 @@ def test_layer_factor_from_names():
 def test_level_of_rejects_unplaceable_layer():
     with pytest.raises(ValueError, match="cannot place"):
         AttentionStore(latent_size=(16, 16)).level_of(100)
+
+
+def test_self_attention_level_can_be_chosen(tiny_components):
+    unet = tiny_components["unet"]
+    x, text = _inputs(unet)
+    store = AttentionStore(latent_size=(16, 16))
+    with torch.no_grad(), capture_attention(unet, store, self_factor=2):
+        unet(x, 10, encoder_hidden_states=text)
+    assert store.self_qk and all(q.shape[2] == 64 for q, _, _ in store.self_qk)
+    store = AttentionStore(latent_size=(16, 16))
+    with (
+        pytest.raises(ValueError, match="no self-attention layers at downsampling factor 4"),
+        capture_attention(unet, store, self_factor=4),
+    ):
+        pass

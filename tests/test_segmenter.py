@@ -156,3 +156,9 @@ def test_clip_filter_missing_weights_is_actionable(tiny_segmenter, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="clip-vit-large-patch14|blip-image-captioning-large"):
         tiny_segmenter.segment(_image(), classes=["cat"], filter="clip")
+
+
+def test_completion_at_a_coarser_self_attention_level(tiny_segmenter):
+    tiny_segmenter.config = tiny_segmenter.config.replace(self_attention_factor=2)
+    res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"])
+    assert res.scores.shape == (2, 24, 40) and np.allclose(res.scores.reshape(2, -1).max(1), 1.0)

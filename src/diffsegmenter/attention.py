@@ -265,8 +265,11 @@ def layer_downsampling_factor(name: str, num_down_blocks: int, num_up_blocks: in
     return 2 ** (num_up_blocks - 1 - idx)
 
 
-def _capture_plan(unet) -> dict[str, str]:
-    """Which layers to capture: ``{processor key: "cross" | "self"}``."""
+def _capture_plan(unet, self_factor: int | None = None) -> dict[str, str]:
+    """Which layers to capture: ``{processor key: "cross" | "self"}``.
+
+    Self-attention is read at ``self_factor`` (a downsampling factor), or at the finest level that has any.
+    """
     names = list(unet.attn_processors.keys())
     nd, nu = len(unet.down_blocks), len(unet.up_blocks)
     self_layers = {n: layer_downsampling_factor(n, nd, nu) for n in names if ".attn1." in n}
@@ -274,28 +277,35 @@ def _capture_plan(unet) -> dict[str, str]:
     if not plan:
         raise ValueError("the UNet has no cross-attention layers (attn2): it cannot be used as a segmenter")
     if self_layers:
-        finest = min(self_layers.values())
-        plan.update({n: "self" for n, f in self_layers.items() if f == finest})
+        level = min(self_layers.values()) if self_factor is None else int(self_factor)
+        if level not in self_layers.values():
+            raise ValueError(
+                f"no self-attention layers at downsampling factor {level}; this UNet has them at "
+                f"{sorted(set(self_layers.values()))}"
+            )
+        plan.update({n: "self" for n, f in self_layers.items() if f == level})
     return plan
 
 
 @contextmanager
-def capture_attention(unet, store: AttentionStore) -> Iterator[AttentionStore]:
+def capture_attention(unet, store: AttentionStore, self_factor: int | None = None) -> Iterator[AttentionStore]:
     """Install capturing processors on the layers DiffSegmenter reads; restore the originals on exit.
 
-    All cross-attention layers get :class:`CrossAttentionCaptureProcessor`, the self-attention layers of the finest
-    level that has any get :class:`SelfAttentionCaptureProcessor`, and every other layer keeps its processor.
+    All cross-attention layers get :class:`CrossAttentionCaptureProcessor`, the self-attention layers of one level
+    (the finest by default) get :class:`SelfAttentionCaptureProcessor`, and every other layer keeps its processor.
 
     Args:
         unet (`UNet2DConditionModel`): the model to instrument (any object with ``attn_processors`` and
             ``set_attn_processor`` and diffusers' block structure).
         store (`AttentionStore`): receives the captured tensors.
+        self_factor (`int`, *optional*): downsampling factor of the self-attention layers to read; None = the
+            finest level that has self-attention (the paper's choice).
 
     Yields:
         `AttentionStore`: the same store.
     """
     originals = dict(unet.attn_processors)
-    plan = _capture_plan(unet)
+    plan = _capture_plan(unet, self_factor)
     procs = {}
     for name, proc in originals.items():
         kind = plan.get(name)

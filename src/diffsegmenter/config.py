@@ -56,6 +56,10 @@ class SegmenterConfig:
     level_weights: dict[int, float] = field(default_factory=lambda: dict(PAPER_LEVEL_WEIGHTS))
     # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
     self_attention_steps: int = 1
+    # Downsampling factor of the self-attention layers used for completion; None = the finest level that has
+    # self-attention ([CODE]: the 64x64 layers of SD1.5). A small model whose finest self-attention is still
+    # unstructured may recommend a coarser level in its segmenter_config.json.
+    self_attention_factor: int | None = None
     # Constant background score: a pixel is background unless a class scores above it. The released evaluation
     # swept 0.30-0.74 on the evaluation split itself; 0.4 is a fixed prior inside that range, NOT tuned on any
     # evaluation split. Model folders may recommend their own value chosen on validation data.
@@ -81,6 +85,8 @@ class SegmenterConfig:
             raise ValueError(f"timestep must be in 1..999, got {self.timestep}")
         if self.self_attention_steps < 0:
             raise ValueError(f"self_attention_steps must be >= 0, got {self.self_attention_steps}")
+        if self.self_attention_factor is not None and self.self_attention_factor < 1:
+            raise ValueError(f"self_attention_factor must be >= 1 or None, got {self.self_attention_factor}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 

@@ -424,7 +424,8 @@ class DiffSegmenter:
                 the conditional half (for equivalence tests and the reference benchmark; twice the cost).
 
         Returns:
-            `torch.Tensor`: (B, C, h, w) float32 maps in [0, 1] at the latent resolution.
+            `torch.Tensor`: (B, C, h, w) float32 maps in [0, 1] at the latent resolution (at the self-attention
+            level's resolution when ``config.self_attention_factor`` names a coarser one).
         """
         b = latents.shape[0]
         store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
@@ -434,10 +435,14 @@ class DiffSegmenter:
             text = torch.cat([empty, text])
             store.keep_batch = slice(b, 2 * b)
         t = torch.tensor(self.config.timestep, device=self.device)
-        with capture_attention(self.unet, store):
+        with capture_attention(self.unet, store, self.config.self_attention_factor):
             self.unet(latents, t, encoder_hidden_states=text, return_dict=False)
         per_level = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
         fused = fuse_levels(per_level, self.config.level_weights)
+        if store.self_qk and self.config.self_attention_steps > 0:
+            _, size = store.level_of(store.self_qk[0][0].shape[2])
+            if tuple(fused.shape[-2:]) != size:  # completing at a coarser level than the fused maps
+                fused = F.interpolate(fused, size=size, mode="area")
         return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps)
 
     def _segment_arrays(

@@ -1,0 +1,172 @@
+"""Choose a shapes model's segmenter settings on validation scenes, then measure them once on held-out test scenes.
+
+The paper's settings (per-class prompts "a photograph of {c}", t = 100, one self-attention step) were chosen for
+Stable Diffusion; a model trained on another caption distribution may prefer others (issue 7). This script searches
+a small grid on the **val** split only, writes the winner into the model folder's ``segmenter_config.json`` with its
+provenance, and reports the **test** split with those fixed settings (never tuned on it), beside the trivial
+baselines and every prompt mode at its own best validation settings.
+
+    python -m diffsegmenter.shapes.tune --model src/diffsegmenter/models/shapes --val 200 --test 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..segmenter import DiffSegmenter
+from .quality import evaluate_segmenter, scenes_of, score_predictions, trivial_baselines
+from .world import CLASS_NAMES
+
+#: Prompt modes compared (SegmenterConfig fields). "per_class_paper" is the paper's template verbatim.
+PROMPT_MODES: dict[str, dict[str, Any]] = {
+    "single": {"prompt_mode": "single", "template": "{}", "class_phrase": "a {}", "joiner": " and "},
+    "per_class": {"prompt_mode": "per_class", "template": "{}", "class_phrase": "a {}"},
+    "per_class_paper": {"prompt_mode": "per_class", "template": "a photograph of {}", "class_phrase": "{}"},
+}
+TIMESTEPS = (50, 100, 200)
+#: Self-attention completion variants: (self_attention_factor, self_attention_steps). "finest" is the paper's.
+COMPLETIONS: dict[str, tuple[int | None, int]] = {"finest": (None, 1), "factor2": (2, 1), "none": (None, 0)}
+LEVEL_WEIGHTS = {"paper": {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}, "uniform": {8: 1.0, 4: 1.0, 2: 1.0, 1: 1.0}}
+TAUS = tuple(round(x, 2) for x in np.arange(0.20, 0.81, 0.02))
+
+
+def _predict(seg: DiffSegmenter, scenes, batch: int = 32) -> list[Any]:
+    """Raw results (score maps kept) so that tau can be swept without rerunning the model."""
+    out = []
+    for start in range(0, len(scenes), batch):
+        chunk = scenes[start : start + batch]
+        out.extend(seg.segment([s.image for s in chunk], [s.classes for s in chunk]))
+    return out
+
+
+def _labels(results, tau: float) -> list[np.ndarray]:
+    preds = []
+    for res in results:
+        lut = np.array([0] + [CLASS_NAMES.index(c) for c in res.classes], dtype=np.int64)
+        preds.append(lut[res.relabel(tau)])
+    return preds
+
+
+def _best_tau(scenes, results) -> tuple[float, dict[str, Any]]:
+    best = None
+    for tau in TAUS:
+        m = score_predictions(scenes, _labels(results, tau))
+        if best is None or m["mIoU"] > best[1]["mIoU"]:
+            best = (tau, m)
+    return best
+
+
+def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
+    """Evaluate the grid on validation scenes; returns one record per setting, best first."""
+    base = seg.config
+    records = []
+    grid = list(itertools.product(PROMPT_MODES, TIMESTEPS, COMPLETIONS, LEVEL_WEIGHTS))
+    for i, (mode, t, completion, wname) in enumerate(grid):
+        t0 = time.time()
+        factor, steps = COMPLETIONS[completion]
+        seg.config = base.replace(
+            **PROMPT_MODES[mode],
+            timestep=t,
+            self_attention_steps=steps,
+            self_attention_factor=factor,
+            level_weights=LEVEL_WEIGHTS[wname],
+        )
+        tau, m = _best_tau(val, _predict(seg, val))
+        rec = {
+            "mode": mode,
+            "timestep": t,
+            "completion": completion,
+            "level_weights": wname,
+            "tau": tau,
+            "val": {k: m[k] for k in ("mIoU", "class_acc_fg", "fg_iou")},
+        }
+        records.append(rec)
+        log(
+            f"[{i + 1}/{len(grid)}] {mode:15s} t={t:3d} completion={completion:7s} w={wname:7s} tau={tau:.2f} "
+            f"val mIoU={m['mIoU']:.3f} cls_acc={m['class_acc_fg']:.3f} ({time.time() - t0:.1f}s)",
+            flush=True,
+        )
+    seg.config = base
+    return sorted(records, key=lambda r: -r["val"]["mIoU"])
+
+
+def config_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """SegmenterConfig fields of a search record."""
+    factor, steps = COMPLETIONS[rec["completion"]]
+    return {
+        **PROMPT_MODES[rec["mode"]],
+        "timestep": rec["timestep"],
+        "self_attention_steps": steps,
+        "self_attention_factor": factor,
+        "level_weights": {str(k): v for k, v in LEVEL_WEIGHTS[rec["level_weights"]].items()},
+        "tau": rec["tau"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="shapes model folder (diffusers layout)")
+    p.add_argument("--val", type=int, default=200, help="validation scenes for the search")
+    p.add_argument("--test", type=int, default=300, help="held-out test scenes for the report")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--report", default=None, help="write the JSON report here (default: MODEL/tuning.json)")
+    p.add_argument("--no-write", action="store_true", help="do not write segmenter_config.json")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    folder = Path(args.model)
+    cfg_path = folder / "segmenter_config.json"
+    seg = DiffSegmenter.from_pretrained(folder, device=args.device, config=None)
+    from ..config import SegmenterConfig
+
+    seg.config = SegmenterConfig()  # search from the library defaults, not from an earlier choice
+    val, test = scenes_of("val", args.val), scenes_of("test", args.test)
+    records = search(seg, val)
+    best = records[0]
+    report: dict[str, Any] = {"val_scenes": args.val, "test_scenes": args.test, "search": records}
+    # the chosen settings, measured once on test
+    chosen = config_of(best)
+    seg.config = SegmenterConfig().replace(**{**chosen, "level_weights": LEVEL_WEIGHTS[best["level_weights"]]})
+    report["chosen"] = chosen
+    report["test"] = evaluate_segmenter(seg, test)
+    # each prompt mode at its own best validation settings, on test (for the model card)
+    report["test_by_mode"] = {}
+    for mode in PROMPT_MODES:
+        rec = next(r for r in records if r["mode"] == mode)
+        c = config_of(rec)
+        seg.config = SegmenterConfig().replace(**{**c, "level_weights": LEVEL_WEIGHTS[rec["level_weights"]]})
+        report["test_by_mode"][mode] = {"settings": c, **evaluate_segmenter(seg, test)}
+    seg.config = SegmenterConfig()
+    report["test_paper_defaults"] = {"settings": SegmenterConfig().to_dict(), **evaluate_segmenter(seg, test)}
+    report["baselines_test"] = trivial_baselines(test)
+    out = Path(args.report) if args.report else folder / "tuning.json"
+    out.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    if not args.no_write:
+        existing = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        keep = {k: v for k, v in existing.items() if k.startswith("_") and k != "_provenance"}
+        cfg = {
+            **keep,
+            **chosen,
+            "_classes": list(CLASS_NAMES[1:]),
+            "_provenance": f"chosen by diffsegmenter.shapes.tune on {args.val} val scenes (val mIoU "
+            f"{best['val']['mIoU']:.3f}); test split never used for selection",
+        }
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    t = report["test"]
+    print(f"chosen {chosen}")
+    print(
+        f"test ({args.test} scenes): mIoU={t['mIoU']:.3f} class_acc_fg={t['class_acc_fg']:.3f} "
+        f"(chance {t['chance_class_acc']:.3f}) fg_iou={t['fg_iou']:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
