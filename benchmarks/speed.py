@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -168,25 +169,38 @@ def make_plan(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def fit_to_budget(jobs: list[Job], unit: dict[str, float], budget_s: float, start: int) -> list[str]:
-    """Lower repeats (never the K=3 default job's first, never below 1) until the jobs from ``start`` fit the budget.
+def _remaining(jobs: list[Job], unit: dict[str, float], current: int, done: int) -> float:
+    """Estimated seconds left: the current job's repeats after ``done`` plus every later job."""
+    cur = jobs[current]
+    left = cur.estimate(unit) / max(cur.repeats, 1) * max(cur.repeats - done, 0)
+    return left + sum(j.estimate(unit) for j in jobs[current + 1 :])
+
+
+def fit_to_budget(jobs: list[Job], unit: dict[str, float], budget_s: float, current: int, done: int) -> list[str]:
+    """Lower repeats until the rest of the plan fits ``budget_s`` seconds.
+
+    The K=3 default job (the headline figure) is lowered last; no job goes below one repeat, nor the current job
+    below the ``done`` repeats it has run.
 
     Returns:
         `list[str]`: the changes made, for the log.
     """
     notes = []
-
-    def remaining() -> float:
-        return sum(j.estimate(unit) for j in jobs[start:])
-
     order = sorted(
-        (j for j in jobs[start:] if j.repeats > 1),
-        key=lambda j: (j.mode == "default" and j.k == 3, -j.estimate(unit)),
+        (j for j in jobs[current:] if j.repeats > 1),
+        key=lambda j: (j.mode == "default" and j.k == 3, -j.estimate(unit) / j.repeats),
     )
     for job in order:
-        while job.repeats > 1 and remaining() > budget_s:
+        floor = max(1, done) if job is jobs[current] else 1
+        while job.repeats > floor and _remaining(jobs, unit, current, done) > budget_s:
             job.repeats -= 1
             notes.append(f"repeats of {job.mode} K={job.k} lowered to {job.repeats} to fit the time budget")
+    left = _remaining(jobs, unit, current, done)
+    if left > budget_s:
+        notes.append(
+            f"ETA {left:.0f}s exceeds the remaining budget {budget_s:.0f}s even with one repeat: lower --size "
+            "(e.g. 384 or 256), drop --captioner or the K=10 job, or run on free cores"
+        )
     return notes
 
 
@@ -260,29 +274,29 @@ def run_jobs(
         classes = class_names(job.k)
         for name in job.pipelines:
             job.results[name] = Measurement()
-        for r in range(job.repeats):
+        r = 0
+        while r < job.repeats:
             for name in job.pipelines:
                 m = job.results[name]
                 run_measured(lambda name=name, classes=classes: pipes.run(name, image, classes), m, device)
-                # per-class (per-sample for single) cost, refined as measurements come in
+                # per-class (per-image for single) cost, refined as measurements come in
                 unit[name] = m.seconds[-1] / (1 if name == "single" else job.k)
+            r += 1
             elapsed = time.perf_counter() - t_start
-            if r == 0:
+            if r == 1:
                 # until measured: the captioner adds one BLIP call per class (reference) or ~half of one (engine)
                 if "reference" in unit and "reference+captioner" not in unit:
                     unit["reference+captioner"] = unit["reference"] + blip_s
                 if "engine" in unit and "engine+captioner" not in unit:
                     unit["engine+captioner"] = unit["engine"] + 0.5 * blip_s
-                notes = fit_to_budget(jobs, unit, budget_s - elapsed, ji + 1)
+                notes = fit_to_budget(jobs, unit, budget_s - elapsed, ji, r)
                 for n in notes:
                     print("  plan:", n)
                 log.extend(notes)
-            eta = sum(j.estimate(unit) for j in jobs[ji + 1 :]) + (job.repeats - r - 1) * job.estimate(unit) / max(
-                job.repeats, 1
-            )
+            eta = _remaining(jobs, unit, ji, r)
             times = ", ".join(f"{n} {job.results[n].seconds[-1]:.1f}s" for n in job.pipelines)
             print(
-                f"  [{elapsed:6.0f}s] {job.mode} K={job.k} repeat {r + 1}/{job.repeats}: {times}  (ETA {eta:.0f}s)",
+                f"  [{elapsed:6.0f}s] {job.mode} K={job.k} repeat {r}/{job.repeats}: {times}  (ETA {eta:.0f}s)",
                 flush=True,
             )
     return unit
@@ -397,6 +411,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="image batch sizes tried for GPU throughput")  # fmt: skip
     ap.add_argument("--budget-min", type=float, default=14.0,
                     help="time budget in minutes: repeats are lowered (never below 1) when the ETA exceeds it")  # fmt: skip
+    ap.add_argument("--throughput", action="store_true",
+                    help="measure images/s over --gpu-batches also on CPU (always done on a GPU)")  # fmt: skip
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up run")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler summary of one engine run (K=3)")
     ap.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
@@ -435,6 +451,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"DiffSegmenter speed benchmark: size {args.size}x{args.size}, {report['device_name']} ({device}), "
         f"{report['dtype']}, {report['threads']} threads, load average {report['load_average_start']}"
     )
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and report["threads"] > 1 and (report["load_average_start"] or (0,))[0] > 0.5:
+        print(
+            f"note: the load average is {report['load_average_start'][0]:.1f} on {cores} cores before we start: "
+            "other processes compete, and multi-threaded runs then stall on every parallel region; --threads 1 "
+            "gives steadier timings on a shared machine"
+        )
+    if args.size < 128:
+        print(
+            f"note: at {args.size}x{args.size} the coarsest attention level is 1x1 or smaller: its map is constant and "
+            "min-max of float rounding noise can make the pipelines' maps differ; use --size 128 or more"
+        )
     pipes, info = build(args, device, dtype)
     report.update(info)
     print(f"built random-weight models in {info.get('build_sd15_s')}s (+BLIP {info.get('build_blip_s', '-')}s): "
@@ -458,12 +486,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("plan: " + "; ".join(f"{j.mode} K={j.k} x{j.repeats} [{', '.join(j.pipelines)}]" for j in jobs))
     unit = run_jobs(pipes, jobs, image, device, budget_s, log, blip_s) if jobs else {}
     rows = summarise(jobs)
+    for job in jobs:
+        for name, m in job.results.items():
+            if m.output is not None and not np.isfinite(m.output["scores"]).all():
+                print(f"WARNING: {name} K={job.k} produced non-finite scores (dtype {report['dtype']})")
     report["results"] = rows
     report["plan_changes"] = log
     if rows:
         print_table(rows, args.size)
-    if device.type == "cuda":
-        print("\nGPU throughput (K=3)")
+    if device.type == "cuda" or args.throughput:
+        print("\nthroughput (K=3)")
         report["throughput"] = throughput(pipes, image, device, args.gpu_batches, 3)
     if args.vocab_curve:
         ref_pc = unit.get("reference")
