@@ -31,7 +31,7 @@ PROMPT_MODES: dict[str, dict[str, Any]] = {
     "per_class": {"prompt_mode": "per_class", "template": "{}", "class_phrase": "a {}"},
     "per_class_paper": {"prompt_mode": "per_class", "template": "a photograph of {}", "class_phrase": "{}"},
 }
-TIMESTEPS = (50, 100, 200)
+TIMESTEPS = (100, 200)
 #: Self-attention completion variants: (self_attention_factor, self_attention_steps). "finest" is the paper's.
 COMPLETIONS: dict[str, tuple[int | None, int]] = {"finest": (None, 1), "factor2": (2, 1), "none": (None, 0)}
 LEVEL_WEIGHTS = {"paper": {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}, "uniform": {8: 1.0, 4: 1.0, 2: 1.0, 1: 1.0}}
@@ -117,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=int, default=200, help="validation scenes for the search")
     p.add_argument("--test", type=int, default=300, help="held-out test scenes for the report")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--report", default=None, help="write the JSON report here (default: MODEL/tuning.json)")
     p.add_argument("--no-write", action="store_true", help="do not write segmenter_config.json")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     folder = Path(args.model)
     cfg_path = folder / "segmenter_config.json"

@@ -1,0 +1,36 @@
+"""Regression test of segmentation quality: the shipped shapes model on a fixed set of held-out scenes.
+
+The 48 scenes are the first of the test split (seeds 20_000_000...), never used in training or in choosing the
+model's settings (those were chosen on the val split). Measured when the model was shipped: mIoU 0.629, foreground
+class accuracy 0.694 (chance 0.622), foreground IoU 0.797; on these scenes the trivial baselines reach mIoU 0.530
+(brightness + first class) and 0.587 (true foreground + random present class). The floors sit a little below.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffsegmenter import DiffSegmenter
+from diffsegmenter.shapes.quality import evaluate_segmenter, scenes_of
+
+
+@pytest.fixture(scope="module")
+def shapes_segmenter():
+    torch.manual_seed(0)
+    return DiffSegmenter.from_pretrained("shapes")
+
+
+def test_shipped_model_quality_does_not_regress(shapes_segmenter):
+    m = evaluate_segmenter(shapes_segmenter, scenes_of("test", 48))
+    assert m["mIoU"] >= 0.60, m
+    assert m["fg_iou"] >= 0.75, m
+    assert m["class_acc_fg"] >= 0.66, m
+
+
+def test_shipped_model_loads_offline_with_its_settings(shapes_segmenter):
+    cfg = shapes_segmenter.config
+    assert shapes_segmenter.default_classes == ["circle", "square", "triangle", "cross"]
+    assert cfg.prompt_mode == "single" and cfg.self_attention_factor == 2
+    res = shapes_segmenter.segment(scenes_of("test", 1)[0].image)  # the model's own classes
+    assert res.classes == ["circle", "square", "triangle", "cross"] and res.labels.shape == (64, 64)
