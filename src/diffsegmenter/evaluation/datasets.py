@@ -195,19 +195,12 @@ def voc_colormap(n: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map (bit-interleaved), also used by mmsegmentation's VOC palette.
 
     Returns:
-        `np.ndarray` of shape `(n, 3)`, uint8. Entry 0 is black, 255 is (224, 224, 192).
+        `np.ndarray` of shape `(n, 3)`, uint8 (a copy of the first n entries of
+        :data:`diffsegmenter.outputs.VOC_PALETTE`). Entry 0 is black, 255 is (224, 224, 192).
     """
-    cmap = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        cmap[i] = (r, g, b)
-    return cmap
+    from ..outputs import VOC_PALETTE
+
+    return np.array(VOC_PALETTE[:n], dtype=np.uint8)
 
 
 def normalize_class_name(name: str) -> str:

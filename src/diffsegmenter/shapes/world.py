@@ -421,17 +421,9 @@ def voc_palette(n: int = 256) -> list[int]:
     Returns:
         `list[int]`: ``3 * n`` values in [0, 255]; entry 0 is black, 1 (128, 0, 0), 2 (0, 128, 0), ...
     """
-    pal: list[int] = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal.extend((r, g, b))
-    return pal
+    from ..outputs import VOC_PALETTE
+
+    return VOC_PALETTE[:n].reshape(-1).tolist()
 
 
 def scene_id(split: str, index: int) -> str:
