@@ -335,7 +335,15 @@ def test_demo_on_the_tiny_model_writes_overlays(tmp_path: Path, tiny_model_dir: 
 def test_demo_on_the_shipped_model(tmp_path: Path, capsys) -> None:
     code, stdout, stderr = _run(["demo", "--out", str(tmp_path / "demo")], capsys)
     assert code == 0, stderr
-    assert "overlay" in stdout
+    assert "overlay" in stdout and "diffusion filter" in stdout  # the shipped model recommends its filter
+    overlays = sorted((tmp_path / "demo").glob("*.overlay.png"))
+    assert len(overlays) == 6
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "demo").glob("shapes_*.json")]
+    assert len(sidecars) == 6
+    for data in sidecars:  # each image segments only the classes its filter kept, from the 4-shape vocabulary
+        assert 1 <= len(data["classes"]) <= 4
+        assert set(data["classes"]) <= {"circle", "square", "triangle", "cross"}
+        assert set(data["candidates"]) == {"circle", "square", "triangle", "cross"}
 
 
 def test_shipped_examples_are_the_example_scenes() -> None:

@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated class names (default: the model's own classes, else the shapes-world shapes)",
     )
+    demo.add_argument(
+        "--filter",
+        choices=("none", "diffusion", "clip"),
+        default=None,
+        help="category filter picking the present classes from the vocabulary (default: 'diffusion' when the model "
+        "folder recommends its settings, as the shipped shapes model does; else none)",
+    )
     _add_model_arguments(demo)
     demo.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
@@ -868,9 +875,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         segmenter = _load_segmenter(args, {})
         out = _prepare_out_dir(args.out if args.out is not None else DEFAULT_DEMO_OUT)
         classes = classes or _demo_classes(segmenter)
+        flt = args.filter
+        if flt is None:
+            flt = "diffusion" if "_diffusion_filter" in getattr(segmenter, "model_settings", {}) else "none"
         jobs = [ImageJob(path=p, out_dir=out, stem=p.stem) for p in paths]
-        print(f"Segmenting {len(jobs)} example image(s) into: {', '.join(classes)}")
-        report = run_batch(segmenter, jobs, formats=DEMO_FORMATS, classes=classes, overwrite=True, progress=False)
+        how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
+        print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")
+        report = run_batch(
+            segmenter,
+            jobs,
+            formats=DEMO_FORMATS,
+            classes=classes,
+            filter=None if flt == "none" else flt,
+            overwrite=True,
+            progress=False,
+        )
     _write_skipped(report, out)
     for job, found in report.segmented:
         print(f"  {job.path.name}: {', '.join(found) if found else 'nothing found'} -> {job.stem}.overlay.png")
