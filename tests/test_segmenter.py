@@ -162,3 +162,21 @@ def test_completion_at_a_coarser_self_attention_level(tiny_segmenter):
     tiny_segmenter.config = tiny_segmenter.config.replace(self_attention_factor=2)
     res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"])
     assert res.scores.shape == (2, 24, 40) and np.allclose(res.scores.reshape(2, -1).max(1), 1.0)
+
+
+def test_cpu_batches_shrink_to_free_memory_without_changing_results(tiny_segmenter, monkeypatch):
+    import diffsegmenter.segmenter as segmenter_module
+
+    calls = []
+    original = tiny_segmenter.attention_maps
+
+    def counting(latents, *args, **kwargs):
+        calls.append(latents.shape[0])
+        return original(latents, *args, **kwargs)
+
+    full = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
+    monkeypatch.setattr(segmenter_module, "_free_ram_bytes", lambda: 1)  # room for one sample at a time
+    monkeypatch.setattr(tiny_segmenter, "attention_maps", counting)
+    small = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
+    assert calls == [1, 1, 1]
+    assert np.allclose(small.scores, full.scores, atol=1e-4)

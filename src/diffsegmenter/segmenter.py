@@ -479,16 +479,37 @@ class DiffSegmenter:
             )
         return results
 
+    def _cpu_batch_limit(self, latents: torch.Tensor) -> int:
+        """UNet samples per forward that fit half the free host RAM.
+
+        Estimate per sample: 8 x latent pixels x the sum of the UNet's block widths x 4 bytes (about 460 MB
+        for SD1.5 at 512², meant as an over-estimate).
+        """
+        free = _free_ram_bytes()
+        if free is None:
+            return 1 << 30
+        widths = sum(int(c) for c in self.unet.config.block_out_channels)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        per_sample = 8 * latents.shape[-2] * latents.shape[-1] * widths * max(4, itemsize)
+        return max(1, int(0.5 * free // per_sample))
+
     def _run_batched(
         self, work: list[tuple[int, ClassPrompt]], latents: torch.Tensor, maps: dict[tuple[int, int], torch.Tensor]
     ) -> None:
-        """Run the UNet over work items in batches; on out-of-memory halve the batch and retry."""
+        """Run the UNet over work items in batches; on out-of-memory halve the batch and retry.
+
+        Without ``config.batch_size`` the first batch size is all items on a GPU (halved on CUDA out-of-memory) and,
+        on the CPU, as many as fit half the free RAM by :meth:`_cpu_batch_limit` (a process that exhausts host memory
+        is killed before any exception could be caught).
+        """
         # prompts naming the same number of classes batch together (select_token_maps needs equal C per batch)
         groups: dict[int, list[tuple[int, ClassPrompt]]] = {}
         for item in work:
             groups.setdefault(len(item[1].class_indices), []).append(item)
         for items in groups.values():
             bs = self.config.batch_size or len(items)
+            if self.config.batch_size is None and self.device.type == "cpu":
+                bs = min(bs, self._cpu_batch_limit(latents))
             start = 0
             while start < len(items):
                 chunk = items[start : start + bs]
@@ -516,6 +537,14 @@ class DiffSegmenter:
                     for ci, cm in zip(p.class_indices, m):
                         maps[(i, ci)] = cm
                 start += len(chunk)
+
+
+def _free_ram_bytes() -> int | None:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return None
+    return int(psutil.virtual_memory().available)
 
 
 def _accepts_scores(flt: Any) -> bool:
