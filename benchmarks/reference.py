@@ -211,8 +211,12 @@ class ReferencePipeline:
             fused = fused + (cfg.level_weights[factor] / total) * _minmax(m)
         if cfg.self_attention_steps == 0:
             return fused
-        self_finest = min(selfs)
-        s = selfs[self_finest].float()
+        # the released code reads the finest level; the engine may be configured to read a coarser one
+        level = getattr(cfg, "self_attention_factor", None) or min(selfs)
+        s = selfs[level].float()
+        if tuple(s.shape[:2]) != tuple(size):
+            fused = F.interpolate(fused[None, None], size=tuple(s.shape[:2]), mode="area")[0, 0]
+            size = tuple(s.shape[:2])
         n = s.shape[0] * s.shape[1]
         matrix = s.reshape(n, n).cpu()  # the released code: .cpu() then a 4096 x 4096 @ 4096 product
         vec = fused.reshape(n).cpu()

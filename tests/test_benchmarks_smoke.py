@@ -45,6 +45,15 @@ def test_reference_with_multi_token_name_and_no_emphasis(tiny_components):
     assert np.abs(ref["scores"] - res.scores).max() < 1e-4
 
 
+def test_reference_follows_a_coarser_self_attention_level(tiny_components):
+    if "self_attention_factor" not in SegmenterConfig.__dataclass_fields__:
+        pytest.skip("engine has no self_attention_factor")
+    seg = _segmenter(tiny_components, self_attention_factor=2)
+    ref = ReferencePipeline(seg).segment(_image(), ["cat", "sofa"], seed=0)
+    res = seg.segment(_image(), classes=["cat", "sofa"], seed=0)
+    assert np.abs(ref["scores"] - res.scores).max() < 1e-4
+
+
 def test_reference_rejects_single_prompt_mode(tiny_components):
     with pytest.raises(ValueError, match="per_class"):
         ReferencePipeline(_segmenter(tiny_components, prompt_mode="single"))
