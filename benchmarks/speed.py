@@ -22,7 +22,8 @@ Quick check::
 
     python benchmarks/speed.py --size 256 --ks 1 3 --no-captioner
 
-Full CPU run (512², K = 1, 3, 10, captioner on at K = 3; about 10-15 minutes on 2 free cores)::
+Full CPU run (512², K = 1, 3, 10, captioner on at K = 3; repeats are lowered to fit ``--budget-min`` = 14, and the
+log says so; ~15 minutes on one core, see benchmarks/README.md; ``--threads 1`` on a shared machine)::
 
     python benchmarks/speed.py --json speed512.json
 
