@@ -21,6 +21,10 @@ def test_minmax_known_answer_and_constant_map():
     out = minmax(x)
     assert torch.allclose(out[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
     assert torch.equal(out[1], torch.zeros(2, 2))
+    # rounding-level spread on a large value is "constant" too; a real spread is not
+    noise = torch.tensor([[[0.05, 0.05 + 1e-9], [0.05, 0.05]]])
+    assert torch.equal(minmax(noise), torch.zeros(1, 2, 2))
+    assert minmax(torch.tensor([[[0.05, 0.051], [0.05, 0.05]]])).max() == 1.0
 
 
 def test_fuse_levels_weights_renormalised_over_present_levels():

@@ -20,12 +20,14 @@ __all__ = [
 ]
 
 _EPS = 1e-8
+_REL_EPS = 1e-5
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
     """Min-max normalise each 2-D map of ``x`` to [0, 1] over its last two dimensions.
 
-    A constant map becomes all zeros (no class evidence) instead of dividing by zero.
+    A constant map (spread at most 1e-5 of its magnitude, i.e. float rounding) becomes all zeros (no class
+    evidence) instead of a stretched noise pattern.
 
     Args:
         x (`torch.Tensor`): (..., h, w) floating point.
@@ -36,7 +38,10 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     lo = x.amin(dim=(-2, -1), keepdim=True)
     hi = x.amax(dim=(-2, -1), keepdim=True)
     rng = hi - lo
-    return torch.where(rng > _EPS, (x - lo) / rng.clamp_min(_EPS), torch.zeros_like(x))
+    # "constant" is judged relative to the map's magnitude: a spread of float rounding (e.g. a 1x1 or 2x2 level of
+    # near-uniform attention) must not be stretched into a full 0..1 map
+    flat = rng <= _EPS + _REL_EPS * torch.maximum(hi.abs(), lo.abs())
+    return torch.where(flat, torch.zeros_like(x), (x - lo) / rng.clamp_min(_EPS))
 
 
 def select_token_maps(maps: torch.Tensor, token_groups: list[list[list[int]]]) -> torch.Tensor:
