@@ -45,3 +45,16 @@ def test_bad_settings_raise(tiny_segmenter):
         DiffusionFilter(tiny_segmenter, timesteps=(0,))
     with pytest.raises(ValueError, match="vocabulary"):
         DiffusionFilter(tiny_segmenter).scores(_image(), [])
+
+
+def test_scores_then_predict_run_the_model_once(tiny_segmenter, monkeypatch):
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    calls = []
+    original = flt.reduction_maps
+    monkeypatch.setattr(flt, "reduction_maps", lambda image, vocab: calls.append(1) or original(image, vocab))
+    vocab = ["cat", "sofa"]
+    flt.scores(_image(), vocab)
+    flt.predict(_image(), vocab)
+    assert len(calls) == 1
+    flt.scores(_image(seed=1), vocab)  # another image is computed afresh
+    assert len(calls) == 2

@@ -256,11 +256,7 @@ class DiffSegmenter:
             flt = self._get_filter(filter)
             for i, (img, vocab) in enumerate(zip(arrays, class_lists)):
                 scores = flt.scores(img, vocab)
-                kept = (
-                    set(flt.predict(img, vocab, scores=scores))
-                    if _accepts_scores(flt)
-                    else set(flt.predict(img, vocab))
-                )
+                kept = set(flt.predict(img, vocab))  # filters remember the last image's scores
                 candidates[i] = {c: float(scores.get(c, 0.0)) for c in vocab}
                 class_lists[i] = [c for c in vocab if c in kept]
         results = self._segment_arrays(arrays, class_lists, seed=seed, tau=tau)
@@ -545,12 +541,3 @@ def _free_ram_bytes() -> int | None:
     except ImportError:  # pragma: no cover - psutil comes with accelerate
         return None
     return int(psutil.virtual_memory().available)
-
-
-def _accepts_scores(flt: Any) -> bool:
-    import inspect
-
-    try:
-        return "scores" in inspect.signature(flt.predict).parameters
-    except (TypeError, ValueError):
-        return False

@@ -66,6 +66,7 @@ class DiffusionFilter:
         self.quantile = float(quantile if quantile is not None else settings["quantile"])
         self.threshold = float(threshold if threshold is not None else settings["threshold"])
         self.batch_size = int(batch_size)
+        self._last: tuple[tuple, dict[str, float]] | None = None  # scores() then predict() on one image: one run
         if not self.timesteps or any(not 0 < t < 1000 for t in self.timesteps):
             raise ValueError(f"timesteps must be in 1..999, got {self.timesteps}")
         if self.noise_draws < 1 or not 0 < self.quantile <= 1:
@@ -114,11 +115,28 @@ class DiffusionFilter:
         return torch.cat(out)
 
     def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
-        """Presence score per class: the ``quantile`` of its error-reduction map (unbounded; ~0 when absent)."""
+        """Presence score per class: the ``quantile`` of its error-reduction map (unbounded; ~0 when absent).
+
+        The last image's scores are remembered, so ``scores`` then ``predict`` on it costs one run.
+        """
         vocab = validate_vocabulary(vocabulary)
-        maps = self.reduction_maps(image, vocab)
-        q = torch.quantile(maps.flatten(1), self.quantile, dim=1)
-        return {name: float(v) for name, v in zip(vocab, q)}
+        image = np.ascontiguousarray(image)
+        key = (
+            image.shape,
+            hash(image.tobytes()),
+            tuple(vocab),
+            self.timesteps,
+            self.noise_draws,
+            self.quantile,
+            self.seg.config.seed,
+            self.seg.config.template,
+            self.seg.config.class_phrase,
+        )
+        if self._last is None or self._last[0] != key:
+            maps = self.reduction_maps(image, vocab)
+            q = torch.quantile(maps.flatten(1), self.quantile, dim=1)
+            self._last = (key, {name: float(v) for name, v in zip(vocab, q)})
+        return dict(self._last[1])
 
     def predict(self, image: np.ndarray, vocabulary: list[str], scores: dict[str, float] | None = None) -> list[str]:
         """Classes whose score reaches ``threshold`` (the best one if none does), in vocabulary order."""

@@ -21,7 +21,7 @@ import torch
 
 from ..filters.diffusion import DiffusionFilter
 from ..segmenter import DiffSegmenter
-from .quality import evaluate_segmenter, scenes_of, score_predictions
+from .quality import evaluate_segmenter, scenes_of, score_predictions, world_labels
 from .world import CLASS_NAMES
 
 VOCAB = list(CLASS_NAMES[1:])
@@ -58,9 +58,7 @@ def evaluate_whole_vocabulary(seg: DiffSegmenter, scenes) -> dict[str, float]:
     preds = []
     for start in range(0, len(scenes), 16):
         chunk = scenes[start : start + 16]
-        for res in seg.segment([s.image for s in chunk], classes=VOCAB):
-            lut = np.array([0] + [CLASS_NAMES.index(c) for c in res.classes], dtype=np.int64)
-            preds.append(lut[res.labels])
+        preds.extend(world_labels(res) for res in seg.segment([s.image for s in chunk], classes=VOCAB))
     return score_predictions(scenes, preds)
 
 
@@ -106,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     preds = []
     for s, k in zip(test, kept):
         classes = [c for c, keep in zip(VOCAB, k) if keep]
-        res = seg.segment(s.image, classes=classes)
-        lut = np.array([0] + [CLASS_NAMES.index(c) for c in res.classes], dtype=np.int64)
-        preds.append(lut[res.labels])
+        preds.append(world_labels(seg.segment(s.image, classes=classes)))
     report["test_open_vocabulary"] = score_predictions(test, preds)
     report["test_keep_all"] = presence_metrics(np.ones_like(tt), tt)  # the no-filter reference for presence
     report["test_whole_vocabulary_no_filter"] = evaluate_whole_vocabulary(seg, test)

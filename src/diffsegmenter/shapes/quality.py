@@ -21,12 +21,26 @@ import numpy as np
 from ..evaluation.metrics import ConfusionMatrix
 from .world import CLASS_NAMES, Scene, make_split_scene, shape_mask
 
-__all__ = ["scenes_of", "score_predictions", "evaluate_segmenter", "trivial_baselines"]
+__all__ = ["scenes_of", "world_labels", "score_predictions", "evaluate_segmenter", "trivial_baselines"]
 
 
 def scenes_of(split: str, count: int, start: int = 0) -> list[Scene]:
     """Scenes ``start .. start+count-1`` of a split ("train", "val", "test")."""
     return [make_split_scene(split, i) for i in range(start, start + count)]
+
+
+def world_labels(res: Any, labels: np.ndarray | None = None) -> np.ndarray:
+    """A segmentation result's labels (0 = background, i = ``res.classes[i-1]``) as ``CLASS_NAMES`` ids.
+
+    Args:
+        res: a :class:`~diffsegmenter.SegmentationResult` over shape classes.
+        labels (`np.ndarray`, *optional*): labels to map instead of ``res.labels`` (e.g. ``res.relabel(tau)``).
+
+    Returns:
+        `np.ndarray`: (H, W) int64 in 0..4.
+    """
+    lut = np.array([0] + [CLASS_NAMES.index(c) for c in res.classes], dtype=np.int64)
+    return lut[res.labels if labels is None else labels]
 
 
 def score_predictions(scenes: Sequence[Scene], predictions: Sequence[np.ndarray]) -> dict[str, float]:
@@ -80,9 +94,7 @@ def evaluate_segmenter(seg: Any, scenes: Sequence[Scene], batch: int = 16, **seg
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
         results = seg.segment([s.image for s in chunk], [s.classes for s in chunk], **segment_kwargs)
-        for res in results:
-            lut = np.array([0] + [CLASS_NAMES.index(c) for c in res.classes], dtype=np.int64)
-            preds.append(lut[res.labels])
+        preds.extend(world_labels(res) for res in results)
     return score_predictions(scenes, preds)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..segmenter import DiffSegmenter
-from .quality import evaluate_segmenter, scenes_of, score_predictions, trivial_baselines
+from .quality import evaluate_segmenter, scenes_of, score_predictions, trivial_baselines, world_labels
 from .world import CLASS_NAMES
 
 #: Prompt modes compared (SegmenterConfig fields). "per_class_paper" is the paper's template verbatim.
@@ -48,11 +48,7 @@ def _predict(seg: DiffSegmenter, scenes, batch: int = 32) -> list[Any]:
 
 
 def _labels(results, tau: float) -> list[np.ndarray]:
-    preds = []
-    for res in results:
-        lut = np.array([0] + [CLASS_NAMES.index(c) for c in res.classes], dtype=np.int64)
-        preds.append(lut[res.relabel(tau)])
-    return preds
+    return [world_labels(res, res.relabel(tau)) for res in results]
 
 
 def _best_tau(scenes, results) -> tuple[float, dict[str, Any]]:
