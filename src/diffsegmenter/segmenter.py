@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class SegmentationResult:
     prompts: list[str]
     tau: float
     candidates: dict[str, float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def relabel(self, tau: float) -> np.ndarray:
         """Labels for another background score, from the stored score maps (no model call).
@@ -284,7 +283,8 @@ class DiffSegmenter:
             if len(classes) != n:
                 raise ValueError(f"got {len(classes)} class lists for {n} images; give one list per image or one list")
             return [_validate_classes(c) for c in classes]
-        return [_validate_classes(classes) for _ in range(n)]
+        validated = _validate_classes(classes)
+        return [list(validated) for _ in range(n)]
 
     def _get_filter(self, filter: Any):
         """A filter object from a name ("diffusion", "clip") or the object itself; loaded once and kept."""
