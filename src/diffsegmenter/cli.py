@@ -117,6 +117,16 @@ def _parse_set(text: str) -> tuple[str, Any]:
     return field.strip(), value
 
 
+def _add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--filter",
+        choices=("none", "clip", "diffusion"),
+        default=None,
+        help="category filter keeping only the classes present in each image: clip (the paper's BLIP+CLIP), "
+        f"diffusion (diffusion model only) (default: {default})",
+    )
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -169,13 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated output formats: png (palette label map), overlay, heatmaps, rle (COCO RLE JSON), "
         f"npz (score maps) (default: {','.join(DEFAULT_FORMATS)}); a <name>.json sidecar is always written",
     )
-    seg.add_argument(
-        "--filter",
-        choices=("none", "clip", "diffusion"),
-        default=None,
-        help="category filter keeping only the classes present in each image: clip (the paper's BLIP+CLIP), "
-        "diffusion (diffusion model only) (default: none)",
-    )
+    _add_filter_argument(seg, default="none")
     seg.add_argument(
         "--captioner",
         default=None,
@@ -232,12 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated class names (default: the model's own classes, else the shapes-world shapes)",
     )
-    demo.add_argument(
-        "--filter",
-        choices=("none", "diffusion", "clip"),
-        default=None,
-        help="category filter picking the present classes from the vocabulary (default: 'diffusion' when the model "
-        "folder recommends its settings, as the shipped shapes model does; else none)",
+    _add_filter_argument(
+        demo,
+        default="'diffusion' when the model folder recommends its settings, as the shipped shapes model does; else none",
     )
     _add_model_arguments(demo)
     demo.add_argument("-v", "--verbose", action="store_true", help="log progress details")
