@@ -180,3 +180,14 @@ def test_cpu_batches_shrink_to_free_memory_without_changing_results(tiny_segment
     small = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
     assert calls == [1, 1, 1]
     assert np.allclose(small.scores, full.scores, atol=1e-4)
+
+
+def test_changing_emphasis_is_not_hidden_by_the_text_cache(tiny_segmenter):
+    prompt = tiny_segmenter.build_prompts(_image(), ["cat"])[0]
+    a = tiny_segmenter.encode_prompt(prompt).clone()
+    tiny_segmenter.config = tiny_segmenter.config.replace(emphasis=2.0)
+    b = tiny_segmenter.encode_prompt(prompt)
+    pos = prompt.class_tokens[0]
+    assert not torch.allclose(a[pos], b[pos])
+    others = [i for i in range(a.shape[0]) if i not in pos]
+    assert torch.equal(a[others], b[others])

@@ -383,7 +383,7 @@ class DiffSegmenter:
     @torch.inference_mode()
     def encode_prompt(self, prompt: ClassPrompt) -> torch.Tensor:
         """Text-encoder output of a prompt with its class tokens emphasised: (T, D) in the UNet's dtype."""
-        key = (*prompt.input_ids, -1, *[p for toks in prompt.class_tokens for p in toks])
+        key = (self.config.emphasis, *prompt.input_ids, -1, *[p for toks in prompt.class_tokens for p in toks])
         if key not in self._text_cache:
             z = self._encode_ids(prompt.input_ids)
             positions = [p for toks in prompt.class_tokens for p in toks]
