@@ -37,6 +37,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import parse_override
+
 __all__ = [
     "CONFIG_FLAGS",
     "DEFAULT_DEMO_OUT",
@@ -103,18 +105,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
-
-
-def _parse_set(text: str) -> tuple[str, Any]:
-    """``FIELD=VALUE`` -> (field, value); VALUE is read as JSON when it parses (numbers, true, lists), else text."""
-    field, sep, raw = text.partition("=")
-    if not sep or not field.strip():
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r} (e.g. --set token_rule=last)")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return field.strip(), value
 
 
 def _add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -213,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="UNet samples per forward pass (SegmenterConfig.batch_size; default: all, halved on out-of-memory)",
+        help="UNet samples per forward pass (SegmenterConfig.batch_size; default: as many as fit in memory)",
     )
     method.add_argument(
         "--set",
         dest="config_set",
         metavar="FIELD=VALUE",
-        type=_parse_set,
+        type=parse_override,
         action="append",
         default=None,
         help="set any other SegmenterConfig field, repeatable, e.g. --set token_rule=last --set emphasis=1.0",

@@ -5,13 +5,14 @@ Sources (see ``shared/docs/method.md``): [CODE] = the released scripts at HEAD b
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["SegmenterConfig", "PAPER_LEVEL_WEIGHTS"]
+__all__ = ["SegmenterConfig", "PAPER_LEVEL_WEIGHTS", "parse_override"]
 
 #: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
 #: for SD1.5 at 512² these are the 8x8, 16x16, 32x32 and 64x64 levels).
@@ -108,3 +109,22 @@ class SegmenterConfig:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         data = {k: v for k, v in data.items() if not k.startswith("_")}
         return cls().replace(**{**data, **overrides})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a command line's ``FIELD=VALUE`` for one SegmenterConfig field.
+
+    VALUE is read as JSON when it parses (``true``, ``0.5``, ``[1, 2]``), else kept as text. The field name is checked
+    later, by :meth:`SegmenterConfig.replace`.
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=`` or an empty field name (argparse shows the message as is).
+    """
+    field_name, sep, raw = text.partition("=")
+    if not sep or not field_name.strip():
+        raise argparse.ArgumentTypeError(f"--set expects FIELD=VALUE, got {text!r} (e.g. --set token_rule=last)")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return field_name.strip(), value

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..config import parse_override
 from .datasets import DATASET_ALIASES, DATASET_NAMES, SegmentationDataset, load_dataset
 from .metrics import ConfusionMatrix
 
@@ -91,18 +92,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if count < 1 or index >= count:
         raise argparse.ArgumentTypeError(f"--shard {text}: the index is 0-based, use 0/{count} .. {count - 1}/{count}")
     return index, count
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``FIELD=VALUE``; VALUE is read as JSON when it parses (``true``, ``0.5``, ``[1, 2]``), else as a string."""
-    field_name, sep, raw = text.partition("=")
-    if not sep or not field_name.strip():
-        raise argparse.ArgumentTypeError(f"--set expects FIELD=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return field_name.strip(), value
 
 
 def _candidate_key(key: str) -> str:
