@@ -172,68 +172,63 @@ def _check_mask(attention_mask: torch.Tensor | None) -> None:
         raise ValueError("attention capture does not support attention masks (Stable Diffusion uses none)")
 
 
-class CrossAttentionCaptureProcessor:
+class _CaptureProcessor:
+    """Shared body of the capturing processors: ``AttnProcessor2_0``'s projections and output, with the attention
+    step itself (:meth:`attend`) left to the subclass.
+
+    Args:
+        store (`AttentionStore`): where the captured tensors go.
+        name (`str`): the layer's processor key, for error messages.
+    """
+
+    def __init__(self, store: AttentionStore, name: str = "") -> None:
+        self.store = store
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        _check_mask(attention_mask)
+        query, key, value, residual, ndim, shape4d = _project(attn, hidden_states, encoder_hidden_states, temb)
+        out = self.attend(attn, query, key, value)
+        return _finish(attn, out.to(query.dtype), residual, ndim, shape4d)
+
+    def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N_q, d) queries, (B, heads, N_kv, d) keys and values -> (B, heads, N_q, d) output."""
+        raise NotImplementedError
+
+
+class CrossAttentionCaptureProcessor(_CaptureProcessor):
     r"""Eager cross-attention that records the head-averaged probabilities in an :class:`AttentionStore`.
 
     Computes exactly what ``AttnProcessor`` computes (``softmax(Q K^T * scale) V`` with the layer's softmax upcast
     settings); the probabilities are (B, heads, N, T) with T = 77 text tokens, small enough to form explicitly.
-
-    Args:
-        store (`AttentionStore`): where the probabilities go.
-        name (`str`): the layer's processor key, for error messages.
     """
 
-    def __init__(self, store: AttentionStore, name: str = "") -> None:
-        self.store = store
-        self.name = name
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        _check_mask(attention_mask)
-        query, key, value, residual, ndim, shape4d = _project(attn, hidden_states, encoder_hidden_states, temb)
+    def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         b, h, n, d = query.shape
         probs = attn.get_attention_scores(query.reshape(b * h, n, d), key.reshape(b * h, -1, d), None)
         probs = probs.view(b, h, n, -1)
         self.store.add_cross(probs)
-        out = torch.matmul(probs, value)
-        return _finish(attn, out, residual, ndim, shape4d)
+        return torch.matmul(probs, value)
 
 
-class SelfAttentionCaptureProcessor:
+class SelfAttentionCaptureProcessor(_CaptureProcessor):
     r"""Fused (SDPA) self-attention that also keeps the layer's queries and keys.
 
     The output is what ``AttnProcessor2_0`` gives; the queries and keys of the kept samples are stored so that the
     head- and layer-averaged attention can later be applied to maps without ever forming the N x N matrix.
-
-    Args:
-        store (`AttentionStore`): where the queries and keys go.
-        name (`str`): the layer's processor key, for error messages.
     """
 
-    def __init__(self, store: AttentionStore, name: str = "") -> None:
-        self.store = store
-        self.name = name
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        _check_mask(attention_mask)
-        query, key, value, residual, ndim, shape4d = _project(attn, hidden_states, encoder_hidden_states, temb)
+    def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         keep = self.store.keep_batch
         self.store.self_qk.append((query[keep], key[keep], float(attn.scale)))
-        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        return _finish(attn, out.to(query.dtype), residual, ndim, shape4d)
+        return F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
 
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
