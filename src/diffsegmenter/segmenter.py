@@ -137,7 +137,7 @@ class DiffSegmenter:
         self.default_classes = list(default_classes) if default_classes else None
         self.model_settings = dict(model_settings or {})
         self.filters: dict[str, Any] = {}
-        self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._text_cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -399,8 +399,12 @@ class DiffSegmenter:
         return self.text_encoder(x)[0][0].to(self.dtype)
 
     def _empty_embedding(self) -> torch.Tensor:
-        ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length)["input_ids"]
-        return self._encode_ids(ids)
+        """Text-encoder output of the empty prompt, (T, D); encoded once (emphasis, CFG reference, filters)."""
+        key = ("",)
+        if key not in self._text_cache:
+            ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length)["input_ids"]
+            self._text_cache[key] = self._encode_ids(ids)
+        return self._text_cache[key]
 
     @torch.inference_mode()
     def attention_maps(
