@@ -19,6 +19,7 @@ Run::
     python -m diffsegmenter.shapes.train --out runs/shapes --device cuda --time-budget-s 420
     python -m diffsegmenter.shapes.train --out runs/shapes --device cpu --time-budget-s 7200   # then --resume
     python -m diffsegmenter.shapes.train --profile-steps 20 --device cuda     # steps/s of each phase, then exit
+    python -m diffsegmenter.shapes.train --out runs/leg2 --init-from runs/shapes/model --time-budget-s 500  # a new leg
 
 ``--time-budget-s`` counts from the start of the run (after Python's imports) over all legs together; the process
 takes about 15 s more (imports, CUDA start, the final save). Measured on one H200 (bf16 autocast, default sizes):
@@ -108,6 +109,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     tiny: bool = False
+    init_from: str | None = None
 
     def resolve(self) -> TrainConfig:
         """A copy with the device and every `None` default filled in."""
@@ -546,9 +548,53 @@ class Trainer:
         self.unet_fwd = self.unet
         if cfg.compile:
             self.unet_fwd = torch.compile(self.unet)
+        if cfg.init_from is not None:
+            self.init_from_folder(Path(cfg.init_from))
         n_params = {k: C.count_parameters(m) for k, m in (("vae", self.vae), ("unet", self.unet))}
         n_params["text_encoder"] = C.count_parameters(self.text_encoder)
         self.log("setup", device=str(self.device), params=n_params, config=dataclasses.asdict(cfg))
+
+    def init_from_folder(self, folder: Path) -> None:
+        """Start a new leg from a finished model folder: its VAE (and scaling factor) and text encoder as they are,
+        its UNet (the EMA weights it ships) as the starting point of both the trained and the EMA UNet.
+
+        Phase 1 is skipped; the UNet step counter, learning-rate warm-up and schedule start afresh (the folder holds
+        no optimiser state). The architecture must match the one this run would build.
+        """
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"--init-from {folder}: no model_index.json there; give a model folder written by this script "
+                "(its model/ or ckpt-<step>/), or the shipped src/diffsegmenter/models/shapes"
+            )
+        loaded = {
+            "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32),
+            "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32),
+            "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32),
+        }
+        for name, model in loaded.items():
+            target = getattr(self, name)
+            try:
+                target.load_state_dict(model.state_dict(), strict=True)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"--init-from {folder}: its {name} does not match the architecture of this run "
+                    f"(--tiny and --token-embedding-std must be as when it was trained): {err}"
+                ) from err
+        self.ema_unet.load_state_dict(self.unet.state_dict())
+        self.scaling_factor = float(loaded["vae"].config.scaling_factor)
+        self.vae.register_to_config(scaling_factor=self.scaling_factor)
+        self.vae.eval().requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        self.phase = "unet"
+        earlier = None
+        log = folder / "train_log.jsonl"
+        if log.is_file():
+            done = [json.loads(x) for x in log.read_text().splitlines() if '"done"' in x]
+            earlier = done[-1].get("unet_step") if done else None
+        self.log("init_from", folder=str(folder), scaling_factor=self.scaling_factor, earlier_unet_steps=earlier)
 
     def load_state(self) -> bool:
         """Load ``state.pt`` if resuming and present; returns whether it did."""
@@ -1041,6 +1087,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default on CPU: cores - loader workers)")
     p.add_argument("--tiny", action="store_true", help="tiny models (tests only)")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start a new leg from a model folder (its VAE, frozen text encoder and EMA UNet); skips phase 1",
+    )
     p.add_argument("--sample-grid", metavar="PNG", help="after training, write a sample grid of model/ here")
     return p
 
