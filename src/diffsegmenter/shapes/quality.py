@@ -6,7 +6,11 @@ Three numbers per run, all over a fixed list of scenes:
 * ``class_acc_fg``: on true foreground pixels, the fraction labelled with the right shape ("binding": does each
   shape word light up its own object?), beside ``chance_class_acc``, what guessing uniformly among the classes
   present in each image would give;
-* ``fg_iou``: IoU of predicted foreground (any shape) against true foreground ("localisation").
+* ``fg_iou``: IoU of predicted foreground (any shape) against true foreground ("localisation");
+* ``class_acc_given_fg`` (when the class score maps are given): on true foreground pixels, the fraction where the
+  right class has the highest score among the given classes, whatever the background decision: the class decision
+  alone, as the issue's probes measured binding (same chance level). ``class_acc_fg`` is stricter: a foreground
+  pixel labelled background counts as wrong there.
 
 The trivial baselines of the issue are here too, so every report can print them beside the model.
 """
@@ -21,7 +25,14 @@ import numpy as np
 from ..evaluation.metrics import ConfusionMatrix
 from .world import CLASS_NAMES, Scene, make_split_scene, shape_mask
 
-__all__ = ["scenes_of", "world_labels", "score_predictions", "evaluate_segmenter", "trivial_baselines"]
+__all__ = [
+    "scenes_of",
+    "world_labels",
+    "score_predictions",
+    "class_accuracy_given_foreground",
+    "evaluate_segmenter",
+    "trivial_baselines",
+]
 
 
 def scenes_of(split: str, count: int, start: int = 0) -> list[Scene]:
@@ -43,15 +54,22 @@ def world_labels(res: Any, labels: np.ndarray | None = None) -> np.ndarray:
     return lut[res.labels if labels is None else labels]
 
 
-def score_predictions(scenes: Sequence[Scene], predictions: Sequence[np.ndarray]) -> dict[str, float]:
+def score_predictions(
+    scenes: Sequence[Scene],
+    predictions: Sequence[np.ndarray],
+    class_scores: Sequence[tuple[Sequence[str], np.ndarray]] | None = None,
+) -> dict[str, float]:
     """Score label maps (class ids of ``CLASS_NAMES``) against the scenes' ground truth.
 
     Args:
         scenes: the scenes.
         predictions: per scene, (64, 64) integer labels in 0..4.
+        class_scores (*optional*): per scene, the given class names and their (K, 64, 64) score maps (e.g.
+            ``(res.classes, res.scores)``); adds ``class_acc_given_fg``.
 
     Returns:
-        `dict[str, float]`: mIoU, class_acc_fg, chance_class_acc, fg_iou (fractions in [0, 1]) and n.
+        `dict[str, float]`: mIoU, class_acc_fg, chance_class_acc, fg_iou (fractions in [0, 1]), n, per_class_iou
+        and, with ``class_scores``, class_acc_given_fg.
     """
     cm = ConfusionMatrix(len(CLASS_NAMES))
     correct = total = 0
@@ -68,7 +86,7 @@ def score_predictions(scenes: Sequence[Scene], predictions: Sequence[np.ndarray]
         inter += int((fg & (pred > 0)).sum())
         union += int((fg | (pred > 0)).sum())
     m = cm.compute()
-    return {
+    out = {
         "mIoU": float(m.miou),
         "class_acc_fg": correct / max(1, total),
         "chance_class_acc": chance / max(1, total),
@@ -76,6 +94,36 @@ def score_predictions(scenes: Sequence[Scene], predictions: Sequence[np.ndarray]
         "n": len(scenes),
         "per_class_iou": {name: float(v) for name, v in zip(CLASS_NAMES, m.iou)},
     }
+    if class_scores is not None:
+        out["class_acc_given_fg"] = class_accuracy_given_foreground(scenes, class_scores)
+    return out
+
+
+def class_accuracy_given_foreground(
+    scenes: Sequence[Scene], class_scores: Sequence[tuple[Sequence[str], np.ndarray]]
+) -> float:
+    """On true foreground pixels, how often the right class scores highest among the given classes.
+
+    Args:
+        scenes: the scenes.
+        class_scores: per scene, the given class names (K) and their (K, 64, 64) score maps.
+
+    Returns:
+        `float`: a fraction in [0, 1] over all true foreground pixels of all scenes (0 if there are none).
+    """
+    if len(class_scores) != len(scenes):
+        raise ValueError(f"got class scores for {len(class_scores)} scenes, expected {len(scenes)}")
+    correct = total = 0
+    for scene, (names, scores) in zip(scenes, class_scores):
+        gt = scene.labels.astype(np.int64)
+        fg = gt > 0
+        total += int(fg.sum())
+        if len(names) == 0:
+            continue
+        ids = np.array([CLASS_NAMES.index(c) for c in names], dtype=np.int64)
+        pred = ids[np.asarray(scores).argmax(axis=0)]
+        correct += int((pred[fg] == gt[fg]).sum())
+    return correct / max(1, total)
 
 
 def evaluate_segmenter(seg: Any, scenes: Sequence[Scene], batch: int = 16, **segment_kwargs: Any) -> dict[str, float]:
@@ -90,12 +138,13 @@ def evaluate_segmenter(seg: Any, scenes: Sequence[Scene], batch: int = 16, **seg
     Returns:
         `dict[str, float]`: see :func:`score_predictions`.
     """
-    preds = []
+    preds, class_scores = [], []
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
         results = seg.segment([s.image for s in chunk], [s.classes for s in chunk], **segment_kwargs)
         preds.extend(world_labels(res) for res in results)
-    return score_predictions(scenes, preds)
+        class_scores.extend((res.classes, res.scores) for res in results)
+    return score_predictions(scenes, preds, class_scores)
 
 
 def trivial_baselines(scenes: Sequence[Scene], seed: int = 0) -> dict[str, dict[str, float]]:
