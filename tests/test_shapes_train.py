@@ -166,6 +166,8 @@ def _train_args(out, *extra):
         "2",
         "--threads",
         "1",
+        "--probe-scenes",
+        "2",
         *extra,
     ]
 
@@ -179,6 +181,10 @@ def test_train_tiny_runs_resumes_and_saves(tmp_path):
     assert (out / "model" / "model_index.json").is_file() and (out / "ckpt-2" / "unet").is_dir()
     assert (out / "state.pt").is_file() and (out / "train_config.json").is_file()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    probe = next(r for r in records if r["event"] == "binding")  # the binding probe ran at the checkpoint
+    assert probe["step"] == 2 and probe["scenes"] == 2
+    levels = [k for k in probe if k.startswith("level_")]
+    assert levels and all(0.0 <= probe[k] <= 1.0 for k in [*levels, "all_levels", "chance"])
     events = [r["event"] for r in records]
     assert events.count("vae") == 3 and events.count("unet") == 2 and events[-1] == "done"
     vae_done = next(r for r in records if r["event"] == "vae_done")

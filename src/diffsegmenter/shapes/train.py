@@ -110,6 +110,7 @@ class TrainConfig:
     threads: int | None = None
     tiny: bool = False
     init_from: str | None = None
+    probe_scenes: int | None = None
 
     def resolve(self) -> TrainConfig:
         """A copy with the device and every `None` default filled in."""
@@ -132,6 +133,7 @@ class TrainConfig:
             "save_every": 1000 if gpu else 500,
             "log_every": 100 if gpu else 20,
             "bf16": gpu,
+            "probe_scenes": 64 if gpu else 16,
             # CPU: one intra-op thread per core left after the loader workers. More threads than free cores make
             # torch's OpenMP workers spin against each other (5x slower on the shared 2-core machine).
             "threads": torch.get_num_threads()
@@ -839,6 +841,28 @@ class Trainer:
         self.save_state()
         self.save_model(self.out / f"ckpt-{self.unet_step}")
         _prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+        self.probe_binding()
+
+    @torch.no_grad()
+    def probe_binding(self) -> dict[str, float] | None:
+        """Log ``quality.binding_probe`` of the EMA UNet on the first ``probe_scenes`` validation scenes (issue 7:
+        measure binding on checkpoints, not the loss)."""
+        n = int(self.cfg.probe_scenes or 0)
+        if n <= 0:
+            return None
+        from ..segmenter import DiffSegmenter
+        from .quality import binding_probe, scenes_of
+
+        was_training = self.ema_unet.training
+        seg = DiffSegmenter(  # puts the EMA UNet in eval mode; restored below
+            self.vae, self.ema_unet, self.text_encoder, self.tokenizer, self.sample_scheduler
+        )
+        try:
+            result = binding_probe(seg, scenes_of("val", n))
+        finally:
+            self.ema_unet.train(was_training)
+        self.log("binding", step=self.unet_step, scenes=n, **result)
+        return result
 
     def _sync(self) -> None:
         if self.gpu:
@@ -1087,6 +1111,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default on CPU: cores - loader workers)")
     p.add_argument("--tiny", action="store_true", help="tiny models (tests only)")
+    p.add_argument(
+        "--probe-scenes",
+        type=int,
+        help="val scenes for the binding probe logged at each checkpoint (default 64 GPU / 16 CPU; 0: none)",
+    )
     p.add_argument(
         "--init-from",
         metavar="MODEL",
