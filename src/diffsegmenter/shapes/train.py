@@ -27,13 +27,16 @@ VAE 41 steps/s at batch 128, UNet 12.5 steps/s at batch 256 (3200 samples/s); 15
 processes, in the background of phase 1. A 230 s run (1.5k VAE steps, PSNR 31 dB; 1.85k UNet steps) already drew the
 single shapes it was asked for, and its class-token cross-attention (raw maps of every cross-attention layer,
 summed; prompt "a circle and a square") picked the right present class on 93% of foreground pixels of 60
-validation scenes (after 730 steps: 72%, about chance).
+validation scenes (after 730 steps: 72%, about chance). A second leg (``--init-from`` that model, 500 s) ran at 8.7
+steps/s on another H200 with the GPU ~60% busy (not profiled: batch building or launch overhead), and moved the
+binding probe's 8x8 level only from 0.915 to 0.926 (see the model card).
 On the shared 2-core CPU machine (one torch thread, under load): VAE 0.4 steps/s at batch 32, UNet 0.14-0.25
 steps/s at batch 32, i.e. a 2-hour CPU run sees under a tenth of the samples of a 7-minute GPU run.
 
 Output folder: ``train_config.json``, ``log.jsonl`` (one JSON record per log line), ``state.pt`` (resumable: models,
 optimisers, EMA, steps, elapsed time), ``ckpt-<step>/`` model folders (the last four), ``model/`` (the final model,
-diffusers layout, fp16 safetensors) and ``tokenizer/``.
+diffusers layout, fp16 safetensors) and ``tokenizer/``. At every checkpoint ``log.jsonl`` also gets a ``binding``
+record (``quality.binding_probe`` on ``--probe-scenes`` val scenes): watch that, not the loss.
 """
 
 from __future__ import annotations
