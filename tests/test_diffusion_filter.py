@@ -58,3 +58,16 @@ def test_scores_then_predict_run_the_model_once(tiny_segmenter, monkeypatch):
     assert len(calls) == 1
     flt.scores(_image(seed=1), vocab)  # another image is computed afresh
     assert len(calls) == 2
+
+
+def test_remembered_scores_follow_the_segmenter_settings(tiny_segmenter):
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    vocab = ["cat", "sofa"]
+    before = flt.scores(_image(), vocab)
+    config = tiny_segmenter.config
+    try:
+        tiny_segmenter.config = config.replace(emphasis=3.0)  # changes the class-token embeddings
+        assert flt.scores(_image(), vocab) != before
+    finally:
+        tiny_segmenter.config = config
+    assert flt.scores(_image(), vocab) == before

@@ -16,6 +16,7 @@ Cost: (K + 1) x len(timesteps) x noise_draws UNet samples per image, in batches;
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,9 +129,9 @@ class DiffusionFilter:
             self.timesteps,
             self.noise_draws,
             self.quantile,
-            self.seg.config.seed,
-            self.seg.config.template,
-            self.seg.config.class_phrase,
+            # every segmenter setting the maps depend on (seed, prompt wording, emphasis, resolution, ...): a change
+            # to the live segmenter's config must not return the scores of the old one
+            json.dumps(self.seg.config.to_dict(), sort_keys=True, default=str),
         )
         if self._last is None or self._last[0] != key:
             maps = self.reduction_maps(image, vocab)
