@@ -12,6 +12,7 @@ from diffsegmenter.aggregation import (
     mean_self_attention_matrix,
     minmax,
     select_token_maps,
+    split_where_and_which,
     upsample_scores,
 )
 
@@ -96,3 +97,19 @@ def test_label_with_background_known_answer():
     assert labels.tolist() == [[1, 0, 2]]
     assert label_with_background(scores, tau=0.95).tolist() == [[0, 0, 0]]
     assert label_with_background(torch.zeros(0, 2, 2), tau=0.4).tolist() == [[0, 0], [0, 0]]
+
+
+def test_split_where_and_which_known_answer():
+    where = torch.tensor([[[0.9, 0.3, 0.7]], [[0.2, 0.1, 0.8]]])  # (K=2, H=1, W=3): fg at pixels 0 and 2 for tau 0.5
+    which = torch.tensor([[[0.1, 0.9, 0.6]], [[0.4, 0.2, 0.3]]])  # class 2 wins pixel 0, class 1 pixels 1 and 2
+    scores = split_where_and_which(where, which, eps=0.0)
+    expected = torch.tensor([[[0.9 * 0.25, 0.3, 0.8]], [[0.9, 0.3 * 0.2 / 0.9, 0.8 * 0.5]]])
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert label_with_background(scores, tau=0.5).tolist() == [[2, 0, 1]]
+    # one class: the where map itself; no class evidence anywhere: every class gets the where maximum
+    assert torch.allclose(split_where_and_which(where[:1], which[:1]), where[:1], atol=1e-5)
+    assert torch.allclose(
+        split_where_and_which(where, torch.zeros_like(which)), where.amax(0, keepdim=True).expand(2, 1, 3)
+    )
+    with pytest.raises(ValueError, match="same shape"):
+        split_where_and_which(where, which[:1])

@@ -168,7 +168,7 @@ def test_cpu_batches_shrink_to_free_memory_without_changing_results(tiny_segment
     import diffsegmenter.segmenter as segmenter_module
 
     calls = []
-    original = tiny_segmenter.attention_maps
+    original = tiny_segmenter._attention_maps
 
     def counting(latents, *args, **kwargs):
         calls.append(latents.shape[0])
@@ -176,7 +176,7 @@ def test_cpu_batches_shrink_to_free_memory_without_changing_results(tiny_segment
 
     full = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
     monkeypatch.setattr(segmenter_module, "_free_ram_bytes", lambda: 1)  # room for one sample at a time
-    monkeypatch.setattr(tiny_segmenter, "attention_maps", counting)
+    monkeypatch.setattr(tiny_segmenter, "_attention_maps", counting)
     small = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
     assert calls == [1, 1, 1]
     assert np.allclose(small.scores, full.scores, atol=1e-4)
@@ -191,3 +191,20 @@ def test_changing_emphasis_is_not_hidden_by_the_text_cache(tiny_segmenter):
     assert not torch.allclose(a[pos], b[pos])
     others = [i for i in range(a.shape[0]) if i not in pos]
     assert torch.equal(a[others], b[others])
+
+
+def test_class_level_weights_change_which_class_but_not_where(tiny_segmenter):
+    classes = ["cat", "sofa", "plant"]
+    paper = tiny_segmenter.segment(_image(), classes=classes)
+    tiny_segmenter.config = tiny_segmenter.config.replace(class_level_weights={8: 1.0, 4: 1.0, 2: 1.0, 1: 0.0})
+    split = tiny_segmenter.segment(_image(), classes=classes)
+    # where: foreground wherever the paper's maps pass tau, and nowhere else
+    assert np.array_equal(split.labels > 0, paper.scores.max(0) > paper.tau)
+    assert np.allclose(split.scores.max(0), paper.scores.max(0), atol=1e-5)
+    assert split.scores.min() >= 0.0 and split.scores.max() <= 1.0 + 1e-6
+    assert np.array_equal(split.labels, split.relabel(split.tau))
+    # with one class there is no "which" to decide: the paper's map comes back
+    one_split = tiny_segmenter.segment(_image(), classes=["cat"])
+    tiny_segmenter.config = tiny_segmenter.config.replace(class_level_weights=None)
+    one_paper = tiny_segmenter.segment(_image(), classes=["cat"])
+    assert np.allclose(one_split.scores, one_paper.scores, atol=1e-4)

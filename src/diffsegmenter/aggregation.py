@@ -16,6 +16,7 @@ __all__ = [
     "complete_with_self_attention",
     "mean_self_attention_matrix",
     "upsample_scores",
+    "split_where_and_which",
     "label_with_background",
 ]
 
@@ -190,6 +191,33 @@ def upsample_scores(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     x = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False)
     x = minmax(x)
     return x.squeeze(0) if squeeze else x
+
+
+def split_where_and_which(where: torch.Tensor, which: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scores whose foreground comes from one set of maps and whose class comes from another (not in the paper).
+
+    ``score_c = max_k where_k * (which_c + eps) / (max_k which_k + eps)``: at each pixel the best class of ``which``
+    gets the strongest ``where`` evidence and the others a share of it in proportion to their ``which``. So
+    :func:`label_with_background` with threshold tau calls a pixel foreground exactly when ``max_k where_k > tau``
+    (as with ``where`` alone) and then picks ``argmax_k which_k``. With one class the result equals ``where``
+    (up to ``eps`` where ``which`` is 0).
+
+    Args:
+        where (`torch.Tensor`): (..., K, H, W) foreground evidence per class in [0, 1] (the paper's final maps).
+        which (`torch.Tensor`): (..., K, H, W) non-negative class evidence (e.g. fused raw cross-attention).
+        eps (`float`, *optional*, defaults to 1e-6): keeps pixels where every ``which`` is 0 at ``max where``.
+
+    Returns:
+        `torch.Tensor`: (..., K, H, W) float32 in [0, 1].
+    """
+    if where.shape != which.shape:
+        raise ValueError(f"where {tuple(where.shape)} and which {tuple(which.shape)} must have the same shape")
+    if where.shape[-3] == 0:
+        return where.float()
+    fg = where.float().amax(dim=-3, keepdim=True)
+    which = which.float().clamp_min(0)
+    share = (which + eps) / (which.amax(dim=-3, keepdim=True) + eps)
+    return fg * share
 
 
 def label_with_background(scores: torch.Tensor, tau: float) -> torch.Tensor:

@@ -55,6 +55,12 @@ class SegmenterConfig:
     ing_heuristic: bool = False
     # Fusion weights keyed by downsampling factor, renormalised over the levels a model has ([CODE] L452).
     level_weights: dict[int, float] = field(default_factory=lambda: dict(PAPER_LEVEL_WEIGHTS))
+    # NOT in the paper. None (default, the paper): each class's fused, completed map decides both where the class is
+    # and which class a pixel gets. Given (weights keyed like level_weights): the paper's maps still decide *where*
+    # (their maximum over the classes against tau), and the raw cross-attention fused with these weights decides
+    # *which* class: score_c = max_k S_k x C_c / max_k C_k (aggregation.split_where_and_which). For models whose
+    # coarse levels bind words to objects while their fine levels only localise (the shipped shapes model).
+    class_level_weights: dict[int, float] | None = None
     # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
     self_attention_steps: int = 1
     # Downsampling factor of the self-attention layers used for completion; None = the finest level that has
@@ -74,6 +80,8 @@ class SegmenterConfig:
 
     def __post_init__(self) -> None:
         self.level_weights = {int(k): float(v) for k, v in self.level_weights.items()}
+        if self.class_level_weights is not None:
+            self.class_level_weights = {int(k): float(v) for k, v in self.class_level_weights.items()}
         if "{}" not in self.template:
             raise ValueError(f"template {self.template!r} must contain '{{}}' where the class phrase goes")
         if "{}" not in self.class_phrase:

@@ -29,6 +29,7 @@ from .aggregation import (
     fuse_levels,
     label_with_background,
     select_token_maps,
+    split_where_and_which,
     upsample_scores,
 )
 from .attention import AttentionStore, capture_attention
@@ -47,7 +48,9 @@ class SegmentationResult:
     Attributes:
         labels (`np.ndarray`): (H, W) int32 at the input's size; 0 = background, i = ``classes[i-1]``.
         scores (`np.ndarray`): (K, H, W) float32 in [0, 1], one map per class in ``classes`` order; each map
-            reaches 1 at its peak (per-class min-max, as the paper).
+            reaches 1 at its peak (per-class min-max, as the paper). With ``config.class_level_weights`` set, a map
+            is the foreground evidence times the class's share of the class evidence
+            (:func:`~diffsegmenter.aggregation.split_where_and_which`), so it need not reach 1.
         classes (`list[str]`): the classes segmented, in order (after the category filter, if one ran).
         prompts (`list[str]`): the exact text prompt whose attention gave each class's map.
         tau (`float`): the background score used for ``labels``.
@@ -427,6 +430,18 @@ class DiffSegmenter:
             `torch.Tensor`: (B, C, h, w) float32 maps in [0, 1] at the latent resolution (at the self-attention
             level's resolution when ``config.self_attention_factor`` names a coarser one).
         """
+        return self._attention_maps(latents, text, token_groups, cfg_reference)[0]
+
+    def _attention_maps(
+        self,
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        token_groups: list[list[list[int]]],
+        cfg_reference: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`attention_maps`, plus the class-decision maps when ``config.class_level_weights`` is set: the raw
+        cross-attention fused with those weights, (B, C, h, w) float32 in [0, 1] at the latent resolution (else
+        None)."""
         b = latents.shape[0]
         store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
         if cfg_reference:
@@ -439,11 +454,14 @@ class DiffSegmenter:
             self.unet(latents, t, encoder_hidden_states=text, return_dict=False)
         per_level = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
         fused = fuse_levels(per_level, self.config.level_weights)
+        which = None
+        if self.config.class_level_weights is not None:
+            which = fuse_levels(per_level, self.config.class_level_weights)
         if store.self_qk and self.config.self_attention_steps > 0:
             _, size = store.level_of(store.self_qk[0][0].shape[2])
             if tuple(fused.shape[-2:]) != size:  # completing at a coarser level than the fused maps
                 fused = F.interpolate(fused, size=size, mode="area")
-        return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps)
+        return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps), which
 
     def _segment_arrays(
         self, arrays: list[np.ndarray], class_lists: list[list[str]], seed: int | None, tau: float | None
@@ -457,7 +475,8 @@ class DiffSegmenter:
         for i, (img, classes) in enumerate(zip(arrays, class_lists)):
             work.extend((i, p) for p in self.build_prompts(img, classes))
         maps: dict[tuple[int, int], torch.Tensor] = {}
-        self._run_batched(work, latents, maps)
+        which_maps: dict[tuple[int, int], torch.Tensor] = {}
+        self._run_batched(work, latents, maps, which_maps)
         results = []
         for i, (img, classes) in enumerate(zip(arrays, class_lists)):
             h, w = img.shape[:2]
@@ -465,6 +484,10 @@ class DiffSegmenter:
             if classes:
                 low = torch.stack([maps[(i, ci)] for ci in range(len(classes))])
                 scores = upsample_scores(low, (h, w))
+                if which_maps:  # config.class_level_weights: the class decision comes from other maps
+                    which = torch.stack([which_maps[(i, ci)] for ci in range(len(classes))])
+                    which = F.interpolate(which[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+                    scores = split_where_and_which(scores, which)
             else:
                 scores = torch.zeros(0, h, w)
             labels = label_with_background(scores, tau)
@@ -494,7 +517,11 @@ class DiffSegmenter:
         return max(1, int(0.5 * free // per_sample))
 
     def _run_batched(
-        self, work: list[tuple[int, ClassPrompt]], latents: torch.Tensor, maps: dict[tuple[int, int], torch.Tensor]
+        self,
+        work: list[tuple[int, ClassPrompt]],
+        latents: torch.Tensor,
+        maps: dict[tuple[int, int], torch.Tensor],
+        which_maps: dict[tuple[int, int], torch.Tensor] | None = None,
     ) -> None:
         """Run the UNet over work items in batches; on out-of-memory halve the batch and retry.
 
@@ -514,7 +541,7 @@ class DiffSegmenter:
             while start < len(items):
                 chunk = items[start : start + bs]
                 try:
-                    out = self.attention_maps(
+                    out, which = self._attention_maps(
                         latents[[i for i, _ in chunk]],
                         torch.stack([self.encode_prompt(p) for _, p in chunk]),
                         [
@@ -533,9 +560,11 @@ class DiffSegmenter:
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     continue
-                for (i, p), m in zip(chunk, out.cpu()):
-                    for ci, cm in zip(p.class_indices, m):
+                for k, ((i, p), m) in enumerate(zip(chunk, out.cpu())):
+                    for j, (ci, cm) in enumerate(zip(p.class_indices, m)):
                         maps[(i, ci)] = cm
+                        if which is not None and which_maps is not None:
+                            which_maps[(i, ci)] = which[k, j].cpu()
                 start += len(chunk)
 
 
