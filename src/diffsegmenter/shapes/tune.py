@@ -45,6 +45,13 @@ LEVEL_WEIGHTS = {
 #: ``EMPHASIS_TOP`` settings are re-run at the others.
 EMPHASIS = (1.21, 1.0)
 EMPHASIS_TOP = 6
+#: Separate class-decision weights (``SegmenterConfig.class_level_weights``, not in the paper); "none" is the paper's
+#: single decision. The others are tried on the ``EMPHASIS_TOP`` best settings of the first two passes.
+CLASS_WEIGHTS: dict[str, dict[int, float] | None] = {
+    "none": None,
+    "coarse": {8: 1.0, 4: 1.0, 2: 0.0, 1: 0.0},
+    "paper": {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1},
+}
 TAUS = tuple(round(x, 2) for x in np.arange(0.20, 0.81, 0.02))
 
 
@@ -71,7 +78,7 @@ def _best_tau(scenes, results) -> tuple[float, dict[str, Any]]:
     return best
 
 
-def _setting(base, mode: str, t: int, completion: str, wname: str, emphasis: float):
+def _setting(base, mode: str, t: int, completion: str, wname: str, emphasis: float, cname: str = "none"):
     factor, steps = COMPLETIONS[completion]
     return base.replace(
         **PROMPT_MODES[mode],
@@ -80,6 +87,7 @@ def _setting(base, mode: str, t: int, completion: str, wname: str, emphasis: flo
         self_attention_factor=factor,
         level_weights=LEVEL_WEIGHTS[wname],
         emphasis=emphasis,
+        class_level_weights=CLASS_WEIGHTS[cname],
     )
 
 
@@ -87,16 +95,17 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
     """Evaluate the grid on validation scenes; returns one record per setting, best first.
 
     Prompt mode x timestep x completion x level weights at the first ``EMPHASIS``; then the ``EMPHASIS_TOP`` best
-    of those again at each other emphasis weight.
+    of those again at each other emphasis weight; then the ``EMPHASIS_TOP`` best so far with each separate
+    class-decision weighting of ``CLASS_WEIGHTS``.
     """
     base = seg.config
     records: list[dict[str, Any]] = []
-    grid = [(*g, EMPHASIS[0]) for g in itertools.product(PROMPT_MODES, TIMESTEPS, COMPLETIONS, LEVEL_WEIGHTS)]
+    grid = [(*g, EMPHASIS[0], "none") for g in itertools.product(PROMPT_MODES, TIMESTEPS, COMPLETIONS, LEVEL_WEIGHTS)]
 
     def run(items) -> None:
-        for mode, t, completion, wname, emphasis in items:
+        for mode, t, completion, wname, emphasis, cname in items:
             t0 = time.time()
-            seg.config = _setting(base, mode, t, completion, wname, emphasis)
+            seg.config = _setting(base, mode, t, completion, wname, emphasis, cname)
             tau, m = _best_tau(val, _predict(seg, val))
             records.append(
                 {
@@ -105,20 +114,27 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
                     "completion": completion,
                     "level_weights": wname,
                     "emphasis": emphasis,
+                    "class_weights": cname,
                     "tau": tau,
                     "val": {k: m[k] for k in ("mIoU", "class_acc_fg", "class_acc_given_fg", "fg_iou")},
                 }
             )
             log(
                 f"[{len(records)}] {mode:15s} t={t:3d} completion={completion:7s} w={wname:9s} emph={emphasis:.2f} "
+                f"class_w={cname:6s} "
                 f"tau={tau:.2f} val mIoU={m['mIoU']:.3f} cls_acc={m['class_acc_fg']:.3f} "
                 f"cls|fg={m['class_acc_given_fg']:.3f} fg_iou={m['fg_iou']:.3f} ({time.time() - t0:.1f}s)",
                 flush=True,
             )
 
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["mode"], r["timestep"], r["completion"], r["level_weights"])
+
     run(grid)
     top = sorted(records, key=lambda r: -r["val"]["mIoU"])[:EMPHASIS_TOP]
-    run((r["mode"], r["timestep"], r["completion"], r["level_weights"], e) for e in EMPHASIS[1:] for r in top)
+    run((*key(r), e, "none") for e in EMPHASIS[1:] for r in top)
+    top = sorted(records, key=lambda r: -r["val"]["mIoU"])[:EMPHASIS_TOP]
+    run((*key(r), r["emphasis"], c) for c in list(CLASS_WEIGHTS)[1:] for r in top)
     seg.config = base
     return sorted(records, key=lambda r: -r["val"]["mIoU"])
 
@@ -133,6 +149,9 @@ def config_of(rec: dict[str, Any]) -> dict[str, Any]:
         "self_attention_factor": factor,
         "level_weights": {str(k): v for k, v in LEVEL_WEIGHTS[rec["level_weights"]].items()},
         "emphasis": rec.get("emphasis", EMPHASIS[0]),
+        "class_level_weights": None
+        if CLASS_WEIGHTS[rec.get("class_weights", "none")] is None
+        else {str(k): v for k, v in CLASS_WEIGHTS[rec.get("class_weights", "none")].items()},
         "tau": rec["tau"],
     }
 
@@ -172,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         c = config_of(rec)
         seg.config = SegmenterConfig().replace(**{**c, "level_weights": LEVEL_WEIGHTS[rec["level_weights"]]})
         report["test_by_mode"][mode] = {"settings": c, **evaluate_segmenter(seg, test)}
+    # the best setting that keeps the paper's single decision (no class_level_weights), on test
+    rec = next(r for r in records if r.get("class_weights", "none") == "none")
+    c = config_of(rec)
+    seg.config = SegmenterConfig().replace(**{**c, "level_weights": LEVEL_WEIGHTS[rec["level_weights"]]})
+    report["test_best_single_decision"] = {"settings": c, **evaluate_segmenter(seg, test)}
     seg.config = SegmenterConfig()
     report["test_paper_defaults"] = {"settings": SegmenterConfig().to_dict(), **evaluate_segmenter(seg, test)}
     report["baselines_test"] = trivial_baselines(test)
