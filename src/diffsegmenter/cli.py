@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import parse_override
+from .config import add_override_argument
 
 __all__ = [
     "CONFIG_FLAGS",
@@ -205,14 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="UNet samples per forward pass (SegmenterConfig.batch_size; default: as many as fit in memory)",
     )
-    method.add_argument(
-        "--set",
-        dest="config_set",
-        metavar="FIELD=VALUE",
-        type=parse_override,
-        action="append",
-        default=None,
-        help="set any other SegmenterConfig field, repeatable, e.g. --set token_rule=last --set emphasis=1.0",
+    add_override_argument(
+        method,
+        "config_set",
+        "set any other SegmenterConfig field, repeatable, e.g. --set token_rule=last --set emphasis=1.0",
     )
 
     demo = sub.add_parser(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["SegmenterConfig", "PAPER_LEVEL_WEIGHTS", "parse_override"]
+__all__ = ["SegmenterConfig", "PAPER_LEVEL_WEIGHTS", "parse_override", "add_override_argument"]
 
 #: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
 #: for SD1.5 at 512² these are the 8x8, 16x16, 32x32 and 64x64 levels).
@@ -136,3 +136,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw
     return field_name.strip(), value
+
+
+def add_override_argument(parser: argparse._ActionsContainer, dest: str, help: str) -> None:
+    """Add the repeatable ``--set FIELD=VALUE`` option (parsed by :func:`parse_override`) to a parser or group.
+
+    The parsed value is a list of ``(field, value)`` pairs, or None when the option is not given.
+    """
+    parser.add_argument(
+        "--set", dest=dest, metavar="FIELD=VALUE", type=parse_override, action="append", default=None, help=help
+    )

@@ -521,7 +521,7 @@ class DiffSegmenter:
         work: list[tuple[int, ClassPrompt]],
         latents: torch.Tensor,
         maps: dict[tuple[int, int], torch.Tensor],
-        which_maps: dict[tuple[int, int], torch.Tensor] | None = None,
+        which_maps: dict[tuple[int, int], torch.Tensor],
     ) -> None:
         """Run the UNet over work items in batches; on out-of-memory halve the batch and retry.
 
@@ -560,11 +560,12 @@ class DiffSegmenter:
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     continue
+                which = which.cpu() if which is not None else None
                 for k, ((i, p), m) in enumerate(zip(chunk, out.cpu())):
                     for j, (ci, cm) in enumerate(zip(p.class_indices, m)):
                         maps[(i, ci)] = cm
-                        if which is not None and which_maps is not None:
-                            which_maps[(i, ci)] = which[k, j].cpu()
+                        if which is not None:
+                            which_maps[(i, ci)] = which[k, j]
                 start += len(chunk)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import parse_override
+from ..config import add_override_argument
 from .datasets import DATASET_ALIASES, DATASET_NAMES, SegmentationDataset, load_dataset
 from .metrics import ConfusionMatrix
 
@@ -640,14 +640,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         help=f"model id or folder (default: 'shapes' for --dataset shapes, else {DEFAULT_MODEL})",
     )
-    parser.add_argument(
-        "--set",
-        dest="config_overrides",
-        metavar="FIELD=VALUE",
-        type=parse_override,
-        action="append",
-        default=None,
-        help="override one SegmenterConfig field, repeatable, e.g. --set token_rule=last (default: the model's config)",
+    add_override_argument(
+        parser,
+        "config_overrides",
+        "override one SegmenterConfig field, repeatable, e.g. --set token_rule=last (default: the model's config)",
     )
     parser.add_argument("--captioner", default=None, help="BLIP id or folder for captioned prompts (default: none)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: the library's, cpu)")

@@ -566,19 +566,15 @@ class Trainer:
         Phase 1 is skipped; the UNet step counter, learning-rate warm-up and schedule start afresh (the folder holds
         no optimiser state). The architecture must match the one this run would build.
         """
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from ..loading import load_components
 
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(
                 f"--init-from {folder}: no model_index.json there; give a model folder written by this script "
                 "(its model/ or ckpt-<step>/), or the shipped src/diffsegmenter/models/shapes"
             )
-        loaded = {
-            "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32),
-            "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32),
-            "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32),
-        }
+        parts = load_components(folder, dtype=torch.float32, local_files_only=True)
+        loaded = {name: parts[name] for name in ("vae", "unet", "text_encoder")}
         for name, model in loaded.items():
             target = getattr(self, name)
             try:

@@ -78,17 +78,22 @@ def _best_tau(scenes, results) -> tuple[float, dict[str, Any]]:
     return best
 
 
-def _setting(base, mode: str, t: int, completion: str, wname: str, emphasis: float, cname: str = "none"):
+def _weights_json(weights: dict[int, float] | None) -> dict[str, float] | None:
+    return None if weights is None else {str(k): v for k, v in weights.items()}
+
+
+def _fields(mode: str, t: int, completion: str, wname: str, emphasis: float, cname: str = "none") -> dict[str, Any]:
+    """SegmenterConfig fields (JSON-ready) of one grid point; ``SegmenterConfig`` turns the keys back into ints."""
     factor, steps = COMPLETIONS[completion]
-    return base.replace(
+    return {
         **PROMPT_MODES[mode],
-        timestep=t,
-        self_attention_steps=steps,
-        self_attention_factor=factor,
-        level_weights=LEVEL_WEIGHTS[wname],
-        emphasis=emphasis,
-        class_level_weights=CLASS_WEIGHTS[cname],
-    )
+        "timestep": t,
+        "self_attention_steps": steps,
+        "self_attention_factor": factor,
+        "level_weights": _weights_json(LEVEL_WEIGHTS[wname]),
+        "emphasis": emphasis,
+        "class_level_weights": _weights_json(CLASS_WEIGHTS[cname]),
+    }
 
 
 def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
@@ -105,7 +110,7 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
     def run(items) -> None:
         for mode, t, completion, wname, emphasis, cname in items:
             t0 = time.time()
-            seg.config = _setting(base, mode, t, completion, wname, emphasis, cname)
+            seg.config = base.replace(**_fields(mode, t, completion, wname, emphasis, cname))
             tau, m = _best_tau(val, _predict(seg, val))
             records.append(
                 {
@@ -140,20 +145,9 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
 
 
 def config_of(rec: dict[str, Any]) -> dict[str, Any]:
-    """SegmenterConfig fields of a search record."""
-    factor, steps = COMPLETIONS[rec["completion"]]
-    return {
-        **PROMPT_MODES[rec["mode"]],
-        "timestep": rec["timestep"],
-        "self_attention_steps": steps,
-        "self_attention_factor": factor,
-        "level_weights": {str(k): v for k, v in LEVEL_WEIGHTS[rec["level_weights"]].items()},
-        "emphasis": rec.get("emphasis", EMPHASIS[0]),
-        "class_level_weights": None
-        if CLASS_WEIGHTS[rec.get("class_weights", "none")] is None
-        else {str(k): v for k, v in CLASS_WEIGHTS[rec.get("class_weights", "none")].items()},
-        "tau": rec["tau"],
-    }
+    """SegmenterConfig fields of a search record (JSON-ready), its tau included."""
+    point = (rec["mode"], rec["timestep"], rec["completion"], rec["level_weights"])
+    return {**_fields(*point, rec.get("emphasis", EMPHASIS[0]), rec.get("class_weights", "none")), "tau": rec["tau"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"val_scenes": args.val, "test_scenes": args.test, "search": records}
     # the chosen settings, measured once on test
     chosen = config_of(best)
-    seg.config = SegmenterConfig().replace(**{**chosen, "level_weights": LEVEL_WEIGHTS[best["level_weights"]]})
+    seg.config = SegmenterConfig().replace(**chosen)
     report["chosen"] = chosen
     report["test"] = evaluate_segmenter(seg, test)
     # each prompt mode at its own best validation settings, on test (for the model card)
@@ -189,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     for mode in PROMPT_MODES:
         rec = next(r for r in records if r["mode"] == mode)
         c = config_of(rec)
-        seg.config = SegmenterConfig().replace(**{**c, "level_weights": LEVEL_WEIGHTS[rec["level_weights"]]})
+        seg.config = SegmenterConfig().replace(**c)
         report["test_by_mode"][mode] = {"settings": c, **evaluate_segmenter(seg, test)}
     # the best setting that keeps the paper's single decision (no class_level_weights), on test
     rec = next(r for r in records if r.get("class_weights", "none") == "none")
     c = config_of(rec)
-    seg.config = SegmenterConfig().replace(**{**c, "level_weights": LEVEL_WEIGHTS[rec["level_weights"]]})
+    seg.config = SegmenterConfig().replace(**c)
     report["test_best_single_decision"] = {"settings": c, **evaluate_segmenter(seg, test)}
     seg.config = SegmenterConfig()
     report["test_paper_defaults"] = {"settings": SegmenterConfig().to_dict(), **evaluate_segmenter(seg, test)}
