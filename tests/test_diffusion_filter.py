@@ -71,3 +71,19 @@ def test_remembered_scores_follow_the_segmenter_settings(tiny_segmenter):
     finally:
         tiny_segmenter.config = config
     assert flt.scores(_image(), vocab) == before
+
+
+def test_filter_runs_at_its_own_resolution(tiny_segmenter):
+    native = tiny_segmenter.native_resolution
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    assert flt.resolution is None and flt.reduction_maps(_image(), ["cat"]).shape == (1, 16, 16)
+    # a segmenter whose where pass runs larger does not move a filter pinned to the size its thresholds hold at
+    tiny_segmenter.config = tiny_segmenter.config.replace(resolution=2 * native)
+    assert flt.reduction_maps(_image(), ["cat"]).shape == (1, 32, 32)
+    pinned = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1, resolution=native)
+    assert pinned.reduction_maps(_image(), ["cat"]).shape == (1, 16, 16)
+    # the model folder's recommendation is read like the other filter settings
+    tiny_segmenter.model_settings = {"_diffusion_filter": {"resolution": native}}
+    assert DiffusionFilter(tiny_segmenter).resolution == native
+    with pytest.raises(ValueError, match="resolution"):
+        DiffusionFilter(tiny_segmenter, resolution=0)

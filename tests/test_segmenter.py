@@ -208,3 +208,56 @@ def test_class_level_weights_change_which_class_but_not_where(tiny_segmenter):
     tiny_segmenter.config = tiny_segmenter.config.replace(class_level_weights=None)
     one_paper = tiny_segmenter.segment(_image(), classes=["cat"])
     assert np.allclose(one_split.scores, one_paper.scores, atol=1e-4)
+
+
+def test_class_resolution_takes_where_from_one_pass_and_which_from_another(tiny_segmenter):
+    classes = ["cat", "sofa", "plant"]
+    native = tiny_segmenter.native_resolution
+    latent_native = tiny_segmenter.encode_images([_image()], seed=0).shape[-1]
+    split = tiny_segmenter.config.replace(class_level_weights={8: 1.0, 4: 1.0, 2: 1.0, 1: 0.0})
+    # two passes: the paper's maps at 2x the native size decide where, the class pass at the native size decides which
+    tiny_segmenter.config = split.replace(resolution=2 * native, class_resolution=native)
+    calls = []
+    original = tiny_segmenter._attention_maps
+
+    def recording(latents, *args, **kwargs):
+        calls.append((latents.shape[-1], kwargs.get("where", True)))
+        return original(latents, *args, **kwargs)
+
+    tiny_segmenter._attention_maps = recording
+    try:
+        two = tiny_segmenter.segment(_image(), classes=classes)
+    finally:
+        del tiny_segmenter._attention_maps
+    assert calls == [(2 * latent_native, True), (latent_native, False)]
+    tiny_segmenter.config = split.replace(resolution=2 * native)
+    where_pass = tiny_segmenter.segment(_image(), classes=classes)
+    tiny_segmenter.config = split.replace(resolution=native)
+    which_pass = tiny_segmenter.segment(_image(), classes=classes)
+    # where: exactly the one-pass result at the larger size
+    assert np.allclose(two.scores.max(0), where_pass.scores.max(0), atol=1e-5)
+    assert np.array_equal(two.labels > 0, where_pass.labels > 0)
+
+    # which: each class's share of the best score is the one-pass class decision at the native size
+    def shares(res):
+        return res.scores / np.maximum(res.scores.max(0, keepdims=True), 1e-6)
+
+    strong = (two.scores.max(0) > 0.05) & (which_pass.scores.max(0) > 0.05)  # shares are defined where both score
+    assert np.allclose(shares(two)[:, strong], shares(which_pass)[:, strong], atol=1e-3)
+    assert not np.allclose(shares(two)[:, strong], shares(where_pass)[:, strong], atol=1e-3)
+    # a class pass at the same size is no second pass
+    calls.clear()
+    tiny_segmenter.config = split.replace(resolution=native, class_resolution=native)
+    tiny_segmenter._attention_maps = recording
+    try:
+        same = tiny_segmenter.segment(_image(), classes=classes)
+    finally:
+        del tiny_segmenter._attention_maps
+    assert len(calls) == 1 and np.allclose(same.scores, which_pass.scores, atol=1e-6)
+
+
+def test_class_resolution_needs_class_level_weights():
+    with pytest.raises(ValueError, match="class_level_weights"):
+        SegmenterConfig(class_resolution=64)
+    with pytest.raises(ValueError, match="class_resolution"):
+        SegmenterConfig(class_level_weights={8: 1.0}, class_resolution=0)

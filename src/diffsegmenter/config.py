@@ -61,6 +61,11 @@ class SegmenterConfig:
     # *which* class: score_c = max_k S_k x C_c / max_k C_k (aggregation.split_where_and_which). For models whose
     # coarse levels bind words to objects while their fine levels only localise (the shipped shapes model).
     class_level_weights: dict[int, float] | None = None
+    # NOT in the paper. Only with class_level_weights: input side length of a second UNet pass whose cross-attention
+    # decides *which* class, while the paper's pass at `resolution` decides *where*. None = one pass for both. For
+    # models that bind words at the object scale they were trained on but localise more finely on a larger input
+    # (the shipped shapes model: where at 128, which at its native 64).
+    class_resolution: int | None = None
     # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
     self_attention_steps: int = 1
     # Downsampling factor of the self-attention layers used for completion; None = the finest level that has
@@ -96,6 +101,14 @@ class SegmenterConfig:
             raise ValueError(f"self_attention_steps must be >= 0, got {self.self_attention_steps}")
         if self.self_attention_factor is not None and self.self_attention_factor < 1:
             raise ValueError(f"self_attention_factor must be >= 1 or None, got {self.self_attention_factor}")
+        if self.class_resolution is not None:
+            if self.class_resolution < 1:
+                raise ValueError(f"class_resolution must be >= 1 or None, got {self.class_resolution}")
+            if self.class_level_weights is None:
+                raise ValueError(
+                    "class_resolution only applies to the separate class decision: set class_level_weights too, "
+                    "or leave class_resolution None"
+                )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 

@@ -215,9 +215,15 @@ class DiffSegmenter:
 
     @property
     def resolution(self) -> int:
-        """Side length images are resized to before encoding (512 for SD1.5)."""
+        """Side length images are resized to before encoding: ``config.resolution`` or :attr:`native_resolution`."""
         if self.config.resolution:
             return int(self.config.resolution)
+        return self.native_resolution
+
+    @property
+    def native_resolution(self) -> int:
+        """The input side length the model was trained at: the UNet's sample size times the VAE's downsampling
+        (512 for SD1.5, 64 for the shapes model)."""
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return int(self.unet.config.sample_size) * scale
 
@@ -313,26 +319,28 @@ class DiffSegmenter:
                 )
         return self.filters[filter]
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) -> (3, R, R) float in [-1, 1] on the model's device (bilinear, aspect not kept)."""
+    def preprocess(self, image: np.ndarray, resolution: int | None = None) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) -> (3, R, R) float in [-1, 1] (bilinear, aspect not kept); R = ``resolution`` or
+        :attr:`resolution`."""
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
-        r = self.resolution
+        r = int(resolution) if resolution else self.resolution
         if x.shape[-2:] != (r, r):
             x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
         return (x[0] * 2.0 - 1.0).clamp(-1.0, 1.0)
 
     @torch.inference_mode()
-    def encode_latents(self, images: list[np.ndarray], seed: int) -> torch.Tensor:
+    def encode_latents(self, images: list[np.ndarray], seed: int, resolution: int | None = None) -> torch.Tensor:
         """VAE-encode images to clean, scaled latents.
 
         Args:
             images (`list[np.ndarray]`): RGB uint8 (H, W, 3) arrays.
             seed (`int`): seed of the posterior sample when ``config.vae_sample`` (unused otherwise).
+            resolution (`int`, *optional*): input side length; None = :attr:`resolution`.
 
         Returns:
             `torch.Tensor`: (N, c, h, w) float32 latents on the CPU, scaled by the VAE's scaling factor.
         """
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.vae.dtype)
+        pixels = torch.stack([self.preprocess(im, resolution) for im in images]).to(self.device, self.vae.dtype)
         dist = self.vae.encode(pixels).latent_dist
         z0 = dist.mean.float().cpu()
         if self.config.vae_sample:
@@ -354,17 +362,18 @@ class DiffSegmenter:
         )
 
     @torch.inference_mode()
-    def encode_images(self, images: list[np.ndarray], seed: int) -> torch.Tensor:
+    def encode_images(self, images: list[np.ndarray], seed: int, resolution: int | None = None) -> torch.Tensor:
         """VAE-encode images and noise them to ``config.timestep`` (the same noise for all classes of an image).
 
         Args:
             images (`list[np.ndarray]`): RGB uint8 (H, W, 3) arrays.
             seed (`int`): noise seed (see :meth:`noise_like`).
+            resolution (`int`, *optional*): input side length; None = :attr:`resolution`.
 
         Returns:
             `torch.Tensor`: (N, c, h, w) noisy latents in the UNet's dtype on its device.
         """
-        z0 = self.encode_latents(images, seed)
+        z0 = self.encode_latents(images, seed, resolution)
         t = torch.tensor([self.config.timestep] * len(images), dtype=torch.long)
         zt = self.scheduler.add_noise(z0, self.noise_like(z0, seed), t)
         return zt.to(self.device, self.dtype)
@@ -438,10 +447,11 @@ class DiffSegmenter:
         text: torch.Tensor,
         token_groups: list[list[list[int]]],
         cfg_reference: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`attention_maps`, plus the class-decision maps when ``config.class_level_weights`` is set: the raw
-        cross-attention fused with those weights, (B, C, h, w) float32 in [0, 1] at the latent resolution (else
-        None)."""
+        where: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`attention_maps` (None when ``where`` is False: a class-decision-only pass skips the completion),
+        plus the class-decision maps when ``config.class_level_weights`` is set: the raw cross-attention fused with
+        those weights, (B, C, h, w) float32 in [0, 1] at the latent resolution (else None)."""
         b = latents.shape[0]
         store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
         if cfg_reference:
@@ -457,6 +467,8 @@ class DiffSegmenter:
         which = None
         if self.config.class_level_weights is not None:
             which = fuse_levels(per_level, self.config.class_level_weights)
+        if not where:
+            return None, which
         if store.self_qk and self.config.self_attention_steps > 0:
             _, size = store.level_of(store.self_qk[0][0].shape[2])
             if tuple(fused.shape[-2:]) != size:  # completing at a coarser level than the fused maps
@@ -476,7 +488,13 @@ class DiffSegmenter:
             work.extend((i, p) for p in self.build_prompts(img, classes))
         maps: dict[tuple[int, int], torch.Tensor] = {}
         which_maps: dict[tuple[int, int], torch.Tensor] = {}
-        self._run_batched(work, latents, maps, which_maps)
+        class_res = cfg.class_resolution
+        if cfg.class_level_weights is not None and class_res is not None and class_res != self.resolution:
+            # two passes: the paper's maps at `resolution` decide where, a pass at class_resolution decides which
+            self._run_batched(work, latents, maps, None)
+            self._run_batched(work, self.encode_images(arrays, seed, class_res), None, which_maps)
+        else:
+            self._run_batched(work, latents, maps, which_maps)
         results = []
         for i, (img, classes) in enumerate(zip(arrays, class_lists)):
             h, w = img.shape[:2]
@@ -520,10 +538,13 @@ class DiffSegmenter:
         self,
         work: list[tuple[int, ClassPrompt]],
         latents: torch.Tensor,
-        maps: dict[tuple[int, int], torch.Tensor],
-        which_maps: dict[tuple[int, int], torch.Tensor],
+        maps: dict[tuple[int, int], torch.Tensor] | None,
+        which_maps: dict[tuple[int, int], torch.Tensor] | None,
     ) -> None:
         """Run the UNet over work items in batches; on out-of-memory halve the batch and retry.
+
+        Fills ``maps`` with each (image, class)'s fused, completed map and ``which_maps`` with its class-decision map
+        (when ``config.class_level_weights`` is set); a dict given as None is not computed (one pass of two).
 
         Without ``config.batch_size`` the first batch size is all items on a GPU (halved on CUDA out-of-memory) and,
         on the CPU, as many as fit half the free RAM by :meth:`_cpu_batch_limit` (a process that exhausts host memory
@@ -551,6 +572,7 @@ class DiffSegmenter:
                             ]
                             for _, p in chunk
                         ],
+                        where=maps is not None,
                     )
                 except torch.OutOfMemoryError:
                     if bs == 1:
@@ -560,10 +582,12 @@ class DiffSegmenter:
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     continue
-                which = which.cpu() if which is not None else None
-                for k, ((i, p), m) in enumerate(zip(chunk, out.cpu())):
-                    for j, (ci, cm) in enumerate(zip(p.class_indices, m)):
-                        maps[(i, ci)] = cm
+                out = out.cpu() if maps is not None else None
+                which = which.cpu() if which is not None and which_maps is not None else None
+                for k, (i, p) in enumerate(chunk):
+                    for j, ci in enumerate(p.class_indices):
+                        if out is not None:
+                            maps[(i, ci)] = out[k, j]
                         if which is not None:
                             which_maps[(i, ci)] = which[k, j]
                 start += len(chunk)

@@ -33,6 +33,7 @@ _DEFAULTS: dict[str, Any] = {
     "noise_draws": 2,
     "quantile": 0.95,
     "threshold": 0.05,
+    "resolution": None,
 }
 
 
@@ -45,6 +46,9 @@ class DiffusionFilter:
         noise_draws (`int`, *optional*): noise samples per timestep.
         quantile (`float`, *optional*): the pixel quantile of r_c used as the score, in (0, 1].
         threshold (`float`, *optional*): keep a class whose score is >= this.
+        resolution (`int`, *optional*): input side length of the filter's UNet passes; None = the segmenter's
+            :attr:`~DiffSegmenter.resolution`. Thresholds hold only at the resolution they were chosen at, so a
+            model folder that recommends them names it too.
         batch_size (`int`, *optional*): UNet samples per forward.
 
     Defaults come from the model folder's ``segmenter_config.json`` key ``"_diffusion_filter"`` when present (chosen
@@ -58,6 +62,7 @@ class DiffusionFilter:
         noise_draws: int | None = None,
         quantile: float | None = None,
         threshold: float | None = None,
+        resolution: int | None = None,
         batch_size: int = 64,
     ) -> None:
         settings = {**_DEFAULTS, **getattr(segmenter, "model_settings", {}).get("_diffusion_filter", {})}
@@ -66,12 +71,16 @@ class DiffusionFilter:
         self.noise_draws = int(noise_draws if noise_draws is not None else settings["noise_draws"])
         self.quantile = float(quantile if quantile is not None else settings["quantile"])
         self.threshold = float(threshold if threshold is not None else settings["threshold"])
+        res = resolution if resolution is not None else settings["resolution"]
+        self.resolution = int(res) if res is not None else None
         self.batch_size = int(batch_size)
         self._last: tuple[tuple, dict[str, float]] | None = None  # scores() then predict() on one image: one run
         if not self.timesteps or any(not 0 < t < 1000 for t in self.timesteps):
             raise ValueError(f"timesteps must be in 1..999, got {self.timesteps}")
         if self.noise_draws < 1 or not 0 < self.quantile <= 1:
             raise ValueError("noise_draws must be >= 1 and quantile in (0, 1]")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"resolution must be >= 1 or None, got {self.resolution}")
 
     @torch.inference_mode()
     def reduction_maps(self, image: np.ndarray, vocabulary: list[str]) -> torch.Tensor:
@@ -86,7 +95,7 @@ class DiffusionFilter:
         """
         seg = self.seg
         cfg = seg.config
-        z0 = seg.encode_latents([image], cfg.seed)  # (1, c, h, w)
+        z0 = seg.encode_latents([image], cfg.seed, self.resolution)  # (1, c, h, w)
         texts = [seg._empty_embedding()]
         for i, name in enumerate(vocabulary):
             texts.append(seg.encode_prompt(per_class_prompt(seg.tokenizer, name, i, cfg.template, cfg.class_phrase)))
@@ -129,6 +138,7 @@ class DiffusionFilter:
             self.timesteps,
             self.noise_draws,
             self.quantile,
+            self.resolution,
             # every segmenter setting the maps depend on (seed, prompt wording, emphasis, resolution, ...): a change
             # to the live segmenter's config must not return the scores of the old one
             json.dumps(self.seg.config.to_dict(), sort_keys=True, default=str),

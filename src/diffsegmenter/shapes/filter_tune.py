@@ -69,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=300)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input side length of the filter's passes (default: the model's native resolution)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(args.model)
     seg = DiffSegmenter.from_pretrained(folder)
-    flt = DiffusionFilter(seg)
+    flt = DiffusionFilter(seg, resolution=args.resolution or seg.native_resolution)
     val, test = scenes_of("val", args.val), scenes_of("test", args.test)
     rv, rt = _reductions(flt, val), _reductions(flt, test)
     tv, tt = _presence(val), _presence(test)
@@ -95,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "noise_draws": flt.noise_draws,
             "quantile": q,
             "threshold": thr,
+            "resolution": flt.resolution,
         },
         "chosen_on": f"val split, {args.val} scenes, max F1 (val F1 {best[0]:.3f})",
         "val": presence_metrics(_decide(np.quantile(rv, q, axis=2), thr), tv),

@@ -52,6 +52,11 @@ CLASS_WEIGHTS: dict[str, dict[int, float] | None] = {
     "coarse": {8: 1.0, 4: 1.0, 2: 0.0, 1: 0.0},
     "paper": {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1},
 }
+#: Input side lengths tried for the pass that decides *where* while a second pass at the model's native resolution
+#: decides *which* (``SegmenterConfig.class_resolution``, not in the paper), on the ``CLASS_TOP`` best settings that
+#: have a separate class decision.
+WHERE_RESOLUTIONS = (96, 128, 160)
+CLASS_TOP = 3
 TAUS = tuple(round(x, 2) for x in np.arange(0.20, 0.81, 0.02))
 
 
@@ -82,10 +87,21 @@ def _weights_json(weights: dict[int, float] | None) -> dict[str, float] | None:
     return None if weights is None else {str(k): v for k, v in weights.items()}
 
 
-def _fields(mode: str, t: int, completion: str, wname: str, emphasis: float, cname: str = "none") -> dict[str, Any]:
+def _fields(
+    mode: str,
+    t: int,
+    completion: str,
+    wname: str,
+    emphasis: float,
+    cname: str = "none",
+    resolution: int | None = None,
+    class_resolution: int | None = None,
+) -> dict[str, Any]:
     """SegmenterConfig fields (JSON-ready) of one grid point; ``SegmenterConfig`` turns the keys back into ints."""
     factor, steps = COMPLETIONS[completion]
     return {
+        "resolution": resolution,
+        "class_resolution": class_resolution,
         **PROMPT_MODES[mode],
         "timestep": t,
         "self_attention_steps": steps,
@@ -101,16 +117,21 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
 
     Prompt mode x timestep x completion x level weights at the first ``EMPHASIS``; then the ``EMPHASIS_TOP`` best
     of those again at each other emphasis weight; then the ``EMPHASIS_TOP`` best so far with each separate
-    class-decision weighting of ``CLASS_WEIGHTS``.
+    class-decision weighting of ``CLASS_WEIGHTS``; then the ``CLASS_TOP`` best with a separate class decision again,
+    with the *where* pass at each of ``WHERE_RESOLUTIONS`` and the class pass at the model's native resolution.
     """
     base = seg.config
+    native = seg.native_resolution
     records: list[dict[str, Any]] = []
-    grid = [(*g, EMPHASIS[0], "none") for g in itertools.product(PROMPT_MODES, TIMESTEPS, COMPLETIONS, LEVEL_WEIGHTS)]
+    grid = [
+        (*g, EMPHASIS[0], "none", None, None)
+        for g in itertools.product(PROMPT_MODES, TIMESTEPS, COMPLETIONS, LEVEL_WEIGHTS)
+    ]
 
     def run(items) -> None:
-        for mode, t, completion, wname, emphasis, cname in items:
+        for mode, t, completion, wname, emphasis, cname, res, class_res in items:
             t0 = time.time()
-            seg.config = base.replace(**_fields(mode, t, completion, wname, emphasis, cname))
+            seg.config = base.replace(**_fields(mode, t, completion, wname, emphasis, cname, res, class_res))
             tau, m = _best_tau(val, _predict(seg, val))
             records.append(
                 {
@@ -120,13 +141,15 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
                     "level_weights": wname,
                     "emphasis": emphasis,
                     "class_weights": cname,
+                    "resolution": res,
+                    "class_resolution": class_res,
                     "tau": tau,
                     "val": {k: m[k] for k in ("mIoU", "class_acc_fg", "class_acc_given_fg", "fg_iou")},
                 }
             )
             log(
                 f"[{len(records)}] {mode:15s} t={t:3d} completion={completion:7s} w={wname:9s} emph={emphasis:.2f} "
-                f"class_w={cname:6s} "
+                f"class_w={cname:6s} res={res or native}/{class_res or res or native} "
                 f"tau={tau:.2f} val mIoU={m['mIoU']:.3f} cls_acc={m['class_acc_fg']:.3f} "
                 f"cls|fg={m['class_acc_given_fg']:.3f} fg_iou={m['fg_iou']:.3f} ({time.time() - t0:.1f}s)",
                 flush=True,
@@ -137,9 +160,11 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
 
     run(grid)
     top = sorted(records, key=lambda r: -r["val"]["mIoU"])[:EMPHASIS_TOP]
-    run((*key(r), e, "none") for e in EMPHASIS[1:] for r in top)
+    run((*key(r), e, "none", None, None) for e in EMPHASIS[1:] for r in top)
     top = sorted(records, key=lambda r: -r["val"]["mIoU"])[:EMPHASIS_TOP]
-    run((*key(r), r["emphasis"], c) for c in list(CLASS_WEIGHTS)[1:] for r in top)
+    run((*key(r), r["emphasis"], c, None, None) for c in list(CLASS_WEIGHTS)[1:] for r in top)
+    top = sorted((r for r in records if r["class_weights"] != "none"), key=lambda r: -r["val"]["mIoU"])[:CLASS_TOP]
+    run((*key(r), r["emphasis"], r["class_weights"], res, native) for res in WHERE_RESOLUTIONS for r in top)
     seg.config = base
     return sorted(records, key=lambda r: -r["val"]["mIoU"])
 
@@ -147,7 +172,8 @@ def search(seg: DiffSegmenter, val, log=print) -> list[dict[str, Any]]:
 def config_of(rec: dict[str, Any]) -> dict[str, Any]:
     """SegmenterConfig fields of a search record (JSON-ready), its tau included."""
     point = (rec["mode"], rec["timestep"], rec["completion"], rec["level_weights"])
-    return {**_fields(*point, rec.get("emphasis", EMPHASIS[0]), rec.get("class_weights", "none")), "tau": rec["tau"]}
+    extra = (rec.get("class_weights", "none"), rec.get("resolution"), rec.get("class_resolution"))
+    return {**_fields(*point, rec.get("emphasis", EMPHASIS[0]), *extra), "tau": rec["tau"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     c = config_of(rec)
     seg.config = SegmenterConfig().replace(**c)
     report["test_best_single_decision"] = {"settings": c, **evaluate_segmenter(seg, test)}
+    # the best setting with one UNet pass (no class_resolution), on test
+    rec = next(r for r in records if r.get("class_resolution") is None)
+    c = config_of(rec)
+    seg.config = SegmenterConfig().replace(**c)
+    report["test_best_one_pass"] = {"settings": c, **evaluate_segmenter(seg, test)}
     seg.config = SegmenterConfig()
     report["test_paper_defaults"] = {"settings": SegmenterConfig().to_dict(), **evaluate_segmenter(seg, test)}
     report["baselines_test"] = trivial_baselines(test)
