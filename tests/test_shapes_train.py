@@ -218,7 +218,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_init_from_starts_a_new_leg_from_a_model_folder(tmp_path):
+def test_init_from_starts_a_new_leg_from_a_model_folder(tmp_path, capsys):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     first, second = tmp_path / "first", tmp_path / "second"
@@ -243,6 +243,11 @@ def test_init_from_starts_a_new_leg_from_a_model_folder(tmp_path):
     assert (state["unet"][key].float() - start).abs().max() < 5e-3
     fresh = torch.load(first / "state.pt", weights_only=False)  # sanity: a different start would be far
     assert state["unet_step"] == 1 and fresh["unet_step"] == 2
+    # profiling a leg times the UNet only: the folder's VAE is frozen and phase 1 never runs
+    capsys.readouterr()
+    assert T.main(_train_args(tmp_path / "profile", "--profile-steps", "1", "--init-from", str(model))) == 0
+    out = capsys.readouterr().out
+    assert "unet_steps_per_s" in out and "vae_steps_per_s" not in out
 
 
 def test_init_from_a_missing_folder_says_what_to_give(tmp_path):

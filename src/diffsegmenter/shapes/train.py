@@ -920,12 +920,14 @@ class Trainer:
         pool = ScenePool(n, 0).start()
         scenes_per_s = n / max(time.perf_counter() - t0, 1e-9)
         steps = cfg.profile_steps
-        vae_rate = self.run_vae(pool, steps + 2, None, profile=True)
-        self.scaling_factor = 1.0
+        result: dict[str, float] = {}
+        if cfg.init_from is None:  # a leg from a model folder has no phase 1 (its VAE is frozen)
+            vae_rate = self.run_vae(pool, steps + 2, None, profile=True)
+            self.scaling_factor = 1.0
+            result = {"vae_steps_per_s": vae_rate, "vae_images_per_s": vae_rate * cfg.vae_batch_size}
         unet_rate = self.run_unet(pool, steps + 2, profile=True)
         result = {
-            "vae_steps_per_s": vae_rate,
-            "vae_images_per_s": vae_rate * cfg.vae_batch_size,
+            **result,
             "unet_steps_per_s": unet_rate,
             "unet_samples_per_s": unet_rate * cfg.batch_size,
             "scenes_rendered_per_s_one_process": scenes_per_s,
