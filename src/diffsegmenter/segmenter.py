@@ -439,7 +439,9 @@ class DiffSegmenter:
             `torch.Tensor`: (B, C, h, w) float32 maps in [0, 1] at the latent resolution (at the self-attention
             level's resolution when ``config.self_attention_factor`` names a coarser one).
         """
-        return self._attention_maps(latents, text, token_groups, cfg_reference)[0]
+        maps, _ = self._attention_maps(latents, text, token_groups, cfg_reference)
+        assert maps is not None  # where=True always computes them
+        return maps
 
     def _attention_maps(
         self,
