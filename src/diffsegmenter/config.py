@@ -64,7 +64,7 @@ class SegmenterConfig:
     # NOT in the paper. Only with class_level_weights: input side length of a second UNet pass whose cross-attention
     # decides *which* class, while the paper's pass at `resolution` decides *where*. None = one pass for both. For
     # models that bind words at the object scale they were trained on but localise more finely on a larger input
-    # (the shipped shapes model: where at 128, which at its native 64).
+    # (the shipped shapes model: where at 160, which at its native 64).
     class_resolution: int | None = None
     # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
     self_attention_steps: int = 1
