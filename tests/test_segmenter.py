@@ -210,7 +210,7 @@ def test_class_level_weights_change_which_class_but_not_where(tiny_segmenter):
     assert np.allclose(one_split.scores, one_paper.scores, atol=1e-4)
 
 
-def test_class_resolution_takes_where_from_one_pass_and_which_from_another(tiny_segmenter):
+def test_class_resolution_takes_where_from_one_pass_and_which_from_another(tiny_segmenter, monkeypatch):
     classes = ["cat", "sofa", "plant"]
     native = tiny_segmenter.native_resolution
     latent_native = tiny_segmenter.encode_images([_image()], seed=0).shape[-1]
@@ -224,11 +224,8 @@ def test_class_resolution_takes_where_from_one_pass_and_which_from_another(tiny_
         calls.append((latents.shape[-1], kwargs.get("where", True)))
         return original(latents, *args, **kwargs)
 
-    tiny_segmenter._attention_maps = recording
-    try:
-        two = tiny_segmenter.segment(_image(), classes=classes)
-    finally:
-        del tiny_segmenter._attention_maps
+    monkeypatch.setattr(tiny_segmenter, "_attention_maps", recording)
+    two = tiny_segmenter.segment(_image(), classes=classes)
     assert calls == [(2 * latent_native, True), (latent_native, False)]
     tiny_segmenter.config = split.replace(resolution=2 * native)
     where_pass = tiny_segmenter.segment(_image(), classes=classes)
@@ -248,11 +245,7 @@ def test_class_resolution_takes_where_from_one_pass_and_which_from_another(tiny_
     # a class pass at the same size is no second pass
     calls.clear()
     tiny_segmenter.config = split.replace(resolution=native, class_resolution=native)
-    tiny_segmenter._attention_maps = recording
-    try:
-        same = tiny_segmenter.segment(_image(), classes=classes)
-    finally:
-        del tiny_segmenter._attention_maps
+    same = tiny_segmenter.segment(_image(), classes=classes)
     assert len(calls) == 1 and np.allclose(same.scores, which_pass.scores, atol=1e-6)
 
 

@@ -450,10 +450,11 @@ class DiffSegmenter:
         token_groups: list[list[list[int]]],
         cfg_reference: bool = False,
         where: bool = True,
+        which: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """:meth:`attention_maps` (None when ``where`` is False: a class-decision-only pass skips the completion),
-        plus the class-decision maps when ``config.class_level_weights`` is set: the raw cross-attention fused with
-        those weights, (B, C, h, w) float32 in [0, 1] at the latent resolution (else None)."""
+        """:meth:`attention_maps` (None unless ``where``), and the class-decision maps when ``which`` and
+        ``config.class_level_weights`` is set: the raw cross-attention fused with those weights, (B, C, h, w) float32
+        in [0, 1] at the latent resolution (else None). One pass of two computes only its half."""
         b = latents.shape[0]
         store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
         if cfg_reference:
@@ -466,16 +467,16 @@ class DiffSegmenter:
             self.unet(latents, t, encoder_hidden_states=text, return_dict=False)
         per_level = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
         fused = fuse_levels(per_level, self.config.level_weights)
-        which = None
-        if self.config.class_level_weights is not None:
-            which = fuse_levels(per_level, self.config.class_level_weights)
+        class_maps = None
+        if which and self.config.class_level_weights is not None:
+            class_maps = fuse_levels(per_level, self.config.class_level_weights)
         if not where:
-            return None, which
+            return None, class_maps
         if store.self_qk and self.config.self_attention_steps > 0:
             _, size = store.level_of(store.self_qk[0][0].shape[2])
             if tuple(fused.shape[-2:]) != size:  # completing at a coarser level than the fused maps
                 fused = F.interpolate(fused, size=size, mode="area")
-        return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps), which
+        return complete_with_self_attention(fused, store.self_qk, self.config.self_attention_steps), class_maps
 
     def _segment_arrays(
         self, arrays: list[np.ndarray], class_lists: list[list[str]], seed: int | None, tau: float | None
@@ -490,8 +491,8 @@ class DiffSegmenter:
             work.extend((i, p) for p in self.build_prompts(img, classes))
         maps: dict[tuple[int, int], torch.Tensor] = {}
         which_maps: dict[tuple[int, int], torch.Tensor] = {}
-        class_res = cfg.class_resolution
-        if cfg.class_level_weights is not None and class_res is not None and class_res != self.resolution:
+        class_res = cfg.class_resolution  # set only with class_level_weights (SegmenterConfig checks)
+        if class_res is not None and class_res != self.resolution:
             # two passes: the paper's maps at `resolution` decide where, a pass at class_resolution decides which
             self._run_batched(work, latents, maps, None)
             self._run_batched(work, self.encode_images(arrays, seed, class_res), None, which_maps)
@@ -575,6 +576,7 @@ class DiffSegmenter:
                             for _, p in chunk
                         ],
                         where=maps is not None,
+                        which=which_maps is not None,
                     )
                 except torch.OutOfMemoryError:
                     if bs == 1:
@@ -584,8 +586,8 @@ class DiffSegmenter:
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     continue
-                out = out.cpu() if maps is not None else None
-                which = which.cpu() if which is not None and which_maps is not None else None
+                out = out.cpu() if out is not None else None
+                which = which.cpu() if which is not None else None
                 for k, (i, p) in enumerate(chunk):
                     for j, ci in enumerate(p.class_indices):
                         if out is not None:

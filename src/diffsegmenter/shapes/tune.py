@@ -199,30 +199,33 @@ def main(argv: list[str] | None = None) -> int:
     records = search(seg, val)
     best = records[0]
     report: dict[str, Any] = {"val_scenes": args.val, "test_scenes": args.test, "search": records}
+    measured: dict[str, dict[str, Any]] = {}
+
+    def on_test(settings: dict[str, Any]) -> dict[str, Any]:
+        """Test metrics of one setting, run once however many report entries reach it."""
+        key = json.dumps(settings, sort_keys=True, default=float)
+        if key not in measured:
+            seg.config = SegmenterConfig().replace(**settings)
+            measured[key] = evaluate_segmenter(seg, test)
+        return measured[key]
+
+    def best_on_test(keep) -> dict[str, Any]:
+        """The best val record that ``keep`` accepts: its settings and their test metrics."""
+        settings = config_of(next(r for r in records if keep(r)))
+        return {"settings": settings, **on_test(settings)}
+
     # the chosen settings, measured once on test
     chosen = config_of(best)
-    seg.config = SegmenterConfig().replace(**chosen)
     report["chosen"] = chosen
-    report["test"] = evaluate_segmenter(seg, test)
+    report["test"] = on_test(chosen)
     # each prompt mode at its own best validation settings, on test (for the model card)
-    report["test_by_mode"] = {}
-    for mode in PROMPT_MODES:
-        rec = next(r for r in records if r["mode"] == mode)
-        c = config_of(rec)
-        seg.config = SegmenterConfig().replace(**c)
-        report["test_by_mode"][mode] = {"settings": c, **evaluate_segmenter(seg, test)}
+    report["test_by_mode"] = {mode: best_on_test(lambda r, m=mode: r["mode"] == m) for mode in PROMPT_MODES}
     # the best setting that keeps the paper's single decision (no class_level_weights), on test
-    rec = next(r for r in records if r.get("class_weights", "none") == "none")
-    c = config_of(rec)
-    seg.config = SegmenterConfig().replace(**c)
-    report["test_best_single_decision"] = {"settings": c, **evaluate_segmenter(seg, test)}
+    report["test_best_single_decision"] = best_on_test(lambda r: r.get("class_weights", "none") == "none")
     # the best setting with one UNet pass (no class_resolution), on test
-    rec = next(r for r in records if r.get("class_resolution") is None)
-    c = config_of(rec)
-    seg.config = SegmenterConfig().replace(**c)
-    report["test_best_one_pass"] = {"settings": c, **evaluate_segmenter(seg, test)}
-    seg.config = SegmenterConfig()
-    report["test_paper_defaults"] = {"settings": SegmenterConfig().to_dict(), **evaluate_segmenter(seg, test)}
+    report["test_best_one_pass"] = best_on_test(lambda r: r.get("class_resolution") is None)
+    paper = SegmenterConfig().to_dict()
+    report["test_paper_defaults"] = {"settings": paper, **on_test(paper)}
     report["baselines_test"] = trivial_baselines(test)
     out = Path(args.report) if args.report else folder / "tuning.json"
     out.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
