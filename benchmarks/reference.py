@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffsegmenter.prompts import ClassPrompt, apply_emphasis, select_positions
+from diffsegmenter.prompts import ClassPrompt, apply_emphasis, emphasis_positions, select_positions
 
 __all__ = ["EagerStoringProcessor", "ReleasedAttentionStore", "ReferencePipeline"]
 
@@ -176,7 +176,7 @@ class ReferencePipeline:
         tok = self.seg.tokenizer
         empty = self._encode(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
         z = self._encode(prompt.input_ids)
-        positions = [p for toks in prompt.class_tokens for p in toks]
+        positions = emphasis_positions(prompt, self.seg.config.emphasis_scope)
         cond = apply_emphasis(z, empty, positions, self.seg.config.emphasis) if self.seg.config.emphasis != 1 else z
         return empty, cond
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from diffsegmenter.prompts import apply_emphasis, per_class_prompt, select_positions, single_prompts
+from diffsegmenter.prompts import (
+    apply_emphasis,
+    emphasis_positions,
+    per_class_prompt,
+    select_positions,
+    single_prompts,
+)
 from diffsegmenter.tokens import ClassTokenError
 
 from .conftest import FIXTURES
@@ -41,6 +47,52 @@ def test_ing_heuristic_adds_first_continuation_token(tok):
     assert p.extra_tokens == [[5]]
     q = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", "on a sofa", ing_heuristic=True)
     assert q.extra_tokens == [[]]
+    r = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", "SITTING on a sofa", ing_heuristic=True)
+    assert r.extra_tokens == [[]]  # case-sensitive, as released (BLIP writes lower case)
+
+
+def test_ing_rule_of_each_released_script(tok):
+    """VOC12 reads tokens [4, 5] (the first sub-token and the next, whatever it is); VOC10/Context reads
+    [3 + len, 4 + len] and COCO [3 + len, 5 + len] (the last sub-token and the one or two after it)."""
+    args = (tok, "people", 0, "a photograph of {}", "{}", "sitting on the left")
+    voc12 = per_class_prompt(*args, ing_heuristic=True, token_rule="first", ing_offset=1)
+    assert voc12.class_tokens == [[4, 5, 6, 7]]  # pe o pl e
+    assert voc12.extra_tokens == [[5]]  # the released index 5 is "o", not "sitting"
+    context = per_class_prompt(*args, ing_heuristic=True, token_rule="last", ing_offset=1)
+    assert context.extra_tokens == [[8]]  # "sitting"
+    coco = per_class_prompt(*args, ing_heuristic=True, token_rule="last", ing_offset=2)
+    assert coco.extra_tokens == [[9]]  # "on": the COCO script skips one token
+    assert per_class_prompt(*args, ing_heuristic=False).extra_tokens == [[]]
+
+
+def test_ing_rule_checks_the_word_after_the_class_token_with_emphasis_marks(tok):
+    # VOC12 checks whitespace word 4 of "a photograph of ice skating++ ...": "skating++" does not end in "ing"
+    args = (tok, "ice skating", 0, "a photograph of {}", "{}", "on the left")
+    assert per_class_prompt(*args, ing_heuristic=True, token_rule="first").extra_tokens == [[]]
+    # without emphasis the released prompt has no "++", and word 4 "skating" triggers the rule
+    p = per_class_prompt(*args, ing_heuristic=True, token_rule="first", emphasised=False)
+    assert p.extra_tokens == [[p.class_tokens[0][0] + 1]]
+    # the Context/COCO scripts check the first word after the whole name
+    q = per_class_prompt(
+        tok, "ice skating", 0, "a photography of {}", "{}", "flying", ing_heuristic=True, token_rule="last"
+    )
+    assert q.extra_tokens == [[q.class_tokens[0][-1] + 1]]
+
+
+def test_emphasis_scope_last_word_is_compels_reading_of_the_released_plus_plus(tok):
+    """Compel weights the word that "++" follows: "traffic light++" weights "light" only; a one-word name of several
+    sub-tokens ("people++") has all of them weighted."""
+    p = per_class_prompt(tok, "traffic light", 0, "a photograph of {}", "{}")
+    assert tok.convert_ids_to_tokens([p.input_ids[i] for i in emphasis_positions(p, "last_word")]) == ["light</w>"]
+    assert emphasis_positions(p, "class_tokens") == p.class_tokens[0] == [4, 5]
+    q = per_class_prompt(tok, "people", 0, "a photograph of {}", "{}")
+    assert emphasis_positions(q, "last_word") == emphasis_positions(q, "class_tokens") == [4, 5, 6, 7]
+    names = ["traffic light", "potted plant"]
+    r = single_prompts(tok, names, "{}", "a {}", " and ")[0]
+    assert [tok.convert_ids_to_tokens([r.input_ids[i]])[0] for i in emphasis_positions(r, "last_word")] == [
+        "light</w>",
+        "plant</w>",
+    ]
 
 
 def test_unplaceable_names_raise(tok):

@@ -12,16 +12,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["SegmenterConfig", "PAPER_LEVEL_WEIGHTS", "parse_override", "add_override_argument"]
+__all__ = [
+    "SegmenterConfig",
+    "PAPER_LEVEL_WEIGHTS",
+    "RELEASED_SCRIPT_RULES",
+    "parse_override",
+    "add_override_argument",
+]
 
 #: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
 #: for SD1.5 at 512² these are the 8x8, 16x16, 32x32 and 64x64 levels).
 PAPER_LEVEL_WEIGHTS: dict[int, float] = {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}
 
+#: How each released evaluation script words its prompts and picks the class token ([CODE]
+#: `open_vocabulary/{voc12,voc10,coco}`, ``shared/docs/method.md`` §3 steps 4 and 8). SegmenterConfig's defaults are
+#: the VOC12 script's; ``diffsegmenter eval --protocol paper`` applies the script of the dataset being evaluated.
+RELEASED_SCRIPT_RULES: dict[str, dict[str, Any]] = {
+    "voc12": {"template": "a photograph of {}", "token_rule": "first", "ing_heuristic": True, "ing_offset": 1},
+    "context": {"template": "a photography of {}", "token_rule": "last", "ing_heuristic": True, "ing_offset": 1},
+    "coco": {"template": "a photography of {}", "token_rule": "last", "ing_heuristic": True, "ing_offset": 2},
+}
+
 
 @dataclass
 class SegmenterConfig:
     """Every knob of the segmentation method. Library defaults live here and only here.
+
+    ``SegmenterConfig()`` reproduces the released VOC12 script (``ptp_stable_best.py``) on SD1/SD2 models: sampled
+    VAE posterior, plain bilinear resize, the "-ing" rule, the first sub-token, emphasis on the last word. Each
+    departure is a named field, off by default.
 
     A model folder may carry ``segmenter_config.json`` with values recommended for that model (chosen on
     validation data); explicit arguments override it.
@@ -34,8 +53,13 @@ class SegmenterConfig:
     timestep: int = 100
     # Seed of the noise; the same noise is used for every class of an image ([CODE] used unseeded noise).
     seed: int = 0
-    # Encode with a sample of the VAE posterior ([CODE] scripts) instead of its mean (demo notebook; deterministic).
-    vae_sample: bool = False
+    # Encode with a sample of the VAE posterior, as the released scripts do ([CODE] L480 `latent_dist.sample()`); the
+    # draw is seeded (eps from Generator(seed + 1)), so results stay deterministic. False = the posterior mean (the
+    # demo notebook's choice; on a trained SD VAE the two differ little, on a random one they differ a lot).
+    vae_sample: bool = True
+    # Antialias when resizing the image to `resolution`. False = plain bilinear, align_corners=False, as the released
+    # scripts ([CODE] L478); it aliases when a side is larger than `resolution` (COCO, photos). True is a departure.
+    antialias: bool = False
     # Prompt template; "{}" receives the class phrase ([CODE] VOC12: "a photograph of {c}").
     template: str = "a photograph of {}"
     # How one class is written inside the template ("{}" = the bare name, as the paper; e.g. "a {}").
@@ -45,14 +69,23 @@ class SegmenterConfig:
     prompt_mode: Literal["per_class", "single"] = "per_class"
     # Separator between class phrases in "single" mode.
     joiner: str = " and "
-    # Class-token emphasis: z_empty + w * (z - z_empty) on the class tokens (Compel "++" = 1.1**2 = 1.21, [CODE]).
+    # Class emphasis: z_empty + w * (z - z_empty) on the emphasised tokens (Compel "++" = 1.1**2 = 1.21, [CODE]).
     # 1.0 disables it.
     emphasis: float = 1.21
-    # Which sub-token maps stand for a multi-token class name: "mean" of all, "last" ([CODE] VOC10/COCO), "first".
-    token_rule: Literal["mean", "last", "first"] = "mean"
-    # Released-code heuristic: when the captioner's first continuation word ends in "ing", average its first token's
-    # map with the class map ([CODE] L515-518). Off by default: it only applies with a captioner.
-    ing_heuristic: bool = False
+    # Which tokens the emphasis weights. "last_word": the sub-tokens of the class name's last whitespace word, as
+    # Compel reads the released "{class}++" ("traffic light++" weights only "light"). "class_tokens": every sub-token
+    # of the class name (a departure). The two agree for one-word names.
+    emphasis_scope: Literal["last_word", "class_tokens"] = "last_word"
+    # Which sub-token map stands for a class name of several tokens: "first" ([CODE] VOC12 script: fixed index 4),
+    # "last" ([CODE] VOC10/Context and COCO scripts: index 3 + len), or "mean" of all (a departure).
+    token_rule: Literal["mean", "last", "first"] = "first"
+    # Released-code "-ing" rule ([CODE] VOC12 L515-518, always on): when the prompt word right after the word holding
+    # the class token ends in "ing" (usually the captioner's first continuation word, e.g. "sitting"), the map of the
+    # token `ing_offset` places after the class token is averaged in. Only a continued prompt can trigger it.
+    ing_heuristic: bool = True
+    # Distance of that extra token from the class token: 1 in the VOC12 and Context scripts, 2 in the COCO script
+    # ([CODE] `[3+embs_len, 5+embs_len]`, which skips one token).
+    ing_offset: int = 1
     # Fusion weights keyed by downsampling factor, renormalised over the levels a model has ([CODE] L452).
     level_weights: dict[int, float] = field(default_factory=lambda: dict(PAPER_LEVEL_WEIGHTS))
     # NOT in the paper. None (default, the paper): each class's fused, completed map decides both where the class is
@@ -95,6 +128,12 @@ class SegmenterConfig:
             raise ValueError(f"prompt_mode must be 'per_class' or 'single', got {self.prompt_mode!r}")
         if self.token_rule not in ("mean", "last", "first"):
             raise ValueError(f"token_rule must be 'mean', 'last' or 'first', got {self.token_rule!r}")
+        if self.emphasis_scope not in ("last_word", "class_tokens"):
+            raise ValueError(f"emphasis_scope must be 'last_word' or 'class_tokens', got {self.emphasis_scope!r}")
+        if self.ing_offset < 1:
+            raise ValueError(
+                f"ing_offset must be >= 1 (1 in the VOC12/Context scripts, 2 in COCO's), got {self.ing_offset}"
+            )
         if not 0 < self.timestep < 1000:
             raise ValueError(f"timestep must be in 1..999, got {self.timestep}")
         if self.self_attention_steps < 0:

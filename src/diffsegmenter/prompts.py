@@ -8,7 +8,14 @@ import torch
 
 from .tokens import ClassTokenError, tokenise_segments
 
-__all__ = ["ClassPrompt", "per_class_prompt", "single_prompts", "apply_emphasis", "select_positions"]
+__all__ = [
+    "ClassPrompt",
+    "per_class_prompt",
+    "single_prompts",
+    "apply_emphasis",
+    "emphasis_positions",
+    "select_positions",
+]
 
 
 @dataclass
@@ -22,6 +29,8 @@ class ClassPrompt:
         class_tokens (`list[list[int]]`): per named class, the positions of its name's sub-tokens.
         extra_tokens (`list[list[int]]`): per named class, extra positions whose maps are averaged in (the released
             code's "-ing" heuristic); usually empty.
+        last_word_tokens (`list[list[int]]`): per named class, the positions of its last whitespace word's
+            sub-tokens (what Compel weights for "{class}++"); a suffix of its ``class_tokens``.
     """
 
     text: str
@@ -29,6 +38,7 @@ class ClassPrompt:
     class_indices: list[int]
     class_tokens: list[list[int]]
     extra_tokens: list[list[int]]
+    last_word_tokens: list[list[int]]
 
 
 def _split(template: str) -> tuple[str, str]:
@@ -44,8 +54,19 @@ def per_class_prompt(
     class_phrase: str,
     continuation: str = "",
     ing_heuristic: bool = False,
+    token_rule: str = "first",
+    ing_offset: int = 1,
+    emphasised: bool = True,
 ) -> ClassPrompt:
     """The paper's prompt for one class: the template around the class phrase, then the captioner's continuation.
+
+    The "-ing" rule of the released scripts ([CODE] VOC12 L515-518, VOC10/COCO): the class token is the sub-token
+    ``token_rule`` picks ("mean" counts as its last); when the whitespace word right after the word holding it ends
+    in "ing" (case-sensitive, as released), the token ``ing_offset`` places after the class token is averaged in. The
+    words are those of the prompt the released code builds, where the emphasised last class word carries "++": so
+    for a one-word class the checked word is the first continuation word ("a photograph of cat++ sitting ...").
+    The extra token is positional, as released: after a name of several sub-tokens with ``token_rule="first"`` it is
+    the name's second sub-token.
 
     Args:
         tokenizer: the text encoder's tokenizer.
@@ -54,7 +75,12 @@ def per_class_prompt(
         template (`str`): e.g. "a photograph of {}".
         class_phrase (`str`): e.g. "{}" or "a {}".
         continuation (`str`, *optional*): text the captioner generated after the prefix (e.g. "sitting on a couch").
-        ing_heuristic (`bool`, *optional*): add the first continuation token when its word ends in "ing".
+        ing_heuristic (`bool`, *optional*): apply the "-ing" rule.
+        token_rule (`str`, *optional*, defaults to "first"): the config's token rule; it fixes the class token the
+            "-ing" rule counts from.
+        ing_offset (`int`, *optional*, defaults to 1): 1 (VOC12, Context scripts) or 2 (COCO script).
+        emphasised (`bool`, *optional*, defaults to True): whether the released prompt would carry "++" on the
+            class's last word (emphasis on), which keeps that word from matching "ing".
 
     Returns:
         `ClassPrompt`.
@@ -71,11 +97,25 @@ def per_class_prompt(
     ]
     segments = [(text, tag) for text, tag in segments if text.strip() or tag == "class"]
     tp = tokenise_segments(tokenizer, segments)
+    tokens = tp.spans["class"]
     extra: list[int] = []
-    words = continuation.split()
-    if ing_heuristic and words and words[0].lower().endswith("ing") and "continuation" in tp.spans:
-        extra = tp.spans["continuation"][:1]
-    return ClassPrompt(tp.text, tp.input_ids, [index], [tp.spans["class"]], [extra])
+    if ing_heuristic:
+        name_words = name.split()
+        if emphasised:
+            name_words[-1] += "++"
+        following = name_words[1:] if token_rule == "first" else []
+        following += p_after.split() + t_after.split() + continuation.split()
+        ref = tokens[0] if token_rule == "first" else tokens[-1]
+        if following and following[0].endswith("ing") and ref + ing_offset < len(tp.input_ids):
+            extra = [ref + ing_offset]
+    last = _last_word_tokens(tokenizer, name, tokens)
+    return ClassPrompt(tp.text, tp.input_ids, [index], [tokens], [extra], [last])
+
+
+def _last_word_tokens(tokenizer, name: str, tokens: list[int]) -> list[int]:
+    """The suffix of a class name's token positions that belongs to its last whitespace word."""
+    n = len(tokenizer(name.split()[-1], add_special_tokens=False)["input_ids"])
+    return tokens[-max(1, min(n, len(tokens))) :]
 
 
 def single_prompts(tokenizer, names: list[str], template: str, class_phrase: str, joiner: str) -> list[ClassPrompt]:
@@ -114,16 +154,18 @@ def single_prompts(tokenizer, names: list[str], template: str, class_phrase: str
         except ClassTokenError:
             if not current:
                 raise
-            prompts.append(_to_prompt(build(current), current))
+            prompts.append(_to_prompt(tokenizer, names, build(current), current))
             current = [i]
             build(current)
     if current:
-        prompts.append(_to_prompt(build(current), current))
+        prompts.append(_to_prompt(tokenizer, names, build(current), current))
     return prompts
 
 
-def _to_prompt(tp, idx: list[int]) -> ClassPrompt:
-    return ClassPrompt(tp.text, tp.input_ids, list(idx), [tp.spans[f"class{i}"] for i in idx], [[] for _ in idx])
+def _to_prompt(tokenizer, names: list[str], tp, idx: list[int]) -> ClassPrompt:
+    spans = [tp.spans[f"class{i}"] for i in idx]
+    last = [_last_word_tokens(tokenizer, names[i], span) for i, span in zip(idx, spans)]
+    return ClassPrompt(tp.text, tp.input_ids, list(idx), spans, [[] for _ in idx], last)
 
 
 def select_positions(tokens: list[int], extra: list[int], rule: str) -> list[int]:
@@ -141,6 +183,18 @@ def select_positions(tokens: list[int], extra: list[int], rule: str) -> list[int
     else:
         picked = list(tokens)
     return picked + list(extra)
+
+
+def emphasis_positions(prompt: ClassPrompt, scope: str) -> list[int]:
+    """Token positions the class emphasis weights in a prompt, for all its classes.
+
+    Args:
+        prompt (`ClassPrompt`): the prompt.
+        scope (`str`): "last_word" (Compel's reading of the released "{class}++") or "class_tokens" (every
+            sub-token of each class name).
+    """
+    groups = prompt.last_word_tokens if scope == "last_word" else prompt.class_tokens
+    return [p for toks in groups for p in toks]
 
 
 def apply_emphasis(z: torch.Tensor, z_empty: torch.Tensor, positions: list[int], weight: float) -> torch.Tensor:

@@ -34,7 +34,14 @@ from .aggregation import (
 )
 from .attention import AttentionStore, capture_attention
 from .config import SegmenterConfig
-from .prompts import ClassPrompt, apply_emphasis, per_class_prompt, select_positions, single_prompts
+from .prompts import (
+    ClassPrompt,
+    apply_emphasis,
+    emphasis_positions,
+    per_class_prompt,
+    select_positions,
+    single_prompts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -321,11 +328,11 @@ class DiffSegmenter:
 
     def preprocess(self, image: np.ndarray, resolution: int | None = None) -> torch.Tensor:
         """RGB uint8 (H, W, 3) -> (3, R, R) float in [-1, 1] (bilinear, aspect not kept); R = ``resolution`` or
-        :attr:`resolution`."""
+        :attr:`resolution`. Plain bilinear as released unless ``config.antialias``."""
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
         r = int(resolution) if resolution else self.resolution
         if x.shape[-2:] != (r, r):
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=self.config.antialias)
         return (x[0] * 2.0 - 1.0).clamp(-1.0, 1.0)
 
     @torch.inference_mode()
@@ -388,17 +395,29 @@ class DiffSegmenter:
             prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
             conts = list(self.captioner.continue_captions(image, prefixes))
         return [
-            per_class_prompt(self.tokenizer, c, i, cfg.template, cfg.class_phrase, conts[i], cfg.ing_heuristic)
+            per_class_prompt(
+                self.tokenizer,
+                c,
+                i,
+                cfg.template,
+                cfg.class_phrase,
+                conts[i],
+                ing_heuristic=cfg.ing_heuristic,
+                token_rule=cfg.token_rule,
+                ing_offset=cfg.ing_offset,
+                emphasised=cfg.emphasis != 1.0,
+            )
             for i, c in enumerate(classes)
         ]
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: ClassPrompt) -> torch.Tensor:
-        """Text-encoder output of a prompt with its class tokens emphasised: (T, D) in the UNet's dtype."""
-        key = (self.config.emphasis, *prompt.input_ids, -1, *[p for toks in prompt.class_tokens for p in toks])
+        """Text-encoder output of a prompt with its class emphasis applied (``config.emphasis_scope``): (T, D) in the
+        UNet's dtype."""
+        positions = emphasis_positions(prompt, self.config.emphasis_scope)
+        key = (self.config.emphasis, *prompt.input_ids, -1, *positions)
         if key not in self._text_cache:
             z = self._encode_ids(prompt.input_ids)
-            positions = [p for toks in prompt.class_tokens for p in toks]
             if self.config.emphasis != 1.0:
                 z = apply_emphasis(z, self._empty_embedding(), positions, self.config.emphasis)
             if len(self._text_cache) > 4096:
