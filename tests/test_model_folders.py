@@ -1,0 +1,46 @@
+"""Model folders the project ships load in transformers 4.x and 5.x alike.
+
+transformers 5 saves a ``CLIPTextModel`` without the ``text_model.`` key prefix of Stable Diffusion's checkpoints;
+transformers 4.36 (the released code's pin) then finds none of its keys and silently re-initialises the whole encoder
+at random. Every text encoder the project writes or ships must carry the prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+import diffsegmenter
+
+SHIPPED = Path(diffsegmenter.__file__).parent / "models"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def text_encoder_files(root: Path) -> list[Path]:
+    return sorted(root.glob("**/text_encoder*/*.safetensors"))
+
+
+def unprefixed_keys(path: Path) -> list[str]:
+    with safe_open(str(path), "pt") as f:
+        return [k for k in f.keys() if not k.startswith("text_model.")]
+
+
+@pytest.mark.parametrize("root", [SHIPPED, FIXTURES], ids=["shipped", "fixtures"])
+def test_every_text_encoder_has_the_classic_key_prefix(root):
+    files = text_encoder_files(root)
+    assert files, f"no text encoder found under {root}"
+    for path in files:
+        assert unprefixed_keys(path) == [], f"{path} has keys without the text_model. prefix"
+
+
+def test_the_check_sees_a_missing_prefix(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "text_encoder" / "model.safetensors"
+    path.parent.mkdir()
+    save_file({"embeddings.token_embedding.weight": torch.zeros(2, 2)}, str(path))
+    assert text_encoder_files(tmp_path) == [path]
+    assert unprefixed_keys(path) == ["embeddings.token_embedding.weight"]
