@@ -379,3 +379,43 @@ def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
 )
 def test_candidate_keys_match_image_ids(key, expected):
     assert harness._candidate_key(key) == expected
+
+
+def test_paper_protocol_applies_each_datasets_released_script_rule(tmp_path, monkeypatch):
+    import diffsegmenter
+    from diffsegmenter.config import RELEASED_SCRIPT_RULES, SegmenterConfig
+
+    loaded = []
+
+    class FakeDiffSegmenter:
+        @classmethod
+        def from_pretrained(cls, model, **kwargs):
+            loaded.append(kwargs)
+            return FakeSegmenter()
+
+    monkeypatch.setitem(vars(diffsegmenter), "DiffSegmenter", FakeDiffSegmenter)
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    for dataset, script in [("voc21", "voc12"), ("pc60", "context"), ("context", "context"), ("object", "coco")]:
+        loaded.clear()
+        args = parser.parse_args(["--dataset", dataset, "--root", "r", "--out", "o", "--candidates", "c.json"])
+        harness._load_segmenter(args)
+        assert loaded == [RELEASED_SCRIPT_RULES[script]], dataset
+    # the user's --set wins; other protocols and datasets without a released script keep the model's config
+    args = parser.parse_args(["--dataset", "object", "--root", "r", "--out", "o", "--set", "ing_offset=1"])
+    harness._load_segmenter(args)
+    assert loaded[-1] == {**RELEASED_SCRIPT_RULES["coco"], "ing_offset": 1}
+    for extra in (["--dataset", "voc21", "--protocol", "oracle"], ["--dataset", "ade"]):
+        harness._load_segmenter(parser.parse_args([*extra, "--root", "r", "--out", "o"]))
+        assert loaded[-1] == {}
+    # the run record names the rule the segmenter used
+    assert harness.prompt_rule_of(SegmenterConfig()).startswith("released voc12 script")
+    assert harness.prompt_rule_of(SegmenterConfig(**RELEASED_SCRIPT_RULES["coco"])).startswith("released coco")
+    assert harness.prompt_rule_of(SegmenterConfig(token_rule="mean")).startswith("own")
+    root = make_voc(tmp_path / "data")
+    seg = FakeSegmenter()
+    seg.config = SegmenterConfig(**RELEASED_SCRIPT_RULES["context"])
+    args = parser.parse_args(["--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "out"),
+                              "--protocol", "oracle", "--no-progress"])  # fmt: skip
+    report = run_eval(args, segmenter=seg)
+    assert report["prompt_rule"].startswith("released context script")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["prompt_rule"] == report["prompt_rule"]

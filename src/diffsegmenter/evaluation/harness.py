@@ -39,19 +39,56 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import add_override_argument
+from ..config import RELEASED_SCRIPT_RULES, add_override_argument
 from .datasets import DATASET_ALIASES, DATASET_NAMES, SegmentationDataset, load_dataset
 from .metrics import ConfusionMatrix
 
 logger = logging.getLogger(__name__)
 
+#: The released evaluation script whose prompt wording and class-token rule ``--protocol paper`` applies to each
+#: dataset (``config.RELEASED_SCRIPT_RULES``): VOC12 -> ``voc12/ptp_stable_best.py``, Pascal Context ->
+#: ``voc10/ptp_stable_voc10.py``, COCO-Object -> ``coco/ptp_stable_coco.py``. Other datasets had no released script.
+RELEASED_SCRIPT_OF_DATASET: dict[str, str] = {
+    "voc21": "voc12",
+    "voc20": "voc12",
+    "pc60": "context",
+    "pc59": "context",
+    "object": "coco",
+}
+
+
+def prompt_rule_of(config: Any) -> str:
+    """Name the released script whose prompt rule a segmenter config follows, or describe the config's own.
+
+    Args:
+        config: a :class:`~diffsegmenter.config.SegmenterConfig` (or None when the segmenter has none).
+
+    Returns:
+        `str`: e.g. ``"released voc12 script (template 'a photograph of {}', first sub-token, -ing offset 1)"`` or
+        ``"own: template ..., token_rule ..., ..."``.
+    """
+    if config is None:
+        return "unknown (the segmenter has no config)"
+    fields = {k: getattr(config, k, None) for k in ("template", "token_rule", "ing_heuristic", "ing_offset")}
+    desc = f"template {fields['template']!r}, {fields['token_rule']} sub-token, " + (
+        f"-ing offset {fields['ing_offset']}" if fields["ing_heuristic"] else "no -ing rule"
+    )
+    if getattr(config, "prompt_mode", "per_class") == "per_class":
+        for script, rule in RELEASED_SCRIPT_RULES.items():
+            if all(fields[k] == v for k, v in rule.items()):
+                return f"released {script} script ({desc})"
+    return f"own ({desc}, prompt_mode {getattr(config, 'prompt_mode', None)!r})"
+
+
 __all__ = [
     "NO_BACKGROUND_TAU",
+    "RELEASED_SCRIPT_OF_DATASET",
     "PROTOCOLS",
     "SWEEP_TAUS",
     "add_eval_arguments",
     "evaluate",
     "load_candidates",
+    "prompt_rule_of",
     "main_eval",
     "run_eval",
     "score_predictions",
@@ -453,6 +490,7 @@ def evaluate(
 
     info: dict[str, Any] = {
         "protocol": protocol,
+        "prompt_rule": prompt_rule_of(getattr(segmenter, "config", None)),
         "tau": effective_tau,
         "candidates_json": str(candidates_json) if candidates_json is not None else None,
         "filter": fingerprint["filter"],
@@ -688,7 +726,11 @@ def _load_segmenter(args: argparse.Namespace) -> Any:
     from diffsegmenter import DiffSegmenter
 
     kwargs = _given(args, {"device": "device", "captioner": "captioner"})
-    kwargs.update(dict(getattr(args, "config_overrides", None) or []))
+    key = DATASET_ALIASES.get(args.dataset.lower(), args.dataset.lower())
+    if (getattr(args, "protocol", None) or "paper") == "paper" and key in RELEASED_SCRIPT_OF_DATASET:
+        # the paper's numbers come from one script per dataset: its prompt wording and class-token rule
+        kwargs.update(RELEASED_SCRIPT_RULES[RELEASED_SCRIPT_OF_DATASET[key]])
+    kwargs.update(dict(getattr(args, "config_overrides", None) or []))  # the user's --set wins
     if getattr(args, "dtype", None) is not None:
         import torch
 
