@@ -303,7 +303,7 @@ def test_eval_delegates_to_the_harness(capsys) -> None:
 
 def test_eval_runs_the_harness_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     pytest.importorskip("diffsegmenter.evaluation.harness")
-    world = pytest.importorskip("diffsegmenter.shapes.world", reason="the shapes world is not built yet")
+    world = pytest.importorskip("research.shapes.world", reason="the shapes world is not built yet")
     root = world.export_voc(tmp_path / "voc", {"val": 2}, workers=1)
     argv = ["eval", "--dataset", "shapes", "--root", str(root), "--split", "val", "--protocol", "oracle"]
     code, stdout, stderr = _run([*argv, "--model", str(tiny_model_dir), "--out", str(tmp_path / "ev")], capsys)
@@ -348,10 +348,10 @@ def test_demo_on_the_shipped_model(tmp_path: Path, capsys) -> None:
 
 def test_shipped_examples_are_the_example_scenes() -> None:
     """The demo images are ``shapes.world.example_scenes()``. After changing EXAMPLE_SEEDS, regenerate them with:
-    python -c "from PIL import Image; from diffsegmenter.shapes.world import example_scenes as e;
+    python -c "from PIL import Image; from research.shapes.world import example_scenes as e;
     [Image.fromarray(s.image).save(f'src/diffsegmenter/examples/shapes_{s.seed}.png', optimize=True) for s in e()]"
     """
-    world = pytest.importorskip("diffsegmenter.shapes.world", reason="the shapes world is not built yet")
+    world = pytest.importorskip("research.shapes.world", reason="the shapes world is not built yet")
     with cli.example_images() as paths:
         shipped = {p.name: np.asarray(Image.open(p).convert("RGB")) for p in paths}
     scenes = world.example_scenes()

@@ -40,7 +40,7 @@ def build_tiny_clip(tmp_path_factory: pytest.TempPathFactory | None = None, seed
     if CLIP_TOKENIZER.is_dir():
         tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER)
     else:  # the shared fixture is missing: build a word-level tokenizer instead
-        from diffsegmenter.shapes.tokenizer import save_tokenizer
+        from research.shapes.tokenizer import save_tokenizer
 
         assert tmp_path_factory is not None
         words = " ".join(VOCAB).split() + ["a", "photo", "of", "picture", "sitting", "on", "near"]

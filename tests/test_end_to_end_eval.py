@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from diffsegmenter.evaluation.harness import main_eval
-from diffsegmenter.shapes.world import export_voc
+from research.shapes.world import export_voc
 
 
 def test_eval_oracle_on_fake_voc_with_tiny_model(tiny_model_dir, tmp_path):

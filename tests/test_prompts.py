@@ -125,7 +125,7 @@ def test_apply_emphasis_known_answer():
 
 
 def test_tokenizer_builder_makes_every_word_one_token(tmp_path):
-    from diffsegmenter.shapes.tokenizer import save_tokenizer
+    from research.shapes.tokenizer import save_tokenizer
 
     words = ["street", "triangle", "abab", "photograph", "photography", "photo", "green", "gr", "tr"]
     t = CLIPTokenizer.from_pretrained(save_tokenizer(words, tmp_path))

@@ -21,10 +21,13 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
+
+if TYPE_CHECKING:  # a type hint only: importing diffusers here would cost every `import` of this module seconds
+    from diffusers.models.attention_processor import Attention
 
 __all__ = [
     "AttentionStore",

@@ -844,7 +844,7 @@ def _demo_classes(segmenter: Any) -> list[str]:
     if getattr(segmenter, "default_classes", None):
         return list(segmenter.default_classes)
     try:
-        from .shapes.world import SHAPE_NAMES
+        from .shapes import SHAPE_NAMES
     except ImportError:
         raise CliError("this model declares no classes; pass --classes 'circle,square,...'") from None
     return list(SHAPE_NAMES)

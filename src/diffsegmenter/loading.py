@@ -30,7 +30,7 @@ def resolve_model(model: str | os.PathLike[str]) -> str:
             raise ModelNotFoundError(
                 f"the shipped model {model!r} is missing from this installation (looked in {folder}); reinstall "
                 "diffsegmenter from a full source checkout (`pip install .`), or train it with "
-                "`python -m diffsegmenter.shapes.train` and pass the output folder"
+                "`python -m research.shapes.train` (from a source checkout's root) and pass the output folder"
             )
         return str(folder)
     return str(model)

@@ -617,7 +617,9 @@ def encode_rle_records(labels: np.ndarray, scores: np.ndarray, classes: Sequence
         h]`` ints, tight, ``[0, 0, 0, 0]`` when empty) and ``score`` (float, mean score inside the mask, 0.0 when
         empty).
     """
-    from pycocotools import mask as mask_utils  # deferred: keeps `import diffsegmenter` light
+    from ._optional import require  # pycocotools is deferred (keeps `import diffsegmenter` light) and optional
+
+    mask_utils = require("pycocotools.mask", extra="rle", feature="COCO RLE output")
 
     labels = _check_labels(labels)
     classes = _check_classes(classes)
@@ -656,7 +658,9 @@ def decode_rle_records(records: Sequence[Mapping[str, Any]]) -> dict[str, np.nda
     Raises:
         ValueError: a record lacks ``name``/``segmentation``, or two records share a name.
     """
-    from pycocotools import mask as mask_utils
+    from ._optional import require
+
+    mask_utils = require("pycocotools.mask", extra="rle", feature="COCO RLE decoding")
 
     masks: dict[str, np.ndarray] = {}
     for record in records:

@@ -31,6 +31,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from ..shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
+
 __all__ = [
     "DATASET_NAMES",
     "DatasetFilesMissingError",
@@ -126,7 +128,7 @@ CITYSCAPES_PALETTE = (
     (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )  # fmt: skip
 
-SHAPES_CLASSES = ("background", "circle", "square", "triangle", "cross")
+SHAPES_CLASSES = SHAPES_CLASS_NAMES
 
 DATASET_NAMES = ("voc21", "voc20", "pc60", "pc59", "object", "stuff", "ade", "city", "shapes")
 DATASET_ALIASES = {
@@ -166,8 +168,9 @@ PREPARE_HINTS = {
         f"See {_MMSEG_PREP}"
     ),
     "shapes": (
-        "Export the synthetic shapes world in VOC layout with diffsegmenter.shapes.world (JPEGImages/, "
-        "SegmentationClass/, ImageSets/Segmentation/{train,val,test}.txt)."
+        "Export the synthetic shapes world in VOC layout (JPEGImages/, SegmentationClass/, "
+        "ImageSets/Segmentation/{train,val,test}.txt) from a source checkout's root: "
+        "python -c \"from research.shapes.world import export_voc; export_voc('shapes_voc')\""
     ),
 }
 

@@ -2,11 +2,15 @@
 
 The paper's settings (per-class prompts "a photograph of {c}", t = 100, one self-attention step) were chosen for
 Stable Diffusion; a model trained on another caption distribution may prefer others (issue 7). This script searches
-a small grid on the **val** split only, writes the winner into the model folder's ``segmenter_config.json`` with its
-provenance, and reports the **test** split with those fixed settings (never tuned on it), beside the trivial
-baselines and every prompt mode at its own best validation settings.
+a small grid on the **val** split only, writes the winner with its provenance into a new ``segmenter_config.json``
+(the model folder's one with the chosen settings in place), and reports the **test** split with those fixed settings
+(never tuned on it), beside the trivial baselines and every prompt mode at its own best validation settings.
 
-    python -m diffsegmenter.shapes.tune --model src/diffsegmenter/models/shapes --val 200 --test 300
+Both files go to ``--out``, never into the model folder; to ship the choice, a maintainer copies
+``OUT/segmenter_config.json`` into ``src/diffsegmenter/models/shapes/`` and ``OUT/tuning.json`` into
+``research/shapes/runs/shipped/``. Run from the repository root:
+
+    python -m research.shapes.tune --model shapes --out runs/shapes-tune --val 200 --test 300
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..segmenter import DiffSegmenter
+from diffsegmenter.loading import resolve_model
+from diffsegmenter.segmenter import DiffSegmenter
+
+from .components import check_out_dir
 from .quality import evaluate_segmenter, scenes_of, score_predictions, trivial_baselines, world_labels
 from .world import CLASS_NAMES
 
@@ -178,21 +185,30 @@ def config_of(rec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="shapes model folder (diffusers layout)")
+    p.add_argument(
+        "--model", required=True, help="shapes model folder (diffusers layout), or 'shapes' (the shipped one)"
+    )
+    p.add_argument(
+        "--out",
+        default="runs/shapes-tune",
+        help="new folder for tuning.json and segmenter_config.json (not inside the installed package)",
+    )
     p.add_argument("--val", type=int, default=200, help="validation scenes for the search")
     p.add_argument("--test", type=int, default=300, help="held-out test scenes for the report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
-    p.add_argument("--report", default=None, help="write the JSON report here (default: MODEL/tuning.json)")
-    p.add_argument("--no-write", action="store_true", help="do not write segmenter_config.json")
+    p.add_argument("--report", default=None, help="write the JSON report here (default: OUT/tuning.json)")
+    p.add_argument("--no-write", action="store_true", help="do not write OUT/segmenter_config.json")
     args = p.parse_args(argv)
+    out_dir = check_out_dir(args.out)
+    report_path = check_out_dir(args.report, "--report") if args.report else out_dir / "tuning.json"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    folder = Path(args.model)
-    cfg_path = folder / "segmenter_config.json"
+    folder = Path(resolve_model(args.model))
+    cfg_path = folder / "segmenter_config.json"  # read only: the new one goes to OUT
     seg = DiffSegmenter.from_pretrained(folder, device=args.device, config=None)
-    from ..config import SegmenterConfig
+    from diffsegmenter.config import SegmenterConfig
 
     seg.config = SegmenterConfig()  # search from the library defaults, not from an earlier choice
     val, test = scenes_of("val", args.val), scenes_of("test", args.test)
@@ -227,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     paper = SegmenterConfig().to_dict()
     report["test_paper_defaults"] = {"settings": paper, **on_test(paper)}
     report["baselines_test"] = trivial_baselines(test)
-    out = Path(args.report) if args.report else folder / "tuning.json"
-    out.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     if not args.no_write:
         existing = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
         keep = {k: v for k, v in existing.items() if k.startswith("_") and k != "_provenance"}
@@ -236,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             **keep,
             **chosen,
             "_classes": list(CLASS_NAMES[1:]),
-            "_provenance": f"chosen by diffsegmenter.shapes.tune on {args.val} val scenes (val mIoU "
+            "_provenance": f"chosen by research.shapes.tune on {args.val} val scenes (val mIoU "
             f"{best['val']['mIoU']:.3f}); test split never used for selection",
         }
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "segmenter_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     t = report["test"]
     print(f"chosen {chosen}")
+    print(f"wrote {report_path}" + ("" if args.no_write else f" and {out_dir / 'segmenter_config.json'}"))
     print(
         f"test ({args.test} scenes): mIoU={t['mIoU']:.3f} class_acc_fg={t['class_acc_fg']:.3f} "
         f"(chance {t['chance_class_acc']:.3f}) class_acc_given_fg={t['class_acc_given_fg']:.3f} fg_iou={t['fg_iou']:.3f}"

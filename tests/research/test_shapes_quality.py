@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffsegmenter.shapes.quality import class_accuracy_given_foreground, scenes_of, score_predictions
-from diffsegmenter.shapes.world import CLASS_NAMES
+from research.shapes.quality import class_accuracy_given_foreground, scenes_of, score_predictions
+from research.shapes.world import CLASS_NAMES
 
 
 @pytest.fixture(scope="module")

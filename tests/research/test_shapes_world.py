@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffsegmenter.shapes import captions as cap
-from diffsegmenter.shapes import world as w
+from research.shapes import captions as cap
+from research.shapes import world as w
 
 N_SCENES = 120
 
@@ -180,7 +180,7 @@ def test_position_words():
 def test_vocabulary_tokenises_to_single_tokens(tmp_path):
     from transformers import CLIPTokenizer
 
-    from diffsegmenter.shapes.tokenizer import save_tokenizer
+    from research.shapes.tokenizer import save_tokenizer
 
     tok = CLIPTokenizer.from_pretrained(save_tokenizer(cap.VOCABULARY, tmp_path / "tok"))
     for word in cap.VOCABULARY:

@@ -96,6 +96,34 @@ TINY_TEXT_ENCODER_OVERRIDES: dict[str, Any] = {"hidden_size": 32, "intermediate_
 _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def package_folder() -> Path:
+    """The folder of the ``diffsegmenter`` package this process imports (its shipped model sits in ``models/shapes``)."""
+    import diffsegmenter
+
+    return Path(diffsegmenter.__file__).resolve().parent
+
+
+def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder inside the installed ``diffsegmenter`` package.
+
+    Training and tuning write a new folder; a maintainer copies what should ship into
+    ``src/diffsegmenter/models/shapes/`` by hand, so that no run rewrites the installed model.
+
+    Returns:
+        `Path`: ``out_dir`` as given.
+
+    Raises:
+        ValueError: ``out_dir`` is the package folder or lies inside it.
+    """
+    out, pkg = Path(out_dir), package_folder()
+    if out.resolve() == pkg or pkg in out.resolve().parents:
+        raise ValueError(
+            f"{flag} {out} is inside the installed diffsegmenter package ({pkg}); write to a new folder (e.g. "
+            "runs/...) and copy what should ship into src/diffsegmenter/models/shapes/ by hand"
+        )
+    return out
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from diffsegmenter import DiffSegmenter
-from diffsegmenter.shapes.quality import binding_probe, evaluate_segmenter, scenes_of
+from research.shapes.quality import binding_probe, evaluate_segmenter, scenes_of
 
 
 @pytest.fixture(scope="module")

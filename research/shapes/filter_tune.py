@@ -1,12 +1,17 @@
 """Choose the diffusion filter's thresholds on validation scenes; measure presence and open-vocabulary mIoU on test.
 
 Presence is judged per (image, class) pair over the 4 shape classes. The quantile and threshold that maximise F1
-on the **val** split are written into the model folder's ``segmenter_config.json`` (key ``_diffusion_filter``);
-the **test** split is then measured once with them: precision, recall, F1, exact-set match, and the segmentation
-mIoU with the whole vocabulary given and the filter on (open vocabulary), beside the mIoU with the present classes
-given (oracle).
+on the **val** split go into a new ``segmenter_config.json`` (the model folder's one plus the key
+``_diffusion_filter``); the **test** split is then measured once with them: precision, recall, F1, exact-set match,
+and the segmentation mIoU with the whole vocabulary given and the filter on (open vocabulary), beside the mIoU with
+the present classes given (oracle).
 
-    python -m diffsegmenter.shapes.filter_tune --model src/diffsegmenter/models/shapes --val 150 --test 300
+Both ``filter_tuning.json`` and ``segmenter_config.json`` go to ``--out``, never into the model folder; to ship them,
+a maintainer copies ``OUT/segmenter_config.json`` into ``src/diffsegmenter/models/shapes/`` and
+``OUT/filter_tuning.json`` into ``research/shapes/runs/shipped/``. The filter is tuned with the segmenter settings
+the model folder holds, so run ``tune`` (and copy its choice in) first. From the repository root:
+
+    python -m research.shapes.filter_tune --model shapes --out runs/shapes-filter-tune --val 150 --test 300
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..filters.diffusion import DiffusionFilter
-from ..segmenter import DiffSegmenter
+from diffsegmenter.filters.diffusion import DiffusionFilter
+from diffsegmenter.loading import resolve_model
+from diffsegmenter.segmenter import DiffSegmenter
+
+from .components import check_out_dir
 from .quality import evaluate_segmenter, scenes_of, score_predictions, world_labels
 from .world import CLASS_NAMES
 
@@ -64,11 +72,18 @@ def evaluate_whole_vocabulary(seg: DiffSegmenter, scenes) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model", required=True, help="shapes model folder (diffusers layout), or 'shapes' (the shipped one)"
+    )
+    p.add_argument(
+        "--out",
+        default="runs/shapes-filter-tune",
+        help="new folder for filter_tuning.json and segmenter_config.json (not inside the installed package)",
+    )
     p.add_argument("--val", type=int, default=150)
     p.add_argument("--test", type=int, default=300)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--no-write", action="store_true", help="do not write OUT/segmenter_config.json")
     p.add_argument(
         "--resolution",
         type=int,
@@ -78,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = Path(args.model)
+    out_dir = check_out_dir(args.out)
+    folder = Path(resolve_model(args.model))
     seg = DiffSegmenter.from_pretrained(folder)
     flt = DiffusionFilter(seg, resolution=args.resolution or seg.native_resolution)
     val, test = scenes_of("val", args.val), scenes_of("test", args.test)
@@ -116,14 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     report["test_keep_all"] = presence_metrics(np.ones_like(tt), tt)  # the no-filter reference for presence
     report["test_whole_vocabulary_no_filter"] = evaluate_whole_vocabulary(seg, test)
     report["test_given_classes"] = evaluate_segmenter(seg, test)
-    (folder / "filter_tuning.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "filter_tuning.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     if not args.no_write:
-        cfg_path = folder / "segmenter_config.json"
+        cfg_path = folder / "segmenter_config.json"  # read only: the new one goes to OUT
         cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
         cfg["_diffusion_filter"] = report["settings"]
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "segmenter_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     t, o, g = report["test"], report["test_open_vocabulary"], report["test_given_classes"]
-    print(f"filter settings {report['settings']} ({report['chosen_on']})")
+    print(f"filter settings {report['settings']} ({report['chosen_on']}); written to {out_dir}")
     print(
         f"test presence: precision={t['precision']:.3f} recall={t['recall']:.3f} f1={t['f1']:.3f} "
         f"exact_set={t['exact_set']:.3f}"

@@ -14,12 +14,12 @@ while phase 1 trains), then batches built by DataLoader workers. Everything rand
 captions, timesteps, noises) is drawn from ``numpy.random.default_rng([seed, phase, step])``, so a batch depends on
 its step only, and a resumed run sees the batches an uninterrupted one would.
 
-Run::
+Run from the repository root (``research`` is not part of the installed package)::
 
-    python -m diffsegmenter.shapes.train --out runs/shapes --device cuda --time-budget-s 420
-    python -m diffsegmenter.shapes.train --out runs/shapes --device cpu --time-budget-s 7200   # then --resume
-    python -m diffsegmenter.shapes.train --profile-steps 20 --device cuda     # steps/s of each phase, then exit
-    python -m diffsegmenter.shapes.train --out runs/leg2 --init-from runs/shapes/model --time-budget-s 500  # a new leg
+    python -m research.shapes.train --out runs/shapes --device cuda --time-budget-s 420
+    python -m research.shapes.train --out runs/shapes --device cpu --time-budget-s 7200   # then --resume
+    python -m research.shapes.train --profile-steps 20 --device cuda     # steps/s of each phase, then exit
+    python -m research.shapes.train --out runs/leg2 --init-from runs/shapes/model --time-budget-s 500  # a new leg
 
 ``--time-budget-s`` counts from the start of the run (after Python's imports) over all legs together; the process
 takes about 15 s more (imports, CUDA start, the final save). Measured on one H200 (bf16 autocast, default sizes):
@@ -36,7 +36,9 @@ steps/s at batch 32, i.e. a 2-hour CPU run sees under a tenth of the samples of 
 Output folder: ``train_config.json``, ``log.jsonl`` (one JSON record per log line), ``state.pt`` (resumable: models,
 optimisers, EMA, steps, elapsed time), ``ckpt-<step>/`` model folders (the last four), ``model/`` (the final model,
 diffusers layout, fp16 safetensors) and ``tokenizer/``. At every checkpoint ``log.jsonl`` also gets a ``binding``
-record (``quality.binding_probe`` on ``--probe-scenes`` val scenes): watch that, not the loss.
+record (``quality.binding_probe`` on ``--probe-scenes`` val scenes): watch that, not the loss. ``--out`` may not lie
+inside the installed ``diffsegmenter`` package: to ship a model, a maintainer copies ``model/`` into
+``src/diffsegmenter/models/shapes/`` and its ``train_config.json`` / ``log.jsonl`` into ``research/shapes/runs/``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ import torch.nn.functional as F
 from . import components as C
 from .captions import sample_caption
 from .world import COLOUR_NAMES, IMAGE_SIZE, SPLIT_SEED_OFFSETS, SPLIT_SIZE_LIMIT, ShapeObject, make_scene
+
+#: The shipped model's training record (``train_config.json``, ``train_log.jsonl``) and tuning reports.
+SHIPPED_RUN = Path(__file__).resolve().parent / "runs" / "shipped"
 
 MAX_OBJECTS = 3
 _PHASE_TAG = {"vae": 1, "unet": 2}
@@ -498,7 +503,7 @@ class Trainer:
         self.profile = self.cfg.profile_steps > 0
         if self.cfg.out is None and not self.profile:
             raise ValueError("--out is required (except with --profile-steps)")
-        self.out = Path(self.cfg.out) if self.cfg.out is not None else None
+        self.out = C.check_out_dir(self.cfg.out) if self.cfg.out is not None else None
         self.log = RunLog(None if self.profile or self.out is None else self.out / "log.jsonl")
         self.elapsed_before = 0.0  # wall clock spent by earlier legs of this run
         self.vae_elapsed = 0.0
@@ -566,7 +571,7 @@ class Trainer:
         Phase 1 is skipped; the UNet step counter, learning-rate warm-up and schedule start afresh (the folder holds
         no optimiser state). The architecture must match the one this run would build.
         """
-        from ..loading import load_components
+        from diffsegmenter.loading import load_components
 
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -592,6 +597,8 @@ class Trainer:
         self.phase = "unet"
         earlier = None
         log = folder / "train_log.jsonl"
+        if not log.is_file() and folder.resolve() == C.package_folder() / "models" / "shapes":
+            log = SHIPPED_RUN / "train_log.jsonl"  # the shipped model's log stays out of the package
         if log.is_file():
             done = [json.loads(x) for x in log.read_text().splitlines() if '"done"' in x]
             earlier = done[-1].get("unet_step") if done else None
@@ -849,7 +856,8 @@ class Trainer:
         n = int(self.cfg.probe_scenes or 0)
         if n <= 0:
             return None
-        from ..segmenter import DiffSegmenter
+        from diffsegmenter.segmenter import DiffSegmenter
+
         from .quality import binding_probe, scenes_of
 
         was_training = self.ema_unet.training
@@ -1068,9 +1076,9 @@ def sample_grid(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m diffsegmenter.shapes.train`` argument parser."""
+    """The ``python -m research.shapes.train`` argument parser."""
     p = argparse.ArgumentParser(
-        prog="python -m diffsegmenter.shapes.train",
+        prog="python -m research.shapes.train",
         description="Train the shapes-world diffusion model (VAE, then UNet) from scratch.",
     )
     d = TrainConfig()

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.metrics import ConfusionMatrix
+from diffsegmenter.evaluation.metrics import ConfusionMatrix
+
 from .world import CLASS_NAMES, Scene, make_split_scene, shape_mask
 
 __all__ = [
@@ -164,7 +165,7 @@ def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
         `dict[str, float]`: ``all_levels``, ``level_<factor>`` for each downsampling factor of the UNet, and
         ``chance`` (guessing among the present classes), all fractions in [0, 1].
     """
-    from ..config import SegmenterConfig
+    from diffsegmenter.config import SegmenterConfig
 
     levels = [2**i for i in range(len(seg.unet.config.block_out_channels))]
     base = SegmenterConfig(

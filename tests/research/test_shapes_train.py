@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffsegmenter.shapes import components as C
-from diffsegmenter.shapes import train as T
-from diffsegmenter.shapes.captions import VOCABULARY, sample_caption
-from diffsegmenter.shapes.world import make_scene
+from research.shapes import components as C
+from research.shapes import train as T
+from research.shapes.captions import VOCABULARY, sample_caption
+from research.shapes.world import make_scene
 
 torch.set_num_threads(1)
 

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from diffsegmenter.shapes import CLASS_NAMES, SHAPE_NAMES  # noqa: F401  (SHAPE_NAMES: re-exported)
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 64
-CLASS_NAMES: tuple[str, ...] = ("background", "circle", "square", "triangle", "cross")
-SHAPE_NAMES: tuple[str, ...] = CLASS_NAMES[1:]
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 200, 60),
@@ -421,7 +421,7 @@ def voc_palette(n: int = 256) -> list[int]:
     Returns:
         `list[int]`: ``3 * n`` values in [0, 255]; entry 0 is black, 1 (128, 0, 0), 2 (0, 128, 0), ...
     """
-    from ..outputs import VOC_PALETTE
+    from diffsegmenter.outputs import VOC_PALETTE
 
     return VOC_PALETTE[:n].reshape(-1).tolist()
 

@@ -1,0 +1,34 @@
+"""Training and tuning never write into the installed package: they refuse an output folder inside it."""
+
+from __future__ import annotations
+
+import pytest
+
+from research.shapes import filter_tune, tune
+from research.shapes import train as T
+from research.shapes.components import check_out_dir, package_folder
+
+
+def test_check_out_dir_refuses_the_package_and_accepts_a_new_folder(tmp_path):
+    pkg = package_folder()
+    assert (pkg / "models" / "shapes" / "unet").is_dir()
+    for inside in (pkg, pkg / "models" / "shapes", pkg / "models" / "shapes" / "new"):
+        with pytest.raises(ValueError, match="inside the installed diffsegmenter package"):
+            check_out_dir(inside)
+    assert check_out_dir(tmp_path / "run") == tmp_path / "run"
+
+
+@pytest.mark.parametrize("module", [tune, filter_tune], ids=["tune", "filter_tune"])
+def test_tuners_refuse_to_write_into_the_shipped_model_folder(module):
+    shipped = package_folder() / "models" / "shapes"
+    before = {p: p.stat().st_mtime_ns for p in shipped.rglob("*")}
+    with pytest.raises(ValueError, match="--out"):  # raised before any model is loaded
+        module.main(["--model", "shapes", "--out", str(shipped)])
+    assert {p: p.stat().st_mtime_ns for p in shipped.rglob("*")} == before
+
+
+def test_train_refuses_an_out_folder_inside_the_package():
+    out = package_folder() / "models" / "shapes-run"
+    with pytest.raises(ValueError, match="--out"):
+        T.main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
+    assert not out.exists()

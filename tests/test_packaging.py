@@ -1,0 +1,67 @@
+"""Dependencies: every third-party import of the package is declared, and optional ones say which extra they need."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import diffsegmenter
+from diffsegmenter._optional import require
+from tests.test_layering import PACKAGE, package_edges
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+#: Import name -> distribution name, where they differ.
+DISTRIBUTIONS = {"PIL": "pillow", "huggingface_hub": "huggingface-hub"}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+@pytest.fixture(scope="module")
+def project() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+
+
+def test_every_third_party_import_is_declared(project):
+    core = _names(project["dependencies"])
+    extras = {name: _names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    optional = set().union(*(reqs for name, reqs in extras.items() if name != "dev"))
+    problems = []
+    for e in package_edges(Path(diffsegmenter.__file__).parent):
+        top = e.target.split(".")[0]
+        if not top or top == PACKAGE or top in sys.stdlib_module_names or e.type_checking:
+            continue
+        dist = DISTRIBUTIONS.get(top, top).lower().replace("_", "-")
+        if e.at_import and dist not in core:
+            problems.append(f"{e.source}:{e.line} imports {top} when imported, but {dist} is no core dependency")
+        elif dist not in core | optional:
+            problems.append(f"{e.source}:{e.line} imports {top}, declared neither as core nor in an extra")
+    assert problems == []
+    assert {"psutil", "torch", "diffusers", "transformers"} <= core
+    assert not core & {"torchmetrics", "pycocotools", "accelerate"}  # a test's check and two optional features
+    assert extras["rle"] == {"pycocotools"} and extras["dist"] == {"accelerate"}
+    assert {"pytest", "ruff", "torchmetrics", "diffsegmenter"} <= extras["dev"]  # dev pulls [rle,dist] in
+
+
+def test_require_names_the_extra_to_install():
+    assert require("json", extra="rle", feature="x").__name__ == "json"
+    with pytest.raises(ImportError, match=r"COCO RLE output needs no_such_mod_13.*diffsegmenter\[rle\]"):
+        require("no_such_mod_13.mask", extra="rle", feature="COCO RLE output")
+
+
+def test_rle_output_without_pycocotools_names_the_extra(monkeypatch):
+    from diffsegmenter.outputs import decode_rle_records, encode_rle_records
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
+    labels = np.zeros((4, 4), np.int64)
+    with pytest.raises(ImportError, match=r"diffsegmenter\[rle\]"):
+        encode_rle_records(labels, np.zeros((1, 4, 4), np.float32), ["a"])
+    with pytest.raises(ImportError, match=r"diffsegmenter\[rle\]"):
+        decode_rle_records([])
