@@ -24,7 +24,7 @@ def text_encoder_files(root: Path) -> list[Path]:
 
 def unprefixed_keys(path: Path) -> list[str]:
     with safe_open(str(path), "pt") as f:
-        return [k for k in f.keys() if not k.startswith("text_model.")]
+        return [k for k in f.keys() if not k.startswith("text_model.")]  # noqa: SIM118 (safe_open is no dict)
 
 
 @pytest.mark.parametrize("root", [SHIPPED, FIXTURES], ids=["shipped", "fixtures"])

@@ -29,7 +29,14 @@ from diffsegmenter.loading import resolve_model
 from diffsegmenter.segmenter import DiffSegmenter
 
 from .components import check_out_dir
-from .quality import evaluate_segmenter, scenes_of, score_predictions, trivial_baselines, world_labels
+from .quality import (
+    SHAPES_BEHAVIOUR,
+    evaluate_segmenter,
+    scenes_of,
+    score_predictions,
+    trivial_baselines,
+    world_labels,
+)
 from .world import CLASS_NAMES
 
 #: Prompt modes compared (SegmenterConfig fields). "per_class_paper" is the paper's template verbatim.
@@ -107,6 +114,7 @@ def _fields(
     """SegmenterConfig fields (JSON-ready) of one grid point; ``SegmenterConfig`` turns the keys back into ints."""
     factor, steps = COMPLETIONS[completion]
     return {
+        **SHAPES_BEHAVIOUR,
         "resolution": resolution,
         "class_resolution": class_resolution,
         **PROMPT_MODES[mode],
@@ -210,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     seg = DiffSegmenter.from_pretrained(folder, device=args.device, config=None)
     from diffsegmenter.config import SegmenterConfig
 
-    seg.config = SegmenterConfig()  # search from the library defaults, not from an earlier choice
+    # search from the library defaults with the shapes behaviour, not from an earlier choice
+    seg.config = SegmenterConfig(**SHAPES_BEHAVIOUR)
     val, test = scenes_of("val", args.val), scenes_of("test", args.test)
     records = search(seg, val)
     best = records[0]
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     report["test_best_single_decision"] = best_on_test(lambda r: r.get("class_weights", "none") == "none")
     # the best setting with one UNet pass (no class_resolution), on test
     report["test_best_one_pass"] = best_on_test(lambda r: r.get("class_resolution") is None)
-    paper = SegmenterConfig().to_dict()
+    paper = SegmenterConfig().to_dict()  # the released script's defaults, verbatim
     report["test_paper_defaults"] = {"settings": paper, **on_test(paper)}
     report["baselines_test"] = trivial_baselines(test)
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,6 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .._optional import require
 from ..config import RELEASED_SCRIPT_RULES, add_override_argument
 from .datasets import DATASET_ALIASES, DATASET_NAMES, SegmentationDataset, load_dataset
 from .metrics import ConfusionMatrix
@@ -259,7 +258,8 @@ def _partial_state() -> Any | None:
     """accelerate's PartialState when running under `accelerate launch` / torchrun with several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    PartialState = require("accelerate", extra="dist", feature="eval under accelerate launch / torchrun").PartialState
+    from accelerate import PartialState
+
     state = PartialState()
     return state if state.num_processes > 1 else None
 
