@@ -100,9 +100,9 @@ class ImageTooLargeError(ImageLoadError):
         self.width, self.height, self.max_pixels = int(width), int(height), int(max_pixels)
         self.path = str(path)
         self.reason = (
-            f"too large: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:g} (--max-pixels, SegmenterConfig.max_image_pixels); downscale it, or raise the "
-            "limit if the machine has the memory (about 100 bytes per pixel for a few classes)"
+            f"too large: {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(--max-pixels, SegmenterConfig.max_image_pixels); downscale it, or raise the limit if the machine has "
+            "the memory (about 100 bytes per pixel for a few classes)"
         )
         ValueError.__init__(self, f"Image {self.path!r} is {self.reason}.")
 

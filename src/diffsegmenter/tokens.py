@@ -63,7 +63,8 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
                 raise ClassTokenError("a class name is empty; give a non-empty class name")
             continue
         texts.append(text)
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # verbose=False: a name longer than the encoder is reported below, not by a tokenizer warning
+        piece = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if tag is not None:
             unknown = tokenizer.unk_token_id
             if not piece or (unknown is not None and all(tok == unknown for tok in piece)):
