@@ -42,7 +42,7 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
         ClassListError: the message names the problem and shows a correct list.
     """
     if isinstance(names, str):
-        raise ClassListError(f"classes must be a list of names, not the string {names!r}; e.g. {example}")
+        raise ClassListError(f"classes must be a list of names, not a single string ({names!r}); e.g. {example}")
     if not isinstance(names, Sequence):
         raise ClassListError(f"classes must be a list of names, got {type(names).__name__}; e.g. {example}")
     if not names:

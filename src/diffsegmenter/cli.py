@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import add_override_argument
+from .config import DEFAULT_MAX_IMAGE_PIXELS, add_override_argument
 
 __all__ = [
     "CONFIG_FLAGS",
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="refuse (skip, with the reason) images with more pixels than this; memory grows with them "
-        "(SegmenterConfig.max_image_pixels; default: 40000000, i.e. 40 megapixels)",
+        f"(SegmenterConfig.max_image_pixels; default: {DEFAULT_MAX_IMAGE_PIXELS}, "
+        f"i.e. {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g} megapixels)",
     )
     seg.add_argument("--overwrite", action="store_true", help="recompute images that are already done")
     seg.add_argument("--quiet", action="store_true", help="no progress bar and no summary; problems are still shown")
