@@ -29,6 +29,7 @@ import errno
 import glob
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -168,7 +169,11 @@ def _load_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
     if path.is_dir():
         raise ImageLoadError(path, "it is a folder, not a file (use iter_image_paths to expand folders)")
     try:
-        with Image.open(path) as pil:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # our own limit governs; Pillow's decompression-bomb warning is redundant
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil = Image.open(path)
+        with pil:
             _check_size(str(path), pil.width, pil.height, max_pixels)  # before any pixel is decoded
             frames = int(getattr(pil, "n_frames", 1) or 1)
             if frames > 1 and pil.format != "MPO":  # MPO: a camera JPEG with a preview; frame 0 is the photo
