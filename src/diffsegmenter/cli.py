@@ -15,11 +15,20 @@ Rules the command follows:
   given"), and only the flags a user set are forwarded (as segment-anything's ``amg.py`` does): the model folder's
   ``segmenter_config.json`` and then :class:`~diffsegmenter.config.SegmenterConfig` decide the rest.
 - One result per image, named after it; a folder input keeps its sub-folder structure under ``--out``.
+- Output names cannot collide: inputs that would share an output file are detected before any work and refused
+  with a message naming both; inputs that are a previous run's outputs (listed by its sidecars) are left out, with a
+  note.
 - Every file is written atomically and each image's ``<stem>.json`` sidecar is written last, so an interrupted run
   resumes where it stopped: images whose outputs are complete (and were made with the same settings) are skipped.
-- One bad image never stops the batch: it is reported at the end (and in ``<out>/skipped.json``) and the exit
-  status is 1. Usage errors (bad flags, missing model, no classes, unwritable output folder) exit with status 2 and a
-  one-line message.
+- One bad input never stops the batch: every skipped input (unreadable, unsupported type, a folder named like an
+  image, a symbolic link loop, too large for ``--max-pixels``...) is listed with its reason on the console and in
+  ``<out>/skipped.json``, and the exit status is 1. A write error (a full disk...) stops the run cleanly instead:
+  nothing is half-written, the summary and the list are still printed, the exit status is 3, and rerunning the same
+  command resumes.
+- One run at a time per output folder: an OS lock on ``<out>/.diffsegmenter.lock`` (released by the system when
+  the process ends, even if killed) makes a second run stop with a message.
+- Usage errors (bad flags or values, missing model, bad classes, unwritable or busy output folder) exit with status
+  2 and a one-line message.
 - ``--offline`` sets ``HF_HUB_OFFLINE=1`` for the run; nothing is changed at import.
 """
 
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -37,10 +47,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import add_override_argument
+from .config import DEFAULT_MAX_IMAGE_PIXELS, add_override_argument
 
 __all__ = [
     "CONFIG_FLAGS",
+    "LOCK_FILE",
     "DEFAULT_DEMO_OUT",
     "DEFAULT_FORMATS",
     "BatchReport",
@@ -51,6 +62,7 @@ __all__ = [
     "config_overrides",
     "load_kwargs",
     "main",
+    "output_lock",
     "parse_classes",
     "parse_formats",
     "run_batch",
@@ -63,6 +75,7 @@ PROG = "diffsegmenter"
 EXIT_OK = 0
 EXIT_SKIPPED = 1
 EXIT_USAGE = 2
+EXIT_STOPPED = 3
 
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "overlay")
 """Formats written when ``--format`` is not given (a CLI choice: the library itself writes nothing)."""
@@ -70,6 +83,8 @@ DEFAULT_FORMATS: tuple[str, ...] = ("png", "overlay")
 DEMO_FORMATS: tuple[str, ...] = ("png", "overlay")
 DEFAULT_DEMO_OUT = "diffsegmenter-demo"
 SKIPPED_FILE = "skipped.json"
+LOCK_FILE = ".diffsegmenter.lock"
+"""Lock file in the output folder; held (``fcntl.flock``) for the whole run."""
 
 CONFIG_FLAGS: dict[str, str] = {
     "tau": "tau",
@@ -78,6 +93,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "prompt_mode": "prompt_mode",
     "template": "template",
     "batch_size": "batch_size",
+    "max_pixels": "max_image_pixels",
 }
 """argparse destination -> :class:`~diffsegmenter.config.SegmenterConfig` field, for the dedicated flags."""
 
@@ -182,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="images segmented per model call; raise it on a GPU (default: 1, right for CPU)",
     )
+    seg.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help="refuse (skip, with the reason) images with more pixels than this; memory grows with them "
+        f"(SegmenterConfig.max_image_pixels; default: {DEFAULT_MAX_IMAGE_PIXELS}, "
+        f"i.e. {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g} megapixels)",
+    )
     seg.add_argument("--overwrite", action="store_true", help="recompute images that are already done")
     seg.add_argument("--quiet", action="store_true", help="no progress bar and no summary; problems are still shown")
     seg.add_argument("-v", "--verbose", action="store_true", help="log progress details (and tracebacks)")
@@ -260,13 +284,16 @@ def parse_formats(text: str | None) -> list[str]:
 def parse_classes(text: str | None) -> list[str] | None:
     """``"cat, sofa,potted plant"`` -> ``["cat", "sofa", "potted plant"]``; ``"@file.txt"`` reads one name per line.
 
-    Whitespace inside a name is normalised to single spaces; duplicates are compared case-insensitively.
+    The names follow the rule the API applies (:func:`~diffsegmenter.classes.check_class_names`): whitespace inside
+    a name is normalised to single spaces, duplicates are compared case-insensitively, the list cannot be empty.
 
     Raises:
-        CliError: an empty name, a duplicate, or an unreadable @file.
+        CliError: an empty list or name, a duplicate, or an unreadable @file.
     """
     if text is None:
         return None
+    from .classes import ClassListError, check_class_names
+
     if text.startswith("@"):
         try:
             raw = Path(text[1:]).expanduser().read_text(encoding="utf-8")
@@ -277,22 +304,10 @@ def parse_classes(text: str | None) -> list[str] | None:
             names = names[0].split(",")
     else:
         names = text.split(",")
-    classes: list[str] = []
-    seen: dict[str, str] = {}
-    for position, name in enumerate(names, start=1):
-        clean = " ".join(name.split())
-        if not clean:
-            raise CliError(f"class name {position} in {text!r} is empty; give names like --classes 'cat,sofa,plant'")
-        key = clean.lower()
-        if key in seen:
-            raise CliError(
-                f"duplicate class name {clean!r} in --classes (also given as {seen[key]!r}); give each once"
-            )
-        seen[key] = clean
-        classes.append(clean)
-    if not classes:
-        raise CliError("--classes is empty; give names like --classes 'cat,sofa,plant'")
-    return classes
+    try:
+        return check_class_names(names, example="--classes 'cat,sofa,plant'")
+    except ClassListError as exc:
+        raise CliError(f"--classes: {exc}") from None
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -358,11 +373,14 @@ class ImageJob:
         path (`Path`): the image file.
         out_dir (`Path`): the folder its outputs go to (``--out`` plus the image's sub-folder inside a folder input).
         stem (`str`): the outputs' file name stem (the image's name without suffix, made unique).
+        problem (`str`, *optional*): why this input cannot be used, found while listing the inputs (an unsupported
+            type, a symbolic link loop...); such a job is reported as skipped without being read.
     """
 
     path: Path
     out_dir: Path
     stem: str
+    problem: str | None = None
 
     @property
     def label(self) -> str:
@@ -370,10 +388,18 @@ class ImageJob:
         return str(self.path)
 
 
+def _resolve(path: Path) -> Path:
+    """``path.resolve()`` that survives symbolic link loops (Python < 3.13 raises RuntimeError for them)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
 def _input_root(text: str) -> Path | None:
     """The folder that a folder or glob input's matches are made relative to (None for a file)."""
     path = Path(text)
-    if path.is_file():
+    if path.is_file() or path.is_symlink() and not path.is_dir():
         return None
     if path.is_dir():
         return path
@@ -389,46 +415,95 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def collect_jobs(inputs: Sequence[str], out: str | os.PathLike) -> list[ImageJob]:
-    """Expand the inputs into image jobs with unique output names.
+def _kinds(paths: Sequence[Path]) -> str:
+    counts: dict[str, int] = {}
+    for path in paths:
+        kind = "links to folders" if path.is_symlink() else (path.suffix.lower() or "no suffix")
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{kind} x{n}" if n > 1 else kind for kind, n in sorted(counts.items()))
+
+
+class _EarlierOutputs:
+    """Recognises files that an earlier run wrote (listed by its sidecars), folder by folder, reading each once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, set[str]] = {}
+
+    def _names(self, folder: Path) -> set[str]:
+        from .outputs import earlier_outputs
+
+        if folder not in self._cache:
+            names = earlier_outputs(folder)
+            if names:
+                names.add(SKIPPED_FILE)  # that run's report
+            self._cache[folder] = names
+        return self._cache[folder]
+
+    def __contains__(self, path: Path) -> bool:
+        if path.name in self._names(path.parent):
+            return True
+        return f"{path.parent.name}/{path.name}" in self._names(path.parent.parent)  # <stem>.heatmaps/<class>.png
+
+
+def collect_jobs(
+    inputs: Sequence[str], out: str | os.PathLike, formats: Sequence[str] | None = None
+) -> list[ImageJob]:
+    """Expand the inputs into image jobs with output names that cannot collide.
 
     A folder (or glob) input keeps each image's sub-folder under ``out``, so ``a/x.png`` and ``b/x.png`` inside
     the folder go to ``out/a/x.*`` and ``out/b/x.*``. Images that would still share an output name (``x.png`` and
     ``x.jpg``, or two files given explicitly) get the full file name (``x.jpg.png``...) or a ``-2`` suffix, in
-    input order; each sidecar records its source. Files inside ``out`` are never taken as inputs of a folder.
+    input order; each sidecar records its source. Any other clash between two inputs' outputs (``x.png``'s overlay
+    ``x.overlay.png`` is also the label map of an input ``x.overlay.png``) is refused before any work, naming both.
+
+    Inside a folder or glob input, files inside ``out`` are never taken as inputs, files that an earlier run wrote
+    (listed by its ``<stem>.json`` sidecars) are left out with a note, and files that are not images are noted.
+    What looks like an input but cannot be used (an unsupported image type, a folder named like an image, a
+    symbolic link loop or broken link) becomes a job with a ``problem``, reported as skipped.
 
     Args:
         inputs (`Sequence[str]`): files, folders and glob patterns.
         out (`str` or `os.PathLike`): the output folder.
+        formats (`Sequence[str]`, *optional*): the output formats whose names must not collide; None = all of them.
 
     Returns:
         `list[ImageJob]`: in input order, each image once.
 
     Raises:
         FileNotFoundError: an input names nothing (the message names it).
-        CliError: the output folder is one of the input folders, or holds an input file.
+        CliError: the output folder is one of the input folders or holds an input file, or two inputs' outputs
+            would collide.
     """
-    from .images import iter_image_paths
+    from .images import _nothing_found_message, scan_inputs
+    from .outputs import OUTPUT_FORMATS
 
     out_root = Path(out)
-    out_resolved = out_root.resolve()
+    out_resolved = _resolve(out_root)
     jobs: list[ImageJob] = []
     seen: set[Path] = set()
-    taken: set[tuple[str, str]] = set()
+    taken: set[tuple[str, str]] = {(".", Path(SKIPPED_FILE).stem)}  # <out>/skipped.json is the run's report
+    earlier = _EarlierOutputs()
     for text in inputs:
         root = _input_root(text)
         exclude_out = False
         if root is not None:
-            root_resolved = root.resolve()
+            root_resolved = _resolve(root)
             if root_resolved == out_resolved:
                 raise CliError(
                     f"--out {str(out)!r} is the input folder {text!r}; choose another output folder so results are "
                     "not mixed with (and later read as) inputs"
                 )
             exclude_out = _is_within(out_resolved, root_resolved)
-        for path in iter_image_paths([text]):
-            resolved = path.resolve()
+        scan = scan_inputs([text])
+        if not scan.images and not scan.skipped:
+            raise FileNotFoundError(_nothing_found_message(text))
+        left_out: list[Path] = []
+        for path in scan.images:
+            resolved = _resolve(path)
             if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
+                continue
+            if root is not None and path in earlier:
+                left_out.append(path)
                 continue
             seen.add(resolved)
             rel = Path()
@@ -446,13 +521,85 @@ def collect_jobs(inputs: Sequence[str], out: str | os.PathLike) -> list[ImageJob
                 logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
             taken.add((key_dir, stem.lower()))
             job = ImageJob(path=path, out_dir=out_root / rel, stem=stem)
-            if job.out_dir.resolve() == resolved.parent:
+            if _resolve(job.out_dir) == resolved.parent:
                 raise CliError(
                     f"--out {str(out)!r} is the folder of the input {str(path)!r}; choose another output folder "
                     f"(the label map {stem}.png could replace an input image)"
                 )
             jobs.append(job)
+        for path, reason in scan.skipped:
+            resolved = _resolve(path)
+            if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
+                continue
+            seen.add(resolved)
+            jobs.append(ImageJob(path=path, out_dir=out_root, stem=path.name, problem=reason))
+        ignored = [p for p in scan.ignored if not (exclude_out and _is_within(_resolve(p), out_resolved))]
+        left_out += [p for p in ignored if p in earlier]
+        ignored = [p for p in ignored if p not in earlier]
+        if left_out:
+            folders = sorted(
+                {str(p.parent.parent if p.parent.name.endswith(".heatmaps") else p.parent) for p in left_out}
+            )
+            logger.warning(
+                "left out %d file(s) in %s that an earlier diffsegmenter run wrote (listed in its <name>.json "
+                "sidecars); name a file explicitly to segment it anyway",
+                len(left_out),
+                ", ".join(repr(f) for f in folders[:3])
+                + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else ""),
+            )
+        if ignored:
+            logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
+    _check_output_names(jobs, list(OUTPUT_FORMATS) if formats is None else formats, out_root)
     return jobs
+
+
+def _path_key(path: Path) -> str:
+    return os.path.normcase(os.path.abspath(path)).lower()  # case-insensitive file systems (macOS, Windows)
+
+
+def _check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Path) -> None:
+    """Refuse, before any work, two inputs whose outputs would land on the same path.
+
+    Each job claims its output files, its heat-map folder (which it prunes, so no one else may write there) and the
+    folders its outputs go in (shared).
+
+    Raises:
+        CliError: naming both inputs, the path and what each would write there.
+    """
+    from .outputs import output_paths
+
+    claims: dict[str, tuple[str, ImageJob, str]] = {}
+
+    def claim(path: Path, kind: str, job: ImageJob, what: str) -> None:
+        key = _path_key(path)
+        previous = claims.setdefault(key, (kind, job, what))
+        if previous[1] is job or (kind == "folder" and previous[0] == "folder"):
+            return
+        raise CliError(
+            f"the inputs {previous[1].label!r} and {job.label!r} would both write {str(path)!r} (the "
+            f"{previous[2]} of the first, the {what} of the second); rename one of them, or segment them into "
+            "separate --out folders"
+        )
+
+    for job in jobs:
+        if job.problem is not None:
+            continue
+        with contextlib.suppress(ValueError):
+            rel = job.out_dir.relative_to(out)
+            for depth in range(1, len(rel.parts) + 1):
+                claim(out.joinpath(*rel.parts[:depth]), "folder", job, "output sub-folder")
+        paths = output_paths(job.out_dir, job.stem, formats)
+        for path, what in (
+            (paths.png, "label map"),
+            (paths.overlay, "overlay"),
+            (paths.rle, "RLE file"),
+            (paths.npz, "npz file"),
+            (paths.sidecar, "sidecar"),
+        ):
+            if path is not None:
+                claim(path, "file", job, what)
+        if paths.heatmaps is not None:
+            claim(paths.heatmaps, "heat-map folder", job, "heat-map folder")
 
 
 def _prepare_out_dir(text: str) -> Path:
@@ -467,6 +614,51 @@ def _prepare_out_dir(text: str) -> Path:
     except OSError as exc:
         raise CliError(f"output folder {text!r} is not writable ({exc.strerror or exc})") from None
     return out
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``<out>/.diffsegmenter.lock`` for the duration of a run.
+
+    ``fcntl.flock`` is released by the system when the process ends, however it ends (a run killed with ``-9``
+    leaves no stale lock, and its rerun resumes). The lock file itself stays (removing it could let two runs lock
+    two different files); it records the holder's process id for the message. Where ``fcntl`` does not exist
+    (Windows) or the file system does not support locks, the run goes on unlocked, with a note in the log.
+
+    Raises:
+        CliError: another run holds the lock (the message names its process id and the way out).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        logger.info("no file locking on this system: do not run two diffsegmenter commands on one --out")
+        yield
+        return
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise CliError(f"cannot create the lock file {str(path)!r} ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (process {int(os.pread(fd, 32, 0).decode().split()[0])})"
+            raise CliError(
+                f"another diffsegmenter run{holder} is writing to --out {str(out)!r}; wait for it to finish or "
+                "choose another output folder (the lock is released as soon as that run ends, even if it is killed)"
+            ) from None
+        except OSError as exc:  # e.g. a network file system without locks
+            logger.warning("cannot lock %s (%s); make sure no other run writes there", path, exc.strerror or exc)
+        else:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _pid_alive(pid: int) -> bool:
@@ -530,19 +722,25 @@ class BatchReport:
         segmented (`list[tuple[ImageJob, list[str]]]`): images processed in this run, with the classes found.
         already_done (`list[ImageJob]`): images skipped because their outputs were complete.
         skipped (`list[tuple[ImageJob, str]]`): images that could not be processed, with the reason.
+        stopped (`str`, *optional*): why the run stopped early (a write error such as a full disk); None when it
+            went through every image.
+        not_started (`int`): images left untouched because the run stopped.
     """
 
     total: int = 0
     segmented: list[tuple[ImageJob, list[str]]] = dataclasses.field(default_factory=list)
     already_done: list[ImageJob] = dataclasses.field(default_factory=list)
     skipped: list[tuple[ImageJob, str]] = dataclasses.field(default_factory=list)
+    stopped: str | None = None
+    not_started: int = 0
 
     def summary(self) -> str:
-        """One line: counts of segmented, already done and skipped images."""
-        return (
+        """One line: counts of segmented, already done, skipped (and, after a stop, not started) images."""
+        text = (
             f"{self.total} image(s): {len(self.segmented)} segmented, {len(self.already_done)} already done, "
             f"{len(self.skipped)} skipped"
         )
+        return text + (f", {self.not_started} not started (the run stopped)" if self.stopped else "")
 
 
 def _normalise(payload: Any) -> Any:
@@ -579,6 +777,15 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+# Write errors that concern one image's file names, not the output folder: they skip that image only.
+_PER_IMAGE_WRITE_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EFBIG})
+
+
+def _os_error_text(exc: OSError) -> str:
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return f"{text}: {exc.filename}" if exc.filename else text
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -611,6 +818,13 @@ def run_batch(
             image by image, so one bad image only costs itself.
         progress (`bool`, *optional*, defaults to True): show a tqdm progress bar (on a terminal).
 
+    Jobs with a ``problem`` are reported as skipped with it; images over the segmenter's
+    ``config.max_image_pixels`` are skipped before they are decoded. A write error (an `OSError` while writing an
+    image's outputs: a full disk, a read-only or vanished folder...) stops the run: that image is reported as
+    skipped, the rest as not started, and ``report.stopped`` says why; nothing is left half-written, because every
+    file is written atomically and the sidecar last. Only a name too long for the file system (or a file too large
+    for it) costs just its image.
+
     Returns:
         `BatchReport`.
     """
@@ -622,24 +836,29 @@ def run_batch(
 
     request = _normalise(request or {})
     report = BatchReport(total=len(jobs))
-    folders = {job.out_dir for job in jobs}
+    max_pixels = getattr(getattr(segmenter, "config", None), "max_image_pixels", None)
+    folders = {job.out_dir for job in jobs if job.problem is None}
     for folder in sorted(folders):
         if folder.is_dir() and not any(parent in folders for parent in folder.parents):  # walk each tree once
             remove_stale_temp_files(folder)
+
+    def skip(job: ImageJob, exc: BaseException | str) -> None:
+        reason = exc if isinstance(exc, str) else _reason(exc)
+        report.skipped.append((job, reason))
+        logger.warning("skipping %s: %s", job.label, reason)
+        if not isinstance(exc, str):
+            logger.debug("traceback for %s", job.label, exc_info=exc)
+
     pending: list[ImageJob] = []
     for job in jobs:
-        if not overwrite and _is_finished(job, formats, request):
+        if job.problem is not None:
+            skip(job, job.problem)
+        elif not overwrite and _is_finished(job, formats, request):
             report.already_done.append(job)
         else:
             pending.append(job)
     if report.already_done:
         logger.info("%d image(s) already done; pass --overwrite to recompute them", len(report.already_done))
-
-    def skip(job: ImageJob, exc: BaseException) -> None:
-        reason = _reason(exc)
-        report.skipped.append((job, reason))
-        logger.warning("skipping %s: %s", job.label, reason)
-        logger.debug("traceback for %s", job.label, exc_info=exc)
 
     def segment(items: list[tuple[ImageJob, Any]]) -> list[tuple[ImageJob, Any, Any]]:
         try:
@@ -652,12 +871,14 @@ def run_batch(
             logger.info("a batch of %d images failed (%s); retrying them one by one", len(items), exc)
             return [out for item in items for out in segment([item])]
 
+    attempted = 0
     with logging_redirect_tqdm(), tqdm(total=len(pending), unit="image", disable=not progress or None) as bar:
         for chunk in _chunks(pending, max(1, int(images_per_batch))):
             loaded: list[tuple[ImageJob, Any]] = []
             for job in chunk:
+                attempted += 1
                 try:
-                    loaded.append((job, load_image(job.path)))
+                    loaded.append((job, load_image(job.path, max_pixels=max_pixels)))
                 except (ValueError, OSError) as exc:  # ImageLoadError is a ValueError
                     skip(job, exc)
                     bar.update(1)
@@ -671,29 +892,65 @@ def run_batch(
                         formats,
                         extra={"source": str(job.path), "request": request},
                     )
+                except OSError as exc:
+                    if exc.errno in _PER_IMAGE_WRITE_ERRORS:
+                        skip(job, exc)
+                        continue
+                    skip(job, f"could not write its outputs: {_os_error_text(exc)}")
+                    report.stopped = (
+                        f"could not write the outputs of {job.label} ({_os_error_text(exc)}); fix that (free some "
+                        "space, or choose another --out) and rerun the same command: finished images are kept"
+                    )
+                    break
                 except Exception as exc:
                     skip(job, exc)
                 else:
                     found = [c for i, c in enumerate(result.classes, start=1) if (result.labels == i).any()]
                     report.segmented.append((job, found))
             bar.update(len(loaded))
+            if report.stopped is not None:
+                done_here = {id(job) for job, _ in report.segmented} | {id(job) for job, _ in report.skipped}
+                report.not_started = sum(1 for job in pending if id(job) not in done_here)
+                break
     return report
 
 
-def _print_problems(report: BatchReport, out: Path) -> None:
-    if not report.skipped:
-        return
-    print(f"Skipped {len(report.skipped)} image(s) (listed in {out / SKIPPED_FILE}):", file=sys.stderr)
-    for job, reason in report.skipped:
-        print(f"  {job.label}: {reason}", file=sys.stderr)
-
-
-def _write_skipped(report: BatchReport, out: Path) -> None:
-    path = out / SKIPPED_FILE
+def _print_problems(report: BatchReport, out: Path, report_error: str | None = None) -> None:
     if report.skipped:
-        _write_json_atomic(path, [{"path": job.label, "reason": reason} for job, reason in report.skipped])
-    else:
-        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        where = f"listed in {out / SKIPPED_FILE}" if report_error is None else "the list could not be saved"
+        print(f"Skipped {len(report.skipped)} image(s) ({where}):", file=sys.stderr)
+        for job, reason in report.skipped:
+            print(f"  {job.label}: {reason}", file=sys.stderr)
+    if report_error is not None:
+        print(f"{PROG}: could not write {out / SKIPPED_FILE} ({report_error})", file=sys.stderr)
+    if report.stopped is not None:
+        print(f"{PROG}: the run stopped: {report.stopped}", file=sys.stderr)
+
+
+def _write_skipped(report: BatchReport, out: Path) -> str | None:
+    """Write (or, with nothing skipped, remove) ``<out>/skipped.json``.
+
+    Returns:
+        `str | None`: why the list could not be written (a full disk...), else None. A list left by an earlier run is
+        removed then, so that it cannot mislead.
+    """
+    path = out / SKIPPED_FILE
+    try:
+        if report.skipped:
+            _write_json_atomic(path, [{"path": job.label, "reason": reason} for job, reason in report.skipped])
+        else:
+            path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        return _os_error_text(exc)
+    return None
+
+
+def _exit_status(report: BatchReport) -> int:
+    if report.stopped is not None:
+        return EXIT_STOPPED
+    return EXIT_SKIPPED if report.skipped else EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -783,47 +1040,59 @@ def _check_overrides(overrides: dict[str, Any]) -> None:
         raise CliError(str(exc)) from None
 
 
+def _check_classes(segmenter: Any, classes: Sequence[str]) -> None:
+    """The class names against the loaded model, once, before any image (names the tokenizer cannot place...)."""
+    try:
+        segmenter.check_classes(classes)
+    except ValueError as exc:
+        raise CliError(f"--classes: {' '.join(str(exc).split())}") from None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
-    """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped)."""
+    """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped, 3 stopped early)."""
     formats = parse_formats(args.format)
     classes = parse_classes(args.classes)
     overrides = config_overrides(args)
     _check_overrides(overrides)
     out = _prepare_out_dir(args.out)
-    try:
-        jobs = collect_jobs(args.inputs, out)
-    except FileNotFoundError as exc:
-        raise CliError(str(exc)) from None
-    segmenter = _load_segmenter(args, overrides)
-    if classes is None and not getattr(segmenter, "default_classes", None):
-        raise CliError(
-            "no classes: pass --classes 'cat,sofa,plant' (with --filter clip or diffusion to keep only the "
-            "classes present in each image); this model declares no classes of its own"
+    with output_lock(out):
+        try:
+            jobs = collect_jobs(args.inputs, out, formats)
+        except FileNotFoundError as exc:
+            raise CliError(str(exc)) from None
+        segmenter = _load_segmenter(args, overrides)
+        if classes is None and not getattr(segmenter, "default_classes", None):
+            raise CliError(
+                "no classes: pass --classes 'cat,sofa,plant' (with --filter clip or diffusion to keep only the "
+                "classes present in each image); this model declares no classes of its own"
+            )
+        _check_classes(segmenter, classes if classes is not None else segmenter.default_classes)
+        filter_name = _setup_filter(segmenter, args.filter, args)
+        config = segmenter.config.to_dict()
+        config.pop("max_image_pixels", None)  # a limit on the inputs, not a setting of the results
+        request = {
+            "model": str(args.model) if args.model is not None else _default_model(),
+            "classes": classes if classes is not None else list(segmenter.default_classes),
+            "filter": filter_name,
+            "captioner": load_kwargs(args).get("captioner"),
+            "config": config,
+        }
+        report = run_batch(
+            segmenter,
+            jobs,
+            formats=formats,
+            classes=classes,
+            filter=filter_name,
+            request=request,
+            overwrite=args.overwrite,
+            images_per_batch=args.images_per_batch,
+            progress=not args.quiet,
         )
-    filter_name = _setup_filter(segmenter, args.filter, args)
-    request = {
-        "model": str(args.model) if args.model is not None else _default_model(),
-        "classes": classes if classes is not None else list(segmenter.default_classes),
-        "filter": filter_name,
-        "captioner": load_kwargs(args).get("captioner"),
-        "config": segmenter.config.to_dict(),
-    }
-    report = run_batch(
-        segmenter,
-        jobs,
-        formats=formats,
-        classes=classes,
-        filter=filter_name,
-        request=request,
-        overwrite=args.overwrite,
-        images_per_batch=args.images_per_batch,
-        progress=not args.quiet,
-    )
-    _write_skipped(report, out)
-    if not args.quiet:
+        report_error = _write_skipped(report, out)
+    if not args.quiet or report.stopped is not None:
         print(f"{report.summary()}. Results in {out}")
-    _print_problems(report, out)
-    return EXIT_SKIPPED if report.skipped else EXIT_OK
+    _print_problems(report, out, report_error)
+    return _exit_status(report)
 
 
 @contextlib.contextmanager
@@ -862,27 +1131,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         segmenter = _load_segmenter(args, {})
         out = _prepare_out_dir(args.out if args.out is not None else DEFAULT_DEMO_OUT)
         classes = classes or _demo_classes(segmenter)
+        _check_classes(segmenter, classes)
         flt = args.filter
         if flt is None:
             flt = "diffusion" if "_diffusion_filter" in getattr(segmenter, "model_settings", {}) else "none"
         jobs = [ImageJob(path=p, out_dir=out, stem=p.stem) for p in paths]
         how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
         print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")
-        report = run_batch(
-            segmenter,
-            jobs,
-            formats=DEMO_FORMATS,
-            classes=classes,
-            filter=None if flt == "none" else flt,
-            overwrite=True,
-            progress=False,
-        )
-    _write_skipped(report, out)
+        with output_lock(out):
+            report = run_batch(
+                segmenter,
+                jobs,
+                formats=DEMO_FORMATS,
+                classes=classes,
+                filter=None if flt == "none" else flt,
+                overwrite=True,
+                progress=False,
+            )
+            report_error = _write_skipped(report, out)
     for job, found in report.segmented:
         print(f"  {job.path.name}: {', '.join(found) if found else 'nothing found'} -> {job.stem}.overlay.png")
     print(f"Overlays (<name>.overlay.png) and label maps (<name>.png) written to {out.resolve()}")
-    _print_problems(report, out)
-    return EXIT_SKIPPED if report.skipped else EXIT_OK
+    _print_problems(report, out, report_error)
+    return _exit_status(report)
 
 
 def _eval_main(argv: Sequence[str]) -> int:
@@ -930,7 +1201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv (`Sequence[str]`, *optional*): arguments without the program name; defaults to ``sys.argv[1:]``.
 
     Returns:
-        `int`: the exit status: 0 success, 1 some images skipped, 2 usage error.
+        `int`: the exit status: 0 success, 1 some images skipped, 2 usage error (or the output folder is in use),
+        3 the run stopped on a write error (rerun to resume), 130 interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -8,16 +8,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
-    "SegmenterConfig",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "PAPER_LEVEL_WEIGHTS",
     "RELEASED_SCRIPT_RULES",
-    "parse_override",
+    "SegmenterConfig",
     "add_override_argument",
+    "check_tau",
+    "parse_override",
 ]
 
 #: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
@@ -32,6 +35,14 @@ RELEASED_SCRIPT_RULES: dict[str, dict[str, Any]] = {
     "context": {"template": "a photography of {}", "token_rule": "last", "ing_heuristic": True, "ing_offset": 1},
     "coco": {"template": "a photography of {}", "token_rule": "last", "ing_heuristic": True, "ing_offset": 2},
 }
+
+#: Default :attr:`SegmenterConfig.max_image_pixels`: 40 megapixels (e.g. 8000 x 5000). That is above phone photos
+#: (12 MP by default, up to 50 MP) and most camera photos (24 MP typical); 45-61 MP camera files need a higher
+#: ``--max-pixels``. Memory grows with the input's pixels because labels and score maps are returned at the input's
+#: size: measured on the shapes model, 2.0 GB peak for 16 MP and 4 classes (about 100 bytes per pixel with 4 classes,
+#: some 25 more per extra class), so 40 MP with a few classes stays within about 4-8 GB, while the 11000 x 11000
+#: case that prompted the limit needed 11.6 GB. The model itself only sees a resize to its resolution (512 for SD).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
 @dataclass
@@ -113,13 +124,21 @@ class SegmenterConfig:
     use_captioner: bool = True
     # Maximum tokens the captioner generates ([CODE]: transformers' default max_length 20).
     caption_max_tokens: int = 20
-    # UNet samples per forward; None = all samples of a call, halved automatically on out-of-memory.
+    # UNet samples per forward; None = as many as fit the memory budget (DiffSegmenter._run_batched), halved
+    # automatically on out-of-memory.
     batch_size: int | None = None
+    # Largest input accepted, in pixels (height x width); a larger image is refused before it is decoded, with an
+    # error naming this setting (CLI --max-pixels). None = no limit. Does not change any result. See
+    # DEFAULT_MAX_IMAGE_PIXELS for the memory it bounds.
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
-        self.level_weights = {int(k): float(v) for k, v in self.level_weights.items()}
+        self.level_weights = _check_weights("level_weights", self.level_weights)
         if self.class_level_weights is not None:
-            self.class_level_weights = {int(k): float(v) for k, v in self.class_level_weights.items()}
+            self.class_level_weights = _check_weights("class_level_weights", self.class_level_weights)
+        for name in ("template", "class_phrase", "joiner"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if "{}" not in self.template:
             raise ValueError(f"template {self.template!r} must contain '{{}}' where the class phrase goes")
         if "{}" not in self.class_phrase:
@@ -130,26 +149,32 @@ class SegmenterConfig:
             raise ValueError(f"token_rule must be 'mean', 'last' or 'first', got {self.token_rule!r}")
         if self.emphasis_scope not in ("last_word", "class_tokens"):
             raise ValueError(f"emphasis_scope must be 'last_word' or 'class_tokens', got {self.emphasis_scope!r}")
-        if self.ing_offset < 1:
+        for name in ("vae_sample", "antialias", "ing_heuristic", "use_captioner"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        _check_int("ing_offset", self.ing_offset, 1, 8, "1 in the VOC12/Context scripts, 2 in COCO's")
+        self.tau = check_tau(self.tau)
+        _check_int("timestep", self.timestep, 1, 999, "the diffusion timestep the latent is noised to, e.g. 100")
+        _check_int("seed", self.seed, 0, 2**63 - 2, "any non-negative integer, e.g. 0")
+        if not _is_number(self.emphasis) or not 0 < self.emphasis <= 10:
             raise ValueError(
-                f"ing_offset must be >= 1 (1 in the VOC12/Context scripts, 2 in COCO's), got {self.ing_offset}"
+                f"emphasis must be a number in (0, 10] (1.0 = off, 1.21 = the paper's), got {self.emphasis!r}"
             )
-        if not 0 < self.timestep < 1000:
-            raise ValueError(f"timestep must be in 1..999, got {self.timestep}")
-        if self.self_attention_steps < 0:
-            raise ValueError(f"self_attention_steps must be >= 0, got {self.self_attention_steps}")
-        if self.self_attention_factor is not None and self.self_attention_factor < 1:
-            raise ValueError(f"self_attention_factor must be >= 1 or None, got {self.self_attention_factor}")
+        _check_int("self_attention_steps", self.self_attention_steps, 0, 16, "0 = no completion, 1 = the paper's")
+        _check_int("caption_max_tokens", self.caption_max_tokens, 1, 512, "the paper's is 20")
+        _check_int("resolution", self.resolution, 8, 8192, "None = the model's own, e.g. 512", optional=True)
+        _check_int(
+            "self_attention_factor", self.self_attention_factor, 1, 64, "None = the finest level", optional=True
+        )
+        _check_int("batch_size", self.batch_size, 1, 1 << 20, "None = as many as fit in memory", optional=True)
+        _check_int("max_image_pixels", self.max_image_pixels, 1, 1 << 40, "None = no limit", optional=True)
         if self.class_resolution is not None:
-            if self.class_resolution < 1:
-                raise ValueError(f"class_resolution must be >= 1 or None, got {self.class_resolution}")
+            _check_int("class_resolution", self.class_resolution, 8, 8192, "None = one pass for where and which")
             if self.class_level_weights is None:
                 raise ValueError(
                     "class_resolution only applies to the separate class decision: set class_level_weights too, "
                     "or leave class_resolution None"
                 )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
     def replace(self, **changes: Any) -> SegmenterConfig:
         """A copy with some fields changed; unknown names raise ``ValueError`` listing the valid ones."""
@@ -169,6 +194,61 @@ class SegmenterConfig:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         data = {k: v for k, v in data.items() if not k.startswith("_")}
         return cls().replace(**{**data, **overrides})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_tau(tau: Any, *, allow_no_background: bool = False) -> float:
+    """The one rule for the background score ``tau``: a finite number in [0, 1].
+
+    A pixel is background unless some class scores strictly above ``tau``; scores lie in [0, 1], so ``tau >= 1``
+    would make every pixel background. With ``allow_no_background`` (a per-call ``tau`` of ``segment``/``relabel``)
+    a negative value is accepted too and means "background never wins" (label sets without a background class).
+
+    Returns:
+        `float`: ``tau`` as a float.
+
+    Raises:
+        ValueError: a non-number, NaN, infinity or a value outside the range, naming the range.
+    """
+    low = -math.inf if allow_no_background else 0.0
+    if not _is_number(tau) or not low <= tau <= 1.0:
+        extra = " (or negative: background never wins)" if allow_no_background else ""
+        raise ValueError(
+            f"tau must be a number in [0, 1]{extra}: the background score a class must beat, e.g. 0.4; got {tau!r}"
+        )
+    return float(tau)
+
+
+def _check_int(name: str, value: Any, low: int, high: int, hint: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        none = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer in {low}..{high}{none} ({hint}), got {value!r}")
+
+
+def _check_weights(name: str, weights: Any) -> dict[int, float]:
+    """Level weights: a non-empty mapping downsampling factor (a positive integer) -> finite weight >= 0, sum > 0."""
+    example = "e.g. {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}"
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"{name} must map downsampling factors to weights, {example}; got {weights!r}")
+    out: dict[int, float] = {}
+    for key, value in weights.items():
+        try:
+            factor = int(key)
+        except (TypeError, ValueError):
+            factor = 0
+        if factor < 1 or str(factor) != str(key).strip():
+            raise ValueError(f"{name} keys must be downsampling factors (1, 2, 4, 8...), {example}; got {key!r}")
+        if not _is_number(value) or value < 0:
+            raise ValueError(f"{name} values must be finite weights >= 0, {example}; got {value!r} for {key!r}")
+        out[factor] = float(value)
+    if sum(out.values()) <= 0:
+        raise ValueError(f"{name} must have at least one positive weight, {example}; got {weights!r}")
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -6,14 +6,21 @@ which wraps ``cls.from_pretrained`` so that:
 - weights are only ever read from ``.safetensors`` files (``use_safetensors=True`` for model classes);
 - ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set in the environment at call time is honoured
   (``local_files_only=True``), so nothing is downloaded in offline runs and tests;
+- without network it fails fast: before a Hub id is fetched, one short request (:func:`hub_reachable`, at most
+  :data:`HUB_PROBE_TIMEOUT` seconds) checks that the Hub answers; when it does not, only the local cache is used, so
+  there are no minutes of huggingface_hub retries;
 - "not found", "offline" and "no safetensors weights" failures become one :class:`ModelNotFoundError` whose message
-  names the model, where it was looked for, why, and how to fetch it or point to a local copy.
+  names the model, where it was looked for, why, and how to fetch it (``hf download <id> --local-dir <folder>``) or
+  point to a local copy.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +29,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TRUE_VALUES = {"1", "on", "yes", "true"}
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+HUB_PROBE_TIMEOUT = 5.0
+"""Seconds :func:`hub_reachable` waits for the Hub to answer (name lookup included) before the run treats it as
+unreachable and uses the local cache only."""
+
+_PROBE_TTL = 60.0
+_probe_cache: dict[str, tuple[float, bool]] = {}
 
 
 class ModelNotFoundError(ValueError):
@@ -40,15 +55,66 @@ def hub_offline() -> bool:
     Returns:
         `bool`: `True` when offline mode is requested.
     """
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    return _offline_variable() is not None
+
+
+def _offline_variable() -> str | None:
+    """The offline variable that is set (for messages), or None."""
+    for var in _OFFLINE_VARIABLES:
         if os.environ.get(var, "").strip().lower() in _TRUE_VALUES:
-            return True
+            return var
     try:
         from huggingface_hub import constants
 
-        return bool(constants.HF_HUB_OFFLINE)
+        return "HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else None
     except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub always ships with transformers
-        return False
+        return None
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except (ImportError, AttributeError):  # pragma: no cover
+        return "https://huggingface.co"
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face Hub answers one HTTP request within ``timeout`` seconds (any status counts).
+
+    The request goes through huggingface_hub's own HTTP client, so ``HF_ENDPOINT`` and proxy variables apply. It is
+    run in a helper thread so that a stalled name lookup cannot hold the caller longer than ``timeout``. The answer
+    is remembered for a minute, so loading the five parts of a model probes once.
+
+    Args:
+        timeout (`float`, *optional*): seconds to wait; defaults to :data:`HUB_PROBE_TIMEOUT`.
+
+    Returns:
+        `bool`: `False` when the Hub could not be reached in time (no network, blocked, wrong endpoint).
+    """
+    endpoint = _hub_endpoint()
+    cached = _probe_cache.get(endpoint)
+    if cached is not None and time.monotonic() - cached[0] < _PROBE_TTL:
+        return cached[1]
+    answers: list[bool] = []
+
+    def probe() -> None:
+        try:
+            from huggingface_hub.utils import get_session
+
+            get_session().head(endpoint, timeout=timeout)
+            answers.append(True)
+        except Exception as exc:  # any failure to get an answer means "not reachable"
+            logger.debug("the Hub at %s did not answer: %s", endpoint, exc)
+            answers.append(False)
+
+    thread = threading.Thread(target=probe, name="diffsegmenter-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    reachable = bool(answers and answers[0])
+    _probe_cache[endpoint] = (time.monotonic(), reachable)
+    return reachable
 
 
 def looks_like_local_path(name_or_path: str | os.PathLike[str]) -> bool:
@@ -117,6 +183,7 @@ def _describe(
     local: bool,
     offline: bool,
     local_files_only: bool = False,
+    unreachable: bool = False,
     cache_dir: str | os.PathLike[str] | None,
     cause: BaseException | None,
 ) -> str:
@@ -145,19 +212,29 @@ def _describe(
             "(config + `*.safetensors`), e.g. one written by `save_pretrained` or by `hf download <repo_id> "
             "--local-dir <folder>`, or pass a Hugging Face Hub id instead."
         )
-    if offline:
-        why = "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so the Hub was not contacted"
+    fixes = [
+        f"on a machine with internet access run `hf download {name} --local-dir <folder>`, copy <folder> here and "
+        "pass its path instead of the id (or copy that machine's Hugging Face cache and set HF_HOME to it)"
+    ]
+    variable = _offline_variable() if offline else None
+    if variable is not None:
+        why = f"{variable} is set, so the Hub was not contacted"
+        fixes.append(f"or unset {variable} to allow downloading")
     elif local_files_only:
         why = "`local_files_only=True` was passed, so the Hub was not contacted"
+        fixes.append("or leave local_files_only unset to allow downloading")
+    elif unreachable:
+        why = (
+            f"the Hugging Face Hub ({_hub_endpoint()}) could not be reached within {HUB_PROBE_TIMEOUT:g} s (no "
+            "network, or a proxy is needed)"
+        )
+        fixes.append("or connect to the network (set HTTPS_PROXY if a proxy is needed) and run again")
     else:
-        why = "the Hugging Face Hub could not be reached or has no such repository (or it is gated)"
+        why = "the Hugging Face Hub has no such repository (or it is gated, or could not be reached)"
     return (
         f"Could not load {what}: it is not in the local Hugging Face cache {_hub_cache_dir(cache_dir)!r} and {why}"
         + (f" ({cause_text})" if cause_text else "")
-        + f". To fix: on a machine with internet access run `hf download {name}` (or "
-        f"`huggingface-cli download {name}`) and copy the cache (or set HF_HOME / HF_HUB_CACHE to it); or download "
-        f"it with `hf download {name} --local-dir <folder>` and pass that folder path instead of the id; or unset "
-        "HF_HUB_OFFLINE to allow downloading. Check the spelling of the id as well."
+        + f". To fix: {'; '.join(fixes)}. Check the spelling of the id as well."
     )
 
 
@@ -180,7 +257,8 @@ def load_component(
         subfolder (`str`, *optional*): folder inside the repo/folder (e.g. ``"unet"`` in the diffusers layout).
         local_files_only (`bool`, *optional*): never contact the Hub. Defaults to `True` when ``HF_HUB_OFFLINE`` /
             ``TRANSFORMERS_OFFLINE`` is set (see :func:`hub_offline`), else `False`. Passing `False` while offline
-            mode is set is overridden to `True`.
+            mode is set is overridden to `True`. A Hub id is also read from the cache only when the Hub does not
+            answer (:func:`hub_reachable`), so a machine without network fails in seconds, not minutes.
         **kwargs: forwarded to ``from_pretrained`` (e.g. ``cache_dir``, ``revision``, ``torch_dtype``).
 
     Returns:
@@ -204,13 +282,20 @@ def load_component(
             raise ModelNotFoundError(
                 _describe(name, subfolder, local=True, offline=offline, cache_dir=cache_dir, cause=None)
             )
+    unreachable = False
+    if not local and not local_files_only and not hub_reachable():
+        unreachable = local_files_only = True  # the cache only: no minutes of retries against an absent network
+        logger.info("the Hugging Face Hub cannot be reached; looking for %r in the local cache only", name)
     if _takes_weights(cls):
         kwargs.setdefault("use_safetensors", True)
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
     logger.debug("Loading %s from %r (local_files_only=%s)", cls.__name__, name, local_files_only)
     try:
-        return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            # diffusers still passes huggingface_hub's retired `local_dir_use_symlinks`; the warning is noise here
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+            return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
     except Exception as exc:
         if not _is_load_failure(exc):
             raise
@@ -220,7 +305,8 @@ def load_component(
                 subfolder,
                 local=local,
                 offline=offline,
-                local_files_only=local_files_only,
+                local_files_only=local_files_only and not unreachable,
+                unreachable=unreachable,
                 cache_dir=cache_dir,
                 cause=exc,
             )

@@ -13,28 +13,52 @@ everywhere:
 - A corrupt or truncated file raises [`ImageLoadError`]; truncated images are never decoded silently (this module
   never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``; if your own code sets it to ``True``, PIL will pad truncated
   files with grey and this module cannot tell).
+- An animation or multi-page file (more than one frame) raises [`ImageLoadError`] instead of silently using its
+  first frame; camera JPEGs with an embedded preview (MPO) are read as their main image.
+- With ``max_pixels``, a larger image raises [`ImageTooLargeError`] before its pixels are decoded.
 
-[`iter_image_paths`] expands the files, folders and glob patterns given on a command line into a sorted list of
-image files.
+[`scan_inputs`] expands the files, folders and glob patterns given on a command line into image files, and lists
+what it found but cannot use (with the reason) and what is not an image; [`iter_image_paths`] returns the image
+files only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import glob
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageInput", "ImageLoadError", "iter_image_paths", "load_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UNSUPPORTED_IMAGE_EXTENSIONS",
+    "ImageInput",
+    "ImageLoadError",
+    "ImageTooLargeError",
+    "InputScan",
+    "iter_image_paths",
+    "load_image",
+    "scan_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 """Lower-case file suffixes that [`iter_image_paths`] picks up when it expands a folder or a glob pattern."""
+
+UNSUPPORTED_IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".heic", ".heif", ".avif", ".jxl", ".svg", ".ico", ".icns", ".psd", ".tga", ".jp2", ".j2k", ".ppm", ".pgm",
+     ".pbm", ".pnm", ".pcx", ".dds", ".eps", ".exr", ".hdr", ".raw", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf",
+     ".raf", ".rw2", ".apng"}
+)  # fmt: skip
+"""Image file suffixes that a folder scan reports as skipped (an image type it does not read) instead of ignoring."""
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 """Anything [`load_image`] accepts."""
@@ -62,7 +86,34 @@ class ImageLoadError(ValueError):
         )
 
 
-def load_image(image: ImageInput) -> np.ndarray:
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than allowed (``SegmenterConfig.max_image_pixels``, CLI ``--max-pixels``).
+
+    Raised before the pixels are decoded. Subclass of [`ImageLoadError`] (and `ValueError`).
+
+    Args:
+        path (`str`): the file, or a short description for in-memory images.
+        width (`int`), height (`int`): the image size.
+        max_pixels (`int`): the limit.
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, max_pixels: int) -> None:
+        self.width, self.height, self.max_pixels = int(width), int(height), int(max_pixels)
+        self.path = str(path)
+        self.reason = (
+            f"too large: {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(--max-pixels, SegmenterConfig.max_image_pixels); downscale it, or raise the limit if the machine has "
+            "the memory (about 100 bytes per pixel for a few classes)"
+        )
+        ValueError.__init__(self, f"Image {self.path!r} is {self.reason}.")
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(name, width, height, max_pixels)
+
+
+def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:
     """Load an image into a fresh ``(H, W, 3)`` uint8 RGB array.
 
     Args:
@@ -73,6 +124,8 @@ def load_image(image: ImageInput) -> np.ndarray:
             - a NumPy array of shape ``(H, W)`` (gray), ``(H, W, 1)`` (gray), ``(H, W, 2)`` (gray + alpha),
               ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), channels last, with dtype uint8 (0..255),
               uint16 (0..65535), bool, float (values in [0, 1]) or another integer type whose values lie in 0..255.
+        max_pixels (`int`, *optional*): refuse images with more pixels (height x width) than this, before decoding
+            them; None = no limit.
 
     Returns:
         `np.ndarray` of shape ``(H, W, 3)``, dtype uint8, values in [0, 255], C-contiguous. It never shares memory
@@ -80,36 +133,55 @@ def load_image(image: ImageInput) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ImageLoadError: the file (or PIL image) is corrupt, truncated, not an image, or in a mode that cannot be
-            converted to RGB. Subclass of `ValueError`.
+        ImageLoadError: the file (or PIL image) is corrupt, truncated, not an image, an animation or multi-page
+            file, or in a mode that cannot be converted to RGB. Subclass of `ValueError`.
+        ImageTooLargeError: more pixels than ``max_pixels`` (a subclass of `ImageLoadError`).
         ValueError: an array with an unsupported shape, an empty array, non-finite values, or values outside the
             range its dtype implies (for example floats outside [0, 1]).
         TypeError: any other input type.
     """
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            _check_size("<array>", image.shape[1], image.shape[0], max_pixels)
         return _array_to_rgb(image)
     if isinstance(image, Image.Image):
         name = getattr(image, "filename", "") or "<PIL.Image>"
+        _check_size(name, image.width, image.height, max_pixels)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageLoadError(name, str(exc) or type(exc).__name__) from exc
         return _pil_to_rgb(image, name)
     if isinstance(image, str | os.PathLike):
-        return _load_path(Path(image))
+        return _load_path(Path(image), max_pixels)
     hint = " (for a torch tensor, pass tensor.permute(1, 2, 0).cpu().numpy())" if hasattr(image, "permute") else ""
     raise TypeError(
         f"load_image expects a path, a PIL.Image.Image or a numpy.ndarray, got {type(image).__name__}{hint}."
     )
 
 
-def _load_path(path: Path) -> np.ndarray:
+def _load_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
     if not path.exists():
+        problem = _link_problem(path) if path.is_symlink() else None
+        if problem is not None:
+            raise ImageLoadError(path, problem)
         raise FileNotFoundError(f"Image file not found: {str(path)!r}.")
     if path.is_dir():
         raise ImageLoadError(path, "it is a folder, not a file (use iter_image_paths to expand folders)")
     try:
-        with Image.open(path) as pil:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # our own limit governs; Pillow's decompression-bomb warning is redundant
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil = Image.open(path)
+        with pil:
+            _check_size(str(path), pil.width, pil.height, max_pixels)  # before any pixel is decoded
+            frames = int(getattr(pil, "n_frames", 1) or 1)
+            if frames > 1 and pil.format != "MPO":  # MPO: a camera JPEG with a preview; frame 0 is the photo
+                raise ImageLoadError(
+                    path,
+                    f"it holds {frames} frames (an animation or a multi-page file) and only single images are "
+                    "segmented; export the frame you want as a PNG",
+                )
             # Decode now, inside the try: Image.open is lazy and a truncated file only fails on load().
             pil.load()
             return _pil_to_rgb(pil, str(path))
@@ -241,14 +313,71 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported image array dtype {dtype}; use uint8, uint16, bool or float in [0, 1].")
 
 
-def iter_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files, folders and glob patterns into a list of image files.
+@dataclasses.dataclass
+class InputScan:
+    """What [`scan_inputs`] found.
 
-    - A file is kept as given, whatever its extension (naming a file is explicit).
+    Attributes:
+        images (`list[Path]`): image files, in input order, each folder's or pattern's matches sorted by POSIX path;
+            each file once.
+        skipped (`list[tuple[Path, str]]`): things found that look like inputs but cannot be used, with the reason:
+            an image type that is not read, a folder named like an image that holds none, a symbolic link loop or a
+            broken link.
+        ignored (`list[Path]`): files inside folders that are not images (text files, JSON...), and links to
+            folders (not followed); worth a note, not an error.
+    """
+
+    images: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    ignored: list[Path] = dataclasses.field(default_factory=list)
+
+
+def scan_inputs(inputs: Iterable[str | os.PathLike]) -> InputScan:
+    """Expand files, folders and glob patterns, keeping track of what cannot be used and why.
+
+    - A file is kept as given, whatever its extension (naming a file is explicit); a named symbolic link loop or
+      broken link is listed in ``skipped``.
     - A folder is searched recursively for files whose lower-cased suffix is in [`IMAGE_EXTENSIONS`]; files and
-      folders whose name starts with ``"."`` (hidden files, macOS ``._*`` resource forks) are skipped.
-    - A pattern containing ``*``, ``?`` or ``[`` is expanded with `glob.glob` (``**`` is recursive); matched image
-      files are kept and matched folders are expanded as above.
+      folders whose name starts with ``"."`` (hidden files, macOS ``._*`` resource forks) are passed over. Files with
+      a suffix of [`UNSUPPORTED_IMAGE_EXTENSIONS`], folders named like an image that hold no image, symbolic link
+      loops and broken links are listed in ``skipped`` with the reason; other files in ``ignored``. Links to folders
+      are not followed (``ignored``), so a link cycle cannot make the search endless.
+    - A pattern containing ``*``, ``?`` or ``[`` is expanded with `glob.glob` (``**`` is recursive); its matches are
+      treated as the contents of a folder, and matched folders are searched as above.
+
+    Args:
+        inputs (`Iterable[str | os.PathLike]`): paths and patterns.
+
+    Returns:
+        [`InputScan`]. An input that names nothing adds nothing (see [`iter_image_paths`] for the error).
+
+    Raises:
+        TypeError: `inputs` is a single string or path instead of a list of them.
+    """
+    if isinstance(inputs, str | os.PathLike):
+        raise TypeError(
+            f"expected a list of paths, got the single path {str(inputs)!r}; wrap it in [] (e.g. [{str(inputs)!r}])."
+        )
+    scan = InputScan()
+    seen: set[str] = set()
+    for raw in inputs:
+        part = _scan_one(os.fspath(raw))
+        for path in part.images:
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                scan.images.append(path)
+        for path, reason in part.skipped:
+            key = os.path.abspath(path)
+            if key not in seen:
+                seen.add(key)
+                scan.skipped.append((path, reason))
+        scan.ignored.extend(part.ignored)
+    return scan
+
+
+def iter_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders and glob patterns into a list of image files (see [`scan_inputs`] for the rules).
 
     Args:
         inputs (`Iterable[str | os.PathLike]`):
@@ -268,51 +397,101 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             f"iter_image_paths expects a list of paths, got the single path {str(inputs)!r}; wrap it in []."
         )
     found: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for raw in inputs:
         text = os.fspath(raw)
-        matches = _expand_one(text)
+        matches = _scan_one(text).images
         if not matches:
             raise FileNotFoundError(_nothing_found_message(text))
         for path in matches:
-            key = path.resolve()
+            key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 found.append(path)
     return found
 
 
-def _expand_one(text: str) -> list[Path]:
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed (a loop, a missing target), or None when it can."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself); point it at an image file or remove it"
+        if isinstance(exc, FileNotFoundError):
+            return f"broken symbolic link: its target {os.readlink(path)!r} does not exist"
+        return f"cannot follow the symbolic link ({exc.strerror or exc})"
+    return None
+
+
+def _scan_one(text: str) -> InputScan:
     path = Path(text)
+    if path.is_symlink() and (problem := _link_problem(path)) is not None:
+        return InputScan(skipped=[(path, problem)])
     if path.is_file():
-        return [path]
+        return InputScan(images=[path])
     if path.is_dir():
-        return _images_under(path)
+        return _scan_entries(path, path.rglob("*"), base=path)
     if _GLOB_CHARS.intersection(text):
-        matches: list[Path] = []
-        for match in sorted(glob.glob(text, recursive=True)):
-            candidate = Path(match)
-            if candidate.is_dir():
-                matches.extend(_images_under(candidate))
-            elif candidate.is_file() and _is_image_name(candidate):
-                matches.append(candidate)
-        return matches
-    return []
+        return _scan_entries(None, (Path(m) for m in glob.glob(text, recursive=True)), base=None)
+    return InputScan()
 
 
-def _images_under(folder: Path) -> list[Path]:
-    images = []
-    for candidate in folder.rglob("*"):
-        relative = candidate.relative_to(folder).parts
-        if any(part.startswith(".") for part in relative):
+def _scan_entries(folder: Path | None, entries: Iterable[Path], base: Path | None) -> InputScan:
+    """Classify folder contents (``base`` given: hidden parts below it are passed over) or glob matches."""
+    scan = InputScan()
+    image_folders: list[Path] = []
+    for candidate in entries:
+        if base is not None and any(part.startswith(".") for part in candidate.relative_to(base).parts):
             continue
-        if candidate.is_file() and _is_image_name(candidate):
-            images.append(candidate)
-    return sorted(images, key=lambda p: p.as_posix())
+        suffix = candidate.suffix.lower()
+        if candidate.is_symlink():
+            problem = _link_problem(candidate)
+            if problem is not None:
+                scan.skipped.append((candidate, problem))
+                continue
+            if candidate.is_dir():
+                if base is None:  # a pattern that names a linked folder: searched, as a named folder is
+                    sub = _scan_entries(candidate, candidate.rglob("*"), base=candidate)
+                    _merge(scan, sub)
+                else:
+                    scan.ignored.append(candidate)  # not followed: no endless search through a link cycle
+                continue
+        if candidate.is_dir():
+            if base is None:
+                _merge(scan, _scan_entries(candidate, candidate.rglob("*"), base=candidate))
+            if suffix in IMAGE_EXTENSIONS or suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+                image_folders.append(candidate)
+        elif candidate.is_file():
+            if suffix in IMAGE_EXTENSIONS:
+                scan.images.append(candidate)
+            elif suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+                scan.skipped.append(
+                    (
+                        candidate,
+                        f"unsupported image type {suffix} (folders are searched for "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}); convert it to PNG or JPEG, or name the file "
+                        "explicitly to try it",
+                    )
+                )
+            else:
+                scan.ignored.append(candidate)
+        else:
+            scan.ignored.append(candidate)  # a socket, a device...
+    for image_folder in image_folders:
+        if not any(image_folder in image.parents for image in scan.images):
+            scan.skipped.append(
+                (image_folder, "a folder named like an image file, not an image; it holds no image to segment")
+            )
+    scan.images.sort(key=lambda p: p.as_posix())
+    scan.skipped.sort(key=lambda item: item[0].as_posix())
+    return scan
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def _merge(into: InputScan, part: InputScan) -> None:
+    into.images.extend(part.images)
+    into.skipped.extend(part.skipped)
+    into.ignored.extend(part.ignored)
 
 
 def _nothing_found_message(text: str) -> str:
@@ -322,4 +501,6 @@ def _nothing_found_message(text: str) -> str:
         return f"No image files ({extensions}) found under folder {text!r}."
     if _GLOB_CHARS.intersection(text):
         return f"Pattern {text!r} matched no image files ({extensions})."
+    if path.is_symlink():
+        return f"Input {text!r} is a {_link_problem(path) or 'symbolic link to nothing usable'}."
     return f"Input {text!r} does not exist (not a file, folder or glob pattern)."

@@ -39,7 +39,9 @@ __all__ = [
     "OutputPaths",
     "class_colors",
     "colorize_scores",
+    "NPZ_SCORES_MAX_SIDE",
     "decode_rle_records",
+    "earlier_outputs",
     "encode_rle_records",
     "heatmap_filenames",
     "is_done",
@@ -720,15 +722,44 @@ def load_rle_json(path: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def save_npz(path: str | os.PathLike, scores: np.ndarray, classes: Sequence[str], labels: np.ndarray) -> Path:
+NPZ_SCORES_MAX_SIDE = 1024
+"""Longest side of the score maps [`save_npz`] stores. Larger images keep full-size labels but store their scores
+downscaled (area average) to fit, so an npz stays proportional to the work (classes x the model's resolution, 512
+for SD, whose maps are upsampled from 64 x 64) and not to the photo's pixels: an 11000 x 11000 image with 4 classes
+stored 1.56 GB of float32 scores before, about 10 MB now."""
+
+
+def _bounded_scores(scores: np.ndarray, max_side: int | None) -> np.ndarray:
+    height, width = scores.shape[1:]
+    if max_side is None or max(height, width) <= max_side:
+        return scores
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    maps = [np.asarray(Image.fromarray(score, mode="F").resize(size, Image.Resampling.BOX)) for score in scores]
+    return (
+        np.clip(np.stack(maps), 0.0, 1.0).astype(np.float32) if maps else np.zeros((0, size[1], size[0]), np.float32)
+    )
+
+
+def save_npz(
+    path: str | os.PathLike,
+    scores: np.ndarray,
+    classes: Sequence[str],
+    labels: np.ndarray,
+    max_side: int | None = NPZ_SCORES_MAX_SIDE,
+) -> Path:
     """Save scores, classes and labels with `np.savez_compressed` (no pickles, readable with ``allow_pickle=False``).
 
-    Arrays: ``scores`` ``(K, H, W)`` float32, ``classes`` ``(K,)`` unicode string array, ``labels`` ``(H, W)``
-    int32.
+    Arrays: ``scores`` ``(K, h, w)`` float32, ``classes`` ``(K,)`` unicode string array, ``labels`` ``(H, W)`` (the
+    smallest unsigned integer type that holds them; [`load_npz`] returns int32). The scores are stored at the labels'
+    size ``h, w = H, W`` when its longer side is at most `max_side`, else downscaled by area averaging to fit (see
+    [`NPZ_SCORES_MAX_SIDE`]); upsample them bilinearly to compare with the labels.
 
     Args:
         path (`str` or `os.PathLike`): target file, usually ``<stem>.npz`` (written exactly there; NumPy's
             automatic ``.npz`` suffix does not apply).
+        max_side (`int`, *optional*, defaults to [`NPZ_SCORES_MAX_SIDE`]): longest side of the stored scores;
+            None = always the labels' size.
 
     Returns:
         `pathlib.Path`: the written path.
@@ -737,9 +768,14 @@ def save_npz(path: str | os.PathLike, scores: np.ndarray, classes: Sequence[str]
     classes = _check_classes(classes)
     scores = _check_scores(scores, len(classes), labels.shape)
     class_array = np.array(classes, dtype=np.str_) if classes else np.zeros((0,), dtype="<U1")
+    top = int(labels.max()) if labels.size else 0
+    label_type = np.uint8 if top <= 255 and (labels.size == 0 or labels.min() >= 0) else np.int32
     with _atomic_open(path) as handle:
         np.savez_compressed(
-            handle, scores=scores.astype(np.float32), classes=class_array, labels=labels.astype(np.int32)
+            handle,
+            scores=_bounded_scores(scores.astype(np.float32, copy=False), max_side),
+            classes=class_array,
+            labels=labels.astype(label_type, copy=False),
         )
     return Path(path)
 
@@ -748,8 +784,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
     """Read a file written by [`save_npz`].
 
     Returns:
-        `dict` with ``"scores"`` (``(K, H, W)`` float32), ``"classes"`` (`list[str]`) and ``"labels"``
-        (``(H, W)`` int32).
+        `dict` with ``"scores"`` (``(K, h, w)`` float32, see [`save_npz`] for their size), ``"classes"``
+        (`list[str]`) and ``"labels"`` (``(H, W)`` int32).
     """
     with np.load(path, allow_pickle=False) as data:
         return {
@@ -908,6 +944,38 @@ def write_result(
     sidecar_extra = {"formats": wanted, "files": [p.relative_to(out_dir).as_posix() for p in written], **extra_keys}
     written.append(save_sidecar(paths.sidecar, result, sidecar_extra))
     return written
+
+
+def earlier_outputs(folder: str | os.PathLike) -> set[str]:
+    """Names of the files that earlier runs of [`write_result`] wrote in `folder`, read from their sidecars.
+
+    A sidecar (``<stem>.json`` holding ``diffsegmenter_version`` and ``files``) lists its image's outputs relative to
+    its folder (``x.png``, ``x.overlay.png``, ``x.heatmaps/cat.png``...); the sidecar itself is included. Used to
+    leave a previous run's outputs out when a folder that holds them is segmented.
+
+    Args:
+        folder (`str` or `os.PathLike`): the folder to look in (not searched recursively).
+
+    Returns:
+        `set[str]`: POSIX names relative to `folder`; empty when there is no sidecar or the folder cannot be read.
+    """
+    names: set[str] = set()
+    try:
+        candidates = [entry for entry in os.scandir(folder) if entry.name.endswith(".json") and entry.is_file()]
+    except OSError:
+        return names
+    for entry in candidates:
+        try:
+            if entry.stat().st_size > 4 << 20:  # a sidecar is small; do not parse large data files
+                continue
+            payload = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        files = payload.get("files") if isinstance(payload, dict) else None
+        if "diffsegmenter_version" in (payload if isinstance(payload, dict) else {}) and isinstance(files, list):
+            names.add(entry.name)
+            names.update(str(name) for name in files if isinstance(name, str))
+    return names
 
 
 def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bool:

@@ -33,7 +33,8 @@ from .aggregation import (
     upsample_scores,
 )
 from .attention import AttentionStore, capture_attention
-from .config import SegmenterConfig
+from .classes import check_class_names, short_name
+from .config import SegmenterConfig, check_tau
 from .prompts import (
     ClassPrompt,
     apply_emphasis,
@@ -42,10 +43,23 @@ from .prompts import (
     select_positions,
     single_prompts,
 )
+from .tokens import ClassTokenError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffSegmenter", "SegmentationResult"]
+
+#: On the CPU, without ``config.batch_size``, the UNet batch is sized so that its estimated memory stays within this
+#: budget (and within half the free RAM). Bigger CPU batches are not faster: on the shapes model 300 classes took
+#: 16.7 s with 4 UNet samples per batch and 22.9 s with 32, so a large vocabulary is run in bounded chunks (1000
+#: classes on a 64 x 64 image: 1.7 GB peak, where sizing to half the free RAM peaked at 6.2 GB).
+CPU_BATCH_BYTES = 1 << 30
+
+#: Estimated bytes per input pixel of :meth:`DiffSegmenter.segment`'s full-size work: per class (score maps, their
+#: upsampling and labelling copies) and per image (the decoded image, its resize, labels). An over-estimate of the
+#: measured 100 bytes per pixel for 4 classes; a call whose estimate exceeds the machine's RAM is refused up front.
+BYTES_PER_PIXEL_PER_CLASS = 28
+BYTES_PER_PIXEL = 64
 
 
 @dataclass
@@ -80,24 +94,8 @@ class SegmentationResult:
         Returns:
             `np.ndarray`: (H, W) int32 labels.
         """
+        tau = check_tau(tau, allow_no_background=True)
         return label_with_background(torch.from_numpy(self.scores), tau).numpy().astype(np.int32)
-
-
-def _validate_classes(classes: Sequence[str]) -> list[str]:
-    if isinstance(classes, str):
-        raise ValueError(f"classes must be a list of names, not the string {classes!r}; e.g. classes=['cat', 'sofa']")
-    out = []
-    seen: dict[str, str] = {}
-    for c in classes:
-        if not isinstance(c, str) or not c.strip():
-            raise ValueError(f"class names must be non-empty strings, got {c!r} in {list(classes)}")
-        name = " ".join(c.split())
-        key = name.lower()
-        if key in seen:
-            raise ValueError(f"duplicate class name {name!r} (also given as {seen[key]!r}); give each class once")
-        seen[key] = name
-        out.append(name)
-    return out
 
 
 class DiffSegmenter:
@@ -253,10 +251,18 @@ class DiffSegmenter:
             filter (*optional*): None (keep all classes), ``"clip"``, ``"diffusion"``, or a category-filter object
                 with ``scores(image, vocabulary) -> dict`` and ``predict(image, vocabulary) -> list``.
             seed (`int`, *optional*): noise seed; defaults to ``config.seed``. Same seed, same output.
-            tau (`float`, *optional*): background score; defaults to ``config.tau``.
+            tau (`float`, *optional*): background score in [0, 1]; defaults to ``config.tau``. A negative value means
+                background never wins (every pixel gets its best class, for label sets without background).
 
         Returns:
             `SegmentationResult` for one image, or a list of them for a list.
+
+        Raises:
+            ValueError: bad classes (empty list, empty or duplicate name, a name the tokenizer cannot place or that
+                does not fit the prompt; checked once, before any image is read), a tau outside its range, an image
+                over ``config.max_image_pixels`` (:class:`~diffsegmenter.images.ImageTooLargeError`, refused before
+                it is decoded) or an image that cannot be read (:class:`~diffsegmenter.images.ImageLoadError`).
+            MemoryError: the full-size score maps of the call could not fit this machine's memory (refused up front).
         """
         from .images import load_image
 
@@ -264,8 +270,12 @@ class DiffSegmenter:
         items = [images] if single else list(images)
         if not items:
             return []
-        arrays = [load_image(x) for x in items]
-        class_lists = self._class_lists(classes, len(arrays))
+        if tau is not None:
+            tau = check_tau(tau, allow_no_background=True)
+        class_lists = self._class_lists(classes, len(items))
+        for names in dict.fromkeys(tuple(c) for c in class_lists):
+            self.check_classes(list(names))
+        arrays = [load_image(x, max_pixels=self.config.max_image_pixels) for x in items]
         candidates: list[dict[str, float] | None] = [None] * len(arrays)
         if filter is not None:
             flt = self._get_filter(filter)
@@ -283,6 +293,35 @@ class DiffSegmenter:
         """Same as :meth:`segment`."""
         return self.segment(images, classes, **kwargs)
 
+    def check_classes(self, classes: Sequence[str]) -> list[str]:
+        """Check a class list once, before any image: the shared list rule
+        (:func:`~diffsegmenter.classes.check_class_names`), then that this model's tokenizer can place every name in
+        a prompt of the configured template (not empty after tokenising, not cut off by the text encoder's length).
+
+        The command line calls it right after loading the model, so a bad name is reported once, up front.
+
+        Args:
+            classes (`Sequence[str]`): class names (a filter's vocabulary included).
+
+        Returns:
+            `list[str]`: the names, whitespace-normalised.
+
+        Raises:
+            ValueError: the message names the offending class and how to fix it (``ClassTokenError`` for names the
+                tokenizer cannot place).
+        """
+        names = check_class_names(classes)
+        cfg = self.config
+        for name in names:
+            try:
+                # a single-mode prompt naming one class has exactly these segments too
+                per_class_prompt(self.tokenizer, name, 0, cfg.template, cfg.class_phrase)
+            except ClassTokenError as exc:
+                if repr(short_name(name)) in str(exc):
+                    raise
+                raise ClassTokenError(f"class {short_name(name)!r}: {exc}") from None
+        return names
+
     # ------------------------------------------------------------------ steps
     def _class_lists(self, classes, n: int) -> list[list[str]]:
         if classes is None:
@@ -292,14 +331,12 @@ class DiffSegmenter:
                     "the present ones from a vocabulary)"
                 )
             classes = self.default_classes
-        if isinstance(classes, str):
-            raise ValueError(f"classes must be a list of names, not the string {classes!r}")
-        classes = list(classes)
-        if classes and all(isinstance(c, (list, tuple)) for c in classes):
+        per_image = not isinstance(classes, str) and isinstance(classes, Sequence) and classes
+        if per_image and all(isinstance(c, (list, tuple)) for c in classes):
             if len(classes) != n:
                 raise ValueError(f"got {len(classes)} class lists for {n} images; give one list per image or one list")
-            return [_validate_classes(c) for c in classes]
-        validated = _validate_classes(classes)
+            return [check_class_names(c) for c in classes]
+        validated = check_class_names(classes)
         return [list(validated) for _ in range(n)]
 
     def _get_filter(self, filter: Any):
@@ -503,6 +540,7 @@ class DiffSegmenter:
         cfg = self.config
         seed = cfg.seed if seed is None else int(seed)
         tau = cfg.tau if tau is None else float(tau)
+        _check_full_size_memory(arrays, class_lists)
         latents = self.encode_images(arrays, seed)
         # work items: (image index, prompt); a prompt names one class (per_class) or several (single)
         work: list[tuple[int, ClassPrompt]] = []
@@ -534,7 +572,7 @@ class DiffSegmenter:
             results.append(
                 SegmentationResult(
                     labels=labels.numpy().astype(np.int32),
-                    scores=scores.numpy().astype(np.float32),
+                    scores=np.asarray(scores.numpy(), dtype=np.float32),  # no copy: a K x H x W array can be large
                     classes=list(classes),
                     prompts=[prompts_by_class[ci] for ci in range(len(classes))],
                     tau=tau,
@@ -543,18 +581,17 @@ class DiffSegmenter:
         return results
 
     def _cpu_batch_limit(self, latents: torch.Tensor) -> int:
-        """UNet samples per forward that fit half the free host RAM.
+        """UNet samples per forward whose estimated memory fits :data:`CPU_BATCH_BYTES` and half the free host RAM.
 
         Estimate per sample: 8 x latent pixels x the sum of the UNet's block widths x 4 bytes (about 460 MB
-        for SD1.5 at 512², meant as an over-estimate).
+        for SD1.5 at 512², 59 MB for the shapes model where 43 MB were measured; meant as an over-estimate).
         """
         free = _free_ram_bytes()
-        if free is None:
-            return 1 << 30
+        budget = CPU_BATCH_BYTES if free is None else min(CPU_BATCH_BYTES, free // 2)
         widths = sum(int(c) for c in self.unet.config.block_out_channels)
         itemsize = torch.finfo(self.dtype).bits // 8
         per_sample = 8 * latents.shape[-2] * latents.shape[-1] * widths * max(4, itemsize)
-        return max(1, int(0.5 * free // per_sample))
+        return max(1, int(budget // per_sample))
 
     def _run_batched(
         self,
@@ -569,8 +606,9 @@ class DiffSegmenter:
         (when ``config.class_level_weights`` is set); a dict given as None is not computed (one pass of two).
 
         Without ``config.batch_size`` the first batch size is all items on a GPU (halved on CUDA out-of-memory) and,
-        on the CPU, as many as fit half the free RAM by :meth:`_cpu_batch_limit` (a process that exhausts host memory
-        is killed before any exception could be caught).
+        on the CPU, as many as fit :data:`CPU_BATCH_BYTES` and half the free RAM by :meth:`_cpu_batch_limit` (a
+        process that exhausts host memory is killed before any exception could be caught), so a large vocabulary
+        runs in chunks of bounded memory.
         """
         # prompts naming the same number of classes batch together (select_token_maps needs equal C per batch)
         groups: dict[int, list[tuple[int, ClassPrompt]]] = {}
@@ -614,6 +652,27 @@ class DiffSegmenter:
                         if which is not None:
                             which_maps[(i, ci)] = which[k, j]
                 start += len(chunk)
+
+
+def _check_full_size_memory(arrays: list[np.ndarray], class_lists: list[list[str]]) -> None:
+    """Refuse up front a call whose full-size score maps and labels could not fit this machine's memory at all
+    (instead of being killed by the system part-way): estimated with :data:`BYTES_PER_PIXEL_PER_CLASS` and
+    :data:`BYTES_PER_PIXEL`, against the total RAM."""
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return
+    for img, classes in zip(arrays, class_lists):
+        h, w = img.shape[:2]
+        need = h * w * (BYTES_PER_PIXEL_PER_CLASS * len(classes) + BYTES_PER_PIXEL)
+        if need > total:
+            raise MemoryError(
+                f"segmenting {len(classes)} classes on a {w}x{h} image needs about {need / 1e9:.1f} GB for its "
+                f"full-size score maps, more than this machine's {total / 1e9:.1f} GB of memory: pass fewer classes "
+                "per call (or a filter), or downscale the image"
+            )
 
 
 def _free_ram_bytes() -> int | None:

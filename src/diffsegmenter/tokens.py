@@ -32,6 +32,10 @@ class TokenisedPrompt:
     spans: dict[str, list[int]] = field(default_factory=dict)
 
 
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> TokenisedPrompt:
     """Tokenise a prompt given as segments, recording the token positions of tagged segments.
 
@@ -50,15 +54,17 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
     max_len = int(tokenizer.model_max_length)
     ids: list[int] = [tokenizer.bos_token_id]
     spans: dict[str, list[int]] = {}
+    tagged: dict[str, str] = {}  # tag -> its text, so that messages name the class, not an internal tag
     texts = []
     for text, tag in segments:
         text = " ".join(text.split())
         if not text:
             if tag is not None:
-                raise ClassTokenError(f"class name for {tag!r} is empty; give a non-empty class name")
+                raise ClassTokenError("a class name is empty; give a non-empty class name")
             continue
         texts.append(text)
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # verbose=False: a name longer than the encoder is reported below, not by a tokenizer warning
+        piece = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if tag is not None:
             unknown = tokenizer.unk_token_id
             if not piece or (unknown is not None and all(tok == unknown for tok in piece)):
@@ -67,14 +73,16 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
                     "read (letters, digits)"
                 )
             spans[tag] = list(range(len(ids), len(ids) + len(piece)))
+            tagged[tag] = text
         ids.extend(piece)
     ids.append(tokenizer.eos_token_id)
     if len(ids) > max_len:
-        cut = [tag for tag, pos in spans.items() if pos[-1] >= max_len - 1]
+        cut = [_short(tagged[tag]) for tag, pos in spans.items() if pos[-1] >= max_len - 1]
+        prompt = _short(" ".join(texts), 60)
         raise ClassTokenError(
-            f"prompt of {len(ids)} tokens exceeds the text encoder's {max_len}"
-            + (f"; class name(s) {cut} would be cut off" if cut else "")
-            + ": shorten the template or class names, or use prompt_mode='per_class'"
+            f"the prompt {prompt!r} has {len(ids)} tokens, which exceeds the {max_len} the text encoder reads"
+            + (f", so class name {', '.join(repr(c) for c in cut)} would be cut off" if cut else "")
+            + "; shorten the class name or the template"
         )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids.extend([pad] * (max_len - len(ids)))

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import RELEASED_SCRIPT_RULES, add_override_argument
+from ..config import RELEASED_SCRIPT_RULES, add_override_argument, check_tau
 from .datasets import DATASET_ALIASES, DATASET_NAMES, SegmentationDataset, load_dataset
 from .metrics import ConfusionMatrix
 
@@ -226,6 +226,7 @@ def _config_dict(segmenter: Any) -> dict[str, Any]:
     else:
         values = {}
     values.pop("tau", None)  # the effective tau is recorded separately
+    values.pop("max_image_pixels", None)  # a limit on the inputs, not a setting of the predictions
     return json.loads(json.dumps(values, default=str, sort_keys=True))
 
 
@@ -367,6 +368,8 @@ def evaluate(
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     if shard is not None:
         shard_bounds(0, *shard)  # validates (i, n) before anything is written
+    if tau is not None and dataset.has_background:
+        check_tau(tau)  # before anything is written
     if not dataset.has_background:
         if tau is not None:
             raise ValueError(

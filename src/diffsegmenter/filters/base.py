@@ -45,7 +45,8 @@ class CategoryFilter(Protocol):
 
 
 def validate_vocabulary(vocabulary: Sequence[str]) -> list[str]:
-    """Check that a vocabulary is a non-empty sequence of unique, non-blank class names.
+    """Check that a vocabulary is a non-empty sequence of unique, non-blank class names (duplicates compared
+    case-insensitively): :func:`diffsegmenter.classes.check_class_names`, the rule of ``segment`` and the CLI.
 
     Args:
         vocabulary (`Sequence[str]`): candidate class names.
@@ -56,16 +57,10 @@ def validate_vocabulary(vocabulary: Sequence[str]) -> list[str]:
     Raises:
         ValueError: not a sequence of strings, empty, blank names, or duplicates (each named in the message).
     """
-    if isinstance(vocabulary, str):
-        raise ValueError(f"vocabulary must be a list of class names, not a single string: pass [{vocabulary!r}].")
-    vocab = list(vocabulary)
-    if not vocab:
-        raise ValueError("vocabulary is empty: pass the list of candidate class names, e.g. ['cat', 'dog'].")
-    bad = [v for v in vocab if not isinstance(v, str) or not v.strip()]
-    if bad:
-        raise ValueError(f"vocabulary entries must be non-empty strings; got {bad!r}.")
-    seen: set[str] = set()
-    dupes = sorted({v for v in vocab if v in seen or seen.add(v)})
-    if dupes:
-        raise ValueError(f"vocabulary has duplicate class names {dupes}; each class must appear once.")
-    return vocab
+    from diffsegmenter.classes import ClassListError, check_class_names
+
+    try:
+        check_class_names(vocabulary, example="['cat', 'dog']")  # the rule segment() and the CLI apply
+    except ClassListError as exc:
+        raise ClassListError(f"vocabulary: {exc}") from None
+    return list(vocabulary)

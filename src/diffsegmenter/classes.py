@@ -1,0 +1,69 @@
+"""The one rule for a list of class names, shared by the API (``DiffSegmenter.segment``) and the command line.
+
+Kept free of heavy imports so that the command line can check ``--classes`` before anything is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["ClassListError", "check_class_names", "short_name"]
+
+
+class ClassListError(ValueError):
+    """A class list that cannot be segmented: empty, a plain string, an empty or duplicate name."""
+
+
+def short_name(name: str, limit: int = 40) -> str:
+    """``name`` cut to ``limit`` characters for messages (an ellipsis marks the cut)."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -> list[str]:
+    """Validate and normalise class names: the rule both the API and the command line apply.
+
+    - a list (or tuple) of strings, not a single string;
+    - at least one name (an empty list would silently give an all-background result);
+    - every name non-empty after whitespace is normalised to single spaces;
+    - no duplicates, compared case-insensitively.
+
+    Whether the model's tokenizer can place each name is checked by ``DiffSegmenter.check_classes``.
+
+    Args:
+        names: the class names.
+        example (`str`, *optional*): how a correct list is written where the names came from, shown in the messages
+            (the command line passes ``"--classes 'cat,sofa'"``).
+
+    Returns:
+        `list[str]`: the names, whitespace-normalised, in order.
+
+    Raises:
+        ClassListError: the message names the problem and shows a correct list.
+    """
+    if isinstance(names, str):
+        raise ClassListError(f"classes must be a list of names, not a single string ({names!r}); e.g. {example}")
+    if not isinstance(names, Sequence):
+        raise ClassListError(f"classes must be a list of names, got {type(names).__name__}; e.g. {example}")
+    if not names:
+        raise ClassListError(
+            f"the class list is empty, so nothing could be segmented; give at least one name, e.g. {example}"
+        )
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for position, name in enumerate(names, start=1):
+        if not isinstance(name, str) or not name.strip():
+            raise ClassListError(
+                f"class names must be non-empty strings, got {name!r} as name {position} of {len(names)}; "
+                f"e.g. {example}"
+            )
+        clean = " ".join(name.split())
+        key = clean.lower()
+        if key in seen:
+            raise ClassListError(
+                f"duplicate class name {short_name(clean)!r} (also given as {short_name(seen[key])!r}); "
+                "give each class once"
+            )
+        seen[key] = clean
+        out.append(clean)
+    return out

@@ -1,0 +1,527 @@
+"""Issue 14: the batch job and the API under bad input and faults. One section per case of the issue:
+
+1. output-name collisions, and a previous run's outputs inside the input folder;
+2. symbolic link loops (given and inside a folder);
+3. a full disk (a small tmpfs where the machine allows);
+4. memory: the pixel limit, class chunks, npz size;
+5. ranges (tau and the other numeric settings);
+6. one class rule for API and CLI (an empty list);
+7. GIFs, folders named like images, animations;
+8. failing fast without network;
+9. one run per output folder (an OS lock that a kill -9 releases);
+10. class names the tokenizer cannot place, reported once, up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffsegmenter import cli
+from diffsegmenter.outputs import is_done, load_npz, save_npz
+
+SRC = str(Path(cli.__file__).resolve().parents[1])  # the package under test, for subprocesses
+
+
+def _save_random(path: Path, size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("diffsegmenter: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update({"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, **extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ 1. collisions
+
+
+def test_output_name_collisions_are_refused_before_any_work(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    src = tmp_path / "in"
+    for name in ("x.png", "x.overlay.png", "x.rle.png"):
+        _save_random(src / name)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a"]
+    code, _, stderr = _run(argv + ["--format", "png,overlay,rle"], capsys)
+    line = _error_line(stderr)
+    assert code == 2 and "x.overlay.png" in line and str(src / "x.png") in line and "would both write" in line
+    assert not [p for p in out.rglob("*") if p.name != cli.LOCK_FILE]  # refused before any work
+
+    # without the overlay format nothing collides: all three are segmented, under their own names
+    code, _, stderr = _run(argv + ["--format", "png", "--quiet"], capsys)
+    assert code == 0, stderr
+    assert all(is_done(out, stem, ["png"]) for stem in ("x", "x.overlay", "x.rle"))
+
+
+def test_collisions_with_folders_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    _save_random(src / "x.jpg")
+    _save_random(src / "x.png" / "inside.png")  # a folder named x.png: its outputs go to out/x.png/
+    with pytest.raises(cli.CliError, match="would both write"):
+        cli.collect_jobs([str(src)], tmp_path / "out", ["png"])
+    src2 = tmp_path / "in2"
+    _save_random(src2 / "x.png")
+    _save_random(src2 / "x.heatmaps" / "a.png")  # would land in x.png's heat-map folder, which x.png prunes
+    with pytest.raises(cli.CliError, match="heat-map folder"):
+        cli.collect_jobs([str(src2)], tmp_path / "out2", ["heatmaps"])
+    assert len(cli.collect_jobs([str(src2)], tmp_path / "out2", ["png"])) == 2
+    _save_random(src2 / "skipped.png")  # its sidecar must not be the run's skipped.json
+    stems = {job.stem for job in cli.collect_jobs([str(src2)], tmp_path / "out2", ["png"])}
+    assert "skipped" not in stems and "skipped.png" in stems
+
+
+def test_a_previous_runs_outputs_in_the_input_folder_are_left_out(
+    tmp_path: Path, tiny_model_dir: Path, capsys, caplog
+) -> None:
+    src = tmp_path / "in"
+    _save_random(src / "x.png", seed=1)
+    _save_random(src / "y.png", seed=2)
+    base = [
+        "segment",
+        str(src),
+        "--model",
+        str(tiny_model_dir),
+        "--classes",
+        "a,b",
+        "--format",
+        "png,overlay,heatmaps",
+    ]
+    assert _run(base + ["--out", str(src / "masks")], capsys)[0] == 0
+    code, stdout, stderr = _run(base + ["--out", str(src / "masks2")], capsys)
+    assert code == 0, stderr
+    assert "2 image(s): 2 segmented" in stdout  # the label maps, overlays and heat maps in masks/ are not inputs
+    assert "earlier diffsegmenter run" in caplog.text and "masks" in caplog.text
+    before = {p: p.read_bytes() for p in (src / "masks2").rglob("*") if p.is_file()}
+    code, stdout, _ = _run(base + ["--out", str(src / "masks2")], capsys)
+    assert code == 0 and "0 segmented, 2 already done" in stdout
+    assert {p: p.read_bytes() for p in (src / "masks2").rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------------------- 2 and 7. what cannot be used
+
+
+def test_every_unusable_input_is_listed_with_its_reason(tmp_path: Path, tiny_model_dir: Path, capsys, caplog) -> None:
+    src = tmp_path / "in"
+    _save_random(src / "good.png")
+    Image.new("RGB", (12, 10), (200, 10, 10)).save(src / "still.gif")
+    frames = [Image.new("RGB", (12, 10), (40 * i, 0, 0)) for i in range(3)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    (src / "folder.png").mkdir()
+    (src / "photo.heic").write_bytes(b"\x00" * 16)
+    (src / "notes.txt").write_text("not an image")
+    os.symlink("loop.png", src / "loop.png")  # a link to itself
+    os.symlink("missing.jpg", src / "broken.jpg")
+    explicit_loop = tmp_path / "self.png"
+    os.symlink(explicit_loop.name, explicit_loop)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), str(explicit_loop), str(src / "anim.gif"), "--out", str(out)]
+    code, stdout, stderr = _run(argv + ["--model", str(tiny_model_dir), "--classes", "a"], capsys)
+    assert code == 1 and "Traceback" not in stderr
+    reasons = {Path(item["path"]).name: item["reason"] for item in json.loads((out / "skipped.json").read_text())}
+    assert set(reasons) == {"anim.gif", "folder.png", "photo.heic", "loop.png", "broken.jpg", "self.png"}
+    assert "3 frames" in reasons["anim.gif"] and "folder" in reasons["folder.png"]
+    assert "unsupported image type .heic" in reasons["photo.heic"]
+    assert "loop" in reasons["loop.png"] and "loop" in reasons["self.png"] and "broken" in reasons["broken.jpg"]
+    for name in reasons:
+        assert name in stderr  # on the console too
+    assert "not images (.txt)" in caplog.text
+    assert "8 image(s): 2 segmented, 0 already done, 6 skipped" in stdout
+    assert is_done(out, "good", cli.DEFAULT_FORMATS) and is_done(out, "still", cli.DEFAULT_FORMATS)
+
+
+def test_api_refuses_an_animation_instead_of_using_its_first_frame(tmp_path: Path, tiny_segmenter) -> None:
+    from diffsegmenter.images import ImageLoadError
+
+    frames = [Image.new("RGB", (8, 8), (60 * i, 0, 0)) for i in range(2)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageLoadError, match="2 frames"):
+        tiny_segmenter.segment(tmp_path / "anim.gif", classes=["cat"])
+
+
+# ------------------------------------------------------------------------------------------------ 3. disk full
+
+
+@dataclasses.dataclass
+class _Result:
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: list[str]
+    prompts: list[str]
+    tau: float = 0.4
+
+
+class _Blank:
+    config = None
+
+    def segment(self, images, classes=None, filter=None):
+        return [
+            _Result(np.zeros(im.shape[:2], np.int32), np.zeros((1, *im.shape[:2]), np.float32), ["a"], ["p"])
+            for im in images
+        ]
+
+
+def test_a_write_error_stops_the_run_and_keeps_the_report(tmp_path: Path, monkeypatch) -> None:
+    import diffsegmenter.outputs as outputs
+
+    real, calls = outputs.write_result, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_result", second_fails)
+    jobs = [cli.ImageJob(_save_random(tmp_path / f"{i}.png", seed=i), tmp_path / "out", str(i)) for i in range(4)]
+    report = cli.run_batch(_Blank(), jobs, formats=["png"], progress=False)
+    assert calls == ["0", "1"]  # nothing computed after the failure
+    assert [job.stem for job, _ in report.segmented] == ["0"]
+    assert [(job.stem, reason) for job, reason in report.skipped] == [
+        ("1", "could not write its outputs: No space left on device")
+    ]
+    assert report.not_started == 2 and "No space left" in report.stopped
+    assert "2 not started" in report.summary()
+
+
+def _mount_tmpfs(folder: Path, size: str) -> str | None:
+    """Mount a small tmpfs on `folder`; the reason it cannot be done, or None."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "needs root on Linux to mount a small tmpfs"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.decode().strip()}"
+
+
+def test_a_full_disk_stops_cleanly_with_summary_and_report(tmp_path: Path, tiny_model_dir: Path) -> None:
+    disk = tmp_path / "disk"
+    reason = _mount_tmpfs(disk, "96k")
+    if reason:
+        pytest.skip(reason)
+    try:
+        src = tmp_path / "in"
+        for i in range(6):
+            _save_random(src / f"img{i}.png", (64, 64), seed=i)
+        out = disk / "out"
+        argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b,c"]
+        argv += ["--format", "png,overlay,heatmaps,npz"]
+        done = subprocess.run(
+            [sys.executable, "-m", "diffsegmenter", *argv], capture_output=True, text=True, env=_env(), timeout=300
+        )
+        assert done.returncode == 3, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "not started (the run stopped)" in done.stdout  # the summary
+        assert "No space left on device" in done.stderr and "the run stopped" in done.stderr  # the skipped list
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
+        for sidecar in out.glob("img?.json"):  # a sidecar only ever marks a complete image
+            assert is_done(out, sidecar.stem, ["png", "overlay", "heatmaps", "npz"])
+        if (out / "skipped.json").exists():
+            assert json.loads((out / "skipped.json").read_text())
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------------------------------------ 4. memory
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(
+    tmp_path: Path, tiny_segmenter, tiny_model_dir: Path, capsys
+) -> None:
+    from diffsegmenter.config import DEFAULT_MAX_IMAGE_PIXELS
+    from diffsegmenter.images import ImageTooLargeError, load_image
+
+    assert DEFAULT_MAX_IMAGE_PIXELS < 11000 * 11000 / 2
+    big = tmp_path / "big.png"
+    Image.new("1", (8000, 5001)).save(big)  # 40 000 008 pixels, a small file
+    with pytest.raises(ImageTooLargeError, match="max-pixels"):
+        load_image(big, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+    tiny_segmenter.config = tiny_segmenter.config.replace(max_image_pixels=100)
+    with pytest.raises(ImageTooLargeError, match="max_image_pixels"):
+        tiny_segmenter.segment(np.zeros((11, 10, 3), np.uint8), classes=["cat"])
+    assert tiny_segmenter.segment(np.zeros((10, 10, 3), np.uint8), classes=["cat"]).labels.shape == (10, 10)
+
+    argv = ["segment", str(big), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--classes", "a"]
+    code, _, stderr = _run(argv, capsys)  # the default limit
+    assert code == 1 and "too large" in stderr and "--max-pixels" in stderr
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--max-pixels", "0"])
+    assert info.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_large_vocabularies_run_in_bounded_chunks(tiny_segmenter, monkeypatch) -> None:
+    import diffsegmenter.segmenter as segmenter_module
+
+    latents = tiny_segmenter.encode_images([np.zeros((8, 8, 3), np.uint8)], 0)
+    per_sample = 8 * latents.shape[-2] * latents.shape[-1] * sum(tiny_segmenter.unet.config.block_out_channels) * 4
+    assert tiny_segmenter._cpu_batch_limit(latents) * per_sample <= segmenter_module.CPU_BATCH_BYTES
+    monkeypatch.setattr(segmenter_module, "CPU_BATCH_BYTES", 3 * per_sample)
+    sizes = []
+    original = tiny_segmenter._attention_maps
+
+    def counting(latents, *args, **kwargs):
+        sizes.append(latents.shape[0])
+        return original(latents, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_segmenter, "_attention_maps", counting)
+    res = tiny_segmenter.segment(np.zeros((8, 8, 3), np.uint8), classes=[f"cat{i}" for i in range(8)])
+    assert res.scores.shape == (8, 8, 8) and sizes == [3, 3, 2]
+
+
+def test_calls_that_cannot_fit_in_memory_are_refused_up_front() -> None:
+    from diffsegmenter.segmenter import _check_full_size_memory
+
+    photo = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (5000, 8000, 3))  # 40 MP, no memory used
+    _check_full_size_memory([photo], [["cat", "sofa"]])
+    with pytest.raises(MemoryError, match="1000 classes on a 8000x5000 image"):
+        _check_full_size_memory([photo], [[f"c{i}" for i in range(1000)]])
+
+
+def test_npz_scores_stay_bounded_for_large_images(tmp_path: Path) -> None:
+    from diffsegmenter.outputs import NPZ_SCORES_MAX_SIDE
+
+    h, w = 1100, 2 * NPZ_SCORES_MAX_SIDE
+    scores = np.tile(np.linspace(0, 1, w, dtype=np.float32), (2, h, 1))
+    labels = (scores[0] > 0.5).astype(np.int32)
+    save_npz(tmp_path / "x.npz", scores, ["a", "b"], labels)
+    data = load_npz(tmp_path / "x.npz")
+    assert data["labels"].shape == (h, w) and data["labels"].dtype == np.int32
+    np.testing.assert_array_equal(data["labels"], labels)
+    assert data["scores"].shape == (2, 550, NPZ_SCORES_MAX_SIDE)
+    np.testing.assert_allclose(data["scores"][0, 0, :: NPZ_SCORES_MAX_SIDE // 4], scores[0, 0, ::512], atol=1e-3)
+    assert (tmp_path / "x.npz").stat().st_size < scores.nbytes / 2  # at most a quarter of the maps' pixels
+
+
+# ------------------------------------------------------------------------------------------------ 5. ranges
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tau", 5),
+        ("tau", -1),
+        ("tau", float("nan")),
+        ("tau", "high"),
+        ("seed", -1),
+        ("seed", 1.5),
+        ("timestep", 0),
+        ("emphasis", 0),
+        ("caption_max_tokens", 0),
+        ("resolution", 3),
+        ("vae_sample", "yes"),
+        ("level_weights", {8: -1.0}),
+        ("level_weights", {8: 0.0}),
+        ("level_weights", {"fine": 1.0}),
+        ("max_image_pixels", 0),
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_the_field(field, value) -> None:
+    from diffsegmenter import SegmenterConfig
+
+    with pytest.raises(ValueError, match=field):
+        SegmenterConfig().replace(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--tau", "5"], "tau"),
+        (["--tau", "-1"], "tau"),
+        (["--set", "emphasis=0"], "emphasis"),
+        (["--seed", "-3"], "seed"),
+    ],
+)
+def test_cli_ranges_exit_2_before_loading_anything(tmp_path: Path, capsys, argv, field) -> None:
+    image = _save_random(tmp_path / "img.png")
+    model = str(tmp_path / "no-model")  # never reached: the value is checked first
+    code, _, stderr = _run(["segment", str(image), "--out", str(tmp_path / "o"), "--model", model, *argv], capsys)
+    line = _error_line(stderr)
+    assert code == 2 and line.startswith(f"diffsegmenter: error: {field} must be")
+
+
+def test_api_tau_is_checked_and_negative_means_no_background(tiny_segmenter) -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"tau must be a number in \[0, 1\]"):
+        tiny_segmenter.segment(image, classes=["cat"], tau=5)
+    res = tiny_segmenter.segment(image, classes=["cat"], tau=-1.0)  # the eval harness's "no background"
+    assert (res.labels == 1).all()
+    with pytest.raises(ValueError, match="tau"):
+        res.relabel(1.5)
+
+
+def test_eval_tau_out_of_range_exits_2(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("diffsegmenter.evaluation.harness")
+    world = pytest.importorskip("diffsegmenter.shapes.world")
+    root = world.export_voc(tmp_path / "voc", {"val": 1}, workers=1)
+    argv = ["eval", "--dataset", "shapes", "--root", str(root), "--split", "val", "--protocol", "oracle"]
+    code, _, stderr = _run([*argv, "--tau", "5", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 2 and "tau must be a number in [0, 1]" in stderr
+    assert not (tmp_path / "ev" / "predictions").exists()
+
+
+# ------------------------------------------------------------------------------------------------ 6. one class rule
+
+
+def test_api_and_cli_share_the_class_rule(tmp_path: Path, tiny_segmenter, capsys) -> None:
+    from diffsegmenter.classes import ClassListError
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    for bad in ([], [[]]):
+        with pytest.raises(ClassListError, match="class list is empty"):
+            tiny_segmenter.segment(image, classes=bad)
+    for text in (" , ", ""):
+        with pytest.raises(cli.CliError, match="empty"):
+            cli.parse_classes(text)
+    with pytest.raises(ClassListError, match="duplicate"):
+        tiny_segmenter.segment(image, classes=["cat", " CAT "])
+    with pytest.raises(cli.CliError, match="duplicate"):
+        cli.parse_classes("cat, CAT ")
+
+
+# ------------------------------------------------------------------------------------------------ 8. offline
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_no_network_fails_fast_with_the_current_download_advice(tmp_path: Path) -> None:
+    image = _save_random(tmp_path / "img.png")
+    argv = ["segment", str(image), "--out", str(tmp_path / "o"), "--model", "no-org/no-model", "--classes", "a"]
+    env = _env(HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", HF_HOME=str(tmp_path / "hf"))
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "diffsegmenter", *argv], capture_output=True, text=True, env=env)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 2 and elapsed < 90, (elapsed, done.stderr)
+    assert "Retrying" not in done.stderr  # no rounds of huggingface_hub retries
+    line = _error_line(done.stderr)
+    assert "could not be reached" in line and "hf download no-org/no-model --local-dir" in line
+    assert "HF_HUB_OFFLINE" not in line and "huggingface-cli" not in line
+
+
+def test_offline_error_names_the_variable_only_when_set(monkeypatch) -> None:
+    from diffsegmenter.hub import ModelNotFoundError
+    from diffsegmenter.loading import load_components
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_components("no-org/no-model")
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE is set" in message and "unset HF_HUB_OFFLINE" in message
+    assert "hf download no-org/no-model --local-dir" in message and "huggingface-cli" not in message
+
+
+def test_hub_probe_gives_up_after_its_timeout(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from diffsegmenter import hub
+
+    with socket.socket() as server:  # accepts connections and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        start = time.monotonic()
+        assert hub.hub_reachable(timeout=0.5) is False
+        assert time.monotonic() - start < 3
+
+
+# ------------------------------------------------------------------------------------------------ 9. lock
+
+
+def test_a_second_run_on_one_output_folder_stops(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    image = _save_random(tmp_path / "img.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["segment", str(image), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a", "--quiet"]
+    with cli.output_lock(out):
+        code, _, stderr = _run(argv, capsys)
+    line = _error_line(stderr)
+    assert code == 2 and f"process {os.getpid()}" in line and "another diffsegmenter run" in line
+    assert not is_done(out, "img", cli.DEFAULT_FORMATS)
+
+    # a holder killed with -9 leaves no stale lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys,time; from pathlib import Path; from diffsegmenter.cli import output_lock\n"
+         f"with output_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _run(argv, capsys)[0] == 2
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    code, _, stderr = _run(argv, capsys)
+    assert code == 0, stderr
+    assert is_done(out, "img", cli.DEFAULT_FORMATS)
+
+
+def test_the_lock_is_exclusive_across_threads_of_one_process(tmp_path: Path) -> None:
+    results = []
+
+    def try_lock() -> None:
+        try:
+            with cli.output_lock(tmp_path):
+                results.append("locked")
+        except cli.CliError:
+            results.append("refused")
+
+    with cli.output_lock(tmp_path):
+        thread = threading.Thread(target=try_lock)
+        thread.start()
+        thread.join()
+    try_lock()
+    assert results == ["refused", "locked"]
+
+
+# ------------------------------------------------------------------------------------------------ 10. tokenizer
+
+
+def test_names_the_tokenizer_cannot_place_are_reported_once_up_front(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    src = tmp_path / "in"
+    for i in range(3):
+        _save_random(src / f"img{i}.png", seed=i)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir)]
+    code, _, stderr = _run(argv + ["--classes", "cat,™"], capsys)
+    line = _error_line(stderr)
+    assert code == 2 and "'™'" in line and "no token" in line
+    assert not list(out.glob("img*"))  # no image was read
+
+    long_name = " ".join(["cat"] * 80)
+    for mode in ("per_class", "single"):
+        code, _, stderr = _run(argv + ["--classes", f"dog,{long_name}", "--prompt-mode", mode], capsys)
+        line = _error_line(stderr)
+        assert code == 2 and "cat cat cat" in line and "exceeds" in line
+        assert "class1" not in line and "prompt_mode" not in line and "Token indices" not in stderr
