@@ -1,0 +1,172 @@
+"""The per-image output formats, as a registry: one [`OutputFormat`] per name, in the order they are written.
+
+Built in: ``png`` (palette label PNG), ``overlay`` (image + colours + legend), ``heatmaps`` (one colour-mapped PNG
+per class), ``rle`` (COCO RLE JSON) and ``npz`` (scores, labels, classes). ``diffsegmenter segment --format`` and
+[`~diffsegmenter.io.results.write_result`] accept any registered name, and the output names, collision checks and
+resume checks follow each format's ``suffix``.
+
+Adding a format (a future ``yolo`` or ``labelstudio`` export, say) is one module here with its writer and reader,
+plus one `register_format` call at the bottom of this file::
+
+    register_format(OutputFormat("yolo", ".yolo.txt", _write_yolo, "YOLO polygons", what="YOLO file"))
+
+where ``_write_yolo(target, item)`` writes ``target`` from the checked arrays in ``item`` (a [`FormatInput`]) and
+returns the files written. A format that collects every image into one file (a COCO ``instances.json``) would still
+write its per-image part here and be gathered at the end of the batch (``diffsegmenter.batch``); none does yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .heatmaps import heatmap_filenames, save_heatmaps
+from .label_png import save_label_png
+from .npz import save_npz
+from .overlay import save_overlay
+from .rle import encode_rle_records, save_rle_json
+
+__all__ = ["FORMATS", "OUTPUT_FORMATS", "FormatInput", "OutputFormat", "check_formats", "register_format"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatInput:
+    """One checked result, as the format writers receive it.
+
+    Attributes:
+        labels (`np.ndarray`): ``(H, W)`` int, 0 = background, i = classes[i-1].
+        scores (`np.ndarray`): ``(K, H, W)`` float32 in [0, 1].
+        classes (`list[str]`): the K class names (unique).
+        image_rgb (`np.ndarray | None`): ``(H, W, 3)`` uint8, given when a format that ``needs_image`` is written.
+        alpha (`float`): overlay opacity.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: list[str]
+    image_rgb: np.ndarray | None = None
+    alpha: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFormat:
+    """One per-image output format.
+
+    Attributes:
+        name (`str`): the ``--format`` name.
+        suffix (`str`): appended to the image's stem to name the output (``".overlay.png"`` -> ``x.overlay.png``).
+        write (`Callable[[Path, FormatInput], list[Path]]`): writes the output at the given path (atomically) and
+            returns the files written, in order.
+        description (`str`): a few words for ``--help``.
+        what (`str`): what the output is, for messages (``"label map"``, ``"overlay"``...).
+        needs_image (`bool`): the writer needs ``FormatInput.image_rgb``.
+        member_files (`Callable[[Path, Sequence[str]], list[Path]] | None`): for a format whose output is a folder,
+            the files inside it for the given classes (a finished image has all of them); None for a single file.
+    """
+
+    name: str
+    suffix: str
+    write: Callable[[Path, FormatInput], list[Path]]
+    description: str
+    what: str
+    needs_image: bool = False
+    member_files: Callable[[Path, Sequence[str]], list[Path]] | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        """Whether the output is a folder of files (``heatmaps``) rather than one file."""
+        return self.member_files is not None
+
+
+FORMATS: dict[str, OutputFormat] = {}
+"""Registered formats by name, in writing order (see [`register_format`])."""
+
+
+def register_format(fmt: OutputFormat) -> OutputFormat:
+    """Add a format to [`FORMATS`] (written after those registered before it).
+
+    Raises:
+        ValueError: the name is taken, or the suffix is one another format or the sidecar (``.json``) uses.
+    """
+    if fmt.name in FORMATS:
+        raise ValueError(f"an output format named {fmt.name!r} is already registered")
+    taken = {f.suffix.lower() for f in FORMATS.values()} | {".json"}
+    if fmt.suffix.lower() in taken:
+        raise ValueError(f"the suffix {fmt.suffix!r} of format {fmt.name!r} is already used")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def check_formats(formats: Sequence[str] | str) -> list[str]:
+    """Known format names in writing order, without duplicates (a single name may be given as a string).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if isinstance(formats, str):
+        formats = [formats]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"Unknown output format(s) {unknown}; choose from {list(FORMATS)}.")
+    return [f for f in FORMATS if f in formats]  # canonical order, no duplicates
+
+
+# ---------------------------------------------------------------------------------------------- the built-in formats
+
+
+def _write_png(target: Path, item: FormatInput) -> list[Path]:
+    return [save_label_png(target, item.labels)]
+
+
+def _write_overlay(target: Path, item: FormatInput) -> list[Path]:
+    if item.image_rgb is None:  # write_result checks it first; kept for direct callers
+        raise ValueError("The 'overlay' format needs `image_rgb`; pass the (H, W, 3) uint8 image.")
+    return [save_overlay(target, item.image_rgb, item.labels, item.classes, alpha=item.alpha)]
+
+
+def _heatmap_files(folder: Path, classes: Sequence[str]) -> list[Path]:
+    return [folder / name for name in heatmap_filenames(classes)]
+
+
+def _write_heatmaps(target: Path, item: FormatInput) -> list[Path]:
+    files = save_heatmaps(target, item.scores, item.classes)
+    keep = {p.name for p in files}
+    for stale in target.glob("*.png"):  # maps of classes an earlier run had and this one has not
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    return files
+
+
+def _write_rle(target: Path, item: FormatInput) -> list[Path]:
+    records = encode_rle_records(item.labels, item.scores, item.classes)
+    return [save_rle_json(target, records, item.labels.shape)]
+
+
+def _write_npz(target: Path, item: FormatInput) -> list[Path]:
+    return [save_npz(target, item.scores, item.classes, item.labels)]
+
+
+register_format(OutputFormat("png", ".png", _write_png, "palette label map", what="label map"))
+register_format(
+    OutputFormat("overlay", ".overlay.png", _write_overlay, "image, colours, legend", what="overlay", needs_image=True)
+)
+register_format(
+    OutputFormat(
+        "heatmaps",
+        ".heatmaps",
+        _write_heatmaps,
+        "one heat map per class",
+        what="heat-map folder",
+        member_files=_heatmap_files,
+    )
+)
+register_format(OutputFormat("rle", ".rle.json", _write_rle, "COCO RLE JSON", what="RLE file"))
+register_format(OutputFormat("npz", ".npz", _write_npz, "score maps", what="npz file"))
+
+OUTPUT_FORMATS: tuple[str, ...] = tuple(FORMATS)
+"""The built-in formats: ``"png"`` (palette label PNG), ``"overlay"`` (image + colours + legend), ``"heatmaps"`` (one
+colour-mapped PNG per class), ``"rle"`` (COCO RLE JSON), ``"npz"`` (scores, labels, classes). [`FORMATS`] also holds
+any registered later."""

@@ -1,0 +1,299 @@
+"""Result paths per input: an image's key, the jobs of a ``segment`` run and the rules that keep output names apart.
+
+- [`image_key`]: the one rule that names an image (its base name without extension): the output stem of
+  ``segment``, the key of a candidate-class JSON, an eval image id.
+- [`collect_jobs`]: files, folders and globs -> [`ImageJob`]s, keeping sub-folders under the output folder.
+- Output names cannot collide: inputs that would share an output file are detected before any work and refused
+  with a message naming both ([`check_output_names`]); inputs that are a previous run's outputs (listed by its
+  sidecars) are left out, with a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+
+from ..errors import UsageError
+
+__all__ = ["SKIPPED_FILE", "ImageJob", "check_output_names", "collect_jobs", "image_key", "path_key"]
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped.json"
+"""The run's list of skipped inputs, ``<out>/skipped.json`` (so no input may write a sidecar named so)."""
+
+_GLOB_CHARS = frozenset("*?[")
+_COCO2014_PREFIX = re.compile(r"^COCO_(?:val|train)2014_")
+
+
+def image_key(path_or_name: str | os.PathLike[str], *, strip_coco2014: bool = False) -> str:
+    """The one name of an image: its base name without its (last) extension.
+
+    A string may be a POSIX or a Windows path whatever the current OS (``C:\\data\\x.jpg`` -> ``x``); a path
+    object is taken as the OS parsed it. Surrounding whitespace of a string is ignored.
+
+    Args:
+        path_or_name (`str` or `os.PathLike`): e.g. ``"/data/VOC2012/JPEGImages/2007_000033.jpg"``,
+            ``"2007_000033.jpg"`` or ``"2007_000033"``.
+        strip_coco2014 (`bool`, defaults to False): also drop a COCO-2014 file-name prefix
+            (``COCO_val2014_000000182611`` -> ``000000182611``, the COCO-2017 id), to match candidate files written
+            for COCO 2014 with datasets named the 2017 way.
+
+    Returns:
+        `str`: e.g. ``"2007_000033"``.
+    """
+    if isinstance(path_or_name, PurePath):
+        name = path_or_name.name
+    else:
+        text = os.fspath(path_or_name).strip()
+        name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
+        if not name:
+            return text
+    key = PurePosixPath(name).stem if name else name
+    return _COCO2014_PREFIX.sub("", key) if strip_coco2014 else key
+
+
+def path_key(path: Path) -> str:
+    """A path as compared for collisions: absolute, and case-insensitive (macOS and Windows file systems)."""
+    return os.path.normcase(os.path.abspath(path)).lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageJob:
+    """One input image and where its outputs go.
+
+    Attributes:
+        path (`Path`): the image file.
+        out_dir (`Path`): the folder its outputs go to (``--out`` plus the image's sub-folder inside a folder input).
+        stem (`str`): the outputs' file name stem (the image's name without suffix, made unique).
+        problem (`str`, *optional*): why this input cannot be used, found while listing the inputs (an unsupported
+            type, a symbolic link loop...); such a job is reported as skipped without being read.
+    """
+
+    path: Path
+    out_dir: Path
+    stem: str
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Short name for reports: the path as given."""
+        return str(self.path)
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()`` that survives symbolic link loops (Python < 3.13 raises RuntimeError for them)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
+def _input_root(text: str) -> Path | None:
+    """The folder that a folder or glob input's matches are made relative to (None for a file)."""
+    path = Path(text)
+    if path.is_file() or path.is_symlink() and not path.is_dir():
+        return None
+    if path.is_dir():
+        return path
+    prefix: list[str] = []
+    for part in path.parts:
+        if _GLOB_CHARS.intersection(part):
+            break
+        prefix.append(part)
+    return Path(*prefix) if prefix else Path()
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _kinds(paths: Sequence[Path]) -> str:
+    counts: dict[str, int] = {}
+    for path in paths:
+        kind = "links to folders" if path.is_symlink() else (path.suffix.lower() or "no suffix")
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{kind} x{n}" if n > 1 else kind for kind, n in sorted(counts.items()))
+
+
+def _in_folder_output(path: Path) -> bool:
+    """Whether `path` lies in a folder output such as ``<stem>.heatmaps/``."""
+    from .formats import FORMATS
+
+    return any(path.parent.name.endswith(fmt.suffix) for fmt in FORMATS.values() if fmt.is_folder)
+
+
+class _EarlierOutputs:
+    """Recognises files that an earlier run wrote (listed by its sidecars), folder by folder, reading each once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, set[str]] = {}
+
+    def _names(self, folder: Path) -> set[str]:
+        from .results import earlier_outputs
+
+        if folder not in self._cache:
+            names = earlier_outputs(folder)
+            if names:
+                names.add(SKIPPED_FILE)  # that run's report
+            self._cache[folder] = names
+        return self._cache[folder]
+
+    def __contains__(self, path: Path) -> bool:
+        if path.name in self._names(path.parent):
+            return True
+        return f"{path.parent.name}/{path.name}" in self._names(path.parent.parent)  # <stem>.heatmaps/<class>.png
+
+
+def collect_jobs(
+    inputs: Sequence[str], out: str | os.PathLike, formats: Sequence[str] | None = None
+) -> list[ImageJob]:
+    """Expand the inputs into image jobs with output names that cannot collide.
+
+    A folder (or glob) input keeps each image's sub-folder under ``out``, so ``a/x.png`` and ``b/x.png`` inside
+    the folder go to ``out/a/x.*`` and ``out/b/x.*``. Images that would still share an output name (``x.png`` and
+    ``x.jpg``, or two files given explicitly) get the full file name (``x.jpg.png``...) or a ``-2`` suffix, in
+    input order; each sidecar records its source. Any other clash between two inputs' outputs (``x.png``'s overlay
+    ``x.overlay.png`` is also the label map of an input ``x.overlay.png``) is refused before any work, naming both.
+
+    Inside a folder or glob input, files inside ``out`` are never taken as inputs, files that an earlier run wrote
+    (listed by its ``<stem>.json`` sidecars) are left out with a note, and files that are not images are noted.
+    What looks like an input but cannot be used (an unsupported image type, a folder named like an image, a
+    symbolic link loop or broken link) becomes a job with a ``problem``, reported as skipped.
+
+    Args:
+        inputs (`Sequence[str]`): files, folders and glob patterns.
+        out (`str` or `os.PathLike`): the output folder.
+        formats (`Sequence[str]`, *optional*): the output formats whose names must not collide; None = all of them.
+
+    Returns:
+        `list[ImageJob]`: in input order, each image once.
+
+    Raises:
+        FileNotFoundError: an input names nothing (the message names it).
+        UsageError: the output folder is one of the input folders or holds an input file, or two inputs' outputs
+            would collide.
+    """
+    from ..images import _nothing_found_message, scan_inputs
+    from .formats import FORMATS
+
+    out_root = Path(out)
+    out_resolved = _resolve(out_root)
+    jobs: list[ImageJob] = []
+    seen: set[Path] = set()
+    taken: set[tuple[str, str]] = {(".", Path(SKIPPED_FILE).stem)}  # <out>/skipped.json is the run's report
+    earlier = _EarlierOutputs()
+    for text in inputs:
+        root = _input_root(text)
+        exclude_out = False
+        if root is not None:
+            root_resolved = _resolve(root)
+            if root_resolved == out_resolved:
+                raise UsageError(
+                    f"--out {str(out)!r} is the input folder {text!r}; choose another output folder so results are "
+                    "not mixed with (and later read as) inputs"
+                )
+            exclude_out = _is_within(out_resolved, root_resolved)
+        scan = scan_inputs([text])
+        if not scan.images and not scan.skipped:
+            raise FileNotFoundError(_nothing_found_message(text))
+        left_out: list[Path] = []
+        for path in scan.images:
+            resolved = _resolve(path)
+            if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
+                continue
+            if root is not None and path in earlier:
+                left_out.append(path)
+                continue
+            seen.add(resolved)
+            rel = Path()
+            if root is not None:
+                with contextlib.suppress(ValueError):
+                    rel = path.parent.relative_to(root)
+            key_dir = rel.as_posix().lower()
+            stem = key = image_key(path)
+            if (key_dir, stem.lower()) in taken:
+                stem = path.name
+                counter = 1
+                while (key_dir, stem.lower()) in taken:
+                    counter += 1
+                    stem = f"{key}-{counter}"
+                logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
+            taken.add((key_dir, stem.lower()))
+            job = ImageJob(path=path, out_dir=out_root / rel, stem=stem)
+            if _resolve(job.out_dir) == resolved.parent:
+                raise UsageError(
+                    f"--out {str(out)!r} is the folder of the input {str(path)!r}; choose another output folder "
+                    f"(the label map {stem}.png could replace an input image)"
+                )
+            jobs.append(job)
+        for path, reason in scan.skipped:
+            resolved = _resolve(path)
+            if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
+                continue
+            seen.add(resolved)
+            jobs.append(ImageJob(path=path, out_dir=out_root, stem=path.name, problem=reason))
+        ignored = [p for p in scan.ignored if not (exclude_out and _is_within(_resolve(p), out_resolved))]
+        left_out += [p for p in ignored if p in earlier]
+        ignored = [p for p in ignored if p not in earlier]
+        if left_out:
+            folders = sorted({str(p.parent.parent if _in_folder_output(p) else p.parent) for p in left_out})
+            logger.warning(
+                "left out %d file(s) in %s that an earlier diffsegmenter run wrote (listed in its <name>.json "
+                "sidecars); name a file explicitly to segment it anyway",
+                len(left_out),
+                ", ".join(repr(f) for f in folders[:3])
+                + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else ""),
+            )
+        if ignored:
+            logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
+    check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
+    return jobs
+
+
+def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Path) -> None:
+    """Refuse, before any work, two inputs whose outputs would land on the same path.
+
+    Each job claims its output files, its folder outputs such as the heat-map folder (which it prunes, so no one
+    else may write there) and the folders its outputs go in (shared).
+
+    Raises:
+        UsageError: naming both inputs, the path and what each would write there.
+    """
+    from .formats import FORMATS
+    from .results import output_paths
+
+    claims: dict[str, tuple[str, ImageJob, str]] = {}
+
+    def claim(path: Path, kind: str, job: ImageJob, what: str) -> None:
+        key = path_key(path)
+        previous = claims.setdefault(key, (kind, job, what))
+        if previous[1] is job or (kind == "folder" and previous[0] == "folder"):
+            return
+        raise UsageError(
+            f"the inputs {previous[1].label!r} and {job.label!r} would both write {str(path)!r} (the "
+            f"{previous[2]} of the first, the {what} of the second); rename one of them, or segment them into "
+            "separate --out folders"
+        )
+
+    for job in jobs:
+        if job.problem is not None:
+            continue
+        with contextlib.suppress(ValueError):
+            rel = job.out_dir.relative_to(out)
+            for depth in range(1, len(rel.parts) + 1):
+                claim(out.joinpath(*rel.parts[:depth]), "folder", job, "output sub-folder")
+        paths = output_paths(job.out_dir, job.stem, formats)
+        targets = [(FORMATS[name], path) for name, path in paths.targets.items()]
+        for fmt, path in targets:
+            if not fmt.is_folder:
+                claim(path, "file", job, fmt.what)
+        claim(paths.sidecar, "file", job, "sidecar")
+        for fmt, path in targets:
+            if fmt.is_folder:
+                claim(path, fmt.what, job, fmt.what)

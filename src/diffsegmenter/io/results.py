@@ -1,0 +1,222 @@
+"""One image's results on disk: their names, writing them all (sidecar last), and telling a finished image.
+
+[`write_result`] writes the requested formats (see [`~diffsegmenter.io.formats.FORMATS`]) for one image under
+deterministic names ([`output_paths`]) and writes the ``<stem>.json`` sidecar last, so the sidecar's existence marks
+a finished image; [`is_done`] checks that for resumable batch runs, and [`earlier_outputs`] recognises a previous
+run's files when a folder that holds them is segmented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checks import (
+    ResultLike,
+    check_classes,
+    check_image,
+    check_label_values,
+    check_labels,
+    check_scores,
+    check_stem,
+)
+from .formats import FORMATS, FormatInput, check_formats
+from .sidecar import SIDECAR_KEYS, load_sidecar, save_sidecar
+
+__all__ = ["OutputPaths", "earlier_outputs", "is_done", "output_paths", "write_result"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPaths:
+    """Deterministic file names of one image's outputs.
+
+    Attributes:
+        sidecar (`Path`): ``<stem>.json``, always written, and written last.
+        targets (`dict[str, Path]`): format name -> its file or folder (``<stem><suffix>``), for the requested
+            formats only.
+        members (`dict[str, list[Path]]`): folder format -> the files inside it (empty if classes are unknown).
+
+    The built-in formats have shortcuts, ``None`` when not requested: ``png`` (``<stem>.png``), ``overlay``
+    (``<stem>.overlay.png``), ``heatmaps`` (the folder ``<stem>.heatmaps``), ``heatmap_files``
+    (``<stem>.heatmaps/<class>.png``), ``rle`` (``<stem>.rle.json``) and ``npz`` (``<stem>.npz``).
+    """
+
+    sidecar: Path
+    targets: dict[str, Path] = dataclasses.field(default_factory=dict)
+    members: dict[str, list[Path]] = dataclasses.field(default_factory=dict)
+
+    png = property(lambda self: self.targets.get("png"))
+    overlay = property(lambda self: self.targets.get("overlay"))
+    heatmaps = property(lambda self: self.targets.get("heatmaps"))
+    rle = property(lambda self: self.targets.get("rle"))
+    npz = property(lambda self: self.targets.get("npz"))
+
+    @property
+    def heatmap_files(self) -> list[Path]:
+        return list(self.members.get("heatmaps", []))
+
+    def files(self) -> list[Path]:
+        """Every file (not folder) that must exist for a finished image, sidecar last."""
+        singles = [path for name, path in self.targets.items() if not FORMATS[name].is_folder]
+        inside = [path for name in self.targets if FORMATS[name].is_folder for path in self.members.get(name, [])]
+        return singles + inside + [self.sidecar]
+
+
+def output_paths(
+    out_dir: str | os.PathLike, stem: str, formats: Sequence[str], classes: Sequence[str] | None = None
+) -> OutputPaths:
+    """Deterministic file names of one image's outputs.
+
+    Args:
+        out_dir (`str` or `os.PathLike`): output folder.
+        stem (`str`): file name stem (no folders), usually the image's name without suffix.
+        formats (`Sequence[str]`): registered format names (see [`~diffsegmenter.io.formats.FORMATS`]).
+        classes (`Sequence[str]`, *optional*): needed to list the files inside folder formats (heat maps).
+
+    Returns:
+        [`OutputPaths`].
+    """
+    out_dir = Path(out_dir)
+    stem = check_stem(stem)
+    targets = {name: out_dir / f"{stem}{FORMATS[name].suffix}" for name in check_formats(formats)}
+    members: dict[str, list[Path]] = {}
+    for name, target in targets.items():
+        member_files = FORMATS[name].member_files
+        if member_files is not None and classes is not None:
+            members[name] = member_files(target, check_classes(classes))
+    return OutputPaths(sidecar=out_dir / f"{stem}.json", targets=targets, members=members)
+
+
+def write_result(
+    out_dir: str | os.PathLike,
+    stem: str,
+    image_rgb: np.ndarray | None,
+    result: ResultLike,
+    formats: Sequence[str],
+    extra: Mapping[str, Any] | None = None,
+    alpha: float = 0.5,
+) -> list[Path]:
+    """Write every requested format for one image, then the ``<stem>.json`` sidecar last.
+
+    Names (see [`output_paths`]): ``<stem>.png``, ``<stem>.overlay.png``, ``<stem>.heatmaps/<class>.png``,
+    ``<stem>.rle.json``, ``<stem>.npz`` and ``<stem>.json``. Any existing sidecar is removed first, so an
+    interrupted rewrite is never mistaken for a finished image by [`is_done`]. Stale ``*.png`` files in
+    ``<stem>.heatmaps/`` that do not belong to the current classes are removed. The sidecar gets ``"formats"`` and
+    ``"files"`` (names relative to `out_dir`) besides `extra`.
+
+    Args:
+        out_dir (`str` or `os.PathLike`): output folder, created if needed.
+        stem (`str`): file name stem, no folders (for example ``"2007_000033"``).
+        image_rgb (`np.ndarray` of shape ``(H, W, 3)``, uint8, *optional*): the image; required only for
+            ``"overlay"``.
+        result (`ResultLike`): labels ``(H, W)`` int, scores ``(K, H, W)`` float in [0, 1], classes, prompts, tau.
+        formats (`Sequence[str]`): registered format names (order does not matter).
+        extra (`Mapping[str, Any]`, *optional*): extra sidecar keys (for example ``{"source": "img.jpg"}``).
+        alpha (`float`, defaults to 0.5): overlay opacity.
+
+    Returns:
+        `list[pathlib.Path]`: every file written, in writing order; the sidecar is last.
+
+    Raises:
+        ValueError: unknown format, bad stem, inconsistent result shapes/values, or ``"overlay"`` without an image.
+    """
+    wanted = check_formats(formats)
+    labels = check_labels(result.labels)
+    classes = check_classes(result.classes)
+    scores = check_scores(result.scores, len(classes), labels.shape)
+    check_label_values(labels, len(classes))
+    if len(result.prompts) != len(classes):
+        raise ValueError(f"result has {len(result.prompts)} prompts for {len(classes)} classes; they must match.")
+    extra_keys = dict(extra or {})
+    reserved = sorted(set(extra_keys) & {"formats", "files", *SIDECAR_KEYS})
+    if reserved:
+        raise ValueError(f"`extra` keys {reserved} are reserved: write_result and save_sidecar record them.")
+    for name in wanted:
+        if FORMATS[name].needs_image:
+            if image_rgb is None:
+                raise ValueError(f"The {name!r} format needs `image_rgb`; pass the (H, W, 3) uint8 image.")
+            image_rgb = check_image(image_rgb, labels.shape)
+
+    out_dir = Path(out_dir)
+    paths = output_paths(out_dir, stem, wanted, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths.sidecar.unlink(missing_ok=True)
+
+    item = FormatInput(labels=labels, scores=scores, classes=classes, image_rgb=image_rgb, alpha=alpha)
+    written: list[Path] = []
+    for name, target in paths.targets.items():
+        written.extend(FORMATS[name].write(target, item))
+
+    sidecar_extra = {"formats": wanted, "files": [p.relative_to(out_dir).as_posix() for p in written], **extra_keys}
+    written.append(save_sidecar(paths.sidecar, result, sidecar_extra))
+    return written
+
+
+def earlier_outputs(folder: str | os.PathLike) -> set[str]:
+    """Names of the files that earlier runs of [`write_result`] wrote in `folder`, read from their sidecars.
+
+    A sidecar (``<stem>.json`` holding ``diffsegmenter_version`` and ``files``) lists its image's outputs relative to
+    its folder (``x.png``, ``x.overlay.png``, ``x.heatmaps/cat.png``...); the sidecar itself is included. Used to
+    leave a previous run's outputs out when a folder that holds them is segmented.
+
+    Args:
+        folder (`str` or `os.PathLike`): the folder to look in (not searched recursively).
+
+    Returns:
+        `set[str]`: POSIX names relative to `folder`; empty when there is no sidecar or the folder cannot be read.
+    """
+    names: set[str] = set()
+    try:
+        candidates = [entry for entry in os.scandir(folder) if entry.name.endswith(".json") and entry.is_file()]
+    except OSError:
+        return names
+    for entry in candidates:
+        try:
+            if entry.stat().st_size > 4 << 20:  # a sidecar is small; do not parse large data files
+                continue
+            payload = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        files = payload.get("files") if isinstance(payload, dict) else None
+        if "diffsegmenter_version" in (payload if isinstance(payload, dict) else {}) and isinstance(files, list):
+            names.add(entry.name)
+            names.update(str(name) for name in files if isinstance(name, str))
+    return names
+
+
+def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bool:
+    """Whether [`write_result`] finished this image with (at least) these formats.
+
+    True when ``<stem>.json`` exists and parses, and every requested file exists; for folder formats
+    (``"heatmaps"``) the files inside are derived from the sidecar's ``classes``.
+
+    Args:
+        out_dir (`str` or `os.PathLike`): output folder.
+        stem (`str`): file name stem.
+        formats (`Sequence[str]`): registered format names.
+
+    Returns:
+        `bool`.
+    """
+    paths = output_paths(out_dir, stem, formats)
+    if not paths.sidecar.is_file():
+        return False
+    try:
+        classes = load_sidecar(paths.sidecar).get("classes")
+    except (OSError, ValueError):
+        return False
+    folders = [target for name, target in paths.targets.items() if FORMATS[name].is_folder]
+    if folders:
+        if not isinstance(classes, list) or not all(folder.is_dir() for folder in folders):
+            return False
+        try:
+            paths = output_paths(out_dir, stem, formats, classes)
+        except (TypeError, ValueError):  # a hand-edited or foreign sidecar
+            return False
+    return all(p.is_file() for p in paths.files())

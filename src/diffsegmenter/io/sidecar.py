@@ -1,0 +1,87 @@
+"""The ``<stem>.json`` sidecar that describes one result (and marks its image as finished), and the package version
+every JSON output records."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_json
+from .checks import ResultLike, check_labels
+
+__all__ = ["SIDECAR_KEYS", "load_sidecar", "package_version", "save_sidecar"]
+
+
+def package_version() -> str:
+    """Installed version of ``diffsegmenter`` (``importlib.metadata``), or ``"unknown"`` when not installed."""
+    try:
+        return importlib.metadata.version("diffsegmenter")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+SIDECAR_KEYS = ("classes", "prompts", "tau", "image_size", "label_values", "candidates", "diffsegmenter_version")
+
+
+def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the JSON sidecar describing one result.
+
+    Keys: ``classes``, ``prompts``, ``tau``, ``image_size`` (``{"height": H, "width": W}``), ``label_values``
+    (``{"0": "background", "1": classes[0], ...}``), ``candidates`` (filter presence scores or ``null``) and
+    ``diffsegmenter_version``, followed by the keys of `extra` (for example the source path, config or formats).
+
+    Args:
+        path (`str` or `os.PathLike`): target file, usually ``<stem>.json``.
+        result (`ResultLike`): the result (``labels`` is used only for its size).
+        extra (`Mapping[str, Any]`, *optional*): more JSON-serialisable keys (NumPy values and paths are
+            converted).
+
+    Returns:
+        `pathlib.Path`: the written path.
+
+    Raises:
+        ValueError: `extra` reuses one of the keys above.
+    """
+    labels = check_labels(result.labels)
+    classes = list(result.classes)
+    candidates = getattr(result, "candidates", None)
+    payload: dict[str, Any] = {
+        "classes": classes,
+        "prompts": list(result.prompts),
+        "tau": float(result.tau),
+        "image_size": {"height": int(labels.shape[0]), "width": int(labels.shape[1])},
+        "label_values": {"0": "background", **{str(i): c for i, c in enumerate(classes, start=1)}},
+        "candidates": None if candidates is None else {str(k): float(v) for k, v in dict(candidates).items()},
+        "diffsegmenter_version": package_version(),
+    }
+    for key, value in (extra or {}).items():
+        if key in payload:
+            raise ValueError(
+                f"`extra` key {key!r} clashes with a sidecar key; reserved keys are {list(SIDECAR_KEYS)}."
+            )
+        payload[key] = value
+    return write_json(path, payload)
+
+
+def load_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a sidecar written by [`save_sidecar`] (or any JSON object file).
+
+    Returns:
+        `dict[str, Any]`: the parsed JSON object.
+
+    Raises:
+        ValueError: the file is not valid JSON or not a JSON object.
+    """
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"Sidecar {str(path)!r} is not valid JSON ({exc}); delete it to recompute the image."
+        ) from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"Sidecar {str(path)!r} must hold a JSON object, got {type(payload).__name__}.")
+    return payload
