@@ -1,0 +1,82 @@
+"""The output folder: created and checked up front, and locked for the whole run (one run at a time per folder)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import UsageError
+
+__all__ = ["LOCK_FILE", "output_lock", "prepare_out_dir"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".diffsegmenter.lock"
+"""Lock file in the output folder; held (``fcntl.flock``) for the whole run."""
+
+
+def prepare_out_dir(text: str | os.PathLike) -> Path:
+    """Create the output folder and check that it can be written.
+
+    Raises:
+        UsageError: it exists and is not a folder, or cannot be written.
+    """
+    out = Path(text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {str(text)!r} exists and is not a folder")
+    probe = out / f".diffsegmenter-write-test.{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"output folder {str(text)!r} is not writable ({exc.strerror or exc})") from None
+    return out
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``<out>/.diffsegmenter.lock`` for the duration of a run.
+
+    ``fcntl.flock`` is released by the system when the process ends, however it ends (a run killed with ``-9``
+    leaves no stale lock, and its rerun resumes). The lock file itself stays (removing it could let two runs lock
+    two different files); it records the holder's process id for the message. Where ``fcntl`` does not exist
+    (Windows) or the file system does not support locks, the run goes on unlocked, with a note in the log.
+
+    Raises:
+        UsageError: another run holds the lock (the message names its process id and the way out).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        logger.info("no file locking on this system: do not run two diffsegmenter commands on one --out")
+        yield
+        return
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UsageError(f"cannot create the lock file {str(path)!r} ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (process {int(os.pread(fd, 32, 0).decode().split()[0])})"
+            raise UsageError(
+                f"another diffsegmenter run{holder} is writing to --out {str(out)!r}; wait for it to finish or "
+                "choose another output folder (the lock is released as soon as that run ends, even if it is killed)"
+            ) from None
+        except OSError as exc:  # e.g. a network file system without locks
+            logger.warning("cannot lock %s (%s); make sure no other run writes there", path, exc.strerror or exc)
+        else:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,123 @@
+"""Image files -> a segmenter -> result files: the task of ``segment`` and ``demo``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io.paths import ImageJob
+from .runner import BatchReport, BatchRunner, BatchTask, normalise_fingerprint
+
+__all__ = ["ImageTask", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+class ImageTask(BatchTask[ImageJob]):
+    """Image files -> ``segmenter.segment`` -> [`~diffsegmenter.io.results.write_result`] (``segment``, ``demo``).
+
+    Args:
+        segmenter: a [`~diffsegmenter.DiffSegmenter`] (anything with its ``segment`` contract); images over its
+            ``config.max_image_pixels`` are skipped before they are decoded.
+        formats (`Sequence[str]`): output formats (see [`~diffsegmenter.io.formats.FORMATS`]).
+        classes (`Sequence[str]`, *optional*): class names (the vocabulary with a filter); None = the model's own.
+        filter (*optional*): passed to ``segment(filter=...)``.
+        request (`dict`, *optional*): JSON-able description of the settings (model, classes, config...), stored in
+            each sidecar: the per-image fingerprint. An image done with other settings is recomputed.
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        formats: Sequence[str],
+        classes: Sequence[str] | None = None,
+        filter: Any = None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        self.segmenter = segmenter
+        self.formats = list(formats)
+        self.classes = classes
+        self.filter = filter
+        self.request = normalise_fingerprint(request or {})
+        self.max_pixels = getattr(getattr(segmenter, "config", None), "max_image_pixels", None)
+
+    def is_done(self, job: ImageJob) -> bool:
+        from ..io.results import is_done, output_paths
+        from ..io.sidecar import load_sidecar
+
+        if not is_done(job.out_dir, job.stem, self.formats):
+            return False
+        try:
+            sidecar = load_sidecar(output_paths(job.out_dir, job.stem, self.formats).sidecar)
+        except (OSError, ValueError):
+            return False
+        if Path(str(sidecar.get("source", ""))).name != job.path.name:
+            logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
+            return False
+        if sidecar.get("request") != self.request:
+            logger.info("%s: done earlier with other settings; recomputing", job.label)
+            return False
+        return True
+
+    def load(self, job: ImageJob) -> Any:
+        from ..images import load_image
+
+        return load_image(job.path, max_pixels=self.max_pixels)
+
+    def segment(self, jobs: Sequence[ImageJob], inputs: Sequence[Any]) -> list[Any]:
+        return self.segmenter.segment(list(inputs), classes=self.classes, filter=self.filter)
+
+    def write(self, job: ImageJob, item: Any, result: Any) -> list[str]:
+        from ..io import results
+
+        extra = {"source": str(job.path), "request": self.request}
+        results.write_result(job.out_dir, job.stem, item, result, self.formats, extra=extra)
+        return [c for i, c in enumerate(result.classes, start=1) if (result.labels == i).any()]
+
+    @staticmethod
+    def remove_stale_temp_files(jobs: Sequence[ImageJob]) -> None:
+        """Remove what an interrupted run left in the jobs' output folders (each folder tree walked once)."""
+        from ..io.atomic import remove_stale_temp_files
+
+        folders = {job.out_dir for job in jobs if job.problem is None}
+        for folder in sorted(folders):
+            if folder.is_dir() and not any(parent in folders for parent in folder.parents):
+                remove_stale_temp_files(folder)
+
+
+def run_batch(
+    segmenter: Any,
+    jobs: Sequence[ImageJob],
+    *,
+    formats: Sequence[str],
+    classes: Sequence[str] | None = None,
+    filter: Any = None,
+    request: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    images_per_batch: int = 1,
+    progress: bool = True,
+) -> BatchReport:
+    """Segment every image job and write its outputs; never stop for one bad image (an [`ImageTask`] run).
+
+    Jobs with a ``problem`` are reported as skipped with it. A write error (an `OSError` while writing an image's
+    outputs: a full disk, a read-only or vanished folder...) stops the run: that image is reported as skipped, the
+    rest as not started, and ``report.stopped`` says why; nothing is left half-written, because every file is written
+    atomically and the sidecar last. Only a name too long for the file system (or a file too large for it) costs
+    just its image.
+
+    Args:
+        segmenter, formats, classes, filter, request: see [`ImageTask`].
+        jobs (`Sequence[ImageJob]`): from [`~diffsegmenter.io.paths.collect_jobs`].
+        overwrite (`bool`, *optional*, defaults to False): recompute images that are already done.
+        images_per_batch (`int`, *optional*, defaults to 1): images per ``segment`` call.
+        progress (`bool`, *optional*, defaults to True): show a tqdm progress bar (on a terminal).
+
+    Returns:
+        [`BatchReport`].
+    """
+    task = ImageTask(segmenter, formats, classes=classes, filter=filter, request=request)
+    task.remove_stale_temp_files(jobs)
+    runner = BatchRunner(overwrite=overwrite, batch_size=images_per_batch, progress=None if progress else False)
+    return runner.run(jobs, task)

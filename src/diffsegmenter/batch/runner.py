@@ -1,0 +1,353 @@
+"""The one batch runner behind ``segment``, ``demo`` and ``eval``: jobs in, results written, a report out.
+
+A run is a list of jobs and a [`BatchTask`] that says how to handle one: whether it is already done (resume), how to
+load its input, how to segment a batch of inputs and how to write a result. [`BatchRunner`] does the rest the same
+way for every command:
+
+- resume: a job whose results are complete (and made with the same settings: the *fingerprint*, stored per image in
+  its sidecar by ``segment``, or once per output folder in ``run_config.json`` by ``eval``,
+  [`check_run_fingerprint`]) is counted as already done;
+- failure policy: ``on_error="skip"`` (``segment``, ``demo``) lists a job that cannot be loaded, segmented or
+  written with its reason and goes on (a failing batch is retried image by image, so one bad image only costs
+  itself), while a write error that concerns the output folder (a full disk...) stops the run cleanly;
+  ``on_error="raise"`` (``eval``: a benchmark number must not quietly leave images out) stops at the first error;
+- a progress bar, and a [`BatchReport`] that the command turns into ``<out>/skipped.json``, a console list and the
+  exit status (0 all done, 1 some skipped, 3 stopped on a write error; 2 is a usage error) with [`finish_report`].
+
+One run at a time per output folder: [`output_lock`] (``segment``, ``demo``; ``eval`` takes none, because its shards
+share one ``--out``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from ..io.paths import SKIPPED_FILE
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_SKIPPED",
+    "EXIT_STOPPED",
+    "EXIT_USAGE",
+    "RUN_CONFIG",
+    "BatchReport",
+    "BatchRunner",
+    "BatchTask",
+    "check_run_fingerprint",
+    "finish_report",
+    "normalise_fingerprint",
+    "print_problems",
+    "write_skipped",
+]
+
+logger = logging.getLogger(__name__)
+
+PROG = "diffsegmenter"
+EXIT_OK = 0
+EXIT_SKIPPED = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 3
+
+RUN_CONFIG = "run_config.json"
+"""The fingerprint of a run whose results carry none of their own (``eval``'s prediction PNGs)."""
+
+JobT = TypeVar("JobT")
+
+# Write errors that concern one image's file names, not the output folder: they skip that image only.
+_PER_IMAGE_WRITE_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EFBIG})
+
+
+# ---------------------------------------------------------------------------------------------------- the report
+
+
+@dataclasses.dataclass
+class BatchReport:
+    """What a batch did.
+
+    Attributes:
+        total (`int`): jobs in the batch.
+        segmented (`list[tuple[job, Any]]`): jobs processed in this run, with what the task's ``write`` returned
+            (the classes found, for images).
+        already_done (`list[job]`): jobs skipped because their results were complete.
+        skipped (`list[tuple[job, str]]`): jobs that could not be processed, with the reason.
+        stopped (`str`, *optional*): why the run stopped early (a write error such as a full disk); None when it
+            went through every job.
+        not_started (`int`): jobs left untouched because the run stopped.
+    """
+
+    total: int = 0
+    segmented: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
+    already_done: list[Any] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Any, str]] = dataclasses.field(default_factory=list)
+    stopped: str | None = None
+    not_started: int = 0
+
+    def summary(self) -> str:
+        """One line: counts of segmented, already done, skipped (and, after a stop, not started) images."""
+        text = (
+            f"{self.total} image(s): {len(self.segmented)} segmented, {len(self.already_done)} already done, "
+            f"{len(self.skipped)} skipped"
+        )
+        return text + (f", {self.not_started} not started (the run stopped)" if self.stopped else "")
+
+    def exit_status(self) -> int:
+        """3 when the run stopped, 1 when some job was skipped, else 0."""
+        if self.stopped is not None:
+            return EXIT_STOPPED
+        return EXIT_SKIPPED if self.skipped else EXIT_OK
+
+
+def _os_error_text(exc: OSError) -> str:
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return f"{text}: {exc.filename}" if exc.filename else text
+
+
+def write_skipped(report: BatchReport, out: Path) -> str | None:
+    """Write (or, with nothing skipped, remove) ``<out>/skipped.json``: ``[{"path": ..., "reason": ...}, ...]``.
+
+    Returns:
+        `str | None`: why the list could not be written (a full disk...), else None. A list left by an earlier run is
+        removed then, so that it cannot mislead.
+    """
+    from ..io.atomic import write_json
+
+    path = out / SKIPPED_FILE
+    try:
+        if report.skipped:
+            write_json(path, [{"path": job.label, "reason": reason} for job, reason in report.skipped])
+        else:
+            path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        return _os_error_text(exc)
+    return None
+
+
+def print_problems(report: BatchReport, out: Path, report_error: str | None = None) -> None:
+    """The skipped jobs with their reasons, and why the run stopped, on stderr."""
+    if report.skipped:
+        where = f"listed in {out / SKIPPED_FILE}" if report_error is None else "the list could not be saved"
+        print(f"Skipped {len(report.skipped)} image(s) ({where}):", file=sys.stderr)
+        for job, reason in report.skipped:
+            print(f"  {job.label}: {reason}", file=sys.stderr)
+    if report_error is not None:
+        print(f"{PROG}: could not write {out / SKIPPED_FILE} ({report_error})", file=sys.stderr)
+    if report.stopped is not None:
+        print(f"{PROG}: the run stopped: {report.stopped}", file=sys.stderr)
+
+
+def finish_report(report: BatchReport, out: Path, summary: str | None = None) -> int:
+    """Write ``skipped.json``, print `summary` (if any) on stdout and the problems on stderr; the exit status."""
+    report_error = write_skipped(report, out)
+    if summary is not None:
+        print(summary)
+    print_problems(report, out, report_error)
+    return report.exit_status()
+
+
+# ----------------------------------------------------------------------------------------------- fingerprints
+
+
+def normalise_fingerprint(payload: Any) -> Any:
+    """The value as it reads back from JSON (tuples -> lists, int dict keys -> str), so that it compares equal."""
+    return json.loads(json.dumps(payload, default=str))
+
+
+def check_run_fingerprint(
+    out_dir: Path, fingerprint: dict[str, Any], *, file: str = RUN_CONFIG, results: str = "predictions"
+) -> None:
+    """Refuse to mix results made with different settings in one output folder; record the settings on first use.
+
+    Args:
+        out_dir (`Path`): the output folder.
+        fingerprint (`dict`): JSON-able settings that decide the results.
+        file (`str`, defaults to ``"run_config.json"``): where the fingerprint is kept in `out_dir`.
+        results (`str`, defaults to ``"predictions"``): the results' folder in `out_dir`, named in the message.
+
+    Raises:
+        ValueError: the folder holds a different fingerprint (the message lists each changed setting).
+    """
+    from ..io.atomic import write_json
+
+    fingerprint = normalise_fingerprint(fingerprint)
+    path = out_dir / file
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        if changed:
+            details = "; ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{out_dir} holds {results} made with other settings ({details}). Resuming would mix them: use "
+                f"another output folder, or delete {out_dir / results} and {path} to start over."
+            )
+        return
+    write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------------- the runner
+
+
+class BatchTask(Generic[JobT]):
+    """How to handle one kind of job; [`BatchRunner`] calls these. Subclasses implement ``load``, ``segment`` and
+    ``write``; the others have defaults.
+
+    ``load_errors`` are the exceptions of ``load`` that skip a job (anything else is a bug and propagates).
+    """
+
+    load_errors: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+    def problem(self, job: JobT) -> str | None:
+        """Why the job cannot be used, known before any work (it is skipped with this reason), or None."""
+        return getattr(job, "problem", None)
+
+    def is_done(self, job: JobT) -> bool:
+        """Whether the job's results are complete (and made with this run's settings)."""
+        return False
+
+    def load(self, job: JobT) -> Any:
+        """The job's input (an image...)."""
+        raise NotImplementedError
+
+    def segment(self, jobs: Sequence[JobT], inputs: Sequence[Any]) -> list[Any]:
+        """One result per input, in order."""
+        raise NotImplementedError
+
+    def write(self, job: JobT, item: Any, result: Any) -> Any:
+        """Write the job's results; the return value is kept in ``BatchReport.segmented``."""
+        raise NotImplementedError
+
+
+def _reason(exc: BaseException) -> str:
+    from ..images import ImageLoadError
+
+    if isinstance(exc, ImageLoadError):
+        return exc.reason
+    if isinstance(exc, FileNotFoundError):
+        return "file not found (removed during the run?)"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclasses.dataclass
+class BatchRunner:
+    """Runs jobs through a [`BatchTask`] with resume, a failure policy, batching and a progress bar.
+
+    Attributes:
+        on_error (`"skip"` or `"raise"`, defaults to `"skip"`): skip-and-report a job that fails (and stop cleanly
+            on a write error that concerns the output folder), or let the first error propagate.
+        overwrite (`bool`, defaults to False): recompute jobs that are already done.
+        batch_size (`int`, defaults to 1): inputs per ``task.segment`` call.
+        progress (`bool | None`, defaults to None): show a tqdm bar; None = only on a terminal.
+        desc (`str`, *optional*): the bar's label.
+        unit (`str`, defaults to ``"image"``): the bar's unit.
+        done_note (`str`, *optional*): logged (with the count) when some jobs are already done.
+    """
+
+    on_error: Literal["skip", "raise"] = "skip"
+    overwrite: bool = False
+    batch_size: int = 1
+    progress: bool | None = None
+    desc: str | None = None
+    unit: str = "image"
+    done_note: str | None = "%d image(s) already done; pass --overwrite to recompute them"
+
+    def run(self, jobs: Sequence[Any], task: BatchTask) -> BatchReport:
+        """Process every job; returns what was done, already done, skipped and (after a stop) not started."""
+        if self.on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        report = BatchReport(total=len(jobs))
+        pending = self._pending(jobs, task, report)
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        disable = None if self.progress is None else not self.progress
+        with logging_redirect_tqdm(), tqdm(total=len(pending), desc=self.desc, unit=self.unit, disable=disable) as bar:
+            for chunk in _chunks(pending, max(1, int(self.batch_size))):
+                self._run_chunk(chunk, task, report, bar)
+                if report.stopped is not None:
+                    done_here = {id(job) for job, _ in report.segmented} | {id(job) for job, _ in report.skipped}
+                    report.not_started = sum(1 for job in pending if id(job) not in done_here)
+                    break
+        return report
+
+    def _skip(self, report: BatchReport, job: Any, exc: BaseException | str) -> None:
+        """Record a job that cannot be processed (``on_error="raise"``: raise the error instead)."""
+        if isinstance(exc, BaseException) and self.on_error == "raise":
+            raise exc
+        reason = exc if isinstance(exc, str) else _reason(exc)
+        report.skipped.append((job, reason))
+        label = getattr(job, "label", job)
+        logger.warning("skipping %s: %s", label, reason)
+        if not isinstance(exc, str):
+            logger.debug("traceback for %s", label, exc_info=exc)
+
+    def _pending(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport) -> list[Any]:
+        pending: list[Any] = []
+        for job in jobs:
+            problem = task.problem(job)
+            if problem is not None:
+                self._skip(report, job, problem)
+            elif not self.overwrite and task.is_done(job):
+                report.already_done.append(job)
+            else:
+                pending.append(job)
+        if report.already_done and self.done_note:
+            logger.info(self.done_note, len(report.already_done))
+        return pending
+
+    def _segment(self, task: BatchTask, report: BatchReport, loaded: list[tuple[Any, Any]]) -> list[tuple]:
+        """``task.segment`` on a batch; a failing batch is retried job by job (skip policy)."""
+        try:
+            results = task.segment([job for job, _ in loaded], [item for _, item in loaded])
+            return [(job, item, result) for (job, item), result in zip(loaded, results)]
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            if len(loaded) == 1:
+                self._skip(report, loaded[0][0], exc)
+                return []
+            logger.info("a batch of %d images failed (%s); retrying them one by one", len(loaded), exc)
+            return [out for pair in loaded for out in self._segment(task, report, [pair])]
+
+    def _run_chunk(self, chunk: Sequence[Any], task: BatchTask, report: BatchReport, bar: Any) -> None:
+        loaded: list[tuple[Any, Any]] = []
+        for job in chunk:
+            try:
+                loaded.append((job, task.load(job)))
+            except task.load_errors as exc:
+                self._skip(report, job, exc)
+                bar.update(1)
+        for job, item, result in self._segment(task, report, loaded) if loaded else []:
+            try:
+                found = task.write(job, item, result)
+            except OSError as exc:
+                if self.on_error == "raise":
+                    raise
+                if exc.errno in _PER_IMAGE_WRITE_ERRORS:
+                    self._skip(report, job, exc)
+                    continue
+                self._skip(report, job, f"could not write its outputs: {_os_error_text(exc)}")
+                report.stopped = (
+                    f"could not write the outputs of {job.label} ({_os_error_text(exc)}); fix that (free some "
+                    "space, or choose another --out) and rerun the same command: finished images are kept"
+                )
+                break
+            except Exception as exc:
+                self._skip(report, job, exc)
+            else:
+                report.segmented.append((job, found))
+        bar.update(len(loaded))
