@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from diffsegmenter import cli
-from diffsegmenter.outputs import (
+from diffsegmenter.io import (
     colorize_scores,
     decode_rle_records,
     is_done,
@@ -32,7 +32,7 @@ from diffsegmenter.outputs import (
 torch.set_num_threads(1)
 
 ALL_FORMATS = "png,overlay,heatmaps,rle,npz"
-SHIPPED_MODEL = Path(cli.__file__).parent / "models" / "shapes"
+SHIPPED_MODEL = Path(cli.__file__).parents[1] / "models" / "shapes"
 
 
 def _save_random(path: Path, size: tuple[int, int], seed: int) -> Path:
@@ -64,6 +64,57 @@ def test_no_flags_forward_no_overrides() -> None:
     )
     assert cli.config_overrides(args) == {"emphasis": 1.0, "tau": 0.3, "prompt_mode": "single", "batch_size": 4}
     assert cli.load_kwargs(args) == {"dtype": torch.float16}  # --captioner none = no captioner = not forwarded
+
+
+#: The arguments each subcommand needs besides the shared flags; a new subcommand must be added here.
+REQUIRED_ARGS = {
+    "segment": ["x.png", "--out", "o"],
+    "demo": [],
+    "eval": ["--dataset", "shapes", "--root", "r", "--out", "o"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(REQUIRED_ARGS))
+@pytest.mark.parametrize(
+    ("spelling", "dtype"),
+    [("fp16", "float16"), ("float16", "float16"), ("bf16", "bfloat16"), ("bfloat16", "bfloat16")]
+    + [("fp32", "float32"), ("float32", "float32")],
+)
+def test_every_subcommand_takes_the_shared_flags_and_each_dtype_spelling(command, spelling, dtype) -> None:
+    assert set(REQUIRED_ARGS) == set(cli.COMMANDS)  # every registered subcommand is covered
+    argv = [command, *REQUIRED_ARGS[command], "--model", "m", "--device", "cpu", "--dtype", spelling]
+    args = cli.build_parser().parse_args([*argv, "--offline", "--set", "emphasis=1.0", "-v"])
+    assert args.command == command and args.model == "m" and args.offline and args.verbose
+    assert args.config_set == [("emphasis", 1.0)]
+    assert cli.load_kwargs(args) == {"device": "cpu", "dtype": getattr(torch, dtype)}
+    assert cli.config_overrides(args) == {"emphasis": 1.0}
+    bare = cli.build_parser().parse_args([command, *REQUIRED_ARGS[command]])
+    assert bare.model is None and bare.dtype is None and bare.config_set is None and not bare.offline
+    assert cli.load_kwargs(bare) == {}
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args([command, *REQUIRED_ARGS[command], "--dtype", "half"])
+    assert info.value.code == 2
+
+
+def test_each_subcommand_keeps_its_default_model(monkeypatch) -> None:
+    import diffsegmenter
+    from diffsegmenter.cli.evaluate import load_eval_segmenter
+    from diffsegmenter.evaluation.harness import DEFAULT_MODEL
+
+    for command in ("segment", "demo"):  # not forwarded: the library's default ('shapes') applies
+        assert cli.build_parser().parse_args([command, *REQUIRED_ARGS[command]]).model is None
+    loaded = []
+
+    class FakeDiffSegmenter:
+        @classmethod
+        def from_pretrained(cls, model, **kwargs):
+            loaded.append(model)
+
+    monkeypatch.setitem(vars(diffsegmenter), "DiffSegmenter", FakeDiffSegmenter)
+    for dataset in ("shapes", "voc21"):
+        args = cli.build_parser().parse_args(["eval", "--dataset", dataset, "--root", "r", "--out", "o"])
+        load_eval_segmenter(args)
+    assert loaded == ["shapes", DEFAULT_MODEL] and DEFAULT_MODEL == "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 def test_parse_classes_and_formats() -> None:

@@ -31,9 +31,9 @@ import pytest
 from PIL import Image
 
 from diffsegmenter import cli
-from diffsegmenter.outputs import is_done, load_npz, save_npz
+from diffsegmenter.io import is_done, load_npz, save_npz
 
-SRC = str(Path(cli.__file__).resolve().parents[1])  # the package under test, for subprocesses
+SRC = str(Path(cli.__file__).resolve().parents[2])  # the package under test, for subprocesses
 
 
 def _save_random(path: Path, size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
@@ -189,7 +189,7 @@ class _Blank:
 
 
 def test_a_write_error_stops_the_run_and_keeps_the_report(tmp_path: Path, monkeypatch) -> None:
-    import diffsegmenter.outputs as outputs
+    import diffsegmenter.io.results as outputs  # where the image task looks write_result up
 
     real, calls = outputs.write_result, []
 
@@ -304,7 +304,7 @@ def test_calls_that_cannot_fit_in_memory_are_refused_up_front() -> None:
 
 
 def test_npz_scores_stay_bounded_for_large_images(tmp_path: Path) -> None:
-    from diffsegmenter.outputs import NPZ_SCORES_MAX_SIDE
+    from diffsegmenter.io import NPZ_SCORES_MAX_SIDE
 
     h, w = 1100, 2 * NPZ_SCORES_MAX_SIDE
     scores = np.tile(np.linspace(0, 1, w, dtype=np.float32), (2, h, 1))
@@ -377,7 +377,7 @@ def test_api_tau_is_checked_and_negative_means_no_background(tiny_segmenter) -> 
 
 def test_eval_tau_out_of_range_exits_2(tmp_path: Path, capsys) -> None:
     pytest.importorskip("diffsegmenter.evaluation.harness")
-    world = pytest.importorskip("diffsegmenter.shapes.world")
+    world = pytest.importorskip("research.shapes.world")
     root = world.export_voc(tmp_path / "voc", {"val": 1}, workers=1)
     argv = ["eval", "--dataset", "shapes", "--root", str(root), "--split", "val", "--protocol", "oracle"]
     code, _, stderr = _run([*argv, "--tau", "5", "--out", str(tmp_path / "ev")], capsys)

@@ -1,5 +1,5 @@
-"""Tests for diffsegmenter.outputs: every writer round-trips through its reader, writes atomically, and
-write_result/is_done give resumable per-image outputs."""
+"""Tests for the writers of diffsegmenter.io (formerly diffsegmenter.outputs): every writer round-trips through its
+reader, writes atomically, and write_result/is_done give resumable per-image outputs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from diffsegmenter import outputs
-from diffsegmenter.outputs import (
+import diffsegmenter.io.sidecar as outputs  # package_version and the importlib it reads the version with
+from diffsegmenter.io import (
     HEATMAP_LUT,
     OUTPUT_FORMATS,
     VOC_PALETTE,
@@ -380,7 +380,7 @@ def test_interrupted_write_is_not_done(tmp_path: Path, monkeypatch: pytest.Monke
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("killed")
 
-    monkeypatch.setattr(outputs.np, "savez_compressed", crash)
+    monkeypatch.setattr(np, "savez_compressed", crash)  # was outputs.np: the same numpy module
     with pytest.raises(OSError, match="killed"):
         write_result(tmp_path, "a", None, result, ["png", "npz"])
     assert not (tmp_path / "a.json").exists()  # the old sidecar was removed before rewriting

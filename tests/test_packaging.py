@@ -57,7 +57,7 @@ def test_require_names_the_extra_to_install():
 
 
 def test_rle_output_without_pycocotools_names_the_extra(monkeypatch):
-    from diffsegmenter.outputs import decode_rle_records, encode_rle_records
+    from diffsegmenter.io import decode_rle_records, encode_rle_records
 
     monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)

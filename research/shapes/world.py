@@ -421,7 +421,7 @@ def voc_palette(n: int = 256) -> list[int]:
     Returns:
         `list[int]`: ``3 * n`` values in [0, 255]; entry 0 is black, 1 (128, 0, 0), 2 (0, 128, 0), ...
     """
-    from diffsegmenter.outputs import VOC_PALETTE
+    from diffsegmenter.io.palette import VOC_PALETTE
 
     return VOC_PALETTE[:n].reshape(-1).tolist()
 

@@ -201,7 +201,7 @@ def voc_colormap(n: int = 256) -> np.ndarray:
         `np.ndarray` of shape `(n, 3)`, uint8 (a copy of the first n entries of
         :data:`diffsegmenter.outputs.VOC_PALETTE`). Entry 0 is black, 255 is (224, 224, 192).
     """
-    from ..outputs import VOC_PALETTE
+    from ..io.palette import VOC_PALETTE
 
     return np.array(VOC_PALETTE[:n], dtype=np.uint8)
 

@@ -1,0 +1,110 @@
+"""``diffsegmenter demo``: the shipped (or given) model on the example images shipped with the package (offline)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .parser import CliError, Command, config_overrides, parse_classes, register_command
+from .segment import add_filter_argument
+
+__all__ = ["DEFAULT_DEMO_OUT", "DEMO_FORMATS", "add_demo_arguments", "cmd_demo", "example_images"]
+
+DEMO_FORMATS: tuple[str, ...] = ("png", "overlay")
+DEFAULT_DEMO_OUT = "diffsegmenter-demo"
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """``demo``'s own flags (the shared model and run flags are added by the parser)."""
+    parser.add_argument("--out", default=None, help=f"output folder (default: ./{DEFAULT_DEMO_OUT})")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names (default: the model's own classes, else the shapes-world shapes)",
+    )
+    add_filter_argument(
+        parser,
+        default="'diffusion' when the model folder recommends its settings, as the shipped shapes model does; else none",
+    )
+
+
+@contextlib.contextmanager
+def example_images() -> Iterator[list[Path]]:
+    """The example images shipped with the package (``diffsegmenter/examples/*.png``), as file paths.
+
+    Yields:
+        `list[Path]`: sorted; empty when the installation has none.
+    """
+    from importlib import resources
+
+    folder = resources.files("diffsegmenter").joinpath("examples")
+    with resources.as_file(folder) as path:
+        yield sorted(p for p in Path(path).glob("*.png") if not p.name.startswith(".")) if path.is_dir() else []
+
+
+def _demo_classes(segmenter: Any) -> list[str]:
+    if getattr(segmenter, "default_classes", None):
+        return list(segmenter.default_classes)
+    try:
+        from ..shapes import SHAPE_NAMES
+    except ImportError:
+        raise CliError("this model declares no classes; pass --classes 'circle,square,...'") from None
+    return list(SHAPE_NAMES)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``diffsegmenter demo``: the shipped (or given) model on the shipped example images."""
+    from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
+    from ..io.paths import ImageJob, image_key
+    from .model import check_classes, check_overrides, load_segmenter
+
+    classes = parse_classes(args.classes)
+    overrides = config_overrides(args)
+    check_overrides(overrides)
+    with example_images() as paths:
+        if not paths:
+            raise CliError(
+                "no example images in this installation (diffsegmenter/examples/*.png); reinstall diffsegmenter "
+                "from a full source checkout, or run `diffsegmenter segment` on your own images"
+            )
+        segmenter = load_segmenter(args, overrides)
+        out = prepare_out_dir(args.out if args.out is not None else DEFAULT_DEMO_OUT)
+        classes = classes or _demo_classes(segmenter)
+        check_classes(segmenter, classes)
+        flt = args.filter
+        if flt is None:
+            flt = "diffusion" if "_diffusion_filter" in getattr(segmenter, "model_settings", {}) else "none"
+        jobs = [ImageJob(path=p, out_dir=out, stem=image_key(p)) for p in paths]
+        how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
+        print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")
+        with output_lock(out):
+            report = run_batch(
+                segmenter,
+                jobs,
+                formats=DEMO_FORMATS,
+                classes=classes,
+                filter=None if flt == "none" else flt,
+                overwrite=True,
+                progress=False,
+            )
+            lines = [
+                f"  {job.path.name}: {', '.join(found) if found else 'nothing found'} -> {job.stem}.overlay.png"
+                for job, found in report.segmented
+            ]
+            lines.append(f"Overlays (<name>.overlay.png) and label maps (<name>.png) written to {out.resolve()}")
+            return finish_report(report, out, "\n".join(lines))
+
+
+register_command(
+    Command(
+        "demo",
+        help="run the shipped model on the shipped example images (offline)",
+        description="Segment the example images shipped with the package and write overlays and label maps.",
+        add_arguments=add_demo_arguments,
+        run=cmd_demo,
+        model_help="the library's, 'shapes'",
+    )
+)

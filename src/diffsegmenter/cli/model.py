@@ -1,0 +1,116 @@
+"""Loading what a command runs: the segmenter (with only the flags the user set), its filter, and up-front checks of
+the settings and class names (each a one-line usage error)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .parser import CliError, load_kwargs
+
+__all__ = [
+    "check_classes",
+    "check_overrides",
+    "default_model",
+    "load_segmenter",
+    "quiet_weight_loading",
+    "setup_filter",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def default_model() -> str:
+    """The model ``DiffSegmenter.from_pretrained`` loads when given none (recorded in ``segment``'s sidecars)."""
+    import inspect
+
+    from ..segmenter import DiffSegmenter
+
+    return str(inspect.signature(DiffSegmenter.from_pretrained).parameters["model"].default)
+
+
+@contextlib.contextmanager
+def quiet_weight_loading(model: str | None) -> Iterator[None]:
+    """Hide transformers' "Loading weights" bars while loading a local model (nothing to download), then restore.
+
+    Hub models keep their bars: transformers' switch also hides huggingface_hub's download bars.
+    """
+    from ..hub import looks_like_local_path
+    from ..loading import SHIPPED_MODELS
+
+    if model is not None and model not in SHIPPED_MODELS and not looks_like_local_path(model):
+        yield
+        return
+    try:
+        from huggingface_hub import utils as hub_utils
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - both are dependencies
+        yield
+        return
+    bars_on, hub_bars_on = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
+            if not hub_bars_on:
+                hub_utils.disable_progress_bars()
+
+
+def load_segmenter(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    """``DiffSegmenter.from_pretrained`` with only the flags the user set.
+
+    Raises:
+        CliError: a missing model or a bad setting (one-line message).
+    """
+    from ..segmenter import DiffSegmenter
+
+    model_args = () if args.model is None else (args.model,)
+    try:
+        with quiet_weight_loading(args.model):
+            return DiffSegmenter.from_pretrained(*model_args, **load_kwargs(args), **overrides)
+    except (ValueError, OSError) as exc:  # ModelNotFoundError is a ValueError
+        logger.debug("model loading failed", exc_info=exc)
+        raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+
+def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> str | None:
+    """Make the ``--filter`` available to ``segment(filter=...)``; its name, or None for no filter."""
+    if name is None or name == "none":
+        return None
+    if name == "diffusion":
+        try:
+            import diffsegmenter.filters.diffusion  # noqa: F401
+        except ImportError:
+            raise CliError("the diffusion filter is not available in this installation; use --filter clip") from None
+        return "diffusion"
+    from ..filters.clip import ClipBlipFilter
+
+    kwargs = {k: v for k, v in load_kwargs(args).items() if k in ("device", "dtype")}
+    try:
+        segmenter.filters["clip"] = ClipBlipFilter.from_pretrained(captioner=segmenter.captioner, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise CliError(" ".join(str(exc).split())) from None
+    return "clip"
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """The ``--set`` / dedicated-flag settings, checked before the model is loaded."""
+    from ..config import SegmenterConfig
+
+    try:
+        SegmenterConfig().replace(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def check_classes(segmenter: Any, classes: Sequence[str]) -> None:
+    """The class names against the loaded model, once, before any image (names the tokenizer cannot place...)."""
+    try:
+        segmenter.check_classes(classes)
+    except ValueError as exc:
+        raise CliError(f"--classes: {' '.join(str(exc).split())}") from None

@@ -1,0 +1,163 @@
+"""``diffsegmenter segment``: image files, folders or globs -> one result per image under ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from .parser import (
+    DEFAULT_FORMATS,
+    CliError,
+    Command,
+    config_overrides,
+    load_kwargs,
+    parse_classes,
+    parse_formats,
+    positive_int,
+    register_command,
+)
+
+__all__ = ["add_filter_argument", "add_segment_arguments", "cmd_segment"]
+
+
+def add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--filter none|clip|diffusion`` (``segment`` and ``demo``)."""
+    parser.add_argument(
+        "--filter",
+        choices=("none", "clip", "diffusion"),
+        default=None,
+        help="category filter keeping only the classes present in each image: clip (the paper's BLIP+CLIP), "
+        f"diffusion (diffusion model only) (default: {default})",
+    )
+
+
+def _format_help() -> str:
+    from ..io.formats import FORMATS
+
+    names = ", ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
+    return (
+        f"comma-separated output formats: {names} (default: {','.join(DEFAULT_FORMATS)}); a <name>.json sidecar is "
+        "always written"
+    )
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """``segment``'s own flags (the shared model and run flags are added by the parser)."""
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs"
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names, e.g. 'cat,sofa,plant', or @FILE with one name per line "
+        "(default: the model's own classes, if it declares any). With --filter, the vocabulary to choose from",
+    )
+    parser.add_argument("--out", required=True, help="output folder (created if needed)")
+    parser.add_argument("--format", default=None, help=_format_help())
+    add_filter_argument(parser, default="none")
+    parser.add_argument(
+        "--captioner",
+        default=None,
+        help="BLIP Hub id or folder continuing each prompt with a caption, e.g. "
+        "Salesforce/blip-image-captioning-large, or 'none' (default: none)",
+    )
+    parser.add_argument(
+        "--images-per-batch",
+        type=positive_int,
+        default=1,
+        help="images segmented per model call; raise it on a GPU (default: 1, right for CPU)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="refuse (skip, with the reason) images with more pixels than this; memory grows with them "
+        f"(SegmenterConfig.max_image_pixels; default: {DEFAULT_MAX_IMAGE_PIXELS}, "
+        f"i.e. {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g} megapixels)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="recompute images that are already done")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no summary; problems are still shown"
+    )
+    method = parser.add_argument_group(
+        "method settings (default: the model's segmenter_config.json, else the paper's)"
+    )
+    method.add_argument("--tau", type=float, default=None, help="background score (SegmenterConfig.tau)")
+    method.add_argument("--seed", type=int, default=None, help="noise seed (SegmenterConfig.seed)")
+    method.add_argument("--timestep", type=int, default=None, help="diffusion timestep (SegmenterConfig.timestep)")
+    method.add_argument(
+        "--prompt-mode",
+        choices=("per_class", "single"),
+        default=None,
+        help="one prompt per class, or all classes in one prompt (SegmenterConfig.prompt_mode)",
+    )
+    method.add_argument(
+        "--template", default=None, help="prompt template with '{}' for the class (SegmenterConfig.template)"
+    )
+    method.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="UNet samples per forward pass (SegmenterConfig.batch_size; default: as many as fit in memory)",
+    )
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped, 3 stopped early)."""
+    from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
+    from ..io.paths import collect_jobs
+    from .model import check_classes, check_overrides, default_model, load_segmenter, setup_filter
+
+    formats = parse_formats(args.format)
+    classes = parse_classes(args.classes)
+    overrides = config_overrides(args)
+    check_overrides(overrides)
+    out = prepare_out_dir(args.out)
+    with output_lock(out):
+        try:
+            jobs = collect_jobs(args.inputs, out, formats)
+        except FileNotFoundError as exc:
+            raise CliError(str(exc)) from None
+        segmenter = load_segmenter(args, overrides)
+        if classes is None and not getattr(segmenter, "default_classes", None):
+            raise CliError(
+                "no classes: pass --classes 'cat,sofa,plant' (with --filter clip or diffusion to keep only the "
+                "classes present in each image); this model declares no classes of its own"
+            )
+        check_classes(segmenter, classes if classes is not None else segmenter.default_classes)
+        filter_name = setup_filter(segmenter, args.filter, args)
+        config = segmenter.config.to_dict()
+        config.pop("max_image_pixels", None)  # a limit on the inputs, not a setting of the results
+        request = {
+            "model": str(args.model) if args.model is not None else default_model(),
+            "classes": classes if classes is not None else list(segmenter.default_classes),
+            "filter": filter_name,
+            "captioner": load_kwargs(args).get("captioner"),
+            "config": config,
+        }
+        report = run_batch(
+            segmenter,
+            jobs,
+            formats=formats,
+            classes=classes,
+            filter=filter_name,
+            request=request,
+            overwrite=args.overwrite,
+            images_per_batch=args.images_per_batch,
+            progress=not args.quiet,
+        )
+        show = not args.quiet or report.stopped is not None
+        return finish_report(report, out, f"{report.summary()}. Results in {out}" if show else None)
+
+
+register_command(
+    Command(
+        "segment",
+        help="segment image files, folders or glob patterns",
+        description="Segment images into the given classes and write one result per image under --out. "
+        "Rerunning the same command skips the images already done.",
+        add_arguments=add_segment_arguments,
+        run=cmd_segment,
+        model_help="the library's, 'shapes'",
+    )
+)
