@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from diffsegmenter.evaluation.harness import main_eval
+from diffsegmenter.cli.evaluate import main_eval
 from research.shapes.world import export_voc
 
 

@@ -8,8 +8,8 @@ from diffsegmenter.evaluation.datasets import (
     DATASET_NAMES,
     DatasetFilesMissingError,
     load_dataset,
-    voc_colormap,
 )
+from diffsegmenter.io.palette import VOC_PALETTE
 
 
 def _image(path: Path, size=(6, 4)) -> None:
@@ -25,7 +25,7 @@ def _label(path: Path, values: list[int], mode: str = "L", size=(6, 4)) -> None:
         arr[i % size[1], i // size[1]] = v
     img = Image.fromarray(arr)
     if mode == "P":
-        img.putpalette(voc_colormap(256).reshape(-1).tolist())
+        img.putpalette(VOC_PALETTE.reshape(-1).tolist())  # was voc_colormap(256)
     img.save(path)
 
 

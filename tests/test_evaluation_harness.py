@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffsegmenter.cli import evaluate as eval_command
+from diffsegmenter.cli.evaluate import add_eval_arguments, run_eval
 from diffsegmenter.evaluation import harness
-from diffsegmenter.evaluation.datasets import VOC_CLASSES, load_dataset, voc_colormap
+from diffsegmenter.evaluation.datasets import VOC_CLASSES, load_dataset
 from diffsegmenter.evaluation.harness import (
     NO_BACKGROUND_TAU,
     SWEEP_TAUS,
-    add_eval_arguments,
     evaluate,
     parse_shard,
-    run_eval,
     score_predictions,
     shard_bounds,
 )
+from diffsegmenter.io.palette import VOC_PALETTE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -70,7 +71,7 @@ def make_voc(tmp: Path, images=IMAGES, split="val") -> Path:
         (root / "SegmentationClass").mkdir(exist_ok=True)
         Image.fromarray(rgb).save(root / "JPEGImages" / f"{image_id}.png")
         label = Image.fromarray(gt)
-        label.putpalette(voc_colormap().reshape(-1).tolist())
+        label.putpalette(VOC_PALETTE.reshape(-1).tolist())  # was voc_colormap()
         label.save(root / "SegmentationClass" / f"{image_id}.png")
     return tmp
 
@@ -398,14 +399,14 @@ def test_paper_protocol_applies_each_datasets_released_script_rule(tmp_path, mon
     for dataset, script in [("voc21", "voc12"), ("pc60", "context"), ("context", "context"), ("object", "coco")]:
         loaded.clear()
         args = parser.parse_args(["--dataset", dataset, "--root", "r", "--out", "o", "--candidates", "c.json"])
-        harness._load_segmenter(args)
+        eval_command.load_eval_segmenter(args)
         assert loaded == [RELEASED_SCRIPT_RULES[script]], dataset
     # the user's --set wins; other protocols and datasets without a released script keep the model's config
     args = parser.parse_args(["--dataset", "object", "--root", "r", "--out", "o", "--set", "ing_offset=1"])
-    harness._load_segmenter(args)
+    eval_command.load_eval_segmenter(args)
     assert loaded[-1] == {**RELEASED_SCRIPT_RULES["coco"], "ing_offset": 1}
     for extra in (["--dataset", "voc21", "--protocol", "oracle"], ["--dataset", "ade"]):
-        harness._load_segmenter(parser.parse_args([*extra, "--root", "r", "--out", "o"]))
+        eval_command.load_eval_segmenter(parser.parse_args([*extra, "--root", "r", "--out", "o"]))
         assert loaded[-1] == {}
     # the run record names the rule the segmenter used
     assert harness.prompt_rule_of(SegmenterConfig()).startswith("released voc12 script")

@@ -25,7 +25,7 @@ EVAL_MODEL_HELP = "'shapes' for --dataset shapes, else stable-diffusion-v1-5/sta
 
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     """``eval``'s own flags; every optional one defaults to None = "not given"."""
-    from ..evaluation.datasets import DATASET_NAMES
+    from ..evaluation.catalog import DATASET_NAMES
     from ..evaluation.harness import PROTOCOLS, parse_shard
 
     parser.add_argument("--dataset", required=True, help=f"benchmark: {', '.join(DATASET_NAMES)}")
@@ -93,7 +93,7 @@ def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
 
 
 def _dataset_key(args: argparse.Namespace) -> str:
-    from ..evaluation.datasets import DATASET_ALIASES
+    from ..evaluation.catalog import DATASET_ALIASES
 
     return DATASET_ALIASES.get(args.dataset.lower(), args.dataset.lower())
 

@@ -1,19 +1,14 @@
 """Benchmark evaluation: dataset readers, dataset-level mIoU, and a resumable, shardable harness.
 
+The ``diffsegmenter eval`` command (its flags, ``run_eval``, ``main_eval``) is ``diffsegmenter.cli.evaluate``.
+
 Importing this package loads no model and touches no file; torch is not imported.
 """
 
 from .datasets import DATASET_NAMES, DatasetFilesMissingError, Sample, SegmentationDataset, load_dataset
-from .harness import (
-    PROTOCOLS,
-    add_eval_arguments,
-    evaluate,
-    load_candidates,
-    main_eval,
-    run_eval,
-    score_predictions,
-)
+from .harness import PROTOCOLS, EvalTask, evaluate, load_candidates
 from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
+from .scoring import score_predictions
 
 __all__ = [
     "DATASET_NAMES",
@@ -23,12 +18,10 @@ __all__ = [
     "Sample",
     "SegmentationDataset",
     "SegmentationMetrics",
-    "add_eval_arguments",
+    "EvalTask",
     "evaluate",
     "load_candidates",
     "load_dataset",
-    "main_eval",
     "metrics_from_confusion",
-    "run_eval",
     "score_predictions",
 ]

@@ -19,7 +19,9 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
+
+from ..io.paths import image_key  # the one image key (re-exported: diffsegmenter.filters.image_key)
 
 logger = logging.getLogger(__name__)
 
@@ -27,23 +29,6 @@ logger = logging.getLogger(__name__)
 SOURCES: tuple[str, ...] = ("image_similarity", "text_similarity", "synonym_matching")
 #: The sources the released segmentation scripts use (their per-image union), method.md §5.2.
 DEFAULT_CHOICE: tuple[str, ...] = ("image_similarity", "text_similarity")
-
-
-def image_key(path_or_name: str | os.PathLike[str]) -> str:
-    """Normalise an image path or file name to its id: the base name without extension.
-
-    Works for POSIX and Windows paths whatever the current OS. Only the last suffix is removed.
-
-    Args:
-        path_or_name (`str` or `os.PathLike`): e.g. ``"/data/VOC2012/JPEGImages/2007_000033.jpg"``,
-            ``"2007_000033.jpg"`` or ``"2007_000033"``.
-
-    Returns:
-        `str`: e.g. ``"2007_000033"``.
-    """
-    text = os.fspath(path_or_name)
-    name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
-    return PurePosixPath(name).stem if name else text
 
 
 def load_candidates(

@@ -1,0 +1,223 @@
+"""Scoring a folder of prediction PNGs against the ground truth: ``metrics.json``, ``metrics.md`` and the optional
+(optimistic) background-threshold sweep. Needs no model: ``eval --score-only`` is only this."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..batch.runner import RUN_CONFIG
+from ..io.atomic import write_json, write_text
+from .datasets import SegmentationDataset
+from .metrics import ConfusionMatrix
+
+__all__ = ["NO_BACKGROUND_TAU", "SWEEP_NOTE", "SWEEP_TAUS", "score_predictions"]
+
+logger = logging.getLogger(__name__)
+
+NO_BACKGROUND_TAU = -1.0
+"""Background score used on datasets without a background class: class scores are in [0, 1], so it never wins."""
+SWEEP_TAUS: tuple[float, ...] = tuple(round(0.30 + 0.01 * i, 2) for i in range(45))
+"""The released code's background-threshold sweep, 0.30 .. 0.74 step 0.01."""
+SWEEP_NOTE = "tau tuned on this split (optimistic)"
+
+
+def _read_prediction(path: Path, shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray | None, str]:
+    if not path.is_file():
+        return None, "missing"
+    try:
+        with Image.open(path) as img:
+            pred = np.array(img)
+    except Exception as exc:  # any decoding failure makes the file unusable; reported, never fatal
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    if pred.shape != shape:
+        return None, f"shape {pred.shape} differs from the ground truth {shape}"
+    bad = (pred >= num_classes) & (pred != 255)
+    if bad.any():
+        return None, f"holds values {np.unique(pred[bad])[:5].tolist()} that are not class ids"
+    return pred.astype(np.int64), ""
+
+
+def _fmt(value: float | None, ndigits: int = 2) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{ndigits}f}"
+
+
+def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
+    lines = [
+        f"# Evaluation: {report['dataset']} ({report['split']})",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| protocol | {report['protocol']} |",
+        f"| tau | {report['tau']} |",
+        f"| images | {report['num_images']} |",
+        f"| missing predictions | {len(report['missing_predictions'])} |",
+        f"| **mIoU (%)** | **{_fmt(report['mIoU'])}** |",
+        f"| mAcc (%) | {_fmt(report['mAcc'])} |",
+        f"| aAcc (%) | {_fmt(report['aAcc'])} |",
+        "",
+        "| class | IoU (%) | Acc (%) |",
+        "|---|---|---|",
+    ]
+    for name in dataset.classes:
+        lines.append(f"| {name} | {_fmt(report['per_class_iou'][name])} | {_fmt(report['per_class_acc'][name])} |")
+    lines += ["", "n/a: the class occurs in neither the ground truth nor the prediction (left out of the mean)."]
+    if report["missing_predictions"]:
+        shown = ", ".join(report["missing_predictions"][:20])
+        more = " ..." if len(report["missing_predictions"]) > 20 else ""
+        lines += ["", f"Missing/unreadable predictions, scored as all background: {shown}{more}"]
+    sweep = report.get("tau_sweep_optimistic")
+    if sweep:
+        lines += [
+            "",
+            f"Tau sweep ({sweep['note']}): best mIoU {_fmt(sweep['best_mIoU'])} at tau = {sweep['best_tau']}. "
+            "Not comparable with a fixed-tau number.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def score_predictions(
+    dataset: SegmentationDataset,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    sweep_tau: bool = False,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score the prediction PNGs in ``out_dir/predictions`` against the ground truth; write metrics.json / .md.
+
+    Needs no segmenter: use it to score predictions merged from shards run elsewhere (``--score-only``). A missing
+    or unreadable prediction (or one of the wrong size) is scored as all background (all "no prediction" on datasets
+    without a background class) and listed under ``missing_predictions``.
+
+    Args:
+        dataset ([`SegmentationDataset`]): the evaluated split.
+        out_dir: the folder `evaluate` wrote to.
+        limit (`int`, *optional*): score only the first `limit` images.
+        sweep_tau (`bool`, defaults to `False`): also compute the optimistic tau sweep from ``scores/*.npz``.
+        progress (`bool`, defaults to `True`): show a progress bar.
+        info (`dict`, *optional*): run settings to record (protocol, tau, ...); defaults to those of
+            ``run_config.json`` when present.
+
+    Returns:
+        `dict`: the content written to ``metrics.json`` (metrics in percent).
+    """
+    out = Path(out_dir)
+    samples = dataset.samples[:limit] if limit is not None else list(dataset.samples)
+    if info is None:
+        info = {}
+        config_path = out / RUN_CONFIG
+        if config_path.is_file():
+            previous = json.loads(config_path.read_text(encoding="utf-8"))
+            info = {k: previous.get(k) for k in ("protocol", "tau", "filter", "model")}
+    no_pred = 0 if dataset.has_background else dataset.ignore_index
+    report = _score(dataset, samples, out, no_pred, sweep_tau, progress)
+    report.update(
+        {
+            "dataset": dataset.name,
+            "split": dataset.split,
+            "protocol": info.get("protocol"),
+            "tau": info.get("tau") if dataset.has_background else NO_BACKGROUND_TAU,
+            "tau_note": (
+                "background score of the segmenter (fixed, not tuned on this split)"
+                if dataset.has_background
+                else f"no background class: background never wins (tau = {NO_BACKGROUND_TAU}), every pixel gets "
+                "its best class"
+            ),
+            "num_images": len(samples),
+            "num_classes": dataset.num_classes,
+            "class_names": list(dataset.classes),
+            "limit": limit,
+            "units": "percent",
+        }
+    )
+    report.update({k: v for k, v in info.items() if k not in ("protocol", "tau")})
+    ordered = {k: report[k] for k in _REPORT_ORDER if k in report}
+    ordered.update({k: v for k, v in report.items() if k not in ordered})
+    write_json(out / "metrics.json", ordered, ensure_ascii=True)
+    write_text(out / "metrics.md", _markdown(ordered, dataset))
+    logger.info(
+        "%s %s (%s, tau=%s, %d images): mIoU %s%%", dataset.name, dataset.split, ordered["protocol"],
+        ordered["tau"], len(samples), _fmt(ordered["mIoU"]),
+    )  # fmt: skip
+    return ordered
+
+
+_REPORT_ORDER = (
+    "dataset", "split", "protocol", "tau", "tau_note", "num_images", "num_classes", "mIoU", "mAcc", "aAcc",
+    "missing_predictions", "missing_prediction_reasons", "images_without_candidates", "per_class_iou",
+    "per_class_acc", "tau_sweep_optimistic",
+)  # fmt: skip
+
+
+def _score(
+    dataset: SegmentationDataset, samples: Sequence, out: Path, no_pred: int, sweep_tau: bool, progress: bool
+) -> dict[str, Any]:
+    """Score every prediction PNG (and, with `sweep_tau`, every score map) of `samples` against the ground truth."""
+    num_classes = dataset.num_classes
+    cm = ConfusionMatrix(num_classes, dataset.ignore_index)
+    sweep = {t: ConfusionMatrix(num_classes, dataset.ignore_index) for t in SWEEP_TAUS} if sweep_tau else {}
+    missing: dict[str, str] = {}
+    missing_scores: list[str] = []
+    for sample in tqdm(samples, desc="scoring", unit="img", disable=not progress, dynamic_ncols=True):
+        gt = dataset.load_label(sample)
+        pred, reason = _read_prediction(out / "predictions" / f"{sample.image_id}.png", gt.shape, num_classes)
+        if pred is None:
+            missing[sample.image_id] = reason
+            pred = np.full(gt.shape, no_pred, dtype=np.int64)
+        cm.update(pred, gt)
+        if sweep_tau:
+            _update_sweep(sweep, out / "scores" / f"{sample.image_id}.npz", gt, missing_scores, sample.image_id)
+    if missing:
+        logger.warning(
+            "%d of %d predictions missing or unreadable, scored as all background: %s",
+            len(missing), len(samples), ", ".join(list(missing)[:10]),
+        )  # fmt: skip
+    report = cm.compute().to_dict(list(dataset.classes))
+    report["missing_predictions"] = list(missing)
+    report["missing_prediction_reasons"] = missing
+    if sweep_tau:
+        curve = {f"{t:.2f}": m.compute().to_dict(list(dataset.classes))["mIoU"] for t, m in sweep.items()}
+        best = max(curve, key=lambda k: -1.0 if curve[k] is None else curve[k])
+        report["tau_sweep_optimistic"] = {
+            "note": SWEEP_NOTE,
+            "best_tau": float(best),
+            "best_mIoU": curve[best],
+            "mIoU_by_tau": curve,
+            "missing_score_maps": missing_scores,
+            "rule": "pixel = argmax class if its score > tau else background (ties -> background)",
+        }
+    return report
+
+
+def _update_sweep(
+    sweep: dict[float, ConfusionMatrix], path: Path, gt: np.ndarray, missing: list[str], image_id: str
+) -> None:
+    valid = gt != 255
+    target = gt[valid]
+    try:
+        with np.load(path) as data:
+            scores, class_ids = data["scores"].astype(np.float32), data["class_ids"].astype(np.int64)
+        if scores.shape[1:] != gt.shape or len(class_ids) != scores.shape[0]:
+            raise ValueError(f"score maps of shape {scores.shape} do not match the ground truth {gt.shape}")
+    except Exception:  # missing or damaged score file: all background for every tau, and reported
+        missing.append(image_id)
+        scores, class_ids = np.zeros((0, *gt.shape), np.float32), np.zeros(0, np.int64)
+    if scores.shape[0] == 0:
+        best_score = np.full(target.shape, -np.inf, dtype=np.float32)
+        best_class = np.zeros(target.shape, dtype=np.int64)
+    else:
+        flat = scores[:, valid]
+        best_score = flat.max(axis=0)
+        best_class = class_ids[flat.argmax(axis=0)]
+    for t, m in sweep.items():
+        m.update(np.where(best_score > t, best_class, 0), target)
