@@ -190,10 +190,14 @@ class SegmenterConfig:
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides: Any) -> SegmenterConfig:
-        """Load a ``segmenter_config.json``; keys starting with "_" (comments, provenance) are ignored."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-        return cls().replace(**{**data, **overrides})
+        """Load the SegmenterConfig fields of a ``segmenter_config.json``, with ``overrides`` on top.
+
+        The file's other keys (``_classes``, ``_diffusion_filter``, ``_provenance``, ...) are what the model folder
+        recommends beyond the method's settings: :class:`~diffsegmenter.settings.ModelSettings` reads all of it.
+        """
+        from .settings import ModelSettings
+
+        return ModelSettings.from_file(path).segmenter_config(**overrides)
 
 
 def _is_number(value: Any) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from .hub import ModelNotFoundError, load_component, looks_like_local_path
+from .settings import ModelSettings
 
 __all__ = ["SHIPPED_MODELS", "resolve_model", "load_components"]
 
@@ -52,8 +52,10 @@ def load_components(
         local_files_only: never contact the hub (default: ``HF_HUB_OFFLINE``).
 
     Returns:
-        `dict[str, Any]`: the five components, plus ``"segmenter_config"`` (path of the folder's
-        ``segmenter_config.json`` or None) and ``"classes"`` (the model's own class names, if it declares them).
+        `dict[str, Any]`: the five components, plus ``"settings"`` (the folder's
+        :class:`~diffsegmenter.settings.ModelSettings`, empty when it has no ``segmenter_config.json``),
+        ``"segmenter_config"`` (that file's path or None) and ``"classes"`` (the model's own class names, if it
+        declares them; the same as ``settings.classes``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -70,12 +72,11 @@ def load_components(
     for name in ("text_encoder", "vae", "unet"):
         parts[name] = parts[name].to(device)
     parts["segmenter_config"] = None
-    parts["classes"] = None
-    parts["settings"] = {}
+    parts["settings"] = ModelSettings()
     if looks_like_local_path(src):
         cfg = Path(src).expanduser() / "segmenter_config.json"
         if cfg.is_file():
             parts["segmenter_config"] = str(cfg)
-            parts["settings"] = json.loads(cfg.read_text(encoding="utf-8"))
-            parts["classes"] = parts["settings"].get("_classes")
+            parts["settings"] = ModelSettings.from_file(cfg)
+    parts["classes"] = parts["settings"].classes
     return parts
