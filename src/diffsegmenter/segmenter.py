@@ -109,8 +109,10 @@ class DiffSegmenter:
     ) -> DiffSegmenter:
         """Load a segmenter from ``"shapes"`` (the shipped model), a hub id, or a local diffusers folder.
 
-        Only the components segmentation needs are loaded (vae, unet, text_encoder, tokenizer, scheduler; no safety
-        checker), from safetensors only.
+        The backbone family (SD1/SD2, SDXL, SD3 with or without T5, FLUX, PixArt-Σ) is chosen from the folder's
+        ``model_index.json``; only the components segmentation needs are loaded (no safety checker), from
+        safetensors only. Settings: explicit ``config``/overrides > the folder's ``segmenter_config.json`` > the
+        family's defaults (:meth:`DiffusionBackbone.family_defaults`; none for SD1/SD2) > the class defaults.
 
         Args:
             model (`str` or `Path`): ``"shapes"``, a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``,
