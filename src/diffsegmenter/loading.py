@@ -123,8 +123,11 @@ def read_model_index(src: str, local_files_only: bool | None = None) -> dict[str
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     from huggingface_hub import hf_hub_download
 
+    from .hub import hub_reachable
+
+    cache_only = bool(local_files_only) or hub_offline() or not hub_reachable()  # no retries against no network
     try:
-        path = hf_hub_download(src, "model_index.json", local_files_only=bool(local_files_only) or hub_offline())
+        path = hf_hub_download(src, "model_index.json", local_files_only=cache_only)
     except Exception:  # noqa: BLE001 - the component loader below gives the actionable error
         return {}
     return json.loads(Path(path).read_text(encoding="utf-8"))
