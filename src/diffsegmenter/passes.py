@@ -44,6 +44,8 @@ class PassSpec:
         where (`bool`): compute the fused, completed maps (the paper's maps).
         which_weights (`dict[int, float]`, *optional*): also fuse the raw cross-attention with these weights into
             class-decision maps (no completion); None = no class-decision maps.
+        attention_blocks, self_attention_blocks (`list[int]`, *optional*): transformer families: the blocks read
+            for the class maps and for completion; None = the backbone's default (UNet families: must be None).
     """
 
     timestep: int
@@ -52,6 +54,8 @@ class PassSpec:
     self_attention_factor: int | None = None
     where: bool = True
     which_weights: dict[int, float] | None = None
+    attention_blocks: list[int] | None = None
+    self_attention_blocks: list[int] | None = None
 
     @classmethod
     def from_config(cls, config, *, where: bool = True, which_weights: dict[int, float] | None = None) -> PassSpec:
@@ -64,6 +68,8 @@ class PassSpec:
             self_attention_factor=config.self_attention_factor,
             where=where,
             which_weights=which_weights,
+            attention_blocks=config.attention_blocks,
+            self_attention_blocks=config.self_attention_blocks,
         )
 
 
@@ -114,7 +120,10 @@ def attention_pass(
         latents = torch.cat([latents, latents])
         text = torch.cat([empty, text])
         store.keep_batch = slice(b, 2 * b)
-    with backbone.capture(store, spec.self_attention_factor):
+    blocks = {}
+    if spec.attention_blocks is not None or spec.self_attention_blocks is not None:
+        blocks = {"blocks": spec.attention_blocks, "self_blocks": spec.self_attention_blocks}
+    with backbone.capture(store, spec.self_attention_factor, **blocks):
         backbone.denoise(latents, spec.timestep, text)
     per_level = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
     which = fuse_levels(per_level, spec.which_weights) if spec.which_weights is not None else None

@@ -88,7 +88,7 @@ class DiffSegmenter:
         elif any(p is not None for p in parts):
             raise ValueError("give either backbone= or the five components, not both")
         self.backbone = backbone
-        self.config = config or SegmenterConfig()
+        self.config = config or SegmenterConfig().replace(**backbone.family_defaults())
         self.captioner = captioner
         self.model_settings = model_settings
         classes = default_classes if default_classes is not None else self.model_settings.classes
@@ -109,8 +109,10 @@ class DiffSegmenter:
     ) -> DiffSegmenter:
         """Load a segmenter from ``"shapes"`` (the shipped model), a hub id, or a local diffusers folder.
 
-        Only the components segmentation needs are loaded (vae, unet, text_encoder, tokenizer, scheduler; no safety
-        checker), from safetensors only.
+        The backbone family (SD1/SD2, SDXL, SD3 with or without T5, FLUX, PixArt-Σ) is chosen from the folder's
+        ``model_index.json``; only the components segmentation needs are loaded (no safety checker), from
+        safetensors only. Settings: explicit ``config``/overrides > the folder's ``segmenter_config.json`` > the
+        family's defaults (:meth:`DiffusionBackbone.family_defaults`; none for SD1/SD2) > the class defaults.
 
         Args:
             model (`str` or `Path`): ``"shapes"``, a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``,
@@ -128,19 +130,20 @@ class DiffSegmenter:
             ModelNotFoundError: the model is neither a local folder nor reachable/cached on the hub; the message says
                 where it looked and how to fix it.
         """
-        from .loading import load_components
+        from .loading import load_backbone
 
-        parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
-        settings: ModelSettings = parts["settings"]
-        config = (config or settings.segmenter_config()).replace(**config_overrides)
+        backbone, settings = load_backbone(model, device=device, dtype=dtype, local_files_only=local_files_only)
+        # precedence: explicit arguments > the folder's segmenter_config.json > the family's defaults > the class
+        # defaults (for SD1/SD2 the family adds nothing: the released code's values)
+        if config is None:
+            config = SegmenterConfig().replace(**backbone.family_defaults()).replace(**settings.segmenter)
+        config = config.replace(**config_overrides)
         if isinstance(captioner, (str, Path)):
             from .captioner import BlipCaptioner
 
             captioner = BlipCaptioner.from_pretrained(
                 captioner, device=device, dtype=dtype, local_files_only=local_files_only
             )
-        names = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
-        backbone = StableDiffusionBackbone(*(parts[n] for n in names))
         return cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
 
     @property
@@ -289,7 +292,9 @@ class DiffSegmenter:
         ``config.emphasis_scope`` picks): (T, D) in the backbone's dtype, cached by the backbone."""
         cfg = self.config
         positions = emphasis_positions(prompt, cfg.emphasis_scope)
-        return self.backbone.encode_text(prompt.input_ids, emphasis=cfg.emphasis, positions=positions)
+        return self.backbone.encode_text(
+            prompt.input_ids, emphasis=cfg.emphasis, positions=positions, text=prompt.text
+        )
 
     @torch.inference_mode()
     def attention_maps(

@@ -49,6 +49,15 @@ class DiffusionBackbone(ABC):
     def default_level_weights(self) -> dict[int, float]:
         """Fusion weight per downsampling factor that suits the family's denoiser (a new dict)."""
 
+    #: The family's name (``"sd"``, ``"sdxl"``, ``"sd3"``, ``"flux"``, ``"pixart"``).
+    family = "sd"
+
+    def family_defaults(self) -> dict:
+        """:class:`~diffsegmenter.config.SegmenterConfig` field values this family needs where the class defaults
+        (the released SD1.5 code's) do not fit; a field a user (or the model folder) did not set comes from here.
+        Empty for SD1/SD2, so their behaviour is the released code's."""
+        return {}
+
     # ------------------------------------------------------------------ what the model is
     @property
     @abstractmethod
@@ -138,8 +147,12 @@ class DiffusionBackbone(ABC):
 
     # ------------------------------------------------------------------ text
     @abstractmethod
-    def encode_ids(self, input_ids: Sequence[int]) -> torch.Tensor:
+    def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
         """One text-encoder call on one prompt's padded token ids, not cached.
+
+        ``text`` is the prompt the ids were made from: families with several text encoders (SDXL, SD3, FLUX)
+        tokenise it for the encoders whose tokens are not read. Families that need a pooled embedding (SDXL, SD3,
+        FLUX) append it as one extra, zero-padded last row; token positions never reach that row.
 
         Returns:
             `torch.Tensor`: (T, D) in :attr:`dtype` on the text encoder's device.
@@ -155,12 +168,17 @@ class DiffusionBackbone(ABC):
         classifier-free-guidance reference, filters)."""
         key = ("",)
         if key not in self._text_cache:
-            self._text_cache[key] = self.encode_ids(self.empty_ids())
+            self._text_cache[key] = self.encode_ids(self.empty_ids(), text="")
         return self._text_cache[key]
 
     @torch.inference_mode()
     def encode_text(
-        self, input_ids: Sequence[int], *, emphasis: float = 1.0, positions: Sequence[int] = ()
+        self,
+        input_ids: Sequence[int],
+        *,
+        emphasis: float = 1.0,
+        positions: Sequence[int] = (),
+        text: str | None = None,
     ) -> torch.Tensor:
         """Text embedding of a prompt with some tokens emphasised; cached per (ids, emphasis, positions).
 
@@ -171,13 +189,14 @@ class DiffusionBackbone(ABC):
             input_ids (`Sequence[int]`): the prompt's padded token ids.
             emphasis (`float`, *optional*, defaults to 1.0): the weight w; 1.0 = none.
             positions (`Sequence[int]`, *optional*): the token positions it weights.
+            text (`str`, *optional*): the prompt's text (see :meth:`encode_ids`).
 
         Returns:
             `torch.Tensor`: (T, D) in :attr:`dtype`.
         """
-        key = (emphasis, *input_ids, -1, *positions)
+        key = (emphasis, *input_ids, -1, *positions, text)
         if key not in self._text_cache:
-            z = self.encode_ids(list(input_ids))
+            z = self.encode_ids(list(input_ids), text=text)
             if emphasis != 1.0:
                 z = apply_emphasis(z, self.empty_embedding(), list(positions), emphasis)
             if len(self._text_cache) > _TEXT_CACHE_LIMIT:
@@ -200,7 +219,9 @@ class DiffusionBackbone(ABC):
         """
 
     @abstractmethod
-    def capture(self, store, self_factor: int | None = None) -> AbstractContextManager:
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
         """A context in which :meth:`denoise` records attention in ``store``; the model is restored on exit, also
         after an exception.
 
@@ -209,7 +230,9 @@ class DiffusionBackbone(ABC):
                 probabilities and the queries/keys of the self-attention layers at ``self_factor``. Levels are
                 found from the tensors' shapes and ``store.latent_size``.
             self_factor (`int`, *optional*): downsampling factor of the self-attention layers to read; None = the
-                finest level that has self-attention.
+                finest level that has self-attention (UNet families).
+            blocks, self_blocks (`list[int]`, *optional*): transformer families: the blocks read for the class maps
+                and for completion; None = the family's default.
         """
 
     @abstractmethod

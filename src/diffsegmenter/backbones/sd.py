@@ -75,22 +75,13 @@ class StableDiffusionBackbone(DiffusionBackbone):
         seed: int = 0,
         antialias: bool = False,
     ) -> torch.Tensor:
-        pixels = torch.stack([self.preprocess(im, resolution, antialias=antialias) for im in images])
-        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        z0 = dist.mean.float().cpu()
-        if sample:
-            eps = torch.stack(
-                [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1)) for _ in images]
-            )
-            z0 = z0 + dist.std.float().cpu() * eps
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (z0 - shift) * self.vae.config.scaling_factor
+        return vae_latents(self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         t = torch.tensor([int(timestep)] * latents.shape[0], dtype=torch.long)
         return self.scheduler.add_noise(latents, noise, t)
 
-    def encode_ids(self, input_ids: Sequence[int]) -> torch.Tensor:
+    def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
         x = torch.tensor([list(input_ids)], device=self.text_encoder.device)
         return self.text_encoder(x)[0][0].to(self.dtype)
 
@@ -102,7 +93,14 @@ class StableDiffusionBackbone(DiffusionBackbone):
         t = torch.tensor(timestep, device=self.device)
         return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]
 
-    def capture(self, store, self_factor: int | None = None) -> AbstractContextManager:
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
+        if blocks is not None or self_blocks is not None:
+            raise ValueError(
+                "attention_blocks / self_attention_blocks apply to transformer backbones (SD3, FLUX, PixArt); a UNet "
+                "is read by levels: use level_weights and self_attention_factor"
+            )
         return capture_attention(self.unet, store, self_factor)
 
     def attention_layers(self) -> dict[str, tuple[str, int]]:
@@ -121,3 +119,19 @@ class StableDiffusionBackbone(DiffusionBackbone):
         widths = sum(int(c) for c in self.unet.config.block_out_channels)
         itemsize = torch.finfo(self.dtype).bits // 8
         return 8 * int(latent_size[0]) * int(latent_size[1]) * widths * max(4, itemsize)
+
+
+def vae_latents(backbone, vae, images, resolution, *, sample=False, seed=0, antialias=False) -> torch.Tensor:
+    """Encode images with an ``AutoencoderKL``: (N, c, h, w) float32 clean latents on the CPU, shifted and scaled as
+    the denoiser expects (``(z - shift_factor) * scaling_factor``; SD3 and FLUX have a shift)."""
+    with torch.inference_mode():
+        pixels = torch.stack([backbone.preprocess(im, resolution, antialias=antialias) for im in images])
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        z0 = dist.mean.float().cpu()
+        if sample:
+            eps = torch.stack(
+                [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1)) for _ in images]
+            )
+            z0 = z0 + dist.std.float().cpu() * eps
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (z0 - shift) * vae.config.scaling_factor
