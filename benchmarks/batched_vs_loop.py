@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> float:
     image = (np.random.RandomState(0).rand(48, 64, 3) * 255).astype(np.uint8)
     latent = seg.encode_images([image], seed=0)
     print(
-        f"tiny model: UNet {sum(p.numel() for p in seg.unet.parameters()) / 1e6:.2f}M params, latent "
+        f"tiny model: UNet {sum(p.numel() for p in seg.backbone.unet.parameters()) / 1e6:.2f}M params, latent "
         f"{tuple(latent.shape[-2:])}, {torch.get_num_threads()} threads, median of {args.repeats} runs"
     )
     speedup = float("nan")

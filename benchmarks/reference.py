@@ -156,8 +156,8 @@ class ReferencePipeline:
     """The released code's per-class loop, driven by an engine instance for preprocessing and prompts.
 
     Args:
-        segmenter (`diffsegmenter.DiffSegmenter`): supplies the components, the config, ``encode_images`` and
-            ``build_prompts``; its UNet's processors are replaced during each forward and restored afterwards.
+        segmenter (`diffsegmenter.DiffSegmenter`): supplies the backbone (an SD one), the config, ``encode_images``
+            and ``build_prompts``; its UNet's processors are replaced during each forward and restored afterwards.
     """
 
     def __init__(self, segmenter) -> None:
@@ -167,30 +167,26 @@ class ReferencePipeline:
         self.store = ReleasedAttentionStore()
 
     @torch.inference_mode()
-    def _encode(self, ids: list[int]) -> torch.Tensor:
-        x = torch.tensor([ids], device=self.seg.text_encoder.device)
-        return self.seg.text_encoder(x)[0][0].to(self.seg.dtype)
-
     def _text(self, prompt: ClassPrompt) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uncond, cond) embeddings, encoded afresh for every class as the released code does."""
-        tok = self.seg.tokenizer
-        empty = self._encode(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
-        z = self._encode(prompt.input_ids)
+        """(uncond, cond) embeddings, encoded afresh (uncached) for every class as the released code does."""
+        backbone = self.seg.backbone
+        empty = backbone.encode_ids(backbone.empty_ids())
+        z = backbone.encode_ids(prompt.input_ids)
         positions = emphasis_positions(prompt, self.seg.config.emphasis_scope)
         cond = apply_emphasis(z, empty, positions, self.seg.config.emphasis) if self.seg.config.emphasis != 1 else z
         return empty, cond
 
     @torch.inference_mode()
     def _unet(self, latent: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor) -> None:
-        unet = self.seg.unet
+        backbone = self.seg.backbone
+        unet = backbone.unet  # the released code's eager processors are installed on the SD UNet itself
         originals = dict(unet.attn_processors)
         unet.set_attn_processor(EagerStoringProcessor(self.store))
         try:
             x = torch.cat([latent, latent])
             context = torch.stack([uncond, cond])
             self.store.unet_batches.append(x.shape[0])
-            t = torch.tensor(self.seg.config.timestep, device=x.device)
-            unet(x, t, encoder_hidden_states=context, return_dict=False)
+            backbone.denoise(x, self.seg.config.timestep, context)
         finally:
             unet.set_attn_processor(originals)
 

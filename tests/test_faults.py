@@ -276,20 +276,21 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(
 
 
 def test_large_vocabularies_run_in_bounded_chunks(tiny_segmenter, monkeypatch) -> None:
-    import diffsegmenter.segmenter as segmenter_module
+    import diffsegmenter.passes as passes_module
 
     latents = tiny_segmenter.encode_images([np.zeros((8, 8, 3), np.uint8)], 0)
     per_sample = 8 * latents.shape[-2] * latents.shape[-1] * sum(tiny_segmenter.unet.config.block_out_channels) * 4
-    assert tiny_segmenter._cpu_batch_limit(latents) * per_sample <= segmenter_module.CPU_BATCH_BYTES
-    monkeypatch.setattr(segmenter_module, "CPU_BATCH_BYTES", 3 * per_sample)
+    limit = passes_module.cpu_batch_limit(tiny_segmenter.backbone, latents)
+    assert limit * per_sample <= passes_module.CPU_BATCH_BYTES
+    monkeypatch.setattr(passes_module, "CPU_BATCH_BYTES", 3 * per_sample)
     sizes = []
-    original = tiny_segmenter._attention_maps
+    original = passes_module.attention_pass
 
-    def counting(latents, *args, **kwargs):
+    def counting(backbone, latents, *args, **kwargs):
         sizes.append(latents.shape[0])
-        return original(latents, *args, **kwargs)
+        return original(backbone, latents, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_segmenter, "_attention_maps", counting)
+    monkeypatch.setattr(passes_module, "attention_pass", counting)
     res = tiny_segmenter.segment(np.zeros((8, 8, 3), np.uint8), classes=[f"cat{i}" for i in range(8)])
     assert res.scores.shape == (8, 8, 8) and sizes == [3, 3, 2]
 
@@ -376,8 +377,8 @@ def test_api_tau_is_checked_and_negative_means_no_background(tiny_segmenter) -> 
 
 
 def test_eval_tau_out_of_range_exits_2(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("diffsegmenter.evaluation.harness")
-    world = pytest.importorskip("research.shapes.world")
+    from research.shapes import world
+
     root = world.export_voc(tmp_path / "voc", {"val": 1}, workers=1)
     argv = ["eval", "--dataset", "shapes", "--root", str(root), "--split", "val", "--protocol", "oracle"]
     code, _, stderr = _run([*argv, "--tau", "5", "--out", str(tmp_path / "ev")], capsys)

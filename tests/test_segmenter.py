@@ -165,18 +165,18 @@ def test_completion_at_a_coarser_self_attention_level(tiny_segmenter):
 
 
 def test_cpu_batches_shrink_to_free_memory_without_changing_results(tiny_segmenter, monkeypatch):
-    import diffsegmenter.segmenter as segmenter_module
+    import diffsegmenter.passes as passes_module
 
     calls = []
-    original = tiny_segmenter._attention_maps
+    original = passes_module.attention_pass
 
-    def counting(latents, *args, **kwargs):
+    def counting(backbone, latents, *args, **kwargs):
         calls.append(latents.shape[0])
-        return original(latents, *args, **kwargs)
+        return original(backbone, latents, *args, **kwargs)
 
     full = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
-    monkeypatch.setattr(segmenter_module, "_free_ram_bytes", lambda: 1)  # room for one sample at a time
-    monkeypatch.setattr(tiny_segmenter, "_attention_maps", counting)
+    monkeypatch.setattr(passes_module, "_free_ram_bytes", lambda: 1)  # room for one sample at a time
+    monkeypatch.setattr(passes_module, "attention_pass", counting)
     small = tiny_segmenter.segment(_image(), classes=["cat", "sofa", "plant"])
     assert calls == [1, 1, 1]
     assert np.allclose(small.scores, full.scores, atol=1e-4)
@@ -217,14 +217,16 @@ def test_class_resolution_takes_where_from_one_pass_and_which_from_another(tiny_
     split = tiny_segmenter.config.replace(class_level_weights={8: 1.0, 4: 1.0, 2: 1.0, 1: 0.0})
     # two passes: the paper's maps at 2x the native size decide where, the class pass at the native size decides which
     tiny_segmenter.config = split.replace(resolution=2 * native, class_resolution=native)
+    import diffsegmenter.passes as passes_module
+
     calls = []
-    original = tiny_segmenter._attention_maps
+    original = passes_module.attention_pass
 
-    def recording(latents, *args, **kwargs):
-        calls.append((latents.shape[-1], kwargs.get("where", True)))
-        return original(latents, *args, **kwargs)
+    def recording(backbone, latents, text, token_groups, spec, **kwargs):
+        calls.append((latents.shape[-1], spec.where))
+        return original(backbone, latents, text, token_groups, spec, **kwargs)
 
-    monkeypatch.setattr(tiny_segmenter, "_attention_maps", recording)
+    monkeypatch.setattr(passes_module, "attention_pass", recording)
     two = tiny_segmenter.segment(_image(), classes=classes)
     assert calls == [(2 * latent_native, True), (latent_native, False)]
     tiny_segmenter.config = split.replace(resolution=2 * native)

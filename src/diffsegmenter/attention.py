@@ -34,7 +34,13 @@ __all__ = [
     "CrossAttentionCaptureProcessor",
     "SelfAttentionCaptureProcessor",
     "capture_attention",
+    "capture_wrapped",
+    "joint_text_probs",
     "layer_downsampling_factor",
+    "FluxCaptureProcessor",
+    "PixArtCrossCaptureProcessor",
+    "PixArtSelfCaptureProcessor",
+    "SD3JointCaptureProcessor",
 ]
 
 
@@ -104,6 +110,17 @@ class AttentionStore:
             self.cross_count[factor] += 1
         else:
             self.cross_sum[factor] = probs
+            self.cross_count[factor] = 1
+
+    def add_cross_mean(self, mean: torch.Tensor) -> None:
+        """Accumulate one layer's head-averaged image->text attention, (B, N, T) float32 (joint-attention layers)."""
+        mean = mean[self.keep_batch]
+        factor, _ = self.level_of(mean.shape[1])
+        if factor in self.cross_sum:
+            self.cross_sum[factor] += mean
+            self.cross_count[factor] += 1
+        else:
+            self.cross_sum[factor] = mean
             self.cross_count[factor] = 1
 
     def cross_maps(self) -> dict[int, torch.Tensor]:
@@ -318,3 +335,186 @@ def capture_attention(unet, store: AttentionStore, self_factor: int | None = Non
         yield store
     finally:
         unet.set_attn_processor(dict(originals))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Transformer (DiT / MM-DiT) capture: SD3 and FLUX joint attention, PixArt cross-attention.
+#
+# These processors *wrap* the layer's own processor: they recompute only the projections they read (image queries and
+# keys, text keys) and then call the original processor for the layer's output, so the model output is bit-identical to
+# the uncaptured forward by construction (the fused kernel still computes it), whatever the diffusers version's
+# processor does. The cost is one extra q/k projection per captured layer (no extra value projection).
+
+#: Score elements (queries x keys x heads x batch) evaluated at once when the image->text slice of a joint softmax is
+#: computed: 2**25 float32 = 128 MiB, whatever the sequence length (the (N+T)^2 matrix is never formed).
+JOINT_CHUNK_ELEMENTS = 1 << 25
+
+
+def joint_text_probs(
+    q_img: torch.Tensor, keys: torch.Tensor, text: slice, scale: float, chunk_elements: int = JOINT_CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """The image->text block of a joint softmax over [image; text] keys, averaged over heads on the fly.
+
+    ``softmax(q k^T * scale)`` over *all* keys (image and text), read only at the text columns: each chunk of image
+    queries forms its scores against every key, takes the row's log-sum-exp, and keeps ``exp(score - lse)`` at the
+    text columns only. Peak memory is ``chunk_elements`` floats, never the (N+T)^2 matrix.
+
+    Args:
+        q_img (`torch.Tensor`): (B, heads, N, d) image queries (after the layer's norms and rotary embedding).
+        keys (`torch.Tensor`): (B, heads, S, d) all keys of the joint sequence, in the layer's order.
+        text (`slice`): where the text keys sit in ``keys``.
+        scale (`float`): the softmax scale (1/sqrt(d) for SD3 and FLUX).
+
+    Returns:
+        `torch.Tensor`: (B, N, T) float32 probabilities, head-averaged (rows sum to the text's share of the row).
+    """
+    b, h, n, _ = q_img.shape
+    kt = keys.float().transpose(-1, -2)
+    rows = max(1, chunk_elements // max(1, b * h * keys.shape[2]))
+    out = []
+    for start in range(0, n, rows):
+        scores = torch.matmul(q_img[:, :, start : start + rows].float(), kt) * scale
+        lse = scores.logsumexp(dim=-1, keepdim=True)
+        out.append((scores[..., text] - lse).exp_().mean(dim=1))
+    return torch.cat(out, dim=1)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, S, heads * d) -> (B, heads, S, d)."""
+    b, s, _ = x.shape
+    return x.view(b, s, heads, -1).transpose(1, 2)
+
+
+class _WrappingProcessor:
+    """Calls the wrapped processor for the output after recording what :meth:`record` reads."""
+
+    def __init__(self, original, store: AttentionStore, read_cross: bool, read_self: bool, name: str = "") -> None:
+        self.original = original
+        self.store = store
+        self.read_cross = read_cross
+        self.read_self = read_self
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        with torch.no_grad():
+            self.record(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        raise NotImplementedError
+
+    def _keep_self(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        keep = self.store.keep_batch
+        self.store.self_qk.append((q[keep], k[keep], float(scale)))
+
+
+class SD3JointCaptureProcessor(_WrappingProcessor):
+    """SD3's ``JointAttnProcessor2_0`` layers: [image; text] tokens in one softmax (image first)."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        if encoder_hidden_states is None:  # SD3.5's extra image-only attention (attn2): not a joint layer
+            return
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(hidden_states), attn.heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scale = q.shape[-1] ** -0.5  # the processor calls SDPA with its default scale
+        if self.read_cross:
+            kt = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
+            if attn.norm_added_k is not None:
+                kt = attn.norm_added_k(kt)
+            n = q.shape[2]
+            probs = joint_text_probs(q, torch.cat([k, kt], dim=2), slice(n, None), scale)
+            self.store.add_cross_mean(probs)
+        if self.read_self:
+            self._keep_self(q, k, scale)
+
+
+class FluxCaptureProcessor(_WrappingProcessor):
+    """FLUX's ``FluxAttnProcessor`` layers: [text; image] tokens, rotary embedding applied before the scores.
+
+    Double-stream blocks get text and image separately; single-stream blocks get them joined, so the text length is
+    the sequence length minus the image tokens (known from ``store.latent_size`` and the 2x2 packing).
+    """
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None, **kwargs):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if attention_mask is not None:
+            raise ValueError("FLUX attention capture does not support attention masks (the pipelines pass none)")
+
+        def split(x):  # (B, S, heads * d) -> (B, S, heads, d), FLUX's layout
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        if getattr(attn, "fused_projections", False):
+            q_img, k_img, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            q_img, k_img = attn.to_q(hidden_states), attn.to_k(hidden_states)
+        q_all, k_all = attn.norm_q(split(q_img)), attn.norm_k(split(k_img))
+        if encoder_hidden_states is not None:  # double-stream: prepend the text keys (its queries are not read)
+            if getattr(attn, "fused_projections", False):
+                k_txt = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)[1]
+            else:
+                k_txt = attn.add_k_proj(encoder_hidden_states)
+            k_txt = attn.norm_added_k(split(k_txt))
+            t = k_txt.shape[1]
+            k_all = torch.cat([k_txt, k_all], dim=1)
+            q_img = q_all
+        else:  # single-stream: [text; image] already joined
+            h, w = self.store.latent_size
+            t = k_all.shape[1] - (h // 2) * (w // 2)
+            q_img = q_all[:, t:]
+        if image_rotary_emb is not None:
+            cos, sin = image_rotary_emb
+            q_img = apply_rotary_emb(q_img, (cos[t:], sin[t:]), sequence_dim=1)
+            k_all = apply_rotary_emb(k_all, image_rotary_emb, sequence_dim=1)
+        q, k = q_img.transpose(1, 2), k_all.transpose(1, 2)  # (B, heads, S, d)
+        scale = q.shape[-1] ** -0.5
+        if self.read_cross:
+            self.store.add_cross_mean(joint_text_probs(q, k, slice(0, t), scale))
+        if self.read_self:
+            self._keep_self(q, k[:, :, t:], scale)
+
+
+class PixArtCrossCaptureProcessor(_WrappingProcessor):
+    """PixArt's cross-attention (``attn2``, ordinary softmax over the T5 tokens, padding masked)."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(encoder_hidden_states), attn.heads)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:  # PixArt's additive bias, (B, 1, T)
+            scores = scores + attention_mask.float().reshape(scores.shape[0], 1, 1, -1)
+        self.store.add_cross(scores.softmax(dim=-1))
+
+
+class PixArtSelfCaptureProcessor(_WrappingProcessor):
+    """PixArt's image self-attention (``attn1``): keeps queries and keys for completion."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(hidden_states), attn.heads)
+        self._keep_self(q, k, float(attn.scale))
+
+
+@contextmanager
+def capture_wrapped(
+    model, plan: dict[str, tuple[type, bool, bool]], store: AttentionStore
+) -> Iterator[AttentionStore]:
+    """Wrap the processors named in ``plan`` (``{processor key: (wrapper class, read_cross, read_self)}``) for the
+    duration of the context; restore the model's own processors on exit, also after an exception."""
+    originals = dict(model.attn_processors)
+    unknown = sorted(set(plan) - set(originals))
+    if unknown:
+        raise ValueError(f"the model has no attention layers {unknown[:3]}")
+    procs = {
+        name: (plan[name][0](proc, store, plan[name][1], plan[name][2], name) if name in plan else proc)
+        for name, proc in originals.items()
+    }
+    model.set_attn_processor(procs)
+    try:
+        yield store
+    finally:
+        model.set_attn_processor(dict(originals))

@@ -60,7 +60,10 @@ class SegmenterConfig:
     # Input side length the image is resized to before VAE encoding, aspect not kept ([CODE]: 512 for SD1.5).
     # None = the UNet's sample_size x the VAE's downsampling factor.
     resolution: int | None = None
-    # Diffusion timestep the latent is noised to; one UNet forward at this t ([CODE] `times = [100]`).
+    # Diffusion timestep the latent is noised to; one UNet forward at this t ([CODE] `times = [100]`). DDPM families
+    # (SD1/SD2/SDXL/PixArt) noise with their scheduler's add_noise at t. Flow-matching families (SD3, FLUX) read it as
+    # "t of 1000 on SD's DDPM schedule" and noise to the sigma of equal signal-to-noise ratio:
+    # sigma = sqrt(1 - abar_t) / (sqrt(abar_t) + sqrt(1 - abar_t)); t = 100 -> sigma 0.256 (backbones.flow).
     timestep: int = 100
     # Seed of the noise; the same noise is used for every class of an image ([CODE] used unseeded noise).
     seed: int = 0
@@ -110,6 +113,12 @@ class SegmenterConfig:
     # models that bind words at the object scale they were trained on but localise more finely on a larger input
     # (the shipped shapes model: where at 160, which at its native 64).
     class_resolution: int | None = None
+    # Transformer families only (SD3, FLUX, PixArt: no resolution levels, every block at one token grid): indices of
+    # the blocks whose image->text attention is averaged (FLUX counts double-stream blocks first, then single-stream
+    # ones). None = the family's default (backbones.*.family_defaults). Must stay None on UNet families.
+    attention_blocks: list[int] | None = None
+    # Transformer families only: blocks whose image self-attention completes the maps. None = the family's default.
+    self_attention_blocks: list[int] | None = None
     # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
     self_attention_steps: int = 1
     # Downsampling factor of the self-attention layers used for completion; None = the finest level that has
@@ -168,6 +177,16 @@ class SegmenterConfig:
         )
         _check_int("batch_size", self.batch_size, 1, 1 << 20, "None = as many as fit in memory", optional=True)
         _check_int("max_image_pixels", self.max_image_pixels, 1, 1 << 40, "None = no limit", optional=True)
+        for name in ("attention_blocks", "self_attention_blocks"):
+            blocks = getattr(self, name)
+            if blocks is not None:
+                if (
+                    not isinstance(blocks, (list, tuple))
+                    or not blocks
+                    or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
+                ):
+                    raise ValueError(f"{name} must be a non-empty list of block indices >= 0 or None, got {blocks!r}")
+                setattr(self, name, [int(b) for b in blocks])
         if self.class_resolution is not None:
             _check_int("class_resolution", self.class_resolution, 8, 8192, "None = one pass for where and which")
             if self.class_level_weights is None:
@@ -190,10 +209,14 @@ class SegmenterConfig:
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides: Any) -> SegmenterConfig:
-        """Load a ``segmenter_config.json``; keys starting with "_" (comments, provenance) are ignored."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-        return cls().replace(**{**data, **overrides})
+        """Load the SegmenterConfig fields of a ``segmenter_config.json``, with ``overrides`` on top.
+
+        The file's other keys (``_classes``, ``_diffusion_filter``, ``_provenance``, ...) are what the model folder
+        recommends beyond the method's settings: :class:`~diffsegmenter.settings.ModelSettings` reads all of it.
+        """
+        from .settings import ModelSettings
+
+        return ModelSettings.from_file(path).segmenter_config(**overrides)
 
 
 def _is_number(value: Any) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from .hub import ModelNotFoundError, load_component, looks_like_local_path
+from .settings import ModelSettings
 
 __all__ = ["SHIPPED_MODELS", "resolve_model", "load_components"]
 
@@ -52,8 +52,10 @@ def load_components(
         local_files_only: never contact the hub (default: ``HF_HUB_OFFLINE``).
 
     Returns:
-        `dict[str, Any]`: the five components, plus ``"segmenter_config"`` (path of the folder's
-        ``segmenter_config.json`` or None) and ``"classes"`` (the model's own class names, if it declares them).
+        `dict[str, Any]`: the five components, plus ``"settings"`` (the folder's
+        :class:`~diffsegmenter.settings.ModelSettings`, empty when it has no ``segmenter_config.json``),
+        ``"segmenter_config"`` (that file's path or None) and ``"classes"`` (the model's own class names, if it
+        declares them; the same as ``settings.classes``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -70,12 +72,147 @@ def load_components(
     for name in ("text_encoder", "vae", "unet"):
         parts[name] = parts[name].to(device)
     parts["segmenter_config"] = None
-    parts["classes"] = None
-    parts["settings"] = {}
+    parts["settings"] = ModelSettings()
     if looks_like_local_path(src):
         cfg = Path(src).expanduser() / "segmenter_config.json"
         if cfg.is_file():
             parts["segmenter_config"] = str(cfg)
-            parts["settings"] = json.loads(cfg.read_text(encoding="utf-8"))
-            parts["classes"] = parts["settings"].get("_classes")
+            parts["settings"] = ModelSettings.from_file(cfg)
+    parts["classes"] = parts["settings"].classes
     return parts
+
+
+#: ``model_index.json``'s ``_class_name`` -> backbone family.
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "PixArtSigmaPipeline": "pixart",
+    "PixArtAlphaPipeline": "pixart",
+}
+
+#: Components each family loads (``model_index.json`` keys); the others (safety checker, image encoder...) never.
+_FAMILY_PARTS = {
+    "sdxl": ("vae", "unet", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2"),
+    "sd3": (
+        "vae",
+        "transformer",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "scheduler",
+        "text_encoder_3",
+        "tokenizer_3",
+    ),
+    "flux": ("vae", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+    "pixart": ("vae", "transformer", "text_encoder", "tokenizer", "scheduler"),
+}
+_OPTIONAL_PARTS = {"text_encoder_3", "tokenizer_3"}
+
+
+def read_model_index(src: str, local_files_only: bool | None = None) -> dict[str, Any]:
+    """The folder's (or hub repo's) ``model_index.json``; {} when it has none (SD-layout folders without one)."""
+    import json
+
+    from .hub import hub_offline
+
+    if looks_like_local_path(src):
+        path = Path(src).expanduser() / "model_index.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    from huggingface_hub import hf_hub_download
+
+    from .hub import hub_reachable
+
+    cache_only = bool(local_files_only) or hub_offline() or not hub_reachable()  # no retries against no network
+    try:
+        path = hf_hub_download(src, "model_index.json", local_files_only=cache_only)
+    except Exception:  # noqa: BLE001 - the component loader below gives the actionable error
+        return {}
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def model_family(index: dict[str, Any]) -> str:
+    """The backbone family of a ``model_index.json`` (``"sd"`` when it names none we know)."""
+    name = str(index.get("_class_name", ""))
+    if name in PIPELINE_FAMILIES:
+        return PIPELINE_FAMILIES[name]
+    transformer = (index.get("transformer") or [None, None])[1]
+    by_transformer = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+    if transformer in by_transformer:
+        return by_transformer[transformer]
+    if transformer == "PixArtTransformer2DModel":
+        return "pixart"
+    return "sdxl" if index.get("text_encoder_2") and index.get("unet") else "sd"
+
+
+def load_backbone(
+    model: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+):
+    """Load any supported family's backbone, chosen from ``model_index.json``.
+
+    Returns:
+        `tuple`: (backbone, :class:`~diffsegmenter.settings.ModelSettings` of the folder's ``segmenter_config.json``).
+    """
+    from . import backbones
+
+    src = resolve_model(model)
+    family = model_family(read_model_index(src, local_files_only))
+    if family == "sd":
+        parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
+        names = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+        return backbones.StableDiffusionBackbone(*(parts[n] for n in names)), parts["settings"]
+    index = read_model_index(src, local_files_only)
+    parts = _load_listed(src, index, _FAMILY_PARTS[family], device, dtype, local_files_only)
+    if family == "sdxl":
+        bb = backbones.StableDiffusionXLBackbone(**parts)
+    elif family == "sd3":
+        bb = backbones.StableDiffusion3Backbone(**parts)
+    elif family == "flux":
+        bb = backbones.FluxBackbone(**parts)
+    else:
+        bb = backbones.PixArtBackbone(**parts)
+    return bb, _folder_settings(src)
+
+
+def _folder_settings(src: str) -> ModelSettings:
+    if looks_like_local_path(src):
+        cfg = Path(src).expanduser() / "segmenter_config.json"
+        if cfg.is_file():
+            return ModelSettings.from_file(cfg)
+    return ModelSettings()
+
+
+def _load_listed(src, index, names, device, dtype, local_files_only) -> dict[str, Any]:
+    """Load the named components with the classes ``model_index.json`` lists (from diffusers or transformers only:
+    never remote code), safetensors only; an optional component listed as null (SD3 without T5) is None."""
+    import importlib
+
+    out: dict[str, Any] = {}
+    for name in names:
+        entry = index.get(name) or [None, None]
+        lib, cls_name = (entry + [None, None])[:2] if isinstance(entry, list) else (None, None)
+        if lib is None or cls_name is None:
+            if name in _OPTIONAL_PARTS:
+                out[name] = None
+                continue
+            raise ModelNotFoundError(f"{src}: model_index.json lists no {name!r}, which this model family needs")
+        if lib not in ("diffusers", "transformers"):
+            raise ModelNotFoundError(f"{src}: component {name!r} comes from {lib!r}; only diffusers/transformers load")
+        cls = getattr(importlib.import_module(lib), cls_name)
+        kw: dict[str, Any] = {"local_files_only": local_files_only}
+        is_model = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+        if is_model:
+            part_dtype = dtype
+            if name == "vae" and dtype == torch.float16:  # SDXL's and others' VAEs overflow in fp16 (force_upcast)
+                part_dtype = torch.float32
+            kw["torch_dtype"] = part_dtype
+        out[name] = load_component(cls, src, subfolder=name, **kw)
+        if is_model:
+            out[name] = out[name].to(device)
+    return out

@@ -10,6 +10,7 @@ from .tokens import ClassTokenError, tokenise_segments
 
 __all__ = [
     "ClassPrompt",
+    "build_prompts",
     "per_class_prompt",
     "single_prompts",
     "apply_emphasis",
@@ -214,3 +215,44 @@ def apply_emphasis(z: torch.Tensor, z_empty: torch.Tensor, positions: list[int],
         idx = torch.tensor(positions, device=z.device)
         out[idx] = z_empty[idx] + weight * (z[idx] - z_empty[idx])
     return out
+
+
+def build_prompts(tokenizer, image, classes: list[str], config, captioner=None) -> list[ClassPrompt]:
+    """The prompts for one image's classes, as a :class:`~diffsegmenter.config.SegmenterConfig` describes them.
+
+    ``"single"`` mode: :func:`single_prompts`. ``"per_class"`` mode: one :func:`per_class_prompt` per class,
+    continued by ``captioner.continue_captions(image, prefixes)`` (one call for all classes) when a captioner is given
+    and ``config.use_captioner``.
+
+    Args:
+        tokenizer: the text encoder's tokenizer.
+        image (`np.ndarray`): (H, W, 3) uint8 RGB, for the captioner.
+        classes (`list[str]`): class names.
+        config (`SegmenterConfig`): template, class phrase, prompt mode and token rules.
+        captioner (*optional*): an object with ``continue_captions(image, prefixes) -> list[str]``.
+
+    Returns:
+        `list[ClassPrompt]`: per class (per_class mode), or each naming a run of classes (single mode).
+    """
+    cfg = config
+    if cfg.prompt_mode == "single":
+        return single_prompts(tokenizer, classes, cfg.template, cfg.class_phrase, cfg.joiner)
+    conts = [""] * len(classes)
+    if captioner is not None and cfg.use_captioner and classes:
+        prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
+        conts = list(captioner.continue_captions(image, prefixes))
+    return [
+        per_class_prompt(
+            tokenizer,
+            c,
+            i,
+            cfg.template,
+            cfg.class_phrase,
+            conts[i],
+            ing_heuristic=cfg.ing_heuristic,
+            token_rule=cfg.token_rule,
+            ing_offset=cfg.ing_offset,
+            emphasised=cfg.emphasis != 1.0,
+        )
+        for i, c in enumerate(classes)
+    ]

@@ -23,7 +23,8 @@ class TokenisedPrompt:
 
     Attributes:
         text (`str`): the prompt text (the segments joined).
-        input_ids (`list[int]`): BOS, the segments' tokens, EOS, then padding; length = the tokenizer's max length.
+        input_ids (`list[int]`): BOS (when the tokenizer has one: CLIP yes, T5 no), the segments' tokens, EOS, then
+            padding; length = the tokenizer's max length (77 for CLIP; a T5 backbone sets its own, e.g. 256 or 300).
         spans (`dict[str, list[int]]`): for each tagged segment, the positions of its tokens in ``input_ids``.
     """
 
@@ -52,7 +53,8 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
             ``model_max_length`` (the message names the segment and the lengths).
     """
     max_len = int(tokenizer.model_max_length)
-    ids: list[int] = [tokenizer.bos_token_id]
+    # CLIP prompts start with BOS; T5 (SD3's third encoder, FLUX, PixArt) has none and ends with EOS only
+    ids: list[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     spans: dict[str, list[int]] = {}
     tagged: dict[str, str] = {}  # tag -> its text, so that messages name the class, not an internal tag
     texts = []

@@ -76,7 +76,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         check_classes(segmenter, classes)
         flt = args.filter
         if flt is None:
-            flt = "diffusion" if "_diffusion_filter" in getattr(segmenter, "model_settings", {}) else "none"
+            from ..settings import ModelSettings
+
+            recommends = ModelSettings.coerce(getattr(segmenter, "model_settings", None)).diffusion_filter is not None
+            flt = "diffusion" if recommends else "none"
         jobs = [ImageJob(path=p, out_dir=out, stem=image_key(p)) for p in paths]
         how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
         print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")

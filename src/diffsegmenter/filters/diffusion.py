@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..prompts import per_class_prompt
+from ..settings import ModelSettings
 from .base import validate_vocabulary
 
 __all__ = ["DiffusionFilter"]
@@ -41,7 +42,8 @@ class DiffusionFilter:
     """Presence of classes from the denoising-error reduction their prompts bring.
 
     Args:
-        segmenter (`DiffSegmenter`): supplies the VAE, UNet, text encoder, prompt template and seed.
+        segmenter (`DiffSegmenter`): supplies the backbone (VAE, denoiser, text encoder), the prompt template and
+            the seed.
         timesteps (`Sequence[int]`, *optional*): timesteps the error is measured at.
         noise_draws (`int`, *optional*): noise samples per timestep.
         quantile (`float`, *optional*): the pixel quantile of r_c used as the score, in (0, 1].
@@ -51,8 +53,9 @@ class DiffusionFilter:
             model folder that recommends them names it too.
         batch_size (`int`, *optional*): UNet samples per forward.
 
-    Defaults come from the model folder's ``segmenter_config.json`` key ``"_diffusion_filter"`` when present (chosen
-    on validation scenes), else from the module's ``_DEFAULTS``.
+    Defaults come from the segmenter's :attr:`~DiffSegmenter.model_settings` (``diffusion_filter``, the model
+    folder's ``"_diffusion_filter"``, chosen on validation scenes) when present, else from the module's
+    ``_DEFAULTS``. The model runs through the segmenter's :attr:`~DiffSegmenter.backbone`.
     """
 
     def __init__(
@@ -65,7 +68,8 @@ class DiffusionFilter:
         resolution: int | None = None,
         batch_size: int = 64,
     ) -> None:
-        settings = {**_DEFAULTS, **getattr(segmenter, "model_settings", {}).get("_diffusion_filter", {})}
+        recommended = ModelSettings.coerce(getattr(segmenter, "model_settings", None)).diffusion_filter
+        settings = {**_DEFAULTS, **(recommended or {})}
         self.seg = segmenter
         self.timesteps = tuple(int(t) for t in (timesteps if timesteps is not None else settings["timesteps"]))
         self.noise_draws = int(noise_draws if noise_draws is not None else settings["noise_draws"])
@@ -95,33 +99,34 @@ class DiffusionFilter:
         """
         seg = self.seg
         cfg = seg.config
+        backbone = seg.backbone
         z0 = seg.encode_latents([image], cfg.seed, self.resolution)  # (1, c, h, w)
-        texts = [seg._empty_embedding()]
+        texts = [backbone.empty_embedding()]
         for i, name in enumerate(vocabulary):
-            texts.append(seg.encode_prompt(per_class_prompt(seg.tokenizer, name, i, cfg.template, cfg.class_phrase)))
+            texts.append(
+                seg.encode_prompt(per_class_prompt(backbone.tokenizer, name, i, cfg.template, cfg.class_phrase))
+            )
         text = torch.stack(texts)  # (K+1, T, D)
         gen = torch.Generator().manual_seed(cfg.seed)
         err_sum = torch.zeros(len(texts), *z0.shape[-2:])
         for t in self.timesteps:
             for _ in range(self.noise_draws):
                 eps = torch.randn(z0.shape, generator=gen)
-                zt = seg.scheduler.add_noise(z0, eps, torch.tensor([t]))
+                zt = backbone.add_noise(z0, eps, t)
                 err_sum += self._errors(zt, eps, t, text)
         err = err_sum / (len(self.timesteps) * self.noise_draws)
         scale = err[0].mean().clamp_min(1e-8)
         return (err[0:1] - err[1:]) / scale
 
     def _errors(self, zt: torch.Tensor, eps: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
-        seg = self.seg
+        backbone = self.seg.backbone
         out = []
         for start in range(0, text.shape[0], self.batch_size):
             chunk = text[start : start + self.batch_size]
             n = chunk.shape[0]
-            latents = zt.expand(n, -1, -1, -1).to(seg.device, seg.dtype)
-            pred = seg.unet(
-                latents, torch.tensor(t, device=seg.device), encoder_hidden_states=chunk, return_dict=False
-            )
-            out.append(((pred[0].float().cpu() - eps) ** 2).mean(dim=1))
+            latents = zt.expand(n, -1, -1, -1).to(backbone.device, backbone.dtype)
+            pred = backbone.denoise(latents, t, chunk)
+            out.append(((pred.float().cpu() - eps) ** 2).mean(dim=1))
         return torch.cat(out)
 
     def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:

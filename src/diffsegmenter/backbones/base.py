@@ -1,0 +1,250 @@
+"""The :class:`DiffusionBackbone` interface: every operation an attention pass needs from a diffusion model.
+
+A backbone is the frozen text-to-image model a segmenter reads: an image autoencoder, a denoiser whose attention is
+captured, one or more text encoders and a noise schedule. The segmenter, the attention passes, the category filters
+and the benchmarks call only these operations, so none of them names a model family: a new family (SDXL, SD3, FLUX,
+PixArt) is a new subclass.
+
+A backbone holds no segmenter settings: what an operation depends on (resolution, antialiasing, posterior sample or
+mean, seed, emphasis weight and positions, timestep) is an argument. Its only state is a cache of text embeddings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..prompts import apply_emphasis
+
+__all__ = ["DiffusionBackbone"]
+
+_TEXT_CACHE_LIMIT = 4096
+
+
+class DiffusionBackbone(ABC):
+    """A frozen diffusion model seen as the operations of one attention pass.
+
+    Subclasses implement the model-specific steps (:meth:`encode_latents`, :meth:`add_noise`, :meth:`encode_ids`,
+    :meth:`empty_ids`, :meth:`denoise`, :meth:`capture`, :meth:`attention_layers`, :meth:`sample_bytes`, and the
+    properties). Image preprocessing, per-image seeded noise and the cached, emphasised text encoding are shared.
+
+    Attributes:
+        tokenizer: the tokenizer prompts are built with (``diffsegmenter.prompts`` reads BOS/EOS/padding from it).
+        default_level_weights (`dict[int, float]`): fusion weight per downsampling factor that suits the family's
+            denoiser (for SD1/SD2, the released code's 0.3/0.5/0.1/0.1 over 1/8, 1/4, 1/2, 1/1).
+    """
+
+    tokenizer = None
+
+    def __init__(self) -> None:
+        self._text_cache: dict[tuple, torch.Tensor] = {}
+
+    @property
+    @abstractmethod
+    def default_level_weights(self) -> dict[int, float]:
+        """Fusion weight per downsampling factor that suits the family's denoiser (a new dict)."""
+
+    #: The family's name (``"sd"``, ``"sdxl"``, ``"sd3"``, ``"flux"``, ``"pixart"``).
+    family = "sd"
+
+    def family_defaults(self) -> dict:
+        """:class:`~diffsegmenter.config.SegmenterConfig` field values this family needs where the class defaults
+        (the released SD1.5 code's) do not fit; a field a user (or the model folder) did not set comes from here.
+        Empty for SD1/SD2, so their behaviour is the released code's."""
+        return {}
+
+    # ------------------------------------------------------------------ what the model is
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the denoiser runs."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """The denoiser's dtype; text embeddings and noisy latents are given to it in this dtype."""
+
+    @property
+    @abstractmethod
+    def native_resolution(self) -> int:
+        """Input side length the model was trained at (the denoiser's sample size times the autoencoder's
+        downsampling; 512 for SD1.5, 64 for the shipped shapes model)."""
+
+    # ------------------------------------------------------------------ images
+    def preprocess(self, image: np.ndarray, resolution: int, *, antialias: bool = False) -> torch.Tensor:
+        """RGB image -> the autoencoder's input.
+
+        Args:
+            image (`np.ndarray`): (H, W, 3) uint8 RGB.
+            resolution (`int`): output side length R (aspect not kept).
+            antialias (`bool`, *optional*, defaults to False): antialias the bilinear resize (False = plain bilinear,
+                ``align_corners=False``, as the released code).
+
+        Returns:
+            `torch.Tensor`: (3, R, R) float32 in [-1, 1] on the CPU.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+        r = int(resolution)
+        if x.shape[-2:] != (r, r):
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=antialias)
+        return (x[0] * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+    @abstractmethod
+    def encode_latents(
+        self,
+        images: Sequence[np.ndarray],
+        resolution: int,
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        antialias: bool = False,
+    ) -> torch.Tensor:
+        """Encode images to clean latents, scaled (and shifted) as the denoiser expects them.
+
+        Args:
+            images (`Sequence[np.ndarray]`): (H, W, 3) uint8 RGB arrays.
+            resolution (`int`): input side length (see :meth:`preprocess`).
+            sample (`bool`, *optional*, defaults to False): draw from the encoder's posterior (seeded by
+                ``seed + 1``, the same draw for every image) instead of taking its mean.
+            seed (`int`, *optional*, defaults to 0): seed of that draw.
+            antialias (`bool`, *optional*, defaults to False): see :meth:`preprocess`.
+
+        Returns:
+            `torch.Tensor`: (N, c, h, w) float32 on the CPU.
+        """
+
+    def noise_like(self, latents: torch.Tensor, seed: int) -> torch.Tensor:
+        """Per-image noise: every image gets ``torch.randn`` of ``torch.Generator().manual_seed(seed)``, so its result
+        does not depend on which other images share the batch.
+
+        Returns:
+            `torch.Tensor`: (N, c, h, w) float32 on the CPU, the shape of ``latents``.
+        """
+        return torch.stack(
+            [
+                torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))
+                for _ in range(latents.shape[0])
+            ]
+        )
+
+    @abstractmethod
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """Noise clean latents to ``timestep`` with the family's forward process.
+
+        Args:
+            latents (`torch.Tensor`): (N, c, h, w) clean latents.
+            noise (`torch.Tensor`): (N, c, h, w) standard normal noise.
+            timestep (`int`): the timestep, the same for every sample.
+
+        Returns:
+            `torch.Tensor`: (N, c, h, w) noisy latents, on the inputs' device and in their dtype.
+        """
+
+    # ------------------------------------------------------------------ text
+    @abstractmethod
+    def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
+        """One text-encoder call on one prompt's padded token ids, not cached.
+
+        ``text`` is the prompt the ids were made from: families with several text encoders (SDXL, SD3, FLUX)
+        tokenise it for the encoders whose tokens are not read. Families that need a pooled embedding (SDXL, SD3,
+        FLUX) append it as one extra, zero-padded last row; token positions never reach that row.
+
+        Returns:
+            `torch.Tensor`: (T, D) in :attr:`dtype` on the text encoder's device.
+        """
+
+    @abstractmethod
+    def empty_ids(self) -> list[int]:
+        """The padded token ids of the empty prompt."""
+
+    @torch.inference_mode()
+    def empty_embedding(self) -> torch.Tensor:
+        """Text embedding of the empty prompt, (T, D) in :attr:`dtype`; encoded once (emphasis, the
+        classifier-free-guidance reference, filters)."""
+        key = ("",)
+        if key not in self._text_cache:
+            self._text_cache[key] = self.encode_ids(self.empty_ids(), text="")
+        return self._text_cache[key]
+
+    @torch.inference_mode()
+    def encode_text(
+        self,
+        input_ids: Sequence[int],
+        *,
+        emphasis: float = 1.0,
+        positions: Sequence[int] = (),
+        text: str | None = None,
+    ) -> torch.Tensor:
+        """Text embedding of a prompt with some tokens emphasised; cached per (ids, emphasis, positions).
+
+        Emphasis is Compel's ``z_empty + w * (z - z_empty)`` on the given positions
+        (:func:`~diffsegmenter.prompts.apply_emphasis`).
+
+        Args:
+            input_ids (`Sequence[int]`): the prompt's padded token ids.
+            emphasis (`float`, *optional*, defaults to 1.0): the weight w; 1.0 = none.
+            positions (`Sequence[int]`, *optional*): the token positions it weights.
+            text (`str`, *optional*): the prompt's text (see :meth:`encode_ids`).
+
+        Returns:
+            `torch.Tensor`: (T, D) in :attr:`dtype`.
+        """
+        key = (emphasis, *input_ids, -1, *positions, text)
+        if key not in self._text_cache:
+            z = self.encode_ids(list(input_ids), text=text)
+            if emphasis != 1.0:
+                z = apply_emphasis(z, self.empty_embedding(), list(positions), emphasis)
+            if len(self._text_cache) > _TEXT_CACHE_LIMIT:
+                self._text_cache.clear()
+            self._text_cache[key] = z
+        return self._text_cache[key]
+
+    # ------------------------------------------------------------------ denoiser
+    @abstractmethod
+    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+        """One denoiser forward.
+
+        Args:
+            latents (`torch.Tensor`): (B, c, h, w) noisy latents in :attr:`dtype` on :attr:`device`.
+            timestep (`int`): the timestep, the same for every sample.
+            text (`torch.Tensor`): (B, T, D) text embeddings.
+
+        Returns:
+            `torch.Tensor`: (B, c, h, w) the denoiser's prediction (noise, for SD1/SD2).
+        """
+
+    @abstractmethod
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
+        """A context in which :meth:`denoise` records attention in ``store``; the model is restored on exit, also
+        after an exception.
+
+        Args:
+            store (`~diffsegmenter.attention.AttentionStore`): receives every cross-attention layer's
+                probabilities and the queries/keys of the self-attention layers at ``self_factor``. Levels are
+                found from the tensors' shapes and ``store.latent_size``.
+            self_factor (`int`, *optional*): downsampling factor of the self-attention layers to read; None = the
+                finest level that has self-attention (UNet families).
+            blocks, self_blocks (`list[int]`, *optional*): transformer families: the blocks read for the class maps
+                and for completion; None = the family's default.
+        """
+
+    @abstractmethod
+    def attention_layers(self) -> dict[str, tuple[str, int]]:
+        """Which layers carry attention, and where.
+
+        Returns:
+            `dict[str, tuple[str, int]]`: layer name -> (``"cross"`` or ``"self"``, downsampling factor relative
+            to the latent; 1 = finest).
+        """
+
+    @abstractmethod
+    def sample_bytes(self, latent_size: tuple[int, int]) -> int:
+        """Estimated host memory of one denoiser sample with attention capture at this latent size, in bytes (an
+        over-estimate; sizes CPU batches)."""

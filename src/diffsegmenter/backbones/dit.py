@@ -1,0 +1,164 @@
+"""Shared parts of the transformer (DiT / MM-DiT) backbones: SD3, FLUX and PixArt-Σ.
+
+A diffusion transformer has no resolution levels: every block sees the same token grid (the latent cut into 2x2
+patches), so its attention lands at one "level", downsampling factor 2, and *blocks*, not levels, are what is chosen
+(``SegmenterConfig.attention_blocks`` / ``self_attention_blocks``). ``level_weights`` is ``{2: 1.0}``.
+
+Flow-matching families (SD3, FLUX) noise with ``x_sigma = (1 - sigma) x0 + sigma eps`` (what
+``FlowMatchEulerDiscreteScheduler.scale_noise`` computes). ``SegmenterConfig.timestep`` keeps its meaning, "t of
+1000 on SD's DDPM schedule", and is mapped to the sigma of the same signal-to-noise ratio (:func:`flow_sigma`):
+t = 100 -> sigma = 0.256. For comparison Seg4Diff's "step 8 of 28" on SD3 (shift 3) is sigma = 0.88, i.e. t ~ 600.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import numpy as np
+import torch
+
+from ..attention import capture_wrapped
+from .base import DiffusionBackbone
+from .sd import vae_latents
+
+__all__ = ["TransformerBackbone", "flow_sigma", "DIT_LEVEL_WEIGHTS"]
+
+#: Every block of a DiT sits at downsampling factor 2 of the latent (2x2 patches).
+DIT_LEVEL_WEIGHTS: dict[int, float] = {2: 1.0}
+
+
+def flow_sigma(timestep: int) -> float:
+    """The flow-matching sigma whose signal-to-noise ratio equals SD's DDPM schedule at ``timestep`` of 1000.
+
+    SD's scaled-linear betas (0.00085 -> 0.012) give abar_t; flow matching has SNR = ((1 - sigma) / sigma)^2, so
+    sigma = sqrt(1 - abar_t) / (sqrt(abar_t) + sqrt(1 - abar_t)). t = 100 -> 0.256, t = 400 -> 0.538.
+    """
+    betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
+    abar = float(np.cumprod(1.0 - betas)[int(timestep)])
+    return math.sqrt(1 - abar) / (math.sqrt(abar) + math.sqrt(1 - abar))
+
+
+def t5_tokenizer(tokenizer, max_length: int):
+    """A shallow copy of a T5 tokenizer whose ``model_max_length`` is the family's text length (the pipelines'
+    ``max_sequence_length``), so prompts are padded to it and longer ones refused with the class named."""
+    tok = copy.copy(tokenizer)
+    tok.model_max_length = int(max_length)
+    return tok
+
+
+class TransformerBackbone(DiffusionBackbone):
+    """Common code of the transformer families; subclasses give the text encoding, the denoiser call and the plan.
+
+    Attributes:
+        vae: ``AutoencoderKL``. transformer: the denoiser. scheduler: its scheduler.
+    """
+
+    #: processor-key template of block i, and the wrapper classes (cross reader, self reader)
+    flow = False
+
+    def __init__(self, vae, transformer, tokenizer, scheduler) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        size = getattr(self.transformer.config, "sample_size", None) or 128  # FLUX: the pipeline's 128 latent
+        return int(size) * self.vae_scale
+
+    @property
+    def default_level_weights(self) -> dict[int, float]:
+        return dict(DIT_LEVEL_WEIGHTS)
+
+    # ------------------------------------------------------------------ blocks
+    def num_blocks(self) -> int:
+        raise NotImplementedError
+
+    def default_blocks(self) -> list[int]:
+        """Blocks read for the class maps by default: all of them (an unweighted average, ours)."""
+        return list(range(self.num_blocks()))
+
+    def default_self_blocks(self) -> list[int]:
+        """Block whose self-attention completes the maps by default: the middle one (ours; one block keeps the
+        stored queries/keys to one layer's worth)."""
+        return [self.num_blocks() // 2]
+
+    def family_defaults(self) -> dict:
+        return {
+            "level_weights": dict(DIT_LEVEL_WEIGHTS),
+            "attention_blocks": self.default_blocks(),
+            "self_attention_blocks": self.default_self_blocks(),
+        }
+
+    def plan(self, blocks: list[int], self_blocks: list[int]) -> dict[str, tuple[type, bool, bool]]:
+        """``{processor key: (wrapper class, read_cross, read_self)}``."""
+        raise NotImplementedError
+
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
+        if self_factor is not None:
+            raise ValueError(
+                "self_attention_factor applies to UNet backbones; a transformer has no levels: use "
+                "self_attention_blocks"
+            )
+        blocks = self.default_blocks() if blocks is None else list(blocks)
+        self_blocks = self.default_self_blocks() if self_blocks is None else list(self_blocks)
+        n = self.num_blocks()
+        bad = [b for b in [*blocks, *self_blocks] if not 0 <= b < n]
+        if bad:
+            raise ValueError(
+                f"block index {bad[0]} out of range: this {self.family} denoiser has {n} blocks (0..{n - 1})"
+            )
+        return capture_wrapped(self.transformer, self.plan(blocks, self_blocks), store)
+
+    def attention_layers(self) -> dict[str, tuple[str, int]]:
+        plan = self.plan(list(range(self.num_blocks())), list(range(self.num_blocks())))
+        return {name.removesuffix(".processor"): ("cross" if c else "self", 2) for name, (_, c, _) in plan.items()}
+
+    # ------------------------------------------------------------------ latents
+    @torch.inference_mode()
+    def encode_latents(
+        self,
+        images: Sequence[np.ndarray],
+        resolution: int,
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        antialias: bool = False,
+    ) -> torch.Tensor:
+        step = 2 * self.vae_scale
+        if int(resolution) % step:
+            raise ValueError(f"{self.family} needs an input size divisible by {step} (2x2 patches), got {resolution}")
+        return vae_latents(self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        if not self.flow:
+            t = torch.tensor([int(timestep)] * latents.shape[0], dtype=torch.long)
+            return self.scheduler.add_noise(latents, noise, t)
+        sigma = flow_sigma(timestep)
+        return (1.0 - sigma) * latents + sigma * noise
+
+    def sample_bytes(self, latent_size: tuple[int, int]) -> int:
+        """Activations of one block (about 12 x tokens x width) plus the kept queries/keys, float32, x 2."""
+        cfg = self.transformer.config
+        width = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
+        tokens = (int(latent_size[0]) // 2) * (int(latent_size[1]) // 2) + 512
+        return 2 * 4 * tokens * width * (12 + 2 * len(self.default_self_blocks()))

@@ -1,0 +1,104 @@
+"""FLUX.1 (``FluxTransformer2DModel``) as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
+
+Text: T5 tokens (256, schnell's ``max_sequence_length``) are the joint sequence's text part, and class tokens are
+placed with the T5 tokenizer (no BOS); CLIP-L gives only the pooled vector (``FluxPipeline.encode_prompt``).
+Latents: 16-channel shifted VAE latents packed into 2x2 patches with (0, row, col) position ids
+(``FluxPipeline._pack_latents`` / ``_prepare_latent_image_ids``). Attention: [text; image] per double-stream block
+(``transformer_blocks``), already joined in single-stream blocks (``single_transformer_blocks``); rotary
+embedding is applied before the scores (:class:`~diffsegmenter.attention.FluxCaptureProcessor`). Blocks are
+numbered double-stream first, then single-stream. Noise: flow matching at sigma (:mod:`.dit`). FLUX.1-dev's
+guidance embedding gets 3.5 (its pipeline default); schnell has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import FluxCaptureProcessor
+from .dit import TransformerBackbone, flow_sigma, t5_tokenizer
+
+__all__ = ["FluxBackbone", "FLUX_T5_LENGTH"]
+
+#: FLUX.1-schnell's ``max_sequence_length`` (dev allows 512).
+FLUX_T5_LENGTH = 256
+
+
+class FluxBackbone(TransformerBackbone):
+    """FLUX.1 (schnell or dev): VAE, MM-DiT with double- and single-stream blocks, T5 + CLIP pooled, flow matching."""
+
+    family = "flux"
+    flow = True
+
+    def __init__(self, vae, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler) -> None:
+        super().__init__(vae, transformer, t5_tokenizer(tokenizer_2, FLUX_T5_LENGTH), scheduler)
+        self.clip = text_encoder.eval().requires_grad_(False)
+        self.clip_tokenizer = tokenizer
+        self.t5 = text_encoder_2.eval().requires_grad_(False)
+
+    def num_blocks(self) -> int:
+        return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
+
+    def default_blocks(self) -> list[int]:
+        """The double-stream blocks (ours: the single-stream ones are 2x as many and would double the capture cost;
+        they can be named: indices from ``len(transformer_blocks)`` on)."""
+        return list(range(len(self.transformer.transformer_blocks)))
+
+    def default_self_blocks(self) -> list[int]:
+        return [len(self.transformer.transformer_blocks) // 2]
+
+    def plan(self, blocks, self_blocks):
+        nd = len(self.transformer.transformer_blocks)
+        out = {}
+        for i in sorted(set(blocks) | set(self_blocks)):
+            key = (
+                f"transformer_blocks.{i}.attn.processor"
+                if i < nd
+                else f"single_transformer_blocks.{i - nd}.attn.processor"
+            )
+            out[key] = (FluxCaptureProcessor, i in blocks, i in self_blocks)
+        return out
+
+    def empty_ids(self) -> list[int]:
+        tok = self.tokenizer
+        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
+
+    def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
+        ids = list(input_ids)
+        if text is None:
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        z = self.t5(torch.tensor([ids], device=self.t5.device))[0][0]
+        tok = self.clip_tokenizer
+        clip_ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True)["input_ids"]
+        pooled = self.clip(torch.tensor([clip_ids], device=self.clip.device)).pooler_output[0]
+        pooled_row = F.pad(pooled.to(z.device, z.dtype), (0, z.shape[-1] - pooled.shape[-1]))[None]
+        return torch.cat([z, pooled_row]).to(self.dtype)
+
+    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = latents.shape
+        packed = (
+            latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+        )
+        img_ids = torch.zeros(h // 2, w // 2, 3)
+        img_ids[..., 1] += torch.arange(h // 2)[:, None]
+        img_ids[..., 2] += torch.arange(w // 2)[None, :]
+        img_ids = img_ids.reshape(-1, 3).to(self.device, self.dtype)
+        tokens = text[:, :-1]
+        txt_ids = torch.zeros(tokens.shape[1], 3, device=self.device, dtype=self.dtype)
+        pooled = text[:, -1, : int(self.transformer.config.pooled_projection_dim)]
+        guidance = None
+        if getattr(self.transformer.config, "guidance_embeds", False):
+            guidance = torch.full((b,), 3.5, device=self.device, dtype=torch.float32)
+        out = self.transformer(
+            hidden_states=packed,
+            timestep=torch.full((b,), flow_sigma(timestep), device=self.device, dtype=self.dtype),
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=tokens,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)

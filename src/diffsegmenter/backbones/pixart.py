@@ -1,0 +1,68 @@
+"""PixArt-Σ (and -α) (``PixArtTransformer2DModel``) as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
+
+A DiT with ordinary cross-attention (``attn2``) to T5 tokens (300 for Σ, ``PixArtSigmaPipeline``'s
+``max_sequence_length``; no BOS) with the padding masked, and image self-attention (``attn1``). Class tokens are
+placed with the T5 tokenizer. The text embedding's padding rows are zeroed and the mask is recovered from them at the
+denoiser call (a real token's embedding is never all zeros), so the mask travels with the embedding. Noise: the
+scheduler's DDPM ``add_noise`` at t (PixArt's linear betas). The learned-variance half of the output is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..attention import PixArtCrossCaptureProcessor, PixArtSelfCaptureProcessor
+from .dit import TransformerBackbone, t5_tokenizer
+
+__all__ = ["PixArtBackbone", "PIXART_T5_LENGTH"]
+
+#: ``PixArtSigmaPipeline``'s default ``max_sequence_length`` (PixArt-α: 120).
+PIXART_T5_LENGTH = 300
+
+
+class PixArtBackbone(TransformerBackbone):
+    """PixArt-Σ: VAE, DiT with cross-attention to T5, DDPM noise."""
+
+    family = "pixart"
+    flow = False
+
+    def __init__(self, vae, transformer, text_encoder, tokenizer, scheduler, max_length: int = PIXART_T5_LENGTH):
+        super().__init__(vae, transformer, t5_tokenizer(tokenizer, max_length), scheduler)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+
+    def num_blocks(self) -> int:
+        return len(self.transformer.transformer_blocks)
+
+    def plan(self, blocks, self_blocks):
+        out = {f"transformer_blocks.{i}.attn2.processor": (PixArtCrossCaptureProcessor, True, False) for i in blocks}
+        for i in self_blocks:
+            out[f"transformer_blocks.{i}.attn1.processor"] = (PixArtSelfCaptureProcessor, False, True)
+        return out
+
+    def empty_ids(self) -> list[int]:
+        tok = self.tokenizer
+        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
+
+    def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
+        ids = list(input_ids)
+        eos = self.tokenizer.eos_token_id
+        n = ids.index(eos) + 1 if eos in ids else len(ids)
+        mask = torch.zeros(1, len(ids), dtype=torch.long, device=self.text_encoder.device)
+        mask[:, :n] = 1
+        z = self.text_encoder(torch.tensor([ids], device=self.text_encoder.device), attention_mask=mask)[0][0]
+        return (z * mask[0, :, None]).to(self.dtype)
+
+    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+        b, c = latents.shape[:2]
+        mask = (text != 0).any(dim=-1).to(self.dtype)
+        out = self.transformer(
+            latents,
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            timestep=torch.full((b,), int(timestep), device=self.device, dtype=torch.long),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            return_dict=False,
+        )[0]
+        return out[:, :c] if out.shape[1] == 2 * c else out

@@ -1,0 +1,137 @@
+"""Stable Diffusion 1.x / 2.x as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
+
+``AutoencoderKL`` + ``UNet2DConditionModel`` + one CLIP text encoder and its tokenizer + a DDPM-family scheduler
+(DDIM, DDPM and PNDM share SD's noise schedule). The shipped shapes model has the same layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import numpy as np
+import torch
+
+from ..attention import capture_attention, layer_downsampling_factor
+from ..config import PAPER_LEVEL_WEIGHTS
+from .base import DiffusionBackbone
+
+__all__ = ["StableDiffusionBackbone"]
+
+
+class StableDiffusionBackbone(DiffusionBackbone):
+    r"""The SD1/SD2 family: VAE latents, a UNet with cross-attention to one CLIP text encoder, ``add_noise`` at t.
+
+    The modules are put in eval mode with gradients off.
+
+    Args:
+        vae (`AutoencoderKL`): the image encoder (its decoder is never used).
+        unet (`UNet2DConditionModel`): the denoiser whose attention is read.
+        text_encoder (`CLIPTextModel`): the prompt encoder.
+        tokenizer (`CLIPTokenizer`): its tokenizer.
+        scheduler: a diffusers scheduler with ``add_noise``.
+
+    Example:
+        ```python
+        >>> bb = StableDiffusionBackbone(vae, unet, text_encoder, tokenizer, scheduler)
+        >>> z0 = bb.encode_latents([image], bb.native_resolution)              # (1, 4, 64, 64) for SD1.5
+        >>> zt = bb.add_noise(z0, bb.noise_like(z0, seed=0), timestep=100)
+        >>> eps = bb.denoise(zt.to(bb.device, bb.dtype), 100, bb.empty_embedding()[None])
+        ```
+    """
+
+    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.unet = unet.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def native_resolution(self) -> int:
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.unet.config.sample_size) * scale
+
+    @property
+    def default_level_weights(self) -> dict[int, float]:
+        return dict(PAPER_LEVEL_WEIGHTS)
+
+    @torch.inference_mode()
+    def encode_latents(
+        self,
+        images: Sequence[np.ndarray],
+        resolution: int,
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        antialias: bool = False,
+    ) -> torch.Tensor:
+        return vae_latents(self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        t = torch.tensor([int(timestep)] * latents.shape[0], dtype=torch.long)
+        return self.scheduler.add_noise(latents, noise, t)
+
+    def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
+        x = torch.tensor([list(input_ids)], device=self.text_encoder.device)
+        return self.text_encoder(x)[0][0].to(self.dtype)
+
+    def empty_ids(self) -> list[int]:
+        tok = self.tokenizer
+        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
+
+    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor(timestep, device=self.device)
+        return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
+        if blocks is not None or self_blocks is not None:
+            raise ValueError(
+                "attention_blocks / self_attention_blocks apply to transformer backbones (SD3, FLUX, PixArt); a UNet "
+                "is read by levels: use level_weights and self_attention_factor"
+            )
+        return capture_attention(self.unet, store, self_factor)
+
+    def attention_layers(self) -> dict[str, tuple[str, int]]:
+        nd, nu = len(self.unet.down_blocks), len(self.unet.up_blocks)
+        return {
+            name.removesuffix(".processor"): (
+                "cross" if ".attn2." in name else "self",
+                layer_downsampling_factor(name, nd, nu),
+            )
+            for name in self.unet.attn_processors
+        }
+
+    def sample_bytes(self, latent_size: tuple[int, int]) -> int:
+        """8 x latent pixels x the sum of the UNet's block widths x 4 bytes (about 460 MB for SD1.5 at 512², meant
+        as an over-estimate)."""
+        widths = sum(int(c) for c in self.unet.config.block_out_channels)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        return 8 * int(latent_size[0]) * int(latent_size[1]) * widths * max(4, itemsize)
+
+
+def vae_latents(backbone, vae, images, resolution, *, sample=False, seed=0, antialias=False) -> torch.Tensor:
+    """Encode images with an ``AutoencoderKL``: (N, c, h, w) float32 clean latents on the CPU, shifted and scaled as
+    the denoiser expects (``(z - shift_factor) * scaling_factor``; SD3 and FLUX have a shift)."""
+    with torch.inference_mode():
+        pixels = torch.stack([backbone.preprocess(im, resolution, antialias=antialias) for im in images])
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        z0 = dist.mean.float().cpu()
+        if sample:
+            eps = torch.stack(
+                [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1)) for _ in images]
+            )
+            z0 = z0 + dist.std.float().cpu() * eps
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (z0 - shift) * vae.config.scaling_factor
