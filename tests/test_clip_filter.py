@@ -146,9 +146,11 @@ def test_caption_words_matching_a_class_are_kept_by_text(clip, image) -> None:
     assert "picture" not in d.words  # prompt words are not evidence (words_from_prompts=False)
     assert d.kept == [c for c in VOCAB if c in set(d.image_kept) | set(d.text_kept)]
     assert d.sources() == {"image_similarity": d.image_kept, "text_similarity": d.text_kept}
-    calls = f.captioner.calls
     assert f.predict(image, VOCAB) == d.kept and f.scores(image, VOCAB) == d.scores
-    assert f.captioner.calls == calls  # scores() + predict() on the same image run the recipe once
+    calls = f.captioner.calls
+    decision = f.select(image, VOCAB)  # the segmenter's one call: kept classes and scores from one run
+    assert decision.kept == d.kept and decision.scores == d.scores
+    assert f.captioner.calls == calls + 1  # the recipe ran once, and nothing of the last image is remembered
     f.explain(image, VOCAB).kept.append("mutated")
     assert f.predict(image, VOCAB) == d.kept  # the memo is not shared with callers
     f.img_rel_threshold = 0.0  # changed settings are not served from the memo

@@ -47,20 +47,20 @@ def test_bad_settings_raise(tiny_segmenter):
         DiffusionFilter(tiny_segmenter).scores(_image(), [])
 
 
-def test_scores_then_predict_run_the_model_once(tiny_segmenter, monkeypatch):
+def test_select_runs_the_model_once_per_image(tiny_segmenter, monkeypatch):
     flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
     calls = []
     original = flt.reduction_maps
     monkeypatch.setattr(flt, "reduction_maps", lambda image, vocab: calls.append(1) or original(image, vocab))
     vocab = ["cat", "sofa"]
-    flt.scores(_image(), vocab)
-    flt.predict(_image(), vocab)
+    decision = flt.select(_image(), vocab)  # kept classes and scores from one run
     assert len(calls) == 1
-    flt.scores(_image(seed=1), vocab)  # another image is computed afresh
-    assert len(calls) == 2
+    assert decision.scores == flt.scores(_image(), vocab) and decision.kept == flt.predict(_image(), vocab)
+    flt.select(_image(seed=1), vocab)  # another image is computed afresh (nothing of the last one is remembered)
+    assert len(calls) == 4  # select, scores, predict, then select on the other image
 
 
-def test_remembered_scores_follow_the_segmenter_settings(tiny_segmenter):
+def test_scores_follow_the_segmenter_settings(tiny_segmenter):
     flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
     vocab = ["cat", "sofa"]
     before = flt.scores(_image(), vocab)
@@ -87,3 +87,25 @@ def test_filter_runs_at_its_own_resolution(tiny_segmenter):
     assert DiffusionFilter(tiny_segmenter).resolution == native
     with pytest.raises(ValueError, match="resolution"):
         DiffusionFilter(tiny_segmenter, resolution=0)
+
+
+def test_built_in_filters_come_from_one_factory_and_any_object_can_decide(tiny_segmenter):
+    from diffsegmenter.filters import FilterDecision, build_filter, select_classes
+
+    flt = build_filter("diffusion", tiny_segmenter, timesteps=(300,), noise_draws=1)
+    assert isinstance(flt, DiffusionFilter) and flt.timesteps == (300,)
+    with pytest.raises(ValueError, match="unknown filter 'nope'"):
+        build_filter("nope", tiny_segmenter)
+
+    class Legacy:  # a user filter with only scores() and predict()
+        def scores(self, image, vocabulary):
+            return {c: float(i) for i, c in enumerate(vocabulary)}
+
+        def predict(self, image, vocabulary):
+            return vocabulary[1:]
+
+    assert select_classes(Legacy(), _image(), ["cat", "sofa"]) == FilterDecision(["sofa"], {"cat": 0.0, "sofa": 1.0})
+    with pytest.raises(TypeError, match="select"):
+        select_classes(object(), _image(), ["cat"])
+    res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"], filter=Legacy())
+    assert res.classes == ["sofa"] and res.candidates == {"cat": 0.0, "sofa": 1.0}

@@ -93,7 +93,7 @@ class DiffSegmenter:
         self.model_settings = model_settings
         classes = default_classes if default_classes is not None else self.model_settings.classes
         self.default_classes = list(classes) if classes else None
-        self.filters: dict[str, Any] = {}
+        self._filters: dict[str, Any] = {}  # built-in filters built by name on first use (filters.build_filter)
 
     @classmethod
     def from_pretrained(
@@ -195,8 +195,9 @@ class DiffSegmenter:
             images: a path, a PIL image or an (H, W[, C]) array (uint8, uint16 or float in [0, 1]); or a list.
             classes (`list[str]` or `list[list[str]]`, *optional*): class names for every image, or one list per
                 image. With a filter, the vocabulary to choose from. Defaults to the model's own classes, if any.
-            filter (*optional*): None (keep all classes), ``"clip"``, ``"diffusion"``, or a category-filter object
-                with ``scores(image, vocabulary) -> dict`` and ``predict(image, vocabulary) -> list``.
+            filter (*optional*): None (keep all classes), ``"clip"``, ``"diffusion"`` (built once by
+                :func:`~diffsegmenter.filters.build_filter`), or a filter object with
+                ``select(image, vocabulary) -> FilterDecision`` (or ``scores()`` and ``predict()``).
             seed (`int`, *optional*): noise seed; defaults to ``config.seed``. Same seed, same output.
             tau (`float`, *optional*): background score in [0, 1]; defaults to ``config.tau``. A negative value means
                 background never wins (every pixel gets its best class, for label sets without background).
@@ -367,28 +368,14 @@ class DiffSegmenter:
         return [list(validated) for _ in range(n)]
 
     def _get_filter(self, filter: Any):
-        """A filter object from a name ("diffusion", "clip") or the object itself; loaded once and kept."""
+        """A filter object from a name (built once by :func:`~diffsegmenter.filters.build_filter`) or the object."""
         if not isinstance(filter, str):
             return filter
-        if filter not in self.filters:
-            if filter == "diffusion":
-                from .filters.diffusion import DiffusionFilter
+        if filter not in self._filters:
+            from .filters.base import build_filter
 
-                self.filters[filter] = DiffusionFilter(self)
-            elif filter == "clip":
-                from .captioner import BlipCaptioner
-                from .filters.clip import ClipBlipFilter
-
-                blip = self.captioner if isinstance(self.captioner, BlipCaptioner) else None
-                self.filters[filter] = ClipBlipFilter.from_pretrained(
-                    device=self.device, dtype=self.dtype, captioner=blip
-                )
-            else:
-                raise ValueError(
-                    f"unknown filter {filter!r}: use None, 'clip' (BLIP + CLIP, the paper's recipe), 'diffusion' "
-                    "(the diffusion model alone), or pass a filter object with scores() and predict()"
-                )
-        return self.filters[filter]
+            self._filters[filter] = build_filter(filter, self)
+        return self._filters[filter]
 
     def _run_pass(self, work: list[tuple[int, ClassPrompt]], latents: torch.Tensor, plan: PassPlan) -> ClassMaps:
         spec = PassSpec.from_config(self.config, where=plan.where, which_weights=plan.which_weights)
@@ -409,12 +396,14 @@ class DiffSegmenter:
         """Each image's kept classes and its candidates (every vocabulary class's score; None without a filter)."""
         if filter is None:
             return class_lists, [None] * len(arrays)
+        from .filters.base import select_classes
+
         flt = self._get_filter(filter)
         kept_lists, candidates = [], []
         for img, vocab in zip(arrays, class_lists):
-            scores = flt.scores(img, vocab)
-            kept = set(flt.predict(img, vocab))  # filters remember the last image's scores
-            candidates.append({c: float(scores.get(c, 0.0)) for c in vocab})
+            decision = select_classes(flt, img, vocab)  # one filter run per image
+            kept = set(decision.kept)
+            candidates.append({c: float(decision.scores.get(c, 0.0)) for c in vocab})
             kept_lists.append([c for c in vocab if c in kept])
         return kept_lists, candidates
 

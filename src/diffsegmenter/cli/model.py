@@ -78,8 +78,10 @@ def load_segmenter(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
         raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
 
 
-def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> str | None:
-    """Make the ``--filter`` available to ``segment(filter=...)``; its name, or None for no filter."""
+def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> Any:
+    """What ``segment(filter=...)`` gets for ``--filter``: None, the name ``"diffusion"`` (the segmenter builds it from
+    its own model), or the loaded CLIP filter (built by :func:`~diffsegmenter.filters.build_filter` on the
+    ``--device`` / ``--dtype`` given)."""
     if name is None or name == "none":
         return None
     if name == "diffusion":
@@ -88,14 +90,13 @@ def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> 
         except ImportError:
             raise CliError("the diffusion filter is not available in this installation; use --filter clip") from None
         return "diffusion"
-    from ..filters.clip import ClipBlipFilter
+    from ..filters.base import build_filter
 
     kwargs = {k: v for k, v in load_kwargs(args).items() if k in ("device", "dtype")}
     try:
-        segmenter.filters["clip"] = ClipBlipFilter.from_pretrained(captioner=segmenter.captioner, **kwargs)
+        return build_filter("clip", segmenter, **kwargs)
     except (ValueError, OSError) as exc:
         raise CliError(" ".join(str(exc).split())) from None
-    return "clip"
 
 
 def check_overrides(overrides: dict[str, Any]) -> None:

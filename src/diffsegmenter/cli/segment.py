@@ -125,7 +125,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 "classes present in each image); this model declares no classes of its own"
             )
         check_classes(segmenter, classes if classes is not None else segmenter.default_classes)
-        filter_name = setup_filter(segmenter, args.filter, args)
+        flt = setup_filter(segmenter, args.filter, args)
+        filter_name = None if args.filter in (None, "none") else args.filter
         config = segmenter.config.to_dict()
         config.pop("max_image_pixels", None)  # a limit on the inputs, not a setting of the results
         request = {
@@ -140,7 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             jobs,
             formats=formats,
             classes=classes,
-            filter=filter_name,
+            filter=flt,
             request=request,
             overwrite=args.overwrite,
             images_per_batch=args.images_per_batch,

@@ -1,6 +1,7 @@
 """Category filters: decide which classes of a vocabulary are present in an image (method.md §5).
 
-- :class:`CategoryFilter`: the protocol every filter implements (``scores`` and ``predict``).
+- :class:`CategoryFilter`: the protocol every filter implements (``select`` -> :class:`FilterDecision`).
+- :func:`build_filter`: the built-in filters by name (``"diffusion"``, ``"clip"``).
 - :class:`ClipBlipFilter`: the paper's recipe, BLIP captions + CLIP image-text and text-text similarity.
 - :class:`DiffusionFilter`: needs only the diffusion model (denoising-error reduction of each class prompt).
 - :func:`load_candidates` / :func:`save_candidates`: the released JSON format of precomputed filter outputs.
@@ -14,13 +15,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from diffsegmenter.filters.base import CategoryFilter, validate_vocabulary
+    from diffsegmenter.filters.base import (
+        CategoryFilter,
+        FilterDecision,
+        build_filter,
+        select_classes,
+        validate_vocabulary,
+    )
     from diffsegmenter.filters.candidates import image_key, load_candidates, save_candidates
     from diffsegmenter.filters.clip import ClipBlipDecision, ClipBlipFilter
     from diffsegmenter.filters.diffusion import DiffusionFilter
 
 _LAZY = {
     "CategoryFilter": "base",
+    "FilterDecision": "base",
+    "build_filter": "base",
+    "select_classes": "base",
     "validate_vocabulary": "base",
     "image_key": "candidates",
     "load_candidates": "candidates",
@@ -35,9 +45,12 @@ __all__ = [
     "ClipBlipDecision",
     "ClipBlipFilter",
     "DiffusionFilter",
+    "FilterDecision",
+    "build_filter",
     "image_key",
     "load_candidates",
     "save_candidates",
+    "select_classes",
     "validate_vocabulary",
 ]
 

@@ -9,14 +9,44 @@ one) implements :class:`CategoryFilter`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+__all__ = ["CategoryFilter", "FilterDecision", "build_filter", "select_classes", "validate_vocabulary"]
+
+
+@dataclass
+class FilterDecision:
+    """What a category filter decided for one image.
+
+    Attributes:
+        kept (`list[str]`): the classes judged present, in vocabulary order (possibly empty).
+        scores (`dict[str, float]`): presence score of every vocabulary class, in vocabulary order; higher means
+            more likely present (each filter documents its range).
+    """
+
+    kept: list[str]
+    scores: dict[str, float]
 
 
 @runtime_checkable
 class CategoryFilter(Protocol):
-    """Decides which classes of a vocabulary are present in an image."""
+    """Decides which classes of a vocabulary are present in an image: :meth:`select` is the one call the segmenter
+    makes (one model run per image). ``scores`` and ``predict`` give either half alone (each its own run)."""
+
+    def select(self, image: np.ndarray, vocabulary: list[str]) -> FilterDecision:
+        """The kept classes and every class's presence score, from one run on the image.
+
+        Args:
+            image (`np.ndarray` of shape `(H, W, 3)`, dtype `uint8`): RGB image, values in [0, 255].
+            vocabulary (`list[str]`): candidate class names, unique.
+
+        Returns:
+            `FilterDecision`.
+        """
+        ...
 
     def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
         """Presence score of every vocabulary class.
@@ -64,3 +94,52 @@ def validate_vocabulary(vocabulary: Sequence[str]) -> list[str]:
     except ClassListError as exc:
         raise ClassListError(f"vocabulary: {exc}") from None
     return list(vocabulary)
+
+
+def select_classes(flt: Any, image: np.ndarray, vocabulary: list[str]) -> FilterDecision:
+    """Ask a filter object for its decision: its :meth:`CategoryFilter.select`, or, for a user object that only has
+    ``scores(image, vocabulary)`` and ``predict(image, vocabulary)``, those two calls.
+
+    Raises:
+        TypeError: the object has neither.
+    """
+    if hasattr(flt, "select"):
+        return flt.select(image, vocabulary)
+    if hasattr(flt, "scores") and hasattr(flt, "predict"):
+        scores = flt.scores(image, vocabulary)
+        kept = set(flt.predict(image, vocabulary))
+        return FilterDecision([c for c in vocabulary if c in kept], {c: float(scores.get(c, 0.0)) for c in vocabulary})
+    raise TypeError(
+        f"a filter must have select(image, vocabulary) (or scores() and predict()), got {type(flt).__name__}"
+    )
+
+
+def build_filter(name: str, segmenter: Any, **options: Any) -> Any:
+    """The factory of the built-in filters, by name.
+
+    Args:
+        name (`str`): ``"diffusion"`` (the segmenter's own diffusion model: denoising-error reduction per class,
+            settings from the model folder's recommendation) or ``"clip"`` (the paper's BLIP + CLIP recipe; reuses
+            the segmenter's BLIP captioner when it has one).
+        segmenter (`DiffSegmenter`): supplies the model (diffusion) or the device, dtype and captioner (clip).
+        **options: forwarded to :class:`~diffsegmenter.filters.diffusion.DiffusionFilter` or
+            :meth:`~diffsegmenter.filters.clip.ClipBlipFilter.from_pretrained` (e.g. ``threshold=``, ``clip=``).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name == "diffusion":
+        from .diffusion import DiffusionFilter
+
+        return DiffusionFilter(segmenter, **options)
+    if name == "clip":
+        from ..captioner import BlipCaptioner
+        from .clip import ClipBlipFilter
+
+        captioner = segmenter.captioner if isinstance(segmenter.captioner, BlipCaptioner) else None
+        kwargs = {"device": segmenter.device, "dtype": segmenter.dtype, "captioner": captioner, **options}
+        return ClipBlipFilter.from_pretrained(**kwargs)
+    raise ValueError(
+        f"unknown filter {name!r}: use None, 'clip' (BLIP + CLIP, the paper's recipe), 'diffusion' (the diffusion "
+        "model alone), or pass a filter object with select(image, vocabulary)"
+    )

@@ -27,8 +27,6 @@ of the released ``predict_syn_txt_0.8_img_0.97.json``, with these differences, a
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -46,7 +44,7 @@ from diffsegmenter.captioner import (
     normalized_words,
     strip_prefix,
 )
-from diffsegmenter.filters.base import validate_vocabulary
+from diffsegmenter.filters.base import FilterDecision, validate_vocabulary
 
 if TYPE_CHECKING:
     import torch
@@ -171,13 +169,6 @@ def caption_words(
                     if cand in wanted:
                         out.setdefault(wanted[cand])
     return list(out)
-
-
-def _image_digest(image: np.ndarray) -> str:
-    """A content hash of an image array (shape included)."""
-    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(image).data)
-    return digest.hexdigest()
 
 
 def _fold_name(name: str) -> str:
@@ -309,7 +300,6 @@ class ClipBlipFilter:
         self.cache_size = int(cache_size)
         self._class_cache: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._word_cache: dict[str, torch.Tensor] = {}
-        self._last: tuple[tuple[Any, ...], ClipBlipDecision] | None = None
 
     @classmethod
     def from_pretrained(
@@ -360,6 +350,11 @@ class ClipBlipFilter:
 
     # -- CategoryFilter ---------------------------------------------------------------------------------------------
 
+    def select(self, image: np.ndarray, vocabulary: list[str]) -> FilterDecision:
+        """The kept classes and their scores (in [0, 1]) from one run of BLIP and CLIP on the image."""
+        decision = self.explain(image, vocabulary)
+        return FilterDecision(list(decision.kept), dict(decision.scores))
+
     def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
         """Presence score per class, in [0, 1]: 1.0 if kept by text similarity, else logit / max logit.
 
@@ -387,8 +382,7 @@ class ClipBlipFilter:
     def explain(self, image: np.ndarray, vocabulary: list[str]) -> ClipBlipDecision:
         """Run the whole recipe on one image and return every intermediate result.
 
-        The last decision is memoised (keyed by a hash of the image bytes, the vocabulary and the settings), so
-        calling :meth:`scores` and :meth:`predict` on the same image runs BLIP and CLIP once.
+        Each call runs BLIP and CLIP (nothing of the image is remembered; class and word embeddings are cached).
 
         Args:
             image (`np.ndarray` of shape `(H, W, 3)`, dtype `uint8`): RGB image (a PIL image is accepted too).
@@ -404,20 +398,6 @@ class ClipBlipFilter:
 
         vocab = validate_vocabulary(vocabulary)
         image = _as_image_array(image)
-        settings = (
-            self.img_rel_threshold,
-            self.text_threshold,
-            tuple(self.caption_prompts),
-            self.class_template,
-            self.word_max_length,
-            self.stop_words,
-            self.noun_heuristic,
-            self.words_from_prompts,
-            id(self.captioner),
-        )
-        memo_key = (_image_digest(image), tuple(vocab), settings)
-        if self._last is not None and self._last[0] == memo_key:
-            return copy.deepcopy(self._last[1])
         sentence_emb, name_emb = self._class_embeddings(vocab)
 
         # (a) image-text similarity, relative to the best class
@@ -465,14 +445,12 @@ class ClipBlipFilter:
             kept=kept,
             scores=scores,
         )
-        self._last = (memo_key, copy.deepcopy(decision))
         return decision
 
     def clear_cache(self) -> None:
         """Drop the cached class and word embeddings (e.g. after moving the model)."""
         self._class_cache.clear()
         self._word_cache.clear()
-        self._last = None
 
     # -- internals --------------------------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ Cost: (K + 1) x len(timesteps) x noise_draws UNet samples per image, in batches;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 
 from ..prompts import per_class_prompt
 from ..settings import ModelSettings
-from .base import validate_vocabulary
+from .base import FilterDecision, validate_vocabulary
 
 __all__ = ["DiffusionFilter"]
 
@@ -78,7 +77,6 @@ class DiffusionFilter:
         res = resolution if resolution is not None else settings["resolution"]
         self.resolution = int(res) if res is not None else None
         self.batch_size = int(batch_size)
-        self._last: tuple[tuple, dict[str, float]] | None = None  # scores() then predict() on one image: one run
         if not self.timesteps or any(not 0 < t < 1000 for t in self.timesteps):
             raise ValueError(f"timesteps must be in 1..999, got {self.timesteps}")
         if self.noise_draws < 1 or not 0 < self.quantile <= 1:
@@ -129,33 +127,22 @@ class DiffusionFilter:
             out.append(((pred.float().cpu() - eps) ** 2).mean(dim=1))
         return torch.cat(out)
 
-    def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
-        """Presence score per class: the ``quantile`` of its error-reduction map (unbounded; ~0 when absent).
-
-        The last image's scores are remembered, so ``scores`` then ``predict`` on it costs one run.
-        """
+    def select(self, image: np.ndarray, vocabulary: list[str]) -> FilterDecision:
+        """The kept classes and their scores from one run on the image (:meth:`scores` then :meth:`predict`)."""
         vocab = validate_vocabulary(vocabulary)
-        image = np.ascontiguousarray(image)
-        key = (
-            image.shape,
-            hash(image.tobytes()),
-            tuple(vocab),
-            self.timesteps,
-            self.noise_draws,
-            self.quantile,
-            self.resolution,
-            # every segmenter setting the maps depend on (seed, prompt wording, emphasis, resolution, ...): a change
-            # to the live segmenter's config must not return the scores of the old one
-            json.dumps(self.seg.config.to_dict(), sort_keys=True, default=str),
-        )
-        if self._last is None or self._last[0] != key:
-            maps = self.reduction_maps(image, vocab)
-            q = torch.quantile(maps.flatten(1), self.quantile, dim=1)
-            self._last = (key, {name: float(v) for name, v in zip(vocab, q)})
-        return dict(self._last[1])
+        scores = self.scores(image, vocab)
+        return FilterDecision(self.predict(image, vocab, scores=scores), scores)
+
+    def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
+        """Presence score per class: the ``quantile`` of its error-reduction map (unbounded; ~0 when absent)."""
+        vocab = validate_vocabulary(vocabulary)
+        maps = self.reduction_maps(np.ascontiguousarray(image), vocab)
+        q = torch.quantile(maps.flatten(1), self.quantile, dim=1)
+        return {name: float(v) for name, v in zip(vocab, q)}
 
     def predict(self, image: np.ndarray, vocabulary: list[str], scores: dict[str, float] | None = None) -> list[str]:
-        """Classes whose score reaches ``threshold`` (the best one if none does), in vocabulary order."""
+        """Classes whose score reaches ``threshold`` (the best one if none does), in vocabulary order; a run on the
+        image unless its ``scores`` are given."""
         vocab = validate_vocabulary(vocabulary)
         scores = scores if scores is not None else self.scores(image, vocab)
         kept = [c for c in vocab if scores[c] >= self.threshold]
