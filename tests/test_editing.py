@@ -110,7 +110,7 @@ def test_edit_shapes_dtype_and_untouched_outside(tiny_segmenter):
     res = _edit(tiny_segmenter, img)
     assert res.image.shape == img.shape and res.image.dtype == np.uint8
     assert res.mask.shape == img.shape[:2] and res.mask.dtype == np.float32
-    assert 0.0 <= res.mask.min() and res.mask.max() <= 1.0
+    assert res.mask.min() >= 0.0 and res.mask.max() <= 1.0
     assert res.region.shape == img.shape[:2] and res.region.dtype == bool
     assert res.segmentation.classes == ["bird", "dog"]
     assert res.edited, "the tiny model labels some pixels bird at tau 0.3"

@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EditSettings:
-    """How an edit runs. The defaults were chosen on the shapes model's **val** scenes
-    (``research/shapes/edit_eval.py``); for a large model (SD1.5) more guidance (e.g. 7.5) is usual.
+    """How an edit runs. The defaults are generic (the shapes model card samples with guidance 4; for SD1.5, 7.5 is
+    usual). The shapes evaluation (``research/shapes/edit_eval.py``) chose ``steps=10, guidance=1.0`` on val scenes.
 
     Attributes:
         dilate (`int`): pixels the target's mask grows by (disk), >= 0.
