@@ -256,6 +256,51 @@ class DiffSegmenter:
         """Same as :meth:`segment`."""
         return self.segment(images, classes, **kwargs)
 
+    def edit(
+        self,
+        image,
+        target: str,
+        prompt: str,
+        *,
+        classes: Sequence[str] | None = None,
+        tau: float | None = None,
+        seed: int | None = None,
+        progress: bool = True,
+        **settings: Any,
+    ):
+        """Segment ``target`` and regenerate only its region from ``prompt`` with this model (blended latent
+        diffusion; :mod:`~diffsegmenter.editing`). Pixels outside the dilated mask are returned exactly.
+
+        Args:
+            image: a path, a PIL image or an array, as :meth:`segment` reads them.
+            target (`str`): the class to replace, e.g. ``"cat"``.
+            prompt (`str`): what to put there, e.g. ``"a tiger"``.
+            classes (`list[str]`, *optional*): classes competing with the target for each pixel (must hold it);
+                defaults to the model's own classes when they hold the target, else the target alone.
+            tau (`float`, *optional*): background score in [0, 1] for the mask; defaults to ``config.tau``.
+            seed (`int`, *optional*): seed of the segmentation and the edit; same seed, same output.
+            progress (`bool`, *optional*): show a progress bar over the denoising steps.
+            **settings: :class:`~diffsegmenter.editing.EditSettings` fields: ``dilate``, ``feather``, ``steps``,
+                ``guidance``, ``strength``, ``resolution``.
+
+        Returns:
+            :class:`~diffsegmenter.editing.EditResult`: ``image`` (H, W, 3) uint8 at the input size, ``mask`` (the
+            paste-back weight), ``region``, ``segmentation``.
+        """
+        from .editing import EditSettings, edit_images
+
+        return edit_images(
+            self,
+            [image],
+            [target],
+            [prompt],
+            classes=classes,
+            tau=tau,
+            settings=EditSettings(**settings),
+            seed=seed,
+            progress=progress,
+        )[0]
+
     # ------------------------------------------------------------------ recipe steps, public for tests and tools
     def preprocess(self, image: np.ndarray, resolution: int | None = None) -> torch.Tensor:
         """RGB uint8 (H, W, 3) -> (3, R, R) float32 in [-1, 1] (bilinear, aspect not kept); R = ``resolution`` or

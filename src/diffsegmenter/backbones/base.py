@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,9 +22,25 @@ import torch.nn.functional as F
 
 from ..prompts import apply_emphasis
 
-__all__ = ["DiffusionBackbone"]
+__all__ = ["DiffusionBackbone", "Sampler"]
 
 _TEXT_CACHE_LIMIT = 4096
+
+
+class Sampler(Protocol):
+    """A family's reverse process for generation and editing (:meth:`DiffusionBackbone.sampler`).
+
+    Attributes:
+        timesteps (`list`): the steps, from the noisiest to the cleanest; each is given as is to
+            :meth:`DiffusionBackbone.denoise` and :meth:`DiffusionBackbone.add_noise`.
+    """
+
+    timesteps: list
+
+    def step(self, prediction: torch.Tensor, timestep, latents: torch.Tensor) -> torch.Tensor:
+        """One reverse step: the latents at ``timestep`` and the (guided) denoiser prediction there -> the latents
+        at the next entry of :attr:`timesteps` (the clean latents after the last one); same shape and dtype."""
+        ...
 
 
 class DiffusionBackbone(ABC):
@@ -248,3 +265,38 @@ class DiffusionBackbone(ABC):
     def sample_bytes(self, latent_size: tuple[int, int]) -> int:
         """Estimated host memory of one denoiser sample with attention capture at this latent size, in bytes (an
         over-estimate; sizes CPU batches)."""
+
+    # ------------------------------------------------------------------ generation (editing)
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode latents (as :meth:`encode_latents` gives them) to images; used by editing.
+
+        Args:
+            latents (`torch.Tensor`): (N, c, h, w) latents, scaled (and shifted) as the denoiser expects them.
+
+        Returns:
+            `torch.Tensor`: (N, 3, H, W) float32 in [-1, 1] on the CPU.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot decode latents yet, so it cannot edit images: implement decode_latents()"
+        )
+
+    def prompt_embedding(self, prompt: str) -> torch.Tensor:
+        """Text embedding of a free prompt (no emphasis), what :meth:`denoise` takes for one sample; used by editing.
+
+        Raises:
+            ValueError: the prompt does not fit the text encoder; the message says how long it may be.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot encode free prompts yet: implement prompt_embedding()"
+        )
+
+    def sampler(self, steps: int) -> Sampler:
+        """A fresh reverse process of ``steps`` steps for this family (deterministic, e.g. DDIM for SD1/SD2)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no sampler yet, so it cannot edit images: implement sampler()"
+        )
+
+    def guide(self, unconditional: torch.Tensor, conditional: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Classifier-free guidance: ``u + guidance * (c - u)`` of the denoiser's predictions on the empty prompt and
+        on the prompt (a family whose predictions combine otherwise overrides this)."""
+        return unconditional + guidance * (conditional - unconditional)

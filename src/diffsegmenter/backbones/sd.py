@@ -14,7 +14,7 @@ import torch
 
 from ..attention import capture_attention, layer_downsampling_factor
 from ..config import PAPER_LEVEL_WEIGHTS
-from .base import DiffusionBackbone
+from .base import DiffusionBackbone, Sampler
 
 __all__ = ["StableDiffusionBackbone"]
 
@@ -25,11 +25,12 @@ class StableDiffusionBackbone(DiffusionBackbone):
     The modules are put in eval mode with gradients off.
 
     Args:
-        vae (`AutoencoderKL`): the image encoder (its decoder is never used).
+        vae (`AutoencoderKL`): the image autoencoder (its decoder is used by editing only).
         unet (`UNet2DConditionModel`): the denoiser whose attention is read.
         text_encoder (`CLIPTextModel`): the prompt encoder.
         tokenizer (`CLIPTokenizer`): its tokenizer.
-        scheduler: a diffusers scheduler with ``add_noise``.
+        scheduler: a diffusers scheduler with ``add_noise``; editing samples with a DDIM scheduler made from its
+            config (same noise schedule).
 
     Example:
         ```python
@@ -119,6 +120,42 @@ class StableDiffusionBackbone(DiffusionBackbone):
         widths = sum(int(c) for c in self.unet.config.block_out_channels)
         itemsize = torch.finfo(self.dtype).bits // 8
         return 8 * int(latent_size[0]) * int(latent_size[1]) * widths * max(4, itemsize)
+
+    # ------------------------------------------------------------------ generation (editing)
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        z = latents / self.vae.config.scaling_factor + shift
+        x = self.vae.decode(z.to(self.device, self.vae.dtype), return_dict=False)[0]
+        return x.float().cpu().clamp(-1.0, 1.0)
+
+    @torch.inference_mode()
+    def prompt_embedding(self, prompt: str) -> torch.Tensor:
+        tok = self.tokenizer
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=False)["input_ids"]
+        if len(ids) > tok.model_max_length:
+            raise ValueError(
+                f"the prompt {prompt[:40]!r}... is {len(ids)} tokens long; this text encoder reads at most "
+                f"{tok.model_max_length}: shorten it"
+            )
+        return self.encode_text(ids)
+
+    def sampler(self, steps: int) -> Sampler:
+        from diffusers import DDIMScheduler
+
+        return _DiffusersSampler(DDIMScheduler.from_config(self.scheduler.config), steps)
+
+
+class _DiffusersSampler:
+    """A diffusers scheduler with ``set_timesteps`` and ``step`` seen as a :class:`~.base.Sampler`."""
+
+    def __init__(self, scheduler, steps: int) -> None:
+        self.scheduler = scheduler
+        scheduler.set_timesteps(int(steps))
+        self.timesteps = [int(t) for t in scheduler.timesteps]
+
+    def step(self, prediction: torch.Tensor, timestep, latents: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
 
 
 def vae_latents(backbone, vae, images, resolution, *, sample=False, seed=0, antialias=False) -> torch.Tensor:

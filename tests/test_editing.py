@@ -1,0 +1,210 @@
+"""Segment-then-edit (issue 21): mask helpers by known answers, and the edit on a tiny random SD model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffsegmenter.editing import (
+    EditSettings,
+    dilate_mask,
+    edit_command,
+    feather_mask,
+    latent_mask,
+    paste_back,
+    vae_round_trip_error,
+)
+
+FAST = {"steps": 2, "dilate": 1, "feather": 1}
+
+
+def _image(seed: int = 0, size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(20, 60, size=(*size, 3), dtype=np.uint8)
+    img[8:20, 10:22] = (200, 40, 40)
+    return img
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def test_dilate_single_pixel_gives_a_disk():
+    m = torch.zeros(7, 7, dtype=torch.bool)
+    m[3, 3] = True
+    d1 = dilate_mask(m, 1)
+    assert d1.dtype == torch.bool
+    assert d1.sum() == 5 and d1[2, 3] and d1[3, 2] and not d1[2, 2]  # a plus: dy² + dx² <= 1
+    d2 = dilate_mask(m, 2)
+    assert d2.sum() == 13  # the radius-2 digital disk
+    assert torch.equal(dilate_mask(m, 0), m)
+
+
+def test_dilate_at_the_border_and_empty():
+    m = torch.zeros(5, 5, dtype=torch.bool)
+    assert not dilate_mask(m, 3).any()
+    m[0, 0] = True
+    assert dilate_mask(m, 1).sum() == 3
+    with pytest.raises(ValueError, match=">= 0"):
+        dilate_mask(m, -1)
+
+
+def test_feather_ramps_inside_the_mask_only():
+    m = torch.zeros(9, 9, dtype=torch.bool)
+    m[2:7, 2:7] = True
+    w = feather_mask(m, 1)
+    assert w.dtype == torch.float32
+    assert torch.all(w[~m] == 0)  # never outside the mask
+    assert torch.all(w[3:6, 3:6] == 1.0)
+    ring = m.clone()
+    ring[3:6, 3:6] = False
+    assert torch.allclose(w[ring], torch.tensor(0.5))
+    w2 = feather_mask(m, 2)  # edge 1/3, next ring 2/3, centre 1
+    assert w2[2, 4] == pytest.approx(1 / 3) and w2[3, 4] == pytest.approx(2 / 3) and w2[4, 4] == 1.0
+    assert torch.equal(feather_mask(m, 0), m.float())
+    full = torch.ones(4, 4, dtype=torch.bool)
+    assert torch.all(feather_mask(full, 2) == 1.0)  # the image border is not an edge
+
+
+def test_latent_mask_any_coverage():
+    r = torch.zeros(8, 8, dtype=torch.bool)
+    r[0, 0] = True
+    lm = latent_mask(r, (4, 4))
+    assert lm.shape == (4, 4) and lm.dtype == torch.float32
+    assert lm[0, 0] == 1 and lm.sum() == 1
+
+
+def test_paste_back_keeps_zero_weight_pixels_exactly():
+    a = np.full((4, 4, 3), 10, np.uint8)
+    b = np.full((4, 4, 3), 250, np.uint8)
+    w = np.zeros((4, 4), np.float32)
+    w[1, 1], w[2, 2] = 1.0, 0.5
+    out = paste_back(a, b, w)
+    assert out.dtype == np.uint8
+    assert out[1, 1, 0] == 250 and out[2, 2, 0] == 130 and out[0, 0, 0] == 10
+    assert np.array_equal(out[w == 0], a[w == 0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 0}, "steps"),
+        ({"dilate": -1}, "dilate"),
+        ({"guidance": -1.0}, "guidance"),
+        ({"strength": 0.0}, "strength"),
+        ({"strength": 1.5}, "strength"),
+        ({"resolution": 3}, "resolution"),
+    ],
+)
+def test_settings_ranges(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EditSettings(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------- the edit
+def _edit(seg, img, **kw):
+    kw = {**FAST, **kw}
+    return seg.edit(img, "bird", "a cat", classes=["bird", "dog"], tau=0.3, progress=False, **kw)
+
+
+def test_edit_shapes_dtype_and_untouched_outside(tiny_segmenter):
+    img = _image(size=(30, 34))  # not square, not the native size
+    res = _edit(tiny_segmenter, img)
+    assert res.image.shape == img.shape and res.image.dtype == np.uint8
+    assert res.mask.shape == img.shape[:2] and res.mask.dtype == np.float32
+    assert res.mask.min() >= 0.0 and res.mask.max() <= 1.0
+    assert res.region.shape == img.shape[:2] and res.region.dtype == bool
+    assert res.segmentation.classes == ["bird", "dog"]
+    assert res.edited, "the tiny model labels some pixels bird at tau 0.3"
+    outside = ~res.region
+    assert outside.any()
+    assert np.array_equal(res.image[outside], img[outside])  # exactly, thanks to the paste-back
+    assert np.all(res.mask[outside] == 0)
+    assert not np.array_equal(res.image, img)
+
+
+def test_edit_is_deterministic_by_seed(tiny_segmenter):
+    img = _image(1)
+    a = _edit(tiny_segmenter, img, seed=3)
+    b = _edit(tiny_segmenter, img, seed=3)
+    c = _edit(tiny_segmenter, img, seed=4)
+    assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_edit_guidance_one_and_partial_strength_run(tiny_segmenter):
+    img = _image(2)
+    res = _edit(tiny_segmenter, img, guidance=1.0, strength=0.5, steps=4)
+    assert res.image.shape == img.shape
+
+
+def test_edit_nothing_found_returns_the_image(tiny_segmenter):
+    img = _image(3)
+    res = tiny_segmenter.edit(img, "bird", "a cat", classes=["bird"], tau=1.0, progress=False, **FAST)
+    assert not res.edited
+    assert np.array_equal(res.image, img)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"target": "cat", "classes": ["bird", "dog"]}, "not among the classes"),
+        ({"tau": 1.5}, "tau must be"),
+        ({"tau": -0.1}, "tau must be"),
+        ({"target": ""}, "empty"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_edit_bad_input_says_how_to_fix(tiny_segmenter, kwargs, match):
+    args = {"target": "bird", "prompt": "a cat", "classes": ["bird", "dog"], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        tiny_segmenter.edit(_image(), args.pop("target"), args.pop("prompt"), progress=False, **args)
+
+
+def test_edit_without_classes_uses_the_target_alone(tiny_segmenter):
+    res = tiny_segmenter.edit(_image(), "bird", "a cat", tau=0.3, progress=False, **FAST)
+    assert res.segmentation.classes == ["bird"]
+
+
+def test_vae_round_trip_error_is_a_number(tiny_segmenter):
+    err = vae_round_trip_error(tiny_segmenter.backbone, [_image()])
+    assert 0.0 <= err <= 255.0
+
+
+def test_edit_command_writes_pngs(tiny_segmenter, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(_image(i)).save(folder / f"x{i}.png")
+    written = edit_command(
+        [folder],
+        tmp_path / "out",
+        target="bird",
+        prompt="a cat",
+        classes=["bird", "dog"],
+        tau=0.3,
+        settings=EditSettings(**FAST),
+        save_mask=True,
+        progress=False,
+        segmenter=tiny_segmenter,
+    )
+    assert [p.name for p in written] == ["x0.png", "x1.png"]
+    assert (tmp_path / "out" / "x0.mask.png").exists()
+    one = edit_command(
+        [folder / "x0.png"],
+        tmp_path / "edited.png",
+        target="bird",
+        prompt="a cat",
+        classes=["bird", "dog"],
+        tau=0.3,
+        settings=EditSettings(**FAST),
+        progress=False,
+        segmenter=tiny_segmenter,
+    )
+    assert one == [tmp_path / "edited.png"]
+    assert np.asarray(Image.open(one[0])).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="PNG"):
+        edit_command([folder / "x0.png"], tmp_path / "e.jpg", target="bird", prompt="a cat", segmenter=tiny_segmenter)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        edit_command([folder], tmp_path / "o", target="bird", prompt="", segmenter=tiny_segmenter)
