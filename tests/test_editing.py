@@ -208,3 +208,31 @@ def test_edit_command_writes_pngs(tiny_segmenter, tmp_path):
         edit_command([folder / "x0.png"], tmp_path / "e.jpg", target="bird", prompt="a cat", segmenter=tiny_segmenter)
     with pytest.raises(ValueError, match="prompt is empty"):
         edit_command([folder], tmp_path / "o", target="bird", prompt="", segmenter=tiny_segmenter)
+
+
+def test_the_edit_subcommand_writes_the_edit_and_refuses_bad_settings(tiny_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    src = tmp_path / "in.png"
+    Image.fromarray(_image()).save(src)
+    out = tmp_path / "edited.png"
+    argv = [
+        "edit",
+        str(src),
+        "--target",
+        "cat",
+        "--prompt",
+        "a dog",
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+    ]
+    assert cli.main([*argv, "--steps", "2", "--quiet", "--save-mask"]) == 0
+    edited = np.asarray(Image.open(out))
+    assert edited.shape == (32, 32, 3) and edited.dtype == np.uint8
+    assert (tmp_path / "edited.mask.png").is_file()
+    assert cli.main([*argv, "--strength", "2"]) == 2  # refused before the model loads
+    assert "strength must be in (0, 1]" in capsys.readouterr().err
