@@ -71,6 +71,7 @@ REQUIRED_ARGS = {
     "segment": ["x.png", "--out", "o"],
     "demo": [],
     "eval": ["--dataset", "shapes", "--root", "r", "--out", "o"],
+    "edit": ["x.png", "--target", "cat", "--prompt", "a dog", "--out", "o.png"],
 }
 
 
@@ -101,7 +102,7 @@ def test_each_subcommand_keeps_its_default_model(monkeypatch) -> None:
     from diffsegmenter.cli.evaluate import load_eval_segmenter
     from diffsegmenter.evaluation.harness import DEFAULT_MODEL
 
-    for command in ("segment", "demo"):  # not forwarded: the library's default ('shapes') applies
+    for command in ("segment", "demo", "edit"):  # not forwarded: the library's default ('shapes') applies
         assert cli.build_parser().parse_args([command, *REQUIRED_ARGS[command]]).model is None
     loaded = []
 
