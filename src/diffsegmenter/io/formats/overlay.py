@@ -135,7 +135,7 @@ def _shrink_border(border: np.ndarray, labels: np.ndarray, scale: int) -> np.nda
 
 def _add_legend(image: Image.Image, entries: list[tuple[str, tuple[int, ...]]]) -> Image.Image:
     width, height = image.size
-    font_size = int(min(max(10, height // 40), 32))
+    font_size = int(min(max(14, height // 24), 32))
     font = ImageFont.load_default(size=font_size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     ascent_box = measure.textbbox((0, 0), "Hgjy", font=font)
