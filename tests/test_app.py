@@ -113,3 +113,43 @@ def test_the_page_in_headless_chromium(served) -> None:
         finally:
             browser.close()
     assert outside == []  # nothing loaded from outside the server: no CDN fonts or scripts
+
+
+def test_serve_is_a_subcommand_with_host_port_and_time_limit() -> None:
+    from diffsegmenter.app import DEFAULT_HOST, DEFAULT_PORT
+    from diffsegmenter.cli import COMMANDS, build_parser
+
+    assert "serve" in COMMANDS
+    args = build_parser().parse_args(["serve", "--model", "shapes", "--port", "7999", "--time-limit", "30"])
+    assert (args.model, args.host, args.port, args.time_limit) == ("shapes", DEFAULT_HOST, 7999, 30.0)
+    assert build_parser().parse_args(["serve"]).port == DEFAULT_PORT and DEFAULT_HOST == "127.0.0.1"
+
+
+def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
+    from diffsegmenter.app import AppError, SegmentService, parse_class_text
+
+    class NoModel:
+        default_classes = None
+
+        def segment(self, *args, **kwargs):  # pragma: no cover - must not be reached
+            raise AssertionError("the model ran")
+
+    service = SegmentService(NoModel(), time_limit=5, work_dir=tmp_path)
+    try:
+        with pytest.raises(AppError, match="no image"):
+            service.run(None, "cat")
+        with pytest.raises(AppError, match="could not be found"):
+            service.run(str(tmp_path / "missing.png"), "cat")
+        (tmp_path / "x.png").write_bytes(b"not an image")
+        with pytest.raises(AppError, match="unknown filter"):
+            service.run(str(tmp_path / "x.png"), "cat", "sam")
+        with pytest.raises(AppError, match="no classes of its own"):
+            service.run(str(tmp_path / "x.png"), "", "none")
+        with pytest.raises(AppError, match="tau"):
+            service.run(str(tmp_path / "x.png"), "cat", "none", 1.5)
+        with pytest.raises(AppError, match="cannot use this image"):
+            service.run(str(tmp_path / "x.png"), "cat", "none")
+        with pytest.raises(AppError, match="at most"):
+            parse_class_text(",".join(f"c{i}" for i in range(60)))
+    finally:
+        service.close()
