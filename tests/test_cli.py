@@ -71,6 +71,7 @@ REQUIRED_ARGS = {
     "segment": ["x.png", "--out", "o"],
     "demo": [],
     "eval": ["--dataset", "shapes", "--root", "r", "--out", "o"],
+    "serve": [],
 }
 
 
