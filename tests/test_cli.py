@@ -72,6 +72,7 @@ REQUIRED_ARGS = {
     "demo": [],
     "eval": ["--dataset", "shapes", "--root", "r", "--out", "o"],
     "edit": ["x.png", "--target", "cat", "--prompt", "a dog", "--out", "o.png"],
+    "serve": [],
 }
 
 

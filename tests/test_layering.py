@@ -24,12 +24,12 @@ PACKAGE = "diffsegmenter"
 CORE_MODULES = ("aggregation", "attention", "tokens", "config", "prompts")
 CORE_PATTERN = re.compile(rf"^{PACKAGE}\.(?:{'|'.join(CORE_MODULES)}|backbones?(?:\..+)?)$")
 #: What core modules may never import (a module or anything below it).
-FORBIDDEN_FOR_CORE = tuple(f"{PACKAGE}.{name}" for name in ("cli", "io", "batch", "evaluation", "filters")) + (
+FORBIDDEN_FOR_CORE = tuple(f"{PACKAGE}.{name}" for name in ("cli", "app", "io", "batch", "evaluation", "filters")) + (
     "research",
 )
-#: The front half's own layers, bottom up: io (files) < batch (the runner) < evaluation < cli. A layer never
-#: imports one above it.
-FRONT_LAYERS = ("io", "batch", "evaluation", "cli")
+#: The front half's own layers, bottom up: io (files) < batch (the runner) < evaluation < app (the web app) < cli.
+#: A layer never imports one above it (``cli.serve`` starts the app; the app never reaches into the CLI).
+FRONT_LAYERS = ("io", "batch", "evaluation", "app", "cli")
 #: Heavy libraries a core module may load only where it runs them (function level) or for type checkers.
 HEAVY_AT_IMPORT = ("diffusers", "transformers")
 
@@ -168,12 +168,18 @@ def test_the_checker_flags_synthetic_violations_and_passes_allowed_edges():
         Edge("diffsegmenter.io.paths", "diffsegmenter.cli"),
         Edge("diffsegmenter.batch.images", "diffsegmenter.evaluation.harness"),
         Edge("diffsegmenter.evaluation.harness", "diffsegmenter.cli.evaluate", at_import=False),
+        Edge("diffsegmenter.app", "diffsegmenter.cli.model", at_import=False),
+        Edge("diffsegmenter.io.formats.overlay", "diffsegmenter.app", at_import=False),
+        Edge("diffsegmenter.segmenter", "research.shapes.world", at_import=False),
+        Edge("diffsegmenter.aggregation", "diffsegmenter.app", at_import=False),
     ]
     for edge in bad:
         assert layering_violations([edge]), edge
     good = [
         Edge("diffsegmenter.cli", "diffsegmenter.io"),
         Edge("diffsegmenter.cli.evaluate", "diffsegmenter.evaluation.harness"),
+        Edge("diffsegmenter.cli.serve", "diffsegmenter.app", at_import=False),
+        Edge("diffsegmenter.app", "diffsegmenter.io.formats.overlay", at_import=False),
         Edge("diffsegmenter.evaluation.harness", "diffsegmenter.batch.runner"),
         Edge("diffsegmenter.batch.images", "diffsegmenter.io.results"),
         Edge("diffsegmenter.io.paths", "diffsegmenter.images"),

@@ -36,6 +36,8 @@ from diffsegmenter.io import (
     save_sidecar,
     write_result,
 )
+from diffsegmenter.io.formats.overlay import desaturate, outline_mask, upscale_factor
+from diffsegmenter.io.palette import name_color, name_colors
 
 HEIGHT, WIDTH = 20, 24
 CLASSES = ["cat", "traffic light", "a/b"]  # "a/b" is absent from the labels
@@ -216,20 +218,24 @@ def test_scores_validation(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- overlay
 
 
-def test_overlay_blends_classes_and_adds_legend() -> None:
+def test_overlay_tints_the_grey_image_outlines_regions_and_adds_legend() -> None:
     image, labels = _image(), _labels()
-    overlay = render_overlay(image, labels, CLASSES, alpha=0.5)
+    overlay = render_overlay(image, labels, CLASSES, alpha=0.5, min_side=0)
     assert overlay.mode == "RGB"
     assert overlay.width >= WIDTH and overlay.height > HEIGHT  # legend strip below the image
     pixels = np.asarray(overlay)
-    top = pixels[:HEIGHT, :WIDTH]
+    top = pixels[:HEIGHT, :WIDTH].astype(np.float32)
+    grey = desaturate(image)
     background = labels == 0
-    np.testing.assert_array_equal(top[background], image[background])  # background untouched
-    colors = class_colors(len(CLASSES))
+    np.testing.assert_allclose(top[background], grey[background], atol=1)  # background: the image, in grey
+    colors = name_colors(CLASSES)
+    border = outline_mask(labels)
     for index in (1, 2):
         region = labels == index
-        expected = np.rint(0.5 * image[region].astype(np.float32) + 0.5 * colors[index].astype(np.float32))
-        np.testing.assert_allclose(top[region], expected, atol=1)
+        inner = region & ~border
+        expected = 0.5 * grey[inner] + 0.5 * colors[index].astype(np.float32)
+        np.testing.assert_allclose(top[inner], expected, atol=1)
+        np.testing.assert_array_equal(top[region & border], np.broadcast_to(colors[index], top[region & border].shape))
 
     legend = pixels[HEIGHT:].reshape(-1, 3)
     legend_colours = {tuple(c) for c in legend.tolist()}
@@ -240,17 +246,40 @@ def test_overlay_blends_classes_and_adds_legend() -> None:
     assert len({tuple(c) for c in colors[1:].tolist()}) == len(CLASSES)  # distinct class colours
 
 
+def test_overlay_colours_follow_the_class_name_not_its_index() -> None:
+    image, labels = _image(), _labels()
+    swapped = np.where(labels == 1, 2, np.where(labels == 2, 1, labels))
+    first = np.asarray(render_overlay(image, labels, CLASSES, min_side=0))[:HEIGHT, :WIDTH]
+    second = np.asarray(render_overlay(image, swapped, [CLASSES[1], CLASSES[0], CLASSES[2]], min_side=0))
+    np.testing.assert_array_equal(first, second[:HEIGHT, :WIDTH])  # same pixels of "cat", same colour
+    assert name_color("Traffic  Light") == name_color("traffic light")
+    assert tuple(name_colors(["circle", "cross"])[1]) == name_color("circle") == tuple(name_colors(["circle"])[1])
+
+
+def test_small_overlays_are_enlarged_with_nearest_neighbour() -> None:
+    image, labels = _image(), _labels()
+    big = render_overlay(image, labels, CLASSES)  # 20 x 24 -> 13x: shorter side >= OVERLAY_MIN_SIDE
+    scale = upscale_factor(HEIGHT, WIDTH)
+    assert scale == 13 and big.width >= WIDTH * scale and big.height > HEIGHT * scale
+    pixels = np.asarray(big)[: HEIGHT * scale, : WIDTH * scale]
+    corner = pixels[:scale, :scale].reshape(-1, 3)  # one source pixel -> a scale x scale block
+    assert len({tuple(c) for c in corner.tolist()}) == 1
+    assert upscale_factor(512, 300) == 1
+
+
 def test_overlay_alpha_zero_and_edge_cases() -> None:
     image, labels = _image(), _labels()
-    np.testing.assert_array_equal(
-        np.asarray(render_overlay(image, labels, CLASSES, alpha=0.0))[:HEIGHT, :WIDTH], image
-    )
+    plain = np.asarray(render_overlay(image, labels, CLASSES, alpha=0.0, min_side=0))[:HEIGHT, :WIDTH]
+    inside = ~outline_mask(labels)
+    np.testing.assert_allclose(plain[inside], desaturate(image)[inside], atol=1)  # outlines only
 
-    nothing = render_overlay(image, np.zeros_like(labels), CLASSES)
+    nothing = render_overlay(image, np.zeros_like(labels), CLASSES, min_side=0)
     assert nothing.height > HEIGHT
-    np.testing.assert_array_equal(np.asarray(nothing)[:HEIGHT, :WIDTH], image)
+    np.testing.assert_allclose(np.asarray(nothing)[:HEIGHT, :WIDTH], desaturate(image), atol=1)
 
-    wide = render_overlay(image, labels, ["cat", "a very long class name that does not fit a tiny image", "x"])
+    wide = render_overlay(
+        image, labels, ["cat", "a very long class name that does not fit a tiny image", "x"], min_side=0
+    )
     assert wide.width > WIDTH
     np.testing.assert_array_equal(np.asarray(wide)[:HEIGHT, WIDTH:], 255)  # padding beside the image is white
 

@@ -66,7 +66,7 @@ from .parser import (
 )
 
 # The subcommands, in --help order; each module registers itself.
-from . import segment, demo, evaluate, edit  # noqa: E402, F401, I001  isort: skip
+from . import segment, demo, evaluate, edit, serve  # noqa: E402, F401, I001  isort: skip
 from .demo import DEFAULT_DEMO_OUT, example_images  # noqa: E402
 
 __all__ = [

@@ -1,16 +1,34 @@
 """The colours every writer uses: the PASCAL VOC palette (the one name for it), class colours and the heat-map map.
 
-The label PNGs of ``segment`` and the prediction PNGs of ``eval`` both use [`VOC_PALETTE`] (the eval harness through
-each dataset's palette, which is built from it); overlays use the same class colours ([`class_colors`]).
+Two kinds of colour, for two readers:
+
+- **Data**: the label PNGs of ``segment`` and the prediction PNGs of ``eval`` store class *indices* with
+  [`VOC_PALETTE`] (the eval harness through each dataset's palette, which is built from it); [`class_colors`] gives
+  those colours by index.
+- **People**: overlays, legends and the ``serve`` app colour a class by its *name* ([`name_colors`]): a hash of the
+  normalised name picks one of [`NAMED_PALETTE`]'s distinguishable colours, so "cat" has the same colour in every
+  image and every run, whatever the other classes are.
 """
 
 from __future__ import annotations
 
 import colorsys
+import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["HEATMAP_LUT", "IGNORE_INDEX", "VOC_PALETTE", "class_colors", "colorize_scores"]
+__all__ = [
+    "HEATMAP_LUT",
+    "IGNORE_INDEX",
+    "NAMED_PALETTE",
+    "VOC_PALETTE",
+    "class_colors",
+    "colorize_scores",
+    "hex_color",
+    "name_color",
+    "name_colors",
+]
 
 IGNORE_INDEX = 255
 """Label value kept as "ignore" (PASCAL VOC convention); drawn in the palette's last colour, never blended."""
@@ -101,3 +119,83 @@ def colorize_scores(score: np.ndarray) -> np.ndarray:
     """
     index = np.rint(np.clip(np.asarray(score, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return HEATMAP_LUT[index]
+
+
+NAMED_PALETTE: np.ndarray = np.array(
+    [
+        # Kelly's colours of maximum contrast (1965) without white, black and grey: readable on a grey image
+        [243, 195, 0],  # vivid yellow
+        [135, 86, 146],  # strong purple
+        [243, 132, 0],  # vivid orange
+        [161, 202, 241],  # very light blue
+        [190, 0, 50],  # vivid red
+        [194, 178, 128],  # greyish yellow
+        [0, 136, 86],  # vivid green
+        [230, 143, 172],  # strong purplish pink
+        [0, 103, 165],  # strong blue
+        [249, 147, 121],  # strong yellowish pink
+        [96, 78, 151],  # strong violet
+        [246, 166, 0],  # vivid orange yellow
+        [179, 68, 108],  # strong purplish red
+        [220, 211, 0],  # vivid greenish yellow
+        [136, 45, 23],  # strong reddish brown
+        [141, 182, 0],  # vivid yellowish green
+        [101, 69, 34],  # deep yellowish brown
+        [226, 88, 34],  # vivid reddish orange
+        [43, 61, 38],  # dark olive green
+    ],
+    dtype=np.uint8,
+)
+NAMED_PALETTE.flags.writeable = False
+"""`np.ndarray` of shape ``(19, 3)``, uint8, read-only: the colours [`name_color`] chooses from."""
+
+
+def _normalise_name(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def name_color(name: str) -> tuple[int, int, int]:
+    """The fixed colour of a class name: ``NAMED_PALETTE[sha256(normalised name) mod 19]``.
+
+    The name is normalised first (whitespace collapsed, case folded), so ``"Traffic  light"`` and ``"traffic light"``
+    share a colour. The same name gets the same colour in every image, run and version of the palette.
+    """
+    digest = hashlib.sha256(_normalise_name(name).encode("utf-8")).digest()
+    return tuple(int(v) for v in NAMED_PALETTE[int.from_bytes(digest[:8], "big") % len(NAMED_PALETTE)])
+
+
+def name_colors(classes: Sequence[str]) -> np.ndarray:
+    """Colours for label values 0..K of one result, keyed by class name (row 0, the background, is black).
+
+    Each class takes [`name_color`]. When two classes of the same list land on the same colour, the later one takes
+    the next palette colour not yet used in the list (its legend says which is which); past 19 classes colours
+    repeat the golden-ratio hue walk of [`class_colors`].
+
+    Args:
+        classes (`Sequence[str]`): the K class names, in label order.
+
+    Returns:
+        `np.ndarray` of shape ``(K + 1, 3)``, uint8.
+    """
+    colors = np.zeros((len(classes) + 1, 3), dtype=np.uint8)
+    palette = [tuple(int(v) for v in row) for row in NAMED_PALETTE]
+    used: set[tuple[int, int, int]] = set()
+    for index, name in enumerate(classes, start=1):
+        color = name_color(name)
+        if color in used and len(used) < len(palette):
+            start = palette.index(color)
+            color = next(
+                palette[(start + k) % len(palette)]
+                for k in range(len(palette))
+                if palette[(start + k) % len(palette)] not in used
+            )
+        elif color in used:
+            color = tuple(int(v) for v in class_colors(index + IGNORE_INDEX)[index + IGNORE_INDEX])
+        used.add(color)
+        colors[index] = color
+    return colors
+
+
+def hex_color(color: Sequence[int]) -> str:
+    """``(r, g, b)`` -> ``"#rrggbb"`` (for HTML legends)."""
+    return "#" + "".join(f"{int(v):02x}" for v in color[:3])

@@ -1,7 +1,15 @@
-"""``overlay``: the image with class colours blended in and a legend strip below it."""
+"""``overlay``: the image, desaturated, with each class's region tinted and outlined in its colour, and a legend.
+
+Made for people, not programs (the label PNG is the data): colours are keyed by class *name*
+([`~diffsegmenter.io.palette.name_colors`]), so a class keeps its colour across images, runs and the ``serve`` app;
+the image is turned to grey first so that its own colours never mix with the class colours; every region gets a
+solid outline, so a small object stays visible; and small images are enlarged (nearest neighbour) so the picture
+and its legend can be read.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,31 +18,75 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..checks import check_classes, check_image, check_label_values, check_labels
-from ..palette import class_colors
+from ..palette import name_colors
 from .label_png import save_png
 
-__all__ = ["render_overlay", "save_overlay"]
+__all__ = ["OVERLAY_MIN_SIDE", "desaturate", "outline_mask", "render_overlay", "save_overlay", "upscale_factor"]
+
+OVERLAY_MIN_SIDE = 256
+"""Overlays of images whose shorter side is below this many pixels are enlarged by a whole factor (nearest
+neighbour) until it is at least this long: a 64×64 image becomes 256×256."""
+
+
+def upscale_factor(height: int, width: int, min_side: int = OVERLAY_MIN_SIDE) -> int:
+    """The whole enlargement factor that brings the shorter side to at least ``min_side`` (1 when it already is)."""
+    shorter = max(1, min(int(height), int(width)))
+    return max(1, math.ceil(int(min_side) / shorter)) if min_side and shorter < min_side else 1
+
+
+def desaturate(image_rgb: np.ndarray) -> np.ndarray:
+    """The image in grey (ITU-R 601 luma), lightened towards mid grey so dark images still show their tints.
+
+    Returns:
+        `np.ndarray` of shape ``(H, W, 3)``, float32 in [0, 255].
+    """
+    luma = image_rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey = 64.0 + 0.6 * luma
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def outline_mask(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a labelled region (1..254) whose 4-neighbour has another label: the region's inner border."""
+    border = np.zeros(labels.shape, dtype=bool)
+    diff_v = labels[1:, :] != labels[:-1, :]
+    diff_h = labels[:, 1:] != labels[:, :-1]
+    border[1:, :] |= diff_v
+    border[:-1, :] |= diff_v
+    border[:, 1:] |= diff_h
+    border[:, :-1] |= diff_h
+    return border & (labels >= 1) & (labels < 255)
 
 
 def render_overlay(
-    image_rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str], alpha: float = 0.5
+    image_rgb: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    alpha: float = 0.5,
+    *,
+    min_side: int = OVERLAY_MIN_SIDE,
 ) -> Image.Image:
-    """Blend class colours over the image and add a legend strip below it.
+    """Draw the classes over the desaturated image and add a legend strip below it.
 
-    Pixels labelled ``i`` in 1..K become ``(1 - alpha) * image + alpha * colour_i`` (colours from
-    [`class_colors`], the same as the label PNG); background (0) and ignore (255) pixels are left untouched. The
-    legend lists every class present in `labels` (colour swatch + name), in `classes` order, wrapped into rows in a
-    white strip *below* the image, so it never hides pixels; with no class present it reads "no class found".
+    The image is enlarged by [`upscale_factor`] (nearest neighbour; labels alike) and turned grey
+    ([`desaturate`]). Pixels labelled ``i`` in 1..K become ``(1 - alpha) * grey + alpha * colour_i``, with
+    ``colour_i`` fixed by the class name ([`~diffsegmenter.io.palette.name_colors`]); each region's border
+    ([`outline_mask`], two pixels wide once enlarged) is drawn in the full colour. Background (0) and ignore (255)
+    pixels stay grey. The legend lists every class present in `labels` (swatch + name), in `classes` order, wrapped
+    into rows in a white strip *below* the image, so it never hides pixels; with no class present it reads "no class
+    found".
 
     Args:
         image_rgb (`np.ndarray` of shape ``(H, W, 3)``, uint8): the image.
         labels (`np.ndarray` of shape ``(H, W)``, int): 0 = background, i = classes[i-1].
         classes (`Sequence[str]`): the K class names.
-        alpha (`float`, defaults to 0.5): colour opacity in [0, 1].
+        alpha (`float`, defaults to 0.5): tint opacity in [0, 1] (0: grey image and outlines only).
+        min_side (`int`, defaults to [`OVERLAY_MIN_SIDE`]): enlarge until the shorter side is at least this; 0
+            keeps the image's size.
 
     Returns:
-        `PIL.Image.Image`: mode ``"RGB"``, size ``(W', H + legend height)`` with ``W' >= W``; the image occupies
-        the top-left ``(W, H)`` corner (``W' > W`` only when one legend entry is wider than the image).
+        `PIL.Image.Image`: mode ``"RGB"``, size ``(W', s * H + legend height)`` with ``s`` the enlargement factor
+        and ``W' >= s * W``; the image occupies the top-left ``(s * W, s * H)`` corner (``W' > s * W`` only when one
+        legend entry is wider than the image).
     """
     labels = check_labels(labels)
     classes = check_classes(classes)
@@ -43,22 +95,47 @@ def render_overlay(
         raise ValueError(f"`alpha` must be in [0, 1], got {alpha}.")
     check_label_values(labels, len(classes))
 
-    colors = class_colors(len(classes))
-    blended = image.copy()
+    scale = upscale_factor(*labels.shape, min_side=min_side)
+    if scale > 1:
+        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        labels = np.repeat(np.repeat(labels, scale, axis=0), scale, axis=1)
+    colors = name_colors(classes).astype(np.float32)
+    canvas = desaturate(image)
     foreground = (labels >= 1) & (labels <= len(classes))
     if foreground.any():
         lookup = labels[foreground].astype(np.int64)
-        mixed = (1.0 - alpha) * image[foreground].astype(np.float32) + alpha * colors[lookup].astype(np.float32)
-        blended[foreground] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        canvas[foreground] = (1.0 - alpha) * canvas[foreground] + alpha * colors[lookup]
+        border = outline_mask(np.where(foreground, labels, 0))
+        if scale == 1:  # keep thin objects: outline only the outer pixel ring then
+            canvas[border] = colors[labels[border].astype(np.int64)]
+        else:
+            thick = border | _shrink_border(border, labels, scale)
+            canvas[thick] = colors[labels[thick].astype(np.int64)]
+    blended = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
     present = [i for i in range(1, len(classes) + 1) if np.any(labels == i)]
     entries = [(classes[i - 1], tuple(int(v) for v in colors[i])) for i in present]
     return _add_legend(Image.fromarray(blended, mode="RGB"), entries)
 
 
+def _shrink_border(border: np.ndarray, labels: np.ndarray, scale: int) -> np.ndarray:
+    """The ring just inside `border` (same label), for an outline of about ``scale // 2`` pixels."""
+    extra = np.zeros_like(border)
+    grown = border.copy()
+    for _ in range(max(1, scale // 2) - 1):
+        step = np.zeros_like(grown)
+        step[1:, :] |= grown[:-1, :] & (labels[1:, :] == labels[:-1, :])
+        step[:-1, :] |= grown[1:, :] & (labels[:-1, :] == labels[1:, :])
+        step[:, 1:] |= grown[:, :-1] & (labels[:, 1:] == labels[:, :-1])
+        step[:, :-1] |= grown[:, 1:] & (labels[:, :-1] == labels[:, 1:])
+        grown |= step
+        extra |= step
+    return extra & (labels >= 1)
+
+
 def _add_legend(image: Image.Image, entries: list[tuple[str, tuple[int, ...]]]) -> Image.Image:
     width, height = image.size
-    font_size = int(min(max(10, height // 40), 32))
+    font_size = int(min(max(14, height // 24), 32))
     font = ImageFont.load_default(size=font_size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     ascent_box = measure.textbbox((0, 0), "Hgjy", font=font)
@@ -102,15 +179,21 @@ def _add_legend(image: Image.Image, entries: list[tuple[str, tuple[int, ...]]]) 
 
 
 def save_overlay(
-    path: str | os.PathLike, image_rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str], alpha: float = 0.5
+    path: str | os.PathLike,
+    image_rgb: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    alpha: float = 0.5,
+    *,
+    min_side: int = OVERLAY_MIN_SIDE,
 ) -> Path:
     """Render an overlay with [`render_overlay`] and save it as an RGB PNG (atomically).
 
     Args:
         path (`str` or `os.PathLike`): target file, usually ``<stem>.overlay.png``.
-        image_rgb, labels, classes, alpha: see [`render_overlay`].
+        image_rgb, labels, classes, alpha, min_side: see [`render_overlay`].
 
     Returns:
         `pathlib.Path`: the written path.
     """
-    return save_png(path, render_overlay(image_rgb, labels, classes, alpha=alpha))
+    return save_png(path, render_overlay(image_rgb, labels, classes, alpha=alpha, min_side=min_side))

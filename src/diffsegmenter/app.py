@@ -1,0 +1,411 @@
+"""The ``diffsegmenter serve`` web app (Gradio, the ``[app]`` extra): drop in an image, name classes, see the masks.
+
+One model is loaded once and shared by every visitor under a queue: Gradio runs one ``segment`` request at a time
+(concurrency 1) and a lock guards the model as well, so no two requests ever run on it together. Each request is
+bounded: uploads above [`MAX_UPLOAD`], images above [`MAX_IMAGE_PIXELS`] and more than [`MAX_CLASSES`] classes are
+refused with a message, and a request that runs longer than ``time_limit`` seconds is answered with an error (the
+model finishes that image in the background before the next request starts on it).
+
+Offline by design: Gradio's analytics are switched off, no share link is made, and the theme uses the system's fonts,
+so the page loads nothing from outside the server.
+
+One API endpoint, ``segment`` (``gradio_client``)::
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    annotated, areas, label_png = client.predict(
+        image=handle_file("scene.png"), classes="circle, square", filter="none", tau=None, api_name="/segment"
+    )
+
+``classes`` is comma-separated (empty: the filter picks from the model's own classes), ``filter`` is ``"none"``,
+``"diffusion"`` or ``"clip"``, ``tau`` the background score (None: the model's). It returns the annotated image
+(a file), ``{class: share of the image's pixels}`` for the classes segmented, and the palette label PNG (a file;
+pixel value i = the i-th class of ``areas``, 0 = background).
+
+Gradio is imported only when the app is built: ``import diffsegmenter`` never needs it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import html
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "FILTERS",
+    "MAX_CLASSES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_UPLOAD",
+    "TIME_LIMIT_S",
+    "AppError",
+    "SegmentService",
+    "build_app",
+    "launch_app",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+FILTERS: tuple[str, ...] = ("none", "diffusion", "clip")
+MAX_UPLOAD = "10mb"
+"""Largest accepted upload (Gradio's ``max_file_size``)."""
+MAX_IMAGE_PIXELS = 16_000_000
+"""Largest accepted image, in pixels (checked before decoding)."""
+MAX_CLASSES = 50
+"""Most class names one request may give."""
+TIME_LIMIT_S = 120.0
+"""Default per-request time limit, seconds (``serve --time-limit``)."""
+QUEUE_SIZE = 16
+"""Requests that may wait in the queue; more are turned away until it shortens."""
+KEEP_REQUESTS = 32
+"""Output folders of the latest requests kept on disk (older ones are deleted)."""
+
+
+class AppError(ValueError):
+    """A request the app refuses, with a message for the person who sent it (shown as a Gradio error)."""
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one request produced."""
+
+    annotated: Path
+    areas: dict[str, float]
+    label_png: Path
+    rle_json: Path | None
+    score_maps: list[tuple[Path, str]]
+    legend_html: str
+
+
+def parse_class_text(text: str | None) -> list[str] | None:
+    """``"cat, sofa"`` -> ``["cat", "sofa"]``; empty -> None (the filter's / the model's choice)."""
+    from .classes import check_class_names
+
+    names = [part for part in (text or "").split(",") if part.strip()]
+    if not names:
+        return None
+    if len(names) > MAX_CLASSES:
+        raise AppError(f"{len(names)} classes given; at most {MAX_CLASSES} per request")
+    try:
+        return check_class_names(names, example="classes 'circle, square'")
+    except (TypeError, ValueError) as exc:
+        raise AppError(str(exc)) from None
+
+
+def legend_html(classes: Sequence[str], colors: np.ndarray, areas: dict[str, float]) -> str:
+    """The legend as HTML: one swatch, name and area share per class found (``id="legend"``)."""
+    from .io.palette import hex_color
+
+    rows = [
+        f'<li data-class="{html.escape(name)}"><span style="display:inline-block;width:1em;height:1em;'
+        f'background:{hex_color(colors[i])};border:1px solid #000;vertical-align:middle;margin-right:.4em"></span>'
+        f"{html.escape(name)} ({100 * areas[name]:.1f} %)</li>"
+        for i, name in enumerate(classes, start=1)
+        if areas.get(name, 0.0) > 0
+    ]
+    body = "".join(rows) or "<li>no class found</li>"
+    return f'<ul id="legend-list" style="list-style:none;padding:0;margin:0">{body}</ul>'
+
+
+class SegmentService:
+    """One segmenter behind a lock and a one-worker thread, with the request checks and output writing.
+
+    Args:
+        segmenter: a loaded `DiffSegmenter` (shared by every request).
+        time_limit (`float`): seconds a request may take (waiting for the model included).
+        work_dir (`str | Path`, *optional*): where outputs are written (one sub-folder per request); a temporary
+            folder by default.
+    """
+
+    def __init__(self, segmenter: Any, time_limit: float = TIME_LIMIT_S, work_dir: str | os.PathLike | None = None):
+        if not time_limit or time_limit <= 0:
+            raise ValueError(f"time_limit must be positive, got {time_limit}")
+        self.segmenter = segmenter
+        self.time_limit = float(time_limit)
+        self.lock = threading.Lock()
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffsegmenter-model")
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="diffsegmenter-serve-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._recent: deque[Path] = deque()
+        self._count = 0
+
+    @property
+    def default_tau(self) -> float:
+        """The model's background score (``SegmenterConfig.tau``): the app's starting value."""
+        return float(self.segmenter.config.tau)
+
+    @property
+    def default_filter(self) -> str:
+        """``"diffusion"`` when the model recommends its diffusion filter (the shipped shapes model does), else none."""
+        from .settings import ModelSettings
+
+        settings = ModelSettings.coerce(getattr(self.segmenter, "model_settings", None))
+        return "diffusion" if settings.diffusion_filter is not None else "none"
+
+    def _request_dir(self) -> Path:
+        self._count += 1
+        folder = Path(tempfile.mkdtemp(prefix=f"r{self._count:06d}-", dir=self.work_dir))
+        self._recent.append(folder)
+        while len(self._recent) > KEEP_REQUESTS:
+            shutil.rmtree(self._recent.popleft(), ignore_errors=True)
+        return folder
+
+    def check_request(self, image: Any, classes: str | None, filter: str | None, tau: Any):
+        """The request's values, checked: ``(path, class list or None, filter name or None, tau or None)``."""
+        from .config import check_tau
+
+        if image is None or (isinstance(image, str) and not image.strip()):
+            raise AppError("no image: upload an image (PNG, JPEG, ...) or pick an example")
+        path = Path(image["path"] if isinstance(image, dict) else image)
+        if not path.is_file():
+            raise AppError("the uploaded image could not be found on the server; upload it again")
+        flt = (filter or "none").strip().lower()
+        if flt not in FILTERS:
+            raise AppError(f"unknown filter {filter!r}: choose one of {', '.join(FILTERS)}")
+        names = parse_class_text(classes)
+        if names is None and not getattr(self.segmenter, "default_classes", None):
+            raise AppError("this model has no classes of its own: type class names, e.g. 'cat, sofa'")
+        if tau is not None and tau != "":
+            try:
+                tau = check_tau(float(tau))
+            except (TypeError, ValueError) as exc:
+                raise AppError(f"tau: {exc}") from None
+        else:
+            tau = None
+        return path, names, (None if flt == "none" else flt), tau
+
+    def _load(self, path: Path) -> np.ndarray:
+        from .images import load_image
+
+        try:
+            return load_image(path, max_pixels=MAX_IMAGE_PIXELS)
+        except Exception as exc:  # any unreadable upload is the visitor's problem, told in one line
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise AppError(f"cannot use this image: {message}") from None
+
+    def _segment(self, array: np.ndarray, names: list[str] | None, flt: str | None, tau: float | None):
+        with self.lock:
+            if names is not None:
+                self.segmenter.check_classes(names)
+            return self.segmenter.segment(array, classes=names, filter=flt, tau=tau)
+
+    def run(self, image: Any, classes: str | None = None, filter: str | None = "none", tau: Any = None) -> Outcome:
+        """Check one request, segment it on the shared model (within the time limit) and write its outputs."""
+        path, names, flt, tau = self.check_request(image, classes, filter, tau)
+        array = self._load(path)
+        future = self.executor.submit(self._segment, array, names, flt, tau)
+        try:
+            result = future.result(timeout=self.time_limit)
+        except concurrent.futures.TimeoutError:
+            raise AppError(
+                f"this request took longer than the server's limit of {self.time_limit:g} s; try fewer classes, a "
+                "smaller image or no filter"
+            ) from None
+        except (ValueError, TypeError, OSError, ImportError) as exc:
+            raise AppError(" ".join(str(exc).split()) or type(exc).__name__) from None
+        return self.write_outputs(array, result)
+
+    def write_outputs(self, image_rgb: np.ndarray, result: Any) -> Outcome:
+        """The annotated image, label PNG, COCO RLE JSON and score-map pictures of one result, in a new folder."""
+        from PIL import Image
+
+        from .io.formats.label_png import save_label_png
+        from .io.formats.overlay import render_overlay, upscale_factor
+        from .io.palette import colorize_scores, name_colors
+
+        folder = self._request_dir()
+        classes = list(result.classes)
+        labels = np.asarray(result.labels)
+        total = max(1, labels.size)
+        areas = {name: round(float(np.count_nonzero(labels == i)) / total, 6) for i, name in enumerate(classes, 1)}
+        annotated = folder / "annotated.png"
+        render_overlay(image_rgb, labels, classes).save(annotated)
+        label_png = save_label_png(folder / "labels.png", labels)
+        rle_json = None
+        try:
+            from .io.formats.rle import encode_rle_records, save_rle_json
+
+            rle_json = save_rle_json(
+                folder / "labels.rle.json", encode_rle_records(labels, result.scores, classes), labels.shape
+            )
+        except ImportError:
+            logger.info("pycocotools is not installed: no COCO RLE download (pip install 'diffsegmenter[rle]')")
+        scale = upscale_factor(*labels.shape)
+        maps = []
+        for index, name in enumerate(classes):
+            picture = colorize_scores(result.scores[index])
+            if scale > 1:
+                picture = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+            target = folder / f"score_{index + 1:02d}.png"
+            Image.fromarray(picture, mode="RGB").save(target)
+            maps.append((target, name))
+        legend = legend_html(classes, name_colors(classes), areas)
+        return Outcome(annotated, areas, label_png, rle_json, maps, legend)
+
+    def close(self) -> None:
+        """Stop the worker thread and delete the outputs."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def example_paths() -> list[str]:
+    """The example scenes shipped with the package, as file paths (empty when the installation has none)."""
+    from importlib import resources
+
+    folder = resources.files("diffsegmenter").joinpath("examples")
+    if not isinstance(folder, Path) and not hasattr(folder, "glob"):
+        return []
+    try:
+        return sorted(str(p) for p in Path(str(folder)).glob("*.png") if not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _theme(gr: Any) -> Any:
+    # System fonts only: Gradio's default fonts are local files, but a theme with a GoogleFont would call Google.
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+    )
+
+
+def build_app(service: SegmentService, model_name: str = "the model") -> Any:
+    """The Gradio Blocks of the app around a [`SegmentService`] (not launched; see [`launch_app`]).
+
+    Returns:
+        `gradio.Blocks`: with the ``segment`` API endpoint.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ._optional import require
+
+    gr = require("gradio", extra="app", feature="diffsegmenter serve")
+
+    def segment(image: str, classes: str = "", filter: str = "none", tau: float | None = None):
+        """Segment an image into the named classes.
+
+        Args:
+            image: the image file.
+            classes: comma-separated class names; empty = the filter's choice among the model's own classes.
+            filter: "none" (keep every class given), "diffusion" or "clip" (keep the classes found present).
+            tau: background score in [0, 1]; empty = the model's.
+        """
+        try:
+            outcome = service.run(image, classes, filter, tau)
+        except AppError as exc:
+            raise gr.Error(str(exc)) from None
+        return str(outcome.annotated), outcome.areas, str(outcome.label_png), outcome
+
+    def details(outcome: Outcome | None):
+        if outcome is None:
+            return "", [], None
+        rle = str(outcome.rle_json) if outcome.rle_json else None
+        return outcome.legend_html, [(str(p), name) for p, name in outcome.score_maps], rle
+
+    vocabulary = ", ".join(getattr(service.segmenter, "default_classes", None) or [])
+    with gr.Blocks(title="diffsegmenter", analytics_enabled=False) as blocks:
+        gr.Markdown(
+            f"## diffsegmenter: training-free open-vocabulary segmentation\n"
+            f"Model: `{model_name}`" + (f" (its classes: {vocabulary})" if vocabulary else "") + ". Upload an image "
+            "or pick an example, name the classes (comma-separated), or leave them empty and let a filter pick "
+            "among the model's classes."
+        )
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                classes = gr.Textbox(
+                    label="Classes (comma-separated)",
+                    placeholder=f"e.g. {vocabulary}" if vocabulary else "e.g. cat, sofa, plant",
+                    elem_id="classes",
+                )
+                with gr.Row():
+                    flt = gr.Radio(
+                        list(FILTERS),
+                        value=service.default_filter,
+                        label="Filter: keep only the classes found present",
+                        elem_id="filter",
+                    )
+                    tau = gr.Number(
+                        value=service.default_tau,
+                        label=f"tau: background score (the model's: {service.default_tau:g})",
+                        minimum=0.0,
+                        maximum=1.0,
+                        step=0.05,
+                        elem_id="tau",
+                    )
+                button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                shipped = example_paths()
+                if shipped:
+                    gr.Examples(examples=[[p] for p in shipped], inputs=[image], label="Shipped example scenes")
+            with gr.Column():
+                annotated = gr.Image(type="filepath", label="Annotated image", format="png", elem_id="annotated")
+                legend = gr.HTML(label="Legend", elem_id="legend")
+                areas = gr.JSON(label="Area share per class", elem_id="areas")
+                with gr.Row():
+                    label_file = gr.File(label="Label PNG (pixel i = class i, 0 = background)", elem_id="label-png")
+                    rle_file = gr.File(label="COCO RLE JSON", elem_id="rle-json")
+                maps = gr.Gallery(label="Score map per class (dark = 0, yellow = 1)", columns=4, elem_id="maps")
+        state = gr.State(None)
+        button.click(
+            segment,
+            inputs=[image, classes, flt, tau],
+            outputs=[annotated, areas, label_file, state],
+            api_name="segment",
+            concurrency_limit=1,
+            concurrency_id="model",
+        ).then(details, inputs=[state], outputs=[legend, maps, rle_file], api_visibility="private")
+    return blocks
+
+
+def launch_app(
+    service: SegmentService,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    model_name: str = "the model",
+    block: bool = True,
+    quiet: bool = False,
+) -> Any:
+    """Build and start the app on ``http://host:port`` (never a share link); returns the running Blocks.
+
+    Args:
+        block (`bool`, defaults to True): serve until interrupted; False returns at once (tests), then call
+            ``.close()`` on the result.
+    """
+    blocks = build_app(service, model_name=model_name)
+    blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    shipped = example_paths()
+    blocks.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        prevent_thread_lock=not block,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(Path(shipped[0]).parent)] if shipped else None,
+        footer_links=[],
+        quiet=quiet,
+        show_error=True,
+        ssr_mode=False,
+        theme=_theme(require_gradio()),
+    )
+    return blocks
+
+
+def require_gradio() -> Any:
+    """The gradio module, or an ImportError naming the ``[app]`` extra."""
+    from ._optional import require
+
+    return require("gradio", extra="app", feature="diffsegmenter serve")

@@ -1,0 +1,67 @@
+"""``diffsegmenter serve``: the web app (:mod:`diffsegmenter.app`, the ``[app]`` extra) on one shared model."""
+
+from __future__ import annotations
+
+import argparse
+
+from .parser import CliError, Command, config_overrides, positive_int, register_command
+
+__all__ = ["add_serve_arguments", "cmd_serve"]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """``serve``'s own flags (the shared model and run flags are added by the parser)."""
+    from ..app import DEFAULT_HOST, DEFAULT_PORT, TIME_LIMIT_S
+
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0 opens it to the network)",
+    )
+    parser.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT_S,
+        help=f"seconds one request may take before it is answered with an error (default: {TIME_LIMIT_S:g})",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``diffsegmenter serve``: load the model once, then serve the app until interrupted."""
+    from .._optional import require
+    from ..app import SegmentService, launch_app
+    from .model import check_overrides, default_model, load_segmenter
+
+    try:
+        require("gradio", extra="app", feature="diffsegmenter serve")
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    if not args.time_limit > 0:
+        raise CliError(f"--time-limit must be positive, got {args.time_limit}")
+    overrides = config_overrides(args)
+    check_overrides(overrides)
+    segmenter = load_segmenter(args, overrides)
+    service = SegmentService(segmenter, time_limit=args.time_limit)
+    model_name = args.model if args.model is not None else default_model()
+    print(f"Serving {model_name} on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    try:
+        launch_app(service, host=args.host, port=args.port, model_name=model_name, block=True)
+    except OSError as exc:  # the port is taken, the address is not this machine's...
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}") from None
+    finally:
+        service.close()
+    return 0
+
+
+register_command(
+    Command(
+        "serve",
+        help="serve a web app (Gradio; pip install 'diffsegmenter[app]') to segment uploaded images",
+        description="Load the model once and serve a web page and an API endpoint ('segment', for gradio_client) "
+        "that segment an uploaded image into the classes typed in. Offline: no analytics, no share link.",
+        add_arguments=add_serve_arguments,
+        run=cmd_serve,
+        model_help="the library's, 'shapes'",
+    )
+)

@@ -1,0 +1,155 @@
+"""The ``serve`` web app: its ``segment`` API through ``gradio_client``, and the page in headless Chromium.
+
+Both tests share one app on a free port of 127.0.0.1 serving the shipped shapes model. They skip, saying why, when
+gradio / gradio_client (the ``[app]`` extra), Playwright or Chromium are missing; CI (``.ci/run``) installs them.
+Set ``DIFFSEGMENTER_SCREENSHOT=docs/images/app.png`` to save the browser test's screenshot (the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's own queue code calls pandas options that pandas 3 deprecates; nothing of ours.
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "diffsegmenter" / "examples"
+#: A shipped example and the classes in it (the scene's ground truth: research.shapes.world.example_scenes()).
+SCENE, PRESENT = EXAMPLES / "shapes_30000010.png", ["triangle", "circle"]
+CHROMIUM = os.environ.get("DIFFSEGMENTER_CHROMIUM", "/usr/lib/chromium/chromium")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """``(url, service)`` of the app serving the shapes model on 127.0.0.1."""
+    pytest.importorskip("gradio", reason="the web app needs gradio: pip install 'diffsegmenter[app]'")
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.app import SegmentService, launch_app
+
+    service = SegmentService(DiffSegmenter.from_pretrained("shapes"), time_limit=120)
+    port = _free_port()
+    blocks = launch_app(service, host="127.0.0.1", port=port, model_name="shapes", block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", service
+    finally:
+        blocks.close()
+        service.close()
+
+
+def test_segment_endpoint_from_gradio_client(served) -> None:
+    pytest.importorskip("gradio_client", reason="the API test needs gradio_client: pip install 'diffsegmenter[app]'")
+    from gradio_client import Client, handle_file
+
+    from diffsegmenter.io import load_label_png
+
+    url, _ = served
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(api) == ["/segment"]  # one public endpoint; the legend step is private
+    assert [p["parameter_name"] for p in api["/segment"]["parameters"]] == ["image", "classes", "filter", "tau"]
+
+    annotated, areas, label_png = client.predict(
+        image=handle_file(str(SCENE)), classes=", ".join(PRESENT), filter="none", tau=None, api_name="/segment"
+    )
+    assert list(areas) == PRESENT and all(share > 0.01 for share in areas.values()), areas
+    labels = load_label_png(label_png)
+    assert labels.shape == (64, 64) and set(np.unique(labels)) <= {0, 1, 2}
+    for index, name in enumerate(PRESENT, start=1):
+        assert abs(np.mean(labels == index) - areas[name]) < 1e-4
+    with Image.open(annotated) as picture:
+        assert picture.width >= 256 and picture.height > 256  # enlarged, legend below
+
+    with pytest.raises(Exception, match="no image"):  # a bad request is answered with a message
+        client.predict(image=None, classes="circle", filter="none", tau=None, api_name="/segment")
+    with pytest.raises(Exception, match="duplicate"):
+        client.predict(image=handle_file(str(SCENE)), classes="circle, Circle", filter="none", api_name="/segment")
+
+
+def test_the_page_in_headless_chromium(served) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs Playwright for Python")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set DIFFSEGMENTER_CHROMIUM)")
+    url, _ = served
+    outside: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(url) or r.url.startswith("data:") else outside.append(r.url),
+            )
+            page.goto(url)
+            page.locator("#image input[type=file]").set_input_files(str(SCENE))
+            page.locator("#classes textarea").fill(", ".join(PRESENT))
+            page.locator("#filter").get_by_text("none", exact=True).click()
+            page.locator("#segment-button").click()
+            legend = page.locator("#legend-list li")
+            legend.first.wait_for()
+            deadline = time.monotonic() + 60
+            while legend.count() < len(PRESENT) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            texts = [legend.nth(i).inner_text() for i in range(legend.count())]
+            assert [t.split(" (")[0] for t in texts] == PRESENT, texts
+            page.locator("#annotated img").wait_for()
+            target = os.environ.get("DIFFSEGMENTER_SCREENSHOT")
+            if target:
+                page.wait_for_timeout(500)
+                page.screenshot(path=target, full_page=True)
+        finally:
+            browser.close()
+    assert outside == []  # nothing loaded from outside the server: no CDN fonts or scripts
+
+
+def test_serve_is_a_subcommand_with_host_port_and_time_limit() -> None:
+    from diffsegmenter.app import DEFAULT_HOST, DEFAULT_PORT
+    from diffsegmenter.cli import COMMANDS, build_parser
+
+    assert "serve" in COMMANDS
+    args = build_parser().parse_args(["serve", "--model", "shapes", "--port", "7999", "--time-limit", "30"])
+    assert (args.model, args.host, args.port, args.time_limit) == ("shapes", DEFAULT_HOST, 7999, 30.0)
+    assert build_parser().parse_args(["serve"]).port == DEFAULT_PORT and DEFAULT_HOST == "127.0.0.1"
+
+
+def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
+    from diffsegmenter.app import AppError, SegmentService, parse_class_text
+
+    class NoModel:
+        default_classes = None
+
+        def segment(self, *args, **kwargs):  # pragma: no cover - must not be reached
+            raise AssertionError("the model ran")
+
+    service = SegmentService(NoModel(), time_limit=5, work_dir=tmp_path)
+    try:
+        with pytest.raises(AppError, match="no image"):
+            service.run(None, "cat")
+        with pytest.raises(AppError, match="could not be found"):
+            service.run(str(tmp_path / "missing.png"), "cat")
+        (tmp_path / "x.png").write_bytes(b"not an image")
+        with pytest.raises(AppError, match="unknown filter"):
+            service.run(str(tmp_path / "x.png"), "cat", "sam")
+        with pytest.raises(AppError, match="no classes of its own"):
+            service.run(str(tmp_path / "x.png"), "", "none")
+        with pytest.raises(AppError, match="tau"):
+            service.run(str(tmp_path / "x.png"), "cat", "none", 1.5)
+        with pytest.raises(AppError, match="cannot use this image"):
+            service.run(str(tmp_path / "x.png"), "cat", "none")
+        with pytest.raises(AppError, match="at most"):
+            parse_class_text(",".join(f"c{i}" for i in range(60)))
+    finally:
+        service.close()
