@@ -145,6 +145,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
+            out=out,
         )
         show = not args.quiet or report.stopped is not None
         return finish_report(report, out, f"{report.summary()}. Results in {out}" if show else None)
