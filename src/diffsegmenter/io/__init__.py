@@ -34,6 +34,7 @@ _LAZY = {
     "ResultLike": "checks",
     "FORMATS": "formats",
     "OUTPUT_FORMATS": "formats",
+    "EXPORT_FORMATS": "formats",
     "OutputFormat": "formats",
     "register_format": "formats",
     "load_label_png": "formats.label_png",

@@ -36,6 +36,7 @@ from .overlay import save_overlay
 from .rle import encode_rle_records, save_rle_json
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FORMATS",
     "OUTPUT_FORMATS",
     "FormatInput",
@@ -217,6 +218,11 @@ register_format(
 register_format(OutputFormat("rle", ".rle.json", _write_rle, "COCO RLE JSON", what="RLE file"))
 register_format(OutputFormat("npz", ".npz", _write_npz, "score maps", what="npz file"))
 
+OUTPUT_FORMATS: tuple[str, ...] = tuple(FORMATS)
+"""The per-image built-in formats: ``"png"`` (palette label PNG), ``"overlay"`` (image + colours + legend),
+``"heatmaps"`` (one colour-mapped PNG per class), ``"rle"`` (COCO RLE JSON), ``"npz"`` (scores, labels, classes).
+[`FORMATS`] also holds the dataset exports ([`EXPORT_FORMATS`]) and any format registered later."""
+
 from . import coco, labelstudio, yolo  # noqa: E402  (they need RunImage and FormatInput above)
 
 register_format(
@@ -251,7 +257,5 @@ register_format(
     )
 )
 
-OUTPUT_FORMATS: tuple[str, ...] = tuple(FORMATS)
-"""The built-in formats: ``"png"`` (palette label PNG), ``"overlay"`` (image + colours + legend), ``"heatmaps"`` (one
-colour-mapped PNG per class), ``"rle"`` (COCO RLE JSON), ``"npz"`` (scores, labels, classes), and the dataset exports
-``"coco"``, ``"yolo"``, ``"labelstudio"``. [`FORMATS`] also holds any registered later."""
+EXPORT_FORMATS: tuple[str, ...] = ("coco", "yolo", "labelstudio")
+"""The dataset exports (issue 19): per-image parts plus a run-level file each (see ``OutputFormat.finish``)."""
