@@ -15,7 +15,7 @@ from tests.test_layering import PACKAGE, package_edges
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 #: Import name -> distribution name, where they differ.
-DISTRIBUTIONS = {"PIL": "pillow", "huggingface_hub": "huggingface-hub"}
+DISTRIBUTIONS = {"PIL": "pillow", "huggingface_hub": "huggingface-hub", "cv2": "opencv-python-headless"}
 
 
 def _names(requirements: list[str]) -> set[str]:

@@ -26,6 +26,10 @@ class ImageTask(BatchTask[ImageJob]):
         filter (*optional*): passed to ``segment(filter=...)``.
         request (`dict`, *optional*): JSON-able description of the settings (model, classes, config...), stored in
             each sidecar: the per-image fingerprint. An image done with other settings is recomputed.
+        out (`Path`, *optional*): the run's output folder, where run-level files go (``coco_instances.json``...);
+            None = no run-level files.
+        vocabulary (`Sequence[str]`, *optional*): the run's class list (categories and YOLO ids, in this order);
+            None = ``classes``, else ``request["classes"]``.
     """
 
     def __init__(
@@ -35,6 +39,8 @@ class ImageTask(BatchTask[ImageJob]):
         classes: Sequence[str] | None = None,
         filter: Any = None,
         request: dict[str, Any] | None = None,
+        out: Path | None = None,
+        vocabulary: Sequence[str] | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.formats = list(formats)
@@ -42,6 +48,10 @@ class ImageTask(BatchTask[ImageJob]):
         self.filter = filter
         self.request = normalise_fingerprint(request or {})
         self.max_pixels = getattr(getattr(segmenter, "config", None), "max_image_pixels", None)
+        self.out = None if out is None else Path(out)
+        if vocabulary is None:
+            vocabulary = classes if classes is not None else (request or {}).get("classes")
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
 
     def is_done(self, job: ImageJob) -> bool:
         from ..io.results import is_done, output_paths
@@ -73,8 +83,41 @@ class ImageTask(BatchTask[ImageJob]):
         from ..io import results
 
         extra = {"source": str(job.path), "request": self.request}
-        results.write_result(job.out_dir, job.stem, item, result, self.formats, extra=extra)
+        results.write_result(
+            job.out_dir, job.stem, item, result, self.formats, extra=extra, vocabulary=self.vocabulary
+        )
         return [c for i, c in enumerate(result.classes, start=1) if (result.labels == i).any()]
+
+    def run_images(self, jobs: Sequence[ImageJob]) -> list[Any]:
+        """The finished images among `jobs` (by [`is_done`]'s rule), in input order, as run-level writers get them."""
+        from ..io.formats import RunImage
+
+        images = []
+        for job in jobs:
+            if job.problem is not None or not self.is_done(job):
+                continue
+            rel = Path()
+            if self.out is not None:
+                try:
+                    rel = job.out_dir.relative_to(self.out)
+                except ValueError:
+                    rel = Path()
+            images.append(
+                RunImage(
+                    out_dir=job.out_dir, stem=job.stem, file_name=(rel / job.path.name).as_posix(), source=job.path
+                )
+            )
+        return images
+
+    def finish(self, jobs: Sequence[ImageJob], report: BatchReport) -> None:
+        """Write the run-level files (``coco_instances.json``, ``dataset.yaml``, ``labelstudio_tasks.json``)."""
+        from ..io.formats import FORMATS
+        from ..io.results import write_run_outputs
+
+        if self.out is None or not any(FORMATS[name].finish is not None for name in self.formats):
+            return
+        classes = self.vocabulary or []
+        write_run_outputs(self.out, self.run_images(jobs), self.formats, classes)
 
     @staticmethod
     def remove_stale_temp_files(jobs: Sequence[ImageJob]) -> None:
@@ -98,6 +141,7 @@ def run_batch(
     overwrite: bool = False,
     images_per_batch: int = 1,
     progress: bool = True,
+    out: Path | None = None,
 ) -> BatchReport:
     """Segment every image job and write its outputs; never stop for one bad image (an [`ImageTask`] run).
 
@@ -113,11 +157,12 @@ def run_batch(
         overwrite (`bool`, *optional*, defaults to False): recompute images that are already done.
         images_per_batch (`int`, *optional*, defaults to 1): images per ``segment`` call.
         progress (`bool`, *optional*, defaults to True): show a tqdm progress bar (on a terminal).
+        out (`Path`, *optional*): the run's output folder, for run-level files (``coco``, ``yolo``, ``labelstudio``).
 
     Returns:
         [`BatchReport`].
     """
-    task = ImageTask(segmenter, formats, classes=classes, filter=filter, request=request)
+    task = ImageTask(segmenter, formats, classes=classes, filter=filter, request=request, out=out)
     task.remove_stale_temp_files(jobs)
     runner = BatchRunner(overwrite=overwrite, batch_size=images_per_batch, progress=None if progress else False)
     return runner.run(jobs, task)

@@ -225,6 +225,12 @@ class BatchTask(Generic[JobT]):
         """Write the job's results; the return value is kept in ``BatchReport.segmented``."""
         raise NotImplementedError
 
+    def finish(self, jobs: Sequence[JobT], report: BatchReport) -> None:
+        """After the per-job loop (also after a stop): write what gathers every finished job (a run-level file).
+
+        An `OSError` here stops the run like a write error (``report.stopped``); the default does nothing.
+        """
+
 
 def _reason(exc: BaseException) -> str:
     from ..images import ImageLoadError
@@ -282,7 +288,21 @@ class BatchRunner:
                     done_here = {id(job) for job, _ in report.segmented} | {id(job) for job, _ in report.skipped}
                     report.not_started = sum(1 for job in pending if id(job) not in done_here)
                     break
+        self.finish(jobs, task, report)
         return report
+
+    def finish(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport) -> None:
+        """``task.finish`` (the run-level files); a write error there stops the run (skip policy) or raises."""
+        try:
+            task.finish(jobs, report)
+        except OSError as exc:
+            if self.on_error == "raise":
+                raise
+            if report.stopped is None:
+                report.stopped = (
+                    f"could not write the run's files ({_os_error_text(exc)}); fix that and rerun the same "
+                    "command: finished images are kept"
+                )
 
     def _skip(self, report: BatchReport, job: Any, exc: BaseException | str) -> None:
         """Record a job that cannot be processed (``on_error="raise"``: raise the error instead)."""

@@ -76,6 +76,15 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         f"i.e. {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g} megapixels)",
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute images that are already done")
+    ray = parser.add_argument_group("Ray (pip install 'diffsegmenter[ray]')")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: a pool of model actors (GPU actors where the cluster has GPUs), same outputs, same "
+        "resume rule; a local Ray is started unless --ray-address is given",
+    )
+    ray.add_argument("--ray-address", default=None, help="a running Ray cluster, e.g. auto or ray://head:10001")
+    ray.add_argument("--workers", type=positive_int, default=2, help="model actors with --ray (default: 2)")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar and no summary; problems are still shown"
     )
@@ -100,6 +109,26 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="UNet samples per forward pass (SegmenterConfig.batch_size; default: as many as fit in memory)",
     )
+
+
+def _ray_task(
+    args: argparse.Namespace,
+    overrides: dict,
+    formats: list[str],
+    classes: list[str] | None,
+    request: dict,
+    out: str,
+    gpu: bool,
+):
+    """An actor's ImageTask with its own model (``segment --ray``); on a GPU actor the model goes to ``cuda``."""
+    from ..batch import ImageTask
+    from .model import load_segmenter, setup_filter
+
+    if gpu and args.device is None:
+        args = argparse.Namespace(**{**vars(args), "device": "cuda"})
+    segmenter = load_segmenter(args, overrides)
+    filter_name = setup_filter(segmenter, args.filter, args)
+    return ImageTask(segmenter, formats, classes=classes, filter=filter_name, request=request, out=out)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -136,6 +165,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "captioner": load_kwargs(args).get("captioner"),
             "config": config,
         }
+        if getattr(args, "ray", False):
+            return _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name, request, out)
         report = run_batch(
             segmenter,
             jobs,
@@ -146,9 +177,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
+            out=out,
         )
         show = not args.quiet or report.stopped is not None
         return finish_report(report, out, f"{report.summary()}. Results in {out}" if show else None)
+
+
+def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name, request, out) -> int:
+    import functools
+    import gc
+
+    from ..batch import ImageTask, finish_report
+    from ..batch.ray_runner import run_on_ray
+
+    task = ImageTask(segmenter, formats, classes=classes, filter=filter_name, request=request, out=out)
+    task.segmenter = None  # the driver only lists, resumes and gathers; the actors hold the models
+    del segmenter
+    gc.collect()
+    task.remove_stale_temp_files(jobs)
+    factory = functools.partial(_ray_task, args, overrides, formats, classes, request, str(out))
+    try:
+        report = run_on_ray(
+            jobs,
+            task,
+            factory,
+            workers=args.workers,
+            address=args.ray_address,
+            overwrite=args.overwrite,
+            images_per_batch=args.images_per_batch,
+            progress=not args.quiet,
+        )
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    show = not args.quiet or report.stopped is not None
+    return finish_report(report, out, f"{report.summary()}. Results in {out}" if show else None)
 
 
 register_command(

@@ -4,7 +4,8 @@
 ``atomic``        the one atomic writer ([`atomic_open`]) and its temporary-name rule; JSON and text helpers
 ``palette``       [`VOC_PALETTE`] (the one name of the PASCAL VOC colour map), class colours, the heat-map colours
 ``checks``        what every writer checks (label maps, score maps, class names, stems)
-``formats``       the per-image formats as a registry: png, overlay, heatmaps, rle, npz (see ``register_format``)
+``formats``       the formats as a registry: png, overlay, heatmaps, rle, npz and the dataset exports coco, yolo,
+                  labelstudio (run-level files gathered after the loop; see ``register_format``)
 ``sidecar``       the ``<stem>.json`` that describes a result and marks its image finished
 ``results``       one image's output names, [`write_result`] (sidecar last), [`is_done`], [`earlier_outputs`]
 ``paths``         [`image_key`] (the one image name), the jobs of a ``segment`` run and the output-name collision rules
@@ -33,6 +34,7 @@ _LAZY = {
     "ResultLike": "checks",
     "FORMATS": "formats",
     "OUTPUT_FORMATS": "formats",
+    "EXPORT_FORMATS": "formats",
     "OutputFormat": "formats",
     "register_format": "formats",
     "load_label_png": "formats.label_png",
@@ -57,6 +59,8 @@ _LAZY = {
     "is_done": "results",
     "output_paths": "results",
     "write_result": "results",
+    "write_run_outputs": "results",
+    "RunImage": "formats",
     "SKIPPED_FILE": "paths",
     "ImageJob": "paths",
     "collect_jobs": "paths",

@@ -26,10 +26,10 @@ from .checks import (
     check_scores,
     check_stem,
 )
-from .formats import FORMATS, FormatInput, check_formats
+from .formats import FORMATS, FormatInput, RunImage, check_formats
 from .sidecar import SIDECAR_KEYS, load_sidecar, save_sidecar
 
-__all__ = ["OutputPaths", "earlier_outputs", "is_done", "output_paths", "write_result"]
+__all__ = ["OutputPaths", "earlier_outputs", "is_done", "output_paths", "write_result", "write_run_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def output_paths(
     """
     out_dir = Path(out_dir)
     stem = check_stem(stem)
-    targets = {name: out_dir / f"{stem}{FORMATS[name].suffix}" for name in check_formats(formats)}
+    targets = {name: FORMATS[name].path(out_dir, stem) for name in check_formats(formats)}
     members: dict[str, list[Path]] = {}
     for name, target in targets.items():
         member_files = FORMATS[name].member_files
@@ -101,6 +101,7 @@ def write_result(
     formats: Sequence[str],
     extra: Mapping[str, Any] | None = None,
     alpha: float = 0.5,
+    vocabulary: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write every requested format for one image, then the ``<stem>.json`` sidecar last.
 
@@ -119,6 +120,8 @@ def write_result(
         formats (`Sequence[str]`): registered format names (order does not matter).
         extra (`Mapping[str, Any]`, *optional*): extra sidecar keys (for example ``{"source": "img.jpg"}``).
         alpha (`float`, defaults to 0.5): overlay opacity.
+        vocabulary (`Sequence[str]`, *optional*): the run's class list, for exports that number classes run-wide
+            (YOLO); None = the result's classes.
 
     Returns:
         `list[pathlib.Path]`: every file written, in writing order; the sidecar is last.
@@ -148,7 +151,14 @@ def write_result(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths.sidecar.unlink(missing_ok=True)
 
-    item = FormatInput(labels=labels, scores=scores, classes=classes, image_rgb=image_rgb, alpha=alpha)
+    item = FormatInput(
+        labels=labels,
+        scores=scores,
+        classes=classes,
+        image_rgb=image_rgb,
+        alpha=alpha,
+        vocabulary=None if vocabulary is None else list(vocabulary),
+    )
     written: list[Path] = []
     for name, target in paths.targets.items():
         written.extend(FORMATS[name].write(target, item))
@@ -220,3 +230,28 @@ def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bo
         except (TypeError, ValueError):  # a hand-edited or foreign sidecar
             return False
     return all(p.is_file() for p in paths.files())
+
+
+def write_run_outputs(
+    out: str | os.PathLike, images: Sequence[RunImage], formats: Sequence[str], classes: Sequence[str]
+) -> list[Path]:
+    """Write the run-level files of the requested formats that have one (``coco``, ``yolo``, ``labelstudio``).
+
+    Each is rebuilt whole from the per-image parts on disk of `images` (every finished image of the run, in input
+    order: computed now or found done), so a resumed run writes the same complete file and never a duplicate.
+
+    Args:
+        out (`str` or `os.PathLike`): the run's output folder.
+        images (`Sequence[RunImage]`): the finished images.
+        formats (`Sequence[str]`): the run's formats (those without a ``finish`` writer are ignored).
+        classes (`Sequence[str]`): the run's class list (categories / class ids in this order).
+
+    Returns:
+        `list[pathlib.Path]`: the files written.
+    """
+    written: list[Path] = []
+    for name in check_formats(formats):
+        finish = FORMATS[name].finish
+        if finish is not None:
+            written.extend(finish(Path(out), list(images), list(classes)))
+    return written

@@ -5,14 +5,20 @@ per class), ``rle`` (COCO RLE JSON) and ``npz`` (scores, labels, classes). ``dif
 [`~diffsegmenter.io.results.write_result`] accept any registered name, and the output names, collision checks and
 resume checks follow each format's ``suffix``.
 
-Adding a format (a future ``yolo`` or ``labelstudio`` export, say) is one module here with its writer and reader,
-plus one `register_format` call at the bottom of this file::
+The dataset exports (issue 19): ``coco`` (one COCO instances file for the run), ``yolo`` (Ultralytics segmentation
+labels ``labels/<stem>.txt`` + a dataset YAML) and ``labelstudio`` (Label Studio tasks with brush predictions).
 
-    register_format(OutputFormat("yolo", ".yolo.txt", _write_yolo, "YOLO polygons", what="YOLO file"))
+Adding a format is one module here with its writer and reader, plus one `register_format` call at the bottom of this
+file::
 
-where ``_write_yolo(target, item)`` writes ``target`` from the checked arrays in ``item`` (a [`FormatInput`]) and
-returns the files written. A format that collects every image into one file (a COCO ``instances.json``) would still
-write its per-image part here and be gathered at the end of the batch (``diffsegmenter.batch``); none does yet.
+    register_format(OutputFormat("mine", ".mine.txt", _write_mine, "my format", what="my file"))
+
+where ``_write_mine(target, item)`` writes ``target`` from the checked arrays in ``item`` (a [`FormatInput`]) and
+returns the files written. A format that collects every image into one file (``coco``'s ``coco_instances.json``)
+writes its per-image part here (``<stem>.coco.json``) and gives a ``finish`` writer: after the per-image loop the
+batch runner calls it with every finished image of the run ([`RunImage`], read back from the per-image parts on
+disk, so a resumed run that recomputes nothing still writes the whole file) and the run's class list. A format whose
+file does not sit next to the others (YOLO's ``labels/<stem>.txt``) gives a ``target`` rule.
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ from .npz import save_npz
 from .overlay import save_overlay
 from .rle import encode_rle_records, save_rle_json
 
-__all__ = ["FORMATS", "OUTPUT_FORMATS", "FormatInput", "OutputFormat", "check_formats", "register_format"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "FORMATS",
+    "OUTPUT_FORMATS",
+    "FormatInput",
+    "OutputFormat",
+    "RunImage",
+    "check_formats",
+    "register_format",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +57,8 @@ class FormatInput:
         classes (`list[str]`): the K class names (unique).
         image_rgb (`np.ndarray | None`): ``(H, W, 3)`` uint8, given when a format that ``needs_image`` is written.
         alpha (`float`): overlay opacity.
+        vocabulary (`list[str] | None`): the run's class list (with a filter, ``classes`` is the part of it kept for
+            this image); exports that number classes run-wide (YOLO ids) use it. None = ``classes``.
     """
 
     labels: np.ndarray
@@ -49,6 +66,30 @@ class FormatInput:
     classes: list[str]
     image_rgb: np.ndarray | None = None
     alpha: float = 0.5
+    vocabulary: list[str] | None = None
+
+    @property
+    def run_classes(self) -> list[str]:
+        """``vocabulary`` followed by any class of this image missing from it (so every class has a run-wide id)."""
+        vocabulary = list(self.vocabulary or [])
+        return vocabulary + [c for c in self.classes if c not in vocabulary]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunImage:
+    """One finished image of a run, as a run-level ``finish`` writer receives it.
+
+    Attributes:
+        out_dir (`Path`): the folder of its outputs.
+        stem (`str`): its outputs' stem.
+        file_name (`str`): the image's name relative to the input folder (POSIX), e.g. ``"a/x.jpg"``.
+        source (`Path`): the image file.
+    """
+
+    out_dir: Path
+    stem: str
+    file_name: str
+    source: Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +106,11 @@ class OutputFormat:
         needs_image (`bool`): the writer needs ``FormatInput.image_rgb``.
         member_files (`Callable[[Path, Sequence[str]], list[Path]] | None`): for a format whose output is a folder,
             the files inside it for the given classes (a finished image has all of them); None for a single file.
+        target (`Callable[[Path, str], Path] | None`): the output's path from the image's folder and stem, for a
+            format that does not write ``<stem><suffix>`` next to the others (YOLO's ``labels/<stem>.txt``).
+        finish (`Callable[[Path, Sequence[RunImage], Sequence[str]], list[Path]] | None`): a run-level writer,
+            called after the per-image loop with the output folder, every finished image of the run (in input order)
+            and the run's classes; it rebuilds the run's file(s) whole from the per-image parts and returns them.
     """
 
     name: str
@@ -74,6 +120,12 @@ class OutputFormat:
     what: str
     needs_image: bool = False
     member_files: Callable[[Path, Sequence[str]], list[Path]] | None = None
+    target: Callable[[Path, str], Path] | None = None
+    finish: Callable[[Path, Sequence[RunImage], Sequence[str]], list[Path]] | None = None
+
+    def path(self, out_dir: Path, stem: str) -> Path:
+        """Where this format's output of one image goes: ``<out_dir>/<stem><suffix>`` unless ``target`` says."""
+        return self.target(out_dir, stem) if self.target is not None else out_dir / f"{stem}{self.suffix}"
 
     @property
     def is_folder(self) -> bool:
@@ -167,6 +219,43 @@ register_format(OutputFormat("rle", ".rle.json", _write_rle, "COCO RLE JSON", wh
 register_format(OutputFormat("npz", ".npz", _write_npz, "score maps", what="npz file"))
 
 OUTPUT_FORMATS: tuple[str, ...] = tuple(FORMATS)
-"""The built-in formats: ``"png"`` (palette label PNG), ``"overlay"`` (image + colours + legend), ``"heatmaps"`` (one
-colour-mapped PNG per class), ``"rle"`` (COCO RLE JSON), ``"npz"`` (scores, labels, classes). [`FORMATS`] also holds
-any registered later."""
+"""The per-image built-in formats: ``"png"`` (palette label PNG), ``"overlay"`` (image + colours + legend),
+``"heatmaps"`` (one colour-mapped PNG per class), ``"rle"`` (COCO RLE JSON), ``"npz"`` (scores, labels, classes).
+[`FORMATS`] also holds the dataset exports ([`EXPORT_FORMATS`]) and any format registered later."""
+
+from . import coco, labelstudio, yolo  # noqa: E402  (they need RunImage and FormatInput above)
+
+register_format(
+    OutputFormat(
+        "coco",
+        coco.SUFFIX,
+        coco.write_image,
+        "one COCO instances JSON for the run (RLE masks)",
+        what="COCO part",
+        finish=coco.write_run,
+    )
+)
+register_format(
+    OutputFormat(
+        "yolo",
+        yolo.SUFFIX,
+        yolo.write_image,
+        "Ultralytics YOLO segmentation labels + dataset YAML (needs opencv)",
+        what="YOLO label file",
+        target=yolo.label_path,
+        finish=yolo.write_run,
+    )
+)
+register_format(
+    OutputFormat(
+        "labelstudio",
+        labelstudio.SUFFIX,
+        labelstudio.write_image,
+        "Label Studio tasks JSON with brush predictions",
+        what="Label Studio task",
+        finish=labelstudio.write_run,
+    )
+)
+
+EXPORT_FORMATS: tuple[str, ...] = ("coco", "yolo", "labelstudio")
+"""The dataset exports (issue 19): per-image parts plus a run-level file each (see ``OutputFormat.finish``)."""

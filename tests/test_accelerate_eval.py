@@ -1,0 +1,40 @@
+"""``eval`` under ``accelerate launch`` on 2 CPU processes: the same predictions as a single-process run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from research.shapes.world import export_voc
+
+pytest.importorskip("accelerate")
+
+
+@pytest.mark.slow
+def test_eval_on_two_processes_equals_one(tmp_path: Path) -> None:
+    root = export_voc(tmp_path / "shapes", {"train": 0, "val": 4, "test": 0}, workers=1)
+    flags = ["eval", "--dataset", "shapes", "--root", str(root), "--protocol", "oracle", "--set", "resolution=64"]
+    flags += ["--offline", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = [sys.executable, "-m", "diffsegmenter", *flags, "--out", str(one)]
+    done = subprocess.run(single, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    launcher = shutil.which("accelerate") or pytest.skip("the accelerate launcher is not on PATH")
+    launch = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "-m", "diffsegmenter", *flags, "--out", str(two)]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = sorted(p.name for p in (one / "predictions").rglob("*.png"))
+    assert len(predictions) == 4
+    assert predictions == sorted(p.name for p in (two / "predictions").rglob("*.png"))
+    for name in predictions:
+        (a,) = (one / "predictions").rglob(name)
+        (b,) = (two / "predictions").rglob(name)
+        assert a.read_bytes() == b.read_bytes(), name
+    assert (two / "metrics.json").is_file()

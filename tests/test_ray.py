@@ -1,0 +1,99 @@
+"""``segment --ray`` on the shapes model: the same files as the local run, byte for byte, and a resumed run that
+recomputes nothing (2 workers at 0.5 CPU each on a 2-core machine; cheap settings: one 64 x 64 pass)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.data", reason="ray is not installed: pip install 'diffsegmenter[ray]'")
+
+from diffsegmenter import cli  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "diffsegmenter" / "examples"
+CHEAP = ["--set", "resolution=64", "--format", "png,coco,yolo,labelstudio", "--quiet"]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every result file but the run files that record paths or dates, by name."""
+    skip = {"coco_instances.json", "labelstudio_tasks.json", "dataset.yaml", ".diffsegmenter.lock"}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def _without_scores(data: bytes) -> tuple:
+    """A JSON export's content without its ``score`` values, and those values (compared to 1e-4)."""
+    scores: list[float] = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            scores.extend(v for k, v in value.items() if k == "score")
+            return {k: walk(v) for k, v in value.items() if k != "score"}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    content = walk(json.loads(data))
+    return content, scores
+
+
+@pytest.mark.slow
+def test_ray_run_equals_the_local_run_and_resumes(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("shapes_30000000.png", "shapes_30000001.png"):
+        (src / name).write_bytes((EXAMPLES / name).read_bytes())
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)  # skipped, with its reason, by both runs
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert cli.main(["segment", str(src), "--out", str(local), "--offline", *CHEAP]) == 1
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "diffsegmenter",
+        "segment",
+        str(src),
+        "--out",
+        str(on_ray),
+        "--ray",
+        "--workers",
+        "2",
+    ]
+    done = subprocess.run(command + CHEAP[:-1], env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "2 segmented" in done.stdout and "1 skipped" in done.stdout
+    ray_files, local_files = _files(on_ray), _files(local)
+    assert b"broken.png" in ray_files["skipped.json"]
+    assert ray_files["skipped.json"] == local_files["skipped.json"]
+    label_maps = [name for name in local_files if name.endswith(".png")]
+    assert len(label_maps) == 2 and ray_files.keys() == local_files.keys()
+    for name in label_maps:  # the label maps byte for byte
+        assert ray_files[name] == local_files[name], name
+    for name in local_files:  # the exports' masks equal; scores only to float rounding (another thread count)
+        if name.endswith(".txt"):
+            assert ray_files[name] == local_files[name], name
+        if name.endswith((".coco.json", ".ls.json")):
+            (got, got_scores), (want, want_scores) = (
+                _without_scores(ray_files[name]),
+                _without_scores(local_files[name]),
+            )
+            assert got == want and got_scores == pytest.approx(want_scores, abs=1e-4), name
+    got, got_scores = _without_scores((on_ray / "coco_instances.json").read_bytes())
+    want, want_scores = _without_scores((local / "coco_instances.json").read_bytes())
+    assert got == want and got_scores == pytest.approx(want_scores, abs=1e-4)
+
+    stamps = {p: p.stat().st_mtime_ns for p in on_ray.rglob("*.png")}
+    again = subprocess.run(command + CHEAP[:-1], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "0 segmented, 2 already done" in again.stdout  # nothing recomputed: Ray is not even started
+    assert stamps == {p: p.stat().st_mtime_ns for p in on_ray.rglob("*.png")}
+    assert (on_ray / "coco_instances.json").is_file()
