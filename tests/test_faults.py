@@ -378,6 +378,7 @@ def test_api_tau_is_checked_and_negative_means_no_background(tiny_segmenter) -> 
 
 def test_eval_tau_out_of_range_exits_2(tmp_path: Path, capsys) -> None:
     from research.shapes import world
+
     root = world.export_voc(tmp_path / "voc", {"val": 1}, workers=1)
     argv = ["eval", "--dataset", "shapes", "--root", str(root), "--split", "val", "--protocol", "oracle"]
     code, _, stderr = _run([*argv, "--tau", "5", "--out", str(tmp_path / "ev")], capsys)
