@@ -66,6 +66,13 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=int, default=20)
     p.add_argument("--test", type=int, default=40)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument(
+        "--chosen",
+        nargs="*",
+        default=None,
+        metavar="NAME=TAU",
+        help="skip the val runs: the taus an earlier run chose on val (its log), e.g. rescaled=0.5 weighted=0.8",
+    )
     args = p.parse_args(argv)
     out = check_out_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +80,8 @@ def main(argv=None) -> int:
     base = seg.config
     val, test = scenes_of("val", args.val), scenes_of("test", args.test)
     report = {"val_scenes": args.val, "test_scenes": args.test, "shipped_tau": base.tau, "val": {}, "test": {}}
-    for name in args.variants:
+    chosen = dict(item.split("=") for item in args.chosen) if args.chosen is not None else None
+    for name in args.variants if chosen is None else []:
         field, original = _with_variant(seg, base, name)
         try:
             t0 = time.time()
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
             report["val"]["paper@shipped_tau"] = _metrics(val, results, base.tau)
         print(name, report["val"][name], flush=True)
     for name in [n for n in ON_TEST if n in args.variants]:
-        tau = base.tau if name == "paper" else report["val"][name]["tau"]
+        tau = base.tau if name == "paper" else (float(chosen[name]) if chosen else report["val"][name]["tau"])
         seg.config = base.replace(readout=name, tau=tau)
         t0 = time.time()
         results = _run(seg, test)
