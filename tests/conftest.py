@@ -80,3 +80,24 @@ def tiny_segmenter(tiny_components):
 
     c = tiny_components
     return DiffSegmenter(c["vae"], c["unet"], c["text_encoder"], c["tokenizer"], c["scheduler"], SegmenterConfig())
+
+
+@pytest.fixture(scope="session")
+def family_folders(tmp_path_factory):
+    """Tiny SDXL / SD3 / SD3-without-T5 / FLUX / PixArt-Σ folders (``tests/family_builders.py``), built once."""
+    from .family_builders import BUILDERS
+
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for name, build in BUILDERS.items():
+        build(root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
+def segmenters(family_folders):
+    """One segmenter per tiny family folder, at input size 32."""
+    from diffsegmenter import DiffSegmenter
+
+    return {n: DiffSegmenter.from_pretrained(f, resolution=32) for n, f in family_folders.items()}

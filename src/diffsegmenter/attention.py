@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from .readouts import head_weighted_probs, self_attention_agreement
+
 if TYPE_CHECKING:  # a type hint only: importing diffusers here would cost every `import` of this module seconds
     from diffusers.models.attention_processor import Attention
 
@@ -41,6 +43,9 @@ __all__ = [
     "PixArtCrossCaptureProcessor",
     "PixArtSelfCaptureProcessor",
     "SD3JointCaptureProcessor",
+    "AgreementCaptureProcessor",
+    "FluxConceptProcessor",
+    "capture_concepts",
 ]
 
 
@@ -59,6 +64,18 @@ class AttentionStore:
         cross_count (`dict[int, int]`): per level, the number of cross-attention layers summed.
         self_qk (`list[tuple[torch.Tensor, torch.Tensor, float]]`): per finest-level self-attention layer, its
             queries and keys, each (B, heads, N, head_dim) in the UNet's dtype, and the softmax scale.
+
+    What a read-out other than the paper's asks for (:meth:`~diffsegmenter.readouts.Readout.prepare`):
+
+    Attributes:
+        keep_layers (`bool`): also keep each cross-attention layer's head-averaged (B, N, T) map in ``layer_maps``.
+        layer_maps (`list[tuple[str, torch.Tensor]]`): (processor key, (B, N, T) float32) per layer, in call order.
+        head_weighting (`str`, *optional*): average the heads of UNet cross-attention layers with
+            :func:`~diffsegmenter.readouts.head_weighted_probs` in this mode instead of uniformly.
+        measure_agreement (`bool`): record every UNet self-attention layer's
+            :func:`~diffsegmenter.readouts.self_attention_agreement` in ``layer_agreement`` (block key -> (B,)).
+        concept_scores (`torch.Tensor`, *optional*): (B, N, K) the concept read-out's summed scores (FLUX).
+        last_layer_weights (`torch.Tensor`, *optional*): (L, B) the layer weights the weighted read-out used.
     """
 
     latent_size: tuple[int, int] = (0, 0)
@@ -66,12 +83,22 @@ class AttentionStore:
     cross_sum: dict[int, torch.Tensor] = field(default_factory=dict)
     cross_count: dict[int, int] = field(default_factory=dict)
     self_qk: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+    keep_layers: bool = False
+    layer_maps: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    head_weighting: str | None = None
+    measure_agreement: bool = False
+    layer_agreement: dict[str, torch.Tensor] = field(default_factory=dict)
+    concept_scores: torch.Tensor | None = None
+    last_layer_weights: torch.Tensor | None = None
 
     def reset(self) -> None:
-        """Drop everything captured so far (keeps ``latent_size`` and ``keep_batch``)."""
+        """Drop everything captured so far (keeps ``latent_size``, ``keep_batch`` and what is asked for)."""
         self.cross_sum.clear()
         self.cross_count.clear()
         self.self_qk.clear()
+        self.layer_maps.clear()
+        self.layer_agreement.clear()
+        self.concept_scores = None
 
     def level_of(self, num_tokens: int) -> tuple[int, tuple[int, int]]:
         """Map a layer's number of spatial tokens to its level.
@@ -97,13 +124,16 @@ class AttentionStore:
             raise ValueError(f"cannot place an attention layer of {num_tokens} tokens on a {h}x{w} latent")
         return factor, (h // factor, w // factor)
 
-    def add_cross(self, probs: torch.Tensor) -> None:
+    def add_cross(self, probs: torch.Tensor, name: str = "") -> None:
         """Accumulate one layer's cross-attention probabilities.
 
         Args:
             probs (`torch.Tensor`): (B, heads, N, T) softmax probabilities of one cross-attention layer.
+            name (`str`, *optional*): the layer's processor key (kept with its map when ``keep_layers``).
         """
         probs = probs[self.keep_batch].mean(dim=1, dtype=torch.float32)
+        if self.keep_layers:
+            self.layer_maps.append((name, probs.clone()))
         factor, _ = self.level_of(probs.shape[1])
         if factor in self.cross_sum:
             self.cross_sum[factor] += probs
@@ -112,9 +142,12 @@ class AttentionStore:
             self.cross_sum[factor] = probs
             self.cross_count[factor] = 1
 
-    def add_cross_mean(self, mean: torch.Tensor) -> None:
-        """Accumulate one layer's head-averaged image->text attention, (B, N, T) float32 (joint-attention layers)."""
+    def add_cross_mean(self, mean: torch.Tensor, name: str = "") -> None:
+        """Accumulate one layer's head-averaged image->text attention, (B, N, T) float32 (joint-attention layers;
+        head-weighted UNet layers)."""
         mean = mean[self.keep_batch]
+        if self.keep_layers:
+            self.layer_maps.append((name, mean.clone()))
         factor, _ = self.level_of(mean.shape[1])
         if factor in self.cross_sum:
             self.cross_sum[factor] += mean
@@ -234,8 +267,14 @@ class CrossAttentionCaptureProcessor(_CaptureProcessor):
         b, h, n, d = query.shape
         probs = attn.get_attention_scores(query.reshape(b * h, n, d), key.reshape(b * h, -1, d), None)
         probs = probs.view(b, h, n, -1)
-        self.store.add_cross(probs)
-        return torch.matmul(probs, value)
+        out = torch.matmul(probs, value)
+        if self.store.head_weighting:
+            keep = self.store.keep_batch
+            mean = head_weighted_probs(probs[keep], out[keep], attn.to_out[0].weight, self.store.head_weighting)
+            self.store.add_cross_mean(mean, self.name)
+        else:
+            self.store.add_cross(probs, self.name)
+        return out
 
 
 class SelfAttentionCaptureProcessor(_CaptureProcessor):
@@ -249,6 +288,30 @@ class SelfAttentionCaptureProcessor(_CaptureProcessor):
         keep = self.store.keep_batch
         self.store.self_qk.append((query[keep], key[keep], float(attn.scale)))
         return F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+
+
+class AgreementCaptureProcessor(_CaptureProcessor):
+    """Fused self-attention that records its :func:`~diffsegmenter.readouts.self_attention_agreement` (the weighted
+    read-out's layer weight) under its block's key, and keeps queries and keys when ``keep_qk`` (completion level).
+    """
+
+    def __init__(self, store: AttentionStore, name: str = "", keep_qk: bool = False) -> None:
+        super().__init__(store, name)
+        self.keep_qk = keep_qk
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        _check_mask(attention_mask)
+        query, key, value, residual, ndim, shape4d = _project(attn, hidden_states, encoder_hidden_states, temb)
+        keep = self.store.keep_batch
+        feats = hidden_states if ndim == 3 else hidden_states.flatten(2).transpose(1, 2)
+        block = self.name.split(".attn1.")[0]
+        self.store.layer_agreement[block] = self_attention_agreement(
+            query[keep], key[keep], float(attn.scale), feats[keep]
+        )
+        if self.keep_qk:
+            self.store.self_qk.append((query[keep], key[keep], float(attn.scale)))
+        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+        return _finish(attn, out.to(query.dtype), residual, ndim, shape4d)
 
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
@@ -326,6 +389,8 @@ def capture_attention(unet, store: AttentionStore, self_factor: int | None = Non
         kind = plan.get(name)
         if kind == "cross":
             procs[name] = CrossAttentionCaptureProcessor(store, name)
+        elif store.measure_agreement and ".attn1." in name:
+            procs[name] = AgreementCaptureProcessor(store, name, keep_qk=kind == "self")
         elif kind == "self":
             procs[name] = SelfAttentionCaptureProcessor(store, name)
         else:
@@ -427,7 +492,7 @@ class SD3JointCaptureProcessor(_WrappingProcessor):
                 kt = attn.norm_added_k(kt)
             n = q.shape[2]
             probs = joint_text_probs(q, torch.cat([k, kt], dim=2), slice(n, None), scale)
-            self.store.add_cross_mean(probs)
+            self.store.add_cross_mean(probs, self.name)
         if self.read_self:
             self._keep_self(q, k, scale)
 
@@ -473,7 +538,7 @@ class FluxCaptureProcessor(_WrappingProcessor):
         q, k = q_img.transpose(1, 2), k_all.transpose(1, 2)  # (B, heads, S, d)
         scale = q.shape[-1] ** -0.5
         if self.read_cross:
-            self.store.add_cross_mean(joint_text_probs(q, k, slice(0, t), scale))
+            self.store.add_cross_mean(joint_text_probs(q, k, slice(0, t), scale), self.name)
         if self.read_self:
             self._keep_self(q, k[:, :, t:], scale)
 
@@ -487,7 +552,7 @@ class PixArtCrossCaptureProcessor(_WrappingProcessor):
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
         if attention_mask is not None:  # PixArt's additive bias, (B, 1, T)
             scores = scores + attention_mask.float().reshape(scores.shape[0], 1, 1, -1)
-        self.store.add_cross(scores.softmax(dim=-1))
+        self.store.add_cross(scores.softmax(dim=-1), self.name)
 
 
 class PixArtSelfCaptureProcessor(_WrappingProcessor):
@@ -518,3 +583,107 @@ def capture_wrapped(
         yield store
     finally:
         model.set_attn_processor(dict(originals))
+
+
+class FluxConceptProcessor(_WrappingProcessor):
+    """A FLUX double-stream layer that also carries the concept streams (the concept read-out, ConceptAttention).
+
+    Before the layer's own processor runs (its output is untouched), it recomputes the image and text queries, keys
+    and values, the image tokens' attention output, and moves the concept streams ``store``-side through the
+    block's text branch (see :class:`~diffsegmenter.readouts.ConceptReadout` for the choices); when the block is
+    read, adds ``o_img . o_concept`` (heads concatenated, before the output projections) to
+    ``store.concept_scores``.
+
+    Args:
+        state (`dict`): shared with the block hooks: ``"stream"`` (B, K, D) the concept streams, ``"temb"`` the
+            block's conditioning, set by a forward pre-hook.
+        block: the ``FluxTransformerBlock`` this layer belongs to (its ``norm1_context``, ``norm2_context``,
+            ``ff_context``).
+    """
+
+    def __init__(self, original, store, read, state, block, name: str = "") -> None:
+        super().__init__(original, store, read, False, name)
+        self.state = state
+        self.block = block
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None, **kwargs):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if attention_mask is not None:
+            raise ValueError("FLUX attention capture does not support attention masks (the pipelines pass none)")
+        if getattr(attn, "fused_projections", False):
+            raise ValueError("the concept read-out needs unfused FLUX projections")
+
+        def split(x):  # (B, S, heads * d) -> (B, S, heads, d)
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        q = attn.norm_q(split(attn.to_q(hidden_states)))
+        k = attn.norm_k(split(attn.to_k(hidden_states)))
+        v = split(attn.to_v(hidden_states))
+        qt = attn.norm_added_q(split(attn.add_q_proj(encoder_hidden_states)))
+        kt = attn.norm_added_k(split(attn.add_k_proj(encoder_hidden_states)))
+        vt = split(attn.add_v_proj(encoder_hidden_states))
+        t = qt.shape[1]
+        q_all, k_all, v_all = torch.cat([qt, q], 1), torch.cat([kt, k], 1), torch.cat([vt, v], 1)
+        if image_rotary_emb is not None:
+            q_all = apply_rotary_emb(q_all, image_rotary_emb, sequence_dim=1)
+            k_all = apply_rotary_emb(k_all, image_rotary_emb, sequence_dim=1)
+        q_all, k_all, v_all = (x.transpose(1, 2) for x in (q_all, k_all, v_all))  # (B, heads, S, d)
+        keep = self.store.keep_batch
+        # the concept streams: normalised and modulated by the block's text-branch norm, projected by its text branch
+        block, stream, temb = self.block, self.state["stream"], self.state["temb"]
+        nc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(stream, emb=temb[keep])
+        qc = attn.norm_added_q(split(attn.add_q_proj(nc))).transpose(1, 2)
+        kc = attn.norm_added_k(split(attn.add_k_proj(nc))).transpose(1, 2)
+        vc = split(attn.add_v_proj(nc)).transpose(1, 2)
+        k_img, v_img = k_all[keep, :, t:], v_all[keep, :, t:]
+        oc = F.scaled_dot_product_attention(qc, torch.cat([kc, k_img], 2), torch.cat([vc, v_img], 2))
+        if self.read_cross:
+            o_img = F.scaled_dot_product_attention(q_all[keep, :, t:], k_all[keep], v_all[keep])
+            b, h, n, d = o_img.shape
+            score = torch.matmul(o_img.transpose(1, 2).reshape(b, n, h * d).float(),
+                                 oc.transpose(1, 2).reshape(b, -1, h * d).float().transpose(1, 2))  # fmt: skip
+            prev = self.store.concept_scores
+            self.store.concept_scores = score if prev is None else prev + score
+        attn_c = attn.to_add_out(oc.transpose(1, 2).flatten(2).to(stream.dtype))
+        stream = stream + c_gate_msa.unsqueeze(1) * attn_c
+        norm = block.norm2_context(stream) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+        self.state["stream"] = stream + c_gate_mlp.unsqueeze(1) * block.ff_context(norm)
+
+
+@contextmanager
+def capture_concepts(transformer, store: AttentionStore, concepts: torch.Tensor, read_blocks) -> Iterator:
+    """Carry concept streams through every double-stream block of a ``FluxTransformer2DModel`` for the duration of
+    the context (:class:`FluxConceptProcessor`); restore the processors and remove the hooks on exit.
+
+    Args:
+        transformer: the FLUX transformer.
+        store (`AttentionStore`): receives ``concept_scores`` (B, N, K) summed over the read blocks.
+        concepts (`torch.Tensor`): (B_kept, K, D_text) initial concept embeddings in the text encoder's space
+            (projected here by ``context_embedder``).
+        read_blocks (`Iterable[int]`): double-stream block indices whose scores are summed.
+    """
+    blocks = list(transformer.transformer_blocks)
+    read = set(int(i) for i in read_blocks)
+    if not read or not read <= set(range(len(blocks))):
+        raise ValueError(
+            f"the concept read-out reads FLUX's double-stream blocks 0..{len(blocks) - 1}, got {sorted(read)}"
+        )
+    state = {"stream": transformer.context_embedder(concepts.to(transformer.dtype)), "temb": None}
+
+    def grab_temb(module, args, kwargs):
+        state["temb"] = kwargs["temb"] if "temb" in kwargs else args[2]
+
+    originals = dict(transformer.attn_processors)
+    procs = dict(originals)
+    for i, blk in enumerate(blocks):
+        key = f"transformer_blocks.{i}.attn.processor"
+        procs[key] = FluxConceptProcessor(originals[key], store, i in read, state, blk, key)
+    hooks = [blk.register_forward_pre_hook(grab_temb, with_kwargs=True) for blk in blocks]
+    transformer.set_attn_processor(procs)
+    try:
+        yield store
+    finally:
+        for hook in hooks:
+            hook.remove()
+        transformer.set_attn_processor(dict(originals))

@@ -16,6 +16,7 @@ from typing import Any, Literal
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "PAPER_LEVEL_WEIGHTS",
+    "READOUTS",
     "RELEASED_SCRIPT_RULES",
     "SegmenterConfig",
     "add_override_argument",
@@ -26,6 +27,8 @@ __all__ = [
 #: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
 #: for SD1.5 at 512² these are the 8x8, 16x16, 32x32 and 64x64 levels).
 PAPER_LEVEL_WEIGHTS: dict[int, float] = {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}
+#: The read-outs ``SegmenterConfig.readout`` accepts (:mod:`diffsegmenter.readouts`).
+READOUTS = ("paper", "rescaled", "weighted", "single-block", "concept")
 
 #: How each released evaluation script words its prompts and picks the class token ([CODE]
 #: `open_vocabulary/{voc12,voc10,coco}`, ``shared/docs/method.md`` §3 steps 4 and 8). SegmenterConfig's defaults are
@@ -119,6 +122,16 @@ class SegmenterConfig:
     attention_blocks: list[int] | None = None
     # Transformer families only: blocks whose image self-attention completes the maps. None = the family's default.
     self_attention_blocks: list[int] | None = None
+    # How the captured attention becomes class maps (readouts.py). "paper": the released method (fixed level weights,
+    # per-class min-max, completion; the SD1/SD2 default). NOT in the paper: "rescaled" (GoCA's per-pixel token
+    # rescaling over the prompt's content tokens; any backbone), "weighted" (GoCA's automatic head and layer
+    # weighting + rescaling; UNet backbones; level_weights unused), "single-block" (Seg4Diff: one block's raw
+    # image->text probabilities, argmax; SD3, FLUX), "concept" (ConceptAttention: classes as extra token streams;
+    # FLUX). Each family's default: backbones.*.family_defaults.
+    readout: Literal["paper", "rescaled", "weighted", "single-block", "concept"] = "paper"
+    # The single-block read-out's block index (as attention_blocks counts them); None = the family's default
+    # (readouts.single_block_default: SD3 block 9 of 24, FLUX double-stream block 12 of 19, scaled to the depth).
+    readout_block: int | None = None
     # Times the fused map is multiplied by the mean finest-level self-attention ([CODE]: once; 0 = no completion).
     self_attention_steps: int = 1
     # Downsampling factor of the self-attention layers used for completion; None = the finest level that has
@@ -187,6 +200,19 @@ class SegmenterConfig:
                 ):
                     raise ValueError(f"{name} must be a non-empty list of block indices >= 0 or None, got {blocks!r}")
                 setattr(self, name, [int(b) for b in blocks])
+        if self.readout not in READOUTS:
+            raise ValueError(
+                f"readout must be one of {', '.join(repr(r) for r in READOUTS)} ('paper' = the released method), "
+                f"got {self.readout!r}"
+            )
+        _check_int("readout_block", self.readout_block, 0, 1023, "None = the family's default", optional=True)
+        if self.readout_block is not None and self.readout != "single-block":
+            raise ValueError("readout_block only applies to readout='single-block': leave it None")
+        if self.readout in ("single-block", "concept") and self.class_level_weights is not None:
+            raise ValueError(
+                f"readout={self.readout!r} makes its own class decision: leave class_level_weights (and "
+                "class_resolution) None"
+            )
         if self.class_resolution is not None:
             _check_int("class_resolution", self.class_resolution, 8, 8192, "None = one pass for where and which")
             if self.class_level_weights is None:

@@ -27,6 +27,7 @@ __all__ = [
     "PaperDecision",
     "SeparateWeightsDecision",
     "SecondPassDecision",
+    "RawScoresDecision",
     "class_decision",
 ]
 
@@ -117,6 +118,15 @@ class SecondPassDecision(SeparateWeightsDecision):
         ]
 
 
+class RawScoresDecision(PaperDecision):
+    """For read-outs whose maps are probabilities (``readout="single-block"``): upsampled without the final min-max,
+    so the class decision is the argmax of the raw maps and tau is compared with them."""
+
+    def scores(self, where: torch.Tensor, which: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(where[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+        return x.clamp(0, 1)
+
+
 def class_decision(config, resolution: int) -> ClassDecision:
     """The strategy a :class:`~diffsegmenter.config.SegmenterConfig` asks for.
 
@@ -124,6 +134,8 @@ def class_decision(config, resolution: int) -> ClassDecision:
         config (`SegmenterConfig`): reads ``class_level_weights`` and ``class_resolution``.
         resolution (`int`): the segmenter's input side length (a ``class_resolution`` equal to it is no second pass).
     """
+    if getattr(config, "readout", "paper") == "single-block":
+        return RawScoresDecision()  # SegmenterConfig refuses class_level_weights with it
     if config.class_level_weights is None:
         return PaperDecision()
     # class_resolution is set only with class_level_weights (SegmenterConfig checks)

@@ -13,12 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .aggregation import complete_with_self_attention, fuse_levels, select_token_maps
 from .attention import AttentionStore
 from .backbones.base import DiffusionBackbone
 from .prompts import ClassPrompt, select_positions
+from .readouts import content_token_mask, readout_for
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ class PassSpec:
             class-decision maps (no completion); None = no class-decision maps.
         attention_blocks, self_attention_blocks (`list[int]`, *optional*): transformer families: the blocks read
             for the class maps and for completion; None = the backbone's default (UNet families: must be None).
+        readout (`str`): how the captured attention becomes class maps (:mod:`diffsegmenter.readouts`).
+        readout_block (`int`, *optional*): the single-block read-out's block; None = the family's default.
     """
 
     timestep: int
@@ -56,6 +57,8 @@ class PassSpec:
     which_weights: dict[int, float] | None = None
     attention_blocks: list[int] | None = None
     self_attention_blocks: list[int] | None = None
+    readout: str = "paper"
+    readout_block: int | None = None
 
     @classmethod
     def from_config(cls, config, *, where: bool = True, which_weights: dict[int, float] | None = None) -> PassSpec:
@@ -70,6 +73,8 @@ class PassSpec:
             which_weights=which_weights,
             attention_blocks=config.attention_blocks,
             self_attention_blocks=config.self_attention_blocks,
+            readout=config.readout,
+            readout_block=config.readout_block,
         )
 
 
@@ -97,6 +102,7 @@ def attention_pass(
     spec: PassSpec,
     *,
     cfg_reference: bool = False,
+    content: list[torch.Tensor] | None = None,
 ) -> PassMaps:
     """One denoiser forward; per sample, the maps of each of its classes.
 
@@ -109,32 +115,30 @@ def attention_pass(
         spec (`PassSpec`): the timestep, fusion weights, completion and which maps to compute.
         cfg_reference (`bool`, *optional*): run the released code's [empty prompt, prompt] batch of 2B and read the
             conditional half (for equivalence tests and the reference benchmark; twice the cost).
+        content (`list[torch.Tensor]`, *optional*): per sample, its prompt's content-token mask
+            (:func:`~diffsegmenter.readouts.content_token_mask`); needed by the rescaled and weighted read-outs.
 
     Returns:
         `PassMaps`: the where maps and/or the class-decision maps, on the backbone's device.
     """
+    readout = readout_for(spec.readout, spec.readout_block)
+    readout.check_family(backbone.family)
+    if readout.needs_content and content is None:
+        raise ValueError(f"the {spec.readout!r} read-out needs each prompt's content-token mask (content=)")
     b = latents.shape[0]
     store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
+    readout.prepare(store)
+    capture = readout.capture(backbone, store, spec, text, token_groups)
     if cfg_reference:
         empty = backbone.empty_embedding().unsqueeze(0).expand(b, -1, -1)
         latents = torch.cat([latents, latents])
         text = torch.cat([empty, text])
         store.keep_batch = slice(b, 2 * b)
-    blocks = {}
-    if spec.attention_blocks is not None or spec.self_attention_blocks is not None:
-        blocks = {"blocks": spec.attention_blocks, "self_blocks": spec.self_attention_blocks}
-    with backbone.capture(store, spec.self_attention_factor, **blocks):
+    with capture:
         backbone.denoise(latents, spec.timestep, text)
-    per_level = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
-    which = fuse_levels(per_level, spec.which_weights) if spec.which_weights is not None else None
-    if not spec.where:
-        return PassMaps(where=None, which=which)
-    fused = fuse_levels(per_level, spec.level_weights)
-    if store.self_qk and spec.self_attention_steps > 0:
-        _, size = store.level_of(store.self_qk[0][0].shape[2])
-        if tuple(fused.shape[-2:]) != size:  # completing at a coarser level than the fused maps
-            fused = F.interpolate(fused, size=size, mode="area")
-    return PassMaps(where=complete_with_self_attention(fused, store.self_qk, spec.self_attention_steps), which=which)
+    mask = torch.stack(content) if content is not None else None
+    where, which = readout.maps(store, token_groups, mask, spec)
+    return PassMaps(where=where, which=which)
 
 
 @dataclass
@@ -209,6 +213,12 @@ def run_batched(
         start = 0
         while start < len(items):
             chunk = items[start : start + bs]
+            content = None
+            if readout_for(spec.readout, spec.readout_block).needs_content:
+                content = [
+                    content_token_mask(backbone.tokenizer, p.input_ids, keep=[i for t in p.class_tokens for i in t])
+                    for _, p in chunk
+                ]
             try:
                 out = attention_pass(
                     backbone,
@@ -219,6 +229,7 @@ def run_batched(
                         for _, p in chunk
                     ],
                     spec,
+                    content=content,
                 )
             except torch.OutOfMemoryError:
                 if bs == 1:

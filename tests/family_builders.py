@@ -1,0 +1,168 @@
+"""Tiny random SDXL, SD3 (with and without T5), FLUX and PixArt-Σ pipelines built from configs (sizes in the spirit
+of diffusers' own pipeline tests), saved with the family's diffusers pipeline ``save_pretrained`` (safetensors).
+Shared by the family tests and the read-out tests; the session fixtures ``family_folders`` and ``segmenters`` live
+in ``conftest.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORDS = [
+    "a",
+    "photograph",
+    "of",
+    "the",
+    "cat",
+    "dog",
+    "on",
+    "grass",
+    "sitting",
+    "in",
+    "room",
+    "with",
+    "and",
+    "very",
+    "long",
+    "prompt",
+    "that",
+    "goes",
+]
+
+
+def t5_tokenizer():
+    """A tiny sentencepiece-style (Unigram) T5 tokenizer built offline: known words are one piece, other words split
+    into letters (multi-sub-token class names)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    vocab += [("▁" + w, -1.0) for w in WORDS] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+
+
+def _clip(cls, hidden=32, projection=32):
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(FIXTURES / "clip_tokenizer")
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=projection,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=77,
+    )
+    return cls(cfg).eval(), tok
+
+
+def _t5(d_model=32):
+    from transformers import T5Config, T5EncoderModel
+
+    tok = t5_tokenizer()
+    cfg = T5Config(
+        vocab_size=len(tok), d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return T5EncoderModel(cfg).eval(), tok
+
+
+def _vae(latent=4, **kw):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=latent, sample_size=32,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, **kw,
+    )  # fmt: skip
+
+
+def build_sdxl(folder):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 8), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2),
+        projection_class_embeddings_input_dim=32 + 6 * 8, cross_attention_dim=64,
+    )  # fmt: skip
+    te, tok = _clip(CLIPTextModel)
+    te2, tok2 = _clip(CLIPTextModelWithProjection)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2, unet=unet, scheduler=sched
+    ).save_pretrained(folder)
+
+
+def build_sd3(folder, with_t5=True):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32, out_channels=4,
+    )  # fmt: skip
+    te, tok = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
+    te2, tok2 = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
+    te3, tok3 = _t5() if with_t5 else (None, None)
+    StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift_factor=0.1, scaling_factor=1.5), text_encoder=te, tokenizer=tok, text_encoder_2=te2,
+        tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3,
+    ).save_pretrained(folder)  # fmt: skip
+
+
+def build_flux(folder):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )  # fmt: skip
+    te, tok = _clip(CLIPTextModel)
+    te2, tok2 = _t5()
+    FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(shift_factor=0.1, scaling_factor=1.5),
+        text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, transformer=transformer,
+    ).save_pretrained(folder)  # fmt: skip
+
+
+def build_pixart(folder):
+    from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    )  # fmt: skip
+    te, tok = _t5()
+    PixArtSigmaPipeline(
+        tokenizer=tok, text_encoder=te, vae=_vae(), transformer=transformer, scheduler=DDIMScheduler()
+    ).save_pretrained(folder)
+
+
+BUILDERS = {
+    "sdxl": build_sdxl,
+    "sd3": build_sd3,
+    "sd3_no_t5": lambda f: build_sd3(f, with_t5=False),
+    "flux": build_flux,
+    "pixart": build_pixart,
+}
+FAMILY = {"sdxl": "sdxl", "sd3": "sd3", "sd3_no_t5": "sd3", "flux": "flux", "pixart": "pixart"}

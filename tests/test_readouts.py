@@ -1,0 +1,247 @@
+"""The read-outs (``SegmenterConfig.readout``, :mod:`diffsegmenter.readouts`): known answers for the pure functions,
+and every read-out on every backbone it applies to, on tiny random models (shapes, ranges, determinism, the model
+left as it was)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffsegmenter import DiffSegmenter, SegmenterConfig
+from diffsegmenter.attention import AttentionStore
+from diffsegmenter.passes import PassSpec, attention_pass
+from diffsegmenter.readouts import (
+    content_token_mask,
+    fuse_layers,
+    head_agreement_weights,
+    head_weighted_probs,
+    layer_weights,
+    readout_for,
+    rescale_tokens,
+    self_attention_agreement,
+)
+
+from .family_builders import FAMILY
+
+
+def _image(seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((40, 48, 3), np.uint8)
+    img[:, :24] = (200, 30, 30)
+    img[:, 24:] = (20, 160, 40)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+def test_content_mask_drops_special_and_stop_words(tiny_components):
+    tok = tiny_components["tokenizer"]
+    ids = tok("a photograph of cat", padding="max_length", max_length=tok.model_max_length)["input_ids"]
+    mask = content_token_mask(tok, ids)
+    words = [tok.convert_ids_to_tokens(i) for i, m in zip(ids, mask) if m]
+    assert [w.replace("</w>", "") for w in words] == ["photograph", "cat"]
+    assert not mask[0] and not mask[len(ids) - 1]  # <sos>, padding
+    assert content_token_mask(tok, ids, keep=[1])[1]  # a class token is content whatever its word
+    assert content_token_mask(tok, ids, length=100).shape == (100,)
+
+
+def test_rescaling_removes_sos_dominance():
+    # 2 pixels: background (sos takes 0.9) and object; tokens: sos, "a", "cat", "dog"
+    a = torch.tensor([[0.90, 0.05, 0.03, 0.02], [0.40, 0.05, 0.45, 0.10]]).T.reshape(1, 4, 1, 2)
+    content = torch.tensor([False, False, True, True])
+    r = rescale_tokens(a, content)
+    assert torch.equal(r[0, :2], torch.zeros(2, 1, 2))  # non-content tokens are 0
+    # renormalised over {cat, dog}: bg (0.6, 0.4), object (0.818, 0.182): per-token min-max -> cat 0 -> 1, dog 1 -> 0
+    assert torch.allclose(r[0, 2, 0], torch.tensor([0.0, 1.0])) and torch.allclose(
+        r[0, 3, 0], torch.tensor([1.0, 0.0])
+    )
+    assert r.min() >= 0 and r.max() <= 1
+    # one content token: no renormalisation (it would be 1 everywhere), only min-max
+    single = rescale_tokens(a, torch.tensor([False, False, True, False]))
+    assert torch.allclose(single[0, 2, 0], torch.tensor([0.0, 1.0]))
+    # a longer joint sequence (SD3's CLIP + T5 columns): the mask is padded with non-content
+    assert rescale_tokens(torch.rand(2, 6, 3, 3), content).shape == (2, 6, 3, 3)
+
+
+def test_head_weights_sum_to_one_and_favour_agreeing_heads():
+    torch.manual_seed(0)
+    total = torch.randn(2, 5, 8)
+    heads = torch.stack([total, -total, torch.randn(2, 5, 8)], dim=1)  # agrees, disagrees, random
+    w = head_agreement_weights(heads, total)
+    assert w.shape == (2, 3, 5) and torch.allclose(w.sum(dim=1), torch.ones(2, 5))
+    assert (w[:, 0] >= w[:, 2]).all() and (w[:, 1] == 0).all()
+    ws = head_agreement_weights(heads, total, mode="softmax")
+    assert torch.allclose(ws.sum(dim=1), torch.ones(2, 5)) and (ws[:, 0] > ws[:, 1]).all()
+    # no head agrees anywhere -> uniform
+    assert torch.allclose(head_agreement_weights(-torch.ones(1, 2, 3), None), torch.full((1, 2, 3), 0.5))
+
+
+def test_head_weighted_probs_is_a_convex_combination():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 4, 6, 5), dim=-1)
+    value = torch.randn(2, 4, 5, 3)
+    out = probs @ value
+    w_out = torch.randn(7, 12)
+    mean = head_weighted_probs(probs, out, w_out)
+    assert mean.shape == (2, 6, 5) and torch.allclose(mean.sum(-1), torch.ones(2, 6), atol=1e-5)
+    same = probs[:, :1].expand(-1, 4, -1, -1)  # identical heads: the weighting is the plain mean
+    assert torch.allclose(head_weighted_probs(same, same @ value, w_out), same[:, 0], atol=1e-6)
+
+
+def test_self_attention_agreement_known_answers():
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 4)
+    q = x[:, None]  # one head, identity projections, scale 1/sqrt(C): the pseudo self-attention itself
+    a = self_attention_agreement(q, q, 4**-0.5, x)
+    assert torch.allclose(a, torch.ones(2), atol=1e-5)
+    other = self_attention_agreement(torch.randn(2, 2, 9, 4) * 5, torch.randn(2, 2, 9, 4) * 5, 1.0, x)
+    assert (other < a).all() and (other >= 0).all()
+    chunked = self_attention_agreement(torch.randn(2, 2, 9, 4), torch.randn(2, 2, 9, 4), 1.0, x, chunk_elements=10)
+    torch.manual_seed(0)
+    _ = torch.randn(2, 9, 4)
+    assert chunked.shape == (2,)
+
+
+def test_layer_weights_and_fusion():
+    a = torch.tensor([[0.9, 0.2], [0.3, 0.2], [0.0, 0.0]])
+    w = layer_weights(a)
+    assert torch.allclose(w.sum(0), torch.ones(2)) and w[0, 0] == pytest.approx(0.75)
+    assert torch.allclose(layer_weights(a, "uniform"), torch.full((3, 2), 1 / 3))
+    maps = [torch.rand(2, 3, 4, 4), torch.rand(2, 3, 2, 2), torch.ones(2, 3, 8, 8)]
+    fused = fuse_layers(maps, w)
+    assert fused.shape == (2, 3, 8, 8) and fused.min() >= 0 and fused.max() <= 1 + 1e-6
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="readout must be one of"):
+        SegmenterConfig(readout="best")
+    with pytest.raises(ValueError, match="readout_block only applies"):
+        SegmenterConfig(readout_block=3)
+    with pytest.raises(ValueError, match="own class decision"):
+        SegmenterConfig(readout="single-block", class_level_weights={8: 1.0})
+    assert SegmenterConfig(readout="single-block", readout_block=2).readout_block == 2
+    assert SegmenterConfig().readout == "paper"
+    with pytest.raises(ValueError, match="readout must be one of"):
+        readout_for("best")
+
+
+# ------------------------------------------------------------------------------------------------ tiny SD (UNet)
+@pytest.mark.parametrize("readout", ["paper", "rescaled", "weighted"])
+def test_unet_readouts(tiny_segmenter, readout):
+    seg = tiny_segmenter
+    before = {k: type(v) for k, v in seg.backbone.unet.attn_processors.items()}
+    seg.config = seg.config.replace(readout=readout, resolution=32)
+    res = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    again = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    assert res.scores.shape == (2, 40, 48) and res.labels.shape == (40, 48)
+    assert res.scores.min() >= 0 and res.scores.max() <= 1
+    assert np.array_equal(res.scores, again.scores)
+    assert {k: type(v) for k, v in seg.backbone.unet.attn_processors.items()} == before
+    # with a separate class decision (the shipped shapes settings' kind) and in single-prompt mode
+    seg.config = seg.config.replace(prompt_mode="single", class_level_weights={2: 1.0, 1: 0.0}, class_resolution=16)
+    res = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    assert res.scores.shape == (2, 40, 48) and res.scores.min() >= 0 and res.scores.max() <= 1
+
+
+def test_paper_readout_is_the_default_path(tiny_segmenter):
+    seg = tiny_segmenter
+    seg.config = seg.config.replace(resolution=32)
+    default = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    seg.config = seg.config.replace(readout="rescaled")
+    rescaled = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    assert not np.array_equal(default.scores, rescaled.scores)
+
+
+def test_weighted_layer_weights_sum_to_one(tiny_segmenter):
+    seg = tiny_segmenter
+    bb = seg.backbone
+    z0 = bb.encode_latents([_image()], 32)
+    zt = bb.add_noise(z0, bb.noise_like(z0, 0), 100)
+    prompt = seg.build_prompts(_image(), ["cat"])[0]
+    text = seg.encode_prompt(prompt)[None]
+    content = [content_token_mask(bb.tokenizer, prompt.input_ids, keep=prompt.class_tokens[0])]
+    spec = PassSpec(timestep=100, level_weights={2: 1.0, 1: 1.0}, readout="weighted")
+    store_seen = {}
+    original = readout_for("weighted").__class__.maps
+
+    def spy(self, store, *a):
+        out = original(self, store, *a)
+        store_seen["w"] = store.last_layer_weights
+        store_seen["agreement"] = dict(store.layer_agreement)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(readout_for("weighted").__class__, "maps", spy)
+        with torch.inference_mode():
+            out = attention_pass(bb, zt, text, [[prompt.class_tokens[0]]], spec, content=content)
+    assert out.where.shape == (1, 1, 16, 16) and out.where.min() >= 0 and out.where.max() <= 1
+    w = store_seen["w"]
+    assert w.shape[0] == len(store_seen["agreement"]) == 7  # one weight per cross-attention layer (its block)
+    assert torch.allclose(w.sum(0), torch.ones(1))
+    with pytest.raises(ValueError, match="content-token mask"):
+        attention_pass(bb, zt, text, [[prompt.class_tokens[0]]], spec)
+
+
+# ------------------------------------------------------------------------------------------------ other families
+CASES = [
+    ("sdxl", "rescaled"),
+    ("sdxl", "weighted"),
+    ("sd3", "rescaled"),
+    ("sd3", "single-block"),
+    ("flux", "rescaled"),
+    ("flux", "single-block"),
+    ("flux", "concept"),
+    ("pixart", "rescaled"),
+]
+
+
+@pytest.mark.parametrize(("name", "readout"), CASES)
+def test_family_readouts(segmenters, name, readout):
+    base = segmenters[name]
+    model = getattr(base.backbone, "transformer", None) or base.backbone.unet
+    before = {k: type(v) for k, v in model.attn_processors.items()}
+    seg = DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout=readout))
+    res = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    again = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    assert res.scores.shape == (2, 40, 48) and res.labels.shape == (40, 48)
+    assert res.scores.min() >= 0 and res.scores.max() <= 1 and np.isfinite(res.scores).all()
+    assert np.array_equal(res.scores, again.scores)
+    assert {k: type(v) for k, v in model.attn_processors.items()} == before
+    if readout == "single-block":  # raw probabilities: no min-max, so no map reaches 1
+        assert res.scores.max() < 1
+        other = DiffSegmenter(backbone=base.backbone, config=seg.config.replace(readout_block=0))
+        assert not np.array_equal(other.segment(_image(), classes=["cat", "dog"], seed=0).scores, res.scores)
+
+
+@pytest.mark.parametrize(("name", "readout"), [("flux", "weighted"), ("sd3", "concept"), ("sdxl", "single-block")])
+def test_readout_refused_on_other_families(segmenters, name, readout):
+    base = segmenters[name]
+    seg = DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout=readout))
+    with pytest.raises(ValueError, match=f"readout {readout!r} runs on"):
+        seg.segment(_image(), classes=["cat"], seed=0)
+
+
+def test_concept_streams_leave_flux_untouched(segmenters):
+    from diffsegmenter.attention import capture_concepts
+
+    seg = segmenters["flux"]
+    bb = seg.backbone
+    assert FAMILY["flux"] == "flux"
+    z0 = bb.encode_latents([_image()], 32)
+    zt = bb.add_noise(z0, bb.noise_like(z0, 0), 100).to(bb.device, bb.dtype)
+    prompt = seg.build_prompts(_image(), ["cat"])[0]
+    text = seg.encode_prompt(prompt)[None]
+    concepts = torch.randn(1, 3, text.shape[-1])
+    with torch.inference_mode():
+        plain = bb.denoise(zt, 100, text)
+        store = AttentionStore(latent_size=tuple(zt.shape[-2:]))
+        with capture_concepts(bb.transformer, store, concepts, [0, 1]):
+            captured = bb.denoise(zt, 100, text)
+    assert torch.equal(plain, captured)  # nothing attends to the concepts
+    assert store.concept_scores.shape == (1, (zt.shape[-2] // 2) * (zt.shape[-1] // 2), 3)
+    assert not any(blk._forward_pre_hooks for blk in bb.transformer.transformer_blocks)
+    with (
+        pytest.raises(ValueError, match="double-stream blocks"),
+        capture_concepts(bb.transformer, store, concepts, [5]),
+    ):
+        pass
