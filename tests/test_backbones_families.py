@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from diffsegmenter import DiffSegmenter
-from diffsegmenter.attention import AttentionStore, joint_text_probs
+from diffsegmenter.attention import AttentionStore
 from diffsegmenter.backbones.dit import flow_sigma
 from diffsegmenter.backbones.sdxl import SDXL_LEVEL_WEIGHTS
+from diffsegmenter.joint_attention import joint_text_probs
 from diffsegmenter.tokens import tokenise_segments
 
 from .family_builders import BUILDERS, FAMILY, t5_tokenizer

@@ -21,7 +21,17 @@ import diffsegmenter
 PACKAGE = "diffsegmenter"
 
 #: Core maths and capture (and any backbone module): they must not depend on front ends, I/O or research.
-CORE_MODULES = ("aggregation", "attention", "tokens", "config", "prompts")
+CORE_MODULES = (
+    "aggregation",
+    "attention",
+    "joint_attention",
+    "readouts",
+    "passes",
+    "decision",
+    "tokens",
+    "config",
+    "prompts",
+)
 CORE_PATTERN = re.compile(rf"^{PACKAGE}\.(?:{'|'.join(CORE_MODULES)}|backbones?(?:\..+)?)$")
 #: What core modules may never import (a module or anything below it).
 FORBIDDEN_FOR_CORE = tuple(f"{PACKAGE}.{name}" for name in ("cli", "app", "io", "batch", "evaluation", "filters")) + (

@@ -222,7 +222,7 @@ def test_readout_refused_on_other_families(segmenters, name, readout):
 
 
 def test_concept_streams_leave_flux_untouched(segmenters):
-    from diffsegmenter.attention import capture_concepts
+    from diffsegmenter.joint_attention import capture_concepts
 
     seg = segmenters["flux"]
     bb = seg.backbone

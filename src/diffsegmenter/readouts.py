@@ -525,7 +525,7 @@ class ConceptReadout(Readout):
     name = "concept"
 
     def capture(self, backbone, store, spec, text, token_groups):
-        from .attention import capture_concepts
+        from .joint_attention import capture_concepts
 
         nd = len(backbone.transformer.transformer_blocks)
         blocks = spec.attention_blocks if spec.attention_blocks is not None else list(range(nd))

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-from ..attention import capture_wrapped
+from ..joint_attention import capture_wrapped
 from .base import DiffusionBackbone
 from .sd import vae_latents
 

@@ -5,7 +5,7 @@ placed with the T5 tokenizer (no BOS); CLIP-L gives only the pooled vector (``Fl
 Latents: 16-channel shifted VAE latents packed into 2x2 patches with (0, row, col) position ids
 (``FluxPipeline._pack_latents`` / ``_prepare_latent_image_ids``). Attention: [text; image] per double-stream block
 (``transformer_blocks``), already joined in single-stream blocks (``single_transformer_blocks``); rotary
-embedding is applied before the scores (:class:`~diffsegmenter.attention.FluxCaptureProcessor`). Blocks are
+embedding is applied before the scores (:class:`~diffsegmenter.joint_attention.FluxCaptureProcessor`). Blocks are
 numbered double-stream first, then single-stream. Noise: flow matching at sigma (:mod:`.dit`). FLUX.1-dev's
 guidance embedding gets 3.5 (its pipeline default); schnell has none.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..attention import FluxCaptureProcessor
+from ..joint_attention import FluxCaptureProcessor
 from .dit import TransformerBackbone, flow_sigma, t5_tokenizer
 
 __all__ = ["FluxBackbone", "FLUX_T5_LENGTH"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..attention import PixArtCrossCaptureProcessor, PixArtSelfCaptureProcessor
+from ..joint_attention import PixArtCrossCaptureProcessor, PixArtSelfCaptureProcessor
 from .dit import TransformerBackbone, t5_tokenizer
 
 __all__ = ["PixArtBackbone", "PIXART_T5_LENGTH"]

@@ -6,7 +6,7 @@ pooled projections (``StableDiffusion3Pipeline.encode_prompt``). Class tokens ar
 so the maps read the CLIP columns (0..76) of the joint attention; the T5 copy of the prompt conditions the image but
 its columns are not read (yet).
 Attention: one joint softmax over [image; text] per block; the image->text slice is read per block
-(:class:`~diffsegmenter.attention.SD3JointCaptureProcessor`). Noise: flow matching at sigma (:mod:`.dit`).
+(:class:`~diffsegmenter.joint_attention.SD3JointCaptureProcessor`). Noise: flow matching at sigma (:mod:`.dit`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..attention import SD3JointCaptureProcessor
+from ..joint_attention import SD3JointCaptureProcessor
 from .dit import TransformerBackbone, flow_sigma
 
 __all__ = ["StableDiffusion3Backbone", "SD3_T5_LENGTH"]

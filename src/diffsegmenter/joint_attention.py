@@ -1,0 +1,312 @@
+"""Attention capture for transformer denoisers (DiT / MM-DiT): SD3 and FLUX joint attention, PixArt cross-attention.
+
+The UNet capture (SD1/SD2/SDXL) and the :class:`~diffsegmenter.attention.AttentionStore` both kinds fill live in
+:mod:`diffsegmenter.attention`. Every capture here is undone in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from .attention import AttentionStore
+
+__all__ = [
+    "FluxCaptureProcessor",
+    "FluxConceptProcessor",
+    "PixArtCrossCaptureProcessor",
+    "PixArtSelfCaptureProcessor",
+    "SD3JointCaptureProcessor",
+    "capture_concepts",
+    "capture_wrapped",
+    "joint_text_probs",
+]
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Transformer (DiT / MM-DiT) capture: SD3 and FLUX joint attention, PixArt cross-attention.
+#
+# These processors *wrap* the layer's own processor: they recompute only the projections they read (image queries and
+# keys, text keys) and then call the original processor for the layer's output, so the model output is bit-identical to
+# the uncaptured forward by construction (the fused kernel still computes it), whatever the diffusers version's
+# processor does. The cost is one extra q/k projection per captured layer (no extra value projection).
+
+#: Score elements (queries x keys x heads x batch) evaluated at once when the image->text slice of a joint softmax is
+#: computed: 2**25 float32 = 128 MiB, whatever the sequence length (the (N+T)^2 matrix is never formed).
+JOINT_CHUNK_ELEMENTS = 1 << 25
+
+
+def joint_text_probs(
+    q_img: torch.Tensor, keys: torch.Tensor, text: slice, scale: float, chunk_elements: int = JOINT_CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """The image->text block of a joint softmax over [image; text] keys, averaged over heads on the fly.
+
+    ``softmax(q k^T * scale)`` over *all* keys (image and text), read only at the text columns: each chunk of image
+    queries forms its scores against every key, takes the row's log-sum-exp, and keeps ``exp(score - lse)`` at the
+    text columns only. Peak memory is ``chunk_elements`` floats, never the (N+T)^2 matrix.
+
+    Args:
+        q_img (`torch.Tensor`): (B, heads, N, d) image queries (after the layer's norms and rotary embedding).
+        keys (`torch.Tensor`): (B, heads, S, d) all keys of the joint sequence, in the layer's order.
+        text (`slice`): where the text keys sit in ``keys``.
+        scale (`float`): the softmax scale (1/sqrt(d) for SD3 and FLUX).
+
+    Returns:
+        `torch.Tensor`: (B, N, T) float32 probabilities, head-averaged (rows sum to the text's share of the row).
+    """
+    b, h, n, _ = q_img.shape
+    kt = keys.float().transpose(-1, -2)
+    rows = max(1, chunk_elements // max(1, b * h * keys.shape[2]))
+    out = []
+    for start in range(0, n, rows):
+        scores = torch.matmul(q_img[:, :, start : start + rows].float(), kt) * scale
+        lse = scores.logsumexp(dim=-1, keepdim=True)
+        out.append((scores[..., text] - lse).exp_().mean(dim=1))
+    return torch.cat(out, dim=1)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, S, heads * d) -> (B, heads, S, d)."""
+    b, s, _ = x.shape
+    return x.view(b, s, heads, -1).transpose(1, 2)
+
+
+class _WrappingProcessor:
+    """Calls the wrapped processor for the output after recording what :meth:`record` reads."""
+
+    def __init__(self, original, store: AttentionStore, read_cross: bool, read_self: bool, name: str = "") -> None:
+        self.original = original
+        self.store = store
+        self.read_cross = read_cross
+        self.read_self = read_self
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        with torch.no_grad():
+            self.record(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        raise NotImplementedError
+
+    def _keep_self(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        keep = self.store.keep_batch
+        self.store.self_qk.append((q[keep], k[keep], float(scale)))
+
+
+class SD3JointCaptureProcessor(_WrappingProcessor):
+    """SD3's ``JointAttnProcessor2_0`` layers: [image; text] tokens in one softmax (image first)."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        if encoder_hidden_states is None:  # SD3.5's extra image-only attention (attn2): not a joint layer
+            return
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(hidden_states), attn.heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scale = q.shape[-1] ** -0.5  # the processor calls SDPA with its default scale
+        if self.read_cross:
+            kt = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
+            if attn.norm_added_k is not None:
+                kt = attn.norm_added_k(kt)
+            n = q.shape[2]
+            probs = joint_text_probs(q, torch.cat([k, kt], dim=2), slice(n, None), scale)
+            self.store.add_cross_mean(probs, self.name)
+        if self.read_self:
+            self._keep_self(q, k, scale)
+
+
+class FluxCaptureProcessor(_WrappingProcessor):
+    """FLUX's ``FluxAttnProcessor`` layers: [text; image] tokens, rotary embedding applied before the scores.
+
+    Double-stream blocks get text and image separately; single-stream blocks get them joined, so the text length is
+    the sequence length minus the image tokens (known from ``store.latent_size`` and the 2x2 packing).
+    """
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None, **kwargs):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if attention_mask is not None:
+            raise ValueError("FLUX attention capture does not support attention masks (the pipelines pass none)")
+
+        def split(x):  # (B, S, heads * d) -> (B, S, heads, d), FLUX's layout
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        if getattr(attn, "fused_projections", False):
+            q_img, k_img, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            q_img, k_img = attn.to_q(hidden_states), attn.to_k(hidden_states)
+        q_all, k_all = attn.norm_q(split(q_img)), attn.norm_k(split(k_img))
+        if encoder_hidden_states is not None:  # double-stream: prepend the text keys (its queries are not read)
+            if getattr(attn, "fused_projections", False):
+                k_txt = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)[1]
+            else:
+                k_txt = attn.add_k_proj(encoder_hidden_states)
+            k_txt = attn.norm_added_k(split(k_txt))
+            t = k_txt.shape[1]
+            k_all = torch.cat([k_txt, k_all], dim=1)
+            q_img = q_all
+        else:  # single-stream: [text; image] already joined
+            h, w = self.store.latent_size
+            t = k_all.shape[1] - (h // 2) * (w // 2)
+            q_img = q_all[:, t:]
+        if image_rotary_emb is not None:
+            cos, sin = image_rotary_emb
+            q_img = apply_rotary_emb(q_img, (cos[t:], sin[t:]), sequence_dim=1)
+            k_all = apply_rotary_emb(k_all, image_rotary_emb, sequence_dim=1)
+        q, k = q_img.transpose(1, 2), k_all.transpose(1, 2)  # (B, heads, S, d)
+        scale = q.shape[-1] ** -0.5
+        if self.read_cross:
+            self.store.add_cross_mean(joint_text_probs(q, k, slice(0, t), scale), self.name)
+        if self.read_self:
+            self._keep_self(q, k[:, :, t:], scale)
+
+
+class PixArtCrossCaptureProcessor(_WrappingProcessor):
+    """PixArt's cross-attention (``attn2``, ordinary softmax over the T5 tokens, padding masked)."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(encoder_hidden_states), attn.heads)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:  # PixArt's additive bias, (B, 1, T)
+            scores = scores + attention_mask.float().reshape(scores.shape[0], 1, 1, -1)
+        self.store.add_cross(scores.softmax(dim=-1), self.name)
+
+
+class PixArtSelfCaptureProcessor(_WrappingProcessor):
+    """PixArt's image self-attention (``attn1``): keeps queries and keys for completion."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(hidden_states), attn.heads)
+        self._keep_self(q, k, float(attn.scale))
+
+
+@contextmanager
+def capture_wrapped(
+    model, plan: dict[str, tuple[type, bool, bool]], store: AttentionStore
+) -> Iterator[AttentionStore]:
+    """Wrap the processors named in ``plan`` (``{processor key: (wrapper class, read_cross, read_self)}``) for the
+    duration of the context; restore the model's own processors on exit, also after an exception."""
+    originals = dict(model.attn_processors)
+    unknown = sorted(set(plan) - set(originals))
+    if unknown:
+        raise ValueError(f"the model has no attention layers {unknown[:3]}")
+    procs = {
+        name: (plan[name][0](proc, store, plan[name][1], plan[name][2], name) if name in plan else proc)
+        for name, proc in originals.items()
+    }
+    model.set_attn_processor(procs)
+    try:
+        yield store
+    finally:
+        model.set_attn_processor(dict(originals))
+
+
+class FluxConceptProcessor(_WrappingProcessor):
+    """A FLUX double-stream layer that also carries the concept streams (the concept read-out, ConceptAttention).
+
+    Before the layer's own processor runs (its output is untouched), it recomputes the image and text queries, keys
+    and values, the image tokens' attention output, and moves the concept streams ``store``-side through the
+    block's text branch (see :class:`~diffsegmenter.readouts.ConceptReadout` for the choices); when the block is
+    read, adds ``o_img . o_concept`` (heads concatenated, before the output projections) to
+    ``store.concept_scores``.
+
+    Args:
+        state (`dict`): shared with the block hooks: ``"stream"`` (B, K, D) the concept streams, ``"temb"`` the
+            block's conditioning, set by a forward pre-hook.
+        block: the ``FluxTransformerBlock`` this layer belongs to (its ``norm1_context``, ``norm2_context``,
+            ``ff_context``).
+    """
+
+    def __init__(self, original, store, read, state, block, name: str = "") -> None:
+        super().__init__(original, store, read, False, name)
+        self.state = state
+        self.block = block
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None, **kwargs):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if attention_mask is not None:
+            raise ValueError("FLUX attention capture does not support attention masks (the pipelines pass none)")
+        if getattr(attn, "fused_projections", False):
+            raise ValueError("the concept read-out needs unfused FLUX projections")
+
+        def split(x):  # (B, S, heads * d) -> (B, S, heads, d)
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        q = attn.norm_q(split(attn.to_q(hidden_states)))
+        k = attn.norm_k(split(attn.to_k(hidden_states)))
+        v = split(attn.to_v(hidden_states))
+        qt = attn.norm_added_q(split(attn.add_q_proj(encoder_hidden_states)))
+        kt = attn.norm_added_k(split(attn.add_k_proj(encoder_hidden_states)))
+        vt = split(attn.add_v_proj(encoder_hidden_states))
+        t = qt.shape[1]
+        q_all, k_all, v_all = torch.cat([qt, q], 1), torch.cat([kt, k], 1), torch.cat([vt, v], 1)
+        if image_rotary_emb is not None:
+            q_all = apply_rotary_emb(q_all, image_rotary_emb, sequence_dim=1)
+            k_all = apply_rotary_emb(k_all, image_rotary_emb, sequence_dim=1)
+        q_all, k_all, v_all = (x.transpose(1, 2) for x in (q_all, k_all, v_all))  # (B, heads, S, d)
+        keep = self.store.keep_batch
+        # the concept streams: normalised and modulated by the block's text-branch norm, projected by its text branch
+        block, stream, temb = self.block, self.state["stream"], self.state["temb"]
+        nc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(stream, emb=temb[keep])
+        qc = attn.norm_added_q(split(attn.add_q_proj(nc))).transpose(1, 2)
+        kc = attn.norm_added_k(split(attn.add_k_proj(nc))).transpose(1, 2)
+        vc = split(attn.add_v_proj(nc)).transpose(1, 2)
+        k_img, v_img = k_all[keep, :, t:], v_all[keep, :, t:]
+        oc = F.scaled_dot_product_attention(qc, torch.cat([kc, k_img], 2), torch.cat([vc, v_img], 2))
+        if self.read_cross:
+            o_img = F.scaled_dot_product_attention(q_all[keep, :, t:], k_all[keep], v_all[keep])
+            b, h, n, d = o_img.shape
+            score = torch.matmul(o_img.transpose(1, 2).reshape(b, n, h * d).float(),
+                                 oc.transpose(1, 2).reshape(b, -1, h * d).float().transpose(1, 2))  # fmt: skip
+            prev = self.store.concept_scores
+            self.store.concept_scores = score if prev is None else prev + score
+        attn_c = attn.to_add_out(oc.transpose(1, 2).flatten(2).to(stream.dtype))
+        stream = stream + c_gate_msa.unsqueeze(1) * attn_c
+        norm = block.norm2_context(stream) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+        self.state["stream"] = stream + c_gate_mlp.unsqueeze(1) * block.ff_context(norm)
+
+
+@contextmanager
+def capture_concepts(transformer, store: AttentionStore, concepts: torch.Tensor, read_blocks) -> Iterator:
+    """Carry concept streams through every double-stream block of a ``FluxTransformer2DModel`` for the duration of
+    the context (:class:`FluxConceptProcessor`); restore the processors and remove the hooks on exit.
+
+    Args:
+        transformer: the FLUX transformer.
+        store (`AttentionStore`): receives ``concept_scores`` (B, N, K) summed over the read blocks.
+        concepts (`torch.Tensor`): (B_kept, K, D_text) initial concept embeddings in the text encoder's space
+            (projected here by ``context_embedder``).
+        read_blocks (`Iterable[int]`): double-stream block indices whose scores are summed.
+    """
+    blocks = list(transformer.transformer_blocks)
+    read = set(int(i) for i in read_blocks)
+    if not read or not read <= set(range(len(blocks))):
+        raise ValueError(
+            f"the concept read-out reads FLUX's double-stream blocks 0..{len(blocks) - 1}, got {sorted(read)}"
+        )
+    state = {"stream": transformer.context_embedder(concepts.to(transformer.dtype)), "temb": None}
+
+    def grab_temb(module, args, kwargs):
+        state["temb"] = kwargs["temb"] if "temb" in kwargs else args[2]
+
+    originals = dict(transformer.attn_processors)
+    procs = dict(originals)
+    for i, blk in enumerate(blocks):
+        key = f"transformer_blocks.{i}.attn.processor"
+        procs[key] = FluxConceptProcessor(originals[key], store, i in read, state, blk, key)
+    hooks = [blk.register_forward_pre_hook(grab_temb, with_kwargs=True) for blk in blocks]
+    transformer.set_attn_processor(procs)
+    try:
+        yield store
+    finally:
+        for hook in hooks:
+            hook.remove()
+        transformer.set_attn_processor(dict(originals))
