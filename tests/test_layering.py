@@ -26,6 +26,7 @@ CORE_MODULES = (
     "attention",
     "joint_attention",
     "readouts",
+    "readout_ops",
     "passes",
     "decision",
     "tokens",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .readouts import head_weighted_probs, self_attention_agreement
+from .readout_ops import head_weighted_probs, self_attention_agreement
 
 if TYPE_CHECKING:  # a type hint only: importing diffusers here would cost every `import` of this module seconds
     from diffusers.models.attention_processor import Attention
