@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffsegmenter.cli.edit import edit_command
 from diffsegmenter.editing import (
     EditSettings,
     dilate_mask,
-    edit_command,
     feather_mask,
     latent_mask,
     paste_back,

@@ -17,17 +17,15 @@ Only the backbone's public operations are used (``encode_latents``, ``noise_like
 ``empty_embedding``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so every backbone family
 that implements them can edit. The mask helpers are pure tensor functions.
 
-:func:`edit_command` is the body of the command line's ``edit`` subcommand (arguments in, files out).
+The command line's ``edit`` subcommand (arguments in, files out) is :mod:`diffsegmenter.cli.edit`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +47,6 @@ __all__ = [
     "vae_round_trip_error",
     "edit_images",
     "edit_segmented",
-    "edit_command",
 ]
 
 logger = logging.getLogger(__name__)
@@ -447,104 +444,3 @@ def edit_segmented(
         )
         for i in range(n)
     ]
-
-
-# ---------------------------------------------------------------------------------------------------------- command
-def _save_png(array: np.ndarray, path: Path) -> None:
-    """Write a PNG atomically (temporary file in the same folder, then rename)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def edit_command(
-    inputs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    target: str,
-    prompt: str,
-    model: str | os.PathLike = "shapes",
-    classes: Sequence[str] | None = None,
-    tau: float | None = None,
-    settings: EditSettings | None = None,
-    seed: int | None = None,
-    device: str = "cpu",
-    save_mask: bool = False,
-    progress: bool = True,
-    segmenter: Any = None,
-) -> list[Path]:
-    """The ``diffsegmenter edit`` command: edit image files (or every image in folders) and write PNGs.
-
-    One input file and an ``out`` ending in an image suffix writes that file; otherwise ``out`` is a folder that
-    receives ``<stem>.png`` per input (``<stem>.mask.png`` too with ``save_mask``: the paste-back weight, 0..255).
-    Images are edited one at a time so a folder's images may differ in size.
-
-    Args:
-        inputs: image files, folders or glob patterns (:func:`~diffsegmenter.images.scan_inputs`).
-        out: the output file or folder.
-        target, prompt, classes, tau, settings, seed: as :func:`edit_images`.
-        model: the model to load (``"shapes"``, a hub id or a folder) unless ``segmenter`` is given.
-        device (`str`): where the model runs.
-        save_mask (`bool`): also write the mask used.
-        progress (`bool`): progress bars.
-        segmenter (*optional*): an already loaded :class:`~diffsegmenter.DiffSegmenter`.
-
-    Returns:
-        `list[Path]`: the edited images written.
-
-    Raises:
-        ValueError: bad arguments (before the model loads), no image found, or two inputs that would write one file.
-    """
-    from .images import scan_inputs
-
-    settings = settings or EditSettings()
-    target = check_class_names([target])[0]
-    prompt = _check_prompt(prompt, target)
-    if tau is not None:
-        tau = check_tau(tau)
-    scan = scan_inputs(list(inputs))
-    paths = list(scan.images)
-    if not paths:
-        raise ValueError(f"no image found in {', '.join(map(str, inputs))}")
-    out = Path(out)
-    single_file = len(paths) == 1 and out.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-    if single_file and out.suffix.lower() != ".png":
-        raise ValueError(f"edited images are written as PNG: name the output {out.with_suffix('.png')}")
-    dests = [out] if single_file else [out / f"{Path(p).stem}.png" for p in paths]
-    seen: dict[Path, Any] = {}
-    for p, d in zip(paths, dests):
-        if d in seen:
-            raise ValueError(f"{seen[d]} and {p} would both be written to {d}: edit them into separate folders")
-        seen[d] = p
-    if segmenter is None:
-        from .segmenter import DiffSegmenter
-
-        segmenter = DiffSegmenter.from_pretrained(model, device=device)
-    if classes is not None:
-        segmenter.check_classes(list(classes))
-    written = []
-    for p, d in zip(paths, dests):
-        res = edit_images(
-            segmenter,
-            [p],
-            [target],
-            [prompt],
-            classes=classes,
-            tau=tau,
-            settings=settings,
-            seed=seed,
-            progress=progress,
-        )[0]
-        _save_png(res.image, d)
-        if save_mask:
-            _save_png(np.rint(res.mask * 255).astype(np.uint8), d.with_name(d.stem + ".mask.png"))
-        if not res.edited:
-            logger.warning("%s: no %r found; written unchanged", p, target)
-        written.append(d)
-    return written

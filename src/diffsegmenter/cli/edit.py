@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..editing import EditSettings
 
 from .parser import CliError, Command, config_overrides, parse_classes, register_command
 
-__all__ = ["add_edit_arguments", "cmd_edit"]
+__all__ = ["add_edit_arguments", "cmd_edit", "edit_command"]
+
+logger = logging.getLogger(__name__)
 
 #: ``--flag`` -> :class:`~diffsegmenter.editing.EditSettings` field; a flag the user did not set keeps the library's
 #: default.
@@ -39,9 +51,109 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def edit_command(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    target: str,
+    prompt: str,
+    model: str | os.PathLike = "shapes",
+    classes: Sequence[str] | None = None,
+    tau: float | None = None,
+    settings: EditSettings | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    save_mask: bool = False,
+    progress: bool = True,
+    segmenter: Any = None,
+) -> list[Path]:
+    """The ``diffsegmenter edit`` command: edit image files (or every image in folders) and write PNGs.
+
+    One input file and an ``out`` ending in an image suffix writes that file; otherwise ``out`` is a folder that
+    receives ``<stem>.png`` per input (``<stem>.mask.png`` too with ``save_mask``: the paste-back weight, 0..255).
+    Images are edited one at a time so a folder's images may differ in size.
+
+    Args:
+        inputs: image files, folders or glob patterns (:func:`~diffsegmenter.images.scan_inputs`).
+        out: the output file or folder.
+        target, prompt, classes, tau, settings, seed: as :func:`edit_images`.
+        model: the model to load (``"shapes"``, a hub id or a folder) unless ``segmenter`` is given.
+        device (`str`): where the model runs.
+        save_mask (`bool`): also write the mask used.
+        progress (`bool`): progress bars.
+        segmenter (*optional*): an already loaded :class:`~diffsegmenter.DiffSegmenter`.
+
+    Returns:
+        `list[Path]`: the edited images written.
+
+    Raises:
+        ValueError: bad arguments (before the model loads), no image found, or two inputs that would write one file.
+    """
+    from ..classes import check_class_names
+    from ..config import check_tau
+    from ..editing import EditSettings, _check_prompt, edit_images
+    from ..images import scan_inputs
+
+    settings = settings or EditSettings()
+    target = check_class_names([target])[0]
+    prompt = _check_prompt(prompt, target)
+    if tau is not None:
+        tau = check_tau(tau)
+    scan = scan_inputs(list(inputs))
+    paths = list(scan.images)
+    if not paths:
+        raise ValueError(f"no image found in {', '.join(map(str, inputs))}")
+    out = Path(out)
+    single_file = len(paths) == 1 and out.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    if single_file and out.suffix.lower() != ".png":
+        raise ValueError(f"edited images are written as PNG: name the output {out.with_suffix('.png')}")
+    dests = [out] if single_file else [out / f"{Path(p).stem}.png" for p in paths]
+    seen: dict[Path, Any] = {}
+    for p, d in zip(paths, dests):
+        if d in seen:
+            raise ValueError(f"{seen[d]} and {p} would both be written to {d}: edit them into separate folders")
+        seen[d] = p
+    if segmenter is None:
+        from ..segmenter import DiffSegmenter
+
+        segmenter = DiffSegmenter.from_pretrained(model, device=device)
+    if classes is not None:
+        segmenter.check_classes(list(classes))
+    written = []
+    for p, d in zip(paths, dests):
+        res = edit_images(
+            segmenter,
+            [p],
+            [target],
+            [prompt],
+            classes=classes,
+            tau=tau,
+            settings=settings,
+            seed=seed,
+            progress=progress,
+        )[0]
+        _save_png(d, res.image)
+        if save_mask:
+            _save_png(d.with_name(d.stem + ".mask.png"), np.rint(res.mask * 255).astype(np.uint8))
+        if not res.edited:
+            logger.warning("%s: no %r found; written unchanged", p, target)
+        written.append(d)
+    return written
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    """Write an image array as PNG through the package's one atomic writer (creating the folder)."""
+    from PIL import Image
+
+    from ..io.formats.label_png import save_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, Image.fromarray(array))
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     """``diffsegmenter edit``: returns 0 when every input was edited; usage errors raise `CliError` (exit 2)."""
-    from ..editing import EditSettings, edit_command
+    from ..editing import EditSettings
     from .model import check_overrides, load_segmenter
 
     overrides = config_overrides(args)
