@@ -32,10 +32,12 @@ import torch
 from diffsegmenter import DiffSegmenter
 from diffsegmenter.editing import EditSettings, edit_segmented, vae_round_trip_error
 
+from .captions import object_phrase
 from .world import CLASS_NAMES, make_split_scene
 
 SHAPES = list(CLASS_NAMES[1:])
 PAIRS = [(a, b) for a, b in itertools.permutations(SHAPES, 2)]
+STYLES = ("class", "colour", "instances", "instances-colour", "instances-full")
 
 
 def scenes_with(split: str, shape: str, count: int, limit: int = 5000) -> list:
@@ -65,6 +67,11 @@ def prompt_for(scene, source: str, target: str, style: str) -> str:
     if style == "instances":  # one phrase per instance of the source, as the training captions name objects
         count = sum(o.name == source for o in scene.objects)
         return " and ".join([f"a {target}"] * count)
+    if style in ("instances-colour", "instances-full"):  # per instance: its own colour (and position words)
+        label = CLASS_NAMES.index(target)
+        objs = sorted((o for o in scene.objects if o.name == source), key=lambda o: o.centre[0])
+        position = style == "instances-full"
+        return " and ".join(object_phrase(replace(o, label=label), position=position) for o in objs)
     raise ValueError(style)
 
 
@@ -165,16 +172,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--feather", type=int, default=EditSettings.feather)
     ap.add_argument("--strength", type=float, default=EditSettings.strength)
     ap.add_argument("--tau", type=float, default=None, help="mask tau (default: the model's tau)")
-    ap.add_argument("--prompt-style", choices=("class", "colour", "instances"), default="class")
+    ap.add_argument("--prompt-style", choices=STYLES, default="class")
     ap.add_argument("--sweep", action="store_true", help="val only: try a small grid of settings around the given")
+    ap.add_argument(
+        "--trial",
+        action="append",
+        default=[],
+        help="val only, repeatable: one extra trial as changes to the given settings, e.g. "
+        "'prompt=instances,dilate=5' (keys: prompt and EditSettings fields)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--grid", type=Path, default=None)
     args = ap.parse_args(argv)
-    if args.sweep and args.split != "val":
-        ap.error("--sweep chooses settings, so it runs on val only")
+    if (args.sweep or args.trial) and args.split != "val":
+        ap.error("--sweep and --trial choose settings, so they run on val only")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     seg = DiffSegmenter.from_pretrained(args.model)
@@ -197,6 +211,13 @@ def main(argv: list[str] | None = None) -> None:
             (replace(base, dilate=5), args.prompt_style),
             (base, "instances"),
         ]
+    for spec in args.trial:
+        changes = dict(kv.split("=", 1) for kv in spec.split(","))
+        style = changes.pop("prompt", args.prompt_style)
+        if style not in STYLES:
+            ap.error(f"unknown prompt style {style!r}")
+        fields = {k: type(getattr(base, k))(v) for k, v in changes.items()}
+        trials.append((replace(base, **fields), style))
     results = []
     for settings, style in trials:
         t = time.time()
