@@ -3,7 +3,8 @@
 For each ordered pair of the four shapes (12 pairs), the first ``--per-pair`` scenes of ``--split`` that hold the
 source shape are edited with target = the source's class and prompt = ``"a <target shape>"`` (the training captions'
 class phrase; ``--prompt-style instances`` repeats it once per instance of the source, "a square and a
-square", as the training captions name two objects). Then each edited scene is segmented with its present classes, the source replaced by the target, and
+square", as the training captions name two objects; ``instances-colour`` adds each instance's colour word,
+``instances-full`` its position words too, ``colour`` is one phrase with the first instance's colour). Then each edited scene is segmented with its present classes, the source replaced by the target, and
 no filter. An edit succeeds when the majority label (background included) inside the source's **true** mask is the
 target. Also measured: the mean absolute change outside the dilated mask (0..255 units, paste-back on), and the
 autoencoder's round-trip error on the same scenes (what an edit without paste-back would leave outside its mask).
