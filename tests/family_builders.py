@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -166,3 +167,12 @@ BUILDERS = {
     "pixart": build_pixart,
 }
 FAMILY = {"sdxl": "sdxl", "sd3": "sd3", "sd3_no_t5": "sd3", "flux": "flux", "pixart": "pixart"}
+
+
+def family_image(seed: int = 0) -> np.ndarray:
+    """A 40x48 RGB test image: red left half, green right half, seeded noise (uint8)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((40, 48, 3), np.uint8)
+    img[:, :24] = (200, 30, 30)
+    img[:, 24:] = (20, 160, 40)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)

@@ -17,15 +17,9 @@ from diffsegmenter.backbones.sdxl import SDXL_LEVEL_WEIGHTS
 from diffsegmenter.joint_attention import joint_text_probs
 from diffsegmenter.tokens import tokenise_segments
 
-from .family_builders import BUILDERS, FAMILY, t5_tokenizer
+from .family_builders import BUILDERS, FAMILY, family_image, t5_tokenizer
 
-
-def _image(seed=0):
-    rng = np.random.default_rng(seed)
-    img = np.zeros((40, 48, 3), np.uint8)
-    img[:, :24] = (200, 30, 30)
-    img[:, 24:] = (20, 160, 40)
-    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+_image = family_image
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

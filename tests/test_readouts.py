@@ -22,15 +22,9 @@ from diffsegmenter.readouts import (
     self_attention_agreement,
 )
 
-from .family_builders import FAMILY
+from .family_builders import FAMILY, family_image
 
-
-def _image(seed=0):
-    rng = np.random.default_rng(seed)
-    img = np.zeros((40, 48, 3), np.uint8)
-    img[:, :24] = (200, 30, 30)
-    img[:, 24:] = (20, 160, 40)
-    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+_image = family_image
 
 
 # ------------------------------------------------------------------------------------------------ pure functions

@@ -175,9 +175,10 @@ class DiffusionBackbone(ABC):
             `torch.Tensor`: (T, D) in :attr:`dtype` on the text encoder's device.
         """
 
-    @abstractmethod
     def empty_ids(self) -> list[int]:
-        """The padded token ids of the empty prompt."""
+        """The padded token ids of the empty prompt (``tokenizer("")`` padded to its ``model_max_length``)."""
+        tok = self.tokenizer
+        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
 
     @torch.inference_mode()
     def empty_embedding(self) -> torch.Tensor:

@@ -61,10 +61,6 @@ class FluxBackbone(TransformerBackbone):
             out[key] = (FluxCaptureProcessor, i in blocks, i in self_blocks)
         return out
 
-    def empty_ids(self) -> list[int]:
-        tok = self.tokenizer
-        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
-
     def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
         ids = list(input_ids)
         if text is None:

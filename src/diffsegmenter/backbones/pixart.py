@@ -41,10 +41,6 @@ class PixArtBackbone(TransformerBackbone):
             out[f"transformer_blocks.{i}.attn1.processor"] = (PixArtSelfCaptureProcessor, False, True)
         return out
 
-    def empty_ids(self) -> list[int]:
-        tok = self.tokenizer
-        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
-
     def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
         ids = list(input_ids)
         eos = self.tokenizer.eos_token_id

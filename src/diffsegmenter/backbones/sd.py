@@ -86,10 +86,6 @@ class StableDiffusionBackbone(DiffusionBackbone):
         x = torch.tensor([list(input_ids)], device=self.text_encoder.device)
         return self.text_encoder(x)[0][0].to(self.dtype)
 
-    def empty_ids(self) -> list[int]:
-        tok = self.tokenizer
-        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
-
     def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
         t = torch.tensor(timestep, device=self.device)
         return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]

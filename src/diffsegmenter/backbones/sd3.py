@@ -59,10 +59,6 @@ class StableDiffusion3Backbone(TransformerBackbone):
             for i in sorted(set(blocks) | set(self_blocks))
         }
 
-    def empty_ids(self) -> list[int]:
-        tok = self.tokenizer
-        return list(tok("", padding="max_length", max_length=tok.model_max_length)["input_ids"])
-
     def _clip(self, encoder, ids):
         out = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
         return out.hidden_states[-2][0], out[0][0]
