@@ -35,7 +35,7 @@ ALL_FORMATS = "png,overlay,heatmaps,rle,npz"
 SHIPPED_MODEL = Path(cli.__file__).parents[1] / "models" / "shapes"
 
 
-def _save_random(path: Path, size: tuple[int, int], seed: int) -> Path:
+def _save_random(path: Path, size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
     """A random RGB image of (height, width) `size`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

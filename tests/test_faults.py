@@ -33,20 +33,9 @@ from PIL import Image
 from diffsegmenter import cli
 from diffsegmenter.io import is_done, load_npz, save_npz
 
+from .test_cli import _run, _save_random
+
 SRC = str(Path(cli.__file__).resolve().parents[2])  # the package under test, for subprocesses
-
-
-def _save_random(path: Path, size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _error_line(stderr: str) -> str:
