@@ -3,7 +3,8 @@ headless Chromium.
 
 These tests share one app on a free port of 127.0.0.1 serving the shipped shapes model. They skip, saying why, when
 gradio / gradio_client (the ``[app]`` extra), Playwright or Chromium are missing; CI (``.ci/run``) installs them.
-Set ``DIFFSEGMENTER_SCREENSHOT=docs/images/app.png`` to save the browser test's screenshot (the README's picture).
+Set ``DIFFSEGMENTER_SCREENSHOT=docs/images/app.png`` to save the browser test's screenshots (the README's pictures:
+the Segment tab there, the Edit tab beside it as ``app_edit.png``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ def test_the_page_in_headless_chromium(served) -> None:
             texts = [legend.nth(i).inner_text() for i in range(legend.count())]
             assert [t.split(" (")[0] for t in texts] == PRESENT, texts
             page.locator("#annotated img").wait_for()
+            target = os.environ.get("DIFFSEGMENTER_SCREENSHOT")
+            if target:
+                page.wait_for_timeout(500)
+                page.screenshot(path=target, full_page=True)
 
             page.get_by_role("tab", name="Edit").click()
             page.locator("#edit-image input[type=file]").set_input_files(str(SCENE))
@@ -153,10 +158,9 @@ def test_the_page_in_headless_chromium(served) -> None:
             page.locator("#edited img").wait_for()
             page.locator("#edit-mask img").wait_for()
             assert page.locator("#edited img").get_attribute("src")
-            target = os.environ.get("DIFFSEGMENTER_SCREENSHOT")
-            if target:
+            if target:  # the Edit tab beside it: app.png -> app_edit.png
                 page.wait_for_timeout(500)
-                page.screenshot(path=target, full_page=True)
+                page.screenshot(path=str(Path(target).with_name(Path(target).stem + "_edit.png")), full_page=True)
         finally:
             browser.close()
     assert outside == []  # nothing loaded from outside the server: no CDN fonts or scripts
