@@ -225,7 +225,7 @@ def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
 )
 def test_bad_edit_requests_are_refused_before_the_model_runs(tmp_path: Path, change, match) -> None:
     from diffsegmenter.app import AppError, SegmentService
-    from diffsegmenter.app_edit import run_edit
+    from diffsegmenter.app.edit import run_edit
 
     class NoModel:
         default_classes = None

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .app import AppError, SegmentService, image_path
+from . import AppError, SegmentService, image_path
 
 __all__ = ["MAX_EDIT_DILATE", "MAX_EDIT_STEPS", "EditOutcome", "build_edit_tab", "check_edit_request", "run_edit"]
 
@@ -69,8 +69,8 @@ def check_edit_request(
         AppError: no image, no or several targets, a bad class name, no prompt, a setting out of range; the message
             says what to type instead.
     """
-    from .classes import check_class_names
-    from .editing import EditSettings
+    from ..classes import check_class_names
+    from ..editing import EditSettings
 
     path = image_path(image)
     names = [part for part in (target or "").split(",") if part.strip()]
@@ -153,7 +153,7 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
         examples (`list[str]`): image paths offered as examples.
         vocabulary (`str`): the model's own classes, comma-separated ("" when it has none), for the placeholder.
     """
-    from .editing import EditSettings
+    from ..editing import EditSettings
 
     defaults = EditSettings()
     model_seed = int(service.segmenter.config.seed)

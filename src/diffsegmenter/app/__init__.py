@@ -21,7 +21,7 @@ Two tabs, each an API endpoint (``gradio_client``): ``segment``::
 ``"diffusion"`` or ``"clip"``, ``tau`` the background score (None: the model's). It returns the annotated image
 (a file), ``{class: share of the image's pixels}`` for the classes segmented, and the palette label PNG (a file;
 pixel value i = the i-th class of ``areas``, 0 = background); and ``edit`` (segment, then edit; the tab, its
-request checks and outputs are :mod:`diffsegmenter.app_edit`)::
+request checks and outputs are :mod:`diffsegmenter.app.edit`)::
 
     edited_png, mask_png = client.predict(
         image=handle_file("scene.png"), target="circle", prompt="a square", dilate=None, steps=None,
@@ -99,7 +99,7 @@ class Outcome:
 
 def parse_class_text(text: str | None) -> list[str] | None:
     """``"cat, sofa"`` -> ``["cat", "sofa"]``; empty -> None (the filter's / the model's choice)."""
-    from .classes import check_class_names
+    from ..classes import check_class_names
 
     names = [part for part in (text or "").split(",") if part.strip()]
     if not names:
@@ -114,7 +114,7 @@ def parse_class_text(text: str | None) -> list[str] | None:
 
 def legend_html(classes: Sequence[str], colors: np.ndarray, areas: dict[str, float]) -> str:
     """The legend as HTML: one swatch, name and area share per class found (``id="legend"``)."""
-    from .io.palette import hex_color
+    from ..io.palette import hex_color
 
     rows = [
         f'<li data-class="{html.escape(name)}"><span style="display:inline-block;width:1em;height:1em;'
@@ -157,7 +157,7 @@ class SegmentService:
     @property
     def default_filter(self) -> str:
         """``"diffusion"`` when the model recommends its diffusion filter (the shipped shapes model does), else none."""
-        from .settings import ModelSettings
+        from ..settings import ModelSettings
 
         settings = ModelSettings.coerce(getattr(self.segmenter, "model_settings", None))
         return "diffusion" if settings.diffusion_filter is not None else "none"
@@ -173,7 +173,7 @@ class SegmentService:
 
     def check_request(self, image: Any, classes: str | None, filter: str | None, tau: Any):
         """The request's values, checked: ``(path, class list or None, filter name or None, tau or None)``."""
-        from .config import check_tau
+        from ..config import check_tau
 
         path = image_path(image)
         flt = (filter or "none").strip().lower()
@@ -193,7 +193,7 @@ class SegmentService:
 
     def load(self, path: Path) -> np.ndarray:
         """The uploaded image as (H, W, 3) uint8 RGB; an AppError when it cannot be used."""
-        from .images import load_image
+        from ..images import load_image
 
         try:
             return load_image(path, max_pixels=MAX_IMAGE_PIXELS)
@@ -234,9 +234,9 @@ class SegmentService:
         """The annotated image, label PNG, COCO RLE JSON and score-map pictures of one result, in a new folder."""
         from PIL import Image
 
-        from .io.formats.label_png import save_label_png
-        from .io.formats.overlay import render_overlay, upscale_factor
-        from .io.palette import colorize_scores, name_colors
+        from ..io.formats.label_png import save_label_png
+        from ..io.formats.overlay import render_overlay, upscale_factor
+        from ..io.palette import colorize_scores, name_colors
 
         folder = self.request_dir()
         classes = list(result.classes)
@@ -248,7 +248,7 @@ class SegmentService:
         label_png = save_label_png(folder / "labels.png", labels)
         rle_json = None
         try:
-            from .io.formats.rle import encode_rle_records, save_rle_json
+            from ..io.formats.rle import encode_rle_records, save_rle_json
 
             rle_json = save_rle_json(
                 folder / "labels.rle.json", encode_rle_records(labels, result.scores, classes), labels.shape
@@ -311,7 +311,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         ``concurrency_id="model"``, for both).
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from ._optional import require
+    from .._optional import require
 
     gr = require("gradio", extra="app", feature="diffsegmenter serve")
 
@@ -336,7 +336,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         rle = str(outcome.rle_json) if outcome.rle_json else None
         return outcome.legend_html, [(str(p), name) for p, name in outcome.score_maps], rle
 
-    from .app_edit import build_edit_tab
+    from .edit import build_edit_tab
 
     vocabulary = ", ".join(getattr(service.segmenter, "default_classes", None) or [])
     shipped = example_paths()
@@ -436,6 +436,6 @@ def launch_app(
 
 def require_gradio() -> Any:
     """The gradio module, or an ImportError naming the ``[app]`` extra."""
-    from ._optional import require
+    from .._optional import require
 
     return require("gradio", extra="app", feature="diffsegmenter serve")
