@@ -156,12 +156,8 @@ class DiffusionBackbone(ABC):
         Returns:
             `torch.Tensor`: (N, c, h, w) float32 on the CPU, the shape of ``latents``.
         """
-        return torch.stack(
-            [
-                torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))
-                for _ in range(latents.shape[0])
-            ]
-        )
+        one = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))
+        return one.expand(latents.shape[0], *one.shape).clone()  # every image's draw is this one: drawn once
 
     @abstractmethod
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:

@@ -186,9 +186,8 @@ def vae_latents(
         z0 = dist.mean.float()
         z0 = z0 if keep else z0.cpu()
         if sample:
-            eps = torch.stack(
-                [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1)) for _ in images]
-            )
+            eps = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1))  # the same per image
+            eps = eps.expand(len(images), *eps.shape).clone()
             std = dist.std.float()
             z0 = z0 + (std if keep else std.cpu()) * to_device(eps, z0.device)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
