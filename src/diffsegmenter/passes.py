@@ -224,7 +224,7 @@ def run_batched(
             try:
                 out = attention_pass(
                     backbone,
-                    latents.index_select(0, rows),
+                    latents[rows],  # a tensor index (advanced indexing, as before: the same values bit for bit)
                     torch.stack([encode(p) for _, p in chunk]),
                     [
                         [select_positions(t, e, token_rule) for t, e in zip(p.class_tokens, p.extra_tokens)]
