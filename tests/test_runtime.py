@@ -99,3 +99,16 @@ def test_inductor_compiled_denoiser_gives_the_same_maps():
     for a, b in zip(expected, got):
         assert np.abs(a.scores - b.scores).max() < 1e-4
         assert (a.labels == b.labels).mean() >= 0.999
+
+
+def test_sdxl_in_float16_keeps_its_vae_in_float32_and_encodes_on_the_device_path(family_folders):
+    """SDXL's VAE overflows in float16 (its force_upcast): loading in float16 keeps it in float32, and the device
+    path of encode_latents (keep_on_device) gives the CPU path's latents."""
+    seg = DiffSegmenter.from_pretrained(family_folders["sdxl"], dtype=torch.float16, resolution=32)
+    assert next(seg.backbone.unet.parameters()).dtype == torch.float16
+    assert next(seg.backbone.vae.parameters()).dtype == torch.float32
+    images = [_image(seed=s) for s in (0, 1)]
+    host = seg.backbone.encode_latents(images, 32, sample=True, seed=3)
+    kept = seg.backbone.encode_latents(images, 32, sample=True, seed=3, keep_on_device=True)
+    assert host.dtype == kept.dtype == torch.float32 and torch.isfinite(kept).all()
+    assert torch.equal(host, kept)
