@@ -113,3 +113,35 @@ def test_split_where_and_which_known_answer():
     )
     with pytest.raises(ValueError, match="same shape"):
         split_where_and_which(where, which[:1])
+
+
+def _select_loop(maps, token_groups):
+    """The definition: each class's token maps averaged on their own."""
+    return torch.stack(
+        [torch.stack([maps[b, idx].mean(dim=0) for idx in groups]) for b, groups in enumerate(token_groups)]
+    )
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        [[[1], [4], [6]], [[2], [5], [0]]],  # one token per class (the released rule)
+        [[[1, 2], [4, 5]], [[3, 4], [6, 7]]],  # two per class (the -ing heuristic)
+        [[[1, 2], [4], [6, 7, 8]], [[0], [2, 3, 4], [5, 6]]],  # ragged sizes
+    ],
+)
+def test_batched_token_selection_equals_the_per_group_mean_bit_for_bit(groups):
+    maps = torch.rand(2, 9, 5, 7, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(select_token_maps(maps, groups), _select_loop(maps, groups))
+
+
+def test_label_with_background_is_the_argmax_over_tau_and_the_classes():
+    """Ties go to the background, then to the first class; a NaN score wins its pixel (as torch.argmax does)."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.round(torch.rand(4, 30, 40, generator=g) * 10) / 10  # many exact ties, with tau and each other
+    scores[0, :5, :3] = float("nan")
+    scores[2, :5, 1:6] = float("nan")
+    for tau in (0.4, 0.0, 1.0, -1.0):
+        bg = torch.full((1, 30, 40), tau)
+        expected = torch.cat([bg, scores]).argmax(dim=0)
+        assert torch.equal(label_with_background(scores, tau), expected)

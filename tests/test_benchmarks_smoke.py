@@ -1,9 +1,13 @@
-"""Smoke test of the benchmarks: the reference pipeline (released cost structure) and the default engine agree.
+"""Smoke tests of the benchmarks: the reference pipeline (released cost structure) and the default engine agree, and
+the GPU throughput script runs every case on tiny models (so it cannot rot between GPU runs).
 
-A correctness test on the tiny random model, not a timing test: ``benchmarks/speed.py`` does the timing.
+Correctness tests on tiny random models, not timing tests: ``benchmarks/speed.py`` and
+``benchmarks/gpu_throughput.py`` do the timing.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -84,3 +88,40 @@ def test_reference_calls_captioner_per_class_engine_once(tiny_components):
         == ["a photograph of cat sitting on the sofa", "a photograph of dog sitting on the sofa"]
     )
     assert np.abs(ref["scores"] - res.scores).max() < 1e-4
+
+
+def test_gpu_throughput_script_runs_every_case_on_tiny_models(tmp_path):
+    """benchmarks/gpu_throughput.py --smoke: every section on the CPU (tiny models), JSON written, tables rendered."""
+    from benchmarks import gpu_tables, gpu_throughput
+
+    out = tmp_path / "smoke.json"
+    report = gpu_throughput.main(
+        ["--smoke", "--json", str(out), "--compile", "default", "--compile-backend", "aot_eager", "--no-compile-vae"]
+    )
+    assert report["finished"] and not report["errors"] and not report["skipped"], report["errors"]
+    saved = json.loads(out.read_text())
+    sd = saved["sd15"]
+    for key in ("ceiling", "per_class", "single"):
+        assert [c["batch"] for c in sd[key]] == [1, 2]
+    assert all(c["images_per_s"] > 0 and c["latency_ms"] > 0 for c in sd["single"] + sd["per_class"])
+    # the CPU path against itself: identical maps
+    assert sd["check"]["per_class"]["pass"] and sd["check"]["single"]["max_abs_diff"] == 0.0
+    assert {o["option"] for o in sd["options"]} == {"channels_last", "compile=default"}
+    assert sd["loader"]["prefetch_images_per_s"] > 0
+    assert set(saved["families"]) == {"sdxl", "sd3", "flux", "pixart"}
+    assert all(f["per_class"] and f["ceiling"] for f in saved["families"].values())
+    tables = gpu_tables.render(saved)
+    assert "| batch | ceiling, single |" in tables and "| family |" in tables
+    assert [met for _, _, met in gpu_tables.done_criteria(saved)][-2:] == [True, True]  # the two map checks
+
+
+def test_gpu_throughput_script_stops_adding_cases_when_the_budget_is_spent(tmp_path):
+    from benchmarks import gpu_throughput
+
+    out = tmp_path / "budget.json"
+    report = gpu_throughput.main(["--smoke", "--json", str(out), "--budget-s", "0", "--families", "pixart"])
+    saved = json.loads(out.read_text())
+    assert saved["finished"] and not saved["errors"]
+    assert not saved["sd15"]["per_class"] and not saved["families"]
+    skipped = [s["case"] for s in report["skipped"]]
+    assert "sd15 batch 1" in skipped and "family pixart" in skipped

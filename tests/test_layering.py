@@ -24,6 +24,9 @@ PACKAGE = "diffsegmenter"
 CORE_MODULES = (
     "aggregation",
     "attention",
+    "capture_session",
+    "transfer",
+    "runtime",
     "joint_attention",
     "readouts",
     "readout_ops",

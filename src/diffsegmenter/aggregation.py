@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .transfer import to_device
+
 __all__ = [
     "minmax",
     "select_token_maps",
@@ -48,6 +50,9 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 def select_token_maps(maps: torch.Tensor, token_groups: list[list[list[int]]]) -> torch.Tensor:
     """Average the maps of each class's tokens.
 
+    One gather for the whole batch (the token positions go to the device in one non-blocking copy), not one small
+    indexing per sample and class; the same values as averaging each group alone, bit for bit.
+
     Args:
         maps (`torch.Tensor`): (B, T, h, w) per-token maps of one level.
         token_groups (`list[list[list[int]]]`): for each sample b, for each of its C classes, the token positions
@@ -56,6 +61,27 @@ def select_token_maps(maps: torch.Tensor, token_groups: list[list[list[int]]]) -
     Returns:
         `torch.Tensor`: (B, C, h, w).
     """
+    b, t, h, w = maps.shape
+    sizes = [len(g) for groups in token_groups for g in groups]
+    c = len(token_groups[0]) if token_groups else 0
+    if len(token_groups) != b or any(len(groups) != c for groups in token_groups) or not sizes or min(sizes) == 0:
+        return _select_token_maps_loop(maps, token_groups)  # ragged or empty: the plain loop (and its errors)
+    g = max(sizes)
+    rows = [i * t + (group[k] if k < len(group) else group[0]) for i, groups in enumerate(token_groups)
+            for group in groups for k in range(g)]  # fmt: skip
+    index = to_device(torch.tensor(rows, dtype=torch.long), maps.device)
+    picked = maps.reshape(b * t, h * w).index_select(0, index).view(b, c, g, h * w)
+    if min(sizes) == g:
+        out = picked.mean(dim=2)
+    else:  # groups of several sizes: pad with zeros, divide by each group's size (the same sum and division)
+        keep = torch.tensor([[float(k < n) for k in range(g)] for n in sizes], dtype=maps.dtype)
+        count = torch.tensor(sizes, dtype=maps.dtype)
+        keep, count = to_device(keep, maps.device), to_device(count, maps.device)
+        out = (picked * keep.view(b, c, g, 1)).sum(dim=2) / count.view(b, c, 1)
+    return out.view(b, c, h, w)
+
+
+def _select_token_maps_loop(maps: torch.Tensor, token_groups: list[list[list[int]]]) -> torch.Tensor:
     out = []
     for b, groups in enumerate(token_groups):
         out.append(torch.stack([maps[b, idx].mean(dim=0) for idx in groups]))
@@ -223,6 +249,9 @@ def split_where_and_which(where: torch.Tensor, which: torch.Tensor, eps: float =
 def label_with_background(scores: torch.Tensor, tau: float) -> torch.Tensor:
     """Label each pixel by argmax over a constant background score and the class scores (paper step 12).
 
+    Computed as "the best class where its score is above tau (or not a number), else background": the argmax of
+    ``[tau, scores...]`` without forming that stack (ties go to the background, then to the first class).
+
     Args:
         scores (`torch.Tensor`): (K, H, W) class scores in [0, 1] (K may be 0).
         tau (`float`): background score; a pixel is background unless some class scores strictly above it.
@@ -231,5 +260,8 @@ def label_with_background(scores: torch.Tensor, tau: float) -> torch.Tensor:
         `torch.Tensor`: (H, W) int64 labels, 0 = background, i = class i-1 of ``scores``.
     """
     h, w = scores.shape[-2:]
-    bg = torch.full((1, h, w), float(tau), dtype=torch.float32, device=scores.device)
-    return torch.cat([bg, scores.float()], dim=0).argmax(dim=0)
+    if scores.shape[0] == 0:
+        return torch.zeros((h, w), dtype=torch.long, device=scores.device)
+    best, index = scores.float().max(dim=0)
+    foreground = (best > float(tau)) | best.isnan()
+    return torch.where(foreground, index + 1, torch.zeros_like(index))

@@ -11,7 +11,9 @@ DiffSegmenter reads two things from one UNet forward:
   (:func:`diffsegmenter.aggregation.complete_with_self_attention`).
 
 Every other attention layer keeps the processor it had (the fused SDPA one by default). :func:`capture_attention`
-installs the capturing processors by layer name and always restores the originals, also after an exception.
+captures one forward and always restores the originals, also after an exception; within a
+:func:`~diffsegmenter.capture_session.capture_session` (one per run) the processors are installed once and switched
+on per pass.
 """
 
 from __future__ import annotations
@@ -222,11 +224,12 @@ class _CaptureProcessor:
     step itself (:meth:`attend`) left to the subclass.
 
     Args:
-        store (`AttentionStore`): where the captured tensors go.
+        store (`AttentionStore`, *optional*): where the captured tensors go (None: not bound to a pass yet, in a
+            :class:`~diffsegmenter.capture_session.SwitchableCaptureProcessor`).
         name (`str`): the layer's processor key, for error messages.
     """
 
-    def __init__(self, store: AttentionStore, name: str = "") -> None:
+    def __init__(self, store: AttentionStore | None, name: str = "") -> None:
         self.store = store
         self.name = name
 
@@ -287,7 +290,7 @@ class AgreementCaptureProcessor(_CaptureProcessor):
     read-out's layer weight) under its block's key, and keeps queries and keys when ``keep_qk`` (completion level).
     """
 
-    def __init__(self, store: AttentionStore, name: str = "", keep_qk: bool = False) -> None:
+    def __init__(self, store: AttentionStore | None, name: str = "", keep_qk: bool = False) -> None:
         super().__init__(store, name)
         self.keep_qk = keep_qk
 
@@ -335,38 +338,20 @@ def layer_downsampling_factor(name: str, num_down_blocks: int, num_up_blocks: in
     return 2 ** (num_up_blocks - 1 - idx)
 
 
-def _capture_plan(unet, self_factor: int | None = None) -> dict[str, str]:
-    """Which layers to capture: ``{processor key: "cross" | "self"}``.
-
-    Self-attention is read at ``self_factor`` (a downsampling factor), or at the finest level that has any.
-    """
-    names = list(unet.attn_processors.keys())
-    nd, nu = len(unet.down_blocks), len(unet.up_blocks)
-    self_layers = {n: layer_downsampling_factor(n, nd, nu) for n in names if ".attn1." in n}
-    plan = {n: "cross" for n in names if ".attn2." in n}
-    if not plan:
-        raise ValueError("the UNet has no cross-attention layers (attn2): it cannot be used as a segmenter")
-    if self_layers:
-        level = min(self_layers.values()) if self_factor is None else int(self_factor)
-        if level not in self_layers.values():
-            raise ValueError(
-                f"no self-attention layers at downsampling factor {level}; this UNet has them at "
-                f"{sorted(set(self_layers.values()))}"
-            )
-        plan.update({n: "self" for n, f in self_layers.items() if f == level})
-    return plan
-
-
 @contextmanager
 def capture_attention(unet, store: AttentionStore, self_factor: int | None = None) -> Iterator[AttentionStore]:
-    """Install capturing processors on the layers DiffSegmenter reads; restore the originals on exit.
+    """Capture one UNet forward into ``store``: capturing processors on the layers DiffSegmenter reads, the UNet's
+    own processors back on exit (also after an exception).
 
-    All cross-attention layers get :class:`CrossAttentionCaptureProcessor`, the self-attention layers of one level
-    (the finest by default) get :class:`SelfAttentionCaptureProcessor`, and every other layer keeps its processor.
+    All cross-attention layers run :class:`CrossAttentionCaptureProcessor`, the self-attention layers of one level
+    (the finest by default) :class:`SelfAttentionCaptureProcessor` (:class:`AgreementCaptureProcessor` on every
+    self-attention layer when ``store.measure_agreement``), and every other layer keeps its processor. Inside a
+    :func:`~diffsegmenter.capture_session.capture_session` on this UNet the processors installed by the session are
+    switched on for the pass (nothing is installed); otherwise a session is opened for this pass alone.
 
     Args:
-        unet (`UNet2DConditionModel`): the model to instrument (any object with ``attn_processors`` and
-            ``set_attn_processor`` and diffusers' block structure).
+        unet (`UNet2DConditionModel`): the model to instrument (diffusers' block structure, attention modules with
+            ``set_processor``).
         store (`AttentionStore`): receives the captured tensors.
         self_factor (`int`, *optional*): downsampling factor of the self-attention layers to read; None = the
             finest level that has self-attention (the paper's choice).
@@ -374,21 +359,7 @@ def capture_attention(unet, store: AttentionStore, self_factor: int | None = Non
     Yields:
         `AttentionStore`: the same store.
     """
-    originals = dict(unet.attn_processors)
-    plan = _capture_plan(unet, self_factor)
-    procs = {}
-    for name, proc in originals.items():
-        kind = plan.get(name)
-        if kind == "cross":
-            procs[name] = CrossAttentionCaptureProcessor(store, name)
-        elif store.measure_agreement and ".attn1." in name:
-            procs[name] = AgreementCaptureProcessor(store, name, keep_qk=kind == "self")
-        elif kind == "self":
-            procs[name] = SelfAttentionCaptureProcessor(store, name)
-        else:
-            procs[name] = proc
-    unet.set_attn_processor(procs)
-    try:
+    from .capture_session import capture_session
+
+    with capture_session(unet) as session, session.bind(store, self_factor):
         yield store
-    finally:
-        unet.set_attn_processor(dict(originals))

@@ -18,6 +18,7 @@ from .attention import AttentionStore
 from .backbones.base import DiffusionBackbone
 from .prompts import ClassPrompt, select_positions
 from .readouts import content_token_mask, readout_for
+from .transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def attention_pass(
 
 @dataclass
 class ClassMaps:
-    """Per (image index, class index), one class's maps from :func:`run_batched`, on the CPU.
+    """Per (image index, class index), one class's maps from :func:`run_batched`, on the latents' device.
 
     Attributes:
         where (`dict[tuple[int, int], torch.Tensor]`): (h, w) where maps (empty unless the pass computed them).
@@ -219,10 +220,11 @@ def run_batched(
                     content_token_mask(backbone.tokenizer, p.input_ids, keep=[i for t in p.class_tokens for i in t])
                     for _, p in chunk
                 ]
+            rows = to_device(torch.tensor([i for i, _ in chunk], dtype=torch.long), latents.device)
             try:
                 out = attention_pass(
                     backbone,
-                    latents[[i for i, _ in chunk]],
+                    latents[rows],  # a tensor index (advanced indexing, as before: the same values bit for bit)
                     torch.stack([encode(p) for _, p in chunk]),
                     [
                         [select_positions(t, e, token_rule) for t, e in zip(p.class_tokens, p.extra_tokens)]
@@ -239,8 +241,7 @@ def run_batched(
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            where = out.where.cpu() if out.where is not None else None
-            which = out.which.cpu() if out.which is not None else None
+            where, which = out.where, out.which  # left on the device: the caller brings results back in one copy
             for k, (i, p) in enumerate(chunk):
                 for j, ci in enumerate(p.class_indices):
                     if where is not None:

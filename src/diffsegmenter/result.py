@@ -1,16 +1,28 @@
-"""The result of segmenting one image: :class:`SegmentationResult`."""
+"""The result of segmenting one image (:class:`SegmentationResult`), and how a call's class maps become results
+(:func:`build_results`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .aggregation import label_with_background
 from .config import check_tau
+from .transfer import to_host
 
-__all__ = ["SegmentationResult"]
+if TYPE_CHECKING:
+    from .decision import ClassDecision
+    from .passes import ClassMaps
+    from .prompts import ClassPrompt
+
+__all__ = ["SegmentationResult", "build_results", "DEVICE_RESULT_BYTES"]
+
+#: Bytes of full-size scores computed on the device before they are copied to the host (bounds the device memory
+#: the results of one call take).
+DEVICE_RESULT_BYTES = 256 * 1024**2
 
 
 @dataclass
@@ -47,3 +59,74 @@ class SegmentationResult:
         """
         tau = check_tau(tau, allow_no_background=True)
         return label_with_background(torch.from_numpy(self.scores), tau).numpy().astype(np.int32)
+
+
+def build_results(
+    arrays: list[np.ndarray],
+    class_lists: list[list[str]],
+    work: list[tuple[int, ClassPrompt]],
+    maps: ClassMaps,
+    decision: ClassDecision,
+    tau: float,
+) -> list[SegmentationResult]:
+    """Every image's result from its classes' maps: scores and labels computed where the maps are (the GPU, for a
+    GPU model) and brought to the host in one copy per :data:`DEVICE_RESULT_BYTES` of scores.
+
+    Args:
+        arrays (`list[np.ndarray]`): the (H, W, 3) images (their sizes are the results' sizes).
+        class_lists (`list[list[str]]`): each image's classes.
+        work (`list[tuple[int, ClassPrompt]]`): the (image index, prompt) items the maps came from.
+        maps (`ClassMaps`): per (image, class) its where (and which) maps.
+        decision (`ClassDecision`): how the maps become scores.
+        tau (`float`): the background score.
+
+    Returns:
+        `list[SegmentationResult]`: one per image, in order (``candidates`` not set).
+    """
+    texts = {(i, ci): p.text for i, p in work for ci in p.class_indices}
+    results: list[SegmentationResult] = []
+    pending: list[tuple[list[str], list[str], torch.Tensor, torch.Tensor]] = []
+    size = 0
+
+    def flush() -> None:
+        host = to_host([t for _, _, scores, labels in pending for t in (scores, labels)])
+        for k, (names, prompts, _, _) in enumerate(pending):
+            results.append(
+                SegmentationResult(
+                    labels=host[2 * k + 1].numpy(),
+                    scores=np.asarray(host[2 * k].numpy(), dtype=np.float32),  # no copy: K x H x W can be large
+                    classes=names,
+                    prompts=prompts,
+                    tau=tau,
+                )
+            )
+        pending.clear()
+
+    for i, (im, names) in enumerate(zip(arrays, class_lists)):
+        scores, labels = image_scores(i, im.shape[:2], names, maps, decision, tau)
+        pending.append((list(names), [texts[(i, ci)] for ci in range(len(names))], scores, labels))
+        size += scores.numel() * scores.element_size()
+        if size > DEVICE_RESULT_BYTES:
+            flush()
+            size = 0
+    flush()
+    return results
+
+
+def image_scores(
+    i: int,
+    size: tuple[int, int],
+    classes: list[str],
+    maps: ClassMaps,
+    decision: ClassDecision,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image ``i``'s (K, H, W) float32 scores in [0, 1] and (H, W) int32 labels, on the maps' device."""
+    h, w = size
+    if classes:
+        where = torch.stack([maps.where[(i, ci)] for ci in range(len(classes))])
+        which = torch.stack([maps.which[(i, ci)] for ci in range(len(classes))]) if maps.which else None
+        scores = decision.scores(where, which, (h, w))
+    else:
+        scores = torch.zeros(0, h, w)
+    return scores, label_with_background(scores, tau).to(torch.int32)

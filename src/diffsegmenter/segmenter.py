@@ -8,23 +8,24 @@ and which passes run and how their maps become class scores is a :mod:`~diffsegm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .aggregation import label_with_background
 from .backbones import DiffusionBackbone, StableDiffusionBackbone
 from .classes import check_class_names, short_name
 from .config import SegmenterConfig, check_tau
-from .decision import ClassDecision, PassPlan, class_decision
+from .decision import PassPlan, class_decision
 from .passes import ClassMaps, PassSpec, attention_pass, run_batched
 from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
-from .result import SegmentationResult
+from .result import SegmentationResult, build_results
 from .settings import ModelSettings
 from .tokens import ClassTokenError
+from .transfer import to_device
 
 __all__ = ["DiffSegmenter", "SegmentationResult"]
 
@@ -105,6 +106,8 @@ class DiffSegmenter:
         config: SegmenterConfig | None = None,
         captioner: Any = None,
         local_files_only: bool | None = None,
+        compile: bool | str = False,
+        channels_last: bool = False,
         **config_overrides: Any,
     ) -> DiffSegmenter:
         """Load a segmenter from ``"shapes"`` (the shipped model), a hub id, or a local diffusers folder.
@@ -124,6 +127,11 @@ class DiffSegmenter:
             captioner (*optional*): a captioner object, or a BLIP hub id / folder to load
                 (e.g. ``"Salesforce/blip-image-captioning-large"``); None = no captioner (template prompts).
             local_files_only (`bool`, *optional*): never contact the hub (default: the ``HF_HUB_OFFLINE`` setting).
+            compile (`bool` or `str`, *optional*, defaults to False): ``torch.compile`` the denoiser and the VAE
+                encoder (True, or a mode: ``"default"``, ``"reduce-overhead"``, ``"max-autotune"``...); see
+                :meth:`optimize`. A runtime option: the maps agree with the uncompiled model to float rounding.
+            channels_last (`bool`, *optional*, defaults to False): channels-last memory for the UNet and VAE
+                convolutions (faster fp16 convolutions on recent NVIDIA GPUs); see :meth:`optimize`.
             **config_overrides: single SegmenterConfig fields to change, e.g. ``tau=0.5``.
 
         Raises:
@@ -144,7 +152,10 @@ class DiffSegmenter:
             captioner = BlipCaptioner.from_pretrained(
                 captioner, device=device, dtype=dtype, local_files_only=local_files_only
             )
-        return cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
+        seg = cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
+        if compile or channels_last:
+            seg.optimize(compile=compile, channels_last=channels_last)
+        return seg
 
     @property
     def tokenizer(self):
@@ -231,26 +242,55 @@ class DiffSegmenter:
         _check_full_size_memory(arrays, class_lists)
         seed = cfg.seed if seed is None else int(seed)
         tau = cfg.tau if tau is None else float(tau)
-        # 2. resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image)
+        # 2. resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
+        #    the latents stay there
         latents = self.encode_images(arrays, seed)
         # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any
-        work = [
-            (i, p) for i, (im, names) in enumerate(zip(arrays, class_lists)) for p in self.build_prompts(im, names)
-        ]
+        work = self._work(arrays, class_lists)
         # 4. the passes the class decision asks for: one denoiser forward per batch of conditional prompts, capturing
-        #    attention; per class: its tokens' maps per level, fused, completed with the mean self-attention
+        #    attention (the capturing processors installed once for the call, or for the run in a session()); per
+        #    class: its tokens' maps per level, fused, completed with the mean self-attention
         decision = class_decision(cfg, self.resolution)
         maps = ClassMaps()
-        for plan in decision.passes():
-            pass_latents = latents if plan.resolution is None else self.encode_images(arrays, seed, plan.resolution)
-            maps.update(self._run_pass(work, pass_latents, plan))
+        with self.backbone.capture_session():
+            for plan in decision.passes():
+                pass_latents = (
+                    latents if plan.resolution is None else self.encode_images(arrays, seed, plan.resolution)
+                )
+                maps.update(self._run_pass(work, pass_latents, plan))
         # 5. per image: upsample to its size, min-max per class, decide the class, label against the background tau
-        results = []
-        for i, (im, names) in enumerate(zip(arrays, class_lists)):
-            res = self._result(i, im.shape[:2], names, work, maps, decision, tau)
-            res.candidates = candidates[i]
-            results.append(res)
+        #    (on the maps' device; the results come back to the host in few copies)
+        results = build_results(arrays, class_lists, work, maps, decision, tau)
+        for res, cand in zip(results, candidates):
+            res.candidates = cand
         return results[0] if single else results
+
+    @contextmanager
+    def session(self) -> Iterator[DiffSegmenter]:
+        """A run of many :meth:`segment` calls with the capturing attention processors installed once (instead of
+        once per call) and switched on per pass; the model's own processors are back on exit, also after an
+        exception. Results are the same as without it.
+
+        Example:
+            ```python
+            >>> with seg.session():
+            ...     for batch in batches:
+            ...         results = seg.segment(batch, classes=["cat", "sofa"])
+            ```
+        """
+        with self.backbone.capture_session():
+            yield self
+
+    def optimize(self, *, compile: bool | str = False, channels_last: bool = False) -> DiffSegmenter:
+        """Speed options that change no setting of the method (:func:`~diffsegmenter.runtime.optimize_backbone`):
+        ``torch.compile`` of the denoiser and the VAE encoder (``compile=True`` or a mode such as
+        ``"max-autotune"``), and channels-last memory for the UNet and VAE convolutions. Maps agree with the plain
+        model to float rounding. Returns self.
+        """
+        from .runtime import optimize_backbone
+
+        optimize_backbone(self.backbone, compile=compile, channels_last=channels_last)
+        return self
 
     def __call__(self, images, classes=None, **kwargs):
         """Same as :meth:`segment`."""
@@ -324,8 +364,13 @@ class DiffSegmenter:
     def encode_images(self, images: list[np.ndarray], seed: int, resolution: int | None = None) -> torch.Tensor:
         """:meth:`encode_latents`, noised to ``config.timestep`` with :meth:`noise_like` of ``seed`` (the same noise
         for all classes of an image): (N, c, h, w) in the backbone's dtype on its device."""
-        z0 = self.encode_latents(images, seed, resolution)
-        zt = self.backbone.add_noise(z0, self.noise_like(z0, seed), self.config.timestep)
+        cfg = self.config
+        kw = {"keep_on_device": True} if _takes_keep_on_device(self.backbone) else {}
+        z0 = self.backbone.encode_latents(
+            images, resolution or self.resolution, sample=cfg.vae_sample, seed=seed, antialias=cfg.antialias, **kw
+        )
+        noise = to_device(self.noise_like(z0, seed), z0.device)  # drawn on the CPU: the same noise on any device
+        zt = self.backbone.add_noise(z0, noise, cfg.timestep)
         return zt.to(self.device, self.dtype)
 
     def build_prompts(self, image: np.ndarray, classes: list[str]) -> list[ClassPrompt]:
@@ -452,33 +497,32 @@ class DiffSegmenter:
             kept_lists.append([c for c in vocab if c in kept])
         return kept_lists, candidates
 
-    def _result(
-        self,
-        i: int,
-        size: tuple[int, int],
-        classes: list[str],
-        work: list[tuple[int, ClassPrompt]],
-        maps: ClassMaps,
-        decision: ClassDecision,
-        tau: float,
-    ) -> SegmentationResult:
-        """Image ``i``'s result from its classes' maps."""
-        h, w = size
-        prompts_by_class = {ci: p.text for (j, p) in work if j == i for ci in p.class_indices}
-        if classes:
-            where = torch.stack([maps.where[(i, ci)] for ci in range(len(classes))])
-            which = torch.stack([maps.which[(i, ci)] for ci in range(len(classes))]) if maps.which else None
-            scores = decision.scores(where, which, (h, w))
-        else:
-            scores = torch.zeros(0, h, w)
-        labels = label_with_background(scores, tau)
-        return SegmentationResult(
-            labels=labels.numpy().astype(np.int32),
-            scores=np.asarray(scores.numpy(), dtype=np.float32),  # no copy: a K x H x W array can be large
-            classes=list(classes),
-            prompts=[prompts_by_class[ci] for ci in range(len(classes))],
-            tau=tau,
-        )
+    def _work(self, arrays: list[np.ndarray], class_lists: list[list[str]]) -> list[tuple[int, ClassPrompt]]:
+        """(image index, prompt) items; without a captioner the prompts of a class list are built once per call."""
+        cfg = self.config
+        per_image = self.captioner is not None and cfg.use_captioner and cfg.prompt_mode != "single"
+        built: dict[tuple[str, ...], list[ClassPrompt]] = {}
+        work = []
+        for i, (im, names) in enumerate(zip(arrays, class_lists)):
+            key = tuple(names)
+            if per_image or key not in built:
+                built[key] = self.build_prompts(im, names)
+            work.extend((i, p) for p in built[key])
+        return work
+
+
+_KEEP_ON_DEVICE: dict[type, bool] = {}
+
+
+def _takes_keep_on_device(backbone: DiffusionBackbone) -> bool:
+    """Whether the backbone's ``encode_latents`` has the ``keep_on_device`` option (a backbone from outside this
+    package may not); looked up once per backbone class."""
+    cls = type(backbone)
+    if cls not in _KEEP_ON_DEVICE:
+        import inspect
+
+        _KEEP_ON_DEVICE[cls] = "keep_on_device" in inspect.signature(backbone.encode_latents).parameters
+    return _KEEP_ON_DEVICE[cls]
 
 
 #: Estimated bytes per input pixel of :meth:`DiffSegmenter.segment`'s full-size work: per class (score maps, their

@@ -11,6 +11,7 @@ mean, seed, emphasis weight and positions, timestep) is an argument. Its only st
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -116,7 +117,9 @@ class DiffusionBackbone(ABC):
         downsampling; 512 for SD1.5, 64 for the shipped shapes model)."""
 
     # ------------------------------------------------------------------ images
-    def preprocess(self, image: np.ndarray, resolution: int, *, antialias: bool = False) -> torch.Tensor:
+    def preprocess(
+        self, image: np.ndarray, resolution: int, *, antialias: bool = False, device: torch.device | None = None
+    ) -> torch.Tensor:
         """RGB image -> the autoencoder's input.
 
         Args:
@@ -124,11 +127,18 @@ class DiffusionBackbone(ABC):
             resolution (`int`): output side length R (aspect not kept).
             antialias (`bool`, *optional*, defaults to False): antialias the bilinear resize (False = plain bilinear,
                 ``align_corners=False``, as the released code).
+            device (`torch.device`, *optional*): where to resize: the uint8 image goes there first (pinned, without
+                waiting, on a GPU); None = the CPU.
 
         Returns:
-            `torch.Tensor`: (3, R, R) float32 in [-1, 1] on the CPU.
+            `torch.Tensor`: (3, R, R) float32 in [-1, 1] on ``device`` (the CPU by default).
         """
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+        from ..transfer import to_device
+
+        x = torch.from_numpy(np.ascontiguousarray(image))
+        if device is not None:
+            x = to_device(x, device)
+        x = x.permute(2, 0, 1).float().div(255.0).unsqueeze(0)
         r = int(resolution)
         if x.shape[-2:] != (r, r):
             x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=antialias)
@@ -143,6 +153,7 @@ class DiffusionBackbone(ABC):
         sample: bool = False,
         seed: int = 0,
         antialias: bool = False,
+        keep_on_device: bool = False,
     ) -> torch.Tensor:
         """Encode images to clean latents, scaled (and shifted) as the denoiser expects them.
 
@@ -153,9 +164,12 @@ class DiffusionBackbone(ABC):
                 ``seed + 1``, the same draw for every image) instead of taking its mean.
             seed (`int`, *optional*, defaults to 0): seed of that draw.
             antialias (`bool`, *optional*, defaults to False): see :meth:`preprocess`.
+            keep_on_device (`bool`, *optional*, defaults to False): resize on the autoencoder's device and leave the
+                latents there (no wait for the device; the segmenter's fast path). The same values as on the CPU up
+                to the device's float rounding.
 
         Returns:
-            `torch.Tensor`: (N, c, h, w) float32 on the CPU.
+            `torch.Tensor`: (N, c, h, w) float32 on the CPU (on the autoencoder's device with ``keep_on_device``).
         """
 
     def noise_like(self, latents: torch.Tensor, seed: int) -> torch.Tensor:
@@ -165,12 +179,8 @@ class DiffusionBackbone(ABC):
         Returns:
             `torch.Tensor`: (N, c, h, w) float32 on the CPU, the shape of ``latents``.
         """
-        return torch.stack(
-            [
-                torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))
-                for _ in range(latents.shape[0])
-            ]
-        )
+        one = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))
+        return one.expand(latents.shape[0], *one.shape).clone()  # every image's draw is this one: drawn once
 
     @abstractmethod
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
@@ -260,6 +270,12 @@ class DiffusionBackbone(ABC):
             `torch.Tensor`: (B, c, h, w) the denoiser's prediction (noise for SD1, v for SD2-v, the velocity
             ``noise - x0`` for SD3 and FLUX), what the family's :meth:`sampler` steps with.
         """
+
+    def capture_session(self) -> AbstractContextManager:
+        """A context (one run of many passes) in which :meth:`capture` switches capturing processors installed once
+        instead of installing them per pass; the model's own processors are back on exit, also after an exception.
+        Families without one get a context that does nothing (each :meth:`capture` installs and restores)."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def capture(

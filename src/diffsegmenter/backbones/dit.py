@@ -120,11 +120,11 @@ class TransformerBackbone(DiffusionBackbone):
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        return next(self.transformer.parameters()).device  # diffusers' .device walks every module
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        return next(self.transformer.parameters()).dtype
 
     @property
     def vae_scale(self) -> int:
@@ -195,15 +195,18 @@ class TransformerBackbone(DiffusionBackbone):
         sample: bool = False,
         seed: int = 0,
         antialias: bool = False,
+        keep_on_device: bool = False,
     ) -> torch.Tensor:
         step = 2 * self.vae_scale
         if int(resolution) % step:
             raise ValueError(f"{self.family} needs an input size divisible by {step} (2x2 patches), got {resolution}")
-        return vae_latents(self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias)
+        return vae_latents(
+            self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias, keep=keep_on_device
+        )
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
         if not self.flow:
-            t = torch.tensor([int(timestep)] * latents.shape[0], dtype=torch.long)
+            t = torch.full((latents.shape[0],), int(timestep), dtype=torch.long, device=latents.device)
             return self.scheduler.add_noise(latents, noise, t)
         sigma = sigma_of(timestep)
         return (1.0 - sigma) * latents + sigma * noise

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..attention import capture_attention, layer_downsampling_factor
+from ..capture_session import capture_session
 from ..config import PAPER_LEVEL_WEIGHTS
 from .base import DiffusionBackbone, Sampler
 
@@ -51,11 +52,12 @@ class StableDiffusionBackbone(DiffusionBackbone):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        # the first parameter's (diffusers' ModelMixin.device walks every module for offloading hooks: ~ms per call)
+        return next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return next(self.unet.parameters()).dtype
 
     @property
     def native_resolution(self) -> int:
@@ -75,11 +77,15 @@ class StableDiffusionBackbone(DiffusionBackbone):
         sample: bool = False,
         seed: int = 0,
         antialias: bool = False,
+        keep_on_device: bool = False,
     ) -> torch.Tensor:
-        return vae_latents(self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias)
+        return vae_latents(
+            self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias, keep=keep_on_device
+        )
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        t = torch.tensor([int(timestep)] * latents.shape[0], dtype=torch.long)
+        # the timesteps made where the latents are: no host-to-device copy (which would wait for the device)
+        t = torch.full((latents.shape[0],), int(timestep), dtype=torch.long, device=latents.device)
         return self.scheduler.add_noise(latents, noise, t)
 
     def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
@@ -87,8 +93,11 @@ class StableDiffusionBackbone(DiffusionBackbone):
         return self.text_encoder(x)[0][0].to(self.dtype)
 
     def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
-        t = torch.tensor(timestep, device=self.device)
+        t = _timestep(timestep, latents.device)
         return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def capture_session(self) -> AbstractContextManager:
+        return capture_session(self.unet)
 
     def capture(
         self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
@@ -125,6 +134,13 @@ class StableDiffusionBackbone(DiffusionBackbone):
         return ddim_sampler(self.scheduler.config, steps)
 
 
+def _timestep(timestep, device: torch.device) -> torch.Tensor:
+    """The denoiser's 0-d timestep tensor, filled on ``device`` (a copy from the host would wait for the device)."""
+    if isinstance(timestep, torch.Tensor):
+        return timestep.to(device)
+    return torch.full((), timestep, device=device)
+
+
 class _DiffusersSampler:
     """A diffusers scheduler with ``set_timesteps`` and ``step`` seen as a :class:`~.base.Sampler`."""
 
@@ -157,17 +173,25 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return x.float().cpu().clamp(-1.0, 1.0)
 
 
-def vae_latents(backbone, vae, images, resolution, *, sample=False, seed=0, antialias=False) -> torch.Tensor:
+def vae_latents(
+    backbone, vae, images, resolution, *, sample=False, seed=0, antialias=False, keep=False
+) -> torch.Tensor:
     """Encode images with an ``AutoencoderKL``: (N, c, h, w) float32 clean latents on the CPU, shifted and scaled as
-    the denoiser expects (``(z - shift_factor) * scaling_factor``; SD3 and FLUX have a shift)."""
+    the denoiser expects (``(z - shift_factor) * scaling_factor``; SD3 and FLUX have a shift). ``keep``: resize on
+    the VAE's device and return the latents there (the posterior draw is still seeded on the CPU)."""
+    from ..transfer import to_device
+
+    param = next(vae.parameters())  # diffusers' vae.device / vae.dtype walk every module
     with torch.inference_mode():
-        pixels = torch.stack([backbone.preprocess(im, resolution, antialias=antialias) for im in images])
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        z0 = dist.mean.float().cpu()
+        where = param.device if keep else None
+        pixels = torch.stack([backbone.preprocess(im, resolution, antialias=antialias, device=where) for im in images])
+        dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
+        z0 = dist.mean.float()
+        z0 = z0 if keep else z0.cpu()
         if sample:
-            eps = torch.stack(
-                [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1)) for _ in images]
-            )
-            z0 = z0 + dist.std.float().cpu() * eps
+            eps = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed + 1))  # the same per image
+            eps = eps.expand(len(images), *eps.shape).clone()
+            std = dist.std.float()
+            z0 = z0 + (std if keep else std.cpu()) * to_device(eps, z0.device)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (z0 - shift) * vae.config.scaling_factor

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .sd import StableDiffusionBackbone
+from .sd import StableDiffusionBackbone, _timestep
 
 __all__ = ["SDXL_LEVEL_WEIGHTS", "StableDiffusionXLBackbone"]
 
@@ -67,8 +67,10 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         b = latents.shape[0]
         pooled = text[:, -1, : int(self.text_encoder_2.config.projection_dim)]
         side = [s * 2 ** (len(self.vae.config.block_out_channels) - 1) for s in latents.shape[-2:]]
-        time_ids = torch.tensor([[side[0], side[1], 0, 0, side[0], side[1]]], device=self.device, dtype=self.dtype)
-        t = torch.tensor(timestep, device=self.device)
+        # made on the host and copied without waiting for the device (a plain copy would wait)
+        time_ids = torch.tensor([[side[0], side[1], 0, 0, side[0], side[1]]], dtype=self.dtype)
+        time_ids = time_ids.to(latents.device, non_blocking=True)
+        t = _timestep(timestep, latents.device)
         cond = {"text_embeds": pooled, "time_ids": time_ids.expand(b, -1)}
         return self.unet(latents, t, encoder_hidden_states=text[:, :-1], added_cond_kwargs=cond, return_dict=False)[0]
 

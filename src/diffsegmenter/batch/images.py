@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.paths import ImageJob
-from .runner import BatchReport, BatchRunner, BatchTask, normalise_fingerprint
+from .runner import BatchReport, BatchRunner, BatchTask, normalise_fingerprint, segmenter_session
 
 __all__ = ["ImageTask", "run_batch"]
 
@@ -78,6 +78,9 @@ class ImageTask(BatchTask[ImageJob]):
 
     def segment(self, jobs: Sequence[ImageJob], inputs: Sequence[Any]) -> list[Any]:
         return self.segmenter.segment(list(inputs), classes=self.classes, filter=self.filter)
+
+    def session(self):
+        return segmenter_session(self.segmenter)
 
     def write(self, job: ImageJob, item: Any, result: Any) -> list[str]:
         from ..io import results

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from ..io.paths import SKIPPED_FILE
+from .prefetch import prefetch
 
 __all__ = [
     "EXIT_OK",
@@ -45,6 +46,7 @@ __all__ = [
     "finish_report",
     "normalise_fingerprint",
     "print_problems",
+    "segmenter_session",
     "write_skipped",
 ]
 
@@ -231,6 +233,18 @@ class BatchTask(Generic[JobT]):
         An `OSError` here stops the run like a write error (``report.stopped``); the default does nothing.
         """
 
+    def session(self) -> contextlib.AbstractContextManager:
+        """A context around the whole loop (e.g. the segmenter's capture session, :func:`segmenter_session`); the
+        default does nothing."""
+        return contextlib.nullcontext()
+
+
+def segmenter_session(segmenter: Any) -> contextlib.AbstractContextManager:
+    """``segmenter.session()`` (capturing processors installed once for the run) when it has one, else a context
+    that does nothing."""
+    session = getattr(segmenter, "session", None)
+    return session() if callable(session) else contextlib.nullcontext()
+
 
 def _reason(exc: BaseException) -> str:
     from ..images import ImageLoadError
@@ -257,6 +271,9 @@ class BatchRunner:
             on a write error that concerns the output folder), or let the first error propagate.
         overwrite (`bool`, defaults to False): recompute jobs that are already done.
         batch_size (`int`, defaults to 1): inputs per ``task.segment`` call.
+        prefetch (`int`, defaults to 1): batches loaded ahead on a background thread while the current one is
+            segmented and written (:func:`~diffsegmenter.batch.prefetch.prefetch`); 0 = load each batch when its turn
+            comes.
         progress (`bool | None`, defaults to None): show a tqdm bar; None = only on a terminal.
         desc (`str`, *optional*): the bar's label.
         unit (`str`, defaults to ``"image"``): the bar's unit.
@@ -266,6 +283,7 @@ class BatchRunner:
     on_error: Literal["skip", "raise"] = "skip"
     overwrite: bool = False
     batch_size: int = 1
+    prefetch: int = 1
     progress: bool | None = None
     desc: str | None = None
     unit: str = "image"
@@ -281,9 +299,16 @@ class BatchRunner:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         disable = None if self.progress is None else not self.progress
-        with logging_redirect_tqdm(), tqdm(total=len(pending), desc=self.desc, unit=self.unit, disable=disable) as bar:
-            for chunk in _chunks(pending, max(1, int(self.batch_size))):
-                self._run_chunk(chunk, task, report, bar)
+        chunks = list(_chunks(pending, max(1, int(self.batch_size))))
+        loads = prefetch(chunks, lambda chunk: self._load(chunk, task), depth=max(0, int(self.prefetch)))
+        with (
+            logging_redirect_tqdm(),
+            tqdm(total=len(pending), desc=self.desc, unit=self.unit, disable=disable) as bar,
+            task.session(),
+            contextlib.closing(loads),  # stops the loading thread when the run stops early
+        ):
+            for loaded in loads:
+                self._run_chunk(loaded, task, report, bar)
                 if report.stopped is not None:
                     done_here = {id(job) for job, _ in report.segmented} | {id(job) for job, _ in report.skipped}
                     report.not_started = sum(1 for job in pending if id(job) not in done_here)
@@ -343,14 +368,27 @@ class BatchRunner:
             logger.info("a batch of %d images failed (%s); retrying them one by one", len(loaded), exc)
             return [out for pair in loaded for out in self._segment(task, report, [pair])]
 
-    def _run_chunk(self, chunk: Sequence[Any], task: BatchTask, report: BatchReport, bar: Any) -> None:
-        loaded: list[tuple[Any, Any]] = []
+    @staticmethod
+    def _load(chunk: Sequence[Any], task: BatchTask) -> list[tuple[Any, Any, BaseException | None]]:
+        """(job, input, None) or (job, None, the load error) per job; runs on the prefetch thread."""
+        out: list[tuple[Any, Any, BaseException | None]] = []
         for job in chunk:
             try:
-                loaded.append((job, task.load(job)))
+                out.append((job, task.load(job), None))
             except task.load_errors as exc:
-                self._skip(report, job, exc)
+                out.append((job, None, exc))
+        return out
+
+    def _run_chunk(
+        self, chunk: list[tuple[Any, Any, BaseException | None]], task: BatchTask, report: BatchReport, bar: Any
+    ) -> None:
+        loaded: list[tuple[Any, Any]] = []
+        for job, item, error in chunk:
+            if error is not None:
+                self._skip(report, job, error)
                 bar.update(1)
+            else:
+                loaded.append((job, item))
         for job, item, result in self._segment(task, report, loaded) if loaded else []:
             try:
                 found = task.write(job, item, result)

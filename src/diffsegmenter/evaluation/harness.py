@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from ..batch.runner import RUN_CONFIG, BatchRunner, BatchTask, check_run_fingerprint
+from ..batch.runner import RUN_CONFIG, BatchRunner, BatchTask, check_run_fingerprint, segmenter_session
 from ..config import RELEASED_SCRIPT_RULES, check_tau
 from ..io.atomic import atomic_open
 from ..io.formats.label_png import save_label_png
@@ -320,6 +320,9 @@ class EvalTask(BatchTask[Sample]):
 
     def load(self, sample: Sample) -> tuple[np.ndarray, list[int]]:
         return _read_rgb(sample.image_path), self.classes_for(sample)
+
+    def session(self):
+        return segmenter_session(self.segmenter)
 
     def segment(self, samples: Sequence[Sample], items: Sequence[tuple[np.ndarray, list[int]]]) -> list[tuple]:
         return [self._predict(sample, image, class_ids) for sample, (image, class_ids) in zip(samples, items)]
