@@ -141,6 +141,18 @@ def test_tiny_run_writes_a_folder_that_loads_and_segments_and_resumes(tmp_path):
     assert [r["event"] for r in records].count("latents") == 1
     state = torch.load(out / "state.pt", weights_only=False)
     assert state["step"] == 3 and state["latent_mean"] == pytest.approx(latents["shift_factor"])
+    # the transformer tuner chooses on val, writes a config the folder loads with, and reads test once
+    from research.shapes import tune_dit
+
+    tuned = tmp_path / "tune"
+    assert tune_dit.main(["--model", str(out / "model"), "--out", str(tuned), "--val", "2", "--test", "1"]) == 0
+    report = json.loads((tuned / "tuning.json").read_text())
+    assert len(report["search"]) == len(tune_dit.TIMESTEPS) * 9 and report["test_scenes"] == 1
+    chosen = json.loads((tuned / "segmenter_config.json").read_text())
+    assert chosen["tau"] == report["chosen"]["settings"]["tau"] and "val" in chosen["_provenance"]
+    seg = DiffSegmenter.from_pretrained(out / "model", config=None)
+    seg.config = seg.config.replace(**{k: v for k, v in chosen.items() if not k.startswith("_")})
+    assert seg.segment(make_scene(8).image, classes=["cross"]).classes == ["cross"]
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
