@@ -109,3 +109,81 @@ def test_built_in_filters_come_from_one_factory_and_any_object_can_decide(tiny_s
         select_classes(object(), _image(), ["cat"])
     res = tiny_segmenter.segment(_image(), classes=["cat", "sofa"], filter=Legacy())
     assert res.classes == ["sofa"] and res.candidates == {"cat": 0.0, "sofa": 1.0}
+
+
+# ---------------------------------------------------------------------------------------- "regions" scoring (issue 17)
+def test_connected_regions_are_4_connected_largest_first():
+    import torch
+
+    from diffsegmenter.filters.diffusion import connected_regions
+
+    m = torch.zeros(8, 8, dtype=torch.bool)
+    m[0:3, 0:3] = True  # 9 pixels
+    m[5:7, 5:8] = True  # 6 pixels
+    m[3, 3] = True  # touches the first blob only at a corner: its own region under 4-connectivity
+    regions = connected_regions(m)
+    assert [int(r.sum()) for r in regions] == [9, 6, 1]
+    assert bool(regions[0][1, 1]) and bool(regions[1][6, 7]) and bool(regions[2][3, 3])
+    assert torch.equal(sum(r.int() for r in regions).bool(), m)  # a partition of the mask
+    assert [int(r.sum()) for r in connected_regions(m, min_pixels=2)] == [9, 6]
+    snake = torch.zeros(5, 5, dtype=torch.bool)
+    snake[0, :] = snake[:, 4] = snake[4, :] = True  # one region however long the path
+    assert len(connected_regions(snake)) == 1
+
+
+def test_region_margins_give_each_region_its_own_vote():
+    import torch
+
+    from diffsegmenter.filters.diffusion import region_margins
+
+    red = torch.zeros(3, 4, 4)
+    red[0, :, :2] = 1.0  # class 0 helps on the left half
+    red[1, :, 2:] = 0.5  # class 1 on the right half
+    red[2] = 0.2  # class 2 a little everywhere
+    fg = torch.zeros(8, 8, dtype=torch.bool)
+    fg[1:7, 0:2] = True  # a left object
+    fg[1:7, 6:8] = True  # a right object
+    m = region_margins(red, fg, min_region=0.0)
+    assert m[0] > 0 and m[1] > 0 and m[2] < 0  # both objects' classes win, the everywhere class does not
+    # merged into one region, the objects cast one vote: only the stronger class wins
+    fg[1:7, :] = True
+    merged = region_margins(red, fg, min_region=0.0)
+    assert (merged > 0).sum() == 1 and merged[0] > 0
+    # regions below min_region do not vote; with none left the whole image is one region
+    small = torch.zeros(8, 8, dtype=torch.bool)
+    small[0, 7] = True
+    whole = region_margins(red, small, min_region=0.5)
+    assert torch.allclose(whole, region_margins(red, torch.ones(8, 8, dtype=torch.bool), min_region=0.0))
+
+
+def test_regions_scoring_is_the_margins_of_its_error_maps(tiny_segmenter):
+    import torch
+
+    from diffsegmenter.filters.diffusion import reductions_from_errors, region_margins
+
+    vocab = ["cat", "sofa", "plant"]
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300, 700), noise_draws=2, scoring="regions", min_region=0.01)
+    err = flt.error_maps(_image(), vocab, (300, 500, 700), 2)
+    assert err.shape == (3, 2, 4, 16, 16) and torch.all(err >= 0)
+    # each (timestep, draw) has its own noise: a subset of timesteps sees what the full set saw
+    assert torch.equal(flt.error_maps(_image(), vocab, (700,), 1)[0, 0], err[2, 0])
+    assert not torch.equal(err[2, 0], err[2, 1])
+    scores = flt.scores(_image(), vocab)
+    expected = region_margins(reductions_from_errors(err[[0, 2]]), flt.foreground(_image(), vocab), 0.01)
+    assert list(scores) == vocab and np.allclose(list(scores.values()), expected.numpy(), atol=1e-6)
+    decision = flt.select(_image(), vocab)
+    assert decision.kept == flt.predict(_image(), vocab, scores=scores) and decision.kept
+    flt.threshold = 0.0  # every region's winner is kept (the best class when no region is won outright)
+    winners = [c for c in vocab if scores[c] >= 0] or [max(vocab, key=scores.get)]
+    assert flt.predict(_image(), vocab, scores=scores) == winners
+
+
+def test_regions_scoring_is_read_from_the_model_folder_and_checked(tiny_segmenter):
+    tiny_segmenter.model_settings = {"_diffusion_filter": {"scoring": "regions", "min_region": 0.02}}
+    flt = DiffusionFilter(tiny_segmenter)
+    assert flt.scoring == "regions" and flt.min_region == 0.02
+    assert DiffusionFilter(tiny_segmenter, scoring="quantile").scoring == "quantile"  # an argument wins
+    with pytest.raises(ValueError, match="scoring"):
+        DiffusionFilter(tiny_segmenter, scoring="per-pixel")
+    with pytest.raises(ValueError, match="min_region"):
+        DiffusionFilter(tiny_segmenter, min_region=1.5)

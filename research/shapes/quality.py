@@ -163,11 +163,12 @@ def evaluate_segmenter(seg: Any, scenes: Sequence[Scene], batch: int = 16, **seg
 
 
 def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
-    """How well a model's cross-attention binds each shape word to its object, level by level.
+    """How well a model's cross-attention binds each shape word to its object, level by level (UNet) or block by
+    block (transformer backbones such as SD3: no levels, every block on one token grid).
 
     One prompt naming the present classes ("a circle and a square"), t = 100, raw cross-attention (no self-attention
     completion, no emphasis); on true foreground pixels, the fraction where the right class scores highest among the
-    present ones (``class_acc_given_fg``), with the levels fused uniformly and with each level alone. The
+    present ones (``class_acc_given_fg``), with the levels (blocks) fused uniformly and with each alone. The
     segmenter's own config is restored afterwards.
 
     Args:
@@ -175,14 +176,14 @@ def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
         scenes: the scenes (use validation scenes: this is for watching checkpoints, not for reporting).
 
     Returns:
-        `dict[str, float]`: ``all_levels``, ``level_<factor>`` for each downsampling factor of the UNet, and
-        ``chance`` (guessing among the present classes), all fractions in [0, 1].
+        `dict[str, float]`: UNet: ``all_levels`` and ``level_<factor>`` for each downsampling factor; transformer:
+        ``all_blocks`` and ``block_<i>`` for each block; both: ``chance`` (guessing among the present classes). All
+        fractions in [0, 1].
     """
     from diffsegmenter.config import SegmenterConfig
 
-    levels = [2**i for i in range(len(seg.unet.config.block_out_channels))]
-    base = SegmenterConfig(
-        **SHAPES_BEHAVIOUR,
+    common = dict(
+        SHAPES_BEHAVIOUR,
         prompt_mode="single",
         template="{}",
         class_phrase="a {}",
@@ -190,15 +191,27 @@ def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
         timestep=100,
         self_attention_steps=0,
         emphasis=1.0,
-        level_weights={f: 1.0 for f in levels},
     )
-    variants = [("all_levels", base.level_weights)]
-    variants += [(f"level_{f}", {g: float(g == f) for g in levels}) for f in levels]
+    num_blocks = getattr(seg.backbone, "num_blocks", None)
+    if num_blocks is not None:
+        n = int(num_blocks())
+        base = SegmenterConfig(
+            **common,
+            level_weights=dict(seg.backbone.default_level_weights),
+            attention_blocks=list(range(n)),
+            self_attention_blocks=[n // 2],
+        )
+        variants = [("all_blocks", base)] + [(f"block_{i}", base.replace(attention_blocks=[i])) for i in range(n)]
+    else:
+        levels = [2**i for i in range(len(seg.unet.config.block_out_channels))]
+        base = SegmenterConfig(**common, level_weights={f: 1.0 for f in levels})
+        variants = [("all_levels", base)]
+        variants += [(f"level_{f}", base.replace(level_weights={g: float(g == f) for g in levels})) for f in levels]
     saved = seg.config
     result: dict[str, float] = {}
     try:
-        for name, weights in variants:
-            seg.config = base.replace(level_weights=weights)
+        for name, config in variants:
+            seg.config = config
             m = evaluate_segmenter(seg, scenes, batch=max(1, len(scenes)))
             result[name] = m["class_acc_given_fg"]
             result["chance"] = m["chance_class_acc"]

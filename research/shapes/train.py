@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from . import components as C
-from .captions import sample_caption
+from .captions import P_DROP_COLOUR, P_DROP_POSITION, sample_caption
 from .world import COLOUR_NAMES, IMAGE_SIZE, SPLIT_SEED_OFFSETS, SPLIT_SIZE_LIMIT, ShapeObject, make_scene
 
 #: The shipped model's training record (``train_config.json``, ``train_log.jsonl``) and tuning reports.
@@ -119,6 +119,31 @@ class TrainConfig:
     tiny: bool = False
     init_from: str | None = None
     probe_scenes: int | None = None
+    # recipe levers (issue 17): UNet sizes per level, how often captions drop position/colour words, and keeping the
+    # checkpoint whose binding probe on val is best (not the last one)
+    unet_channels: str | None = None
+    unet_heads: str | None = None
+    unet_layers_per_block: int | None = None
+    p_drop_position: float = P_DROP_POSITION
+    p_drop_colour: float = P_DROP_COLOUR
+    keep_best: str | None = None
+
+    def unet_overrides(self) -> dict[str, Any]:
+        """``UNET_CONFIG`` entries the size flags replace (``--unet-channels 64,128,128 --unet-heads 4,4,4``)."""
+        out: dict[str, Any] = {}
+        if self.unet_channels:
+            out["block_out_channels"] = tuple(int(x) for x in str(self.unet_channels).split(","))
+        if self.unet_heads:
+            out["attention_head_dim"] = tuple(int(x) for x in str(self.unet_heads).split(","))
+        if self.unet_layers_per_block:
+            out["layers_per_block"] = int(self.unet_layers_per_block)
+        levels = {len(v) for v in out.values() if isinstance(v, tuple)}
+        if len(levels) > 1 or (levels and levels != {len(C.UNET_CONFIG["block_out_channels"])}):
+            raise ValueError(
+                f"--unet-channels and --unet-heads need one value per level "
+                f"({len(C.UNET_CONFIG['block_out_channels'])}), got {out}"
+            )
+        return out
 
     def resolve(self) -> TrainConfig:
         """A copy with the device and every `None` default filled in."""
@@ -157,6 +182,9 @@ class TrainConfig:
             raise ValueError(f"--lr-schedule must be 'cosine' or 'constant', not {cfg.lr_schedule!r}")
         if cfg.latents not in ("sample", "mean"):
             raise ValueError(f"--latents must be 'sample' or 'mean', not {cfg.latents!r}")
+        if not (0.0 <= cfg.p_drop_position <= 1.0 and 0.0 <= cfg.p_drop_colour <= 1.0):
+            raise ValueError("--p-drop-position and --p-drop-colour must be probabilities in [0, 1]")
+        cfg.unet_overrides()  # validates the size flags
         if cfg.pool_size > SPLIT_SIZE_LIMIT:
             raise ValueError(f"--pool-size {cfg.pool_size} exceeds the training seed range ({SPLIT_SIZE_LIMIT})")
         return cfg
@@ -314,6 +342,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         latent_shape: tuple[int, int, int],
         encoder: CaptionEncoder | None = None,
         num_timesteps: int = 1000,
+        caption_kwargs: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -325,6 +354,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.latent_shape = latent_shape
         self.encoder = encoder
         self.num_timesteps = num_timesteps
+        self.caption_kwargs = dict(caption_kwargs or {})
 
     def make(self, step: int) -> dict[str, torch.Tensor]:
         """The batch of one step."""
@@ -337,7 +367,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         }
         if self.phase == "unet":
             assert self.encoder is not None
-            caps = [sample_caption(objects_from_rows(self.pool.objects[i]), rng) for i in idx]
+            caps = [sample_caption(objects_from_rows(self.pool.objects[i]), rng, **self.caption_kwargs) for i in idx]
             batch["input_ids"] = torch.from_numpy(self.encoder(caps))
             batch["timesteps"] = torch.from_numpy(rng.integers(0, self.num_timesteps, size=b))
             batch["noise"] = torch.from_numpy(rng.standard_normal((b, *self.latent_shape), dtype=np.float32))
@@ -490,6 +520,9 @@ class Trainer:
         cfg (`TrainConfig`): the settings (resolved here).
     """
 
+    #: ``log.jsonl`` event of the denoiser's progress lines.
+    denoiser_event = "unet"
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.t_start = time.perf_counter()
         self.cfg = cfg.resolve()
@@ -532,7 +565,13 @@ class Trainer:
         tok_dir = (self.out / "tokenizer") if self.out is not None else Path(_tempdir()) / "tokenizer"
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-        comps = C.build_components(tok_dir, seed=cfg.seed, tiny=cfg.tiny, token_embedding_std=cfg.token_embedding_std)
+        comps = C.build_components(
+            tok_dir,
+            seed=cfg.seed,
+            tiny=cfg.tiny,
+            token_embedding_std=cfg.token_embedding_std,
+            unet_overrides=cfg.unet_overrides(),
+        )
         self.tokenizer_dir = comps["tokenizer_dir"]
         self.tokenizer = comps["tokenizer"]
         self.vae = comps["vae"].to(self.device)
@@ -680,6 +719,7 @@ class Trainer:
             self.latent_shape,
             self.encoder if phase == "unet" else None,
             int(self.noise_scheduler.config.num_train_timesteps),
+            {"p_drop_position": cfg.p_drop_position, "p_drop_colour": cfg.p_drop_colour},
         )
         return make_loader(stream, cfg.loader_workers, pin=self.gpu)
 
@@ -822,7 +862,7 @@ class Trainer:
                 vals = {k: float(v) / n_log for k, v in acc.items()}
                 rate = n_log / (time.perf_counter() - t_log)
                 self.log(
-                    "unet",
+                    self.denoiser_event,
                     step=self.unet_step,
                     loss=vals["loss"],
                     grad_norm=vals["grad_norm"],
@@ -847,7 +887,31 @@ class Trainer:
         self.save_state()
         self.save_model(self.out / f"ckpt-{self.unet_step}")
         _prune_checkpoints(self.out, self.cfg.keep_checkpoints)
-        self.probe_binding()
+        self.keep_if_best(self.probe_binding())
+
+    def keep_if_best(self, probe: dict[str, float] | None) -> bool:
+        """With ``--keep-best METRIC``: copy the newest checkpoint to ``best/`` when its binding probe's METRIC
+        (e.g. ``level_4``, ``all_levels``, ``block_3``) beats every earlier one (``best.json`` records which)."""
+        metric = self.cfg.keep_best
+        if not metric or probe is None or self.out is None:
+            return False
+        if metric not in probe:
+            raise ValueError(f"--keep-best {metric!r}: the binding probe reports {sorted(probe)}")
+        record = self.out / "best.json"
+        best = json.loads(record.read_text())["value"] if record.is_file() else -math.inf
+        if probe[metric] <= best:
+            return False
+        target = self.out / "best"
+        tmp = self.out / "best.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(self.out / f"ckpt-{self.unet_step}", tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        record.write_text(json.dumps({"metric": metric, "value": probe[metric], "step": self.unet_step}) + "\n")
+        self.log("best", metric=metric, value=probe[metric], step=self.unet_step)
+        return True
 
     @torch.no_grad()
     def probe_binding(self) -> dict[str, float] | None:
@@ -1130,8 +1194,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="start a new leg from a model folder (its VAE, frozen text encoder and EMA UNet); skips phase 1",
     )
+    add_lever_arguments(p)
     p.add_argument("--sample-grid", metavar="PNG", help="after training, write a sample grid of model/ here")
     return p
+
+
+def add_lever_arguments(p: argparse.ArgumentParser) -> None:
+    """The recipe levers of issue 17 (captions, checkpoint choice; UNet sizes)."""
+    d = TrainConfig()
+    p.add_argument("--unet-channels", help="UNet widths per level, e.g. 64,128,160 (default 64,96,128)")
+    p.add_argument("--unet-heads", help="UNet attention heads per level, e.g. 4,4,4 (default 2,3,4)")
+    p.add_argument("--unet-layers-per-block", type=int, help="UNet layers per block (default 1)")
+    p.add_argument(
+        "--p-drop-position",
+        type=float,
+        default=d.p_drop_position,
+        help="per-object probability that a caption omits the position words (default 0.3; lower = more grounding)",
+    )
+    p.add_argument("--p-drop-colour", type=float, default=d.p_drop_colour, help="same for colour (default 0.4)")
+    p.add_argument(
+        "--keep-best",
+        metavar="METRIC",
+        help="copy the checkpoint whose binding probe METRIC on val is best to OUT/best/ (e.g. level_4, all_levels)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

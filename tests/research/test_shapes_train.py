@@ -285,3 +285,58 @@ def test_sample_grid_from_a_tiny_model(tiny, tmp_path):
 
     im = Image.open(png)
     assert im.size[1] == 2 * (128 + 4)
+
+
+# ------------------------------------------------------------------------------------ recipe levers (issue 17)
+def test_unet_size_flags_override_the_config_per_level():
+    cfg = T.TrainConfig(unet_channels="64,128,160", unet_heads="2,4,5", unet_layers_per_block=2)
+    assert cfg.unet_overrides() == {
+        "block_out_channels": (64, 128, 160),
+        "attention_head_dim": (2, 4, 5),
+        "layers_per_block": 2,
+    }
+    assert T.TrainConfig().unet_overrides() == {}
+    with pytest.raises(ValueError, match="one value per level"):
+        T.TrainConfig(device="cpu", unet_heads="4,4").resolve()
+    with pytest.raises(ValueError, match="probabilities"):
+        T.TrainConfig(device="cpu", p_drop_position=1.5).resolve()
+
+
+def test_grounding_captions_keep_every_position_word(tiny):
+    from research.shapes.captions import POSITION_WORDS
+
+    pool = T.ScenePool(64, 0).start()
+    enc = T.CaptionEncoder(tiny["tokenizer"], VOCABULARY)
+    inverse = {v: k for k, v in enc.ids.items()}
+
+    def phrases(stream):
+        out = []
+        for step in range(6):
+            for row in stream.make(step)["input_ids"].tolist():
+                words = [inverse[i] for i in row if i in inverse]
+                out += [p.split() for p in " ".join(words).split(" and ") if p]
+        return out
+
+    grounded = T.BatchStream(pool, 8, 0, "unet", 0, 64, (4, 32, 32), enc, caption_kwargs={"p_drop_position": 0.0})
+    default = T.BatchStream(pool, 8, 0, "unet", 0, 64, (4, 32, 32), enc)
+    with_position = [any(w in POSITION_WORDS for w in p) for p in phrases(grounded)]
+    assert len(with_position) > 40 and all(with_position)
+    assert not all(any(w in POSITION_WORDS for w in p) for p in phrases(default))  # 30% dropped by default
+
+
+@pytest.mark.slow
+def test_levers_reach_the_model_and_the_best_probe_is_kept(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    out = tmp_path / "run"
+    args = _train_args(out, "--unet-steps", "2", "--save-every", "1", "--keep-best", "all_levels")
+    assert T.main([*args, "--unet-heads", "2,4,4", "--p-drop-position", "0"]) == 0
+    unet = UNet2DConditionModel.from_pretrained(out / "model", subfolder="unet")
+    assert list(unet.config.attention_head_dim) == [2, 4, 4]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    probes = {r["step"]: r["all_levels"] for r in records if r["event"] == "binding"}
+    best = json.loads((out / "best.json").read_text())
+    assert set(probes) == {1, 2} and best["value"] == max(probes.values()) and best["metric"] == "all_levels"
+    assert probes[best["step"]] == best["value"] and (out / "best" / "unet").is_dir()
+    with pytest.raises(ValueError, match="binding probe reports"):
+        T.main([*_train_args(tmp_path / "bad", "--unet-steps", "1", "--save-every", "1", "--keep-best", "level_99")])

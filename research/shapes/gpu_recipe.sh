@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 17's training runs in ONE device call (one H200, no network, at most 600 s a command): run from the repository
+# root of a checkout with torch (CUDA), diffusers and transformers installed, with $OUT set to a folder that comes back:
+#
+#     OUT=/some/empty/folder bash research/shapes/gpu_recipe.sh          # the run tool sets $OUT
+#
+# Leg 1 (DIT_S s): the joint-attention (SD3-class) shapes model from scratch (research.shapes.train_mmdit), binding per
+#   block logged at every checkpoint on 64 val scenes, the best checkpoint by that probe kept (OUT/mmdit/best).
+# Leg 2: its segmenter settings chosen on 150 val scenes, test read once (research.shapes.tune_dit).
+# Leg 3 (UNET_S s): the UNet recipe levers from scratch (16x16 level 96 -> 128 wide, 4 heads at every level instead
+#   of 2/3/4, captions keeping 90% of position words instead of 70%); the checkpoint with the best val binding probe
+#   is kept (OUT/unet/best).
+# Leg 4: that UNet against the shipped one on 150 val scenes with the shipped segmenter settings (val only: the test
+#   split is for a setting chosen on val; a new UNet replaces the shipped one only if it wins here, then gets
+#   research.shapes.tune and filter_tune on a CPU).
+# Each leg is bounded by `timeout` and copies what it made into $OUT before the next starts, so a leg that runs out of
+# time still leaves the earlier ones' results. Sizes and budgets are environment variables (defaults in brackets).
+set -uo pipefail
+: "${OUT:?set OUT to the folder whose contents come back}"
+DIT_S=${DIT_S:-210}        # leg 1 wall clock, all included [210]
+UNET_S=${UNET_S:-170}      # leg 3 wall clock [170]
+TUNE_VAL=${TUNE_VAL:-150}  # val scenes for legs 2 and 4 [150]
+TEST=${TEST:-300}          # test scenes for leg 2 [300]
+WORK=${WORK:-runs/gpu}     # big files (state.pt, checkpoints) stay here, outside $OUT
+export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/recipe.log"; }
+copy_run() {  # run folder -> $OUT/<name>: logs, configs and the chosen model folder (no optimiser state)
+  local run=$1 name=$2 pick=$3
+  mkdir -p "$OUT/$name"
+  cp "$run"/log.jsonl "$run"/train_config.json "$OUT/$name/" 2>/dev/null
+  cp "$run"/best.json "$OUT/$name/" 2>/dev/null
+  if [ -d "$run/$pick" ]; then cp -r "$run/$pick" "$OUT/$name/model"; elif [ -d "$run/model" ]; then cp -r "$run/model" "$OUT/$name/model"; fi
+}
+python - <<'EOF' || { log "no CUDA device or packages missing"; exit 2; }
+import torch, diffusers, transformers
+assert torch.cuda.is_available(), "no CUDA device"
+print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name(0))
+EOF
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$OUT/gpu.csv" 2>/dev/null
+
+log "leg 1: MM-DiT, ${DIT_S}s"
+timeout $((DIT_S + 60)) python -m research.shapes.train_mmdit --out "$WORK/mmdit" --device cuda \
+  --time-budget-s "$DIT_S" --save-every 400 --probe-scenes 64 --keep-best all_blocks > "$OUT/mmdit_stdout.log" 2>&1
+log "leg 1 exit $?"
+copy_run "$WORK/mmdit" mmdit best
+
+log "leg 2: MM-DiT settings on val, test once"
+timeout 150 python -m research.shapes.tune_dit --model "$OUT/mmdit/model" --out "$OUT/mmdit_tune" --val "$TUNE_VAL" \
+  --test "$TEST" --device cuda > "$OUT/mmdit_tune_stdout.log" 2>&1
+log "leg 2 exit $?"
+
+log "leg 3: UNet levers, ${UNET_S}s"
+timeout $((UNET_S + 60)) python -m research.shapes.train --out "$WORK/unet" --device cuda --time-budget-s "$UNET_S" \
+  --unet-channels 64,128,128 --unet-heads 4,4,4 --p-drop-position 0.1 --save-every 400 --probe-scenes 64 \
+  --keep-best all_levels > "$OUT/unet_stdout.log" 2>&1
+log "leg 3 exit $?"
+copy_run "$WORK/unet" unet best
+
+log "leg 4: new UNet vs shipped on val, shipped settings"
+timeout 90 python - "$OUT/unet/model" "$TUNE_VAL" > "$OUT/unet_vs_shipped.json" 2> "$OUT/unet_vs_shipped.err" <<'EOF'
+import json, sys
+from diffsegmenter import DiffSegmenter
+from diffsegmenter.loading import resolve_model
+from research.shapes.quality import binding_probe, evaluate_segmenter, scenes_of
+new, n = sys.argv[1], int(sys.argv[2])
+val = scenes_of("val", n)
+shipped = DiffSegmenter.from_pretrained("shapes", device="cuda")
+out = {"val_scenes": n, "settings": "the shipped segmenter_config.json for both"}
+for name, folder in (("shipped", resolve_model("shapes")), ("new", new)):
+    seg = DiffSegmenter.from_pretrained(folder, device="cuda", config=shipped.config)
+    out[name] = {"val": evaluate_segmenter(seg, val), "binding_probe_val": binding_probe(seg, val)}
+print(json.dumps(out, indent=2, default=float))
+EOF
+log "leg 4 exit $?"
+du -sh "$OUT" | tee -a "$OUT/recipe.log"

@@ -1,0 +1,301 @@
+"""The joint-attention (MM-DiT, SD3-class) shapes-world model: its components, text encoding and folder layout.
+
+The same world and captions as the UNet model (:mod:`.components`), with Stable Diffusion 3's component classes at a
+small size, so that the segmenter reads it through its SD3 backbone (:class:`diffsegmenter.backbones.sd3.
+StableDiffusion3Backbone`) and ``StableDiffusion3Pipeline`` samples from it:
+
+- ``AutoencoderKL``: the shipped shapes VAE (64×64×3 ↔ 32×32×4), reused and frozen, its config given SD3's
+  ``shift_factor`` (the mean of its latents on training scenes) beside the ``scaling_factor`` (1 / their std), so
+  that the transformer sees centred latents of unit variance.
+- ``SD3Transformer2DModel`` on 32×32×4 latents, 2×2 patches (a 16×16 token grid), 7 joint blocks of width 160
+  (5 heads of 32), RMS q/k norms (SD3.5's), about 6.3M parameters.
+- Two ``CLIPTextModelWithProjection`` encoders (SD3's CLIP-L and CLIP-G slots), 2 layers of width 128 each, random,
+  seeded and frozen, their token embeddings redrawn with std 1.0 as the UNet model's encoder (so that shape words stay
+  distinct in context); SD3 reads the penultimate layer (after one layer, as the UNet model's single-layer encoder),
+  the pooled projections come from the last. Their 128 + 128 features fill the joint width of 256.
+- No T5: ``text_encoder_3`` is None and the pipeline (and the backbone) put 256 zero tokens in its place, which the
+  model is trained with too.
+- ``FlowMatchEulerDiscreteScheduler`` (shift 1.0: a 16×16 token grid is SD3's 256-token base case).
+
+Training (:mod:`.train_mmdit`) is pure rectified-flow denoising: ``x_s = (1 - s) z + s eps``, the transformer predicts
+``eps - z`` at timestep ``1000 s``, with ``s`` logit-normal (SD3's default sampling).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import components as C
+
+#: ``StableDiffusion3Pipeline``'s ``max_sequence_length``: the T5 slot's zero tokens (the backbone uses the same).
+T5_LENGTH = 256
+
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "sample_size": 32,
+    "patch_size": 2,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_layers": 7,
+    "attention_head_dim": 32,
+    "num_attention_heads": 5,
+    "joint_attention_dim": 256,
+    "caption_projection_dim": 160,
+    "pooled_projection_dim": 256,
+    "pos_embed_max_size": 40,  # inputs up to 160² (a 40×40 token grid) for a larger "where" pass
+    "qk_norm": "rms_norm",
+}
+
+TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 128,
+}
+#: Seed offset of the second text encoder (distinct weights from the first).
+TEXT_ENCODER_2_SEED_OFFSET = 1000
+
+SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 1.0}
+
+#: Much smaller models of the same structure, for tests.
+TINY_TRANSFORMER_OVERRIDES: dict[str, Any] = {
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "caption_projection_dim": 16,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+}
+TINY_TEXT_ENCODER_OVERRIDES: dict[str, Any] = {"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16}
+
+
+def build_text_encoders(tokenizer: Any, seed: int = 0, tiny: bool = False, token_embedding_std: float = 1.0):
+    """The two frozen ``CLIPTextModelWithProjection`` encoders (SD3's CLIP-L and CLIP-G slots).
+
+    Args:
+        tokenizer (`CLIPTokenizer`): the shapes tokenizer (vocabulary size, special ids).
+        seed (`int`, *optional*, defaults to 0): seed of the first; the second uses ``seed + 1000``.
+        tiny (`bool`, *optional*, defaults to `False`): the ``TINY_TEXT_ENCODER_OVERRIDES`` sizes (tests).
+        token_embedding_std (`float`, *optional*, defaults to 1.0): std of the redrawn token embeddings.
+
+    Returns:
+        `tuple`: two ``CLIPTextModelWithProjection``, float32, eval mode, ``requires_grad`` off.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    kw = {**TEXT_ENCODER_CONFIG, **(TINY_TEXT_ENCODER_OVERRIDES if tiny else {})}
+    out = []
+    for s in (seed, seed + TEXT_ENCODER_2_SEED_OFFSET):
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **kw,
+        )
+        torch.manual_seed(s)
+        model = CLIPTextModelWithProjection(config)
+        gen = torch.Generator().manual_seed(s + 1)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb.copy_(torch.randn(emb.shape, generator=gen) * token_embedding_std)
+        out.append(model.requires_grad_(False).eval())
+    return out[0], out[1]
+
+
+def build_transformer(seed: int = 0, tiny: bool = False, **overrides: Any):
+    """The ``SD3Transformer2DModel`` (random weights), float32 on the CPU.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): torch seed of the initial weights.
+        tiny (`bool`, *optional*, defaults to `False`): the ``TINY_TRANSFORMER_OVERRIDES`` sizes (tests).
+        **overrides: entries replacing those of ``TRANSFORMER_CONFIG``.
+    """
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(**{**TRANSFORMER_CONFIG, **(TINY_TRANSFORMER_OVERRIDES if tiny else {}), **overrides})
+
+
+def build_scheduler():
+    """``FlowMatchEulerDiscreteScheduler`` (shift 1.0), saved with the model for sampling."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+
+
+def load_vae(folder: str | Path, shift_factor: float, scaling_factor: float):
+    """The shapes VAE of a model folder (float32, frozen), its config given SD3's latent shift and scale.
+
+    Args:
+        folder (`str` or `Path`): a shapes model folder with a ``vae/``, or ``"shapes"`` (the shipped one).
+        shift_factor (`float`): mean of its unscaled latents on training scenes.
+        scaling_factor (`float`): 1 / their std.
+    """
+    from diffusers import AutoencoderKL
+
+    from diffsegmenter.loading import resolve_model
+
+    vae = AutoencoderKL.from_pretrained(resolve_model(str(folder)), subfolder="vae", torch_dtype=torch.float32)
+    vae.register_to_config(shift_factor=float(shift_factor), scaling_factor=float(scaling_factor))
+    return vae.eval().requires_grad_(False)
+
+
+def encode_text(
+    text_encoder: torch.nn.Module,
+    text_encoder_2: torch.nn.Module,
+    input_ids: torch.Tensor,
+    joint_attention_dim: int,
+    t5_length: int = T5_LENGTH,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``StableDiffusion3Pipeline.encode_prompt`` gives for token ids without T5 (both CLIPs get the same ids:
+    the shapes tokenizer pads with its end token, as the pipeline's second tokenizer would with this vocabulary).
+
+    Args:
+        text_encoder, text_encoder_2 (`CLIPTextModelWithProjection`): the two encoders.
+        input_ids (`torch.Tensor`): (B, 77) int64 token ids (start, words, end, padding).
+        joint_attention_dim (`int`): the transformer's text width; the CLIP states are zero-padded to it.
+        t5_length (`int`, *optional*, defaults to 256): zero tokens in T5's place.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: ``encoder_hidden_states`` (B, 77 + t5_length, joint_attention_dim)
+        (the penultimate states of both CLIPs side by side, then zeros) and ``pooled_projections`` (B, P1 + P2).
+    """
+    o1 = text_encoder(input_ids, output_hidden_states=True)
+    o2 = text_encoder_2(input_ids, output_hidden_states=True)
+    clip = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1)
+    clip = torch.nn.functional.pad(clip, (0, joint_attention_dim - clip.shape[-1]))
+    zeros = clip.new_zeros(clip.shape[0], t5_length, joint_attention_dim)
+    return torch.cat([clip, zeros], dim=1), torch.cat([o1.text_embeds, o2.text_embeds], dim=-1)
+
+
+def _cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    clone = copy.deepcopy(model).cpu()
+    with torch.no_grad():  # cast tensors directly: ModelMixin.to(dtype) warns about fp32-kept modules
+        for t in [*clone.parameters(), *clone.buffers()]:
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
+    return clone
+
+
+def save_model_folder(
+    out_dir: str | Path,
+    vae: torch.nn.Module,
+    transformer: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    text_encoder_2: torch.nn.Module,
+    tokenizer: Any,
+    scheduler: Any,
+    dtype: torch.dtype = torch.float16,
+    extra_files: Mapping[str, str] | None = None,
+    tokenizer_dir: str | Path | None = None,
+    check_sizes: bool = True,
+) -> int:
+    """Write the model with ``StableDiffusion3Pipeline.save_pretrained`` (safetensors; no T5, ``text_encoder_3``
+    and ``tokenizer_3`` null in ``model_index.json``), written beside ``out_dir`` and moved into place.
+
+    Args:
+        out_dir (`str` or `Path`): the model folder (an existing model folder there is replaced; any other
+            non-empty folder is refused).
+        vae, transformer, text_encoder, text_encoder_2: the models; copies are cast to ``dtype``.
+        tokenizer (`CLIPTokenizer`): saved as both ``tokenizer`` and ``tokenizer_2``.
+        scheduler (`FlowMatchEulerDiscreteScheduler`): the sampling scheduler.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float16`): dtype of the saved weights.
+        extra_files (`Mapping[str, str]`, *optional*): text files for the folder's root (``README.md``,
+            ``segmenter_config.json``).
+        tokenizer_dir (`str` or `Path`, *optional*): the tokenizer's source folder (``components.build_tokenizer``);
+            its ``vocab.json`` and ``merges.txt`` are added beside the ``tokenizer.json`` that transformers 5 writes,
+            so that transformers 4.x (which this package allows) can read the tokenizers too.
+        check_sizes (`bool`, *optional*, defaults to `True`): refuse files over ``components.MAX_FILE_BYTES`` or a
+            folder over ``components.MAX_FOLDER_BYTES``.
+
+    Returns:
+        `int`: the folder's size in bytes.
+    """
+    from diffusers import StableDiffusion3Pipeline
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+        raise ValueError(f"{out} exists and is not a model folder; refusing to replace it")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        pipe = StableDiffusion3Pipeline(
+            transformer=_cast_copy(transformer, dtype),
+            scheduler=scheduler,
+            vae=_cast_copy(vae, dtype),
+            text_encoder=_cast_copy(text_encoder, dtype),
+            tokenizer=tokenizer,
+            text_encoder_2=_cast_copy(text_encoder_2, dtype),
+            tokenizer_2=tokenizer,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        del pipe
+        for sub in ("tokenizer", "tokenizer_2"):
+            for fname in ("vocab.json", "merges.txt") if tokenizer_dir is not None else ():
+                if not (tmp / sub / fname).exists():
+                    shutil.copyfile(Path(tokenizer_dir) / fname, tmp / sub / fname)
+        for fname, content in (extra_files or {}).items():
+            (tmp / fname).write_text(content, encoding="utf-8")
+        stray = [p.name for p in tmp.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if stray:
+            raise ValueError(f"non-safetensors weight files written: {stray}")
+        total, largest = C.folder_size(tmp)
+        if check_sizes and (largest >= C.MAX_FILE_BYTES or total > C.MAX_FOLDER_BYTES):
+            raise ValueError(
+                f"model folder too large: {total} bytes in all (limit {C.MAX_FOLDER_BYTES}), largest file {largest} "
+                f"bytes (limit {C.MAX_FILE_BYTES})"
+            )
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return total
+
+
+def segmenter_settings(num_blocks: int, provenance: str) -> dict[str, Any]:
+    """The ``segmenter_config.json`` a freshly trained folder gets: the shapes behaviour and prompts of the UNet
+    model's tuned settings, the family's default read-out (every block averaged, completion with the middle block),
+    t = 100 and tau 0.4 until a tuning run on val replaces them.
+
+    Args:
+        num_blocks (`int`): the transformer's blocks.
+        provenance (`str`): how the values were chosen (written as ``_provenance``).
+    """
+    from .quality import SHAPES_BEHAVIOUR
+    from .world import CLASS_NAMES
+
+    return {
+        "_classes": list(CLASS_NAMES[1:]),
+        **SHAPES_BEHAVIOUR,
+        "prompt_mode": "single",
+        "template": "{}",
+        "class_phrase": "a {}",
+        "joiner": " and ",
+        "emphasis": 1.0,
+        "timestep": 100,
+        "level_weights": {"2": 1.0},
+        "attention_blocks": list(range(num_blocks)),
+        "self_attention_blocks": [num_blocks // 2],
+        "tau": 0.4,
+        "_provenance": provenance,
+    }
+
+
+def dumps(obj: Any) -> str:
+    """JSON text as the model folders write it."""
+    return json.dumps(obj, indent=2) + "\n"

@@ -1,0 +1,175 @@
+"""The joint-attention (SD3-class) shapes model: components, text encoding, folder layout and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from research.shapes import components as C
+from research.shapes import mmdit as M
+from research.shapes import train_mmdit as TM
+from research.shapes.world import make_scene
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from transformers import CLIPTokenizer
+
+    tok_dir = C.build_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer")
+    tok = CLIPTokenizer.from_pretrained(str(tok_dir))
+    te1, te2 = M.build_text_encoders(tok, tiny=True)
+    return {"tokenizer": tok, "tokenizer_dir": tok_dir, "te1": te1, "te2": te2}
+
+
+@pytest.mark.slow
+def test_real_config_fits_the_size_limits():
+    transformer = M.build_transformer()
+    n = C.count_parameters(transformer)
+    assert 4_000_000 <= n <= 7_500_000
+    assert 2 * n < C.MAX_FILE_BYTES - 1_000_000  # fp16 file, with room for the positional table
+    cfg = transformer.config
+    assert cfg.joint_attention_dim == 2 * M.TEXT_ENCODER_CONFIG["hidden_size"]
+    assert cfg.pooled_projection_dim == 2 * M.TEXT_ENCODER_CONFIG["projection_dim"]
+    assert cfg.sample_size * 2 // cfg.patch_size == 32  # a 16x16 token grid on the 64x64 images
+
+
+def test_text_encoders_are_frozen_distinct_and_keep_shape_words_apart(parts):
+    te1, te2, tok = parts["te1"], parts["te2"], parts["tokenizer"]
+    assert not any(p.requires_grad for p in [*te1.parameters(), *te2.parameters()])
+    assert not torch.equal(te1.get_input_embeddings().weight, te2.get_input_embeddings().weight)
+    ids = tok("a red circle and a blue square", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    states, pooled = M.encode_text(te1, te2, ids, joint_attention_dim=48)
+    assert states.shape == (1, 77 + M.T5_LENGTH, 48) and pooled.shape == (1, 32)
+    assert torch.count_nonzero(states[0, 77:]) == 0 and torch.count_nonzero(states[0, :, 32:]) == 0
+    words = tok.convert_ids_to_tokens(ids[0])
+    ci, si = words.index("circle</w>"), words.index("square</w>")
+    cos = torch.nn.functional.cosine_similarity(states[0, ci, :32], states[0, si, :32], dim=0)
+    assert cos < 0.5
+
+
+def test_sigmas_are_logit_normal_quantiles():
+    t = torch.arange(1000)
+    s = TM.sigmas_from_timesteps(t, 0.0, 1.0)
+    assert torch.all(s > 0) and torch.all(s < 1) and torch.all(s[1:] > s[:-1])
+    assert s[499:501].mean() == pytest.approx(0.5, abs=1e-3)  # the median of a logit-normal(0, 1) is 1/2
+    shifted = TM.sigmas_from_timesteps(t, 1.0, 1.0)
+    assert torch.all(shifted > s)
+
+
+def test_folder_is_the_pipelines_layout_and_encodes_as_the_pipeline_and_backbone(parts, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from diffsegmenter import DiffSegmenter
+
+    vae = M.load_vae("shapes", -2.0, 0.5)
+    transformer = M.build_transformer(tiny=True)
+    out = tmp_path / "model"
+    M.save_model_folder(
+        out,
+        vae,
+        transformer,
+        parts["te1"],
+        parts["te2"],
+        parts["tokenizer"],
+        M.build_scheduler(),
+        extra_files={"segmenter_config.json": M.dumps(M.segmenter_settings(2, "test"))},
+        tokenizer_dir=parts["tokenizer_dir"],
+    )
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
+    assert index["text_encoder_3"] == [None, None] and index["tokenizer_3"] == [None, None]
+    assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    weights = list(out.rglob("*.safetensors"))
+    assert len(weights) == 4 and not list(out.rglob("*.bin"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}  # noqa: SIM118 (safe_open)
+    assert (out / "tokenizer_2" / "vocab.json").is_file()  # for transformers 4.x too
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None, dtype=torch.float32)
+    assert pipe.vae.config.shift_factor == pytest.approx(-2.0) and pipe.vae.config.scaling_factor == 0.5
+    prompt = "a top left red circle and a cross"
+    pe, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False)
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    mine, mine_pooled = M.encode_text(pipe.text_encoder, pipe.text_encoder_2, ids, 32)
+    assert torch.equal(pe, mine) and torch.equal(pooled, mine_pooled)  # what training feeds is what sampling feeds
+    seg = DiffSegmenter.from_pretrained(out)
+    assert type(seg.backbone).__name__ == "StableDiffusion3Backbone" and seg.native_resolution == 64
+    emb = seg.backbone.encode_ids(ids[0].tolist())
+    assert torch.allclose(emb[:-1], mine[0]) and torch.allclose(emb[-1, :32], mine_pooled[0])
+    res = seg.segment(make_scene(3).image)  # the folder's classes and settings
+    assert res.classes == ["circle", "square", "triangle", "cross"] and res.labels.shape == (64, 64)
+
+
+def _args(out, *extra):
+    return [
+        "--out", str(out), "--device", "cpu", "--tiny", "--batch-size", "2", "--pool-size", "32", "--workers", "0",
+        "--loader-workers", "0", "--log-every", "1", "--warmup-steps", "2", "--threads", "1", "--probe-scenes", "2",
+        "--latent-stats-scenes", "16", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_a_folder_that_loads_and_segments_and_resumes(tmp_path):
+    from diffsegmenter import DiffSegmenter
+
+    out = tmp_path / "run"
+    assert TM.main(_args(out, "--unet-steps", "2", "--save-every", "2", "--keep-best", "all_blocks")) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records]
+    assert events.count("transformer") == 2 and events[-1] == "done" and "vae" not in events
+    probe = next(r for r in records if r["event"] == "binding")
+    blocks = [k for k in probe if k.startswith("block_")]
+    assert blocks == ["block_0", "block_1"] and all(0 <= probe[k] <= 1 for k in [*blocks, "all_blocks", "chance"])
+    assert json.loads((out / "best.json").read_text())["step"] == 2 and (out / "best" / "transformer").is_dir()
+    latents = next(r for r in records if r["event"] == "latents")
+    seg = DiffSegmenter.from_pretrained(out / "model")
+    assert seg.backbone.vae.config.shift_factor == pytest.approx(latents["shift_factor"], rel=1e-5)
+    res = seg.segment(make_scene(7).image, classes=["circle", "square"])
+    assert res.scores.shape == (2, 64, 64) and np.isfinite(res.scores).all()
+    saved = json.loads((out / "model" / "segmenter_config.json").read_text())
+    assert saved["attention_blocks"] == [0, 1] and saved["_classes"][0] == "circle"
+    # resume continues from the saved step with the same latent statistics
+    assert TM.main(_args(out, "--unet-steps", "3", "--save-every", "0", "--resume")) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "transformer"] == [1, 2, 3]
+    assert [r["event"] for r in records].count("latents") == 1
+    state = torch.load(out / "state.pt", weights_only=False)
+    assert state["step"] == 3 and state["latent_mean"] == pytest.approx(latents["shift_factor"])
+    # the transformer tuner chooses on val, writes a config the folder loads with, and reads test once
+    from research.shapes import tune_dit
+
+    tuned = tmp_path / "tune"
+    assert tune_dit.main(["--model", str(out / "model"), "--out", str(tuned), "--val", "2", "--test", "1"]) == 0
+    report = json.loads((tuned / "tuning.json").read_text())
+    assert len(report["search"]) == len(tune_dit.TIMESTEPS) * 9 and report["test_scenes"] == 1
+    chosen = json.loads((tuned / "segmenter_config.json").read_text())
+    assert chosen["tau"] == report["chosen"]["settings"]["tau"] and "val" in chosen["_provenance"]
+    seg = DiffSegmenter.from_pretrained(out / "model", config=None)
+    seg.config = seg.config.replace(**{k: v for k, v in chosen.items() if not k.startswith("_")})
+    assert seg.segment(make_scene(8).image, classes=["cross"]).classes == ["cross"]
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    """A few optimiser steps on one batch must lower the flow-matching loss (the step function trains)."""
+    cfg = TM.MMDiTConfig(out=str(tmp_path), device="cpu", tiny=True, threads=1, pool_size=8, workers=0)
+    trainer = TM.MMDiTTrainer(cfg)
+    trainer.setup()
+    pool = TM.T.ScenePool(8, 0).start()
+    trainer.measure_latents(pool)
+    stream = TM.T.BatchStream(pool, 8, 0, "unet", 0, 8, trainer.latent_shape, trainer.encoder)
+    batch = TM.T._to_model_inputs(stream.make(0), trainer.device)
+    losses = [float(trainer.unet_step_fn(batch, 3e-3)["loss"]) for _ in range(12)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_unet_flags_are_refused():
+    with pytest.raises(ValueError, match="UNet model only"):
+        TM.MMDiTConfig(device="cpu", unet_heads="4,4,4").resolve()
+    with pytest.raises(ValueError, match="--resume"):
+        TM.MMDiTConfig(device="cpu", init_from="somewhere").resolve()
