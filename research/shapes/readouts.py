@@ -97,9 +97,9 @@ class _Replay:
     """Stands in for :func:`diffsegmenter.passes.attention_pass`: records every variant's maps of each call (one
     forward), then hands a chosen variant's maps back in the same call order (no forward)."""
 
-    def __init__(self, tee: _Tee) -> None:
+    def __init__(self, tee: _Tee, real: Callable) -> None:
         self.tee = tee
-        self.real = passes.attention_pass
+        self.real = real  # the library's attention_pass
         self.log: list[tuple[tuple, dict]] = []
         self.variant: str | None = None  # None: record
         self.i = 0
@@ -141,7 +141,7 @@ def run_group(seg, base, group: str, names: list[str], images, class_lists, batc
     try:
         for start in range(0, len(images), batch):
             imgs, cls = images[start : start + batch], class_lists[start : start + batch]
-            replay = _Replay(tee)
+            replay = _Replay(tee, real)
             memo.clear()
             passes.attention_pass = replay
             readouts.FACTORIES["weighted"] = lambda block: tee
