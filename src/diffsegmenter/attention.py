@@ -64,8 +64,9 @@ class AttentionStore:
     Attributes:
         keep_layers (`bool`): also keep each cross-attention layer's head-averaged (B, N, T) map in ``layer_maps``.
         layer_maps (`list[tuple[str, torch.Tensor]]`): (processor key, (B, N, T) float32) per layer, in call order.
-        head_weighting (`str`, *optional*): average the heads of UNet cross-attention layers with
-            :func:`~diffsegmenter.readouts.head_weighted_probs` in this mode instead of uniformly.
+        head_weighting (`str`, *optional*): also average the heads of every cross-attention layer with
+            :func:`~diffsegmenter.readouts.head_weighted_probs` in this mode and append that (B, N, T) map to
+            ``layer_maps`` (``cross_sum`` keeps the plain head average, the paper's; set ``keep_layers`` False).
         measure_agreement (`bool`): record every UNet self-attention layer's
             :func:`~diffsegmenter.readouts.self_attention_agreement` in ``layer_agreement`` (block key -> (B,)).
         concept_scores (`torch.Tensor`, *optional*): (B, N, K) the concept read-out's summed scores (FLUX).
@@ -266,9 +267,8 @@ class CrossAttentionCaptureProcessor(_CaptureProcessor):
         if self.store.head_weighting:
             keep = self.store.keep_batch
             mean = head_weighted_probs(probs[keep], out[keep], attn.to_out[0].weight, self.store.head_weighting)
-            self.store.add_cross_mean(mean, self.name)
-        else:
-            self.store.add_cross(probs, self.name)
+            self.store.layer_maps.append((self.name, mean))
+        self.store.add_cross(probs, self.name)
         return out
 
 

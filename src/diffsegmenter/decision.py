@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .aggregation import split_where_and_which, upsample_scores
+from .readouts import readout_for, splits_where_and_which
 
 __all__ = [
     "PassPlan",
@@ -137,6 +138,9 @@ def class_decision(config, resolution: int) -> ClassDecision:
     if getattr(config, "readout", "paper") == "single-block":
         return RawScoresDecision()  # SegmenterConfig refuses class_level_weights with it
     if config.class_level_weights is None:
+        if splits_where_and_which(readout_for(getattr(config, "readout", "paper"))):
+            # the paper's maps decide where and the read-out's own (fused with level_weights) which, in one pass
+            return SeparateWeightsDecision(config.level_weights)
         return PaperDecision()
     # class_resolution is set only with class_level_weights (SegmenterConfig checks)
     if config.class_resolution is not None and config.class_resolution != resolution:

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from .attention import AttentionStore
+from .readout_ops import block_key, head_weighted_probs, joint_head_weighted_probs, self_attention_agreement
 
 __all__ = [
     "FluxCaptureProcessor",
     "FluxConceptProcessor",
+    "FluxWeightedProcessor",
     "PixArtCrossCaptureProcessor",
     "PixArtSelfCaptureProcessor",
+    "PixArtAgreementProcessor",
+    "PixArtWeightedCrossProcessor",
     "SD3JointCaptureProcessor",
+    "SD3WeightedProcessor",
     "capture_concepts",
     "capture_wrapped",
     "joint_text_probs",
+    "weighted_plan",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -120,6 +127,50 @@ class SD3JointCaptureProcessor(_WrappingProcessor):
             self._keep_self(q, k, scale)
 
 
+def _flux_projections(attn, hidden_states, encoder_hidden_states, image_rotary_emb, latent_size, values=False):
+    """FLUX's image queries and all keys (and values) of one layer, as its processor forms them.
+
+    Returns:
+        `tuple`: q_img (B, heads, N, d) after norm and rotary embedding, k_all and v_all (B, heads, T + N, d) in
+        [text; image] order (v_all None unless ``values``), and T.
+    """
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    def split(x):  # (B, S, heads * d) -> (B, S, heads, d), FLUX's layout
+        return x.unflatten(-1, (-1, attn.head_dim))
+
+    fused = getattr(attn, "fused_projections", False)
+    if fused:
+        q_img, k_img, v_img = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        q_img, k_img = attn.to_q(hidden_states), attn.to_k(hidden_states)
+        v_img = attn.to_v(hidden_states) if values else None
+    q_all, k_all = attn.norm_q(split(q_img)), attn.norm_k(split(k_img))
+    v_all = split(v_img) if values else None
+    if encoder_hidden_states is not None:  # double-stream: prepend the text keys (its queries are not read)
+        if fused:
+            _, k_txt, v_txt = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+        else:
+            k_txt = attn.add_k_proj(encoder_hidden_states)
+            v_txt = attn.add_v_proj(encoder_hidden_states) if values else None
+        k_txt = attn.norm_added_k(split(k_txt))
+        t = k_txt.shape[1]
+        k_all = torch.cat([k_txt, k_all], dim=1)
+        if values:
+            v_all = torch.cat([split(v_txt), v_all], dim=1)
+        q_img = q_all
+    else:  # single-stream: [text; image] already joined
+        h, w = latent_size
+        t = k_all.shape[1] - (h // 2) * (w // 2)
+        q_img = q_all[:, t:]
+    if image_rotary_emb is not None:
+        cos, sin = image_rotary_emb
+        q_img = apply_rotary_emb(q_img, (cos[t:], sin[t:]), sequence_dim=1)
+        k_all = apply_rotary_emb(k_all, image_rotary_emb, sequence_dim=1)
+    v_all = v_all.transpose(1, 2) if values else None
+    return q_img.transpose(1, 2), k_all.transpose(1, 2), v_all, t
+
+
 class FluxCaptureProcessor(_WrappingProcessor):
     """FLUX's ``FluxAttnProcessor`` layers: [text; image] tokens, rotary embedding applied before the scores.
 
@@ -128,37 +179,11 @@ class FluxCaptureProcessor(_WrappingProcessor):
     """
 
     def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None, **kwargs):
-        from diffusers.models.embeddings import apply_rotary_emb
-
         if attention_mask is not None:
             raise ValueError("FLUX attention capture does not support attention masks (the pipelines pass none)")
-
-        def split(x):  # (B, S, heads * d) -> (B, S, heads, d), FLUX's layout
-            return x.unflatten(-1, (-1, attn.head_dim))
-
-        if getattr(attn, "fused_projections", False):
-            q_img, k_img, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            q_img, k_img = attn.to_q(hidden_states), attn.to_k(hidden_states)
-        q_all, k_all = attn.norm_q(split(q_img)), attn.norm_k(split(k_img))
-        if encoder_hidden_states is not None:  # double-stream: prepend the text keys (its queries are not read)
-            if getattr(attn, "fused_projections", False):
-                k_txt = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)[1]
-            else:
-                k_txt = attn.add_k_proj(encoder_hidden_states)
-            k_txt = attn.norm_added_k(split(k_txt))
-            t = k_txt.shape[1]
-            k_all = torch.cat([k_txt, k_all], dim=1)
-            q_img = q_all
-        else:  # single-stream: [text; image] already joined
-            h, w = self.store.latent_size
-            t = k_all.shape[1] - (h // 2) * (w // 2)
-            q_img = q_all[:, t:]
-        if image_rotary_emb is not None:
-            cos, sin = image_rotary_emb
-            q_img = apply_rotary_emb(q_img, (cos[t:], sin[t:]), sequence_dim=1)
-            k_all = apply_rotary_emb(k_all, image_rotary_emb, sequence_dim=1)
-        q, k = q_img.transpose(1, 2), k_all.transpose(1, 2)  # (B, heads, S, d)
+        q, k, _, t = _flux_projections(
+            attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.store.latent_size
+        )
         scale = q.shape[-1] ** -0.5
         if self.read_cross:
             self.store.add_cross_mean(joint_text_probs(q, k, slice(0, t), scale), self.name)
@@ -185,6 +210,164 @@ class PixArtSelfCaptureProcessor(_WrappingProcessor):
         q = _heads(attn.to_q(hidden_states), attn.heads)
         k = _heads(attn.to_k(hidden_states), attn.heads)
         self._keep_self(q, k, float(attn.scale))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The weighted read-out (GoCA) on transformers: per-head outputs and layer agreements, recorded beside the plain maps.
+
+
+def _record_weighted(store: AttentionStore, name: str, weighted: torch.Tensor, uniform: torch.Tensor) -> None:
+    """The head-weighted (B, N, T) map goes to ``layer_maps``; the plain head average to ``cross_sum`` (the paper's
+    maps, for ``background="paper"``). Both are over the whole UNet batch; ``keep_batch`` is applied here."""
+    store.layer_maps.append((name, weighted[store.keep_batch]))
+    store.add_cross_mean(uniform, name)
+
+
+def _record_agreement(store, name, q_img, k_img, scale, feats) -> None:
+    """The layer agreement of a joint-attention block: its image->image attention (renormalised over the image
+    keys) against the pseudo self-attention of the image hidden states it is given."""
+    if store.measure_agreement:
+        keep = store.keep_batch
+        store.layer_agreement[block_key(name)] = self_attention_agreement(q_img[keep], k_img[keep], scale, feats[keep])
+
+
+class SD3WeightedProcessor(_WrappingProcessor):
+    """SD3 joint attention for ``readout="weighted"``: per read block, the head-weighted image->text probabilities
+    (:func:`~diffsegmenter.readout_ops.joint_head_weighted_probs`, heads' outputs through ``to_out[0]``) and the
+    block's layer agreement; completion queries/keys as :class:`SD3JointCaptureProcessor`.
+
+    Args:
+        part (`str`): the head output ``"joint"`` (over all keys) or ``"text"`` (over the text keys).
+    """
+
+    def __init__(self, original, store, read_cross, read_self, name="", part: str = "joint") -> None:
+        super().__init__(original, store, read_cross, read_self, name)
+        self.part = part
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        if encoder_hidden_states is None:  # SD3.5's extra image-only attention (attn2): not a joint layer
+            return
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(hidden_states), attn.heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scale = q.shape[-1] ** -0.5
+        if self.read_cross:
+            kt = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
+            if attn.norm_added_k is not None:
+                kt = attn.norm_added_k(kt)
+            v = _heads(attn.to_v(hidden_states), attn.heads)
+            vt = _heads(attn.add_v_proj(encoder_hidden_states), attn.heads)
+            n = q.shape[2]
+            weighted, uniform = joint_head_weighted_probs(
+                q, torch.cat([k, kt], 2), torch.cat([v, vt], 2), slice(n, None), scale, attn.to_out[0].weight,
+                self.store.head_weighting or "cosine", self.part,
+            )  # fmt: skip
+            _record_weighted(self.store, self.name, weighted, uniform)
+            _record_agreement(self.store, self.name, q, k, scale, hidden_states)
+        if self.read_self:
+            self._keep_self(q, k, scale)
+
+
+class FluxWeightedProcessor(_WrappingProcessor):
+    """FLUX attention for ``readout="weighted"``: as :class:`SD3WeightedProcessor`, [text; image] order.
+
+    Args:
+        part (`str`): the head output ``"joint"`` or ``"text"``.
+        w_out (`torch.Tensor`, *optional*): the output projection of the image tokens' attention: a double-stream
+            block's ``attn.to_out[0].weight`` (None: taken from the layer), a single-stream block's attention
+            columns of ``proj_out.weight`` (its attention has no output projection of its own).
+    """
+
+    def __init__(self, original, store, read_cross, read_self, name="", part="joint", w_out=None) -> None:
+        super().__init__(original, store, read_cross, read_self, name)
+        self.part = part
+        self.w_out = w_out
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None, **kwargs):
+        if attention_mask is not None:
+            raise ValueError("FLUX attention capture does not support attention masks (the pipelines pass none)")
+        q, k, v, t = _flux_projections(
+            attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.store.latent_size, values=True
+        )
+        scale = q.shape[-1] ** -0.5
+        if self.read_cross:
+            w_out = self.w_out if self.w_out is not None else attn.to_out[0].weight
+            weighted, uniform = joint_head_weighted_probs(
+                q, k, v, slice(0, t), scale, w_out, self.store.head_weighting or "cosine", self.part
+            )
+            _record_weighted(self.store, self.name, weighted, uniform)
+            feats = hidden_states if encoder_hidden_states is not None else hidden_states[:, t:]
+            _record_agreement(self.store, self.name, q, k[:, :, t:], scale, feats)
+        if self.read_self:
+            self._keep_self(q, k[:, :, t:], scale)
+
+
+class PixArtWeightedCrossProcessor(_WrappingProcessor):
+    """PixArt cross-attention for ``readout="weighted"``: head weights from the heads' outputs through
+    ``to_out[0]`` (:func:`~diffsegmenter.readout_ops.head_weighted_probs`)."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(encoder_hidden_states), attn.heads)
+        v = _heads(attn.to_v(encoder_hidden_states), attn.heads)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:  # PixArt's additive bias, (B, 1, T)
+            scores = scores + attention_mask.float().reshape(scores.shape[0], 1, 1, -1)
+        probs = scores.softmax(dim=-1)
+        keep = self.store.keep_batch
+        out = torch.matmul(probs[keep], v[keep].float())
+        mean = head_weighted_probs(probs[keep], out, attn.to_out[0].weight, self.store.head_weighting or "cosine")
+        self.store.layer_maps.append((self.name, mean))
+        self.store.add_cross(probs, self.name)
+
+
+class PixArtAgreementProcessor(_WrappingProcessor):
+    """PixArt self-attention (``attn1``) for ``readout="weighted"``: records the block's layer agreement; keeps
+    queries and keys for completion where the block completes."""
+
+    def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(hidden_states), attn.heads)
+        _record_agreement(self.store, self.name, q, k, float(attn.scale), hidden_states)
+        if self.read_self:
+            self._keep_self(q, k, float(attn.scale))
+
+
+def weighted_plan(transformer, plan: dict[str, tuple], part: str = "joint") -> dict[str, tuple]:
+    """A backbone's capture plan (``{processor key: (wrapper, read_cross, read_self)}``) with the weighted
+    read-out's wrappers: SD3 and FLUX joint layers read head-weighted maps and agreements; PixArt's read blocks
+    also get their ``attn1`` wrapped for the agreement.
+
+    Args:
+        transformer: the denoiser (FLUX single-stream blocks' ``proj_out`` is read from it).
+        plan (`dict`): :meth:`~diffsegmenter.backbones.dit.TransformerBackbone.plan`'s output.
+        part (`str`): the joint-attention head output, ``"joint"`` or ``"text"``.
+    """
+    if part not in ("joint", "text"):
+        raise ValueError(f"the head output part must be 'joint' or 'text', got {part!r}")
+    out: dict[str, tuple] = {}
+    for key, (cls, read_cross, read_self) in plan.items():
+        if cls is SD3JointCaptureProcessor:
+            cls = partial(SD3WeightedProcessor, part=part)
+        elif cls is FluxCaptureProcessor:
+            w_out = None
+            if key.startswith("single_transformer_blocks."):
+                block = transformer.single_transformer_blocks[int(key.split(".")[1])]
+                w_out = block.proj_out.weight[:, : block.attn.heads * block.attn.head_dim]
+            cls = partial(FluxWeightedProcessor, part=part, w_out=w_out)
+        elif cls is PixArtCrossCaptureProcessor:
+            cls = PixArtWeightedCrossProcessor
+            self_key = key.replace(".attn2.", ".attn1.")
+            out[self_key] = (PixArtAgreementProcessor, False, plan.get(self_key, (None, False, False))[2])
+        elif cls is PixArtSelfCaptureProcessor:
+            cls = PixArtAgreementProcessor
+            if key in out:  # already planned by its block's cross-attention
+                continue
+        out[key] = (cls, read_cross, read_self)
+    return out
 
 
 @contextmanager

@@ -14,11 +14,14 @@ __all__ = [
     "STOP_WORDS",
     "content_token_mask",
     "rescale_tokens",
+    "background_absorbers",
     "head_agreement_weights",
+    "joint_head_weighted_probs",
     "head_weighted_probs",
     "self_attention_agreement",
     "layer_weights",
     "fuse_layers",
+    "block_key",
 ]
 
 #: Function words dropped from the content tokens (a short English list of ours: articles, prepositions,
@@ -100,32 +103,63 @@ def content_token_mask(tokenizer, input_ids, keep=(), length: int | None = None)
     return mask
 
 
-def rescale_tokens(maps: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+def rescale_tokens(maps: torch.Tensor, content: torch.Tensor, absorbers: torch.Tensor | None = None) -> torch.Tensor:
     """GoCA's per-pixel token rescaling: renormalise each pixel over the content tokens, then min-max each token.
 
     ``r_t(p) = a_t(p) / sum_{u in content} a_u(p)`` for content tokens t (0 elsewhere), then each token's map is
     min-max normalised over pixels (:func:`~diffsegmenter.aggregation.minmax`). The ``<sos>`` token, which takes
     most of the attention on background pixels, no longer sets the scale of the others.
 
-    Choice (not in the paper): a sample with a single content token (a per-class prompt such as "a cat") is not
-    renormalised, because its rescaled map would be 1 everywhere; its token is only min-max normalised.
+    With ``absorbers`` (the ``background="absorb"`` read-outs, ours) the denominator also sums those tokens:
+    ``r_t(p) = a_t(p) / sum_{u in content or absorbers} a_u(p)``, and only content tokens are returned. GoCA's
+    captions have content words that name no class ("a photo of a cat *on grass*"), which take a background pixel's
+    share; a prompt that names only classes has none, so every pixel's class maps sum to 1 and background scores as
+    high as an object. Absorbers (e.g. every token but ``<sos>``: function words, end, padding,
+    :func:`background_absorbers`) give that share somewhere to go.
+
+    Choice (not in the paper): a sample with a single content token and no absorbers (a per-class prompt such as
+    "a cat") is not renormalised, because its rescaled map would be 1 everywhere; its token is only min-max
+    normalised.
 
     Args:
         maps (`torch.Tensor`): (B, T, h, w) non-negative per-token attention.
         content (`torch.Tensor`): (B, T) or (T,) bool, the content tokens (e.g. :func:`content_token_mask`).
+        absorbers (`torch.Tensor`, *optional*): (B, T) or (T,) bool, tokens that join the denominator only.
 
     Returns:
         `torch.Tensor`: (B, T, h, w) float32 in [0, 1]; non-content tokens are 0.
     """
     b, t = maps.shape[:2]
-    if content.shape[-1] < t:  # a joint sequence longer than the prompt's ids: the other columns are not content
-        content = F.pad(content, (0, t - content.shape[-1]), value=False)
-    mask = content.to(maps.device).reshape(-1, t).expand(b, t).float()[:, :, None, None]
-    m = maps.float() * mask
-    several = (mask.sum(dim=1, keepdim=True) >= 2).float()
-    total = m.sum(dim=1, keepdim=True)
-    m = several * (m / total.clamp_min(_EPS)) + (1 - several) * m
+
+    def per_sample(x: torch.Tensor) -> torch.Tensor:  # (B, T, 1, 1) float, padded with False to T columns
+        if x.shape[-1] < t:  # a joint sequence longer than the prompt's ids: the other columns are not content
+            x = F.pad(x, (0, t - x.shape[-1]), value=False)
+        return x.to(maps.device).reshape(-1, t).expand(b, t).float()[:, :, None, None]
+
+    mask = per_sample(content)
+    pool = mask if absorbers is None else torch.maximum(mask, per_sample(absorbers))
+    m = maps.float()
+    several = (pool.sum(dim=1, keepdim=True) >= 2).float()
+    total = (m * pool).sum(dim=1, keepdim=True)
+    m = (several * (m / total.clamp_min(_EPS)) + (1 - several) * m) * mask
     return minmax(m) * mask
+
+
+def background_absorbers(content: torch.Tensor, sos_first: bool) -> torch.Tensor:
+    """The tokens that absorb background in ``background="absorb"``: every prompt token that is not content, except
+    the ``<sos>`` at position 0 of CLIP-style prompts (``sos_first``; T5 prompts have none).
+
+    Args:
+        content (`torch.Tensor`): (B, T) or (T,) bool content tokens.
+        sos_first (`bool`): position 0 is a start token (SD1/SD2/SDXL/SD3's CLIP ids).
+
+    Returns:
+        `torch.Tensor`: same shape, bool.
+    """
+    out = ~content.bool()
+    if sos_first:
+        out[..., 0] = False
+    return out
 
 
 def head_agreement_weights(head_out: torch.Tensor, total: torch.Tensor, mode: str = "cosine") -> torch.Tensor:
@@ -179,6 +213,70 @@ def head_weighted_probs(
     )
     weights = head_agreement_weights(cos, None, mode)
     return torch.einsum("bhn,bhnt->bnt", weights, probs.float())
+
+
+def joint_head_weighted_probs(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    text: slice,
+    scale: float,
+    w_out: torch.Tensor,
+    mode: str = "cosine",
+    part: str = "joint",
+    chunk_elements: int = 1 << 25,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-weighted image->text probabilities of a joint-attention layer (SD3, FLUX), chunked over image queries.
+
+    One softmax over all S keys ([image; text] for SD3, [text; image] for FLUX); for image query p and head h:
+
+    * the probabilities ``A_h(p, t)`` of the text keys t (what the read-outs read), and
+    * the head's output ``o_h(p) = (sum_j A_h(p, j) V_h(j)) W_O,h``: ``part="joint"`` (ours, the default) sums over
+      *all* joint keys j, image and text, i.e. the head's share of what the layer writes to the image token's
+      residual stream; ``part="text"`` sums over the text keys only (the head's text-derived contribution, the
+      alternative). ``W_O,h`` is head h's column block of the image branch's output projection (no bias: it is the
+      same for every head).
+
+    Heads are weighted per pixel by :func:`head_agreement_weights` of ``o_h(p)`` against ``O(p) = sum_h o_h(p)``
+    (computed the same way, so with ``part="text"`` against the layer's text-derived output). Per chunk of image
+    queries only the chunk's scores (``chunk_elements`` floats), the layer's output for those rows and one head's
+    projected output at a time are held: never all heads' (B, H, N, C), never the (N + T)^2 matrix.
+
+    Args:
+        q (`torch.Tensor`): (B, H, N, d) image queries (after the layer's norms and rotary embedding).
+        keys, values (`torch.Tensor`): (B, H, S, d) all keys and values of the joint sequence, in the layer's order.
+        text (`slice`): where the text keys sit in ``keys``.
+        scale (`float`): the softmax scale.
+        w_out (`torch.Tensor`): (C, H * d) the image branch's output projection weight (FLUX single-stream blocks:
+            the attention columns of the block's ``proj_out``).
+        mode (`str`): :func:`head_agreement_weights` mode.
+        part (`str`): ``"joint"`` or ``"text"``, see above.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: (B, N, T) float32 head-weighted and (B, N, T) head-averaged text
+        probabilities (rows sum to the text's share of each row's joint softmax).
+    """
+    if part not in ("joint", "text"):
+        raise ValueError(f"the head output part must be 'joint' or 'text', got {part!r}")
+    b, h, n, d = q.shape
+    w = w_out.float().reshape(w_out.shape[0], h, d)  # (C, H, d)
+    kt = keys.float().transpose(-1, -2)
+    v = values.float() if part == "joint" else values[:, :, text].float()
+    rows = max(1, chunk_elements // max(1, b * h * keys.shape[2]))
+    weighted, uniform = [], []
+    for start in range(0, n, rows):
+        probs = torch.softmax(torch.matmul(q[:, :, start : start + rows].float(), kt) * scale, dim=-1)
+        p_text = probs[..., text]  # (B, H, r, T)
+        out = torch.matmul(probs if part == "joint" else p_text, v)  # (B, H, r, d)
+        del probs
+        total = torch.einsum("bhrd,chd->brc", out, w)
+        cos = torch.stack(
+            [F.cosine_similarity(torch.matmul(out[:, i], w[:, i].T), total, dim=-1) for i in range(h)], dim=1
+        )
+        weights = head_agreement_weights(cos, None, mode)
+        weighted.append(torch.einsum("bhr,bhrt->brt", weights, p_text))
+        uniform.append(p_text.mean(dim=1))
+    return torch.cat(weighted, dim=1), torch.cat(uniform, dim=1)
 
 
 def self_attention_agreement(
@@ -255,3 +353,13 @@ def fuse_layers(layer_maps: list[torch.Tensor], weights: torch.Tensor) -> torch.
         term = w.to(m.device)[:, None, None, None] * m
         out = term if out is None else out + term
     return out
+
+
+def block_key(name: str) -> str:
+    """The transformer block of an attention layer's processor key, under which its layer agreement is recorded:
+    ``...transformer_blocks.0.attn2.processor`` (UNet, PixArt) and ``transformer_blocks.3.attn.processor`` (SD3,
+    FLUX) -> ``...transformer_blocks.0`` / ``transformer_blocks.3``."""
+    for part in (".attn1.", ".attn2.", ".attn."):
+        if part in name:
+            return name.split(part)[0]
+    return name

@@ -36,6 +36,8 @@ from .aggregation import complete_with_self_attention, fuse_levels, minmax, sele
 from .config import READOUTS
 from .readout_ops import (
     STOP_WORDS,
+    background_absorbers,
+    block_key,
     content_token_mask,
     fuse_layers,
     head_agreement_weights,
@@ -72,7 +74,7 @@ __all__ = [
 FAMILIES: dict[str, tuple[str, ...] | None] = {
     "paper": None,
     "rescaled": None,
-    "weighted": ("sd", "sdxl"),
+    "weighted": ("sd", "sdxl", "sd3", "flux", "pixart"),
     "single-block": ("sd3", "flux"),
     "concept": ("flux",),
 }
@@ -153,34 +155,93 @@ class PaperReadout(Readout):
     name = "paper"
 
 
-class RescaledReadout(Readout):
+#: How the GoCA read-outs (rescaled, weighted) leave room for background; see :class:`RescaledReadout`.
+BACKGROUNDS = ("content", "absorb", "paper")
+#: The background handling ``readout="rescaled"`` / ``"weighted"`` use (chosen on the shapes val split: README).
+DEFAULT_BACKGROUND = "content"
+
+
+def _check_background(background: str) -> str:
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
+    return background
+
+
+def _sos_first(backbone) -> bool:
+    """Position 0 of the backbone's prompt ids is a start token (CLIP tokenizers; T5 has none)."""
+    return getattr(getattr(backbone, "tokenizer", None), "bos_token_id", None) is not None
+
+
+class _GocaReadout(Readout):
+    """Shared by the GoCA read-outs: token rescaling with the chosen background handling, and the paper's where maps
+    for ``background="paper"``."""
+
+    needs_content = True
+    #: the paper's maps decide where, these read-outs' maps decide which (see :func:`splits_where_and_which`)
+    background = DEFAULT_BACKGROUND
+    sos_first = True
+
+    def _rescale(self, maps: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        absorbers = background_absorbers(content, self.sos_first) if self.background == "absorb" else None
+        return rescale_tokens(maps, content, absorbers)
+
+    def _paper_where(self, store, token_groups, spec) -> torch.Tensor:
+        levels = {f: select_token_maps(m, token_groups) for f, m in store.cross_maps().items()}
+        return Readout.where(self, store, levels, token_groups, None, spec)
+
+
+class RescaledReadout(_GocaReadout):
     """GoCA's per-pixel token rescaling on the level maps, then the paper's fusion and completion.
 
-    Choice: the rescaling is applied per level, to the layer- and head-averaged attention (one renormalisation per
-    level); ``per_layer=True`` renormalises every layer before the level average (the alternative measured).
+    Choices (the paper's protocol leaves them open):
+
+    * the rescaling is applied per level, to the layer- and head-averaged attention (one renormalisation per
+      level); ``per_layer=True`` renormalises every layer before the level average (the alternative measured);
+    * ``background``: how a pixel that shows none of the named classes can still score low. GoCA renormalises over
+      the caption's content tokens, which include words that name no class; a prompt that names only classes (this
+      library's) leaves none, so every pixel's class maps sum to 1 and background scores like an object.
+      ``"content"``: GoCA as described, content tokens only. ``"absorb"``: every other prompt token but
+      ``<sos>`` (function words, end, padding) joins the denominator as a background absorber
+      (:func:`background_absorbers`). ``"paper"``: the paper's maps decide *where* (foreground vs background) and
+      the rescaled maps only *which* class: the where maps are the paper read-out's, the class-decision maps
+      (``class_level_weights``, or ``level_weights`` when that is None, see
+      :func:`~diffsegmenter.decision.class_decision`) are the rescaled ones, uncompleted, as the paper read-out's.
     """
 
     name = "rescaled"
-    needs_content = True
 
-    def __init__(self, per_layer: bool = False) -> None:
+    def __init__(self, per_layer: bool = False, background: str = DEFAULT_BACKGROUND) -> None:
         self.per_layer = per_layer
+        self.background = _check_background(background)
 
     def prepare(self, store: AttentionStore) -> None:
         store.keep_layers = self.per_layer
 
+    def capture(self, backbone, store, spec, text, token_groups):
+        self.sos_first = _sos_first(backbone)
+        return super().capture(backbone, store, spec, text, token_groups)
+
     def level_maps(self, store, token_groups, content):
         if not self.per_layer:
             return {
-                f: select_token_maps(rescale_tokens(m, content), token_groups) for f, m in store.cross_maps().items()
+                f: select_token_maps(self._rescale(m, content), token_groups) for f, m in store.cross_maps().items()
             }
         sums: dict[int, torch.Tensor] = {}
         counts: dict[int, int] = {}
         for _, factor, m in _layer_token_maps(store):
-            r = select_token_maps(rescale_tokens(m, content), token_groups)
+            r = select_token_maps(self._rescale(m, content), token_groups)
             sums[factor] = r if factor not in sums else sums[factor] + r
             counts[factor] = counts.get(factor, 0) + 1
         return {f: s / counts[f] for f, s in sums.items()}
+
+    def maps(self, store, token_groups, content, spec):
+        if self.background != "paper":
+            return super().maps(store, token_groups, content, spec)
+        which = None
+        if spec.which_weights is not None:
+            which = fuse_levels(self.level_maps(store, token_groups, content), spec.which_weights)
+        where = self._paper_where(store, token_groups, spec) if spec.where else None
+        return where, which
 
 
 def _layer_token_maps(store: AttentionStore):
@@ -190,69 +251,126 @@ def _layer_token_maps(store: AttentionStore):
         yield name, factor, mean.transpose(1, 2).reshape(mean.shape[0], mean.shape[2], hl, wl)
 
 
-class WeightedReadout(Readout):
+class WeightedReadout(_GocaReadout):
     """GoCA's automatic head and layer weighting, with token rescaling.
 
-    Per cross-attention layer l: heads weighted per pixel (:func:`head_weighted_probs`), tokens rescaled
-    (:func:`rescale_tokens`); layers summed with weights from their block's self-attention agreement
-    (:func:`self_attention_agreement`, :func:`layer_weights`), after bilinear upsampling to the finest layer;
-    ``level_weights`` is not used (the weights replace it); completion as the paper. A class-decision pass
-    (``class_level_weights``) fuses the per-level means of the same layer maps with its weights.
+    Per cross-attention layer l: heads weighted per pixel (:func:`head_weighted_probs`; joint attention:
+    :func:`~diffsegmenter.readout_ops.joint_head_weighted_probs`, where a head's output is, by default, its image
+    queries' output over *all* joint keys, ``head_output="joint"``; ``"text"``: over the text keys only), tokens
+    rescaled (:func:`rescale_tokens`, with ``background`` as in :class:`RescaledReadout`); layers summed with
+    weights from their block's self-attention agreement (:func:`self_attention_agreement`, :func:`layer_weights`),
+    after bilinear upsampling to the finest layer; ``level_weights`` is not used (the weights replace it);
+    completion as the paper. A class-decision pass (``class_level_weights``) sums the same layer maps with weights
+    ``a_l * class_level_weights[level of l]`` (renormalised; no completion; ``which_fusion="agreement"``, ours) or
+    fuses the per-level means of the layer maps with ``class_level_weights`` as the paper read-out fuses levels
+    (``which_fusion="levels"``, the alternative measured).
+
+    Where the self-attention of a layer comes from: UNets, the ``attn1`` of the cross-attention layer's transformer
+    block; PixArt-Σ, the block's ``attn1``; SD3/FLUX, the image->image part of the block's joint attention,
+    renormalised over the image keys, against the pseudo self-attention of the image hidden states the layer is
+    given (choice: the text keys are not part of a self-attention).
 
     Args:
         head_mode (`str`): ``"cosine"`` (ours) or ``"softmax"`` (:func:`head_agreement_weights`).
         layer_mode (`str`): ``"agreement"`` (ours) or ``"uniform"`` (:func:`layer_weights`).
+        background (`str`): see :class:`RescaledReadout`.
+        head_output (`str`): joint attention only, ``"joint"`` (ours) or ``"text"`` (see above).
+        which_fusion (`str`): ``"agreement"`` (ours) or ``"levels"`` (see above).
     """
 
     name = "weighted"
-    needs_content = True
 
-    def __init__(self, head_mode: str = "cosine", layer_mode: str = "agreement") -> None:
+    def __init__(
+        self,
+        head_mode: str = "cosine",
+        layer_mode: str = "agreement",
+        background: str = DEFAULT_BACKGROUND,
+        head_output: str = "joint",
+        which_fusion: str = "agreement",
+    ) -> None:
+        if which_fusion not in ("agreement", "levels"):
+            raise ValueError(f"which_fusion must be 'agreement' or 'levels', got {which_fusion!r}")
+        self.which_fusion = which_fusion
         self.head_mode = head_mode
         self.layer_mode = layer_mode
+        self.background = _check_background(background)
+        self.head_output = head_output
 
     def prepare(self, store: AttentionStore) -> None:
-        store.keep_layers = True
+        store.keep_layers = False  # the head-weighted maps go to layer_maps; cross_sum keeps the paper's average
         store.head_weighting = self.head_mode
         store.measure_agreement = self.layer_mode != "uniform"
 
-    def _layers(self, store, token_groups, content):
-        layers = [(name, f, select_token_maps(rescale_tokens(m, content), token_groups))
-                  for name, f, m in _layer_token_maps(store)]  # fmt: skip
-        return layers
+    def capture(self, backbone, store, spec, text, token_groups):
+        self.sos_first = _sos_first(backbone)
+        if self.background == "paper" and spec.which_weights is None:
+            # a where-only pass (a second class-decision pass follows): the paper's maps, the paper's capture
+            store.head_weighting, store.measure_agreement = None, False
+            return super().capture(backbone, store, spec, text, token_groups)
+        if backbone.family in ("sd", "sdxl"):
+            return super().capture(backbone, store, spec, text, token_groups)
+        from .joint_attention import capture_wrapped, weighted_plan
 
-    def maps(self, store, token_groups, content, spec):
-        layers = self._layers(store, token_groups, content)
+        blocks = spec.attention_blocks if spec.attention_blocks is not None else backbone.default_blocks()
+        self_blocks = (
+            spec.self_attention_blocks if spec.self_attention_blocks is not None else backbone.default_self_blocks()
+        )
+        n = backbone.num_blocks()
+        bad = [b for b in [*blocks, *self_blocks] if not 0 <= b < n]
+        if bad:
+            raise ValueError(
+                f"block index {bad[0]} out of range: this {backbone.family} denoiser has {n} blocks (0..{n - 1})"
+            )
+        plan = weighted_plan(backbone.transformer, backbone.plan(list(blocks), list(self_blocks)), self.head_output)
+        return capture_wrapped(backbone.transformer, plan, store)
+
+    def _layers(self, store, token_groups, content):
+        layers = [(name, f, select_token_maps(self._rescale(m, content), token_groups))
+                  for name, f, m in _layer_token_maps(store)]  # fmt: skip
         if not layers:
             raise ValueError("no attention layers were captured")
-        which = None
-        if spec.which_weights is not None:
+        if self.layer_mode == "uniform":
+            agreement = torch.ones(len(layers), layers[0][2].shape[0])
+        else:
+            agreement = torch.stack([store.layer_agreement[block_key(name)].float().cpu() for name, _, _ in layers])
+        return layers, agreement  # (name, factor, (B, C, h, w)) per layer; (L, B)
+
+    def _which(self, layers, agreement, which_weights) -> torch.Tensor:
+        if self.which_fusion == "levels":
             sums: dict[int, torch.Tensor] = {}
             counts: dict[int, int] = {}
             for _, f, m in layers:
                 sums[f] = m if f not in sums else sums[f] + m
                 counts[f] = counts.get(f, 0) + 1
-            which = fuse_levels({f: s / counts[f] for f, s in sums.items()}, spec.which_weights)
+            return fuse_levels({f: t / counts[f] for f, t in sums.items()}, which_weights)
+        missing = sorted({f for _, f, _ in layers} - set(which_weights))
+        if missing:
+            raise ValueError(f"no class-decision weight for downsampling factor(s) {missing}")
+        picked = [i for i, (_, f, _) in enumerate(layers) if which_weights[f] > 0]
+        if not picked:
+            raise ValueError("the class-decision weights are 0 at every captured level")
+        level = torch.tensor([float(which_weights[layers[i][1]]) for i in picked])[:, None]
+        return fuse_layers([layers[i][2] for i in picked], layer_weights(agreement[picked] * level, "agreement"))
+
+    def maps(self, store, token_groups, content, spec):
+        if self.background == "paper" and spec.which_weights is None:
+            return (self._paper_where(store, token_groups, spec) if spec.where else None), None
+        layers, agreement = self._layers(store, token_groups, content)
+        which = self._which(layers, agreement, spec.which_weights) if spec.which_weights is not None else None
         if not spec.where:
             return None, which
-        b = layers[0][2].shape[0]
-        if self.layer_mode == "uniform":
-            agreement = torch.ones(len(layers), b)
-        else:
-            agreement = torch.stack([store.layer_agreement[_block_of(name)].cpu() for name, _, _ in layers])
+        if self.background == "paper":
+            return self._paper_where(store, token_groups, spec), which
         weights = layer_weights(agreement, self.layer_mode)
         store.last_layer_weights = weights
         fused = fuse_layers([m for _, _, m in layers], weights)
         return _complete(store, fused, spec.self_attention_steps), which
 
 
-def _block_of(name: str) -> str:
-    """The transformer block of an attention layer's processor key (``...transformer_blocks.0.attn2.processor`` ->
-    ``...transformer_blocks.0``)."""
-    for part in (".attn1.", ".attn2."):
-        if part in name:
-            return name.split(part)[0]
-    return name
+def splits_where_and_which(readout: Readout) -> bool:
+    """The read-out's where maps are the paper's and its class-decision maps its own (``background="paper"``), so
+    its class decision needs class-decision maps even without ``class_level_weights``."""
+    return getattr(readout, "background", None) == "paper"
 
 
 class SingleBlockReadout(Readout):
