@@ -138,8 +138,10 @@ def build_flux(folder):
     )  # fmt: skip
     te, tok = _clip(CLIPTextModel)
     te2, tok2 = _t5()
+    # FLUX.1-dev's scheduler settings (shift 3, resolution-dependent shift): editing's schedule needs mu
     FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(shift_factor=0.1, scaling_factor=1.5),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=_vae(shift_factor=0.1, scaling_factor=1.5),
         text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, transformer=transformer,
     ).save_pretrained(folder)  # fmt: skip
 

@@ -1,8 +1,10 @@
-"""The ``serve`` web app: its ``segment`` API through ``gradio_client``, and the page in headless Chromium.
+"""The ``serve`` web app: its ``segment`` and ``edit`` APIs through ``gradio_client``, and the page (both tabs) in
+headless Chromium.
 
-Both tests share one app on a free port of 127.0.0.1 serving the shipped shapes model. They skip, saying why, when
+These tests share one app on a free port of 127.0.0.1 serving the shipped shapes model. They skip, saying why, when
 gradio / gradio_client (the ``[app]`` extra), Playwright or Chromium are missing; CI (``.ci/run``) installs them.
-Set ``DIFFSEGMENTER_SCREENSHOT=docs/images/app.png`` to save the browser test's screenshot (the README's picture).
+Set ``DIFFSEGMENTER_SCREENSHOT=docs/images/app.png`` to save the browser test's screenshots (the README's pictures:
+the Segment tab there, the Edit tab beside it as ``app_edit.png``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "diffsegmenter" / "examples"
 #: A shipped example and the classes in it (the scene's ground truth: research.shapes.world.example_scenes()).
 SCENE, PRESENT = EXAMPLES / "shapes_30000010.png", ["triangle", "circle"]
+#: The edit endpoint's parameters, and the edit the tests ask for (few steps: fast).
+EDIT_PARAMETERS = ["image", "target", "prompt", "dilate", "steps", "guidance", "seed"]
+EDIT = {"target": "circle", "prompt": "a square", "dilate": 2, "steps": 4, "guidance": None, "seed": 3}
 CHROMIUM = os.environ.get("DIFFSEGMENTER_CHROMIUM", "/usr/lib/chromium/chromium")
 
 
@@ -58,8 +63,9 @@ def test_segment_endpoint_from_gradio_client(served) -> None:
     url, _ = served
     client = Client(url, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(api) == ["/segment"]  # one public endpoint; the legend step is private
+    assert sorted(api) == ["/edit", "/segment"]  # one public endpoint per tab; the legend step is private
     assert [p["parameter_name"] for p in api["/segment"]["parameters"]] == ["image", "classes", "filter", "tau"]
+    assert [p["parameter_name"] for p in api["/edit"]["parameters"]] == EDIT_PARAMETERS
 
     annotated, areas, label_png = client.predict(
         image=handle_file(str(SCENE)), classes=", ".join(PRESENT), filter="none", tau=None, api_name="/segment"
@@ -76,6 +82,38 @@ def test_segment_endpoint_from_gradio_client(served) -> None:
         client.predict(image=None, classes="circle", filter="none", tau=None, api_name="/segment")
     with pytest.raises(Exception, match="duplicate"):
         client.predict(image=handle_file(str(SCENE)), classes="circle, Circle", filter="none", api_name="/segment")
+
+
+def test_edit_endpoint_from_gradio_client(served) -> None:
+    pytest.importorskip("gradio_client", reason="the API test needs gradio_client: pip install 'diffsegmenter[app]'")
+    from gradio_client import Client, handle_file
+
+    url, service = served
+    client = Client(url, verbose=False)
+    edited_png, mask_png = client.predict(image=handle_file(str(SCENE)), **EDIT, api_name="/edit")
+    original = np.asarray(Image.open(SCENE).convert("RGB"))
+    edited = np.asarray(Image.open(edited_png))
+    mask = np.asarray(Image.open(mask_png))
+    assert edited.shape == original.shape == (64, 64, 3) and edited.dtype == np.uint8
+    assert mask.shape == (64, 64) and mask.dtype == np.uint8
+    assert 0 < np.mean(mask > 0) < 0.5  # the circle, dilated: part of the scene
+    assert np.array_equal(edited[mask == 0], original[mask == 0])  # untouched outside, exactly
+    assert np.abs(edited[mask == 255].astype(int) - original[mask == 255]).mean() > 1.0  # regenerated inside
+    direct = service.segmenter.edit(  # the tab is DiffSegmenter.edit with the fields given
+        original, EDIT["target"], EDIT["prompt"], seed=EDIT["seed"], dilate=EDIT["dilate"], steps=EDIT["steps"],
+        progress=False,
+    )  # fmt: skip
+    assert np.array_equal(direct.image, edited)
+
+    for bad, match in (
+        ({"target": ""}, "no target"),
+        ({"target": "circle, square"}, "one target class"),
+        ({"prompt": " "}, "no prompt"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"steps": 1000}, "at most 100"),
+    ):
+        with pytest.raises(Exception, match=match):
+            client.predict(image=handle_file(str(SCENE)), **{**EDIT, **bad}, api_name="/edit")
 
 
 def test_the_page_in_headless_chromium(served) -> None:
@@ -110,6 +148,19 @@ def test_the_page_in_headless_chromium(served) -> None:
             if target:
                 page.wait_for_timeout(500)
                 page.screenshot(path=target, full_page=True)
+
+            page.get_by_role("tab", name="Edit").click()
+            page.locator("#edit-image input[type=file]").set_input_files(str(SCENE))
+            page.locator("#edit-target textarea").fill(EDIT["target"])
+            page.locator("#edit-prompt textarea").fill(EDIT["prompt"])
+            page.locator("#edit-steps input").fill(str(EDIT["steps"]))
+            page.locator("#edit-button").click()
+            page.locator("#edited img").wait_for()
+            page.locator("#edit-mask img").wait_for()
+            assert page.locator("#edited img").get_attribute("src")
+            if target:  # the Edit tab beside it: app.png -> app_edit.png
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(Path(target).with_name(Path(target).stem + "_edit.png")), full_page=True)
         finally:
             browser.close()
     assert outside == []  # nothing loaded from outside the server: no CDN fonts or scripts
@@ -151,5 +202,43 @@ def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
             service.run(str(tmp_path / "x.png"), "cat", "none")
         with pytest.raises(AppError, match="at most"):
             parse_class_text(",".join(f"c{i}" for i in range(60)))
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"image": None}, "no image"),
+        ({"target": None}, "no target"),
+        ({"target": "cat, dog"}, "one target class"),
+        ({"target": "cat, cat"}, "one target class"),
+        ({"prompt": ""}, "no prompt"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"steps": 101}, "at most 100"),
+        ({"dilate": 1.5}, "dilate must be a whole number"),
+        ({"dilate": 65}, "at most 64"),
+        ({"guidance": "strong"}, "guidance must be a number"),
+        ({"guidance": -1.0}, "guidance must be a number >= 0"),
+        ({"seed": -1}, "seed must be a whole number >= 0"),
+    ],
+)
+def test_bad_edit_requests_are_refused_before_the_model_runs(tmp_path: Path, change, match) -> None:
+    from diffsegmenter.app import AppError, SegmentService
+    from diffsegmenter.app.edit import run_edit
+
+    class NoModel:
+        default_classes = None
+
+        def edit(self, *args, **kwargs):  # pragma: no cover - must not be reached
+            raise AssertionError("the model ran")
+
+    picture = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(picture)
+    request = {"image": str(picture), "target": "cat", "prompt": "a dog", "steps": 2, **change}
+    service = SegmentService(NoModel(), time_limit=5, work_dir=tmp_path / "work")
+    try:
+        with pytest.raises(AppError, match=match):
+            run_edit(service, **request)
     finally:
         service.close()

@@ -270,7 +270,7 @@ def blended_latent_edit(
     z0 = backbone.encode_latents(list(images), res, sample=False, seed=seed, antialias=antialias)
     masks = torch.stack([latent_mask(r, z0.shape[-2:]) for r in regions])[:, None]  # (N, 1, h, w)
     noise = backbone.noise_like(z0, seed)
-    sampler = backbone.sampler(s.steps)
+    sampler = backbone.sampler(s.steps, latent_size=tuple(z0.shape[-2:]))
     timesteps = list(sampler.timesteps)
     timesteps = timesteps[len(timesteps) - max(1, int(round(len(timesteps) * s.strength))) :]
     cond = torch.stack([backbone.prompt_embedding(p) for p in prompts])

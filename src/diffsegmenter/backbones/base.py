@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -22,9 +23,30 @@ import torch.nn.functional as F
 
 from ..prompts import apply_emphasis
 
-__all__ = ["DiffusionBackbone", "Sampler"]
+__all__ = ["DiffusionBackbone", "FlowSigma", "Sampler"]
 
 _TEXT_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class FlowSigma:
+    """A flow-matching noise level given exactly: a timestep the flow families (SD3, FLUX) take besides an int.
+
+    An int ``t`` keeps its meaning everywhere, "t of 1000 on SD's DDPM schedule", and a flow family maps it to the
+    sigma of equal signal-to-noise ratio (:func:`~diffsegmenter.backbones.dit.flow_sigma`; at most 0.94, at
+    t = 999). A flow sampler's timesteps are ``FlowSigma`` values, so generation can start from pure noise (sigma 1)
+    and step on the scheduler's own sigmas. The DDPM families (SD1/SD2, SDXL, PixArt) take ints only.
+
+    Attributes:
+        sigma (`float`): in [0, 1]; the noisy latents are ``(1 - sigma) * x0 + sigma * noise`` (1 = pure noise).
+    """
+
+    sigma: float
+
+    def __post_init__(self) -> None:
+        s = self.sigma
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= float(s) <= 1.0:
+            raise ValueError(f"a flow sigma must be a number in [0, 1] (1 = pure noise), got {s!r}")
 
 
 class Sampler(Protocol):
@@ -32,7 +54,8 @@ class Sampler(Protocol):
 
     Attributes:
         timesteps (`list`): the steps, from the noisiest to the cleanest; each is given as is to
-            :meth:`DiffusionBackbone.denoise` and :meth:`DiffusionBackbone.add_noise`.
+            :meth:`DiffusionBackbone.denoise` and :meth:`DiffusionBackbone.add_noise` (ints for the DDPM
+            families, :class:`FlowSigma` values for the flow-matching ones).
     """
 
     timesteps: list
@@ -150,13 +173,14 @@ class DiffusionBackbone(ABC):
         )
 
     @abstractmethod
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
         """Noise clean latents to ``timestep`` with the family's forward process.
 
         Args:
             latents (`torch.Tensor`): (N, c, h, w) clean latents.
             noise (`torch.Tensor`): (N, c, h, w) standard normal noise.
-            timestep (`int`): the timestep, the same for every sample.
+            timestep (`int` or `FlowSigma`): the timestep, the same for every sample (a :class:`FlowSigma` for the
+                flow-matching families only).
 
         Returns:
             `torch.Tensor`: (N, c, h, w) noisy latents, on the inputs' device and in their dtype.
@@ -224,16 +248,17 @@ class DiffusionBackbone(ABC):
 
     # ------------------------------------------------------------------ denoiser
     @abstractmethod
-    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, timestep: int | FlowSigma, text: torch.Tensor) -> torch.Tensor:
         """One denoiser forward.
 
         Args:
             latents (`torch.Tensor`): (B, c, h, w) noisy latents in :attr:`dtype` on :attr:`device`.
-            timestep (`int`): the timestep, the same for every sample.
+            timestep (`int` or `FlowSigma`): the timestep, the same for every sample (see :meth:`add_noise`).
             text (`torch.Tensor`): (B, T, D) text embeddings.
 
         Returns:
-            `torch.Tensor`: (B, c, h, w) the denoiser's prediction (noise, for SD1/SD2).
+            `torch.Tensor`: (B, c, h, w) the denoiser's prediction (noise for SD1, v for SD2-v, the velocity
+            ``noise - x0`` for SD3 and FLUX), what the family's :meth:`sampler` steps with.
         """
 
     @abstractmethod
@@ -281,23 +306,43 @@ class DiffusionBackbone(ABC):
             f"{type(self).__name__} cannot decode latents yet, so it cannot edit images: implement decode_latents()"
         )
 
+    @torch.inference_mode()
     def prompt_embedding(self, prompt: str) -> torch.Tensor:
         """Text embedding of a free prompt (no emphasis), what :meth:`denoise` takes for one sample; used by editing.
+
+        The prompt is tokenised with :attr:`tokenizer` padded to its ``model_max_length`` and encoded by
+        :meth:`encode_text` with its text (the families' other encoders tokenise the text themselves).
+
+        Returns:
+            `torch.Tensor`: (T, D) in :attr:`dtype` (as :meth:`encode_text`).
 
         Raises:
             ValueError: the prompt does not fit the text encoder; the message says how long it may be.
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot encode free prompts yet: implement prompt_embedding()"
-        )
+        tok = self.tokenizer
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=False)["input_ids"]
+        if len(ids) > tok.model_max_length:
+            raise ValueError(
+                f"the prompt {prompt[:40]!r}... is {len(ids)} tokens long; this text encoder reads at most "
+                f"{tok.model_max_length}: shorten it"
+            )
+        return self.encode_text(ids, text=prompt)
 
-    def sampler(self, steps: int) -> Sampler:
-        """A fresh reverse process of ``steps`` steps for this family (deterministic, e.g. DDIM for SD1/SD2)."""
+    def sampler(self, steps: int, latent_size: tuple[int, int] | None = None) -> Sampler:
+        """A fresh reverse process of ``steps`` steps for this family (deterministic: DDIM for the DDPM families, the
+        flow-matching Euler scheduler for SD3 and FLUX).
+
+        Args:
+            steps (`int`): number of steps of the full schedule, >= 1.
+            latent_size (`tuple[int, int]`, *optional*): (h, w) of the latents it will run on; a schedule that
+                depends on the image size (FLUX's resolution-dependent shift) needs it; None = the native size's.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} has no sampler yet, so it cannot edit images: implement sampler()"
         )
 
     def guide(self, unconditional: torch.Tensor, conditional: torch.Tensor, guidance: float) -> torch.Tensor:
         """Classifier-free guidance: ``u + guidance * (c - u)`` of the denoiser's predictions on the empty prompt and
-        on the prompt (a family whose predictions combine otherwise overrides this)."""
+        on the prompt (linear, so the same for noise, v and flow velocity predictions, as the diffusers pipelines
+        combine them; a family whose predictions combine otherwise overrides this)."""
         return unconditional + guidance * (conditional - unconditional)

@@ -8,6 +8,11 @@ Flow-matching families (SD3, FLUX) noise with ``x_sigma = (1 - sigma) x0 + sigma
 ``FlowMatchEulerDiscreteScheduler.scale_noise`` computes). ``SegmenterConfig.timestep`` keeps its meaning, "t of
 1000 on SD's DDPM schedule", and is mapped to the sigma of the same signal-to-noise ratio (:func:`flow_sigma`):
 t = 100 -> sigma = 0.256. For comparison Seg4Diff's "step 8 of 28" on SD3 (shift 3) is sigma = 0.88, i.e. t ~ 600.
+Generation (editing) steps on exact sigmas instead: :class:`FlowMatchSampler` wraps diffusers'
+``FlowMatchEulerDiscreteScheduler`` made from the model's scheduler config, its timesteps are
+:class:`~.base.FlowSigma` values (from 1 = pure noise), and each family gives its pipeline's schedule arguments
+(:meth:`TransformerBackbone.flow_schedule`: the resolution-dependent ``mu``, FLUX's sigmas). The DDPM family
+(PixArt) samples with DDIM from its config, like SD.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import numpy as np
 import torch
 
 from ..joint_attention import capture_wrapped
-from .base import DiffusionBackbone
-from .sd import vae_latents
+from .base import DiffusionBackbone, FlowSigma, Sampler
+from .sd import ddim_sampler, vae_decode, vae_latents
 
-__all__ = ["TransformerBackbone", "flow_sigma", "DIT_LEVEL_WEIGHTS"]
+__all__ = ["TransformerBackbone", "FlowMatchSampler", "flow_sigma", "sigma_of", "DIT_LEVEL_WEIGHTS"]
 
 #: Every block of a DiT sits at downsampling factor 2 of the latent (2x2 patches).
 DIT_LEVEL_WEIGHTS: dict[int, float] = {2: 1.0}
@@ -39,6 +44,53 @@ def flow_sigma(timestep: int) -> float:
     betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
     abar = float(np.cumprod(1.0 - betas)[int(timestep)])
     return math.sqrt(1 - abar) / (math.sqrt(abar) + math.sqrt(1 - abar))
+
+
+def sigma_of(timestep: int | FlowSigma) -> float:
+    """The flow sigma of a timestep: a :class:`~.base.FlowSigma`'s own, an int's by :func:`flow_sigma`."""
+    if isinstance(timestep, FlowSigma):
+        return float(timestep.sigma)
+    return flow_sigma(int(timestep))
+
+
+class FlowMatchSampler:
+    """diffusers' ``FlowMatchEulerDiscreteScheduler``, made from a model's scheduler config, as a
+    :class:`~.base.Sampler`: the sigma schedule (shift, or the resolution-dependent ``mu``) and the Euler step
+    ``x + (sigma_next - sigma) * v`` are the library's.
+
+    Args:
+        config: the model's scheduler config (its shift, dynamic-shifting and sigma options are kept).
+        steps (`int`): number of steps, >= 1.
+        **schedule: ``set_timesteps`` arguments (``mu``, ``sigmas``) as the family's pipeline passes them.
+
+    Attributes:
+        timesteps (`list[FlowSigma]`): from the noisiest (1.0 unless the config says otherwise) to the last step
+            before the clean latents.
+        sigmas (`list[float]`): the scheduler's sigmas, one more than :attr:`timesteps` (the final 0).
+    """
+
+    def __init__(self, config, steps: int, **schedule) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        self._steps, self._schedule = int(steps), dict(schedule)
+        self.scheduler.set_timesteps(self._steps, **self._schedule)
+        self.sigmas = [float(s) for s in self.scheduler.sigmas]
+        self.timesteps = [FlowSigma(s) for s in self.sigmas[:-1]]
+
+    def step(self, prediction: torch.Tensor, timestep: FlowSigma, latents: torch.Tensor) -> torch.Tensor:
+        """One Euler step from ``timestep`` (one of :attr:`timesteps`, in any order) with the velocity
+        ``prediction`` (``noise - x0``): (N, c, h, w) latents at the next sigma, in ``prediction``'s dtype."""
+        try:
+            i = self.timesteps.index(timestep)
+        except ValueError:
+            raise ValueError(f"{timestep!r} is not one of this sampler's timesteps") from None
+        sched = self.scheduler
+        if sched.step_index != i:  # a start part-way (strength < 1) or a jump: restart the scheduler there
+            if sched.step_index is not None:
+                sched.set_timesteps(self._steps, **self._schedule)
+            sched.set_begin_index(i)
+        return sched.step(prediction, sched.timesteps[i], latents, return_dict=False)[0]
 
 
 def t5_tokenizer(tokenizer, max_length: int):
@@ -149,12 +201,30 @@ class TransformerBackbone(DiffusionBackbone):
             raise ValueError(f"{self.family} needs an input size divisible by {step} (2x2 patches), got {resolution}")
         return vae_latents(self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias)
 
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
         if not self.flow:
             t = torch.tensor([int(timestep)] * latents.shape[0], dtype=torch.long)
             return self.scheduler.add_noise(latents, noise, t)
-        sigma = flow_sigma(timestep)
+        sigma = sigma_of(timestep)
         return (1.0 - sigma) * latents + sigma * noise
+
+    # ------------------------------------------------------------------ generation (editing)
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return vae_decode(self.vae, latents)
+
+    def sampler(self, steps: int, latent_size: tuple[int, int] | None = None) -> Sampler:
+        if not self.flow:
+            return ddim_sampler(self.scheduler.config, steps)
+        if latent_size is None:
+            side = self.native_resolution // self.vae_scale
+            latent_size = (side, side)
+        size = (int(latent_size[0]), int(latent_size[1]))
+        return FlowMatchSampler(self.scheduler.config, steps, **self.flow_schedule(int(steps), size))
+
+    def flow_schedule(self, steps: int, latent_size: tuple[int, int]) -> dict:
+        """Flow families: the ``set_timesteps`` arguments their diffusers pipeline passes for ``steps`` steps on
+        latents of ``latent_size`` (h, w), e.g. ``{"mu": ...}`` when the scheduler shifts with the resolution."""
+        raise NotImplementedError(f"{type(self).__name__} is a flow family without flow_schedule()")
 
     def sample_bytes(self, latent_size: tuple[int, int]) -> int:
         """Activations of one block (about 12 x tokens x width) plus the kept queries/keys, float32, x 2."""

@@ -7,18 +7,22 @@ Latents: 16-channel shifted VAE latents packed into 2x2 patches with (0, row, co
 (``transformer_blocks``), already joined in single-stream blocks (``single_transformer_blocks``); rotary
 embedding is applied before the scores (:class:`~diffsegmenter.joint_attention.FluxCaptureProcessor`). Blocks are
 numbered double-stream first, then single-stream. Noise: flow matching at sigma (:mod:`.dit`). FLUX.1-dev's
-guidance embedding gets 3.5 (its pipeline default); schnell has none.
+guidance embedding gets 3.5 (its pipeline default); schnell has none. Generation: the velocity is predicted at
+``timestep = sigma``; the schedule is ``FluxPipeline``'s (sigmas ``linspace(1, 1/n, n)`` shifted by ``mu`` from the
+packed token count); editing's ``guidance`` is true classifier-free guidance (1 = off, as FLUX is usually run).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..joint_attention import FluxCaptureProcessor
-from .dit import TransformerBackbone, flow_sigma, t5_tokenizer
+from .base import FlowSigma
+from .dit import TransformerBackbone, sigma_of, t5_tokenizer
 
 __all__ = ["FluxBackbone", "FLUX_T5_LENGTH"]
 
@@ -72,7 +76,7 @@ class FluxBackbone(TransformerBackbone):
         pooled_row = F.pad(pooled.to(z.device, z.dtype), (0, z.shape[-1] - pooled.shape[-1]))[None]
         return torch.cat([z, pooled_row]).to(self.dtype)
 
-    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, timestep: int | FlowSigma, text: torch.Tensor) -> torch.Tensor:
         b, c, h, w = latents.shape
         packed = (
             latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
@@ -89,7 +93,7 @@ class FluxBackbone(TransformerBackbone):
             guidance = torch.full((b,), 3.5, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=packed,
-            timestep=torch.full((b,), flow_sigma(timestep), device=self.device, dtype=self.dtype),
+            timestep=torch.full((b,), sigma_of(timestep), device=self.device, dtype=self.dtype),
             guidance=guidance,
             pooled_projections=pooled,
             encoder_hidden_states=tokens,
@@ -98,3 +102,20 @@ class FluxBackbone(TransformerBackbone):
             return_dict=False,
         )[0]
         return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def flow_schedule(self, steps: int, latent_size: tuple[int, int]) -> dict:
+        """``FluxPipeline``'s: sigmas ``linspace(1, 1/steps, steps)`` (the scheduler's own when its config sets
+        ``use_flow_sigmas``) and ``mu`` from the number of packed 2x2 tokens (used when the config shifts
+        dynamically, as FLUX.1's does)."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        cfg = self.scheduler.config
+        mu = calculate_shift(
+            (latent_size[0] // 2) * (latent_size[1] // 2),
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        sigmas = None if cfg.get("use_flow_sigmas", False) else np.linspace(1.0, 1.0 / steps, steps).tolist()
+        return {"sigmas": sigmas, "mu": mu}

@@ -118,28 +118,11 @@ class StableDiffusionBackbone(DiffusionBackbone):
         return 8 * int(latent_size[0]) * int(latent_size[1]) * widths * max(4, itemsize)
 
     # ------------------------------------------------------------------ generation (editing)
-    @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = latents / self.vae.config.scaling_factor + shift
-        x = self.vae.decode(z.to(self.device, self.vae.dtype), return_dict=False)[0]
-        return x.float().cpu().clamp(-1.0, 1.0)
+        return vae_decode(self.vae, latents)
 
-    @torch.inference_mode()
-    def prompt_embedding(self, prompt: str) -> torch.Tensor:
-        tok = self.tokenizer
-        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=False)["input_ids"]
-        if len(ids) > tok.model_max_length:
-            raise ValueError(
-                f"the prompt {prompt[:40]!r}... is {len(ids)} tokens long; this text encoder reads at most "
-                f"{tok.model_max_length}: shorten it"
-            )
-        return self.encode_text(ids)
-
-    def sampler(self, steps: int) -> Sampler:
-        from diffusers import DDIMScheduler
-
-        return _DiffusersSampler(DDIMScheduler.from_config(self.scheduler.config), steps)
+    def sampler(self, steps: int, latent_size: tuple[int, int] | None = None) -> Sampler:
+        return ddim_sampler(self.scheduler.config, steps)
 
 
 class _DiffusersSampler:
@@ -152,6 +135,26 @@ class _DiffusersSampler:
 
     def step(self, prediction: torch.Tensor, timestep, latents: torch.Tensor) -> torch.Tensor:
         return self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
+
+
+def ddim_sampler(config, steps: int) -> Sampler:
+    """The DDPM families' sampler: a ``DDIMScheduler`` made from the model's scheduler config (same noise schedule
+    and prediction type), ``steps`` int timesteps. ``clip_sample`` is the config's, else off (latents are not
+    images in [-1, 1]; PixArt ships a DPM-Solver config without that key, where DDIM's default would clip)."""
+    from diffusers import DDIMScheduler
+
+    extra = {} if "clip_sample" in config else {"clip_sample": False}
+    return _DiffusersSampler(DDIMScheduler.from_config(config, **extra), steps)
+
+
+@torch.inference_mode()
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decode latents (as :func:`vae_latents` gives them: ``(z - shift_factor) * scaling_factor``) with an
+    ``AutoencoderKL``: (N, c, h, w) -> (N, 3, H, W) float32 in [-1, 1] on the CPU."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents / vae.config.scaling_factor + shift
+    x = vae.decode(z.to(vae.device, vae.dtype), return_dict=False)[0]
+    return x.float().cpu().clamp(-1.0, 1.0)
 
 
 def vae_latents(backbone, vae, images, resolution, *, sample=False, seed=0, antialias=False) -> torch.Tensor:

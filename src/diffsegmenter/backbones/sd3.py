@@ -7,6 +7,8 @@ so the maps read the CLIP columns (0..76) of the joint attention; the T5 copy of
 its columns are not read (yet).
 Attention: one joint softmax over [image; text] per block; the image->text slice is read per block
 (:class:`~diffsegmenter.joint_attention.SD3JointCaptureProcessor`). Noise: flow matching at sigma (:mod:`.dit`).
+Generation: the velocity is predicted at ``timestep = sigma * 1000`` and the schedule is the scheduler's own (shift
+3 for SD3-medium), with ``mu`` when the config shifts with the resolution (``StableDiffusion3Pipeline``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..joint_attention import SD3JointCaptureProcessor
-from .dit import TransformerBackbone, flow_sigma
+from .base import FlowSigma
+from .dit import TransformerBackbone, sigma_of
 
 __all__ = ["StableDiffusion3Backbone", "SD3_T5_LENGTH"]
 
@@ -86,10 +89,10 @@ class StableDiffusion3Backbone(TransformerBackbone):
         dev = clip.device
         return torch.cat([clip, t5.to(dev, clip.dtype), pooled_row.to(clip.dtype)]).to(self.dtype)
 
-    def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, timestep: int | FlowSigma, text: torch.Tensor) -> torch.Tensor:
         b = latents.shape[0]
         pooled = text[:, -1, : int(self.transformer.config.pooled_projection_dim)]
-        t = torch.full((b,), flow_sigma(timestep) * 1000.0, device=self.device, dtype=self.dtype)
+        t = torch.full((b,), sigma_of(timestep) * 1000.0, device=self.device, dtype=self.dtype)
         return self.transformer(
             hidden_states=latents,
             timestep=t,
@@ -97,3 +100,22 @@ class StableDiffusion3Backbone(TransformerBackbone):
             pooled_projections=pooled,
             return_dict=False,
         )[0]
+
+    def flow_schedule(self, steps: int, latent_size: tuple[int, int]) -> dict:
+        """``StableDiffusion3Pipeline``'s: the scheduler's own sigmas, plus ``mu`` from the patch count when its
+        config shifts with the resolution (SD3.5 configs may)."""
+        cfg = self.scheduler.config
+        if not cfg.get("use_dynamic_shifting", None):
+            return {}
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        p = int(self.transformer.config.patch_size)
+        tokens = (latent_size[0] // p) * (latent_size[1] // p)
+        mu = calculate_shift(
+            tokens,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.16),
+        )
+        return {"mu": mu}

@@ -9,7 +9,7 @@ model finishes that image in the background before the next request starts on it
 Offline by design: Gradio's analytics are switched off, no share link is made, and the theme uses the system's fonts,
 so the page loads nothing from outside the server.
 
-One API endpoint, ``segment`` (``gradio_client``)::
+Two tabs, each an API endpoint (``gradio_client``): ``segment``::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -20,7 +20,13 @@ One API endpoint, ``segment`` (``gradio_client``)::
 ``classes`` is comma-separated (empty: the filter picks from the model's own classes), ``filter`` is ``"none"``,
 ``"diffusion"`` or ``"clip"``, ``tau`` the background score (None: the model's). It returns the annotated image
 (a file), ``{class: share of the image's pixels}`` for the classes segmented, and the palette label PNG (a file;
-pixel value i = the i-th class of ``areas``, 0 = background).
+pixel value i = the i-th class of ``areas``, 0 = background); and ``edit`` (segment, then edit; the tab, its
+request checks and outputs are :mod:`diffsegmenter.app.edit`)::
+
+    edited_png, mask_png = client.predict(
+        image=handle_file("scene.png"), target="circle", prompt="a square", dilate=None, steps=None,
+        guidance=None, seed=None, api_name="/edit"
+    )
 
 Gradio is imported only when the app is built: ``import diffsegmenter`` never needs it.
 """
@@ -93,7 +99,7 @@ class Outcome:
 
 def parse_class_text(text: str | None) -> list[str] | None:
     """``"cat, sofa"`` -> ``["cat", "sofa"]``; empty -> None (the filter's / the model's choice)."""
-    from .classes import check_class_names
+    from ..classes import check_class_names
 
     names = [part for part in (text or "").split(",") if part.strip()]
     if not names:
@@ -108,7 +114,7 @@ def parse_class_text(text: str | None) -> list[str] | None:
 
 def legend_html(classes: Sequence[str], colors: np.ndarray, areas: dict[str, float]) -> str:
     """The legend as HTML: one swatch, name and area share per class found (``id="legend"``)."""
-    from .io.palette import hex_color
+    from ..io.palette import hex_color
 
     rows = [
         f'<li data-class="{html.escape(name)}"><span style="display:inline-block;width:1em;height:1em;'
@@ -151,12 +157,13 @@ class SegmentService:
     @property
     def default_filter(self) -> str:
         """``"diffusion"`` when the model recommends its diffusion filter (the shipped shapes model does), else none."""
-        from .settings import ModelSettings
+        from ..settings import ModelSettings
 
         settings = ModelSettings.coerce(getattr(self.segmenter, "model_settings", None))
         return "diffusion" if settings.diffusion_filter is not None else "none"
 
-    def _request_dir(self) -> Path:
+    def request_dir(self) -> Path:
+        """A new folder for one request's outputs (only the latest ``KEEP_REQUESTS`` are kept)."""
         self._count += 1
         folder = Path(tempfile.mkdtemp(prefix=f"r{self._count:06d}-", dir=self.work_dir))
         self._recent.append(folder)
@@ -166,13 +173,9 @@ class SegmentService:
 
     def check_request(self, image: Any, classes: str | None, filter: str | None, tau: Any):
         """The request's values, checked: ``(path, class list or None, filter name or None, tau or None)``."""
-        from .config import check_tau
+        from ..config import check_tau
 
-        if image is None or (isinstance(image, str) and not image.strip()):
-            raise AppError("no image: upload an image (PNG, JPEG, ...) or pick an example")
-        path = Path(image["path"] if isinstance(image, dict) else image)
-        if not path.is_file():
-            raise AppError("the uploaded image could not be found on the server; upload it again")
+        path = image_path(image)
         flt = (filter or "none").strip().lower()
         if flt not in FILTERS:
             raise AppError(f"unknown filter {filter!r}: choose one of {', '.join(FILTERS)}")
@@ -188,8 +191,9 @@ class SegmentService:
             tau = None
         return path, names, (None if flt == "none" else flt), tau
 
-    def _load(self, path: Path) -> np.ndarray:
-        from .images import load_image
+    def load(self, path: Path) -> np.ndarray:
+        """The uploaded image as (H, W, 3) uint8 RGB; an AppError when it cannot be used."""
+        from ..images import load_image
 
         try:
             return load_image(path, max_pixels=MAX_IMAGE_PIXELS)
@@ -206,28 +210,35 @@ class SegmentService:
     def run(self, image: Any, classes: str | None = None, filter: str | None = "none", tau: Any = None) -> Outcome:
         """Check one request, segment it on the shared model (within the time limit) and write its outputs."""
         path, names, flt, tau = self.check_request(image, classes, filter, tau)
-        array = self._load(path)
-        future = self.executor.submit(self._segment, array, names, flt, tau)
+        array = self.load(path)
+        result = self.call(
+            self._segment, array, names, flt, tau, hint="try fewer classes, a smaller image or no filter"
+        )
+        return self.write_outputs(array, result)
+
+    def call(self, work, *args, hint: str) -> Any:
+        """``work(*args)`` on the model's worker thread within the time limit (``work`` takes :attr:`lock` itself);
+        its ValueError, TypeError, OSError and ImportError become AppErrors, a time-out one that ends with ``hint``
+        (what to ask for instead)."""
+        future = self.executor.submit(work, *args)
         try:
-            result = future.result(timeout=self.time_limit)
+            return future.result(timeout=self.time_limit)
         except concurrent.futures.TimeoutError:
             raise AppError(
-                f"this request took longer than the server's limit of {self.time_limit:g} s; try fewer classes, a "
-                "smaller image or no filter"
+                f"this request took longer than the server's limit of {self.time_limit:g} s; {hint}"
             ) from None
         except (ValueError, TypeError, OSError, ImportError) as exc:
             raise AppError(" ".join(str(exc).split()) or type(exc).__name__) from None
-        return self.write_outputs(array, result)
 
     def write_outputs(self, image_rgb: np.ndarray, result: Any) -> Outcome:
         """The annotated image, label PNG, COCO RLE JSON and score-map pictures of one result, in a new folder."""
         from PIL import Image
 
-        from .io.formats.label_png import save_label_png
-        from .io.formats.overlay import render_overlay, upscale_factor
-        from .io.palette import colorize_scores, name_colors
+        from ..io.formats.label_png import save_label_png
+        from ..io.formats.overlay import render_overlay, upscale_factor
+        from ..io.palette import colorize_scores, name_colors
 
-        folder = self._request_dir()
+        folder = self.request_dir()
         classes = list(result.classes)
         labels = np.asarray(result.labels)
         total = max(1, labels.size)
@@ -237,7 +248,7 @@ class SegmentService:
         label_png = save_label_png(folder / "labels.png", labels)
         rle_json = None
         try:
-            from .io.formats.rle import encode_rle_records, save_rle_json
+            from ..io.formats.rle import encode_rle_records, save_rle_json
 
             rle_json = save_rle_json(
                 folder / "labels.rle.json", encode_rle_records(labels, result.scores, classes), labels.shape
@@ -260,6 +271,16 @@ class SegmentService:
         """Stop the worker thread and delete the outputs."""
         self.executor.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def image_path(image: Any) -> Path:
+    """The uploaded image's file (Gradio gives a path, or a dict with one); an AppError when there is none."""
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise AppError("no image: upload an image (PNG, JPEG, ...) or pick an example")
+    path = Path(image["path"] if isinstance(image, dict) else image)
+    if not path.is_file():
+        raise AppError("the uploaded image could not be found on the server; upload it again")
+    return path
 
 
 def example_paths() -> list[str]:
@@ -286,10 +307,11 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
     """The Gradio Blocks of the app around a [`SegmentService`] (not launched; see [`launch_app`]).
 
     Returns:
-        `gradio.Blocks`: with the ``segment`` API endpoint.
+        `gradio.Blocks`: a Segment and an Edit tab, with the ``segment`` and ``edit`` API endpoints (one model queue,
+        ``concurrency_id="model"``, for both).
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from ._optional import require
+    from .._optional import require
 
     gr = require("gradio", extra="app", feature="diffsegmenter serve")
 
@@ -314,49 +336,57 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         rle = str(outcome.rle_json) if outcome.rle_json else None
         return outcome.legend_html, [(str(p), name) for p, name in outcome.score_maps], rle
 
+    from .edit import build_edit_tab
+
     vocabulary = ", ".join(getattr(service.segmenter, "default_classes", None) or [])
+    shipped = example_paths()
     with gr.Blocks(title="diffsegmenter", analytics_enabled=False) as blocks:
         gr.Markdown(
             f"## diffsegmenter: training-free open-vocabulary segmentation\n"
-            f"Model: `{model_name}`" + (f" (its classes: {vocabulary})" if vocabulary else "") + ". Upload an image "
-            "or pick an example, name the classes (comma-separated), or leave them empty and let a filter pick "
-            "among the model's classes."
+            f"Model: `{model_name}`" + (f" (its classes: {vocabulary})" if vocabulary else "") + ". **Segment**: "
+            "upload an image or pick an example, name the classes (comma-separated), or leave them empty and let a "
+            "filter pick among the model's classes. **Edit**: name one class and say what should replace it; only "
+            "its mask is regenerated, every other pixel comes back exactly."
         )
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
-                classes = gr.Textbox(
-                    label="Classes (comma-separated)",
-                    placeholder=f"e.g. {vocabulary}" if vocabulary else "e.g. cat, sofa, plant",
-                    elem_id="classes",
-                )
-                with gr.Row():
-                    flt = gr.Radio(
-                        list(FILTERS),
-                        value=service.default_filter,
-                        label="Filter: keep only the classes found present",
-                        elem_id="filter",
+        with gr.Tabs():
+            with gr.Tab("Segment", id="segment-tab"), gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                    classes = gr.Textbox(
+                        label="Classes (comma-separated)",
+                        placeholder=f"e.g. {vocabulary}" if vocabulary else "e.g. cat, sofa, plant",
+                        elem_id="classes",
                     )
-                    tau = gr.Number(
-                        value=service.default_tau,
-                        label=f"tau: background score (the model's: {service.default_tau:g})",
-                        minimum=0.0,
-                        maximum=1.0,
-                        step=0.05,
-                        elem_id="tau",
-                    )
-                button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                shipped = example_paths()
-                if shipped:
-                    gr.Examples(examples=[[p] for p in shipped], inputs=[image], label="Shipped example scenes")
-            with gr.Column():
-                annotated = gr.Image(type="filepath", label="Annotated image", format="png", elem_id="annotated")
-                legend = gr.HTML(label="Legend", elem_id="legend")
-                areas = gr.JSON(label="Area share per class", elem_id="areas")
-                with gr.Row():
-                    label_file = gr.File(label="Label PNG (pixel i = class i, 0 = background)", elem_id="label-png")
-                    rle_file = gr.File(label="COCO RLE JSON", elem_id="rle-json")
-                maps = gr.Gallery(label="Score map per class (dark = 0, yellow = 1)", columns=4, elem_id="maps")
+                    with gr.Row():
+                        flt = gr.Radio(
+                            list(FILTERS),
+                            value=service.default_filter,
+                            label="Filter: keep only the classes found present",
+                            elem_id="filter",
+                        )
+                        tau = gr.Number(
+                            value=service.default_tau,
+                            label=f"tau: background score (the model's: {service.default_tau:g})",
+                            minimum=0.0,
+                            maximum=1.0,
+                            step=0.05,
+                            elem_id="tau",
+                        )
+                    button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                    if shipped:
+                        gr.Examples(examples=[[p] for p in shipped], inputs=[image], label="Shipped example scenes")
+                with gr.Column():
+                    annotated = gr.Image(type="filepath", label="Annotated image", format="png", elem_id="annotated")
+                    legend = gr.HTML(label="Legend", elem_id="legend")
+                    areas = gr.JSON(label="Area share per class", elem_id="areas")
+                    with gr.Row():
+                        label_file = gr.File(
+                            label="Label PNG (pixel i = class i, 0 = background)", elem_id="label-png"
+                        )
+                        rle_file = gr.File(label="COCO RLE JSON", elem_id="rle-json")
+                    maps = gr.Gallery(label="Score map per class (dark = 0, yellow = 1)", columns=4, elem_id="maps")
+            with gr.Tab("Edit", id="edit-tab"):
+                build_edit_tab(gr, service, shipped, vocabulary)
         state = gr.State(None)
         button.click(
             segment,
@@ -406,6 +436,6 @@ def launch_app(
 
 def require_gradio() -> Any:
     """The gradio module, or an ImportError naming the ``[app]`` extra."""
-    from ._optional import require
+    from .._optional import require
 
     return require("gradio", extra="app", feature="diffsegmenter serve")

@@ -1,0 +1,227 @@
+"""The web app's Edit tab (``diffsegmenter serve``): segment a class, then regenerate only its mask from a prompt.
+
+The tab calls :meth:`DiffSegmenter.edit <diffsegmenter.DiffSegmenter.edit>` on the app's one shared model, through
+the same :class:`~diffsegmenter.app.SegmentService` as the Segment tab (its lock, worker thread, time limit and
+output folders), so the two tabs never run on the model together. Its API endpoint is ``edit`` (see
+:mod:`diffsegmenter.app`). The page's number fields start at the library's
+:class:`~diffsegmenter.editing.EditSettings` defaults and the model's seed; through the API a None (or empty) field is
+not passed on, so those defaults hold. Each request is bounded (:data:`MAX_EDIT_STEPS`, :data:`MAX_EDIT_DILATE`) and a
+bad value is refused with a message saying what to type instead.
+
+Gradio is imported only by :func:`build_edit_tab`'s caller (``app.build_app``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import AppError, SegmentService, image_path
+
+__all__ = ["MAX_EDIT_DILATE", "MAX_EDIT_STEPS", "EditOutcome", "build_edit_tab", "check_edit_request", "run_edit"]
+
+MAX_EDIT_STEPS = 100
+"""Most denoising steps one edit request may ask for."""
+MAX_EDIT_DILATE = 64
+"""Largest mask dilation, in pixels, one edit request may ask for."""
+
+
+@dataclasses.dataclass
+class EditOutcome:
+    """What one edit request produced.
+
+    Attributes:
+        image (`Path`): the edited image, an RGB PNG at the input's size.
+        mask (`Path`): the paste-back weight as a grey PNG (0 = the input's pixel, exactly; 255 = regenerated).
+        changed (`bool`): False when no pixel was labelled the target (the image came back unchanged).
+    """
+
+    image: Path
+    mask: Path
+    changed: bool
+
+
+def _whole_number(name: str, value: Any) -> int | None:
+    """A form's whole-number field: None when left empty; an AppError naming the field when not a whole number."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer():
+        raise AppError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def check_edit_request(
+    image: Any, target: str | None, prompt: str | None, dilate: Any, steps: Any, guidance: Any, seed: Any
+) -> tuple[Path, str, str, dict[str, Any], int | None]:
+    """An edit request's values, checked before the model runs.
+
+    Returns:
+        `tuple`: ``(image path, target class, prompt, the EditSettings fields given, seed or None)``.
+
+    Raises:
+        AppError: no image, no or several targets, a bad class name, no prompt, a setting out of range; the message
+            says what to type instead.
+    """
+    from ..classes import check_class_names
+    from ..editing import EditSettings
+
+    path = image_path(image)
+    names = [part for part in (target or "").split(",") if part.strip()]
+    if not names:
+        raise AppError("no target: type the class to replace, e.g. 'circle'")
+    if len(names) > 1:
+        raise AppError(
+            f"one target class per edit, got {len(names)} ({target!r}): keep one, e.g. {names[0].strip()!r}"
+        )
+    try:
+        target = check_class_names(names, example="target 'circle'")[0]
+    except (TypeError, ValueError) as exc:
+        raise AppError(str(exc)) from None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise AppError(f"no prompt: say what to put where {target!r} is, e.g. 'a square'")
+    fields: dict[str, Any] = {}
+    for name, value, high in (("dilate", dilate, MAX_EDIT_DILATE), ("steps", steps, MAX_EDIT_STEPS)):
+        number = _whole_number(name, value)
+        if number is not None and number > high:
+            raise AppError(f"{name} is {number}; at most {high} per request")
+        if number is not None:
+            fields[name] = number
+    if guidance is not None and guidance != "":
+        try:
+            fields["guidance"] = float(guidance)
+        except (TypeError, ValueError):
+            raise AppError(f"guidance must be a number >= 0 (1 = no guidance), got {guidance!r}") from None
+    try:
+        EditSettings(**fields)  # the library's own range checks and messages
+    except (TypeError, ValueError) as exc:
+        raise AppError(str(exc)) from None
+    seed = _whole_number("seed", seed)
+    if seed is not None and seed < 0:
+        raise AppError(f"seed must be a whole number >= 0, got {seed}")
+    return path, target, " ".join(prompt.split()), fields, seed
+
+
+def run_edit(
+    service: SegmentService,
+    image: Any,
+    target: str | None,
+    prompt: str | None,
+    dilate: Any = None,
+    steps: Any = None,
+    guidance: Any = None,
+    seed: Any = None,
+) -> EditOutcome:
+    """Check one edit request, run :meth:`DiffSegmenter.edit <diffsegmenter.DiffSegmenter.edit>` on the service's
+    shared model (within its time limit) and write the edited image and its mask in a new request folder."""
+    path, target, prompt, fields, seed = check_edit_request(image, target, prompt, dilate, steps, guidance, seed)
+    array = service.load(path)
+
+    def work():
+        with service.lock:
+            service.segmenter.check_classes([target])
+            return service.segmenter.edit(array, target, prompt, seed=seed, progress=False, **fields)
+
+    result = service.call(work, hint="try fewer steps or a smaller image")
+    return write_edit_outputs(service.request_dir(), result)
+
+
+def write_edit_outputs(folder: Path, result: Any) -> EditOutcome:
+    """``edited.png`` and ``mask.png`` (the paste-back weight x 255, rounded) of one
+    :class:`~diffsegmenter.editing.EditResult` in ``folder``."""
+    from PIL import Image
+
+    image, mask = Path(folder) / "edited.png", Path(folder) / "mask.png"
+    Image.fromarray(np.asarray(result.image, dtype=np.uint8), mode="RGB").save(image)
+    weight = np.clip(np.rint(np.asarray(result.mask, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    Image.fromarray(weight, mode="L").save(mask)
+    return EditOutcome(image, mask, bool(result.edited))
+
+
+def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabulary: str) -> None:
+    """The Edit tab's components and its ``edit`` event, built inside the caller's ``gr.Tab`` context.
+
+    Args:
+        gr: the gradio module.
+        service (`SegmentService`): the app's model service.
+        examples (`list[str]`): image paths offered as examples.
+        vocabulary (`str`): the model's own classes, comma-separated ("" when it has none), for the placeholder.
+    """
+    from ..editing import EditSettings
+
+    defaults = EditSettings()
+    model_seed = int(service.segmenter.config.seed)
+
+    def edit(
+        image: str,
+        target: str = "",
+        prompt: str = "",
+        dilate: float | None = None,
+        steps: float | None = None,
+        guidance: float | None = None,
+        seed: float | None = None,
+    ):
+        """Replace a class by what a prompt says: segment it, then regenerate only its (dilated) mask.
+
+        Args:
+            image: the image file.
+            target: the class to replace, e.g. "circle".
+            prompt: what to put there, e.g. "a square".
+            dilate: pixels the mask grows by; None = the library's default.
+            steps: denoising steps; None = the library's default.
+            guidance: classifier-free guidance scale (1 = none); None = the library's default.
+            seed: noise seed; None = the model's.
+        """
+        try:
+            outcome = run_edit(service, image, target, prompt, dilate, steps, guidance, seed)
+        except AppError as exc:
+            raise gr.Error(str(exc)) from None
+        if not outcome.changed:
+            gr.Warning(f"no pixel was labelled {target.strip()!r}, so the image is unchanged: check the class name")
+        return str(outcome.image), str(outcome.mask)
+
+    # the numbers start at the library's defaults (EditSettings, the model's seed; a Gradio Number cannot be left
+    # empty in the page, though the API takes None); no minimum / maximum / precision: Gradio would clamp, round or
+    # refuse with its own words, the checks above refuse with ours (what is allowed and what to type)
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="edit-image")
+            with gr.Row():
+                target = gr.Textbox(
+                    label="Target: the class to replace",
+                    placeholder=f"e.g. {vocabulary.split(', ')[0]}" if vocabulary else "e.g. cat",
+                    elem_id="edit-target",
+                )
+                prompt = gr.Textbox(
+                    label="Prompt: what to put there", placeholder="e.g. a square", elem_id="edit-prompt"
+                )
+            with gr.Row():
+                dilate = gr.Number(value=defaults.dilate, label="Dilation, px", elem_id="edit-dilate")
+                steps = gr.Number(value=defaults.steps, label="Steps", elem_id="edit-steps")
+                guidance = gr.Number(value=defaults.guidance, label="Guidance (1 = none)", elem_id="edit-guidance")
+                seed = gr.Number(value=model_seed, label="Seed", elem_id="edit-seed")
+            button = gr.Button("Edit", variant="primary", elem_id="edit-button")
+            if examples:
+                gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Shipped example scenes")
+        with gr.Column():
+            edited = gr.Image(type="filepath", label="Edited image", format="png", elem_id="edited")
+            mask = gr.Image(
+                type="filepath",
+                label="Mask (white = regenerated; black = the input's pixels, exactly)",
+                format="png",
+                elem_id="edit-mask",
+            )
+    button.click(
+        edit,
+        inputs=[image, target, prompt, dilate, steps, guidance, seed],
+        outputs=[edited, mask],
+        api_name="edit",
+        concurrency_limit=1,
+        concurrency_id="model",
+    )
