@@ -10,10 +10,12 @@ from diffsegmenter.cli.edit import edit_command
 from diffsegmenter.editing import (
     EditSettings,
     dilate_mask,
+    edit_segmented,
     feather_mask,
     latent_mask,
     paste_back,
     vae_round_trip_error,
+    verify_share,
 )
 
 FAST = {"steps": 2, "dilate": 1, "feather": 1}
@@ -92,6 +94,7 @@ def test_paste_back_keeps_zero_weight_pixels_exactly():
         ({"strength": 0.0}, "strength"),
         ({"strength": 1.5}, "strength"),
         ({"resolution": 3}, "resolution"),
+        ({"candidates": 0}, "candidates"),
     ],
 )
 def test_settings_ranges(kwargs, match):
@@ -236,3 +239,50 @@ def test_the_edit_subcommand_writes_the_edit_and_refuses_bad_settings(tiny_model
     assert (tmp_path / "edited.mask.png").is_file()
     assert cli.main([*argv, "--strength", "2"]) == 2  # refused before the model loads
     assert "strength must be in (0, 1]" in capsys.readouterr().err
+    assert cli.main([*argv, "--candidates", "2"]) == 2
+    assert "--new-class" in capsys.readouterr().err
+    argv2 = [*argv, "--steps", "2", "--quiet", "--candidates", "2", "--new-class", "dog", "--classes", "cat,bird"]
+    assert cli.main(argv2) == 0
+    assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------- candidates
+def test_verify_share_known_answer():
+    labels = np.array([[0, 2, 2], [1, 2, 0]])
+    found = np.array([[True, True, True], [True, False, False]])
+    assert verify_share(labels, found, 2) == pytest.approx(0.5)
+    assert verify_share(labels, found, 1) == pytest.approx(0.25)
+    assert verify_share(labels, np.zeros_like(found), 2) == 0.0
+
+
+def test_candidates_keep_the_best_rechecked_edit(tiny_segmenter):
+    """Each candidate k is the single edit at seed + k; its score is the share of the found region its
+    re-segmentation (image classes + new class, same seed and tau) labels the new class; the best is kept."""
+    seg, img, seed = tiny_segmenter, _image(4), 2
+    found_res = seg.segment(img, classes=["bird", "dog"], seed=seed, tau=0.3)
+    settings = EditSettings(**FAST, candidates=3)
+    best = edit_segmented(
+        seg, [img], [found_res], ["bird"], ["a cat"], new_classes="cat", settings=settings, seed=seed, progress=False
+    )[0]
+    assert best.new_class == "cat" and len(best.candidate_scores) == 3
+    found = found_res.labels == 1
+    singles, shares = [], []
+    for k in range(3):
+        one = edit_segmented(
+            seg, [img], [found_res], ["bird"], ["a cat"], settings=EditSettings(**FAST), seed=seed + k, progress=False
+        )[0]
+        assert one.candidate_scores is None and one.seed == seed + k
+        check = seg.segment(one.image, classes=["bird", "dog", "cat"], seed=seed, tau=0.3)
+        singles.append(one.image)
+        shares.append(verify_share(check.labels, found, 3))
+    assert best.candidate_scores == pytest.approx(shares)
+    k_best = int(np.argmax(shares))
+    assert k_best == 1, "this image and seed were picked so that the best is neither the first nor the last"
+    assert best.seed == seed + k_best
+    assert np.array_equal(best.image, singles[k_best])
+    assert np.array_equal(best.image[~best.region], img[~best.region])
+
+
+def test_candidates_need_the_new_class(tiny_segmenter):
+    with pytest.raises(ValueError, match="new_class"):
+        tiny_segmenter.edit(_image(), "bird", "a cat", classes=["bird"], progress=False, candidates=2, **FAST)

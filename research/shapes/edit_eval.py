@@ -59,6 +59,19 @@ def after_classes(scene, source: str, target: str) -> list[str]:
     return [c for c in SHAPES if c in present]
 
 
+def strict_classes(scene, source: str, target: str) -> list[str]:
+    """:func:`after_classes` with the source offered too (the strict check)."""
+    present = set(after_classes(scene, source, target)) | {source}
+    return [c for c in SHAPES if c in present]
+
+
+def majority_label(res, mask: np.ndarray) -> str:
+    """The most frequent label name (background included) of a segmentation inside a mask."""
+    names = ["background", *res.classes]
+    counts = np.bincount(res.labels[mask].ravel(), minlength=len(names))
+    return names[int(counts.argmax())]
+
+
 def prompt_for(scene, source: str, target: str, style: str) -> str:
     if style == "class":
         return f"a {target}"
@@ -91,37 +104,53 @@ def evaluate(seg, by_source, segs_by_source, settings: EditSettings, style: str,
             [j[2] for j in chunk],
             [j[0][0] for j in chunk],
             [prompt_for(j[1], j[0][0], j[0][1], style) for j in chunk],
+            new_classes=[j[0][1] for j in chunk],
             settings=settings,
             seed=seed,
             progress=False,
         )
     after = seg.segment([e.image for e in edited], classes=[after_classes(j[1], *j[0]) for j in jobs], seed=seed)
+    # the strict check: the source offered too, so an edit that kept the old shape cannot pass as the target
+    strict = seg.segment([e.image for e in edited], classes=[strict_classes(j[1], *j[0]) for j in jobs], seed=seed)
     per_pair: dict[str, dict] = {}
     outside_sum = outside_n = 0.0
     rows = []
-    for (pair, scene, _), e, res in zip(jobs, edited, after):
+    for (pair, scene, _), e, res, res_strict in zip(jobs, edited, after, strict):
         source, target = pair
         true_mask = scene.labels == CLASS_NAMES.index(source)
-        names = ["background", *res.classes]
-        counts = np.bincount(res.labels[true_mask].ravel(), minlength=len(names))
-        majority = names[int(counts.argmax())]
+        majority = majority_label(res, true_mask)
         ok = majority == target
+        ok_strict = majority_label(res_strict, true_mask) == target
         diff = np.abs(e.image.astype(np.int16) - scene.image.astype(np.int16))
         out = ~e.region
         outside_sum += float(diff[out].sum())
         outside_n += float(out.sum()) * 3
         key = f"{source}->{target}"
-        p = per_pair.setdefault(key, {"n": 0, "success": 0})
+        p = per_pair.setdefault(key, {"n": 0, "success": 0, "success_strict": 0})
         p["n"] += 1
         p["success"] += int(ok)
-        rows.append({"pair": key, "seed": scene.seed, "majority": majority, "success": ok, "edited": e.edited})
+        p["success_strict"] += int(ok_strict)
+        rows.append(
+            {
+                "pair": key,
+                "seed": scene.seed,
+                "majority": majority,
+                "success": ok,
+                "success_strict": ok_strict,
+                "edited": e.edited,
+                "edit_seed": e.seed,
+                "candidate_scores": e.candidate_scores,
+            }
+        )
     for p in per_pair.values():
         p["rate"] = p["success"] / p["n"]
+        p["rate_strict"] = p["success_strict"] / p["n"]
     n = len(rows)
     return {
         "settings": asdict(settings),
         "prompt_style": style,
         "rate": sum(r["success"] for r in rows) / n,
+        "rate_strict": sum(r["success_strict"] for r in rows) / n,
         "n": n,
         "outside_mean_abs_change_255": outside_sum / max(1.0, outside_n),
         "not_edited": sum(not r["edited"] for r in rows),
@@ -172,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dilate", type=int, default=EditSettings.dilate)
     ap.add_argument("--feather", type=int, default=EditSettings.feather)
     ap.add_argument("--strength", type=float, default=EditSettings.strength)
+    ap.add_argument("--candidates", type=int, default=EditSettings.candidates)
     ap.add_argument("--tau", type=float, default=None, help="mask tau (default: the model's tau)")
     ap.add_argument("--prompt-style", choices=STYLES, default="class")
     ap.add_argument("--sweep", action="store_true", help="val only: try a small grid of settings around the given")
@@ -203,7 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     unique = {sc.seed: sc.image for scenes in by_source.values() for sc in scenes}
     round_trip = vae_round_trip_error(seg.backbone, list(unique.values()))
     base = EditSettings(
-        dilate=args.dilate, feather=args.feather, steps=args.steps, guidance=args.guidance, strength=args.strength
+        dilate=args.dilate,
+        feather=args.feather,
+        steps=args.steps,
+        guidance=args.guidance,
+        strength=args.strength,
+        candidates=args.candidates,
     )
     trials = [(base, args.prompt_style)]
     if args.sweep:
@@ -225,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         r = evaluate(seg, by_source, segs_by_source, settings, style, args.batch, args.seed)
         r["seconds"] = round(time.time() - t, 1)
         print(
-            f"{json.dumps(asdict(settings))} prompt={style}: rate {r['rate']:.3f} (n={r['n']}), outside change "
+            f"{json.dumps(asdict(settings))} prompt={style}: rate {r['rate']:.3f} (strict {r['rate_strict']:.3f}, "
+            f"n={r['n']}), outside change "
             f"{r['outside_mean_abs_change_255']:.3f}/255, not edited {r['not_edited']}, {r['seconds']} s",
             flush=True,
         )
@@ -248,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"VAE round trip {round_trip:.2f}/255; best rate {best['rate']:.3f}; {report['seconds']} s -> {args.out}")
     for key, p in best["per_pair"].items():
-        print(f"  {key:20s} {p['success']:3d}/{p['n']:3d} = {p['rate']:.2f}")
+        print(f"  {key:20s} {p['success']:3d}/{p['n']:3d} = {p['rate']:.2f}   strict {p['rate_strict']:.2f}")
 
 
 if __name__ == "__main__":

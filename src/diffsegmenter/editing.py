@@ -45,6 +45,7 @@ __all__ = [
     "paste_back",
     "blended_latent_edit",
     "vae_round_trip_error",
+    "verify_share",
     "edit_images",
     "edit_segmented",
 ]
@@ -64,6 +65,11 @@ class EditSettings:
         guidance (`float`): classifier-free guidance scale against the empty prompt, >= 0 (1 = no guidance).
         strength (`float`): in (0, 1]: how far towards pure noise the masked region starts (1 = from noise).
         resolution (`int | None`): side length the edit runs at; None = the backbone's native resolution.
+        candidates (`int`): edits tried per image, >= 1: candidate k uses noise seed ``seed + k``. With more than
+            one, each candidate is segmented again with the image's classes plus the class the prompt makes
+            (``new_class``; the target stays offered, so a candidate that kept the old object loses) and the one
+            whose found region is most labelled ``new_class`` is kept (:func:`verify_share`). Costs ``candidates``
+            edits and segmentations per image.
     """
 
     dilate: int = 3
@@ -72,9 +78,10 @@ class EditSettings:
     guidance: float = 4.0
     strength: float = 1.0
     resolution: int | None = None
+    candidates: int = 1
 
     def __post_init__(self) -> None:
-        for name, low in (("dilate", 0), ("feather", 0), ("steps", 1)):
+        for name, low in (("dilate", 0), ("feather", 0), ("steps", 1), ("candidates", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -100,7 +107,12 @@ class EditResult:
             1 = the regenerated pixel (the target's mask, dilated, its inner edge feathered).
         region (`np.ndarray`): (H, W) bool, the dilated mask (where anything may change).
         segmentation (`SegmentationResult`): the segmentation the mask came from.
-        target (`str`), prompt (`str`), seed (`int`), settings (`EditSettings`): what was asked.
+        target (`str`), prompt (`str`), settings (`EditSettings`): what was asked.
+        seed (`int`): the noise seed of the kept edit (``seed + k`` for candidate k).
+        new_class (`str | None`): the class the prompt makes, as given (checks the candidates).
+        candidate_scores (`list[float] | None`): with several candidates, per candidate (seed order) the share in
+            [0, 1] of the target's found region that its re-segmentation labels ``new_class``
+            (:func:`verify_share`); the kept one has the highest (the first on ties). None with one candidate.
     """
 
     image: np.ndarray
@@ -111,6 +123,8 @@ class EditResult:
     prompt: str
     seed: int
     settings: EditSettings
+    new_class: str | None = None
+    candidate_scores: list[float] | None = None
 
     @property
     def edited(self) -> bool:
@@ -328,6 +342,7 @@ def edit_images(
     prompts: Sequence[str],
     *,
     classes: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    new_classes: str | Sequence[str | None] | None = None,
     tau: float | None = None,
     settings: EditSettings | None = None,
     seed: int | None = None,
@@ -342,8 +357,11 @@ def edit_images(
         prompts (`Sequence[str]`): per image, the text of what to put there, e.g. ``"a tiger"``.
         classes (*optional*): one class list for all images or one per image; must hold each target. None = the
             model's own classes when they hold the target, else the target alone.
+        new_classes (*optional*): the class each prompt makes, e.g. ``"tiger"`` (one for all images or one per
+            image); needed with ``settings.candidates > 1`` to check the candidates (:func:`edit_segmented`).
         tau (`float`, *optional*): background score in [0, 1] for the target's mask; defaults to ``config.tau``.
-        settings (`EditSettings`, *optional*): dilation, feathering, steps, guidance, strength, resolution.
+        settings (`EditSettings`, *optional*): dilation, feathering, steps, guidance, strength, resolution,
+            candidates.
         seed (`int`, *optional*): seed of the segmentation and of the edit's noise; defaults to ``config.seed``.
         progress (`bool`, *optional*): show a progress bar.
 
@@ -364,6 +382,7 @@ def edit_images(
         )
     targets = [check_class_names([t])[0] for t in targets]
     prompts = [_check_prompt(p, t) for p, t in zip(prompts, targets)]
+    new_classes = _check_new_classes(new_classes, n, settings)
     if tau is not None:
         tau = check_tau(tau)
     if classes is not None and not isinstance(classes, str) and classes and isinstance(classes[0], (list, tuple)):
@@ -375,7 +394,42 @@ def edit_images(
     seed = seg.config.seed if seed is None else int(seed)
     arrays = [load_image(x, max_pixels=seg.config.max_image_pixels) for x in images]
     segs = seg.segment(arrays, classes=class_lists, seed=seed, tau=tau)
-    return edit_segmented(seg, arrays, segs, targets, prompts, settings=settings, seed=seed, progress=progress)
+    return edit_segmented(
+        seg, arrays, segs, targets, prompts, new_classes=new_classes, settings=settings, seed=seed, progress=progress
+    )
+
+
+def verify_share(labels: np.ndarray, found: np.ndarray, index: int) -> float:
+    """Share of the found region that a re-segmentation labels with class ``index``: how well an edit made what
+    was asked.
+
+    Args:
+        labels (`np.ndarray`): (H, W) int labels of the edited image (0 = background, i = its i-th class).
+        found (`np.ndarray`): (H, W) bool, the target's pixels in the original segmentation (not dilated).
+        index (`int`): the label of the class the prompt makes, >= 1.
+
+    Returns:
+        `float` in [0, 1]; 0 for an empty region.
+    """
+    n = int(found.sum())
+    return float((labels[found] == index).sum()) / n if n else 0.0
+
+
+def _check_new_classes(new_classes, n: int, settings: EditSettings) -> list[str | None]:
+    if new_classes is None or isinstance(new_classes, str):
+        out = [new_classes] * n
+    else:
+        out = list(new_classes)
+        if len(out) != n:
+            raise ValueError(f"got {len(out)} new classes for {n} images: give one per image or one for all")
+    out = [None if c is None else check_class_names([c])[0] for c in out]
+    if settings.candidates > 1 and any(c is None for c in out):
+        raise ValueError(
+            f"candidates={settings.candidates} needs the class the prompt makes, to check each candidate: give "
+            "new_class (e.g. new_class='tiger' for prompt='a tiger'; --new-class tiger on the command line), or "
+            "candidates=1"
+        )
+    return out
 
 
 def edit_segmented(
@@ -385,19 +439,24 @@ def edit_segmented(
     targets: Sequence[str],
     prompts: Sequence[str],
     *,
+    new_classes: str | Sequence[str | None] | None = None,
     settings: EditSettings | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[EditResult]:
     """Steps 2-4 of :func:`edit_images` on images already segmented (e.g. to try several edit settings on one
-    segmentation): each target's labels -> dilated, feathered mask -> blended latent edit -> paste-back.
+    segmentation): each target's labels -> dilated, feathered mask -> blended latent edit -> paste-back; with
+    ``settings.candidates > 1``, every candidate is re-segmented and the best kept (:class:`EditSettings`).
 
     Args:
-        seg (`DiffSegmenter`): its backbone edits.
+        seg (`DiffSegmenter`): its backbone edits (and re-segments the candidates).
         arrays (`Sequence[np.ndarray]`): (H, W, 3) uint8 RGB images.
         segmentations (`Sequence[SegmentationResult]`): their segmentations; each must hold its target's class.
         targets, prompts: per image (prompts checked as in :func:`edit_images`).
-        settings, seed, progress: as :func:`edit_images`.
+        new_classes (*optional*): the class each prompt makes (one for all images or one per image); needed when
+            ``settings.candidates > 1``, where it is added to the image's classes to check each candidate.
+        settings, seed, progress: as :func:`edit_images`; candidate k's noise seed is ``seed + k``, its
+            re-segmentation uses ``seed`` and the original segmentation's tau.
 
     Returns:
         `list[EditResult]`, one per image.
@@ -407,30 +466,49 @@ def edit_segmented(
     if not len(segmentations) == len(targets) == len(prompts) == n:
         raise ValueError("give one segmentation, target and prompt per image")
     prompts = [_check_prompt(p, t) for p, t in zip(prompts, targets)]
-    regions, weights = [], []
+    new_classes = _check_new_classes(new_classes, n, settings)
+    regions, weights, found = [], [], []
     for res, target in zip(segmentations, targets):
         if target not in res.classes:
             raise ValueError(f"the target {short_name(target)!r} was not segmented (classes: {res.classes})")
-        found = torch.from_numpy(res.labels == res.classes.index(target) + 1)
-        region = dilate_mask(found, settings.dilate)
+        hit = torch.from_numpy(res.labels == res.classes.index(target) + 1)
+        found.append(hit.numpy())
+        region = dilate_mask(hit, settings.dilate)
         regions.append(region)
         weights.append(feather_mask(region, settings.feather).numpy())
     todo = [i for i in range(n) if regions[i].any()]
     for i in sorted(set(range(n)) - set(todo)):
         logger.warning("image %d: no pixel was labelled %r, so it is returned unchanged", i, targets[i])
-    generated = blended_latent_edit(
-        seg.backbone,
-        [arrays[i] for i in todo],
-        [regions[i] for i in todo],
-        [prompts[i] for i in todo],
-        settings=settings,
-        seed=seed,
-        antialias=seg.config.antialias,
-        progress=progress,
-    )
     out_images = [np.array(a, copy=True) for a in arrays]
-    for i, gen in zip(todo, generated):
-        out_images[i] = paste_back(arrays[i], gen, weights[i])
+    kept_seed = {i: seed for i in range(n)}
+    scores: dict[int, list[float]] = {i: [] for i in todo}
+    check_classes = {
+        i: list(segmentations[i].classes) + [c for c in [new_classes[i]] if c not in segmentations[i].classes]
+        for i in todo
+    }
+    for k in range(settings.candidates):
+        generated = blended_latent_edit(
+            seg.backbone,
+            [arrays[i] for i in todo],
+            [regions[i] for i in todo],
+            [prompts[i] for i in todo],
+            settings=settings,
+            seed=seed + k,
+            antialias=seg.config.antialias,
+            progress=progress,
+        )
+        pasted = [paste_back(arrays[i], gen, weights[i]) for i, gen in zip(todo, generated)]
+        if settings.candidates == 1:
+            for i, im in zip(todo, pasted):
+                out_images[i] = im
+            break
+        checks = seg.segment(pasted, classes=[check_classes[i] for i in todo], seed=seed) if todo else []
+        for i, im, res in zip(todo, pasted, checks):
+            labels = res.relabel(segmentations[i].tau)
+            share = verify_share(labels, found[i], check_classes[i].index(new_classes[i]) + 1)
+            if not scores[i] or share > max(scores[i]):
+                out_images[i], kept_seed[i] = im, seed + k
+            scores[i].append(share)
     return [
         EditResult(
             image=out_images[i],
@@ -439,8 +517,10 @@ def edit_segmented(
             segmentation=segmentations[i],
             target=targets[i],
             prompt=prompts[i],
-            seed=seed,
+            seed=kept_seed[i],
             settings=settings,
+            new_class=new_classes[i],
+            candidate_scores=scores.get(i) if settings.candidates > 1 else None,
         )
         for i in range(n)
     ]

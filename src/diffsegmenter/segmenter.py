@@ -303,6 +303,7 @@ class DiffSegmenter:
         prompt: str,
         *,
         classes: Sequence[str] | None = None,
+        new_class: str | None = None,
         tau: float | None = None,
         seed: int | None = None,
         progress: bool = True,
@@ -317,11 +318,13 @@ class DiffSegmenter:
             prompt (`str`): what to put there, e.g. ``"a tiger"``.
             classes (`list[str]`, *optional*): classes competing with the target for each pixel (must hold it);
                 defaults to the model's own classes when they hold the target, else the target alone.
+            new_class (`str`, *optional*): the class the prompt makes, e.g. ``"tiger"``; needed with
+                ``candidates > 1``: each candidate is segmented again and the one most labelled ``new_class`` kept.
             tau (`float`, *optional*): background score in [0, 1] for the mask; defaults to ``config.tau``.
             seed (`int`, *optional*): seed of the segmentation and the edit; same seed, same output.
             progress (`bool`, *optional*): show a progress bar over the denoising steps.
             **settings: :class:`~diffsegmenter.editing.EditSettings` fields: ``dilate``, ``feather``, ``steps``,
-                ``guidance``, ``strength``, ``resolution``.
+                ``guidance``, ``strength``, ``resolution``, ``candidates``.
 
         Returns:
             :class:`~diffsegmenter.editing.EditResult`: ``image`` (H, W, 3) uint8 at the input size, ``mask`` (the
@@ -335,6 +338,7 @@ class DiffSegmenter:
             [target],
             [prompt],
             classes=classes,
+            new_classes=new_class,
             tau=tau,
             settings=EditSettings(**settings),
             seed=seed,

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: ``--flag`` -> :class:`~diffsegmenter.editing.EditSettings` field; a flag the user did not set keeps the library's
 #: default.
-EDIT_FLAGS = ("dilate", "feather", "steps", "guidance", "strength", "resolution")
+EDIT_FLAGS = ("dilate", "feather", "steps", "guidance", "strength", "resolution", "candidates")
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,16 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (1 = none)")
     parser.add_argument("--strength", type=float, default=None, help="in (0, 1]: 1 regenerates the region from noise")
     parser.add_argument("--resolution", type=int, default=None, help="side length the edit runs at")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="edits tried per image (seeds seed, seed+1, ...); each is segmented again and the one most labelled "
+        "--new-class is kept (default: 1)",
+    )
+    parser.add_argument(
+        "--new-class", default=None, help="the class the prompt makes, e.g. tiger (needed with --candidates > 1)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the model's config seed)")
     parser.add_argument("--save-mask", action="store_true", help="also write <name>.mask.png (the paste-back weight)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -59,6 +69,7 @@ def edit_command(
     prompt: str,
     model: str | os.PathLike = "shapes",
     classes: Sequence[str] | None = None,
+    new_class: str | None = None,
     tau: float | None = None,
     settings: EditSettings | None = None,
     seed: int | None = None,
@@ -76,7 +87,8 @@ def edit_command(
     Args:
         inputs: image files, folders or glob patterns (:func:`~diffsegmenter.images.scan_inputs`).
         out: the output file or folder.
-        target, prompt, classes, tau, settings, seed: as :func:`edit_images`.
+        target, prompt, classes, tau, settings, seed: as :func:`edit_images`; ``new_class`` as its
+            ``new_classes`` (one for every input).
         model: the model to load (``"shapes"``, a hub id or a folder) unless ``segmenter`` is given.
         device (`str`): where the model runs.
         save_mask (`bool`): also write the mask used.
@@ -91,12 +103,13 @@ def edit_command(
     """
     from ..classes import check_class_names
     from ..config import check_tau
-    from ..editing import EditSettings, _check_prompt, edit_images
+    from ..editing import EditSettings, _check_new_classes, _check_prompt, edit_images
     from ..images import scan_inputs
 
     settings = settings or EditSettings()
     target = check_class_names([target])[0]
     prompt = _check_prompt(prompt, target)
+    new_class = _check_new_classes(new_class, 1, settings)[0]
     if tau is not None:
         tau = check_tau(tau)
     scan = scan_inputs(list(inputs))
@@ -119,6 +132,8 @@ def edit_command(
         segmenter = DiffSegmenter.from_pretrained(model, device=device)
     if classes is not None:
         segmenter.check_classes(list(classes))
+    if new_class is not None:
+        segmenter.check_classes([new_class])
     written = []
     for p, d in zip(paths, dests):
         res = edit_images(
@@ -127,6 +142,7 @@ def edit_command(
             [target],
             [prompt],
             classes=classes,
+            new_classes=new_class,
             tau=tau,
             settings=settings,
             seed=seed,
@@ -171,6 +187,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             target=args.target,
             prompt=args.prompt,
             classes=parse_classes(args.classes),
+            new_class=args.new_class,
             tau=args.tau,
             settings=settings,
             seed=args.seed,
