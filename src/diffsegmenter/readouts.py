@@ -208,14 +208,13 @@ class RescaledReadout(_GocaReadout):
     * the rescaling is applied per level, to the layer- and head-averaged attention (one renormalisation per
       level); ``per_layer=True`` renormalises every layer before the level average (the alternative measured);
     * ``background`` (None = :data:`DEFAULT_BACKGROUND`, ``"paper"``): how a pixel that shows none of the named
-      classes can still score low. GoCA renormalises over
-      the caption's content tokens, which include words that name no class; a prompt that names only classes (this
-      library's) leaves none, so every pixel's class maps sum to 1 and background scores like an object.
-      ``"content"``: GoCA as described, content tokens only. ``"absorb"``: every other prompt token but
-      ``<sos>`` (function words, end, padding) joins the denominator as a background absorber
-      (:func:`background_absorbers`). ``"paper"``: the paper's maps decide *where* (foreground vs background) and
-      the rescaled maps only *which* class: the where maps are the paper read-out's, the class-decision maps
-      (``class_level_weights``, or ``level_weights`` when that is None, see
+      classes can still score low. GoCA renormalises over the caption's content tokens, which include words that
+      name no class; a prompt that names only classes (this library's) leaves none, so every pixel's class maps sum
+      to 1 and background scores like an object. ``"content"``: GoCA as described, content tokens only.
+      ``"absorb"``: every other prompt token but ``<sos>`` (function words, end, padding) joins the denominator as
+      a background absorber (:func:`background_absorbers`). ``"paper"``: the paper's maps decide *where*
+      (foreground vs background) and the rescaled maps only *which* class: the where maps are the paper
+      read-out's, the class-decision maps (``class_level_weights``, or ``level_weights`` when that is None, see
       :func:`~diffsegmenter.decision.class_decision`) are the rescaled ones, uncompleted, as the paper read-out's.
     """
 
