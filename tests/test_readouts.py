@@ -356,20 +356,22 @@ def test_paper_background_takes_where_from_the_paper(tiny_segmenter, goca):
 
 
 def test_paper_background_decides_which_in_one_pass(tiny_segmenter):
-    cfg = SegmenterConfig(readout="rescaled")
-    assert isinstance(class_decision(cfg, 512), PaperDecision)
+    cfg = SegmenterConfig(readout="rescaled")  # the default background of rescaled: "paper"
+    assert RescaledReadout().background == "paper" and WeightedReadout().background == "absorb"
+    decision = class_decision(cfg, 512)
+    assert type(decision) is SeparateWeightsDecision and decision.class_level_weights == cfg.level_weights
+    two = cfg.replace(class_level_weights={8: 1.0}, class_resolution=256)
+    assert type(class_decision(two, 512)) is SecondPassDecision  # the config's own decision is kept
+    assert type(class_decision(cfg.replace(readout="weighted"), 512)) is PaperDecision
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(FACTORIES, "rescaled", lambda block: RescaledReadout(background="paper"))
-        decision = class_decision(cfg, 512)
-        assert type(decision) is SeparateWeightsDecision and decision.class_level_weights == cfg.level_weights
-        two = cfg.replace(class_level_weights={8: 1.0}, class_resolution=256)
-        assert type(class_decision(two, 512)) is SecondPassDecision  # the config's own decision is kept
-        # end to end: the foreground is the paper read-out's at every tau, only the class may differ
-        seg = tiny_segmenter
-        seg.config = seg.config.replace(resolution=32, readout="paper")
-        paper = seg.segment(_image(), classes=["cat", "dog"], seed=0)
-        seg.config = seg.config.replace(readout="rescaled")
-        mixed = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+        mp.setitem(FACTORIES, "rescaled", lambda block: RescaledReadout(background="content"))
+        assert type(class_decision(cfg, 512)) is PaperDecision
+    # end to end: the foreground is the paper read-out's at every tau, only the class may differ
+    seg = tiny_segmenter
+    seg.config = seg.config.replace(resolution=32, readout="paper")
+    paper = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    seg.config = seg.config.replace(readout="rescaled")
+    mixed = seg.segment(_image(), classes=["cat", "dog"], seed=0)
     for tau in (0.2, 0.5, 0.8):
         assert np.array_equal(paper.relabel(tau) > 0, mixed.relabel(tau) > 0)
     assert not np.array_equal(paper.scores, mixed.scores)

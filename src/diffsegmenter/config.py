@@ -125,7 +125,7 @@ class SegmenterConfig:
     # How the captured attention becomes class maps (readouts.py). "paper": the released method (fixed level weights,
     # per-class min-max, completion; the SD1/SD2 default). NOT in the paper: "rescaled" (GoCA's per-pixel token
     # rescaling over the prompt's content tokens; any backbone), "weighted" (GoCA's automatic head and layer
-    # weighting + rescaling; UNet backbones; level_weights unused), "single-block" (Seg4Diff: one block's raw
+    # weighting + rescaling; any backbone; level_weights unused), "single-block" (Seg4Diff: one block's raw
     # image->text probabilities, argmax; SD3, FLUX), "concept" (ConceptAttention: classes as extra token streams;
     # FLUX). Each family's default: backbones.*.family_defaults.
     readout: Literal["paper", "rescaled", "weighted", "single-block", "concept"] = "paper"

@@ -4,7 +4,8 @@ Three strategies, chosen from the config by :func:`class_decision`:
 
 - :class:`PaperDecision` (the paper; ``class_level_weights`` None): each class's fused, completed map decides both
   *where* a class is and *which* class a pixel gets. One pass.
-- :class:`SeparateWeightsDecision` (``class_level_weights`` set, not in the paper): the paper's maps decide *where*;
+- :class:`SeparateWeightsDecision` (``class_level_weights`` set, not in the paper; or a read-out whose own maps only
+  decide which, ``background="paper"``, with ``level_weights``): the paper's maps decide *where*;
   the raw cross-attention fused with ``class_level_weights`` decides *which*
   (:func:`~diffsegmenter.aggregation.split_where_and_which`). One pass computes both.
 - :class:`SecondPassDecision` (also ``class_resolution``, not in the paper): as above, but the *which* maps come from
