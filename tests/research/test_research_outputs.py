@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from research.shapes import filter_tune, tune
+from research.shapes import filter_tune, train_mmdit, tune, tune_dit
 from research.shapes import train as T
 from research.shapes.components import check_out_dir, package_folder
 
@@ -18,7 +18,7 @@ def test_check_out_dir_refuses_the_package_and_accepts_a_new_folder(tmp_path):
     assert check_out_dir(tmp_path / "run") == tmp_path / "run"
 
 
-@pytest.mark.parametrize("module", [tune, filter_tune], ids=["tune", "filter_tune"])
+@pytest.mark.parametrize("module", [tune, filter_tune, tune_dit], ids=["tune", "filter_tune", "tune_dit"])
 def test_tuners_refuse_to_write_into_the_shipped_model_folder(module):
     shipped = package_folder() / "models" / "shapes"
     before = {p: p.stat().st_mtime_ns for p in shipped.rglob("*")}
@@ -27,8 +27,9 @@ def test_tuners_refuse_to_write_into_the_shipped_model_folder(module):
     assert {p: p.stat().st_mtime_ns for p in shipped.rglob("*")} == before
 
 
-def test_train_refuses_an_out_folder_inside_the_package():
+@pytest.mark.parametrize("main", [T.main, train_mmdit.main], ids=["train", "train_mmdit"])
+def test_train_refuses_an_out_folder_inside_the_package(main):
     out = package_folder() / "models" / "shapes-run"
     with pytest.raises(ValueError, match="--out"):
-        T.main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
+        main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
     assert not out.exists()
