@@ -103,18 +103,25 @@ class _WrappingProcessor:
         self.store.self_qk.append((q[keep], k[keep], float(scale)))
 
 
+def _image_qk(attn, hidden_states):
+    """The image tokens' per-head queries and keys of an SD3 joint layer, q/k-normalised as its processor does:
+    two (B, heads, N, d) tensors."""
+    q = _heads(attn.to_q(hidden_states), attn.heads)
+    k = _heads(attn.to_k(hidden_states), attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k
+
+
 class SD3JointCaptureProcessor(_WrappingProcessor):
     """SD3's ``JointAttnProcessor2_0`` layers: [image; text] tokens in one softmax (image first)."""
 
     def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
         if encoder_hidden_states is None:  # SD3.5's extra image-only attention (attn2): not a joint layer
             return
-        q = _heads(attn.to_q(hidden_states), attn.heads)
-        k = _heads(attn.to_k(hidden_states), attn.heads)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k = _image_qk(attn, hidden_states)
         scale = q.shape[-1] ** -0.5  # the processor calls SDPA with its default scale
         if self.read_cross:
             kt = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
@@ -247,12 +254,7 @@ class SD3WeightedProcessor(_WrappingProcessor):
     def record(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs) -> None:
         if encoder_hidden_states is None:  # SD3.5's extra image-only attention (attn2): not a joint layer
             return
-        q = _heads(attn.to_q(hidden_states), attn.heads)
-        k = _heads(attn.to_k(hidden_states), attn.heads)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k = _image_qk(attn, hidden_states)
         scale = q.shape[-1] ** -0.5
         if self.read_cross:
             kt = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
