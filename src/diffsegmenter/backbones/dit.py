@@ -27,7 +27,7 @@ import torch
 
 from ..joint_attention import capture_wrapped
 from .base import DiffusionBackbone, FlowSigma, Sampler
-from .sd import ddim_sampler, vae_decode, vae_latents
+from .sd import VPSchedule, ddim_sampler, vae_decode, vae_latents, vp_add_noise
 
 __all__ = ["TransformerBackbone", "FlowMatchSampler", "flow_sigma", "sigma_of", "DIT_LEVEL_WEIGHTS"]
 
@@ -117,6 +117,7 @@ class TransformerBackbone(DiffusionBackbone):
         self.transformer = transformer.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.scheduler = scheduler
+        self._vp_schedule = VPSchedule()
 
     @property
     def device(self) -> torch.device:
@@ -206,8 +207,8 @@ class TransformerBackbone(DiffusionBackbone):
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
         if not self.flow:
-            t = torch.full((latents.shape[0],), int(timestep), dtype=torch.long, device=latents.device)
-            return self.scheduler.add_noise(latents, noise, t)
+            schedule = self._vp_schedule.on(self.scheduler, latents.device, latents.dtype)
+            return vp_add_noise(schedule, latents, noise, int(timestep))
         sigma = sigma_of(timestep)
         return (1.0 - sigma) * latents + sigma * noise
 

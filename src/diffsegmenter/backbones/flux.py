@@ -81,10 +81,12 @@ class FluxBackbone(TransformerBackbone):
         packed = (
             latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
         )
-        img_ids = torch.zeros(h // 2, w // 2, 3)
-        img_ids[..., 1] += torch.arange(h // 2)[:, None]
-        img_ids[..., 2] += torch.arange(w // 2)[None, :]
-        img_ids = img_ids.reshape(-1, 3).to(self.device, self.dtype)
+        # FluxPipeline._prepare_latent_image_ids' (0, row, column) per token, made on the device: a copy from the
+        # host would wait for the device on every call
+        img_ids = torch.zeros(h // 2, w // 2, 3, device=self.device)
+        img_ids[..., 1] += torch.arange(h // 2, device=self.device)[:, None]
+        img_ids[..., 2] += torch.arange(w // 2, device=self.device)[None, :]
+        img_ids = img_ids.reshape(-1, 3).to(self.dtype)
         tokens = text[:, :-1]
         txt_ids = torch.zeros(tokens.shape[1], 3, device=self.device, dtype=self.dtype)
         pooled = text[:, -1, : int(self.transformer.config.pooled_projection_dim)]

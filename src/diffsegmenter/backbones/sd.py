@@ -49,6 +49,7 @@ class StableDiffusionBackbone(DiffusionBackbone):
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.scheduler = scheduler
+        self._vp_schedule = VPSchedule()
 
     @property
     def device(self) -> torch.device:
@@ -84,9 +85,8 @@ class StableDiffusionBackbone(DiffusionBackbone):
         )
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        # the timesteps made where the latents are: no host-to-device copy (which would wait for the device)
-        t = torch.full((latents.shape[0],), int(timestep), dtype=torch.long, device=latents.device)
-        return self.scheduler.add_noise(latents, noise, t)
+        schedule = self._vp_schedule.on(self.scheduler, latents.device, latents.dtype)
+        return vp_add_noise(schedule, latents, noise, timestep)
 
     def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
         x = torch.tensor([list(input_ids)], device=self.text_encoder.device)
@@ -139,6 +139,56 @@ def _timestep(timestep, device: torch.device) -> torch.Tensor:
     if isinstance(timestep, torch.Tensor):
         return timestep.to(device)
     return torch.full((), timestep, device=device)
+
+
+def vp_add_noise(
+    alphas_cumprod: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timestep: int
+) -> torch.Tensor:
+    r"""The denoiser's input at DDPM timestep ``t``: :math:`\sqrt{\bar\alpha_t}\,z_0 + \sqrt{1-\bar\alpha_t}\,\epsilon`.
+
+    The variance-preserving input every epsilon/v-prediction UNet and PixArt were trained on, whatever scheduler
+    class the model folder lists: ``DDPMScheduler.add_noise``'s formula in its order of operations (so bit-equal to
+    it for DDPM/DDIM folders, the released code's case), and also right for ``EulerDiscreteScheduler`` (SDXL's),
+    whose ``add_noise`` gives the *unscaled* :math:`z_0 + \sigma_t\epsilon` that its pipeline divides by
+    :math:`\sqrt{\sigma_t^2+1}` before the UNet. Indexing the schedule with a Python int on the latents' device
+    needs no host sync (diffusers' Euler and DPM-Solver ``add_noise`` search their schedule with ``nonzero``: one
+    sync per sample).
+
+    Args:
+        alphas_cumprod (`torch.Tensor`): the scheduler's :math:`\bar\alpha`, ``(num_train_timesteps,)``, values in
+            (0, 1], on the latents' device in their dtype (:class:`VPSchedule` keeps such copies).
+        latents (`torch.Tensor`): :math:`z_0`, ``(B, C, h, w)``, any float dtype.
+        noise (`torch.Tensor`): :math:`\epsilon`, same shape, dtype and device.
+        timestep (`int`): ``t`` in ``[0, num_train_timesteps)``.
+
+    Returns:
+        `torch.Tensor`: same shape, dtype and device as ``latents``.
+    """
+    t = int(timestep)
+    n = alphas_cumprod.shape[0]
+    if not 0 <= t < n:
+        raise ValueError(f"timestep {t} is outside the model's schedule [0, {n}); pick a timestep in that range")
+    return alphas_cumprod[t] ** 0.5 * latents + (1 - alphas_cumprod[t]) ** 0.5 * noise
+
+
+class VPSchedule:
+    """A scheduler's ``alphas_cumprod`` on each device and dtype asked for, copied once (cast as diffusers casts it:
+    to the device, then to the dtype), so that noising never copies from the host again; a scheduler swapped in
+    later (a new ``alphas_cumprod``) is copied afresh."""
+
+    def __init__(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._copies: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def on(self, scheduler, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``scheduler.alphas_cumprod`` (float32, ``(num_train_timesteps,)``) on ``device`` in ``dtype``."""
+        source = scheduler.alphas_cumprod
+        if source is not self._source:
+            self._source, self._copies = source, {}
+        key = (str(device), dtype)
+        if key not in self._copies:
+            self._copies[key] = source.to(device=device).to(dtype=dtype)
+        return self._copies[key]
 
 
 class _DiffusersSampler:
