@@ -44,3 +44,31 @@ def test_the_check_sees_a_missing_prefix(tmp_path):
     save_file({"embeddings.token_embedding.weight": torch.zeros(2, 2)}, str(path))
     assert text_encoder_files(tmp_path) == [path]
     assert unprefixed_keys(path) == ["embeddings.token_embedding.weight"]
+
+
+def test_a_shipped_model_missing_from_the_installation_names_the_folder_and_its_trainer(tmp_path, monkeypatch):
+    from diffsegmenter import loading
+    from diffsegmenter.hub import ModelNotFoundError
+
+    monkeypatch.setattr(loading, "_models_root", lambda: tmp_path)
+    (tmp_path / "shapes" / "unet").mkdir(parents=True)  # a partial copy: no model_index.json
+    with pytest.raises(ModelNotFoundError, match=r"'shapes' is missing .*python -m research\.shapes\.train"):
+        loading.resolve_model("shapes")
+
+
+def test_a_shipped_transformer_folder_resolves_without_a_unet(tmp_path, monkeypatch):
+    """Shipped folders are recognised by model_index.json, so a transformer-family (SD3-class) one resolves too."""
+    from diffsegmenter import loading
+
+    monkeypatch.setattr(loading, "_models_root", lambda: tmp_path)
+    (tmp_path / "shapes" / "transformer").mkdir(parents=True)
+    (tmp_path / "shapes" / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    assert loading.resolve_model("shapes") == str(tmp_path / "shapes")
+    assert loading.resolve_model("some/hub-id") == "some/hub-id"
+
+
+def test_every_shipped_model_is_in_the_package():
+    from diffsegmenter import loading
+
+    for name in loading.SHIPPED_MODELS:
+        assert (Path(loading.resolve_model(name)) / "model_index.json").is_file()

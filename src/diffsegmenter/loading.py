@@ -14,23 +14,31 @@ from .settings import ModelSettings
 
 __all__ = ["SHIPPED_MODELS", "resolve_model", "load_components"]
 
-#: Models that ship inside the package, by short name.
-SHIPPED_MODELS = ("shapes",)
+#: Models that ship inside the package: short name -> the research command that trains one (source checkout).
+SHIPPED_MODELS: dict[str, str] = {"shapes": "python -m research.shapes.train"}
+
+
+def _models_root() -> Path:
+    """The package's ``models/`` folder (where shipped models lie)."""
+    return Path(str(resources.files("diffsegmenter") / "models"))
 
 
 def resolve_model(model: str | os.PathLike[str]) -> str:
     """Turn a short name of a shipped model into its folder; leave hub ids and paths as they are.
 
+    A shipped folder counts as present when it has the ``model_index.json`` every diffusers pipeline folder has (the
+    UNet and the transformer families alike).
+
     Raises:
         ModelNotFoundError: a shipped model whose files are missing from this installation.
     """
     if isinstance(model, str) and model in SHIPPED_MODELS:
-        folder = Path(str(resources.files("diffsegmenter") / "models" / model))
-        if not (folder / "unet").is_dir():
+        folder = _models_root() / model
+        if not (folder / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"the shipped model {model!r} is missing from this installation (looked in {folder}); reinstall "
-                "diffsegmenter from a full source checkout (`pip install .`), or train it with "
-                "`python -m research.shapes.train` (from a source checkout's root) and pass the output folder"
+                f"diffsegmenter from a full source checkout (`pip install .`), or train it with "
+                f"`{SHIPPED_MODELS[model]}` (from a source checkout's root) and pass the output folder"
             )
         return str(folder)
     return str(model)
