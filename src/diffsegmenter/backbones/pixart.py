@@ -4,7 +4,9 @@ A DiT with ordinary cross-attention (``attn2``) to T5 tokens (300 for Σ, ``PixA
 ``max_sequence_length``; no BOS) with the padding masked, and image self-attention (``attn1``). Class tokens are
 placed with the T5 tokenizer. The text embedding's padding rows are zeroed and the mask is recovered from them at the
 denoiser call (a real token's embedding is never all zeros), so the mask travels with the embedding. Noise: the
-scheduler's DDPM ``add_noise`` at t (PixArt's linear betas). The learned-variance half of the output is dropped.
+variance-preserving input at t from the scheduler's ``alphas_cumprod`` (PixArt's linear betas;
+:func:`~.sd.vp_add_noise`: PixArt-Σ's DPM-Solver ``add_noise`` would read t = 999 - t's noise level before
+``set_timesteps``). The learned-variance half of the output is dropped.
 """
 
 from __future__ import annotations
