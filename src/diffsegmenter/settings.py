@@ -38,7 +38,8 @@ class ModelSettings:
             are checked when :meth:`segmenter_config` builds the config).
         diffusion_filter (`dict[str, Any]`, *optional*): keyword settings of
             :class:`~diffsegmenter.filters.diffusion.DiffusionFilter` chosen for this model (``"_diffusion_filter"``:
-            ``timesteps``, ``noise_draws``, ``quantile``, ``threshold``, ``resolution``); None when not given.
+            ``timesteps``, ``noise_draws``, ``quantile``, ``threshold``, ``resolution``, ``scoring``,
+            ``min_region``); None when not given.
         provenance (`str`, *optional*): how the values were chosen (``"_provenance"``).
         notes (`dict[str, Any]`): every other ``_``-prefixed key, by its name without the ``_`` (e.g. ``"behaviour"``).
         source (`str`, *optional*): the file read, if any.
