@@ -125,3 +125,18 @@ def test_gpu_throughput_script_stops_adding_cases_when_the_budget_is_spent(tmp_p
     assert not saved["sd15"]["per_class"] and not saved["families"]
     skipped = [s["case"] for s in report["skipped"]]
     assert "sd15 batch 1" in skipped and "family pixart" in skipped
+
+
+def test_filter_cost_benchmark_times_both_filters_against_the_plain_call(tmp_path):
+    """benchmarks/filter_cost.py on one val scene: every variant timed, ratios to the plain call, the shipped filter
+    read from the model folder (regions) beside the previous one (quantile), JSON written."""
+    from benchmarks import filter_cost
+
+    out = tmp_path / "filter_cost.json"
+    report = filter_cost.main(["--scenes", "1", "--repeats", "1", "--out", str(out)])
+    assert set(report["seconds_per_scene"]) == {"present", "vocab+quantile", "vocab+regions"}
+    assert report["ratio_to_present"]["present"] == 1.0
+    assert all(v > 0 for v in report["seconds_per_scene"].values())
+    assert report["filters"]["regions"]["scoring"] == "regions"
+    assert report["filters"]["quantile"]["scoring"] == "quantile"
+    assert json.loads(out.read_text())["scenes"] == 1
