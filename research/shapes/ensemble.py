@@ -9,8 +9,9 @@ member is computed once and shared by every ensemble that names it.
 Protocol: exactly the val protocol of :mod:`research.shapes.readouts`: the first ``--val N`` val scenes, present
 classes given, tau swept over 0.04..0.90 step 0.02 per ensemble (max mIoU, ties to the lower tau) and also reported
 at the shipped tau. Each ensemble's mIoU gain over the reference (the shipped single member ``s0t50``, each at its
-own best tau) comes with a paired bootstrap over scenes (the 2.5 / 97.5 percentiles of the difference). This script
-never reads the test split.
+own best tau) comes with a paired bootstrap over scenes (the 2.5 / 97.5 percentiles of the difference) and the
+fraction of pixels whose label at the shipped tau differs from the reference's. This script never reads the test
+split.
 
 Members are named ``s{seed}t{timestep}`` with a ``v`` suffix for ``vae_sample=True``; ensembles are
 ``name=member+member+...``. With ``--cache DIR`` each member's score maps are kept (``DIR/{member}.npz``, scenes
@@ -84,25 +85,32 @@ def run_member(seg, base, name: str, scenes: Sequence[Scene], batch: int = 20) -
 
 
 def member_scores(seg, base, name: str, scenes: Sequence[Scene], cache: Path | None) -> tuple[list, float]:
-    """A member's (K, 64, 64) float32 score maps per scene, and the CPU seconds per newly computed scene (NaN when
-    all came from the cache). Cached maps cover scenes 0..m-1; only scenes m.. are computed."""
+    """A member's (K, 64, 64) float32 score maps per scene, and its CPU seconds per scene (over every scene this
+    member has computed, in this run or the cached ones; NaN for a cache without timing). Cached maps cover scenes
+    0..m-1 (``s{i}`` in the npz, with the CPU seconds and count of the scenes computed); only scenes m.. are
+    computed."""
     have: list[np.ndarray] = []
+    seconds, computed = float("nan"), 0
     path = None if cache is None else cache / f"{name}.npz"
     if path is not None and path.exists():
         with np.load(path) as z:
-            have = [z[f"s{i}"] for i in range(min(len(z.files), len(scenes)))]
+            stored = sum(f.startswith("s") for f in z.files)
+            have = [z[f"s{i}"] for i in range(min(stored, len(scenes)))]
+            if "cpu_seconds" in z.files:
+                seconds, computed = float(z["cpu_seconds"]), int(z["computed"])
     todo = scenes[len(have) :]
-    per_scene = float("nan")
     if todo:
         t0 = time.process_time()
         have += [r.scores for r in run_member(seg, base, name, todo)]
-        per_scene = (time.process_time() - t0) / len(todo)
+        spent = time.process_time() - t0
+        seconds, computed = (spent if computed == 0 else seconds + spent), computed + len(todo)
         if path is not None:
-            np.savez(path, **{f"s{i}": s for i, s in enumerate(have)})
+            maps = {f"s{i}": s for i, s in enumerate(have)}
+            np.savez(path, **maps, cpu_seconds=np.float64(seconds), computed=np.int64(computed))
     for scene, s in zip(scenes, have):
         if s.shape[0] != len(scene.classes):
             raise RuntimeError(f"cached maps of {name} do not match the scenes (stale {path}?)")
-    return have, per_scene
+    return have, seconds / computed if computed else float("nan")
 
 
 def results_of(scenes: Sequence[Scene], scores: Sequence[np.ndarray], tau: float) -> list[SegmentationResult]:
@@ -150,6 +158,17 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int 
         diffs[k] = miou_of(a[idx].sum(0)) - miou_of(b[idx].sum(0))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"delta": miou_of(a.sum(0)) - miou_of(b.sum(0)), "ci95_low": float(lo), "ci95_high": float(hi)}
+
+
+def label_change(a: Sequence[np.ndarray], b: Sequence[np.ndarray], tau: float) -> float:
+    """Fraction of pixels (mean over scenes) whose label at ``tau`` differs between two sets of score maps: how much
+    room an ensemble has to move the reference's labels at all."""
+    return float(np.mean([(label_at(x, tau) != label_at(y, tau)).mean() for x, y in zip(a, b)]))
+
+
+def label_at(scores: np.ndarray, tau: float) -> np.ndarray:
+    """The library's labelling rule (``SegmentationResult.relabel``) on bare (K, H, W) score maps."""
+    return SegmentationResult(np.zeros(scores.shape[1:], np.int32), scores, [], [], tau).relabel(tau)
 
 
 def evaluate(scenes: Sequence[Scene], scores: Sequence[np.ndarray], shipped_tau: float) -> dict:
@@ -222,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = report["members"][name] if len(ms) == 1 and name == ms[0] else evaluate(scenes, mean, base.tau)
         tau = rec["best"]["tau"]
         rec["vs_reference"] = paired_bootstrap(scene_confusions(scenes, results_of(scenes, mean, tau), tau), ref_conf)
+        rec["vs_reference"]["label_change"] = label_change(maps[REFERENCE], mean, base.tau)
         if name not in report["members"]:
             report["ensembles"][name] = rec
         print(

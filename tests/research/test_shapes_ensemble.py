@@ -9,6 +9,7 @@ import pytest
 from diffsegmenter.config import SegmenterConfig
 from diffsegmenter.result import SegmentationResult
 from research.shapes.ensemble import (
+    label_change,
     member_scores,
     miou_of,
     paired_bootstrap,
@@ -63,6 +64,9 @@ def test_averaged_maps_follow_the_majority_of_members(scenes):
     mean = [np.mean([m[i] for m in members], axis=0) for i in range(len(multi))]
     assert metrics(multi, results_of(multi, mean, 0.5), 0.5)["mIoU"] == pytest.approx(1.0)
     assert metrics(multi, results_of(multi, members[2], 0.5), 0.5)["mIoU"] < 0.9
+    assert label_change(members[0], mean, 0.5) == 0.0
+    moved = np.mean([(s.labels > 0).mean() for s in multi])  # every object pixel changes class
+    assert label_change(members[0], members[2], 0.5) == pytest.approx(moved)
 
 
 class _StubSegmenter:
@@ -90,8 +94,9 @@ def test_member_cache_computes_only_the_new_scenes(scenes, tmp_path):
     again, per_scene = member_scores(seg, base, "s2t100", scenes, tmp_path)
     assert seg.images == 6  # scenes 3..5 only
     assert all(np.array_equal(a, b) for a, b in zip(first, again[:3])) and len(again) == 6
-    cached, per_scene = member_scores(seg, base, "s2t100", scenes[:4], tmp_path)
-    assert seg.images == 6 and np.isnan(per_scene) and len(cached) == 4
+    cached, timing = member_scores(seg, base, "s2t100", scenes[:4], tmp_path)
+    assert seg.images == 6 and len(cached) == 4
+    assert timing == per_scene  # the cached timing: over the 6 scenes computed
     with pytest.raises(RuntimeError, match="do not match"):
         other = [s for s in scenes if len(s.classes) != len(scenes[0].classes)]
         member_scores(seg, base, "s2t100", other[:1], tmp_path)  # another scene: another class count
