@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--val", type=int, default=60, help="the first N val scenes (readouts.py's val scenes)")
     p.add_argument("--members", nargs="*", default=None, help="members to report alone (default: all needed)")
-    p.add_argument("--ensembles", nargs="*", default=None, help="name=m1+m2+... (default: the brief's set)")
+    p.add_argument("--ensembles", nargs="*", default=None, help="name=m1+m2+... (default: ENSEMBLES)")
     p.add_argument("--cache", default=None, help="folder for each member's score maps (reused across runs)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)

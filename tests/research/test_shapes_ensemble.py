@@ -8,6 +8,7 @@ import pytest
 
 from diffsegmenter.config import SegmenterConfig
 from diffsegmenter.result import SegmentationResult
+from research.shapes.components import package_folder
 from research.shapes.ensemble import (
     label_change,
     member_scores,
@@ -16,6 +17,9 @@ from research.shapes.ensemble import (
     parse_member,
     results_of,
     scene_confusions,
+)
+from research.shapes.ensemble import (
+    main as ensemble_main,
 )
 from research.shapes.quality import scenes_of
 from research.shapes.readouts import metrics
@@ -100,3 +104,12 @@ def test_member_cache_computes_only_the_new_scenes(scenes, tmp_path):
     with pytest.raises(RuntimeError, match="do not match"):
         other = [s for s in scenes if len(s.classes) != len(scenes[0].classes)]
         member_scores(seg, base, "s2t100", other[:1], tmp_path)  # another scene: another class count
+
+
+def test_main_refuses_an_out_folder_inside_the_package_and_a_bad_member(tmp_path):
+    with pytest.raises(ValueError, match="member 'seed0'"):  # also before any model is loaded
+        ensemble_main(["--out", str(tmp_path / "run"), "--members", "seed0"])
+    out = package_folder() / "models" / "shapes-ensemble"
+    with pytest.raises(ValueError, match="--out"):  # raised before any model is loaded
+        ensemble_main(["--out", str(out), "--val", "1"])
+    assert not out.exists()
