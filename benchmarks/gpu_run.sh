@@ -12,21 +12,10 @@
 #
 # SPEED=1 also runs the older engine-vs-released-code comparison (benchmarks/speed.py, ~2 minutes) first.
 #
-# The machine may lack diffusers: then its wheel (and importlib_metadata's) must travel in .whl/ (ignored by git; make
-# it where a package index is reachable with `pip download diffusers==0.42.1 importlib_metadata --no-deps -d .whl`
-# and pass carry=[".whl"] to the run).
+# The device machine has no diffusers: its wheel travels in .whl/ (carry=[".whl"]; see benchmarks/gpu_env.sh).
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if ! python3 -c "import diffusers" 2>/dev/null; then
-  if ! ls .whl/diffusers-*.whl >/dev/null 2>&1; then
-    echo "diffusers is not installed and there is no .whl/diffusers-*.whl to install it from (see the header)" >&2
-    exit 1
-  fi
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/diffusers-*.whl .whl/importlib_metadata-*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+source benchmarks/gpu_env.sh || exit 1
 OUTDIR=${OUT:-/tmp}
 BUDGET=${BUDGET:-450}
 COMPILE=${COMPILE-default}

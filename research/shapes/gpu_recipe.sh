@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's training runs in ONE device call (one H200, no network, at most 600 s a command): run from the repository
-# root of a checkout with torch (CUDA), diffusers and transformers installed, with $OUT set to a folder that comes back:
+# root of a checkout on a machine with torch (CUDA) and transformers, with diffusers installed or its wheel in .whl/
+# (carry=[".whl"]; benchmarks/gpu_env.sh), with $OUT set to a folder that comes back:
 #
 #     OUT=/some/empty/folder bash research/shapes/gpu_recipe.sh          # the run tool sets $OUT
 #
@@ -22,7 +23,8 @@ UNET_S=${UNET_S:-170}      # leg 3 wall clock [170]
 TUNE_VAL=${TUNE_VAL:-150}  # val scenes for legs 2 and 4 [150]
 TEST=${TEST:-300}          # test scenes for leg 2 [300]
 WORK=${WORK:-runs/gpu}     # big files (state.pt, checkpoints) stay here, outside $OUT
-export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh || exit 2
 mkdir -p "$OUT" "$WORK"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/recipe.log"; }
 copy_run() {  # run folder -> $OUT/<name>: logs, configs and the chosen model folder (no optimiser state)
@@ -32,7 +34,7 @@ copy_run() {  # run folder -> $OUT/<name>: logs, configs and the chosen model fo
   cp "$run"/best.json "$OUT/$name/" 2>/dev/null
   if [ -d "$run/$pick" ]; then cp -r "$run/$pick" "$OUT/$name/model"; elif [ -d "$run/model" ]; then cp -r "$run/model" "$OUT/$name/model"; fi
 }
-python - <<'EOF' || { log "no CUDA device or packages missing"; exit 2; }
+python3 - <<'EOF' || { log "no CUDA device or packages missing"; exit 2; }
 import torch, diffusers, transformers
 assert torch.cuda.is_available(), "no CUDA device"
 print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name(0))
@@ -40,25 +42,25 @@ EOF
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$OUT/gpu.csv" 2>/dev/null
 
 log "leg 1: MM-DiT, ${DIT_S}s"
-timeout $((DIT_S + 60)) python -m research.shapes.train_mmdit --out "$WORK/mmdit" --device cuda \
+timeout $((DIT_S + 60)) python3 -m research.shapes.train_mmdit --out "$WORK/mmdit" --device cuda \
   --time-budget-s "$DIT_S" --save-every 400 --probe-scenes 64 --keep-best all_blocks > "$OUT/mmdit_stdout.log" 2>&1
 log "leg 1 exit $?"
 copy_run "$WORK/mmdit" mmdit best
 
 log "leg 2: MM-DiT settings on val, test once"
-timeout 150 python -m research.shapes.tune_dit --model "$OUT/mmdit/model" --out "$OUT/mmdit_tune" --val "$TUNE_VAL" \
+timeout 150 python3 -m research.shapes.tune_dit --model "$OUT/mmdit/model" --out "$OUT/mmdit_tune" --val "$TUNE_VAL" \
   --test "$TEST" --device cuda > "$OUT/mmdit_tune_stdout.log" 2>&1
 log "leg 2 exit $?"
 
 log "leg 3: UNet levers, ${UNET_S}s"
-timeout $((UNET_S + 60)) python -m research.shapes.train --out "$WORK/unet" --device cuda --time-budget-s "$UNET_S" \
+timeout $((UNET_S + 60)) python3 -m research.shapes.train --out "$WORK/unet" --device cuda --time-budget-s "$UNET_S" \
   --unet-channels 64,128,128 --unet-heads 4,4,4 --p-drop-position 0.1 --save-every 400 --probe-scenes 64 \
   --keep-best all_levels > "$OUT/unet_stdout.log" 2>&1
 log "leg 3 exit $?"
 copy_run "$WORK/unet" unet best
 
 log "leg 4: new UNet vs shipped on val, shipped settings"
-timeout 90 python - "$OUT/unet/model" "$TUNE_VAL" > "$OUT/unet_vs_shipped.json" 2> "$OUT/unet_vs_shipped.err" <<'EOF'
+timeout 90 python3 - "$OUT/unet/model" "$TUNE_VAL" > "$OUT/unet_vs_shipped.json" 2> "$OUT/unet_vs_shipped.err" <<'EOF'
 import json, sys
 from diffsegmenter import DiffSegmenter
 from diffsegmenter.loading import resolve_model
