@@ -285,12 +285,12 @@ def test_large_vocabularies_run_in_bounded_chunks(tiny_segmenter, monkeypatch) -
 
 
 def test_calls_that_cannot_fit_in_memory_are_refused_up_front() -> None:
-    from diffsegmenter.segmenter import _check_full_size_memory
+    from diffsegmenter.result import check_full_size_memory
 
     photo = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (5000, 8000, 3))  # 40 MP, no memory used
-    _check_full_size_memory([photo], [["cat", "sofa"]])
+    check_full_size_memory([photo.shape[:2]], [["cat", "sofa"]])
     with pytest.raises(MemoryError, match="1000 classes on a 8000x5000 image"):
-        _check_full_size_memory([photo], [[f"c{i}" for i in range(1000)]])
+        check_full_size_memory([photo.shape[:2]], [[f"c{i}" for i in range(1000)]])
 
 
 def test_npz_scores_stay_bounded_for_large_images(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ClassListError", "check_class_names", "short_name"]
+__all__ = ["ClassListError", "check_class_names", "class_lists_per_image", "short_name"]
 
 
 class ClassListError(ValueError):
@@ -67,3 +67,34 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
         seen[key] = clean
         out.append(clean)
     return out
+
+
+def class_lists_per_image(classes: Any, n: int, default: Sequence[str] | None = None) -> list[list[str]]:
+    """One checked class list per image, from what ``DiffSegmenter.segment`` was given.
+
+    Args:
+        classes: one list of names for every image, one list per image (a list of lists), or None (``default``).
+        n (`int`): the number of images.
+        default (`Sequence[str]`, *optional*): the model's own classes, used when ``classes`` is None.
+
+    Returns:
+        `list[list[str]]`: ``n`` lists of whitespace-normalised names (copies: one list per image).
+
+    Raises:
+        ValueError: no classes and no default; a number of lists other than ``n``; a list that breaks
+            :func:`check_class_names`.
+    """
+    if classes is None:
+        if not default:
+            raise ValueError(
+                "no classes given: pass classes=['cat', 'sofa', ...] (with filter='clip' or 'diffusion' to pick "
+                "the present ones from a vocabulary)"
+            )
+        classes = default
+    per_image = not isinstance(classes, str) and isinstance(classes, Sequence) and classes
+    if per_image and all(isinstance(c, (list, tuple)) for c in classes):
+        if len(classes) != n:
+            raise ValueError(f"got {len(classes)} class lists for {n} images; give one list per image or one list")
+        return [check_class_names(c) for c in classes]
+    validated = check_class_names(classes)
+    return [list(validated) for _ in range(n)]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .passes import ClassMaps
     from .prompts import ClassPrompt
 
-__all__ = ["SegmentationResult", "build_results", "DEVICE_RESULT_BYTES"]
+__all__ = ["SegmentationResult", "build_results", "check_full_size_memory", "DEVICE_RESULT_BYTES"]
 
 #: Bytes of full-size scores computed on the device before they are copied to the host (bounds the device memory
 #: the results of one call take).
@@ -130,3 +130,36 @@ def image_scores(
     else:
         scores = torch.zeros(0, h, w)
     return scores, label_with_background(scores, tau).to(torch.int32)
+
+
+#: Estimated bytes per input pixel of :meth:`DiffSegmenter.segment <diffsegmenter.DiffSegmenter.segment>`'s
+#: full-size work: per class (score maps, their upsampling and labelling copies) and per image (the decoded image,
+#: its resize, labels). An over-estimate of the measured 100 bytes per pixel for 4 classes; a call whose estimate
+#: exceeds the machine's RAM is refused up front.
+BYTES_PER_PIXEL_PER_CLASS = 28
+BYTES_PER_PIXEL = 64
+
+
+def check_full_size_memory(sizes: list[tuple[int, int]], class_lists: list[list[str]]) -> None:
+    """Refuse up front a call whose full-size score maps and labels could not fit this machine's memory at all
+    (instead of being killed by the system part-way): estimated with :data:`BYTES_PER_PIXEL_PER_CLASS` and
+    :data:`BYTES_PER_PIXEL`, against the total RAM.
+
+    Args:
+        sizes (`list[tuple[int, int]]`): each image's (height, width) in pixels.
+        class_lists (`list[list[str]]`): each image's classes.
+
+    Raises:
+        MemoryError: naming the image size, the class count, the estimate and the way out.
+    """
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    for (h, w), classes in zip(sizes, class_lists):
+        need = h * w * (BYTES_PER_PIXEL_PER_CLASS * len(classes) + BYTES_PER_PIXEL)
+        if need > total:
+            raise MemoryError(
+                f"segmenting {len(classes)} classes on a {w}x{h} image needs about {need / 1e9:.1f} GB for its "
+                f"full-size score maps, more than this machine's {total / 1e9:.1f} GB of memory: pass fewer classes "
+                "per call (or a filter), or downscale the image"
+            )

@@ -8,6 +8,8 @@ and which passes run and how their maps become class scores is a :mod:`~diffsegm
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,12 +19,12 @@ import numpy as np
 import torch
 
 from .backbones import DiffusionBackbone, StableDiffusionBackbone
-from .classes import check_class_names, short_name
+from .classes import check_class_names, class_lists_per_image, short_name
 from .config import SegmenterConfig, check_tau
 from .decision import PassPlan, class_decision
 from .passes import ClassMaps, PassSpec, attention_pass, run_batched
 from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
-from .result import SegmentationResult, build_results
+from .result import SegmentationResult, build_results, check_full_size_memory
 from .settings import ModelSettings
 from .tokens import ClassTokenError
 from .transfer import to_device
@@ -234,12 +236,12 @@ class DiffSegmenter:
             tau = check_tau(tau, allow_no_background=True)
         # 1. the class lists, checked once before any image; the images as RGB uint8 arrays (refused over the pixel
         #    limit before decoding); a category filter keeps the classes present
-        class_lists = self._class_lists(classes, len(items))
+        class_lists = class_lists_per_image(classes, len(items), self.default_classes)
         for names in dict.fromkeys(tuple(c) for c in class_lists):
             self.check_classes(list(names))
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
         class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
-        _check_full_size_memory(arrays, class_lists)
+        check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
         seed = cfg.seed if seed is None else int(seed)
         tau = cfg.tau if tau is None else float(tau)
         # 2. resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
@@ -369,7 +371,7 @@ class DiffSegmenter:
         """:meth:`encode_latents`, noised to ``config.timestep`` with :meth:`noise_like` of ``seed`` (the same noise
         for all classes of an image): (N, c, h, w) in the backbone's dtype on its device."""
         cfg = self.config
-        kw = {"keep_on_device": True} if _takes_keep_on_device(self.backbone) else {}
+        kw = {"keep_on_device": True} if _takes_keep_on_device(type(self.backbone)) else {}
         z0 = self.backbone.encode_latents(
             images, resolution or self.resolution, sample=cfg.vae_sample, seed=seed, antialias=cfg.antialias, **kw
         )
@@ -445,22 +447,6 @@ class DiffSegmenter:
                 raise ClassTokenError(f"class {short_name(name)!r}: {exc}") from None
         return names
 
-    def _class_lists(self, classes, n: int) -> list[list[str]]:
-        if classes is None:
-            if not self.default_classes:
-                raise ValueError(
-                    "no classes given: pass classes=['cat', 'sofa', ...] (with filter='clip' or 'diffusion' to pick "
-                    "the present ones from a vocabulary)"
-                )
-            classes = self.default_classes
-        per_image = not isinstance(classes, str) and isinstance(classes, Sequence) and classes
-        if per_image and all(isinstance(c, (list, tuple)) for c in classes):
-            if len(classes) != n:
-                raise ValueError(f"got {len(classes)} class lists for {n} images; give one list per image or one list")
-            return [check_class_names(c) for c in classes]
-        validated = check_class_names(classes)
-        return [list(validated) for _ in range(n)]
-
     def _get_filter(self, filter: Any):
         """A filter object from a name (built once by :func:`~diffsegmenter.filters.build_filter`) or the object."""
         if not isinstance(filter, str):
@@ -515,40 +501,8 @@ class DiffSegmenter:
         return work
 
 
-_KEEP_ON_DEVICE: dict[type, bool] = {}
-
-
-def _takes_keep_on_device(backbone: DiffusionBackbone) -> bool:
-    """Whether the backbone's ``encode_latents`` has the ``keep_on_device`` option (a backbone from outside this
-    package may not); looked up once per backbone class."""
-    cls = type(backbone)
-    if cls not in _KEEP_ON_DEVICE:
-        import inspect
-
-        _KEEP_ON_DEVICE[cls] = "keep_on_device" in inspect.signature(backbone.encode_latents).parameters
-    return _KEEP_ON_DEVICE[cls]
-
-
-#: Estimated bytes per input pixel of :meth:`DiffSegmenter.segment`'s full-size work: per class (score maps, their
-#: upsampling and labelling copies) and per image (the decoded image, its resize, labels). An over-estimate of the
-#: measured 100 bytes per pixel for 4 classes; a call whose estimate exceeds the machine's RAM is refused up front.
-BYTES_PER_PIXEL_PER_CLASS = 28
-BYTES_PER_PIXEL = 64
-
-
-def _check_full_size_memory(arrays: list[np.ndarray], class_lists: list[list[str]]) -> None:
-    """Refuse up front a call whose full-size score maps and labels could not fit this machine's memory at all
-    (instead of being killed by the system part-way): estimated with :data:`BYTES_PER_PIXEL_PER_CLASS` and
-    :data:`BYTES_PER_PIXEL`, against the total RAM."""
-    import psutil
-
-    total = int(psutil.virtual_memory().total)
-    for img, classes in zip(arrays, class_lists):
-        h, w = img.shape[:2]
-        need = h * w * (BYTES_PER_PIXEL_PER_CLASS * len(classes) + BYTES_PER_PIXEL)
-        if need > total:
-            raise MemoryError(
-                f"segmenting {len(classes)} classes on a {w}x{h} image needs about {need / 1e9:.1f} GB for its "
-                f"full-size score maps, more than this machine's {total / 1e9:.1f} GB of memory: pass fewer classes "
-                "per call (or a filter), or downscale the image"
-            )
+@functools.cache
+def _takes_keep_on_device(backbone_class: type) -> bool:
+    """Whether a backbone class's ``encode_latents`` has the ``keep_on_device`` option (a backbone from outside this
+    package may not); looked up once per class."""
+    return "keep_on_device" in inspect.signature(backbone_class.encode_latents).parameters
