@@ -187,3 +187,79 @@ def test_regions_scoring_is_read_from_the_model_folder_and_checked(tiny_segmente
         DiffusionFilter(tiny_segmenter, scoring="per-pixel")
     with pytest.raises(ValueError, match="min_region"):
         DiffusionFilter(tiny_segmenter, min_region=1.5)
+
+
+def _zero_denoiser_errors(seg, monkeypatch, timestep=300):
+    """The filter's error maps with a denoiser that predicts 0 everywhere: the mean square of its target, so the
+    target the filter measures against shows (the same for every prompt), with the z0 and noise it used."""
+    import torch
+
+    from diffsegmenter.filters.diffusion import _draw_seed
+
+    monkeypatch.setattr(seg.backbone, "denoise", lambda latents, t, text: torch.zeros_like(latents))
+    flt = DiffusionFilter(seg, timesteps=(timestep,), noise_draws=1, resolution=32)
+    err = flt.error_maps(_image(), ["cat"], (timestep,), 1)[0, 0]  # (K + 1, h, w)
+    z0 = seg.encode_latents([_image()], seg.config.seed, 32)
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(_draw_seed(seg.config.seed, timestep, 0)))
+    assert torch.equal(err[0], err[1])  # a constant prediction: the prompt cannot matter
+    return err[0], z0[0], eps[0]
+
+
+def test_epsilon_models_are_scored_against_the_noise(tiny_segmenter, monkeypatch):
+    err, z0, eps = _zero_denoiser_errors(tiny_segmenter, monkeypatch)
+    assert tiny_segmenter.backbone.scheduler.config.prediction_type == "epsilon"
+    torch_close(err, (eps**2).mean(0))
+
+
+def test_v_prediction_models_are_scored_against_v(tiny_segmenter, monkeypatch):
+    """SD2 at 768² predicts v = sqrt(abar) eps - sqrt(1 - abar) z0; measured against eps its error would be wrong."""
+    from diffusers import DDIMScheduler
+
+    bb = tiny_segmenter.backbone
+    monkeypatch.setattr(
+        bb, "scheduler", DDIMScheduler.from_config(bb.scheduler.config, prediction_type="v_prediction")
+    )
+    err, z0, eps = _zero_denoiser_errors(tiny_segmenter, monkeypatch)
+    abar = bb.scheduler.alphas_cumprod[300]
+    torch_close(err, ((abar**0.5 * eps - (1 - abar) ** 0.5 * z0) ** 2).mean(0))
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_flow_models_are_scored_against_the_velocity(segmenters, name, monkeypatch):
+    """SD3 and FLUX predict the velocity eps - z0."""
+    err, z0, eps = _zero_denoiser_errors(segmenters[name], monkeypatch)
+    torch_close(err, ((eps - z0) ** 2).mean(0))
+
+
+def test_prediction_targets_recover_what_was_noised():
+    """Each target is what its denoiser must predict: from the noisy latents and the exact target, the clean latents
+    and the noise come back (epsilon, v, sample); an unknown prediction type is refused."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from diffsegmenter.backbones.sd import VPSchedule, vp_add_noise, vp_target
+
+    gen = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    t = 400
+    for kind in ("epsilon", "v_prediction", "sample"):
+        sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=kind)
+        ac = VPSchedule().on(sched, z0.device, z0.dtype)
+        zt = vp_add_noise(ac, z0, eps, t)
+        target = vp_target(sched.config, ac, z0, eps, t)
+        a, s = ac[t] ** 0.5, (1 - ac[t]) ** 0.5
+        if kind == "epsilon":
+            torch_close(target, eps)
+        elif kind == "sample":
+            torch_close(target, z0)
+        else:  # v: eps = s z_t + a v and z0 = a z_t - s v
+            torch_close(s * zt + a * target, eps)
+            torch_close(a * zt - s * target, z0)
+    with pytest.raises(ValueError, match="unknown prediction_type 'flow'"):
+        vp_target({"prediction_type": "flow"}, ac, z0, eps, t)
+
+
+def torch_close(a, b):
+    import torch
+
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -196,6 +196,23 @@ class DiffusionBackbone(ABC):
             `torch.Tensor`: (N, c, h, w) noisy latents, on the inputs' device and in their dtype.
         """
 
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
+        """What :meth:`denoise` would ideally return for :meth:`add_noise` ``(latents, noise, timestep)``: its
+        training target (the noise for epsilon prediction, v for v prediction, the velocity ``noise - latents`` for
+        flow matching). Denoising errors are measured against it (the diffusion category filter).
+
+        This default is the noise (epsilon prediction); the families override it where they predict something else.
+
+        Args:
+            latents (`torch.Tensor`): (N, c, h, w) clean latents.
+            noise (`torch.Tensor`): (N, c, h, w) the noise they were noised with, same device and dtype.
+            timestep (`int` or `FlowSigma`): as given to :meth:`add_noise`.
+
+        Returns:
+            `torch.Tensor`: (N, c, h, w), on the inputs' device and in their dtype.
+        """
+        return noise
+
     # ------------------------------------------------------------------ text
     @abstractmethod
     def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 
 from ..joint_attention import capture_wrapped
 from .base import DiffusionBackbone, FlowSigma, Sampler
-from .sd import VPSchedule, ddim_sampler, vae_decode, vae_latents, vp_add_noise
+from .sd import VPSchedule, ddim_sampler, vae_decode, vae_latents, vp_add_noise, vp_target
 
 __all__ = ["TransformerBackbone", "FlowMatchSampler", "flow_sigma", "sigma_of", "DIT_LEVEL_WEIGHTS"]
 
@@ -211,6 +211,12 @@ class TransformerBackbone(DiffusionBackbone):
             return vp_add_noise(schedule, latents, noise, int(timestep))
         sigma = sigma_of(timestep)
         return (1.0 - sigma) * latents + sigma * noise
+
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int | FlowSigma) -> torch.Tensor:
+        if self.flow:
+            return noise - latents  # the velocity d x_sigma / d sigma
+        schedule = self._vp_schedule.on(self.scheduler, latents.device, latents.dtype)
+        return vp_target(self.scheduler.config, schedule, latents, noise, int(timestep))
 
     # ------------------------------------------------------------------ generation (editing)
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

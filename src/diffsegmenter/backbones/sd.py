@@ -88,6 +88,10 @@ class StableDiffusionBackbone(DiffusionBackbone):
         schedule = self._vp_schedule.on(self.scheduler, latents.device, latents.dtype)
         return vp_add_noise(schedule, latents, noise, timestep)
 
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        schedule = self._vp_schedule.on(self.scheduler, latents.device, latents.dtype)
+        return vp_target(self.scheduler.config, schedule, latents, noise, timestep)
+
     def encode_ids(self, input_ids: Sequence[int], text: str | None = None) -> torch.Tensor:
         x = torch.tensor([list(input_ids)], device=self.text_encoder.device)
         return self.text_encoder(x)[0][0].to(self.dtype)
@@ -169,6 +173,37 @@ def vp_add_noise(
     if not 0 <= t < n:
         raise ValueError(f"timestep {t} is outside the model's schedule [0, {n}); pick a timestep in that range")
     return alphas_cumprod[t] ** 0.5 * latents + (1 - alphas_cumprod[t]) ** 0.5 * noise
+
+
+def vp_target(
+    config, alphas_cumprod: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timestep: int
+) -> torch.Tensor:
+    r"""The training target of a DDPM-family denoiser for :func:`vp_add_noise` ``(latents, noise, timestep)``, by the
+    scheduler config's ``prediction_type``: ``"epsilon"`` (SD1, SDXL, PixArt) the noise; ``"v_prediction"`` (SD2 at
+    768²) :math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,z_0`; ``"sample"`` :math:`z_0`.
+
+    Args:
+        config: the scheduler's config (``prediction_type``; a missing one means ``"epsilon"``, diffusers' default).
+        alphas_cumprod, latents, noise, timestep: as :func:`vp_add_noise`.
+
+    Returns:
+        `torch.Tensor`: the shape, dtype and device of ``latents``.
+
+    Raises:
+        ValueError: a prediction type other than these three.
+    """
+    kind = config.get("prediction_type", "epsilon") if hasattr(config, "get") else "epsilon"
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return latents
+    if kind == "v_prediction":
+        t = int(timestep)
+        return alphas_cumprod[t] ** 0.5 * noise - (1 - alphas_cumprod[t]) ** 0.5 * latents
+    raise ValueError(
+        f"unknown prediction_type {kind!r} in the model's scheduler config: expected 'epsilon', 'v_prediction' or "
+        "'sample'"
+    )
 
 
 class VPSchedule:

@@ -5,7 +5,8 @@ class's pixels*, so naming it lowers the denoising error there compared with the
 
     r_c(p) = E_{t, eps} [ err_empty(p) - err_c(p) ] / E_{t, eps, p} [ err_empty(p) ]
 
-with err_x(p) = mean over latent channels of (eps_theta(z_t, t, x) - eps)^2 at latent pixel p, averaged over a few
+with err_x(p) = mean over latent channels of (pred_theta(z_t, t, x) - target)^2 at latent pixel p (target: what the
+family's denoiser is trained to predict: the noise eps, v, or the flow velocity eps - z_0), averaged over a few
 timesteps and noise draws (the same draws for every prompt, so the noise cancels in the difference). Two ways to
 turn the maps into presence (``scoring``):
 
@@ -136,7 +137,7 @@ class DiffusionFilter:
             for _ in range(self.noise_draws):
                 eps = torch.randn(z0.shape, generator=gen)
                 zt = backbone.add_noise(z0, eps, t)
-                err_sum += self._errors(zt, eps, t, text)
+                err_sum += self._errors(zt, backbone.prediction_target(z0, eps, t), t, text)
         err = err_sum / (len(self.timesteps) * self.noise_draws)
         scale = err[0].mean().clamp_min(1e-8)
         return (err[0:1] - err[1:]) / scale
@@ -169,7 +170,8 @@ class DiffusionFilter:
             for d in range(noise_draws):
                 gen = torch.Generator().manual_seed(_draw_seed(seed, int(t), d))
                 eps = torch.randn(z0.shape, generator=gen)
-                out[i, d] = self._errors(backbone.add_noise(z0, eps, int(t)), eps, int(t), text)
+                target = backbone.prediction_target(z0, eps, int(t))
+                out[i, d] = self._errors(backbone.add_noise(z0, eps, int(t)), target, int(t), text)
         return out
 
     def _texts(self, vocabulary: list[str]) -> torch.Tensor:
@@ -189,7 +191,10 @@ class DiffusionFilter:
         res = self.seg.segment(np.ascontiguousarray(image), classes=list(vocabulary))
         return torch.from_numpy(np.asarray(res.labels) > 0)
 
-    def _errors(self, zt: torch.Tensor, eps: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
+    def _errors(self, zt: torch.Tensor, target: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
+        """(K + 1, h, w) squared error of the denoiser's prediction against its training ``target`` (the backbone's
+        :meth:`~diffsegmenter.backbones.DiffusionBackbone.prediction_target`: noise, v or velocity), mean over
+        channels, one row per text; ``zt`` and ``target`` are (1, c, h, w) float32 on the CPU."""
         backbone = self.seg.backbone
         out = []
         for start in range(0, text.shape[0], self.batch_size):
@@ -197,7 +202,7 @@ class DiffusionFilter:
             n = chunk.shape[0]
             latents = zt.expand(n, -1, -1, -1).to(backbone.device, backbone.dtype)
             pred = backbone.denoise(latents, t, chunk)
-            out.append(((pred.float().cpu() - eps) ** 2).mean(dim=1))
+            out.append(((pred.float().cpu() - target) ** 2).mean(dim=1))
         return torch.cat(out)
 
     def select(self, image: np.ndarray, vocabulary: list[str]) -> FilterDecision:
