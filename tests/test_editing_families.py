@@ -168,8 +168,7 @@ def _pipeline_latents(name, bb, start, cond, empty, steps, guidance):
         )  # fmt: skip
         d = int(bb.text_encoder_2.config.projection_dim)
         kw = {"prompt_embeds": cond[:, :-1], "pooled_prompt_embeds": cond[:, -1, :d], "latents": start}
-        kw |= {"negative_prompt_embeds": empty[:, :-1], "negative_pooled_prompt_embeds": empty[:, -1, :d]}
-        kw["guidance_scale"] = guidance
+        kw["guidance_scale"] = guidance  # no negative prompt: the pipeline's own (force_zeros_for_empty_prompt: zeros)
     else:  # pixart: the padding rows are zero in our embeddings, so the mask is where they are not
         pipe = diffusers.PixArtSigmaPipeline(
             tokenizer=bb.tokenizer, text_encoder=bb.text_encoder, vae=bb.vae, transformer=bb.transformer,

@@ -94,3 +94,27 @@ def test_pixart_backbone_with_dpm_solver_noises_at_t(segmenters):
     z, eps = _pair()
     ac = bb.scheduler.alphas_cumprod[100]
     torch.testing.assert_close(bb.add_noise(z, eps, 100), ac**0.5 * z + (1 - ac) ** 0.5 * eps, rtol=1e-6, atol=1e-6)
+
+
+def test_sdxl_unconditional_embedding_follows_the_pipeline_flag(family_folders, tmp_path):
+    """SDXL base's model_index.json says force_zeros_for_empty_prompt (its pipeline's unconditional input is zeros,
+    prompt and pooled); a folder that says false (the refiner) keeps the encoded empty prompt. Editing's guidance
+    and the diffusion filter's baseline use it."""
+    import json
+    import shutil
+
+    from diffsegmenter.loading import load_backbone
+
+    base, _ = load_backbone(family_folders["sdxl"])
+    assert json.loads((family_folders["sdxl"] / "model_index.json").read_text())["force_zeros_for_empty_prompt"]
+    assert base.force_zeros_for_empty_prompt
+    uncond = base.unconditional_embedding()
+    assert uncond.shape == base.empty_embedding().shape and not uncond.any()
+    assert base.empty_embedding().any()
+
+    refiner = tmp_path / "sdxl_no_zeros"
+    shutil.copytree(family_folders["sdxl"], refiner)
+    index = json.loads((refiner / "model_index.json").read_text())
+    (refiner / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": False}))
+    kept, _ = load_backbone(refiner)
+    assert torch.equal(kept.unconditional_embedding(), kept.empty_embedding())

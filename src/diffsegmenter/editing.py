@@ -7,14 +7,15 @@
    inner edge over ``feather`` pixels (:func:`feather_mask`);
 3. blended latent diffusion (Avrahami et al., 2023) with the loaded backbone, no inpainting weights: from the image's
    latents noised to the first step (``strength`` of the way to pure noise), every reverse step is guided by the
-   prompt (classifier-free guidance against the empty prompt) and then the latents outside the mask are replaced by
+   prompt (classifier-free guidance against the model's unconditional embedding: the empty prompt's, zeros for
+   SDXL base as its pipeline) and then the latents outside the mask are replaced by
    the original latents noised to the next step (the clean ones after the last);
 4. decode, resize to the input size and paste the original pixels back outside the mask (a weighted mean in the
    feathered band): pixels outside the dilated mask are exactly the input's; inside they carry the VAE's round-trip
    error besides the edit (:func:`vae_round_trip_error` measures it).
 
 Only the backbone's public operations are used (``encode_latents``, ``noise_like``, ``add_noise``, ``denoise``,
-``empty_embedding``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so every backbone family
+``unconditional_embedding``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so every backbone family
 that implements them can edit. The mask helpers are pure tensor functions.
 
 The command line's ``edit`` subcommand (arguments in, files out) is :mod:`diffsegmenter.cli.edit`.
@@ -62,7 +63,8 @@ class EditSettings:
         dilate (`int`): pixels the target's mask grows by (disk), >= 0.
         feather (`int`): pixels over which the pasted edit fades out inside the dilated mask's edge, >= 0.
         steps (`int`): reverse-process steps of the full schedule, >= 1 (``strength`` of them run).
-        guidance (`float`): classifier-free guidance scale against the empty prompt, >= 0 (1 = no guidance).
+        guidance (`float`): classifier-free guidance scale against the unconditional embedding, >= 0 (1 = no
+            guidance).
         strength (`float`): in (0, 1]: how far towards pure noise the masked region starts (1 = from noise).
         resolution (`int | None`): side length the edit runs at; None = the backbone's native resolution.
         candidates (`int`): edits tried per image, >= 1: candidate k uses noise seed ``seed + k``. With more than
@@ -274,7 +276,7 @@ def blended_latent_edit(
     timesteps = list(sampler.timesteps)
     timesteps = timesteps[len(timesteps) - max(1, int(round(len(timesteps) * s.strength))) :]
     cond = torch.stack([backbone.prompt_embedding(p) for p in prompts])
-    empty = backbone.empty_embedding()[None].expand(n, *cond.shape[1:])
+    empty = backbone.unconditional_embedding()[None].expand(n, *cond.shape[1:])
     text = cond if s.guidance == 1.0 else torch.cat([empty, cond])
     x = backbone.add_noise(z0, noise, timesteps[0])
     from tqdm.auto import tqdm

@@ -178,7 +178,8 @@ def load_backbone(
     index = read_model_index(src, local_files_only)
     parts = _load_listed(src, index, _FAMILY_PARTS[family], device, dtype, local_files_only)
     if family == "sdxl":
-        bb = backbones.StableDiffusionXLBackbone(**parts)
+        zeros = bool(index.get("force_zeros_for_empty_prompt", True))  # StableDiffusionXLPipeline's default
+        bb = backbones.StableDiffusionXLBackbone(**parts, force_zeros_for_empty_prompt=zeros)
     elif family == "sd3":
         bb = backbones.StableDiffusion3Backbone(**parts)
     elif family == "flux":

@@ -241,6 +241,13 @@ class DiffusionBackbone(ABC):
         return self._text_cache[key]
 
     @torch.inference_mode()
+    def unconditional_embedding(self) -> torch.Tensor:
+        """The text embedding the model was trained with for *no prompt*: classifier-free guidance's unconditional
+        input (editing) and the diffusion filter's baseline. The empty prompt's encoding (:meth:`empty_embedding`),
+        except where the family's pipeline zeroes it (SDXL's ``force_zeros_for_empty_prompt``). (T, D) in
+        :attr:`dtype`."""
+        return self.empty_embedding()
+
     def encode_text(
         self,
         input_ids: Sequence[int],

@@ -32,14 +32,32 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
             class tokens; its ids feed both encoders, padding swapped to ``tokenizer_2``'s pad token).
         text_encoder_2 (`CLIPTextModelWithProjection`): the second encoder (its pooled projection conditions too).
         tokenizer_2 (`CLIPTokenizer`): its tokenizer (same vocabulary; only its pad token is read).
+        force_zeros_for_empty_prompt (`bool`, *optional*, defaults to `True`): the pipeline's flag (its
+            ``model_index.json``; True for SDXL base, False for the refiner): the unconditional text embedding is
+            zeros (prompt and pooled), as ``StableDiffusionXLPipeline`` uses without a negative prompt.
     """
 
     family = "sdxl"
 
-    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, text_encoder_2, tokenizer_2) -> None:
+    def __init__(
+        self,
+        vae,
+        unet,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        text_encoder_2,
+        tokenizer_2,
+        force_zeros_for_empty_prompt: bool = True,
+    ) -> None:
         super().__init__(vae, unet, text_encoder, tokenizer, scheduler)
         self.text_encoder_2 = text_encoder_2.eval().requires_grad_(False)
         self.tokenizer_2 = tokenizer_2
+        self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+
+    def unconditional_embedding(self) -> torch.Tensor:
+        empty = self.empty_embedding()
+        return torch.zeros_like(empty) if self.force_zeros_for_empty_prompt else empty
 
     @property
     def default_level_weights(self) -> dict[int, float]:

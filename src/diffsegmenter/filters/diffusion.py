@@ -175,11 +175,12 @@ class DiffusionFilter:
         return out
 
     def _texts(self, vocabulary: list[str]) -> torch.Tensor:
-        """(K + 1, T, D): the empty prompt's embedding, then each class prompt's (the segmenter's template)."""
+        """(K + 1, T, D): the model's unconditional embedding (the empty prompt's; zeros for SDXL base), then each
+        class prompt's (the segmenter's template)."""
         seg = self.seg
         cfg = seg.config
         backbone = seg.backbone
-        texts = [backbone.empty_embedding()]
+        texts = [backbone.unconditional_embedding()]
         for i, name in enumerate(vocabulary):
             texts.append(
                 seg.encode_prompt(per_class_prompt(backbone.tokenizer, name, i, cfg.template, cfg.class_phrase))
