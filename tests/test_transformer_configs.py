@@ -1,0 +1,122 @@
+"""The transformer backbones against what diffusers computes, for the config flags the public checkpoints set and the
+tiny builders used to leave at their defaults: FLUX's rotary embedding in the captured maps, SD3.5's q/k norms and
+dual attention. The reference is the model itself: every ``scaled_dot_product_attention`` call of its forward is
+recorded, and the captured image->text maps must be the softmax of those queries and keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffsegmenter.attention import AttentionStore
+
+from .family_builders import _clip, _t5, _vae
+
+
+def _record_sdpa(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Record (query, key, output) of every ``torch.nn.functional.scaled_dot_product_attention`` call,
+    (B, heads, S, d) each, whether the arguments come by position (SD3's processor) or by keyword (diffusers'
+    attention dispatch, FLUX)."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        names = ("query", "key", "value")
+        given = dict(zip(names, args)) | {n: kwargs.pop(n) for n in names if n in kwargs}
+        out = sdpa(given["query"], given["key"], given["value"], *args[3:], **kwargs)
+        calls.append((given["query"].detach().clone(), given["key"].detach().clone(), out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    return calls
+
+
+def _image_to_text(query, key, n_img: int, text_first: bool) -> torch.Tensor:
+    """The head-averaged image->text block of ``softmax(q k^T / sqrt(d))`` of one recorded joint layer: (B, N, T)."""
+    p = torch.softmax(query.float() @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5, dim=-1)
+    s = key.shape[2]
+    return (p[:, :, -n_img:, : s - n_img] if text_first else p[:, :, :n_img, n_img:]).mean(1)
+
+
+def _captured_layers(bb, latents, text, store, monkeypatch):
+    """Run one denoiser forward capturing every block; return the recorded SDPA calls of the joint layers."""
+    n_img = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
+    with torch.inference_mode():
+        text = text.to(bb.device, bb.dtype)
+        calls = _record_sdpa(monkeypatch)
+        every = list(range(bb.num_blocks()))
+        with bb.capture(store, blocks=every, self_blocks=[]):
+            bb.denoise(latents, 100, text)
+    return [c for c in calls if c[1].shape[2] > n_img], n_img  # image-only attention (SD3.5's attn2) is not read
+
+
+@pytest.mark.parametrize("head_weighting", [None, "cosine"])
+def test_flux_captured_maps_are_the_models_softmax_with_its_rotary_embedding(segmenters, monkeypatch, head_weighting):
+    # FluxAttention.forward hands the rotary embedding to its processor positionally: a wrapper that let it fall into
+    # *args computed the maps of an un-rotated q.k while the model attended with the rotated one
+    bb = segmenters["flux"].backbone
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    store = AttentionStore(latent_size=(16, 16), keep_layers=head_weighting is None, head_weighting=head_weighting)
+    layers, n_img = _captured_layers(bb, z, bb.empty_embedding()[None], store, monkeypatch)
+    assert len(layers) == bb.num_blocks()  # double- and single-stream blocks
+    expected = [_image_to_text(q, k, n_img, text_first=True) for q, k, _ in layers]
+    if head_weighting is None:
+        for (_, got), ref in zip(store.layer_maps, expected, strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    else:  # the weighted read-out's capture keeps the plain head average of the same probabilities in cross_sum
+        torch.testing.assert_close(store.cross_sum[2], torch.stack(expected).sum(0), atol=1e-6, rtol=1e-5)
+
+
+def test_flux_concept_readout_attends_with_the_rotated_image_keys(segmenters, monkeypatch):
+    from diffsegmenter.joint_attention import capture_concepts
+
+    bb = segmenters["flux"].backbone
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    store = AttentionStore(latent_size=(16, 16))
+    concepts = torch.randn(1, 2, int(bb.transformer.config.joint_attention_dim))
+    with torch.inference_mode():
+        text = bb.empty_embedding()[None]
+        calls = _record_sdpa(monkeypatch)
+        with capture_concepts(bb.transformer, store, concepts, [0]):
+            bb.denoise(z, 100, text)
+    # block 0: the image tokens' attention output the read-out computes (64 image queries over all keys), then the
+    # model's own joint attention (every token a query)
+    seq = next(k.shape[2] for q, k, _ in calls if q.shape[2] == k.shape[2])
+    _, ours_k, ours_out = next(c for c in calls if c[0].shape[2] == 64 and c[1].shape[2] == seq)
+    _, model_k, model_out = next(c for c in calls if c[0].shape[2] == seq)
+    torch.testing.assert_close(ours_k, model_k)
+    torch.testing.assert_close(ours_out, model_out[:, :, -64:])
+
+
+def _sd35_medium_like():
+    """A tiny SD3.5-medium layout: RMS q/k norms, dual attention (attn2) in the first block, a final
+    context-pre-only block, pos_embed_max_size set."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    from diffsegmenter.backbones import StableDiffusion3Backbone
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32, out_channels=4,
+        qk_norm="rms_norm", dual_attention_layers=(0,), pos_embed_max_size=32,
+    )  # fmt: skip
+    te, tok = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
+    te2, tok2 = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
+    te3, tok3 = _t5()
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    vae = _vae(shift_factor=0.1, scaling_factor=1.5)
+    return StableDiffusion3Backbone(vae, transformer, te, tok, te2, tok2, sched, te3, tok3)
+
+
+def test_sd35_qk_norms_and_dual_attention_are_in_the_captured_maps(monkeypatch):
+    bb = _sd35_medium_like()
+    assert "transformer_blocks.0.attn2.processor" in bb.transformer.attn_processors
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    store = AttentionStore(latent_size=(16, 16), keep_layers=True)
+    layers, n_img = _captured_layers(bb, z, bb.empty_embedding()[None], store, monkeypatch)
+    assert len(layers) == len(store.layer_maps) == 3  # the joint layers only, attn2 is image-only
+    for (_, got), (q, k, _) in zip(store.layer_maps, layers, strict=True):
+        torch.testing.assert_close(got, _image_to_text(q, k, n_img, text_first=False), atol=1e-6, rtol=1e-5)
