@@ -171,7 +171,8 @@ def _pipeline_latents(name, bb, start, cond, empty, steps, guidance):
         kw |= {"negative_prompt_embeds": empty[:, :-1], "negative_pooled_prompt_embeds": empty[:, -1, :d]}
         kw["guidance_scale"] = guidance
     else:  # pixart: the padding rows are zero in our embeddings, so the mask is where they are not
-        pipe = diffusers.PixArtSigmaPipeline(
+        pixart = diffusers.PixArtAlphaPipeline if name == "pixart_alpha" else diffusers.PixArtSigmaPipeline
+        pipe = pixart(
             tokenizer=bb.tokenizer, text_encoder=bb.text_encoder, vae=bb.vae, transformer=bb.transformer,
             scheduler=bb.sampler(steps).scheduler,
         )  # fmt: skip

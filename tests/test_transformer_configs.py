@@ -120,3 +120,46 @@ def test_sd35_qk_norms_and_dual_attention_are_in_the_captured_maps(monkeypatch):
     assert len(layers) == len(store.layer_maps) == 3  # the joint layers only, attn2 is image-only
     for (_, got), (q, k, _) in zip(store.layer_maps, layers, strict=True):
         torch.testing.assert_close(got, _image_to_text(q, k, n_img, text_first=False), atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------- PixArt
+def _pixart_pipeline(name, bb):
+    import diffusers
+
+    cls = diffusers.PixArtAlphaPipeline if name == "pixart_alpha" else diffusers.PixArtSigmaPipeline
+    sched = diffusers.DDIMScheduler.from_config(bb.scheduler.config)
+    pipe = cls(
+        tokenizer=bb.tokenizer, text_encoder=bb.text_encoder, vae=bb.vae, transformer=bb.transformer, scheduler=sched
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("name", ["pixart", "pixart_alpha"])
+def test_pixart_micro_conditions_are_the_pipelines_on_a_non_square_image(segmenters, name):
+    # PixArt-α 1024 (sample size 128, use_additional_conditions unset -> on) embeds the image's resolution and aspect
+    # ratio; given None it fails inside diffusers ('NoneType' object has no attribute 'flatten')
+    bb = segmenters[name].backbone
+    assert bb.transformer.use_additional_conditions is (name == "pixart_alpha")
+    seen = []
+    hook = bb.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            cond = bb.prompt_embedding("a dog on grass")[None]
+            _pixart_pipeline(name, bb)(
+                prompt_embeds=cond, prompt_attention_mask=(cond != 0).any(-1).long(), height=32, width=24,
+                num_inference_steps=1, guidance_scale=1.0, output_type="latent", use_resolution_binning=False,
+            )  # fmt: skip
+    finally:
+        hook.remove()
+    latents = torch.randn(1, 4, 16, 12, generator=torch.Generator().manual_seed(0))
+    ours = bb.micro_conditions(latents)
+    for key in ("resolution", "aspect_ratio"):
+        if seen[0][key] is None:
+            assert ours[key] is None
+        else:
+            torch.testing.assert_close(ours[key], seen[0][key])
+    with torch.inference_mode():
+        assert bb.denoise(latents, 100, cond).shape == latents.shape

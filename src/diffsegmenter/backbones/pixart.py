@@ -1,7 +1,8 @@
 """PixArt-Σ (and -α) (``PixArtTransformer2DModel``) as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
 
 A DiT with ordinary cross-attention (``attn2``) to T5 tokens (300 for Σ, ``PixArtSigmaPipeline``'s
-``max_sequence_length``; no BOS) with the padding masked, and image self-attention (``attn1``). Class tokens are
+``max_sequence_length``; no BOS) with the padding masked, and image self-attention (``attn1``). PixArt-α 1024 also
+takes the image's resolution and aspect ratio (:meth:`PixArtBackbone.micro_conditions`). Class tokens are
 placed with the T5 tokenizer. The text embedding's padding rows are zeroed and the mask is recovered from them at the
 denoiser call (a real token's embedding is never all zeros), so the mask travels with the embedding. Noise: the
 variance-preserving input at t from the scheduler's ``alphas_cumprod`` (PixArt's linear betas;
@@ -52,6 +53,20 @@ class PixArtBackbone(TransformerBackbone):
         z = self.text_encoder(torch.tensor([ids], device=self.text_encoder.device), attention_mask=mask)[0][0]
         return (z * mask[0, :, None]).to(self.dtype)
 
+    def micro_conditions(self, latents: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """``added_cond_kwargs`` for latents of this size, as ``PixArtAlphaPipeline`` passes them: with the
+        transformer's ``use_additional_conditions`` (diffusers turns it on for sample size 128, PixArt-α 1024, whose
+        config does not set it; PixArt-Σ's sets it off) the image's pixel ``resolution`` (B, 2) ``[height, width]``
+        and ``aspect_ratio`` (B, 1) ``height / width`` in :attr:`dtype` on the latents' device; else None for both.
+        """
+        if not getattr(self.transformer, "use_additional_conditions", False):
+            return {"resolution": None, "aspect_ratio": None}
+        b = latents.shape[0]
+        h, w = (int(s) * self.vae_scale for s in latents.shape[-2:])
+        kw = {"device": latents.device, "dtype": self.dtype}  # filled on the device: no copy from the host
+        resolution = torch.stack([torch.full((b,), float(h), **kw), torch.full((b,), float(w), **kw)], dim=1)
+        return {"resolution": resolution, "aspect_ratio": torch.full((b, 1), h / w, **kw)}
+
     def denoise(self, latents: torch.Tensor, timestep: int, text: torch.Tensor) -> torch.Tensor:
         b, c = latents.shape[:2]
         mask = (text != 0).any(dim=-1).to(self.dtype)
@@ -60,7 +75,7 @@ class PixArtBackbone(TransformerBackbone):
             encoder_hidden_states=text,
             encoder_attention_mask=mask,
             timestep=torch.full((b,), int(timestep), device=self.device, dtype=torch.long),
-            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            added_cond_kwargs=self.micro_conditions(latents),
             return_dict=False,
         )[0]
         return out[:, :c] if out.shape[1] == 2 * c else out
