@@ -163,3 +163,17 @@ def test_pixart_micro_conditions_are_the_pipelines_on_a_non_square_image(segment
             torch.testing.assert_close(ours[key], seen[0][key])
     with torch.inference_mode():
         assert bb.denoise(latents, 100, cond).shape == latents.shape
+
+
+@pytest.mark.parametrize(("name", "length"), [("pixart", 300), ("pixart_alpha", 120)])
+def test_pixart_text_embedding_is_the_pipelines(segmenters, name, length):
+    # PixArtAlphaPipeline reads 120 T5 tokens, PixArtSigmaPipeline 300 (their max_sequence_length defaults)
+    bb = segmenters[name].backbone
+    prompt = "a dog on grass"
+    with torch.inference_mode():
+        emb, mask, _, _ = _pixart_pipeline(name, bb).encode_prompt(
+            prompt, do_classifier_free_guidance=False, clean_caption=False
+        )
+        ours = bb.prompt_embedding(prompt)
+    assert ours.shape[0] == emb.shape[1] == length
+    torch.testing.assert_close(ours, emb[0] * mask[0, :, None])  # padding rows zero: the mask travels with them

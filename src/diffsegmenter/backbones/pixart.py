@@ -1,8 +1,8 @@
-"""PixArt-Σ (and -α) (``PixArtTransformer2DModel``) as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
+"""PixArt-Σ and -α (``PixArtTransformer2DModel``) as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
 
-A DiT with ordinary cross-attention (``attn2``) to T5 tokens (300 for Σ, ``PixArtSigmaPipeline``'s
-``max_sequence_length``; no BOS) with the padding masked, and image self-attention (``attn1``). PixArt-α 1024 also
-takes the image's resolution and aspect ratio (:meth:`PixArtBackbone.micro_conditions`). Class tokens are
+A DiT with ordinary cross-attention (``attn2``) to T5 tokens (the pipelines' ``max_sequence_length``: 300 for Σ,
+120 for α; no BOS) with the padding masked, and image self-attention (``attn1``). PixArt-α 1024 also takes the
+image's resolution and aspect ratio (:meth:`PixArtBackbone.micro_conditions`). Class tokens are
 placed with the T5 tokenizer. The text embedding's padding rows are zeroed and the mask is recovered from them at the
 denoiser call (a real token's embedding is never all zeros), so the mask travels with the embedding. Noise: the
 variance-preserving input at t from the scheduler's ``alphas_cumprod`` (PixArt's linear betas;
@@ -19,14 +19,21 @@ import torch
 from ..joint_attention import PixArtCrossCaptureProcessor, PixArtSelfCaptureProcessor
 from .dit import TransformerBackbone, t5_tokenizer
 
-__all__ = ["PixArtBackbone", "PIXART_T5_LENGTH"]
+__all__ = ["PixArtBackbone", "PIXART_T5_LENGTH", "PIXART_ALPHA_T5_LENGTH"]
 
-#: ``PixArtSigmaPipeline``'s default ``max_sequence_length`` (PixArt-α: 120).
+#: ``PixArtSigmaPipeline``'s default ``max_sequence_length``.
 PIXART_T5_LENGTH = 300
+#: ``PixArtAlphaPipeline``'s (PixArt-α was trained on 120 T5 tokens); the loader picks it for such folders.
+PIXART_ALPHA_T5_LENGTH = 120
 
 
 class PixArtBackbone(TransformerBackbone):
-    """PixArt-Σ: VAE, DiT with cross-attention to T5, DDPM noise."""
+    """PixArt-Σ or -α: VAE, DiT with cross-attention to T5, DDPM noise.
+
+    Args:
+        max_length (`int`, *optional*, defaults to 300): the T5 text length, the pipeline's ``max_sequence_length``
+            (:data:`PIXART_T5_LENGTH` for Σ, :data:`PIXART_ALPHA_T5_LENGTH` for α).
+    """
 
     family = "pixart"
     flow = False
