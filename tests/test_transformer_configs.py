@@ -177,3 +177,25 @@ def test_pixart_text_embedding_is_the_pipelines(segmenters, name, length):
         ours = bb.prompt_embedding(prompt)
     assert ours.shape[0] == emb.shape[1] == length
     torch.testing.assert_close(ours, emb[0] * mask[0, :, None])  # padding rows zero: the mask travels with them
+
+
+# ---------------------------------------------------------------------------------------------------------- FLUX
+@pytest.mark.parametrize(("name", "length"), [("flux", 256), ("flux_dev", None)])
+def test_flux_text_embedding_is_the_pipelines(segmenters, name, length):
+    # dev (guidance embeddings) reads FluxPipeline's default 512 T5 tokens, schnell the 256 of its model card; FLUX
+    # does not mask the padding, so the length changes the prediction
+    import diffusers
+
+    bb = segmenters[name].backbone
+    pipe = diffusers.FluxPipeline(
+        scheduler=bb.scheduler, vae=bb.vae, text_encoder=bb.clip, tokenizer=bb.clip_tokenizer, text_encoder_2=bb.t5,
+        tokenizer_2=bb.tokenizer, transformer=bb.transformer,
+    )  # fmt: skip
+    prompt = "a dog on grass"
+    with torch.inference_mode():
+        kw = {} if length is None else {"max_sequence_length": length}
+        emb, pooled, _ = pipe.encode_prompt(prompt, prompt_2=None, **kw)
+        ours = bb.prompt_embedding(prompt)
+    assert ours.shape[0] - 1 == emb.shape[1] == (length or 512)
+    torch.testing.assert_close(ours[:-1], emb[0])
+    torch.testing.assert_close(ours[-1, : pooled.shape[-1]], pooled[0])
