@@ -1,7 +1,9 @@
 """The transformer backbones against what diffusers computes, for the config flags the public checkpoints set and the
-tiny builders used to leave at their defaults: FLUX's rotary embedding in the captured maps, SD3.5's q/k norms and
-dual attention. The reference is the model itself: every ``scaled_dot_product_attention`` call of its forward is
-recorded, and the captured image->text maps must be the softmax of those queries and keys."""
+tiny builders used to leave at their defaults. Attention: every ``scaled_dot_product_attention`` call of the model's
+forward is recorded, and the captured maps must be the softmax of those queries and keys (FLUX's rotary embedding,
+SD3.5's q/k norms and dual attention, PixArt's padding bias). Text: each backbone's embedding must be its
+pipeline's ``encode_prompt`` output (T5 lengths per model, SD3's two CLIP paddings); PixArt-α's micro-conditions
+the ones ``PixArtAlphaPipeline`` passes."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from diffsegmenter.attention import AttentionStore
 from .family_builders import _clip, _t5, _vae
 
 
-def _record_sdpa(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Record (query, key, output) of every ``torch.nn.functional.scaled_dot_product_attention`` call,
-    (B, heads, S, d) each, whether the arguments come by position (SD3's processor) or by keyword (diffusers'
-    attention dispatch, FLUX)."""
+def _record_sdpa(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Record (query, key, output, attn_mask) of every ``torch.nn.functional.scaled_dot_product_attention`` call,
+    (B, heads, S, d) each (the mask as given, or None), whether the arguments come by position (SD3's processor) or
+    by keyword (diffusers' attention dispatch, FLUX)."""
     calls = []
     sdpa = F.scaled_dot_product_attention
 
@@ -25,7 +27,9 @@ def _record_sdpa(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Te
         names = ("query", "key", "value")
         given = dict(zip(names, args)) | {n: kwargs.pop(n) for n in names if n in kwargs}
         out = sdpa(given["query"], given["key"], given["value"], *args[3:], **kwargs)
-        calls.append((given["query"].detach().clone(), given["key"].detach().clone(), out.detach().clone()))
+        mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+        mask = None if mask is None else mask.detach().clone()
+        calls.append((given["query"].detach().clone(), given["key"].detach().clone(), out.detach().clone(), mask))
         return out
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
@@ -60,7 +64,7 @@ def test_flux_captured_maps_are_the_models_softmax_with_its_rotary_embedding(seg
     store = AttentionStore(latent_size=(16, 16), keep_layers=head_weighting is None, head_weighting=head_weighting)
     layers, n_img = _captured_layers(bb, z, bb.empty_embedding()[None], store, monkeypatch)
     assert len(layers) == bb.num_blocks()  # double- and single-stream blocks
-    expected = [_image_to_text(q, k, n_img, text_first=True) for q, k, _ in layers]
+    expected = [_image_to_text(q, k, n_img, text_first=True) for q, k, _, _ in layers]
     if head_weighting is None:
         for (_, got), ref in zip(store.layer_maps, expected, strict=True):
             torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
@@ -82,9 +86,9 @@ def test_flux_concept_readout_attends_with_the_rotated_image_keys(segmenters, mo
             bb.denoise(z, 100, text)
     # block 0: the image tokens' attention output the read-out computes (64 image queries over all keys), then the
     # model's own joint attention (every token a query)
-    seq = next(k.shape[2] for q, k, _ in calls if q.shape[2] == k.shape[2])
-    _, ours_k, ours_out = next(c for c in calls if c[0].shape[2] == 64 and c[1].shape[2] == seq)
-    _, model_k, model_out = next(c for c in calls if c[0].shape[2] == seq)
+    seq = next(k.shape[2] for q, k, _, _ in calls if q.shape[2] == k.shape[2])
+    _, ours_k, ours_out, _ = next(c for c in calls if c[0].shape[2] == 64 and c[1].shape[2] == seq)
+    _, model_k, model_out, _ = next(c for c in calls if c[0].shape[2] == seq)
     torch.testing.assert_close(ours_k, model_k)
     torch.testing.assert_close(ours_out, model_out[:, :, -64:])
 
@@ -118,7 +122,7 @@ def test_sd35_qk_norms_and_dual_attention_are_in_the_captured_maps(monkeypatch):
     store = AttentionStore(latent_size=(16, 16), keep_layers=True)
     layers, n_img = _captured_layers(bb, z, bb.empty_embedding()[None], store, monkeypatch)
     assert len(layers) == len(store.layer_maps) == 3  # the joint layers only, attn2 is image-only
-    for (_, got), (q, k, _) in zip(store.layer_maps, layers, strict=True):
+    for (_, got), (q, k, _, _) in zip(store.layer_maps, layers, strict=True):
         torch.testing.assert_close(got, _image_to_text(q, k, n_img, text_first=False), atol=1e-6, rtol=1e-5)
 
 
@@ -165,6 +169,32 @@ def test_pixart_micro_conditions_are_the_pipelines_on_a_non_square_image(segment
         assert bb.denoise(latents, 100, cond).shape == latents.shape
 
 
+@pytest.mark.parametrize("name", ["pixart", "pixart_alpha"])
+def test_pixart_captured_maps_and_completion_keys_are_the_models(segmenters, name, monkeypatch):
+    # cross-attention: the softmax of the model's own q.k plus its padding bias; self-attention: its own q and k
+    bb = segmenters[name].backbone
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    store = AttentionStore(latent_size=(16, 16), keep_layers=True)
+    every = list(range(bb.num_blocks()))
+    with torch.inference_mode():
+        text = bb.prompt_embedding("a dog on grass")[None]
+        calls = _record_sdpa(monkeypatch)
+        with bb.capture(store, blocks=every, self_blocks=every):
+            bb.denoise(z, 100, text)
+    n_img = 64
+    cross = [c for c in calls if c[1].shape[2] != n_img]
+    self_ = [c for c in calls if c[1].shape[2] == n_img]
+    assert len(cross) == len(store.layer_maps) == len(self_) == len(store.self_qk) == bb.num_blocks()
+    for (_, got), (q, k, _, mask) in zip(store.layer_maps, cross, strict=True):
+        scores = q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5 + mask.float()
+        torch.testing.assert_close(got, scores.softmax(-1).mean(1), atol=1e-6, rtol=1e-5)
+        assert (got[..., text[0].eq(0).all(-1)] < 1e-6).all()  # the padding gets no attention
+    for (q_kept, k_kept, scale), (q, k, _, mask) in zip(store.self_qk, self_, strict=True):
+        assert mask is None and scale == pytest.approx(q.shape[-1] ** -0.5)
+        torch.testing.assert_close(q_kept, q)
+        torch.testing.assert_close(k_kept, k)
+
+
 @pytest.mark.parametrize(("name", "length"), [("pixart", 300), ("pixart_alpha", 120)])
 def test_pixart_text_embedding_is_the_pipelines(segmenters, name, length):
     # PixArtAlphaPipeline reads 120 T5 tokens, PixArtSigmaPipeline 300 (their max_sequence_length defaults)
@@ -197,5 +227,35 @@ def test_flux_text_embedding_is_the_pipelines(segmenters, name, length):
         emb, pooled, _ = pipe.encode_prompt(prompt, prompt_2=None, **kw)
         ours = bb.prompt_embedding(prompt)
     assert ours.shape[0] - 1 == emb.shape[1] == (length or 512)
+    torch.testing.assert_close(ours[:-1], emb[0])
+    torch.testing.assert_close(ours[-1, : pooled.shape[-1]], pooled[0])
+
+
+# ---------------------------------------------------------------------------------------------------------- SD3
+@pytest.mark.parametrize("name", ["sd3", "sd3_no_t5"])
+def test_sd3_text_embedding_is_the_pipelines_with_clip_g_padded_by_bang(segmenters, name):
+    # SD3's CLIP-G tokenizer pads with "!" where CLIP-L pads with its end token (the tiny builders share one
+    # tokenizer); the CLIP penultimate states, the T5 (or zero) rows and both pooled vectors are the pipeline's
+    import copy
+
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    from .family_builders import FIXTURES
+
+    bb = copy.copy(segmenters[name].backbone)
+    bb._text_cache = {}
+    bb.tokenizer_2 = CLIPTokenizer.from_pretrained(FIXTURES / "clip_tokenizer", pad_token="!")
+    assert bb.tokenizer_2.pad_token_id != bb.tokenizer.pad_token_id
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=bb.transformer, scheduler=bb.scheduler, vae=bb.vae, text_encoder=bb.text_encoder,
+        tokenizer=bb.tokenizer, text_encoder_2=bb.text_encoder_2, tokenizer_2=bb.tokenizer_2,
+        text_encoder_3=bb.text_encoder_3, tokenizer_3=bb.tokenizer_3,
+    )  # fmt: skip
+    prompt = "a photograph of the cat on grass"
+    with torch.inference_mode():
+        emb, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False)
+        ours = bb.prompt_embedding(prompt)
+    assert ours.shape[0] - 1 == emb.shape[1] == 77 + 256
     torch.testing.assert_close(ours[:-1], emb[0])
     torch.testing.assert_close(ours[-1, : pooled.shape[-1]], pooled[0])
