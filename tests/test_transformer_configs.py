@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from diffsegmenter.attention import AttentionStore
 
-from .family_builders import _clip, _t5, _vae
+from .family_builders import _clip, _t5, _vae, family_image
 
 
 def _record_sdpa(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -259,3 +259,29 @@ def test_sd3_text_embedding_is_the_pipelines_with_clip_g_padded_by_bang(segmente
     assert ours.shape[0] - 1 == emb.shape[1] == 77 + 256
     torch.testing.assert_close(ours[:-1], emb[0])
     torch.testing.assert_close(ours[-1, : pooled.shape[-1]], pooled[0])
+
+
+@pytest.mark.parametrize("name", ["pixart", "pixart_alpha"])
+def test_pixart_prompts_are_lowercased_as_the_pipelines_do(segmenters, family_folders, name):
+    # the PixArt pipelines lowercase every prompt before T5's case-sensitive tokenizer (text.lower().strip(), or the
+    # caption cleaning); "Dog" and "dog" are different tokens
+    from transformers import AutoTokenizer
+
+    from diffsegmenter.tokens import tokenise_segments
+
+    seg = segmenters[name]
+    bb = seg.backbone
+    prompt = "A Dog on Grass"
+    with torch.inference_mode():
+        emb, mask, _, _ = _pixart_pipeline(name, bb).encode_prompt(
+            prompt, do_classifier_free_guidance=False, clean_caption=False
+        )
+        ours = bb.prompt_embedding(prompt)
+    torch.testing.assert_close(ours, emb[0] * mask[0, :, None])
+    upper = tokenise_segments(bb.tokenizer, [("A Photograph of the", None), ("Cat", "c")])
+    lower = tokenise_segments(bb.tokenizer, [("a photograph of the", None), ("cat", "c")])
+    assert upper.input_ids == lower.input_ids and upper.spans == lower.spans
+    folder_tok = AutoTokenizer.from_pretrained(family_folders[name] / "tokenizer")
+    assert folder_tok("Dog").input_ids != folder_tok("dog").input_ids  # case-sensitive itself: the copy lowercases
+    res = seg.segment(family_image(), classes=["Cat", "dog"], seed=0)
+    assert res.scores.shape == (2, 40, 48)
