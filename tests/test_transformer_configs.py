@@ -285,3 +285,45 @@ def test_pixart_prompts_are_lowercased_as_the_pipelines_do(segmenters, family_fo
     assert folder_tok("Dog").input_ids != folder_tok("dog").input_ids  # case-sensitive itself: the copy lowercases
     res = seg.segment(family_image(), classes=["Cat", "dog"], seed=0)
     assert res.scores.shape == (2, 40, 48)
+
+
+def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(segmenters):
+    # StableDiffusion3Pipeline gives the scheduler's float32 timesteps to the transformer whatever its dtype; cast to
+    # bfloat16 they move (by up to 2 of 1000 above t = 512)
+    import copy
+
+    import diffusers
+
+    bb = copy.copy(segmenters["sd3"].backbone)
+    bb.transformer = copy.deepcopy(bb.transformer).to(torch.bfloat16)
+    seen = []
+    hook = bb.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
+    )
+    sampler = bb.sampler(4, latent_size=(16, 16))
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=bb.transformer, scheduler=sampler.scheduler, vae=bb.vae, text_encoder=bb.text_encoder,
+        tokenizer=bb.tokenizer, text_encoder_2=bb.text_encoder_2, tokenizer_2=bb.tokenizer_2,
+        text_encoder_3=bb.text_encoder_3, tokenizer_3=bb.tokenizer_3,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    text = bb.empty_embedding()[None].to(torch.bfloat16)
+    d = int(bb.transformer.config.pooled_projection_dim)
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    try:
+        with torch.inference_mode():
+            pipe(
+                prompt_embeds=text[:, :-1], pooled_prompt_embeds=text[:, -1, :d], latents=z, height=32, width=32,
+                num_inference_steps=4, guidance_scale=1.0, output_type="latent",
+            )  # fmt: skip
+            theirs = list(seen)
+            seen.clear()
+            for t in sampler.timesteps:
+                bb.denoise(z, t, text)
+    finally:
+        hook.remove()
+    assert len(seen) == len(theirs) == 4
+    assert any(not torch.equal(t.to(torch.bfloat16).float(), t) for t in theirs)  # the case that shows the cast
+    for ours, pipeline in zip(seen, theirs, strict=True):
+        assert ours.dtype == pipeline.dtype == torch.float32
+        torch.testing.assert_close(ours, pipeline)
