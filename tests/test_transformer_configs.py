@@ -327,3 +327,13 @@ def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(
     for ours, pipeline in zip(seen, theirs, strict=True):
         assert ours.dtype == pipeline.dtype == torch.float32
         torch.testing.assert_close(ours, pipeline)
+
+
+def test_sd3_input_larger_than_its_position_table_is_refused_with_the_largest_size(segmenters):
+    # SD3's pos_embed_max_size (192 patches for SD3/SD3.5: 3072 px) bounds the input; diffusers' own message names
+    # patches ("Height (98) cannot be greater than `pos_embed_max_size`: 96."), not the resolution to use
+    bb = segmenters["sd3"].backbone
+    most = int(bb.transformer.config.pos_embed_max_size) * 2 * bb.vae_scale
+    assert bb.encode_latents([family_image()], most).shape[-1] == most // bb.vae_scale
+    with pytest.raises(ValueError, match=f"use a resolution <= {most}"):
+        bb.encode_latents([family_image()], most + 4)
