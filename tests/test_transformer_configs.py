@@ -337,3 +337,47 @@ def test_sd3_input_larger_than_its_position_table_is_refused_with_the_largest_si
     assert bb.encode_latents([family_image()], most).shape[-1] == most // bb.vae_scale
     with pytest.raises(ValueError, match=f"use a resolution <= {most}"):
         bb.encode_latents([family_image()], most + 4)
+
+
+def test_flux_timesteps_reach_a_bfloat16_transformer_rounded_as_the_pipelines(segmenters):
+    # FluxPipeline passes (t in the model's dtype) / 1000 with t = sigma * 1000 from the scheduler; sigma cast to
+    # bfloat16 directly lands one bfloat16 step away at some sigmas
+    import copy
+
+    import diffusers
+
+    bb = copy.copy(segmenters["flux_dev"].backbone)
+    bb.transformer = copy.deepcopy(bb.transformer).to(torch.bfloat16)
+    seen = []
+    hook = bb.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
+    )
+    steps = 12
+    sampler = bb.sampler(steps, latent_size=(16, 16))
+    pipe = diffusers.FluxPipeline(
+        scheduler=sampler.scheduler, vae=bb.vae, text_encoder=bb.clip, tokenizer=bb.clip_tokenizer,
+        text_encoder_2=bb.t5, tokenizer_2=bb.tokenizer, transformer=bb.transformer,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    text = bb.empty_embedding()[None].to(torch.bfloat16)
+    d = int(bb.transformer.config.pooled_projection_dim)
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    packed = z.view(1, 4, 8, 2, 8, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 64, 16)
+    try:
+        with torch.inference_mode():
+            pipe(
+                prompt_embeds=text[:, :-1], pooled_prompt_embeds=text[:, -1, :d], latents=packed, height=32,
+                width=32, num_inference_steps=steps, output_type="latent",
+            )  # fmt: skip
+            theirs = list(seen)
+            seen.clear()
+            for t in sampler.timesteps:
+                bb.denoise(z, t, text)
+    finally:
+        hook.remove()
+    assert len(seen) == len(theirs) == steps
+    direct = [torch.tensor([t.sigma]).to(torch.bfloat16) for t in sampler.timesteps]
+    assert any(not torch.equal(a, b) for a, b in zip(direct, theirs))  # the case that shows the rounding
+    for ours, pipeline in zip(seen, theirs, strict=True):
+        assert ours.dtype == pipeline.dtype
+        assert torch.equal(ours, pipeline)

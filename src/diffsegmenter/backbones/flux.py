@@ -99,9 +99,12 @@ class FluxBackbone(TransformerBackbone):
         guidance = None
         if getattr(self.transformer.config, "guidance_embeds", False):
             guidance = torch.full((b,), 3.5, device=self.device, dtype=torch.float32)
+        # FluxPipeline's rounding: t = sigma * 1000 in float32, cast to the model's dtype, then / 1000 (the
+        # transformer multiplies by 1000 again); in bfloat16 casting sigma itself lands one step (4 of 1000) off
+        t = torch.full((b,), sigma_of(timestep) * 1000.0, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=packed,
-            timestep=torch.full((b,), sigma_of(timestep), device=self.device, dtype=self.dtype),
+            timestep=t.to(self.dtype) / 1000,
             guidance=guidance,
             pooled_projections=pooled,
             encoder_hidden_states=tokens,
