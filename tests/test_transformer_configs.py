@@ -287,15 +287,14 @@ def test_pixart_prompts_are_lowercased_as_the_pipelines_do(segmenters, family_fo
     assert res.scores.shape == (2, 40, 48)
 
 
-def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(segmenters):
+def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(family_folders):
     # StableDiffusion3Pipeline gives the scheduler's float32 timesteps to the transformer whatever its dtype; cast to
     # bfloat16 they move (by up to 2 of 1000 above t = 512)
-    import copy
-
     import diffusers
 
-    bb = copy.copy(segmenters["sd3"].backbone)
-    bb.transformer = copy.deepcopy(bb.transformer).to(torch.bfloat16)
+    from diffsegmenter.loading import load_backbone
+
+    bb, _ = load_backbone(family_folders["sd3"], dtype=torch.bfloat16)  # a fresh copy: other tests' hooks stay off
     seen = []
     hook = bb.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
@@ -339,15 +338,14 @@ def test_sd3_input_larger_than_its_position_table_is_refused_with_the_largest_si
         bb.encode_latents([family_image()], most + 4)
 
 
-def test_flux_timesteps_reach_a_bfloat16_transformer_rounded_as_the_pipelines(segmenters):
+def test_flux_timesteps_reach_a_bfloat16_transformer_rounded_as_the_pipelines(family_folders):
     # FluxPipeline passes (t in the model's dtype) / 1000 with t = sigma * 1000 from the scheduler; sigma cast to
     # bfloat16 directly lands one bfloat16 step away at some sigmas
-    import copy
-
     import diffusers
 
-    bb = copy.copy(segmenters["flux_dev"].backbone)
-    bb.transformer = copy.deepcopy(bb.transformer).to(torch.bfloat16)
+    from diffsegmenter.loading import load_backbone
+
+    bb, _ = load_backbone(family_folders["flux_dev"], dtype=torch.bfloat16)
     seen = []
     hook = bb.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
