@@ -1,5 +1,6 @@
-"""Tiny random SDXL, SD3 (with and without T5), FLUX and PixArt-Σ pipelines built from configs (sizes in the spirit
-of diffusers' own pipeline tests), saved with the family's diffusers pipeline ``save_pretrained`` (safetensors).
+"""Tiny random SDXL, SD3 (with and without T5), FLUX (schnell-like and, with guidance embeddings, dev-like) and
+PixArt-Σ / PixArt-α-1024 pipelines built from configs (sizes in the spirit of diffusers' own pipeline tests), saved
+with the family's diffusers pipeline ``save_pretrained`` (safetensors).
 Shared by the family tests and the read-out tests; the session fixtures ``family_folders`` and ``segmenters`` live
 in ``conftest.py``."""
 
@@ -127,7 +128,7 @@ def build_sd3(folder, with_t5=True):
     ).save_pretrained(folder)  # fmt: skip
 
 
-def build_flux(folder):
+def build_flux(folder, guidance_embeds=False):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -135,6 +136,7 @@ def build_flux(folder):
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds,
     )  # fmt: skip
     te, tok = _clip(CLIPTextModel)
     te2, tok2 = _t5()
@@ -146,19 +148,30 @@ def build_flux(folder):
     ).save_pretrained(folder)  # fmt: skip
 
 
-def build_pixart(folder):
-    from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+def build_pixart(folder, alpha=False):
+    """PixArt-Σ (sample size 16, DDIM); ``alpha``: PixArt-α 1024's layout instead, a ``PixArtAlphaPipeline`` folder
+    whose transformer has sample size 128 and no ``use_additional_conditions`` (diffusers then turns the resolution
+    and aspect-ratio micro-conditions on) and a DPM-Solver scheduler, as ``PixArt-alpha/PixArt-XL-2-1024-MS``."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        PixArtTransformer2DModel,
+    )
 
     torch.manual_seed(0)
     transformer = PixArtTransformer2DModel(
-        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
-        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        sample_size=128 if alpha else 16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6,
     )  # fmt: skip
     te, tok = _t5()
-    PixArtSigmaPipeline(
-        tokenizer=tok, text_encoder=te, vae=_vae(), transformer=transformer, scheduler=DDIMScheduler()
-    ).save_pretrained(folder)
+    pipe, sched = (
+        (PixArtAlphaPipeline, DPMSolverMultistepScheduler()) if alpha else (PixArtSigmaPipeline, DDIMScheduler())
+    )
+    pipe(tokenizer=tok, text_encoder=te, vae=_vae(), transformer=transformer, scheduler=sched).save_pretrained(folder)
 
 
 BUILDERS = {
@@ -166,9 +179,19 @@ BUILDERS = {
     "sd3": build_sd3,
     "sd3_no_t5": lambda f: build_sd3(f, with_t5=False),
     "flux": build_flux,
+    "flux_dev": lambda f: build_flux(f, guidance_embeds=True),
     "pixart": build_pixart,
+    "pixart_alpha": lambda f: build_pixart(f, alpha=True),
 }
-FAMILY = {"sdxl": "sdxl", "sd3": "sd3", "sd3_no_t5": "sd3", "flux": "flux", "pixart": "pixart"}
+FAMILY = {
+    "sdxl": "sdxl",
+    "sd3": "sd3",
+    "sd3_no_t5": "sd3",
+    "flux": "flux",
+    "flux_dev": "flux",
+    "pixart": "pixart",
+    "pixart_alpha": "pixart",
+}
 
 
 def family_image(seed: int = 0) -> np.ndarray:

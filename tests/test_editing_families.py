@@ -170,7 +170,8 @@ def _pipeline_latents(name, bb, start, cond, empty, steps, guidance):
         kw = {"prompt_embeds": cond[:, :-1], "pooled_prompt_embeds": cond[:, -1, :d], "latents": start}
         kw["guidance_scale"] = guidance  # no negative prompt: the pipeline's own (force_zeros_for_empty_prompt: zeros)
     else:  # pixart: the padding rows are zero in our embeddings, so the mask is where they are not
-        pipe = diffusers.PixArtSigmaPipeline(
+        pixart = diffusers.PixArtAlphaPipeline if name == "pixart_alpha" else diffusers.PixArtSigmaPipeline
+        pipe = pixart(
             tokenizer=bb.tokenizer, text_encoder=bb.text_encoder, vae=bb.vae, transformer=bb.transformer,
             scheduler=bb.sampler(steps).scheduler,
         )  # fmt: skip

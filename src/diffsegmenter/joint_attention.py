@@ -103,6 +103,19 @@ class _WrappingProcessor:
         self.store.self_qk.append((q[keep], k[keep], float(scale)))
 
 
+class _FluxWrappingProcessor(_WrappingProcessor):
+    """A wrapper with ``FluxAttnProcessor``'s signature: ``FluxAttention.forward`` passes the rotary embedding as the
+    fifth *positional* argument (diffusers 0.42), which the generic ``*args`` would hide from :meth:`record` (the
+    maps would be computed without the rotary embedding while the model output kept it)."""
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kwargs
+    ):
+        with torch.no_grad():
+            self.record(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+
+
 def _image_qk(attn, hidden_states):
     """The image tokens' per-head queries and keys of an SD3 joint layer, q/k-normalised as its processor does:
     two (B, heads, N, d) tensors."""
@@ -178,7 +191,7 @@ def _flux_projections(attn, hidden_states, encoder_hidden_states, image_rotary_e
     return q_img.transpose(1, 2), k_all.transpose(1, 2), v_all, t
 
 
-class FluxCaptureProcessor(_WrappingProcessor):
+class FluxCaptureProcessor(_FluxWrappingProcessor):
     """FLUX's ``FluxAttnProcessor`` layers: [text; image] tokens, rotary embedding applied before the scores.
 
     Double-stream blocks get text and image separately; single-stream blocks get them joined, so the text length is
@@ -273,7 +286,7 @@ class SD3WeightedProcessor(_WrappingProcessor):
             self._keep_self(q, k, scale)
 
 
-class FluxWeightedProcessor(_WrappingProcessor):
+class FluxWeightedProcessor(_FluxWrappingProcessor):
     """FLUX attention for ``readout="weighted"``: as :class:`SD3WeightedProcessor`, [text; image] order.
 
     Args:
@@ -393,7 +406,7 @@ def capture_wrapped(
         model.set_attn_processor(dict(originals))
 
 
-class FluxConceptProcessor(_WrappingProcessor):
+class FluxConceptProcessor(_FluxWrappingProcessor):
     """A FLUX double-stream layer that also carries the concept streams (the concept read-out, ConceptAttention).
 
     Before the layer's own processor runs (its output is untouched), it recomputes the image and text queries, keys

@@ -184,8 +184,11 @@ def load_backbone(
         bb = backbones.StableDiffusion3Backbone(**parts)
     elif family == "flux":
         bb = backbones.FluxBackbone(**parts)
-    else:
-        bb = backbones.PixArtBackbone(**parts)
+    else:  # PixArt-α's pipeline reads 120 T5 tokens, Σ's 300
+        from .backbones.pixart import PIXART_ALPHA_T5_LENGTH, PIXART_T5_LENGTH
+
+        alpha = index.get("_class_name") == "PixArtAlphaPipeline"
+        bb = backbones.PixArtBackbone(**parts, max_length=PIXART_ALPHA_T5_LENGTH if alpha else PIXART_T5_LENGTH)
     return bb, _folder_settings(src)
 
 

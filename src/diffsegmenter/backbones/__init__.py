@@ -3,8 +3,8 @@
 - :class:`DiffusionBackbone`: the operations every attention pass needs (preprocess, encode latents, noise to a
   timestep, encode text with emphasis, the denoiser call, attention capture, memory estimate).
 - :class:`StableDiffusionBackbone`: SD1/SD2 (and the shipped shapes model); :class:`StableDiffusionXLBackbone`: SDXL.
-- :class:`StableDiffusion3Backbone` (SD3/SD3.5), :class:`FluxBackbone` (FLUX.1), :class:`PixArtBackbone` (PixArt-Σ):
-  diffusion transformers (:mod:`.dit`).
+- :class:`StableDiffusion3Backbone` (SD3/SD3.5), :class:`FluxBackbone` (FLUX.1), :class:`PixArtBackbone`
+  (PixArt-Σ, -α): diffusion transformers (:mod:`.dit`).
 
 Importing this package loads no diffusers or transformers.
 """

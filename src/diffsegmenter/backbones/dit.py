@@ -201,6 +201,12 @@ class TransformerBackbone(DiffusionBackbone):
         step = 2 * self.vae_scale
         if int(resolution) % step:
             raise ValueError(f"{self.family} needs an input size divisible by {step} (2x2 patches), got {resolution}")
+        most = getattr(self.transformer.config, "pos_embed_max_size", None)  # SD3's position table, in patches
+        if most is not None and int(resolution) > int(most) * step:
+            raise ValueError(
+                f"this {self.family} model reads inputs up to {int(most) * step} px (its pos_embed_max_size, "
+                f"{most} patches of {step} px), got resolution {resolution}: use a resolution <= {int(most) * step}"
+            )
         return vae_latents(
             self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias, keep=keep_on_device
         )

@@ -1,7 +1,8 @@
 """FLUX.1 (``FluxTransformer2DModel``) as a :class:`~diffsegmenter.backbones.base.DiffusionBackbone`.
 
-Text: T5 tokens (256, schnell's ``max_sequence_length``) are the joint sequence's text part, and class tokens are
-placed with the T5 tokenizer (no BOS); CLIP-L gives only the pooled vector (``FluxPipeline.encode_prompt``).
+Text: T5 tokens (256 for schnell, 512 for dev, as Black Forest Labs' reference sampler runs each; told apart by the
+guidance embedding) are the joint sequence's text part, and class tokens are placed with the T5 tokenizer (no BOS);
+CLIP-L gives only the pooled vector (``FluxPipeline.encode_prompt``).
 Latents: 16-channel shifted VAE latents packed into 2x2 patches with (0, row, col) position ids
 (``FluxPipeline._pack_latents`` / ``_prepare_latent_image_ids``). Attention: [text; image] per double-stream block
 (``transformer_blocks``), already joined in single-stream blocks (``single_transformer_blocks``); rotary
@@ -24,10 +25,13 @@ from ..joint_attention import FluxCaptureProcessor
 from .base import FlowSigma
 from .dit import TransformerBackbone, sigma_of, t5_tokenizer
 
-__all__ = ["FluxBackbone", "FLUX_T5_LENGTH"]
+__all__ = ["FluxBackbone", "FLUX_T5_LENGTH", "FLUX_DEV_T5_LENGTH"]
 
-#: FLUX.1-schnell's ``max_sequence_length`` (dev allows 512).
+#: FLUX.1-schnell's ``max_sequence_length`` (its model card's and Black Forest Labs' sampler's).
 FLUX_T5_LENGTH = 256
+#: FLUX.1-dev's: ``FluxPipeline``'s default. The padding is not masked (every token is attended to), so the length
+#: changes the prediction; a transformer with guidance embeddings (dev and its fine-tunes) gets this one.
+FLUX_DEV_T5_LENGTH = 512
 
 
 class FluxBackbone(TransformerBackbone):
@@ -37,7 +41,9 @@ class FluxBackbone(TransformerBackbone):
     flow = True
 
     def __init__(self, vae, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler) -> None:
-        super().__init__(vae, transformer, t5_tokenizer(tokenizer_2, FLUX_T5_LENGTH), scheduler)
+        dev = bool(getattr(transformer.config, "guidance_embeds", False))
+        length = FLUX_DEV_T5_LENGTH if dev else FLUX_T5_LENGTH
+        super().__init__(vae, transformer, t5_tokenizer(tokenizer_2, length), scheduler)
         self.clip = text_encoder.eval().requires_grad_(False)
         self.clip_tokenizer = tokenizer
         self.t5 = text_encoder_2.eval().requires_grad_(False)
@@ -93,9 +99,12 @@ class FluxBackbone(TransformerBackbone):
         guidance = None
         if getattr(self.transformer.config, "guidance_embeds", False):
             guidance = torch.full((b,), 3.5, device=self.device, dtype=torch.float32)
+        # FluxPipeline's rounding: t = sigma * 1000 in float32, cast to the model's dtype, then / 1000 (the
+        # transformer multiplies by 1000 again); in bfloat16 casting sigma itself lands one step (4 of 1000) off
+        t = torch.full((b,), sigma_of(timestep) * 1000.0, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=packed,
-            timestep=torch.full((b,), sigma_of(timestep), device=self.device, dtype=self.dtype),
+            timestep=t.to(self.dtype) / 1000,
             guidance=guidance,
             pooled_projections=pooled,
             encoder_hidden_states=tokens,

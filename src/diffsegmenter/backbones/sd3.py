@@ -92,7 +92,9 @@ class StableDiffusion3Backbone(TransformerBackbone):
     def denoise(self, latents: torch.Tensor, timestep: int | FlowSigma, text: torch.Tensor) -> torch.Tensor:
         b = latents.shape[0]
         pooled = text[:, -1, : int(self.transformer.config.pooled_projection_dim)]
-        t = torch.full((b,), sigma_of(timestep) * 1000.0, device=self.device, dtype=self.dtype)
+        # float32 whatever the model's dtype, as StableDiffusion3Pipeline passes the scheduler's timesteps (the
+        # transformer embeds them in float32; bfloat16 would move t = 750 to 752)
+        t = torch.full((b,), sigma_of(timestep) * 1000.0, device=self.device, dtype=torch.float32)
         return self.transformer(
             hidden_states=latents,
             timestep=t,
