@@ -189,14 +189,22 @@ def test_regions_scoring_is_read_from_the_model_folder_and_checked(tiny_segmente
         DiffusionFilter(tiny_segmenter, min_region=1.5)
 
 
-def _zero_denoiser_errors(seg, monkeypatch, timestep=300):
+def _zero_denoiser_errors(seg, timestep=300, scheduler=None):
     """The filter's error maps with a denoiser that predicts 0 everywhere: the mean square of its target, so the
-    target the filter measures against shows (the same for every prompt), with the z0 and noise it used."""
+    target the filter measures against shows (the same for every prompt), with the z0 and noise it used. Runs on
+    shallow copies of the segmenter and its backbone (the shared fixtures stay untouched), optionally with another
+    scheduler."""
+    import copy
+
     import torch
 
     from diffsegmenter.filters.diffusion import _draw_seed
 
-    monkeypatch.setattr(seg.backbone, "denoise", lambda latents, t, text: torch.zeros_like(latents))
+    seg = copy.copy(seg)
+    seg.backbone = copy.copy(seg.backbone)
+    seg.backbone.denoise = lambda latents, t, text: torch.zeros_like(latents)
+    if scheduler is not None:
+        seg.backbone.scheduler = scheduler
     flt = DiffusionFilter(seg, timesteps=(timestep,), noise_draws=1, resolution=32)
     err = flt.error_maps(_image(), ["cat"], (timestep,), 1)[0, 0]  # (K + 1, h, w)
     z0 = seg.encode_latents([_image()], seg.config.seed, 32)
@@ -205,29 +213,26 @@ def _zero_denoiser_errors(seg, monkeypatch, timestep=300):
     return err[0], z0[0], eps[0]
 
 
-def test_epsilon_models_are_scored_against_the_noise(tiny_segmenter, monkeypatch):
-    err, z0, eps = _zero_denoiser_errors(tiny_segmenter, monkeypatch)
+def test_epsilon_models_are_scored_against_the_noise(tiny_segmenter):
+    err, z0, eps = _zero_denoiser_errors(tiny_segmenter)
     assert tiny_segmenter.backbone.scheduler.config.prediction_type == "epsilon"
     torch_close(err, (eps**2).mean(0))
 
 
-def test_v_prediction_models_are_scored_against_v(tiny_segmenter, monkeypatch):
+def test_v_prediction_models_are_scored_against_v(tiny_segmenter):
     """SD2 at 768² predicts v = sqrt(abar) eps - sqrt(1 - abar) z0; measured against eps its error would be wrong."""
     from diffusers import DDIMScheduler
 
-    bb = tiny_segmenter.backbone
-    monkeypatch.setattr(
-        bb, "scheduler", DDIMScheduler.from_config(bb.scheduler.config, prediction_type="v_prediction")
-    )
-    err, z0, eps = _zero_denoiser_errors(tiny_segmenter, monkeypatch)
-    abar = bb.scheduler.alphas_cumprod[300]
+    v_sched = DDIMScheduler.from_config(tiny_segmenter.backbone.scheduler.config, prediction_type="v_prediction")
+    err, z0, eps = _zero_denoiser_errors(tiny_segmenter, scheduler=v_sched)
+    abar = v_sched.alphas_cumprod[300]
     torch_close(err, ((abar**0.5 * eps - (1 - abar) ** 0.5 * z0) ** 2).mean(0))
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux"])
-def test_flow_models_are_scored_against_the_velocity(segmenters, name, monkeypatch):
+def test_flow_models_are_scored_against_the_velocity(segmenters, name):
     """SD3 and FLUX predict the velocity eps - z0."""
-    err, z0, eps = _zero_denoiser_errors(segmenters[name], monkeypatch)
+    err, z0, eps = _zero_denoiser_errors(segmenters[name])
     torch_close(err, ((eps - z0) ** 2).mean(0))
 
 
