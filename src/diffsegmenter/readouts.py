@@ -340,10 +340,13 @@ class WeightedReadout(_GocaReadout):
                   for name, f, m in _layer_token_maps(store)]  # fmt: skip
         if not layers:
             raise ValueError("no attention layers were captured")
+        device = layers[0][2].device  # the agreements stay where the maps are: no copy to the host (a sync)
         if self.layer_mode == "uniform":
-            agreement = torch.ones(len(layers), layers[0][2].shape[0])
+            agreement = torch.ones(len(layers), layers[0][2].shape[0], device=device)
         else:
-            agreement = torch.stack([store.layer_agreement[block_key(name)].float().cpu() for name, _, _ in layers])
+            agreement = torch.stack(
+                [store.layer_agreement[block_key(name)].float().to(device) for name, _, _ in layers]
+            )
         return layers, agreement  # (name, factor, (B, C, h, w)) per layer; (L, B)
 
     def _which(self, layers, agreement, which_weights) -> torch.Tensor:
@@ -360,8 +363,9 @@ class WeightedReadout(_GocaReadout):
         picked = [i for i, (_, f, _) in enumerate(layers) if which_weights[f] > 0]
         if not picked:
             raise ValueError("the class-decision weights are 0 at every captured level")
-        level = torch.tensor([float(which_weights[layers[i][1]]) for i in picked])[:, None]
-        return fuse_layers([layers[i][2] for i in picked], layer_weights(agreement[picked] * level, "agreement"))
+        # each layer's agreement times its level's weight (a Python scalar: no tensor copied to the device)
+        scaled = torch.stack([agreement[i] * float(which_weights[layers[i][1]]) for i in picked])
+        return fuse_layers([layers[i][2] for i in picked], layer_weights(scaled, "agreement"))
 
     def maps(self, store, token_groups, content, spec):
         if self.background == "paper" and spec.which_weights is None:
