@@ -87,3 +87,44 @@ def test_sd21_768_flags_text_and_capture_match_the_pipeline(tmp_path):
             got = bb.denoise(z, 500, cond)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert sorted(store.cross_sum) == [1, 2] and store.self_qk
+
+
+def test_sd15_fp16_variant_only_folder_loads(tmp_path):
+    # SD1.5's and SDXL's repositories ship every weight twice (fp32 and `variant="fp16"`), and downloading only the
+    # fp16 files (hf download ... --include "*.fp16.safetensors" "*.json" "*.txt") halves the download. Such a folder
+    # was refused with "no .safetensors weights were found ... convert a checkpoint" though it holds nothing else:
+    # from_pretrained reads a variant only when told. The loader now reads the one variant a folder holds.
+    from diffusers import PNDMScheduler
+
+    sched = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
+        set_alpha_to_one=False,
+    )  # fmt: skip
+    pipe = _sd_pipeline(sched, sd2=False)
+    folder = tmp_path / "sd15"
+    pipe.to(torch.float16).save_pretrained(folder, variant="fp16")
+    assert not list(folder.glob("unet/diffusion_pytorch_model.safetensors"))
+    assert list(folder.glob("unet/*.fp16.safetensors"))
+    bb, _ = load_backbone(folder, dtype=torch.float16)
+    assert bb.dtype == torch.float16
+    for name in ("unet", "text_encoder", "vae"):
+        ours, theirs = getattr(bb, name).state_dict(), getattr(pipe, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    # the PNDM folder's schedule and DDIM editing sampler are the pipeline's
+    torch.testing.assert_close(bb.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod, rtol=0, atol=0)
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    ddim.set_timesteps(10)
+    assert bb.sampler(10).timesteps == [int(t) for t in ddim.timesteps]
+
+
+def test_folder_with_plain_and_fp16_weights_reads_the_plain_ones(tmp_path):
+    # a full download has both; the plain (fp32) files are read, as from_pretrained does without a variant
+    pipe = _sd_pipeline(_sd21_768_scheduler(), sd2=True)
+    folder = tmp_path / "both"
+    pipe.save_pretrained(folder)
+    fp32 = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.unet.to(torch.float16).save_pretrained(folder / "unet", variant="fp16")
+    bb, _ = load_backbone(folder)
+    assert all(torch.equal(bb.unet.state_dict()[k], v) for k, v in fp32.items())
