@@ -5,12 +5,16 @@ PNDM scheduler folder with the fp16 weights variant only; SDXL's tokenizer_2 pad
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffsegmenter.attention import AttentionStore
 from diffsegmenter.loading import load_backbone
+
+from .family_builders import _clip, _vae
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -128,3 +132,39 @@ def test_folder_with_plain_and_fp16_weights_reads_the_plain_ones(tmp_path):
     pipe.unet.to(torch.float16).save_pretrained(folder / "unet", variant="fp16")
     bb, _ = load_backbone(folder)
     assert all(torch.equal(bb.unet.state_dict()[k], v) for k, v in fp32.items())
+
+
+def _sdxl_refiner(folder, *, with_first_encoder: bool):
+    """A tiny StableDiffusionXLImg2ImgPipeline laid out as stabilityai/stable-diffusion-xl-refiner-1.0 (no first text
+    encoder, aesthetic-score time ids: 5 of them), or the same with a first encoder added."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 8), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2),
+        projection_class_embeddings_input_dim=32 + 5 * 8, cross_attention_dim=64 if with_first_encoder else 32,
+    )  # fmt: skip
+    te, tok = _clip(CLIPTextModel) if with_first_encoder else (None, None)
+    te2, tok2 = _clip(CLIPTextModelWithProjection)
+    StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(), text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    ).save_pretrained(folder)  # fmt: skip
+
+
+@pytest.mark.parametrize("with_first_encoder", [False, True])
+def test_sdxl_refiner_is_refused_with_the_base_model_to_use(tmp_path, with_first_encoder):
+    # The refiner lists text_encoder as null (the loader said only "lists no 'text_encoder', which this model family
+    # needs") and its UNet embeds 5 time ids with an aesthetic score (a folder with both encoders failed inside the
+    # UNet's add_embedding with a shape error). Both now name the refiner and the base model to use.
+    _sdxl_refiner(tmp_path / "refiner", with_first_encoder=with_first_encoder)
+    index = json.loads((tmp_path / "refiner" / "model_index.json").read_text())
+    assert index["requires_aesthetics_score"] and (index["text_encoder"] == [None, None]) != with_first_encoder
+    with pytest.raises(ValueError, match="SDXL refiner.*stable-diffusion-xl-base-1.0"):
+        load_backbone(tmp_path / "refiner")
