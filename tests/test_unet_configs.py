@@ -168,3 +168,41 @@ def test_sdxl_refiner_is_refused_with_the_base_model_to_use(tmp_path, with_first
     assert index["requires_aesthetics_score"] and (index["text_encoder"] == [None, None]) != with_first_encoder
     with pytest.raises(ValueError, match="SDXL refiner.*stable-diffusion-xl-base-1.0"):
         load_backbone(tmp_path / "refiner")
+
+
+def test_sdxl_tokenizer_2_padding_with_bang_and_non_square_time_ids_match_the_pipeline(family_folders, tmp_path):
+    # SDXL base's tokenizer_2 (OpenCLIP-bigG) pads with "!" where tokenizer (CLIP-L) pads with its end token, and a
+    # non-square input's time ids are (height, width, 0, 0, height, width) in the pipeline. Already right.
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(family_folders["sdxl"])
+    pipe.tokenizer_2 = CLIPTokenizer.from_pretrained(FIXTURES / "clip_tokenizer", pad_token="!")
+    pipe.save_pretrained(tmp_path / "sdxl")
+    bb, _ = load_backbone(tmp_path / "sdxl")
+    assert bb.tokenizer_2.pad_token_id != bb.tokenizer.pad_token_id == bb.tokenizer.eos_token_id
+    prompt = "a photograph of cat sitting on grass"
+    with torch.inference_mode():
+        cond, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+        ours = bb.prompt_embedding(prompt)
+    torch.testing.assert_close(ours[:-1], cond[0], rtol=0, atol=0)
+    torch.testing.assert_close(ours[-1, : pooled.shape[-1]], pooled[0], rtol=0, atol=0)
+
+    seen: dict[str, list[torch.Tensor]] = {"pipe": [], "ours": []}
+
+    def recorder(unet, key):
+        forward = unet.forward
+
+        def record(*args, **kwargs):
+            seen[key].append(kwargs["added_cond_kwargs"]["time_ids"].clone())
+            return forward(*args, **kwargs)
+
+        return record
+
+    pipe.unet.forward = recorder(pipe.unet, "pipe")
+    bb.unet.forward = recorder(bb.unet, "ours")
+    with torch.inference_mode():
+        pipe(prompt, height=48, width=32, num_inference_steps=1, output_type="latent", guidance_scale=1.0)
+        bb.denoise(torch.randn(1, 4, 24, 16), 100, ours[None])  # the tiny VAE downsamples by 2: 48 x 32 pixels
+    torch.testing.assert_close(seen["ours"][0], seen["pipe"][0], rtol=0, atol=0)
+    assert seen["ours"][0].tolist() == [[48, 32, 0, 0, 48, 32]]
