@@ -206,3 +206,17 @@ def test_sdxl_tokenizer_2_padding_with_bang_and_non_square_time_ids_match_the_pi
         bb.denoise(torch.randn(1, 4, 24, 16), 100, ours[None])  # the tiny VAE downsamples by 2: 48 x 32 pixels
     torch.testing.assert_close(seen["ours"][0], seen["pipe"][0], rtol=0, atol=0)
     assert seen["ours"][0].tolist() == [[48, 32, 0, 0, 48, 32]]
+
+
+@pytest.mark.parametrize(("channels", "kind"), [(9, "inpainting"), (5, "depth-conditioned")])
+def test_inpainting_and_depth_unets_are_refused_at_load(tmp_path, channels, kind):
+    # stable-diffusion-inpainting / SDXL inpainting UNets take 9 input channels (latents, mask, masked-image
+    # latents), stable-diffusion-2-depth's 5 (latents, depth): their folders look like text-to-image ones to the
+    # loader, and segmenting then failed inside conv_in with "expected input ... to have 9 channels, but got 4".
+    from diffusers import UNet2DConditionModel
+
+    pipe = _sd_pipeline(_sd21_768_scheduler(), sd2=True)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": channels})
+    pipe.save_pretrained(tmp_path / "conditioned")
+    with pytest.raises(ValueError, match=f"{channels} input channels where the VAE gives 4: an? {kind} model"):
+        load_backbone(tmp_path / "conditioned")
