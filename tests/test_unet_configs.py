@@ -220,3 +220,34 @@ def test_inpainting_and_depth_unets_are_refused_at_load(tmp_path, channels, kind
     pipe.save_pretrained(tmp_path / "conditioned")
     with pytest.raises(ValueError, match=f"{channels} input channels where the VAE gives 4: an? {kind} model"):
         load_backbone(tmp_path / "conditioned")
+
+
+def test_sd21_768_v_prediction_edit_loop_is_the_pipelines(tmp_path, monkeypatch):
+    # Editing samples SD2.1-768 with DDIM from its v-prediction config: with a mask covering everything the blended
+    # loop must be StableDiffusionPipeline's DDIM loop (same start, guidance against the empty prompt). Already right.
+    import numpy as np
+
+    from diffsegmenter.editing import EditSettings, blended_latent_edit
+
+    from .family_builders import family_image
+
+    pipe = _sd_pipeline(_sd21_768_scheduler(), sd2=True)
+    pipe.save_pretrained(tmp_path / "sd21")
+    bb, _ = load_backbone(tmp_path / "sd21")
+    img, steps, guidance, prompt = family_image()[:32, :32], 3, 3.0, "a dog on grass"
+    kept = []
+    decode = bb.decode_latents
+    monkeypatch.setattr(bb, "decode_latents", lambda z: kept.append(z) or decode(z))
+    settings = EditSettings(steps=steps, guidance=guidance, resolution=32)
+    blended_latent_edit(bb, [img], [np.ones((32, 32), bool)], [prompt], settings=settings, seed=5, progress=False)
+    z0 = bb.encode_latents([img], 32, antialias=True)
+    start = bb.add_noise(z0, bb.noise_like(z0, 5), bb.sampler(steps).timesteps[0])
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        expected = pipe(
+            prompt, height=32, width=32, num_inference_steps=steps, guidance_scale=guidance, latents=start,
+            output_type="latent",
+        ).images  # fmt: skip
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(kept[0], expected.float(), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(kept[0], start, atol=1e-2)
