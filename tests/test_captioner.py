@@ -228,3 +228,27 @@ def test_looks_like_local_path() -> None:
     assert looks_like_local_path("./blip")
     assert looks_like_local_path("models/blip/large")
     assert looks_like_local_path(Path("blip"))
+
+
+def test_real_blip_large_preprocessor_config_gives_384_squares(tmp_path: Path) -> None:
+    # Salesforce/blip-image-captioning-large's preprocessor_config.json: "size": 384 as a bare int (a 384x384 bicubic
+    # resize, no crop, as BLIP was trained) and CLIP's normalisation; no "resample" key (bicubic by default). Already
+    # right with the PIL processor this package loads.
+    import json
+
+    from PIL import Image
+
+    from diffsegmenter.captioner import _blip_image_processor_class
+
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+    config = {
+        "do_normalize": True, "do_resize": True, "image_mean": mean.tolist(), "image_std": std.tolist(),
+        "image_processor_type": "BlipImageProcessor", "processor_class": "BlipProcessor", "size": 384,
+    }  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    processor = _blip_image_processor_class().from_pretrained(tmp_path)
+    array = np.random.default_rng(0).integers(0, 256, size=(300, 500, 3), dtype=np.uint8)
+    got = processor(images=Image.fromarray(array), return_tensors="pt")["pixel_values"][0]
+    resized = np.asarray(Image.fromarray(array).resize((384, 384), Image.BICUBIC)) / 255.0
+    expected = torch.tensor(((resized - mean) / std).transpose(2, 0, 1), dtype=torch.float32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -296,3 +296,26 @@ def test_filter_decision_writes_candidates(clip, image, tmp_path: Path) -> None:
     d = f.explain(image, VOCAB)
     path = save_candidates(tmp_path / "out.json", {"img_0001.jpg": d.sources()})
     assert load_candidates(path, vocabulary=VOCAB) == {"img_0001": d.kept}
+
+
+_CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+_CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def test_real_clip_vit_l14_preprocessor_config_resizes_the_short_side_and_crops(tmp_path: Path) -> None:
+    # openai/clip-vit-large-patch14's preprocessor_config.json is the legacy feature-extractor one: "size": 224 as a
+    # bare int, which must mean the SHORT side (then a 224 center crop), not a 224x224 squash. Already right.
+    from PIL import Image
+
+    config = {
+        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": _CLIP_MEAN.tolist(),
+        "image_std": _CLIP_STD.tolist(), "resample": 3, "size": 224,
+    }  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    processor = _clip_image_processor_class().from_pretrained(tmp_path)
+    array = np.random.default_rng(0).integers(0, 256, size=(300, 600, 3), dtype=np.uint8)
+    got = processor(images=Image.fromarray(array), return_tensors="pt")["pixel_values"][0]
+    resized = np.asarray(Image.fromarray(array).resize((448, 224), Image.BICUBIC))[:, 112:336] / 255.0
+    expected = torch.tensor(((resized - _CLIP_MEAN) / _CLIP_STD).transpose(2, 0, 1), dtype=torch.float32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

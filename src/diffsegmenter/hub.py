@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -238,6 +239,29 @@ def _describe(
     )
 
 
+_VARIANT_FILE = re.compile(
+    r"^[^.]+\.([A-Za-z0-9_]+)(?:-\d+-of-\d+)?\.safetensors$|\.safetensors\.index\.([A-Za-z0-9_]+)\.json$"
+)
+
+
+def _only_variant(folder: str) -> str | None:
+    """The weights variant of a local component folder that holds variant files only, e.g. ``"fp16"`` for a folder
+    with ``diffusion_pytorch_model.fp16.safetensors`` and no ``diffusion_pytorch_model.safetensors`` (what ``hf
+    download <id> --include "*.fp16.safetensors" ...`` leaves of SD1.5 or SDXL); None when it has plain weights, no
+    variant or several."""
+    if not os.path.isdir(folder):
+        return None
+    names = [entry.name for entry in os.scandir(folder) if entry.is_file()]
+    variants = set()
+    for n in names:
+        m = _VARIANT_FILE.search(n)
+        if m:
+            variants.add(m.group(1) or m.group(2))
+        elif n.endswith(".safetensors"):
+            return None  # plain weights are there: the failure is something else
+    return variants.pop() if len(variants) == 1 else None
+
+
 def load_component(
     cls: type[T],
     name_or_path: str | os.PathLike[str],
@@ -275,6 +299,7 @@ def load_component(
         local_files_only = bool(local_files_only) or offline
     local = looks_like_local_path(name_or_path)
     cache_dir = kwargs.get("cache_dir")
+    target = ""
     if local:
         name = os.path.expanduser(name)
         target = os.path.join(name, subfolder) if subfolder else name
@@ -288,6 +313,10 @@ def load_component(
         logger.info("the Hugging Face Hub cannot be reached; looking for %r in the local cache only", name)
     if _takes_weights(cls):
         kwargs.setdefault("use_safetensors", True)
+        variant = _only_variant(target) if local and "variant" not in kwargs else None
+        if variant is not None:  # e.g. only the fp16 files of SD1.5/SDXL were downloaded: from_pretrained must be told
+            logger.info("%s holds only %r weights; loading those", target, variant)
+            kwargs["variant"] = variant
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
     logger.debug("Loading %s from %r (local_files_only=%s)", cls.__name__, name, local_files_only)

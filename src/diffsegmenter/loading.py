@@ -176,6 +176,8 @@ def load_backbone(
         names = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
         return backbones.StableDiffusionBackbone(*(parts[n] for n in names)), parts["settings"]
     index = read_model_index(src, local_files_only)
+    if family == "sdxl":
+        _check_not_refiner(src, index)
     parts = _load_listed(src, index, _FAMILY_PARTS[family], device, dtype, local_files_only)
     if family == "sdxl":
         zeros = bool(index.get("force_zeros_for_empty_prompt", True))  # StableDiffusionXLPipeline's default
@@ -190,6 +192,29 @@ def load_backbone(
         alpha = index.get("_class_name") == "PixArtAlphaPipeline"
         bb = backbones.PixArtBackbone(**parts, max_length=PIXART_ALPHA_T5_LENGTH if alpha else PIXART_T5_LENGTH)
     return bb, _folder_settings(src)
+
+
+def _check_not_refiner(src: str, index: dict[str, Any]) -> None:
+    """Refuse an SDXL refiner folder (``stabilityai/stable-diffusion-xl-refiner-1.0``: no first text encoder, time ids
+    with an aesthetic score) before loading anything.
+
+    Raises:
+        ValueError: the folder lists no ``text_encoder`` or sets ``requires_aesthetics_score``; the message names the
+            base model to use instead.
+    """
+    entry = index.get("text_encoder")
+    no_first_encoder = not (isinstance(entry, list) and len(entry) == 2 and None not in entry)
+    if no_first_encoder or index.get("requires_aesthetics_score"):
+        why = "it has no first text encoder (text_encoder is null)" if no_first_encoder else ""
+        if index.get("requires_aesthetics_score"):
+            why += (
+                " and " if why else ""
+            ) + "its UNet is conditioned on an aesthetic score (requires_aesthetics_score)"
+        raise ValueError(
+            f"{src} is an SDXL refiner ({index.get('_class_name', 'SDXL')}): {why}. A refiner only polishes the base "
+            "model's output at low noise and is not supported for segmentation; use the SDXL base model instead, "
+            "e.g. stabilityai/stable-diffusion-xl-base-1.0"
+        )
 
 
 def _folder_settings(src: str) -> ModelSettings:
