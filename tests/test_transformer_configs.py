@@ -287,6 +287,25 @@ def test_pixart_prompts_are_lowercased_as_the_pipelines_do(segmenters, family_fo
     assert res.scores.shape == (2, 40, 48)
 
 
+def _timesteps_seen(bb, run_pipeline, sampler, z, text):
+    """The ``timestep`` tensors the transformer receives, first from ``run_pipeline()`` (the family's diffusers
+    pipeline on ``sampler``'s schedule), then from our ``denoise`` at each of ``sampler.timesteps``."""
+    seen = []
+    hook = bb.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            run_pipeline()
+            theirs = list(seen)
+            seen.clear()
+            for t in sampler.timesteps:
+                bb.denoise(z, t, text)
+    finally:
+        hook.remove()
+    return theirs, seen
+
+
 def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(family_folders):
     # StableDiffusion3Pipeline gives the scheduler's float32 timesteps to the transformer whatever its dtype; cast to
     # bfloat16 they move (by up to 2 of 1000 above t = 512)
@@ -295,10 +314,6 @@ def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(
     from diffsegmenter.loading import load_backbone
 
     bb, _ = load_backbone(family_folders["sd3"], dtype=torch.bfloat16)  # a fresh copy: other tests' hooks stay off
-    seen = []
-    hook = bb.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
-    )
     sampler = bb.sampler(4, latent_size=(16, 16))
     pipe = diffusers.StableDiffusion3Pipeline(
         transformer=bb.transformer, scheduler=sampler.scheduler, vae=bb.vae, text_encoder=bb.text_encoder,
@@ -309,18 +324,14 @@ def test_sd3_timesteps_reach_a_bfloat16_transformer_in_float32_as_the_pipelines(
     text = bb.empty_embedding()[None].to(torch.bfloat16)
     d = int(bb.transformer.config.pooled_projection_dim)
     z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    try:
-        with torch.inference_mode():
-            pipe(
-                prompt_embeds=text[:, :-1], pooled_prompt_embeds=text[:, -1, :d], latents=z, height=32, width=32,
-                num_inference_steps=4, guidance_scale=1.0, output_type="latent",
-            )  # fmt: skip
-            theirs = list(seen)
-            seen.clear()
-            for t in sampler.timesteps:
-                bb.denoise(z, t, text)
-    finally:
-        hook.remove()
+    theirs, seen = _timesteps_seen(
+        bb,
+        lambda: pipe(
+            prompt_embeds=text[:, :-1], pooled_prompt_embeds=text[:, -1, :d], latents=z, height=32, width=32,
+            num_inference_steps=4, guidance_scale=1.0, output_type="latent",
+        ),
+        sampler, z, text,
+    )  # fmt: skip
     assert len(seen) == len(theirs) == 4
     assert any(not torch.equal(t.to(torch.bfloat16).float(), t) for t in theirs)  # the case that shows the cast
     for ours, pipeline in zip(seen, theirs, strict=True):
@@ -346,10 +357,6 @@ def test_flux_timesteps_reach_a_bfloat16_transformer_rounded_as_the_pipelines(fa
     from diffsegmenter.loading import load_backbone
 
     bb, _ = load_backbone(family_folders["flux_dev"], dtype=torch.bfloat16)
-    seen = []
-    hook = bb.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True
-    )
     steps = 12
     sampler = bb.sampler(steps, latent_size=(16, 16))
     pipe = diffusers.FluxPipeline(
@@ -361,18 +368,14 @@ def test_flux_timesteps_reach_a_bfloat16_transformer_rounded_as_the_pipelines(fa
     d = int(bb.transformer.config.pooled_projection_dim)
     z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     packed = z.view(1, 4, 8, 2, 8, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 64, 16)
-    try:
-        with torch.inference_mode():
-            pipe(
-                prompt_embeds=text[:, :-1], pooled_prompt_embeds=text[:, -1, :d], latents=packed, height=32,
-                width=32, num_inference_steps=steps, output_type="latent",
-            )  # fmt: skip
-            theirs = list(seen)
-            seen.clear()
-            for t in sampler.timesteps:
-                bb.denoise(z, t, text)
-    finally:
-        hook.remove()
+    theirs, seen = _timesteps_seen(
+        bb,
+        lambda: pipe(
+            prompt_embeds=text[:, :-1], pooled_prompt_embeds=text[:, -1, :d], latents=packed, height=32,
+            width=32, num_inference_steps=steps, output_type="latent",
+        ),
+        sampler, z, text,
+    )  # fmt: skip
     assert len(seen) == len(theirs) == steps
     direct = [torch.tensor([t.sigma]).to(torch.bfloat16) for t in sampler.timesteps]
     assert any(not torch.equal(a, b) for a, b in zip(direct, theirs))  # the case that shows the rounding
