@@ -201,3 +201,26 @@ def family_image(seed: int = 0) -> np.ndarray:
     img[:, :24] = (200, 30, 30)
     img[:, 24:] = (20, 160, 40)
     return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+def free_mask_edit(bb, steps: int, guidance: float, prompt: str = "a dog on grass", seed: int = 5):
+    """Run the blended editing loop on ``family_image()[:32, :32]`` with a mask covering everything (so it is plain
+    guided sampling) and return ``(final_latents, start)``: the latents the loop hands to the decoder, and the start
+    latents a diffusers pipeline must be given to run the same loop (the image noised to the first step with the
+    loop's noise). Runs on a shallow copy of ``bb``, so a shared fixture is left untouched."""
+    import copy
+
+    from diffsegmenter.editing import EditSettings, blended_latent_edit
+
+    img = family_image()[:32, :32]
+    kept = []
+    probe = copy.copy(bb)
+    probe.decode_latents = lambda z: kept.append(z) or bb.decode_latents(z)
+    settings = EditSettings(steps=steps, guidance=guidance, resolution=32)
+    blended_latent_edit(
+        probe, [img], [np.ones((32, 32), bool)], [prompt], settings=settings, seed=seed, progress=False
+    )
+    z0 = bb.encode_latents([img], 32, antialias=True)
+    size = (z0.shape[-2], z0.shape[-1])
+    start = bb.add_noise(z0, bb.noise_like(z0, seed), bb.sampler(steps, latent_size=size).timesteps[0])
+    return kept[0], start
