@@ -88,19 +88,27 @@ def _vae(latent=4, **kw):
     )  # fmt: skip
 
 
-def build_sdxl(folder):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def sdxl_unet(time_ids: int = 6, cross_attention_dim: int = 64):
+    """A tiny SDXL-layout UNet (seeded): ``time_ids`` 6 for the base model's size/crop ids, 5 for the refiner's
+    aesthetic-score ids; ``cross_attention_dim`` the concatenated text width (32 per tiny CLIP)."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4, 8), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2),
-        projection_class_embeddings_input_dim=32 + 6 * 8, cross_attention_dim=64,
+        projection_class_embeddings_input_dim=32 + time_ids * 8, cross_attention_dim=cross_attention_dim,
     )  # fmt: skip
+
+
+def build_sdxl(folder):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = sdxl_unet()
     te, tok = _clip(CLIPTextModel)
     te2, tok2 = _clip(CLIPTextModelWithProjection)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")

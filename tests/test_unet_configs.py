@@ -14,7 +14,7 @@ import torch
 from diffsegmenter.attention import AttentionStore
 from diffsegmenter.loading import load_backbone
 
-from .family_builders import _clip, _vae, free_mask_edit
+from .family_builders import _clip, _vae, free_mask_edit, sdxl_unet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -137,18 +137,10 @@ def test_folder_with_plain_and_fp16_weights_reads_the_plain_ones(tmp_path):
 def _sdxl_refiner(folder, *, with_first_encoder: bool):
     """A tiny StableDiffusionXLImg2ImgPipeline laid out as stabilityai/stable-diffusion-xl-refiner-1.0 (no first text
     encoder, aesthetic-score time ids: 5 of them), or the same with a first encoder added."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4, 8), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2),
-        projection_class_embeddings_input_dim=32 + 5 * 8, cross_attention_dim=64 if with_first_encoder else 32,
-    )  # fmt: skip
+    unet = sdxl_unet(time_ids=5, cross_attention_dim=64 if with_first_encoder else 32)
     te, tok = _clip(CLIPTextModel) if with_first_encoder else (None, None)
     te2, tok2 = _clip(CLIPTextModelWithProjection)
     StableDiffusionXLImg2ImgPipeline(
