@@ -170,12 +170,12 @@ def load_backbone(
     from . import backbones
 
     src = resolve_model(model)
-    family = model_family(read_model_index(src, local_files_only))
+    index = read_model_index(src, local_files_only)  # read once: for a hub id it is a cache lookup or a download
+    family = model_family(index)
     if family == "sd":
         parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
         names = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
         return backbones.StableDiffusionBackbone(*(parts[n] for n in names)), parts["settings"]
-    index = read_model_index(src, local_files_only)
     if family == "sdxl":
         _check_not_refiner(src, index)
     parts = _load_listed(src, index, _FAMILY_PARTS[family], device, dtype, local_files_only)
