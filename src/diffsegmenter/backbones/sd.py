@@ -211,7 +211,7 @@ def vp_target(
     Raises:
         ValueError: a prediction type other than these three.
     """
-    kind = config.get("prediction_type", "epsilon") if hasattr(config, "get") else "epsilon"
+    kind = config.get("prediction_type", "epsilon")
     if kind == "epsilon":
         return noise
     if kind == "sample":
