@@ -1062,8 +1062,17 @@ def sample_images(
         requires_safety_checker=False,
         dtype=torch.float32,
     ).to(device)
-    pipe.set_progress_bar_config(disable=True)
     size = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    return pipeline_samples(pipe, size, prompts, per_prompt, steps, guidance, seed)
+
+
+@torch.no_grad()
+def pipeline_samples(
+    pipe, size: int, prompts: Sequence[str], per_prompt: int, steps: int, guidance: float, seed: int
+) -> list[list[np.ndarray]]:
+    """Sample a diffusers text-to-image pipeline (either shapes model's): per prompt, ``per_prompt`` (size, size, 3)
+    uint8 images, image ``j`` of every prompt from the noise of seed ``seed + j``."""
+    pipe.set_progress_bar_config(disable=True)
     out: list[list[np.ndarray]] = []
     for prompt in prompts:
         gens = [torch.Generator(device="cpu").manual_seed(seed + j) for j in range(per_prompt)]

@@ -340,22 +340,8 @@ def sample_images(
     pipe = StableDiffusion3Pipeline.from_pretrained(
         str(model_dir), text_encoder_3=None, tokenizer_3=None, dtype=torch.float32
     ).to(device)
-    pipe.set_progress_bar_config(disable=True)
     size = int(pipe.transformer.config.sample_size) * pipe.vae_scale_factor
-    out = []
-    for prompt in prompts:
-        gens = [torch.Generator(device="cpu").manual_seed(seed + j) for j in range(per_prompt)]
-        res = pipe(
-            [prompt] * per_prompt,
-            height=size,
-            width=size,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=gens,
-            output_type="np",
-        )
-        out.append([np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in res.images])
-    return out
+    return T.pipeline_samples(pipe, size, prompts, per_prompt, steps, guidance, seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
