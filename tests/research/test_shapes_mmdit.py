@@ -134,6 +134,11 @@ def test_tiny_run_writes_a_folder_that_loads_and_segments_and_resumes(tmp_path):
     assert res.scores.shape == (2, 64, 64) and np.isfinite(res.scores).all()
     saved = json.loads((out / "model" / "segmenter_config.json").read_text())
     assert saved["attention_blocks"] == [0, 1] and saved["_classes"][0] == "circle"
+    # StableDiffusion3Pipeline samples it (the model card's pictures): seeded per image, the same seeds the same images
+    rows = TM.sample_images(out / "model", ["a red circle", "a blue square"], per_prompt=2, steps=2)
+    assert [len(r) for r in rows] == [2, 2] and all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in rows[0])
+    again = TM.sample_images(out / "model", ["a red circle"], per_prompt=2, steps=2)
+    assert np.array_equal(again[0][1], rows[0][1]) and not np.array_equal(rows[0][0], rows[0][1])
     # resume continues from the saved step with the same latent statistics
     assert TM.main(_args(out, "--unet-steps", "3", "--save-every", "0", "--resume")) == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
