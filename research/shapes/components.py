@@ -196,19 +196,31 @@ def build_text_encoder(
     Returns:
         `CLIPTextModel`: float32, on CPU, in eval mode, with ``requires_grad`` off.
     """
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     if isinstance(tokenizer, (str, Path)):
         tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer))
-    config = CLIPTextConfig(
+    return seeded_text_encoder(
+        CLIPTextModel, tokenizer, seed, token_embedding_std, **{**TEXT_ENCODER_CONFIG, **overrides}
+    )
+
+
+def seeded_text_encoder(cls, tokenizer, seed: int, token_embedding_std: float, **config: Any):
+    """A random, frozen CLIP text model of class ``cls`` (``CLIPTextModel`` or ``CLIPTextModelWithProjection``):
+    weights from torch seed ``seed``, then its token embeddings redrawn from N(0, ``token_embedding_std``²) with
+    seed ``seed + 1`` (large, so that shape words stay distinct in context). ``config``: ``CLIPTextConfig`` entries
+    besides the tokenizer's vocabulary size and special ids. Float32, CPU, eval mode, ``requires_grad`` off."""
+    from transformers import CLIPTextConfig
+
+    text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **{**TEXT_ENCODER_CONFIG, **overrides},
+        **config,
     )
     torch.manual_seed(seed)
-    model = CLIPTextModel(config)
+    model = cls(text_config)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight

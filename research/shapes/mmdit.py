@@ -90,26 +90,13 @@ def build_text_encoders(tokenizer: Any, seed: int = 0, tiny: bool = False, token
     Returns:
         `tuple`: two ``CLIPTextModelWithProjection``, float32, eval mode, ``requires_grad`` off.
     """
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
     kw = {**TEXT_ENCODER_CONFIG, **(TINY_TEXT_ENCODER_OVERRIDES if tiny else {})}
-    out = []
-    for s in (seed, seed + TEXT_ENCODER_2_SEED_OFFSET):
-        config = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **kw,
-        )
-        torch.manual_seed(s)
-        model = CLIPTextModelWithProjection(config)
-        gen = torch.Generator().manual_seed(s + 1)
-        with torch.no_grad():
-            emb = model.get_input_embeddings().weight
-            emb.copy_(torch.randn(emb.shape, generator=gen) * token_embedding_std)
-        out.append(model.requires_grad_(False).eval())
-    return out[0], out[1]
+    return tuple(
+        C.seeded_text_encoder(CLIPTextModelWithProjection, tokenizer, s, token_embedding_std, **kw)
+        for s in (seed, seed + TEXT_ENCODER_2_SEED_OFFSET)
+    )
 
 
 def build_transformer(seed: int = 0, tiny: bool = False, **overrides: Any):
