@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -111,6 +112,109 @@ def build_transformer(seed: int = 0, tiny: bool = False, **overrides: Any):
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(**{**TRANSFORMER_CONFIG, **(TINY_TRANSFORMER_OVERRIDES if tiny else {}), **overrides})
+
+
+def transformer_overrides(
+    num_layers: int | None = None, num_heads: int | None = None, patch_size: int | None = None, tiny: bool = False
+) -> dict[str, Any]:
+    """``TRANSFORMER_CONFIG`` entries for a transformer of another size (``None``: keep the default).
+
+    Args:
+        num_layers (`int`, *optional*): joint blocks.
+        num_heads (`int`, *optional*): attention heads of ``attention_head_dim`` (32) each; the width of both streams
+            (``caption_projection_dim``) follows, ``num_heads * attention_head_dim``.
+        patch_size (`int`, *optional*): latent patch size (2: a 16×16 token grid on 32×32 latents; 4: 8×8).
+        tiny (`bool`, *optional*, defaults to `False`): widths from the tiny test model's head size.
+    """
+    head_dim = (TINY_TRANSFORMER_OVERRIDES if tiny else TRANSFORMER_CONFIG)["attention_head_dim"]
+    out: dict[str, Any] = {}
+    if num_layers is not None:
+        if num_layers < 2:
+            raise ValueError(f"num_layers must be >= 2 (the last block is context_pre_only), got {num_layers}")
+        out["num_layers"] = int(num_layers)
+    if num_heads is not None:
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+        out["num_attention_heads"] = int(num_heads)
+        out["caption_projection_dim"] = int(num_heads) * int(head_dim)
+    if patch_size is not None:
+        if patch_size not in (1, 2, 4, 8):
+            raise ValueError(f"patch_size must divide the 32x32 latents (1, 2, 4 or 8), got {patch_size}")
+        out["patch_size"] = int(patch_size)
+    return out
+
+
+class CollapsedZeroTokensProcessor:
+    """Training-only joint attention in which the last context token stands for ``copies`` identical ones.
+
+    The pipeline (and the segmenter's backbone) put ``T5_LENGTH`` zero tokens in T5's place. SD3 gives text tokens
+    no position, so those tokens enter every block equal and stay equal: each block maps equal inputs to equal
+    outputs, and every query sees ``copies`` equal keys with equal values, which is one key whose logit is raised by
+    ``log(copies)``. With one zero token and that bias, the transformer computes the same function of its weights as
+    with ``copies`` of them (so the same loss and gradients) on about 40 % fewer tokens. The saved model is unchanged:
+    this processor is installed on the training copy only, never saved, and the EMA copy keeps diffusers' own.
+
+    Args:
+        copies (`int`): how many equal zero tokens the last context token stands for (``T5_LENGTH``).
+    """
+
+    def __init__(self, copies: int) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        self.log_copies = math.log(copies)
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs: Any):  # fmt: skip
+        """``JointAttnProcessor2_0``'s computation (image tokens first, then context) with the additive key bias.
+
+        Args:
+            attn (`Attention`): the block's joint attention module.
+            hidden_states (`torch.Tensor`): (B, N, C) image tokens.
+            encoder_hidden_states (`torch.Tensor`): (B, L, C) context tokens; the last one is the collapsed zeros.
+
+        Returns:
+            `tuple[torch.Tensor, torch.Tensor]` (image, context) outputs, or the image output alone for a block
+            without context.
+        """
+        import torch.nn.functional as F
+
+        b, n = hidden_states.shape[:2]
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        bias = None
+        if encoder_hidden_states is not None:
+            cq = heads(attn.add_q_proj(encoder_hidden_states))
+            ck = heads(attn.add_k_proj(encoder_hidden_states))
+            cv = heads(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                cq = attn.norm_added_q(cq)
+            if attn.norm_added_k is not None:
+                ck = attn.norm_added_k(ck)
+            q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
+            bias = q.new_zeros(1, 1, 1, k.shape[2])
+            bias[..., -1] = self.log_copies
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[-1]).to(q.dtype)
+        image, context = out[:, :n], out[:, n:]
+        image = attn.to_out[1](attn.to_out[0](image))
+        if encoder_hidden_states is None:
+            return image
+        if not attn.context_pre_only:
+            context = attn.to_add_out(context)
+        return image, context
+
+
+def collapse_zero_tokens(transformer: torch.nn.Module, copies: int = T5_LENGTH) -> None:
+    """Install :class:`CollapsedZeroTokensProcessor` on every joint attention of a training transformer (feed it
+    ``encode_text(..., t5_length=1)``)."""
+    transformer.set_attn_processor(CollapsedZeroTokensProcessor(copies))
 
 
 def build_scheduler():

@@ -325,7 +325,7 @@ class CaptionEncoder:
 class BatchStream(torch.utils.data.IterableDataset):
     """Batches of step ``start_step``, ``start_step + 1``, ...; each drawn from ``default_rng([seed, phase, step])``.
 
-    Each batch holds ``images`` (B, 64, 64, 3) uint8, ``noise`` and ``latent_noise`` (B, 4, h, w) float32 N(0, 1)
+    Each batch holds ``index`` (B,) int64 (the pool rows), ``images`` (B, 64, 64, 3) uint8, ``noise`` and ``latent_noise`` (B, 4, h, w) float32 N(0, 1)
     and, for the UNet phase, ``input_ids`` (B, 77) int64 and ``timesteps`` (B,) int64 in [0, T). With DataLoader
     workers, worker ``w`` of ``k`` makes the steps ``= w (mod k)``, and the DataLoader's round-robin returns them in
     order.
@@ -362,6 +362,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         b = self.batch_size
         idx = rng.integers(0, self.pool_limit, size=b)
         batch = {
+            "index": torch.from_numpy(idx),
             "images": torch.from_numpy(self.pool.images[idx]),
             "latent_noise": torch.from_numpy(rng.standard_normal((b, *self.latent_shape), dtype=np.float32)),
         }

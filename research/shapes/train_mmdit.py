@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,16 @@ class MMDiTConfig(T.TrainConfig):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     latent_stats_scenes: int | None = None
+    # transformer size (None: mmdit.TRANSFORMER_CONFIG's) and two exact speed-ups (same loss and gradients)
+    dit_layers: int | None = None
+    dit_heads: int | None = None
+    dit_patch_size: int | None = None
+    collapse_t5: bool = True
+    cache_latents: bool = True
+
+    def transformer_overrides(self) -> dict[str, Any]:
+        """``TRANSFORMER_CONFIG`` entries the size flags replace (validated)."""
+        return M.transformer_overrides(self.dit_layers, self.dit_heads, self.dit_patch_size, tiny=self.tiny)
 
     def resolve(self) -> MMDiTConfig:
         cfg = super().resolve()
@@ -60,6 +71,7 @@ class MMDiTConfig(T.TrainConfig):
             cfg.latent_stats_scenes = 4096 if cfg.device.startswith("cuda") else 512
         if cfg.logit_std <= 0:
             raise ValueError(f"--logit-std must be > 0, got {cfg.logit_std}")
+        cfg.transformer_overrides()  # validates the size flags
         return cfg
 
 
@@ -107,11 +119,15 @@ class MMDiTTrainer(T.Trainer):
         self.text_encoder_2.to(self.device)
         self.vae_source = resolve_model(cfg.vae_from)
         self.vae = M.load_vae(self.vae_source, 0.0, 1.0).to(self.device)  # shift and scale: measure_latents
-        transformer = M.build_transformer(seed=cfg.seed, tiny=cfg.tiny)
+        transformer = M.build_transformer(seed=cfg.seed, tiny=cfg.tiny, **cfg.transformer_overrides())
         if transformer.config.joint_attention_dim < 2 * self.text_encoder.config.hidden_size:
             raise ValueError("the transformer's joint_attention_dim must hold both CLIP encoders' states")
         self.unet = transformer.to(self.device)
-        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)  # keeps diffusers' processors (it is saved)
+        self.t5_length = 1 if cfg.collapse_t5 else M.T5_LENGTH
+        if cfg.collapse_t5:
+            M.collapse_zero_tokens(self.unet, M.T5_LENGTH)
+        self.latent_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sample_scheduler = M.build_scheduler()
         self.noise_scheduler = self.sample_scheduler  # the batch stream reads num_train_timesteps from it
         self.encoder = T.CaptionEncoder(self.tokenizer, VOCABULARY)
@@ -138,15 +154,38 @@ class MMDiTTrainer(T.Trainer):
         self.vae.register_to_config(shift_factor=mean, scaling_factor=self.scaling_factor)
         self.log("latents", scenes=n, shift_factor=mean, latent_std=std, scaling_factor=self.scaling_factor)
 
+    @torch.no_grad()
+    def cache_latents(self, pool: T.ScenePool, chunk: int = 256) -> None:
+        """Encode every pool image once (``--cache-latents``): the VAE is frozen, so a step's latents are the cached
+        posterior mean, plus its std times the step's ``latent_noise`` with ``--latents sample``, exactly what
+        encoding the batch gives. Held on the training device as float32, (pool, 4, 32, 32) each."""
+        pool.wait()
+        t0 = time.perf_counter()
+        means, stds = [], []
+        for a in range(0, pool.size, chunk):
+            imgs = torch.from_numpy(pool.images[a : a + chunk]).to(self.device)
+            imgs = imgs.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            with T._autocast(self.device, self.cfg.bf16):
+                dist = self.vae.encode(imgs).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        self.latent_cache = (torch.cat(means), torch.cat(stds))
+        self.log("latent_cache", scenes=pool.size, seconds=time.perf_counter() - t0)
+
     def encode_text(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 77 + 256, joint width) states and (B, pooled width) projections, as the pipeline builds them."""
+        """(B, 77 + T5 zeros, joint width) states and (B, pooled width) projections, as the pipeline builds them
+        (one zero token standing for 256 with ``--collapse-t5``)."""
         joint = int(self.unet.config.joint_attention_dim)
-        return M.encode_text(self.text_encoder, self.text_encoder_2, input_ids, joint)
+        return M.encode_text(self.text_encoder, self.text_encoder_2, input_ids, joint, self.t5_length)
 
     def unet_step_fn(self, batch: dict[str, torch.Tensor], lr: float) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         with torch.no_grad(), T._autocast(self.device, cfg.bf16):
-            z = T._encode_latents(self.vae, batch["images"], batch["latent_noise"], cfg.latents)
+            if self.latent_cache is not None:
+                mean, std = (c[batch["index"]] for c in self.latent_cache)
+                z = mean if cfg.latents == "mean" else mean + std * batch["latent_noise"]
+            else:
+                z = T._encode_latents(self.vae, batch["images"], batch["latent_noise"], cfg.latents)
             z = (z - float(self.latent_mean)) * float(self.scaling_factor)
             states, pooled = self.encode_text(batch["input_ids"])
         sigma = sigmas_from_timesteps(batch["timesteps"], cfg.logit_mean, cfg.logit_std).view(-1, 1, 1, 1)
@@ -289,6 +328,8 @@ class MMDiTTrainer(T.Trainer):
             self.measure_latents(pool)
         pool.wait()
         self.log("pool_ready", size=pool.size, seconds=pool.seconds, elapsed=self.elapsed())
+        if cfg.cache_latents:
+            self.cache_latents(pool)
         self.run_unet(pool, cfg.unet_steps)
         self.save_state()
         folder = self.out / "model"
@@ -305,6 +346,8 @@ class MMDiTTrainer(T.Trainer):
         pool = T.ScenePool(n, 0).start()
         rendered = n / max(time.perf_counter() - t0, 1e-9)
         self.measure_latents(pool)
+        if cfg.cache_latents:
+            self.cache_latents(pool)
         rate = self.run_unet(pool, cfg.profile_steps + 2, profile=True)
         result = {
             "transformer_steps_per_s": rate,
@@ -355,6 +398,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logit-mean", type=float, default=d.logit_mean, help="logit-normal noise-level sampling mean")
     p.add_argument("--logit-std", type=float, default=d.logit_std, help="logit-normal noise-level sampling std")
     p.add_argument("--latent-stats-scenes", type=int, help="scenes for the latent shift/scale (4096 GPU / 512 CPU)")
+    p.add_argument("--dit-layers", type=int, help=f"joint blocks (default {M.TRANSFORMER_CONFIG['num_layers']})")
+    p.add_argument(
+        "--dit-heads",
+        type=int,
+        help=f"attention heads of {M.TRANSFORMER_CONFIG['attention_head_dim']}, the width follows "
+        f"(default {M.TRANSFORMER_CONFIG['num_attention_heads']})",
+    )
+    p.add_argument("--dit-patch-size", type=int, help=f"latent patch (default {M.TRANSFORMER_CONFIG['patch_size']})")
+    p.add_argument(
+        "--no-collapse-t5",
+        dest="collapse_t5",
+        action="store_false",
+        help="train on the 256 T5 zero tokens instead of one standing for them (same loss, about 2x slower)",
+    )
+    p.add_argument(
+        "--no-cache-latents",
+        dest="cache_latents",
+        action="store_false",
+        help="encode each batch with the VAE instead of encoding the pool once (same latents, slower)",
+    )
     return p
 
 

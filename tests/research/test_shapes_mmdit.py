@@ -178,3 +178,57 @@ def test_unet_flags_are_refused():
         TM.MMDiTConfig(device="cpu", unet_heads="4,4,4").resolve()
     with pytest.raises(ValueError, match="--resume"):
         TM.MMDiTConfig(device="cpu", init_from="somewhere").resolve()
+
+
+def test_one_collapsed_zero_token_trains_as_the_pipelines_256(parts):
+    """The training copy's one zero token with a log(256) key bias gives the transformer's output and weight
+    gradients on 77 + 256 tokens (diffusers' own processors), so the shortcut changes nothing that is learned."""
+    ids = parts["tokenizer"](
+        ["a red circle and a blue square", "a green cross"], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
+    reference = M.build_transformer(tiny=True, seed=3)
+    collapsed = M.build_transformer(tiny=True, seed=3)
+    M.collapse_zero_tokens(collapsed, M.T5_LENGTH)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, generator=gen)
+    timestep = torch.tensor([100.0, 700.0])
+    outs, grads = [], []
+    for model, t5 in ((reference, M.T5_LENGTH), (collapsed, 1)):
+        states, pooled = M.encode_text(parts["te1"], parts["te2"], ids, model.config.joint_attention_dim, t5)
+        out = model(
+            hidden_states=x, timestep=timestep, encoder_hidden_states=states, pooled_projections=pooled,
+            return_dict=False,
+        )[0]  # fmt: skip
+        out.pow(2).mean().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert grads[0].shape == grads[1].shape and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    # without the bias (one plain zero token) the output differs: the test can tell
+    plain = M.build_transformer(tiny=True, seed=3)
+    states, pooled = M.encode_text(parts["te1"], parts["te2"], ids, plain.config.joint_attention_dim, 1)
+    out = plain(hidden_states=x, timestep=timestep, encoder_hidden_states=states, pooled_projections=pooled).sample
+    assert not torch.allclose(out, outs[0], atol=1e-4)
+
+
+def test_cached_latents_are_the_encoded_batch_and_size_flags_reach_the_transformer(tmp_path):
+    cfg = TM.MMDiTConfig(
+        out=str(tmp_path), device="cpu", tiny=True, threads=1, pool_size=8, workers=0, dit_layers=3, dit_heads=3,
+        dit_patch_size=4,
+    )  # fmt: skip
+    trainer = TM.MMDiTTrainer(cfg.resolve())
+    trainer.setup()
+    tc = trainer.unet.config
+    assert (tc.num_layers, tc.num_attention_heads, tc.patch_size) == (3, 3, 4)
+    assert tc.caption_projection_dim == 3 * tc.attention_head_dim
+    pool = TM.T.ScenePool(8, 0).start()
+    trainer.measure_latents(pool)
+    trainer.cache_latents(pool)
+    stream = TM.T.BatchStream(pool, 4, 0, "unet", 0, 8, trainer.latent_shape, trainer.encoder)
+    batch = TM.T._to_model_inputs(stream.make(5), trainer.device)
+    mean, std = (c[batch["index"]] for c in trainer.latent_cache)
+    with torch.no_grad():
+        encoded = TM.T._encode_latents(trainer.vae, batch["images"], batch["latent_noise"], "sample")
+    assert torch.allclose(mean + std * batch["latent_noise"], encoded, atol=1e-5)
+    with pytest.raises(ValueError, match="patch_size"):
+        TM.MMDiTConfig(device="cpu", dit_patch_size=3).resolve()
