@@ -12,11 +12,19 @@ record per block (``quality.binding_probe`` through the package's SD3 backbone).
 Run from the repository root::
 
     python -m research.shapes.train_mmdit --out runs/mmdit --device cuda --time-budget-s 300 --keep-best all_blocks
-    python -m research.shapes.train_mmdit --out runs/mmdit-cpu --device cpu --time-budget-s 600 --batch-size 16
+    python -m research.shapes.train_mmdit --out runs/dit-cpu --device cpu --time-budget-s 5700 --batch-size 32 \
+        --dit-layers 4 --dit-heads 4 --workers 0 --loader-workers 0 --threads 2 --save-every 1000 --probe-scenes 32 \
+        --keep-best all_blocks
     python -m research.shapes.train_mmdit --profile-steps 20 --device cuda
 
 The flags are :mod:`.train`'s (``--vae-*`` and ``--unet-*`` do not apply: phase 1 is skipped), plus ``--vae-from``
-(the folder whose VAE is reused; default the shipped ``shapes``), ``--logit-mean`` and ``--logit-std``.
+(the folder whose VAE is reused; default the shipped ``shapes``), ``--logit-mean``, ``--logit-std`` and the
+transformer's size (``--dit-layers``, ``--dit-heads``, ``--dit-patch-size``).
+
+Two shortcuts change nothing that is learned and are on by default: the training copy of the transformer sees one
+T5 zero token standing for the pipeline's 256 (:class:`.mmdit.CollapsedZeroTokensProcessor`: same loss and gradients,
+about 2x faster), and the pool's latents are encoded once (the VAE is frozen). ``--no-collapse-t5`` and
+``--no-cache-latents`` turn them off.
 """
 
 from __future__ import annotations

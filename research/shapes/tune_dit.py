@@ -10,8 +10,10 @@ the UNet model's prompts ("a circle and a square", one prompt, emphasis 1.0) and
 - completion: none, or one step with the self-attention of the middle block or of the best block;
 - tau swept on the stored score maps of each setting.
 
-The best val mIoU (present classes given) wins; it goes into a new ``segmenter_config.json`` in ``--out`` (the
-folder's own plus the choice), and the test split is read once with it. From the repository root::
+Then, at the best grid setting, the other read-outs (``--readouts``; ``single-block`` reads the block the val probe
+ranks first), tau swept on val for each. The best val mIoU over all of these (present classes given) wins; it goes
+into a new ``segmenter_config.json`` in ``--out`` (the folder's own plus the choice). The test split is then read
+once per read-out, each at its val-chosen setting; the headline is the val choice's. From the repository root::
 
     python -m research.shapes.tune_dit --model runs/mmdit/model --out runs/mmdit-tune --val 150 --test 300
 """
@@ -102,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=300, help="0: choose on val only")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--readouts",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        default=["paper", "rescaled", "weighted", "single-block"],
+        help="read-outs compared at the best grid setting (comma-separated; default paper,rescaled,weighted,"
+        "single-block)",
+    )
     return p
 
 
@@ -121,27 +130,46 @@ def main(argv: list[str] | None = None) -> int:
     ranked = sorted(range(n), key=lambda i: -probe[f"block_{i}"])
     records = []
     base = seg.config
+    keep = ("mIoU", "class_acc_fg", "class_acc_given_fg", "fg_iou")
     for fields in grid(n, ranked):
         name = fields.pop("_name")
         seg.config = base.replace(**fields)
         tau, m = best_tau(val, _segment(seg, val))
-        keep = ("mIoU", "class_acc_fg", "class_acc_given_fg", "fg_iou")
         records.append({"name": name, "settings": {**fields, "tau": tau}, "val": {k: m[k] for k in keep}})
         print(f"[{len(records)}] {name}: tau={tau:.2f} val mIoU={m['mIoU']:.3f} fg_iou={m['fg_iou']:.3f}", flush=True)
     records.sort(key=lambda r: -r["val"]["mIoU"])
-    chosen = records[0]
+    by_readout = {"paper": records[0]}
+    for readout in [r for r in args.readouts if r != "paper"]:
+        fields = {**records[0]["settings"], "readout": readout}
+        fields.pop("tau")
+        if readout == "single-block":
+            fields["readout_block"] = ranked[0]
+        seg.config = base.replace(**fields)
+        tau, m = best_tau(val, _segment(seg, val))
+        by_readout[readout] = {
+            "name": f"{records[0]['name']} readout={readout}",
+            "settings": {**fields, "tau": tau},
+            "val": {k: m[k] for k in keep},
+        }
+        print(f"[{readout}] tau={tau:.2f} val mIoU={m['mIoU']:.3f} fg_iou={m['fg_iou']:.3f}", flush=True)
+    chosen = max(by_readout.values(), key=lambda r: r["val"]["mIoU"])
     report: dict[str, Any] = {
         "model": str(folder),
         "val_scenes": args.val,
         "binding_probe_val": probe,
         "search": records,
+        "readouts": by_readout,
         "chosen": chosen,
         "search_seconds": time.time() - t0,
     }
     if args.test > 0:
-        seg.config = base.replace(**chosen["settings"])
+        test = scenes_of("test", args.test)
         report["test_scenes"] = args.test
-        report["test"] = evaluate_segmenter(seg, scenes_of("test", args.test))
+        report["test_by_readout"] = {}
+        for readout, record in by_readout.items():
+            seg.config = base.replace(**record["settings"])
+            report["test_by_readout"][readout] = evaluate_segmenter(seg, test)
+        report["test"] = report["test_by_readout"][chosen["settings"].get("readout", "paper")]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tuning.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     cfg_path = folder / "segmenter_config.json"

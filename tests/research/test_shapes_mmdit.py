@@ -153,6 +153,11 @@ def test_tiny_run_writes_a_folder_that_loads_and_segments_and_resumes(tmp_path):
     assert tune_dit.main(["--model", str(out / "model"), "--out", str(tuned), "--val", "2", "--test", "1"]) == 0
     report = json.loads((tuned / "tuning.json").read_text())
     assert len(report["search"]) == len(tune_dit.TIMESTEPS) * 9 and report["test_scenes"] == 1
+    assert list(report["readouts"]) == ["paper", "rescaled", "weighted", "single-block"]
+    assert report["readouts"]["single-block"]["settings"]["readout_block"] in (0, 1)
+    assert set(report["test_by_readout"]) == set(report["readouts"])
+    best_val = max(r["val"]["mIoU"] for r in report["readouts"].values())
+    assert report["chosen"]["val"]["mIoU"] == best_val
     chosen = json.loads((tuned / "segmenter_config.json").read_text())
     assert chosen["tau"] == report["chosen"]["settings"]["tau"] and "val" in chosen["_provenance"]
     seg = DiffSegmenter.from_pretrained(out / "model", config=None)
