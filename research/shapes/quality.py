@@ -162,11 +162,11 @@ def evaluate_segmenter(seg: Any, scenes: Sequence[Scene], batch: int = 16, **seg
     return score_predictions(scenes, preds, class_scores)
 
 
-def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
+def binding_probe(seg: Any, scenes: Sequence[Scene], timestep: int = 100) -> dict[str, float]:
     """How well a model's cross-attention binds each shape word to its object, level by level (UNet) or block by
     block (transformer backbones such as SD3: no levels, every block on one token grid).
 
-    One prompt naming the present classes ("a circle and a square"), t = 100, raw cross-attention (no self-attention
+    One prompt naming the present classes ("a circle and a square"), t = ``timestep``, raw cross-attention (no self-attention
     completion, no emphasis); on true foreground pixels, the fraction where the right class scores highest among the
     present ones (``class_acc_given_fg``), with the levels (blocks) fused uniformly and with each alone. The
     segmenter's own config is restored afterwards.
@@ -174,6 +174,7 @@ def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
     Args:
         seg: a :class:`~diffsegmenter.DiffSegmenter` on a shapes model.
         scenes: the scenes (use validation scenes: this is for watching checkpoints, not for reporting).
+        timestep (`int`, *optional*, defaults to 100): the noising timestep (flow models: the equal-SNR sigma).
 
     Returns:
         `dict[str, float]`: UNet: ``all_levels`` and ``level_<factor>`` for each downsampling factor; transformer:
@@ -188,7 +189,7 @@ def binding_probe(seg: Any, scenes: Sequence[Scene]) -> dict[str, float]:
         template="{}",
         class_phrase="a {}",
         joiner=" and ",
-        timestep=100,
+        timestep=timestep,
         self_attention_steps=0,
         emphasis=1.0,
     )
