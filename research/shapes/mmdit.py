@@ -358,13 +358,14 @@ def save_model_folder(
     return total
 
 
-def segmenter_settings(num_blocks: int, provenance: str) -> dict[str, Any]:
+def segmenter_settings(num_blocks: int, provenance: str, patch_size: int = 2) -> dict[str, Any]:
     """The ``segmenter_config.json`` a freshly trained folder gets: the shapes behaviour and prompts of the UNet
     model's tuned settings, the family's default read-out (every block averaged, completion with the middle block),
     t = 100 and tau 0.4 until a tuning run on val replaces them.
 
     Args:
         num_blocks (`int`): the transformer's blocks.
+        patch_size (`int`, *optional*, defaults to 2): the transformer's patch, the one level its attention lands at.
         provenance (`str`): how the values were chosen (written as ``_provenance``).
     """
     from .quality import SHAPES_BEHAVIOUR
@@ -379,7 +380,7 @@ def segmenter_settings(num_blocks: int, provenance: str) -> dict[str, Any]:
         "joiner": " and ",
         "emphasis": 1.0,
         "timestep": 100,
-        "level_weights": {"2": 1.0},
+        "level_weights": {str(patch_size): 1.0},
         "attention_blocks": list(range(num_blocks)),
         "self_attention_blocks": [num_blocks // 2],
         "tau": 0.4,

@@ -258,7 +258,9 @@ class MMDiTTrainer(T.Trainer):
         """Write a complete model folder with the EMA transformer (and a provisional ``segmenter_config.json``)."""
         n = int(self.ema_unet.config.num_layers)
         settings = M.segmenter_settings(
-            n, f"untuned defaults written by research.shapes.train_mmdit at step {self.unet_step}"
+            n,
+            f"untuned defaults written by research.shapes.train_mmdit at step {self.unet_step}",
+            int(self.ema_unet.config.patch_size),
         )
         size = M.save_model_folder(
             folder,

@@ -47,12 +47,13 @@ PROMPTS: dict[str, Any] = {
 }
 
 
-def grid(num_blocks: int, ranked: list[int]) -> list[dict[str, Any]]:
+def grid(num_blocks: int, ranked: list[int], patch: int = 2) -> list[dict[str, Any]]:
     """The settings tried: SegmenterConfig fields (JSON-ready) without tau.
 
     Args:
         num_blocks (`int`): the transformer's blocks.
         ranked (`list[int]`): block indices, best binding first.
+        patch (`int`, *optional*, defaults to 2): the transformer's patch (its one level's downsampling factor).
     """
     block_sets = {"all": list(range(num_blocks)), "best1": ranked[:1], "best3": sorted(ranked[:3])}
     completions = {"none": (0, [num_blocks // 2]), "middle": (1, [num_blocks // 2]), "best": (1, ranked[:1])}
@@ -65,7 +66,7 @@ def grid(num_blocks: int, ranked: list[int]) -> list[dict[str, Any]]:
                         **SHAPES_BEHAVIOUR,
                         **PROMPTS,
                         "timestep": t,
-                        "level_weights": {"2": 1.0},
+                        "level_weights": {str(patch): 1.0},
                         "attention_blocks": blocks,
                         "self_attention_blocks": self_blocks,
                         "self_attention_steps": steps,
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     base = seg.config
     keep = ("mIoU", "class_acc_fg", "class_acc_given_fg", "fg_iou")
-    for fields in grid(n, ranked):
+    for fields in grid(n, ranked, seg.backbone.patch_factor):
         name = fields.pop("_name")
         seg.config = base.replace(**fields)
         tau, m = best_tau(val, _segment(seg, val))

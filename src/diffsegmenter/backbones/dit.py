@@ -2,7 +2,8 @@
 
 A diffusion transformer has no resolution levels: every block sees the same token grid (the latent cut into 2x2
 patches), so its attention lands at one "level", downsampling factor 2, and *blocks*, not levels, are what is chosen
-(``SegmenterConfig.attention_blocks`` / ``self_attention_blocks``). ``level_weights`` is ``{2: 1.0}``.
+(``SegmenterConfig.attention_blocks`` / ``self_attention_blocks``). ``level_weights`` is ``{2: 1.0}`` (``{p: 1.0}``
+for a model with ``p``x``p`` patches).
 
 Flow-matching families (SD3, FLUX) noise with ``x_sigma = (1 - sigma) x0 + sigma eps`` (what
 ``FlowMatchEulerDiscreteScheduler.scale_noise`` computes). ``SegmenterConfig.timestep`` keeps its meaning, "t of
@@ -31,7 +32,8 @@ from .sd import VPSchedule, ddim_sampler, vae_decode, vae_latents, vp_add_noise,
 
 __all__ = ["TransformerBackbone", "FlowMatchSampler", "flow_sigma", "sigma_of", "DIT_LEVEL_WEIGHTS"]
 
-#: Every block of a DiT sits at downsampling factor 2 of the latent (2x2 patches).
+#: Every block of a DiT sits at downsampling factor 2 of the latent (2x2 patches) in every public model; a model with
+#: another ``patch_size`` gets ``{patch_size: 1.0}`` (``TransformerBackbone.patch_factor``).
 DIT_LEVEL_WEIGHTS: dict[int, float] = {2: 1.0}
 
 
@@ -137,8 +139,14 @@ class TransformerBackbone(DiffusionBackbone):
         return int(size) * self.vae_scale
 
     @property
+    def patch_factor(self) -> int:
+        """Side of a token's latent patch: the downsampling factor, relative to the latent, at which every block's
+        attention lands (the transformer config's ``patch_size``; 2 for every public SD3 and PixArt-Σ model)."""
+        return int(getattr(self.transformer.config, "patch_size", None) or 2)
+
+    @property
     def default_level_weights(self) -> dict[int, float]:
-        return dict(DIT_LEVEL_WEIGHTS)
+        return {self.patch_factor: 1.0}
 
     # ------------------------------------------------------------------ blocks
     def num_blocks(self) -> int:
@@ -155,7 +163,7 @@ class TransformerBackbone(DiffusionBackbone):
 
     def family_defaults(self) -> dict:
         return {
-            "level_weights": dict(DIT_LEVEL_WEIGHTS),
+            "level_weights": self.default_level_weights,
             "attention_blocks": self.default_blocks(),
             "self_attention_blocks": self.default_self_blocks(),
         }

@@ -48,6 +48,11 @@ class FluxBackbone(TransformerBackbone):
         self.clip_tokenizer = tokenizer
         self.t5 = text_encoder_2.eval().requires_grad_(False)
 
+    @property
+    def patch_factor(self) -> int:
+        """2: the pipeline packs 2x2 latent patches into one token (the transformer's own ``patch_size`` is 1)."""
+        return 2
+
     def num_blocks(self) -> int:
         return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
 
