@@ -10,8 +10,9 @@ the UNet model's prompts ("a circle and a square", one prompt, emphasis 1.0) and
 - completion: none, or one step with the self-attention of the middle block or of the best block;
 - tau swept on the stored score maps of each setting.
 
-Then, at the best grid setting, the other read-outs (``--readouts``; ``single-block`` reads the block the val probe
-ranks first), tau swept on val for each. The best val mIoU over all of these (present classes given) wins; it goes
+Then, at the best grid setting, larger inputs (:func:`input_sizes`: 128² or 160² for one pass, or for the *where*
+pass beside a native 64² *which* pass), and at the best of those the other read-outs (``--readouts``;
+``single-block`` reads the block the val probe ranks first), tau swept on val for each. The best val mIoU over all of these (present classes given) wins; it goes
 into a new ``segmenter_config.json`` in ``--out`` (the folder's own plus the choice). The test split is then read
 once per read-out, each at its val-chosen setting; the headline is the val choice's. From the repository root::
 
@@ -37,6 +38,7 @@ from .quality import SHAPES_BEHAVIOUR, binding_probe, evaluate_segmenter, scenes
 from .world import CLASS_NAMES
 
 TIMESTEPS = (50, 100, 200, 400)
+SIZES = (128, 160)
 TAUS = tuple(round(float(x), 2) for x in np.arange(0.10, 0.81, 0.02))
 PROMPTS: dict[str, Any] = {
     "prompt_mode": "single",
@@ -73,6 +75,22 @@ def grid(num_blocks: int, ranked: list[int], patch: int = 2) -> list[dict[str, A
                         "_name": f"t={t} blocks={bname} completion={cname}",
                     }
                 )
+    return out
+
+
+def input_sizes(patch: int) -> list[tuple[str, dict[str, Any]]]:
+    """The input sizes tried at the best grid setting: the image enlarged to each of ``SIZES`` for one pass, or for
+    the pass that decides *where* while a second pass at the native 64² decides *which* class (the shipped UNet
+    model's split, ``class_level_weights`` and ``class_resolution``).
+
+    Args:
+        patch (`int`): the transformer's patch (the one level its attention lands at).
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    for size in SIZES:
+        out.append((f"input={size}", {"resolution": size}))
+        split = {"resolution": size, "class_level_weights": {str(patch): 1.0}, "class_resolution": 64}
+        out.append((f"where={size} which=64", split))
     return out
 
 
@@ -132,33 +150,41 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     base = seg.config
     keep = ("mIoU", "class_acc_fg", "class_acc_given_fg", "fg_iou")
-    for fields in grid(n, ranked, seg.backbone.patch_factor):
-        name = fields.pop("_name")
+
+    def trial(name: str, fields: dict[str, Any]) -> dict[str, Any]:
         seg.config = base.replace(**fields)
         tau, m = best_tau(val, _segment(seg, val))
-        records.append({"name": name, "settings": {**fields, "tau": tau}, "val": {k: m[k] for k in keep}})
-        print(f"[{len(records)}] {name}: tau={tau:.2f} val mIoU={m['mIoU']:.3f} fg_iou={m['fg_iou']:.3f}", flush=True)
+        print(f"[{name}] tau={tau:.2f} val mIoU={m['mIoU']:.3f} fg_iou={m['fg_iou']:.3f}", flush=True)
+        return {"name": name, "settings": {**fields, "tau": tau}, "val": {k: m[k] for k in keep}}
+
+    patch = seg.backbone.patch_factor
+    for fields in grid(n, ranked, patch):
+        records.append(trial(fields.pop("_name"), fields))
     records.sort(key=lambda r: -r["val"]["mIoU"])
-    by_readout = {"paper": records[0]}
+
+    def without_tau(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record["settings"].items() if k != "tau"}
+
+    sizes = [
+        trial(f"{records[0]['name']} {label}", {**without_tau(records[0]), **fields})
+        for label, fields in input_sizes(patch)
+    ]
+    best = max([records[0], *sizes], key=lambda r: r["val"]["mIoU"])
+    by_readout = {"paper": best}
     for readout in [r for r in args.readouts if r != "paper"]:
-        fields = {**records[0]["settings"], "readout": readout}
-        fields.pop("tau")
-        if readout == "single-block":
+        fields = {**without_tau(best), "readout": readout}
+        if readout == "single-block":  # it makes its own class decision (one block's raw probabilities)
             fields["readout_block"] = ranked[0]
-        seg.config = base.replace(**fields)
-        tau, m = best_tau(val, _segment(seg, val))
-        by_readout[readout] = {
-            "name": f"{records[0]['name']} readout={readout}",
-            "settings": {**fields, "tau": tau},
-            "val": {k: m[k] for k in keep},
-        }
-        print(f"[{readout}] tau={tau:.2f} val mIoU={m['mIoU']:.3f} fg_iou={m['fg_iou']:.3f}", flush=True)
+            fields.pop("class_level_weights", None)
+            fields.pop("class_resolution", None)
+        by_readout[readout] = trial(f"{best['name']} readout={readout}", fields)
     chosen = max(by_readout.values(), key=lambda r: r["val"]["mIoU"])
     report: dict[str, Any] = {
         "model": str(folder),
         "val_scenes": args.val,
         "binding_probe_val": probe,
         "search": records,
+        "input_sizes": sizes,
         "readouts": by_readout,
         "chosen": chosen,
         "search_seconds": time.time() - t0,
