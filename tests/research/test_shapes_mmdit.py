@@ -156,6 +156,7 @@ def test_tiny_run_writes_a_folder_that_loads_and_segments_and_resumes(tmp_path):
     assert len(report["input_sizes"]) == 2 * len(tune_dit.SIZES)
     assert list(report["readouts"]) == ["paper", "rescaled", "weighted", "single-block"]
     assert "class_resolution" not in report["readouts"]["single-block"]["settings"]
+    assert report["readouts"]["single-block"]["settings"]["tau"] in tune_dit.RAW_TAUS  # raw probabilities' sweep
     assert report["readouts"]["single-block"]["settings"]["readout_block"] in (0, 1)
     assert set(report["test_by_readout"]) == set(report["readouts"])
     best_val = max(r["val"]["mIoU"] for r in report["readouts"].values())
