@@ -117,23 +117,31 @@ def build_sdxl(folder):
     ).save_pretrained(folder)
 
 
-def build_sd3(folder, with_t5=True):
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+def sd3_components(with_t5=True, patch_size=2):
+    """A tiny SD3's components (seeded), keyed as ``StableDiffusion3Pipeline`` takes them."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32, out_channels=4,
+        sample_size=16, patch_size=patch_size, in_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32,
+        out_channels=4,
     )  # fmt: skip
     te, tok = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
     te2, tok2 = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
     te3, tok3 = _t5() if with_t5 else (None, None)
-    StableDiffusion3Pipeline(
+    return dict(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(shift_factor=0.1, scaling_factor=1.5), text_encoder=te, tokenizer=tok, text_encoder_2=te2,
         tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3,
-    ).save_pretrained(folder)  # fmt: skip
+    )  # fmt: skip
+
+
+def build_sd3(folder, with_t5=True):
+    from diffusers import StableDiffusion3Pipeline
+
+    StableDiffusion3Pipeline(**sd3_components(with_t5)).save_pretrained(folder)
 
 
 def build_flux(folder, guidance_embeds=False):

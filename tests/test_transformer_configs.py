@@ -388,21 +388,20 @@ def test_a_transformer_with_4x4_patches_reads_its_blocks_at_factor_4(segmenters)
     """Every public SD3 / PixArt-Σ model has 2x2 patches, but the backbone reads the transformer's own patch size: a
     4x4-patch model's attention lands at downsampling factor 4, and its family defaults must fuse that level (with
     ``{2: 1.0}`` the fusion finds no weight for it and raises). FLUX packs 2x2 patches outside its transformer."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextModelWithProjection
-
     from diffsegmenter import DiffSegmenter
     from diffsegmenter.backbones import StableDiffusion3Backbone
 
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=4, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32, out_channels=4,
-    )  # fmt: skip
-    te, tok = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
-    te2, tok2 = _clip(CLIPTextModelWithProjection, hidden=16, projection=16)
+    from .family_builders import sd3_components
+
+    c = sd3_components(with_t5=False, patch_size=4)
     backbone = StableDiffusion3Backbone(
-        _vae(shift_factor=0.1, scaling_factor=1.5), transformer, te, tok, te2, tok2, FlowMatchEulerDiscreteScheduler()
+        c["vae"],
+        c["transformer"],
+        c["text_encoder"],
+        c["tokenizer"],
+        c["text_encoder_2"],
+        c["tokenizer_2"],
+        c["scheduler"],
     )
     assert backbone.patch_factor == 4 and backbone.family_defaults()["level_weights"] == {4: 1.0}
     seg = DiffSegmenter(backbone=backbone)
