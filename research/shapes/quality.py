@@ -166,8 +166,8 @@ def binding_probe(seg: Any, scenes: Sequence[Scene], timestep: int = 100) -> dic
     """How well a model's cross-attention binds each shape word to its object, level by level (UNet) or block by
     block (transformer backbones such as SD3: no levels, every block on one token grid).
 
-    One prompt naming the present classes ("a circle and a square"), t = ``timestep``, raw cross-attention (no self-attention
-    completion, no emphasis); on true foreground pixels, the fraction where the right class scores highest among the
+    One prompt naming the present classes ("a circle and a square"), t = ``timestep``, raw cross-attention (no
+    self-attention completion, no emphasis); on true foreground pixels, the fraction where the right class scores highest among the
     present ones (``class_acc_given_fg``), with the levels (blocks) fused uniformly and with each alone. The
     segmenter's own config is restored afterwards.
 

@@ -325,8 +325,8 @@ class CaptionEncoder:
 class BatchStream(torch.utils.data.IterableDataset):
     """Batches of step ``start_step``, ``start_step + 1``, ...; each drawn from ``default_rng([seed, phase, step])``.
 
-    Each batch holds ``index`` (B,) int64 (the pool rows), ``images`` (B, 64, 64, 3) uint8, ``noise`` and ``latent_noise`` (B, 4, h, w) float32 N(0, 1)
-    and, for the UNet phase, ``input_ids`` (B, 77) int64 and ``timesteps`` (B,) int64 in [0, T). With DataLoader
+    Each batch holds ``index`` (B,) int64 (the pool rows), ``images`` (B, 64, 64, 3) uint8, ``noise`` and
+    ``latent_noise`` (B, 4, h, w) float32 N(0, 1) and, for the UNet phase, ``input_ids`` (B, 77) int64 and ``timesteps`` (B,) int64 in [0, T). With DataLoader
     workers, worker ``w`` of ``k`` makes the steps ``= w (mod k)``, and the DataLoader's round-robin returns them in
     order.
     """
@@ -476,6 +476,19 @@ def _encode_latents(vae: torch.nn.Module, images: torch.Tensor, eps: torch.Tenso
 
 
 @torch.no_grad()
+def encode_pool(
+    vae: torch.nn.Module, pool: ScenePool, n: int, device: torch.device, bf16: bool, chunk: int = 256
+) -> Iterator[Any]:
+    """The VAE posteriors (``DiagonalGaussianDistribution``) of pool images ``0 .. n-1``, ``chunk`` at a time, the
+    images mapped to [-1, 1] on ``device`` as in training."""
+    for a in range(0, n, chunk):
+        imgs = torch.from_numpy(pool.images[a : min(a + chunk, n)]).to(device)
+        imgs = imgs.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        with _autocast(device, bf16):
+            yield vae.encode(imgs).latent_dist
+
+
+@torch.no_grad()
 def measure_latent_std(
     vae: torch.nn.Module, pool: ScenePool, n: int, device: torch.device, mode: str, bf16: bool, seed: int
 ) -> tuple[float, float]:
@@ -483,11 +496,7 @@ def measure_latent_std(
     vae.eval()
     gen = np.random.default_rng([seed, 3])
     zs = []
-    for a in range(0, n, 256):
-        imgs = torch.from_numpy(pool.images[a : min(a + 256, n)]).to(device)
-        imgs = imgs.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        with _autocast(device, bf16):
-            dist = vae.encode(imgs).latent_dist
+    for dist in encode_pool(vae, pool, n, device, bf16):
         eps = torch.from_numpy(gen.standard_normal(tuple(dist.mean.shape), dtype=np.float32)).to(device)
         z = dist.mean.float() if mode == "mean" else dist.mean.float() + dist.std.float() * eps
         zs.append(z.double().cpu())

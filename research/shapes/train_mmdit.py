@@ -163,18 +163,14 @@ class MMDiTTrainer(T.Trainer):
         self.log("latents", scenes=n, shift_factor=mean, latent_std=std, scaling_factor=self.scaling_factor)
 
     @torch.no_grad()
-    def cache_latents(self, pool: T.ScenePool, chunk: int = 256) -> None:
+    def cache_latents(self, pool: T.ScenePool) -> None:
         """Encode every pool image once (``--cache-latents``): the VAE is frozen, so a step's latents are the cached
         posterior mean, plus its std times the step's ``latent_noise`` with ``--latents sample``, exactly what
         encoding the batch gives. Held on the training device as float32, (pool, 4, 32, 32) each."""
         pool.wait()
         t0 = time.perf_counter()
         means, stds = [], []
-        for a in range(0, pool.size, chunk):
-            imgs = torch.from_numpy(pool.images[a : a + chunk]).to(self.device)
-            imgs = imgs.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-            with T._autocast(self.device, self.cfg.bf16):
-                dist = self.vae.encode(imgs).latent_dist
+        for dist in T.encode_pool(self.vae, pool, pool.size, self.device, self.cfg.bf16):
             means.append(dist.mean.float())
             stds.append(dist.std.float())
         self.latent_cache = (torch.cat(means), torch.cat(stds))

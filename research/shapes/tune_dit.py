@@ -12,8 +12,9 @@ the UNet model's prompts ("a circle and a square", one prompt, emphasis 1.0) and
 
 Then, at the best grid setting, larger inputs (:func:`input_sizes`: 128² or 160² for one pass, or for the *where*
 pass beside a native 64² *which* pass), and at the best of those the other read-outs (``--readouts``;
-``single-block`` reads the block the val probe ranks first), tau swept on val for each. The best val mIoU over all of these (present classes given) wins; it goes
-into a new ``segmenter_config.json`` in ``--out`` (the folder's own plus the choice). The test split is then read
+``single-block`` reads the block the val probe ranks first), tau swept on val for each. The best val mIoU over all
+of these (present classes given) wins; it goes into a new ``segmenter_config.json`` in ``--out`` (the folder's own
+plus the choice). The test split is then read
 once per read-out, each at its val-chosen setting; the headline is the val choice's. From the repository root::
 
     python -m research.shapes.tune_dit --model runs/mmdit/model --out runs/mmdit-tune --val 150 --test 300
@@ -53,13 +54,13 @@ PROMPTS: dict[str, Any] = {
 }
 
 
-def grid(num_blocks: int, ranked: list[int], patch: int = 2) -> list[dict[str, Any]]:
+def grid(num_blocks: int, ranked: list[int], levels: dict[str, float]) -> list[dict[str, Any]]:
     """The settings tried: SegmenterConfig fields (JSON-ready) without tau.
 
     Args:
         num_blocks (`int`): the transformer's blocks.
         ranked (`list[int]`): block indices, best binding first.
-        patch (`int`, *optional*, defaults to 2): the transformer's patch (its one level's downsampling factor).
+        levels (`dict[str, float]`): the backbone's one level (``default_level_weights``, JSON keys).
     """
     block_sets = {"all": list(range(num_blocks)), "best1": ranked[:1], "best3": sorted(ranked[:3])}
     completions = {"none": (0, [num_blocks // 2]), "middle": (1, [num_blocks // 2]), "best": (1, ranked[:1])}
@@ -72,7 +73,7 @@ def grid(num_blocks: int, ranked: list[int], patch: int = 2) -> list[dict[str, A
                         **SHAPES_BEHAVIOUR,
                         **PROMPTS,
                         "timestep": t,
-                        "level_weights": {str(patch): 1.0},
+                        "level_weights": dict(levels),
                         "attention_blocks": blocks,
                         "self_attention_blocks": self_blocks,
                         "self_attention_steps": steps,
@@ -82,18 +83,18 @@ def grid(num_blocks: int, ranked: list[int], patch: int = 2) -> list[dict[str, A
     return out
 
 
-def input_sizes(patch: int) -> list[tuple[str, dict[str, Any]]]:
+def input_sizes(levels: dict[str, float]) -> list[tuple[str, dict[str, Any]]]:
     """The input sizes tried at the best grid setting: the image enlarged to each of ``SIZES`` for one pass, or for
     the pass that decides *where* while a second pass at the native 64² decides *which* class (the shipped UNet
     model's split, ``class_level_weights`` and ``class_resolution``).
 
     Args:
-        patch (`int`): the transformer's patch (the one level its attention lands at).
+        levels (`dict[str, float]`): the backbone's one level, which the *which* pass reads too.
     """
     out: list[tuple[str, dict[str, Any]]] = []
     for size in SIZES:
         out.append((f"input={size}", {"resolution": size}))
-        split = {"resolution": size, "class_level_weights": {str(patch): 1.0}, "class_resolution": 64}
+        split = {"resolution": size, "class_level_weights": dict(levels), "class_resolution": 64}
         out.append((f"where={size} which=64", split))
     return out
 
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] tau={tau:.3g} val mIoU={m['mIoU']:.3f} fg_iou={m['fg_iou']:.3f}", flush=True)
         return {"name": name, "settings": {**fields, "tau": tau}, "val": {k: m[k] for k in keep}}
 
-    patch = seg.backbone.patch_factor
-    for fields in grid(n, ranked, patch):
+    levels = {str(f): w for f, w in seg.backbone.default_level_weights.items()}
+    for fields in grid(n, ranked, levels):
         records.append(trial(fields.pop("_name"), fields))
     records.sort(key=lambda r: -r["val"]["mIoU"])
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [
         trial(f"{records[0]['name']} {label}", {**without_tau(records[0]), **fields})
-        for label, fields in input_sizes(patch)
+        for label, fields in input_sizes(levels)
     ]
     best = max([records[0], *sizes], key=lambda r: r["val"]["mIoU"])
     by_readout = {"paper": best}

@@ -30,11 +30,7 @@ from ..joint_attention import capture_wrapped
 from .base import DiffusionBackbone, FlowSigma, Sampler
 from .sd import VPSchedule, ddim_sampler, vae_decode, vae_latents, vp_add_noise, vp_target
 
-__all__ = ["TransformerBackbone", "FlowMatchSampler", "flow_sigma", "sigma_of", "DIT_LEVEL_WEIGHTS"]
-
-#: Every block of a DiT sits at downsampling factor 2 of the latent (2x2 patches) in every public model; a model with
-#: another ``patch_size`` gets ``{patch_size: 1.0}`` (``TransformerBackbone.patch_factor``).
-DIT_LEVEL_WEIGHTS: dict[int, float] = {2: 1.0}
+__all__ = ["TransformerBackbone", "FlowMatchSampler", "flow_sigma", "sigma_of"]
 
 
 def flow_sigma(timestep: int) -> float:
