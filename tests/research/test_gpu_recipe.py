@@ -29,7 +29,8 @@ def _commands() -> list[list[str]]:
     for line in text.splitlines():
         m = re.search(r"python3 -m (research\.shapes\.\w+)(.*?)(>|$)", line)
         if m:
-            args = re.sub(r'"?\$\{?\(?\(?[A-Z_]+[^ ]*', "1", m.group(2))  # $OUT, "$DIT_S", $((X + 60)) -> 1
+            args = re.sub(r"\$[A-Z]+_ARGS\b", "", m.group(2))  # $DIT_ARGS, $UNET_ARGS: empty unless set
+            args = re.sub(r'"?\$\{?\(?\(?[A-Z_]+[^ ]*', "1", args)  # $OUT, "$DIT_S", $((X + 60)) -> 1
             out.append([m.group(1), *shlex.split(args)])
     return out
 
