@@ -147,9 +147,11 @@ def test_shard_bounds_partition_like_accelerate(num_items, count):
     for index in range(count):
         start, end = shard_bounds(num_items, index, count)
         covered += items[start:end]
-        if count > 1:
+        if count > 1 and index < num_items:  # past the last item accelerate < 1.14 repeats it; ours stay empty
             fake_state = SimpleNamespace(num_processes=count, process_index=index)
             assert next(split(fake_state, items)) == items[start:end]
+        elif count > 1:
+            assert start == end
     assert covered == items
 
 
@@ -420,3 +422,14 @@ def test_paper_protocol_applies_each_datasets_released_script_rule(tmp_path, mon
     report = run_eval(args, segmenter=seg)
     assert report["prompt_rule"].startswith("released context script")
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["prompt_rule"] == report["prompt_rule"]
+
+
+def test_accelerate_processes_past_the_last_image_predict_nothing():
+    """Under ``accelerate launch`` each process takes :func:`shard_bounds` of its index, not accelerate's own split,
+    which before accelerate 1.14 hands processes past the last image that image again (predicted twice)."""
+    from diffsegmenter.evaluation.harness import _my_part
+
+    samples = ["a", "b"]
+    parts = [_my_part(samples, None, SimpleNamespace(num_processes=4, process_index=i)) for i in range(4)]
+    assert parts == [["a"], ["b"], [], []]
+    assert _my_part(samples, (1, 2), None) == ["b"] and _my_part(samples, None, None) == samples

@@ -33,8 +33,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +42,7 @@ from PIL import Image
 
 from ..batch.runner import RUN_CONFIG, BatchRunner, BatchTask, check_run_fingerprint, segmenter_session
 from ..config import RELEASED_SCRIPT_RULES, check_tau
-from ..io.atomic import atomic_open
+from ..io.atomic import write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
 from .datasets import Sample, SegmentationDataset
@@ -113,7 +112,10 @@ def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
     """Contiguous ``[start, end)`` of shard ``index`` of ``count`` (0-based), remainder to the first shards.
 
     This is the split of `accelerate.PartialState.split_between_processes`, so ``--shard i/n`` jobs and
-    ``accelerate launch`` processes cover the image list the same way.
+    ``accelerate launch`` processes cover the image list the same way. With fewer items than shards the shards past
+    the last item are empty, as in accelerate 1.14 and newer (older accelerate repeats the last item there); under
+    ``accelerate launch`` the harness splits with this function whatever accelerate's version, so no image is
+    predicted twice.
     """
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard index must satisfy 0 <= i < n (0-based), got {index}/{count}")
@@ -357,22 +359,23 @@ class EvalTask(BatchTask[Sample]):
     def write(self, sample: Sample, item: Any, result: tuple) -> None:
         pred, scores, score_ids = result
         if self.sweep_tau:  # scores first: a PNG without its scores is recomputed on resume
-            with atomic_open(self.scores_path(sample)) as fh:
-                np.savez_compressed(fh, scores=scores, class_ids=score_ids)
+            write_npz(self.scores_path(sample), scores=scores, class_ids=score_ids)
         save_label_png(self.prediction_path(sample), pred, palette=self.dataset.palette)
 
 
-@contextmanager
-def _my_part(samples: list[Sample], shard: tuple[int, int] | None, state: Any) -> Iterator[list[Sample]]:
-    """The samples this process predicts: its ``--shard``, its share under ``accelerate launch``, else all."""
+def _my_part(samples: list[Sample], shard: tuple[int, int] | None, state: Any) -> list[Sample]:
+    """The samples this process predicts: its ``--shard``, its share under ``accelerate launch``, else all.
+
+    Under ``accelerate launch`` the share is accelerate's split computed by :func:`shard_bounds` (accelerate < 1.14
+    would give processes past the last sample that sample again).
+    """
     if shard is not None:
         start, end = shard_bounds(len(samples), *shard)
-        yield samples[start:end]
     elif state is not None:
-        with state.split_between_processes(samples) as part:
-            yield part
+        start, end = shard_bounds(len(samples), state.process_index, state.num_processes)
     else:
-        yield samples
+        start, end = 0, len(samples)
+    return samples[start:end]
 
 
 def _shard_summary(
@@ -450,8 +453,9 @@ def evaluate(
             for the ``paper`` protocol without a candidate JSON (e.g. ``"clip"``, ``"diffusion"`` or an object).
         shard (`tuple[int, int]`, *optional*): ``(i, n)``, process only the i-th (0-based) of n contiguous parts of
             the image list and skip scoring (rerun without a shard to score everything). Without it, under
-            ``accelerate launch`` with several processes the list is split with
-            ``PartialState().split_between_processes`` and the main process scores after all are done.
+            ``accelerate launch`` with several processes the list is split as
+            ``PartialState().split_between_processes`` splits it (:func:`shard_bounds`) and the main process scores
+            after all are done.
         limit (`int`, *optional*): evaluate only the first `limit` images of the split.
         progress (`bool`, defaults to `True`): show a tqdm progress bar (with ETA).
         sweep_tau (`bool`, defaults to `False`): also save per-image score maps (``scores/<id>.npz``, float16) and
@@ -476,11 +480,11 @@ def evaluate(
     task = EvalTask(segmenter, dataset, out, protocol, candidates, filter, segment_tau, sweep_tau)
 
     state = _partial_state() if shard is None else None
-    with _my_part(samples, shard, state) as part:
-        show = progress and (state is None or state.is_local_main_process)
-        runner = BatchRunner(on_error="raise", progress=show, desc=f"{dataset.name}/{protocol}", done_note=None)
-        report = runner.run(part, task)
-        part_size = len(part)
+    part = _my_part(samples, shard, state)
+    show = progress and (state is None or state.is_local_main_process)
+    runner = BatchRunner(on_error="raise", progress=show, desc=f"{dataset.name}/{protocol}", done_note=None)
+    report = runner.run(part, task)
+    part_size = len(part)
     logger.info(
         "%s: %d images predicted, %d reused from %s",
         dataset.name, len(report.segmented), len(report.already_done), out / "predictions",

@@ -1,7 +1,7 @@
 """Everything that reads or writes result files: one atomic writer, the palette, the formats and the result paths.
 
 ================  ==============================================================================================
-``atomic``        the one atomic writer ([`atomic_open`]) and its temporary-name rule; JSON and text helpers
+``atomic``        the one atomic writer ([`atomic_open`]) and its temporary-name rule; JSON, text and npz helpers
 ``palette``       [`VOC_PALETTE`] (the one name of the PASCAL VOC colour map), class colours, the heat-map colours
 ``checks``        what every writer checks (label maps, score maps, class names, stems)
 ``formats``       the formats as a registry: png, overlay, heatmaps, rle, npz and the dataset exports coco, yolo,
@@ -25,6 +25,7 @@ _LAZY = {
     "remove_stale_temp_files": "atomic",
     "temp_path": "atomic",
     "write_json": "atomic",
+    "write_npz": "atomic",
     "write_text": "atomic",
     "HEATMAP_LUT": "palette",
     "IGNORE_INDEX": "palette",

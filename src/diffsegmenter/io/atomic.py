@@ -12,6 +12,7 @@ Temporary names follow one rule, [`temp_path`]: ``.<target name>.<pid>.<8 hex>.t
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ __all__ = [
     "temp_path",
     "write_bytes",
     "write_json",
+    "write_npz",
     "write_text",
 ]
 
@@ -75,11 +77,25 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     """Write `data` to `path` atomically; returns the path."""
     with atomic_open(path) as handle:
         handle.write(data)
     return Path(path)
+
+
+def write_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """Write `arrays` as a compressed ``.npz`` (`numpy.savez_compressed`) to `path` atomically; returns the path.
+
+    The archive is built in memory and written in one piece, so a write that fails (a full disk) raises once and
+    leaves nothing behind; numpy before 2.2 would leave its half-written zip open, and its clean-up at garbage
+    collection would fail again and print a second traceback.
+    """
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_bytes(path, buffer.getbuffer())
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

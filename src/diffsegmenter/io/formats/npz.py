@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_open
+from ..atomic import write_npz
 from ..checks import check_classes, check_labels, check_scores
 
 __all__ = ["NPZ_SCORES_MAX_SIDE", "load_npz", "save_npz"]
@@ -63,14 +63,12 @@ def save_npz(
     class_array = np.array(classes, dtype=np.str_) if classes else np.zeros((0,), dtype="<U1")
     top = int(labels.max()) if labels.size else 0
     label_type = np.uint8 if top <= 255 and (labels.size == 0 or labels.min() >= 0) else np.int32
-    with atomic_open(path) as handle:
-        np.savez_compressed(
-            handle,
-            scores=_bounded_scores(scores.astype(np.float32, copy=False), max_side),
-            classes=class_array,
-            labels=labels.astype(label_type, copy=False),
-        )
-    return Path(path)
+    return write_npz(
+        path,
+        scores=_bounded_scores(scores.astype(np.float32, copy=False), max_side),
+        classes=class_array,
+        labels=labels.astype(label_type, copy=False),
+    )
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, Any]:
