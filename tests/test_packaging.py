@@ -50,6 +50,28 @@ def test_every_third_party_import_is_declared(project):
     assert {"pytest", "ruff", "torchmetrics", "diffsegmenter"} <= extras["dev"]  # dev pulls [rle] in
 
 
+def test_every_core_floor_is_the_one_the_floors_check_pins(project):
+    """``.ci/floors`` tests the lowest versions pyproject.toml allows only while .ci/floors.txt pins exactly those."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    lines = (PYPROJECT.parent / ".ci" / "floors.txt").read_text(encoding="utf-8").splitlines()
+    pins = {}
+    for line in (ln.split("#")[0].strip() for ln in lines):
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{line}: .ci/floors.txt pins exact versions"
+            pins[req.name.lower().replace("_", "-")] = Version(spec.version)
+    floors = {}
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{text}: every core dependency states one floor (>=)"
+        floors[req.name.lower().replace("_", "-")] = lower[0]
+    assert pins == floors
+
+
 def test_require_names_the_extra_to_install():
     assert require("json", extra="rle", feature="x").__name__ == "json"
     with pytest.raises(ImportError, match=r"COCO RLE output needs no_such_mod_13.*diffsegmenter\[rle\]"):

@@ -236,7 +236,7 @@ def load_vae(folder: str | Path, shift_factor: float, scaling_factor: float):
 
     from diffsegmenter.loading import resolve_model
 
-    vae = AutoencoderKL.from_pretrained(resolve_model(str(folder)), subfolder="vae", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(resolve_model(str(folder)), subfolder="vae", dtype=torch.float32)
     vae.register_to_config(shift_factor=float(shift_factor), scaling_factor=float(scaling_factor))
     return vae.eval().requires_grad_(False)
 

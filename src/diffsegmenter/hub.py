@@ -283,7 +283,7 @@ def load_component(
             ``TRANSFORMERS_OFFLINE`` is set (see :func:`hub_offline`), else `False`. Passing `False` while offline
             mode is set is overridden to `True`. A Hub id is also read from the cache only when the Hub does not
             answer (:func:`hub_reachable`), so a machine without network fails in seconds, not minutes.
-        **kwargs: forwarded to ``from_pretrained`` (e.g. ``cache_dir``, ``revision``, ``torch_dtype``).
+        **kwargs: forwarded to ``from_pretrained`` (e.g. ``cache_dir``, ``revision``, ``dtype``).
 
     Returns:
         An instance of ``cls``.

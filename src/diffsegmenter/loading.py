@@ -73,9 +73,9 @@ def load_components(
     parts: dict[str, Any] = {
         "tokenizer": load_component(CLIPTokenizer, src, subfolder="tokenizer", **kw),
         "scheduler": load_component(DDIMScheduler, src, subfolder="scheduler", **kw),
-        "text_encoder": load_component(CLIPTextModel, src, subfolder="text_encoder", torch_dtype=dtype, **kw),
-        "vae": load_component(AutoencoderKL, src, subfolder="vae", torch_dtype=dtype, **kw),
-        "unet": load_component(UNet2DConditionModel, src, subfolder="unet", torch_dtype=dtype, **kw),
+        "text_encoder": load_component(CLIPTextModel, src, subfolder="text_encoder", dtype=dtype, **kw),
+        "vae": load_component(AutoencoderKL, src, subfolder="vae", dtype=dtype, **kw),
+        "unet": load_component(UNet2DConditionModel, src, subfolder="unet", dtype=dtype, **kw),
     }
     for name in ("text_encoder", "vae", "unet"):
         parts[name] = parts[name].to(device)
@@ -248,7 +248,7 @@ def _load_listed(src, index, names, device, dtype, local_files_only) -> dict[str
             part_dtype = dtype
             if name == "vae" and dtype == torch.float16:  # SDXL's and others' VAEs overflow in fp16 (force_upcast)
                 part_dtype = torch.float32
-            kw["torch_dtype"] = part_dtype
+            kw["dtype"] = part_dtype
         out[name] = load_component(cls, src, subfolder=name, **kw)
         if is_model:
             out[name] = out[name].to(device)

@@ -193,9 +193,9 @@ def test_train_tiny_runs_resumes_and_saves(tmp_path):
     # StableDiffusionPipeline samples it (the model card's pictures): one row per prompt, image j from seed + j
     rows = T.sample_images(out / "model", ["a red circle"], per_prompt=2, steps=2)
     assert len(rows) == 1 and all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in rows[0])
-    assert np.array_equal(
-        T.sample_images(out / "model", ["a red circle"], per_prompt=1, steps=2, seed=1)[0][0], rows[0][1]
-    )
+    alone = T.sample_images(out / "model", ["a red circle"], per_prompt=1, steps=2, seed=1)[0][0]
+    # equal up to one level of rounding: batched and single float maths may differ in the last bit (torch 2.5)
+    assert np.abs(alone.astype(np.int16) - rows[0][1].astype(np.int16)).max() <= 1
     # resume: continues at step 2, runs 2 more steps, no further VAE steps
     assert T.main(_train_args(out, "--unet-steps", "4", "--save-every", "2", "--resume")) == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
