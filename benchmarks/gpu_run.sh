@@ -10,6 +10,9 @@
 # the prefetching loader, SDXL / SD3 / FLUX / PixArt-Σ, then torch.compile (COMPILE, default "default"; empty: off)
 # if time is left. Nothing is downloaded: every model is built from configs with random weights.
 #
+# Rehearsal on a CPU (tiny models, every case, about 20 s): `OUT=/tmp/rehearsal COMPILE= bash benchmarks/gpu_run.sh
+# --smoke`. Run so under the device image's package versions, diffusers installed from .whl/ as there, it finished.
+#
 # SPEED=1 also runs the older engine-vs-released-code comparison (benchmarks/speed.py, ~2 minutes) first.
 #
 # The device machine has no diffusers: its wheel travels in .whl/ (carry=[".whl"]; see benchmarks/gpu_env.sh).
