@@ -53,6 +53,7 @@ def test_every_third_party_import_is_declared(project):
 def test_every_core_floor_is_the_one_the_floors_check_pins(project):
     """``.ci/floors`` tests the lowest versions pyproject.toml allows only while .ci/floors.txt pins exactly those."""
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
     from packaging.version import Version
 
     lines = (PYPROJECT.parent / ".ci" / "floors.txt").read_text(encoding="utf-8").splitlines()
@@ -62,13 +63,13 @@ def test_every_core_floor_is_the_one_the_floors_check_pins(project):
             req = Requirement(line)
             (spec,) = req.specifier
             assert spec.operator == "==", f"{line}: .ci/floors.txt pins exact versions"
-            pins[req.name.lower().replace("_", "-")] = Version(spec.version)
+            pins[canonicalize_name(req.name)] = Version(spec.version)
     floors = {}
     for text in project["dependencies"]:
         req = Requirement(text)
         lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
         assert len(lower) == 1, f"{text}: every core dependency states one floor (>=)"
-        floors[req.name.lower().replace("_", "-")] = lower[0]
+        floors[canonicalize_name(req.name)] = lower[0]
     assert pins == floors
 
 

@@ -364,11 +364,8 @@ class EvalTask(BatchTask[Sample]):
 
 
 def _my_part(samples: list[Sample], shard: tuple[int, int] | None, state: Any) -> list[Sample]:
-    """The samples this process predicts: its ``--shard``, its share under ``accelerate launch``, else all.
-
-    Under ``accelerate launch`` the share is accelerate's split computed by :func:`shard_bounds` (accelerate < 1.14
-    would give processes past the last sample that sample again).
-    """
+    """The samples this process predicts: its ``--shard``, its :func:`shard_bounds` share under ``accelerate launch``
+    (not accelerate's own split, whose result depends on its version), else all."""
     if shard is not None:
         start, end = shard_bounds(len(samples), *shard)
     elif state is not None:
@@ -484,7 +481,6 @@ def evaluate(
     show = progress and (state is None or state.is_local_main_process)
     runner = BatchRunner(on_error="raise", progress=show, desc=f"{dataset.name}/{protocol}", done_note=None)
     report = runner.run(part, task)
-    part_size = len(part)
     logger.info(
         "%s: %d images predicted, %d reused from %s",
         dataset.name, len(report.segmented), len(report.already_done), out / "predictions",
@@ -493,6 +489,6 @@ def evaluate(
     if state is not None:
         state.wait_for_everyone()
     if (shard is not None and shard[1] > 1) or (state is not None and not state.is_main_process):
-        return _shard_summary(dataset, protocol, shard, state, part_size, report)
+        return _shard_summary(dataset, protocol, shard, state, len(part), report)
     info = _run_info(task, fingerprint, samples, candidates_json, report)
     return score_predictions(dataset, out, limit=limit, sweep_tau=sweep_tau, progress=progress, info=info)
