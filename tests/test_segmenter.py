@@ -256,3 +256,55 @@ def test_class_resolution_needs_class_level_weights():
         SegmenterConfig(class_resolution=64)
     with pytest.raises(ValueError, match="class_resolution"):
         SegmenterConfig(class_level_weights={8: 1.0}, class_resolution=0)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["paper", "class_resolution"])
+def test_flip_averages_the_image_and_its_mirror_image(tiny_segmenter, split):
+    classes = ["cat", "sofa", "plant"]
+    imgs = [_image(seed=0), _image(20, 28, seed=1)]
+    if split:  # a second pass (the class decision at another size) mirrors too
+        native = tiny_segmenter.native_resolution
+        tiny_segmenter.config = tiny_segmenter.config.replace(
+            class_level_weights={8: 1.0, 4: 1.0, 2: 1.0, 1: 0.0}, resolution=2 * native, class_resolution=native
+        )
+    plain = tiny_segmenter.config
+    own = tiny_segmenter.segment(imgs, classes=classes, seed=2)
+    mirrored = tiny_segmenter.segment([np.ascontiguousarray(im[:, ::-1]) for im in imgs], classes=classes, seed=2)
+    tiny_segmenter.config = plain.replace(flip=True)
+    both = tiny_segmenter.segment(imgs, classes=classes, seed=2)
+    for a, m, f in zip(own, mirrored, both):
+        expected = (a.scores + m.scores[:, :, ::-1]) / 2
+        assert np.allclose(f.scores, expected, atol=1e-4)  # batches of 4 views instead of 2: float rounding
+        assert not np.allclose(f.scores, a.scores, atol=1e-3)  # the mirror image is a different view
+        assert np.array_equal(f.labels, f.relabel(f.tau)) and f.prompts == a.prompts
+    # a left-right symmetric image is its own mirror image (same latents, same noise, same maps): flip makes its
+    # scores symmetric, the mean of its maps and their mirror image
+    sym = np.concatenate([imgs[0][:, :20], imgs[0][:, :20][:, ::-1]], axis=1)
+    tiny_segmenter.config = plain
+    alone = tiny_segmenter.segment(sym, classes=classes, seed=2).scores
+    tiny_segmenter.config = plain.replace(flip=True)
+    sym_flip = tiny_segmenter.segment(sym, classes=classes, seed=2).scores
+    assert np.allclose(sym_flip, (alone + alone[:, :, ::-1]) / 2, atol=1e-4)
+    assert np.allclose(sym_flip, sym_flip[:, :, ::-1], atol=1e-4) and not np.allclose(
+        alone, alone[:, :, ::-1], atol=1e-3
+    )
+
+
+def test_flip_gives_the_mirror_image_its_image_prompts(tiny_segmenter):
+    calls = []
+
+    class FakeCaptioner:
+        def continue_captions(self, image, prefixes):
+            calls.append(list(prefixes))
+            return ["sitting on a sofa" for _ in prefixes]
+
+    tiny_segmenter.captioner = FakeCaptioner()
+    tiny_segmenter.config = tiny_segmenter.config.replace(flip=True)
+    res = tiny_segmenter.segment(_image(), classes=["cat", "dog"])
+    assert calls == [["a photograph of cat", "a photograph of dog"]]  # captioned once, for the image itself
+    assert res.prompts == ["a photograph of cat sitting on a sofa", "a photograph of dog sitting on a sofa"]
+
+
+def test_flip_must_be_a_bool():
+    with pytest.raises(ValueError, match="flip must be true or false"):
+        SegmenterConfig(flip="yes")

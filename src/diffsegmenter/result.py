@@ -34,7 +34,8 @@ class SegmentationResult:
         scores (`np.ndarray`): (K, H, W) float32 in [0, 1], one map per class in ``classes`` order; each map
             reaches 1 at its peak (per-class min-max, as the paper). With ``config.class_level_weights`` set, a map
             is the foreground evidence times the class's share of the class evidence
-            (:func:`~diffsegmenter.aggregation.split_where_and_which`), so it need not reach 1.
+            (:func:`~diffsegmenter.aggregation.split_where_and_which`), so it need not reach 1; with
+            ``config.flip``, the mean of the image's and its mirror image's maps, which need not reach 1 either.
         classes (`list[str]`): the classes segmented, in order (after the category filter, if one ran).
         prompts (`list[str]`): the exact text prompt whose attention gave each class's map.
         tau (`float`): the background score used for ``labels``.
@@ -68,6 +69,8 @@ def build_results(
     maps: ClassMaps,
     decision: ClassDecision,
     tau: float,
+    *,
+    flip: bool = False,
 ) -> list[SegmentationResult]:
     """Every image's result from its classes' maps: scores and labels computed where the maps are (the GPU, for a
     GPU model) and brought to the host in one copy per :data:`DEVICE_RESULT_BYTES` of scores.
@@ -79,6 +82,8 @@ def build_results(
         maps (`ClassMaps`): per (image, class) its where (and which) maps.
         decision (`ClassDecision`): how the maps become scores.
         tau (`float`): the background score.
+        flip (`bool`): ``maps`` also hold each image's mirror image, as image ``len(arrays) + i``
+            (``SegmenterConfig.flip``): an image's scores are the mean of its own and its mirror's, mirrored back.
 
     Returns:
         `list[SegmentationResult]`: one per image, in order (``candidates`` not set).
@@ -103,7 +108,10 @@ def build_results(
         pending.clear()
 
     for i, (im, names) in enumerate(zip(arrays, class_lists)):
-        scores, labels = image_scores(i, im.shape[:2], names, maps, decision, tau)
+        scores = image_scores(i, im.shape[:2], names, maps, decision)
+        if flip:
+            scores = (scores + image_scores(len(arrays) + i, im.shape[:2], names, maps, decision).flip(-1)) / 2
+        labels = label_with_background(scores, tau).to(torch.int32)
         pending.append((list(names), [texts[(i, ci)] for ci in range(len(names))], scores, labels))
         size += scores.numel() * scores.element_size()
         if size > DEVICE_RESULT_BYTES:
@@ -119,17 +127,14 @@ def image_scores(
     classes: list[str],
     maps: ClassMaps,
     decision: ClassDecision,
-    tau: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image ``i``'s (K, H, W) float32 scores in [0, 1] and (H, W) int32 labels, on the maps' device."""
+) -> torch.Tensor:
+    """Image ``i``'s (K, H, W) float32 scores in [0, 1] at ``size`` (H, W), on the maps' device."""
     h, w = size
-    if classes:
-        where = torch.stack([maps.where[(i, ci)] for ci in range(len(classes))])
-        which = torch.stack([maps.which[(i, ci)] for ci in range(len(classes))]) if maps.which else None
-        scores = decision.scores(where, which, (h, w))
-    else:
-        scores = torch.zeros(0, h, w)
-    return scores, label_with_background(scores, tau).to(torch.int32)
+    if not classes:
+        return torch.zeros(0, h, w)
+    where = torch.stack([maps.where[(i, ci)] for ci in range(len(classes))])
+    which = torch.stack([maps.which[(i, ci)] for ci in range(len(classes))]) if maps.which else None
+    return decision.scores(where, which, (h, w))
 
 
 #: Estimated bytes per input pixel of :meth:`DiffSegmenter.segment <diffsegmenter.DiffSegmenter.segment>`'s

@@ -244,11 +244,15 @@ class DiffSegmenter:
         check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
         seed = cfg.seed if seed is None else int(seed)
         tau = cfg.tau if tau is None else float(tau)
-        # 2. resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
+        # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
+        #    resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
         #    the latents stay there
-        latents = self.encode_images(arrays, seed)
-        # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any
+        views = arrays + [np.ascontiguousarray(a[:, ::-1]) for a in arrays] if cfg.flip else arrays
+        latents = self.encode_images(views, seed)
+        # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any; a mirrored
+        #    view gets its image's prompts
         work = self._work(arrays, class_lists)
+        view_work = work + [(i + len(arrays), p) for i, p in work] if cfg.flip else work
         # 4. the passes the class decision asks for: one denoiser forward per batch of conditional prompts, capturing
         #    attention (the capturing processors installed once for the call, or for the run in a session()); per
         #    class: its tokens' maps per level, fused, completed with the mean self-attention
@@ -256,13 +260,12 @@ class DiffSegmenter:
         maps = ClassMaps()
         with self.backbone.capture_session():
             for plan in decision.passes():
-                pass_latents = (
-                    latents if plan.resolution is None else self.encode_images(arrays, seed, plan.resolution)
-                )
-                maps.update(self._run_pass(work, pass_latents, plan))
-        # 5. per image: upsample to its size, min-max per class, decide the class, label against the background tau
-        #    (on the maps' device; the results come back to the host in few copies)
-        results = build_results(arrays, class_lists, work, maps, decision, tau)
+                pass_latents = latents if plan.resolution is None else self.encode_images(views, seed, plan.resolution)
+                maps.update(self._run_pass(view_work, pass_latents, plan))
+        # 5. per image: upsample to its size, min-max per class, decide the class (with `flip`, the mean of the
+        #    image's and its mirror's scores), label against the background tau (on the maps' device; the results
+        #    come back to the host in few copies)
+        results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip)
         for res, cand in zip(results, candidates):
             res.candidates = cand
         return results[0] if single else results
