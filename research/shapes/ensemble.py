@@ -13,8 +13,10 @@ own best tau) comes with a paired bootstrap over scenes (the 2.5 / 97.5 percenti
 fraction of pixels whose label at the shipped tau differs from the reference's. This script never reads the test
 split.
 
-Members are named ``s{seed}t{timestep}`` with a ``v`` suffix for ``vae_sample=True``; ensembles are
-``name=member+member+...``. With ``--cache DIR`` each member's score maps are kept (``DIR/{member}.npz``, scenes
+Members are named ``s{seed}t{timestep}`` with a ``v`` suffix for ``vae_sample=True``, then an ``h`` suffix for the
+mirror image alone (left to right; its score maps mirrored back) or an ``f`` suffix for the library's ``flip=True``
+(the image and its mirror image averaged inside ``segment``); ensembles are ``name=member+member+...``. Every member
+runs with ``flip`` as its name says, whatever the model folder recommends. With ``--cache DIR`` each member's score maps are kept (``DIR/{member}.npz``, scenes
 0..n-1) so that a later run on more scenes computes only the new ones. Run from the repository root (1 thread):
 
     OMP_NUM_THREADS=1 python -m research.shapes.ensemble --out research/shapes/runs/ensemble/val60 --val 60 \
@@ -55,30 +57,36 @@ ENSEMBLES = {
     "t50,100,200": "s0t50+s0t100+s0t200",
     "seeds4xt50,100": "s0t50+s1t50+s2t50+s3t50+s0t100+s1t100+s2t100+s3t100",
 }
-_MEMBER = re.compile(r"^s(\d+)t(\d+)(v?)$")
+_MEMBER = re.compile(r"^s(\d+)t(\d+)(v?)([hf]?)$")
 
 
-def parse_member(name: str) -> tuple[int, int, bool]:
-    """``"s1t100v"`` -> (seed 1, timestep 100, vae_sample True).
+def parse_member(name: str) -> tuple[int, int, bool, str]:
+    """``"s1t100v"`` -> (seed 1, timestep 100, vae_sample True, view ""); the view is "" (the image), "h" (its
+    mirror image alone) or "f" (``flip=True``: both).
 
     Raises:
-        ValueError: a name not of the form ``s{seed}t{timestep}[v]``.
+        ValueError: a name not of the form ``s{seed}t{timestep}[v][h|f]``.
     """
     m = _MEMBER.match(name)
     if m is None:
-        raise ValueError(f"member {name!r}: expected s{{seed}}t{{timestep}}[v], e.g. s0t50 or s1t100v")
-    return int(m.group(1)), int(m.group(2)), m.group(3) == "v"
+        raise ValueError(f"member {name!r}: expected s{{seed}}t{{timestep}}[v][h|f], e.g. s0t50, s1t100v or s0t50f")
+    return int(m.group(1)), int(m.group(2)), m.group(3) == "v", m.group(4)
 
 
 def run_member(seg, base, name: str, scenes: Sequence[Scene], batch: int = 20) -> list[SegmentationResult]:
-    """The shipped segmenter with one member's seed, timestep and VAE sampling on the scenes (present classes)."""
-    seed, t, vae_sample = parse_member(name)
-    seg.config = base.replace(timestep=t, vae_sample=vae_sample)
+    """The shipped segmenter with one member's seed, timestep, VAE sampling and view on the scenes (present
+    classes). An ``h`` member's results are those of the mirror images, their scores mirrored back."""
+    seed, t, vae_sample, view = parse_member(name)
+    seg.config = base.replace(timestep=t, vae_sample=vae_sample, flip=view == "f")
     out: list[SegmentationResult] = []
     try:
         for start in range(0, len(scenes), batch):
             chunk = scenes[start : start + batch]
-            out.extend(seg.segment([s.image for s in chunk], [s.classes for s in chunk], seed=seed))
+            images = [np.ascontiguousarray(s.image[:, ::-1]) if view == "h" else s.image for s in chunk]
+            results = seg.segment(images, [s.classes for s in chunk], seed=seed)
+            if view == "h":
+                results = [dataclasses.replace(r, scores=np.ascontiguousarray(r.scores[:, :, ::-1])) for r in results]
+            out.extend(results)
     finally:
         seg.config = base
     return out
@@ -209,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "command": "python -m research.shapes.ensemble " + " ".join(sys.argv[1:] if argv is None else argv),
         "protocol": f"val scenes 0..{args.val - 1}, present classes given, tau swept {TAUS[0]}..{TAUS[-1]}",
-        "shipped": {"timestep": base.timestep, "seed": base.seed, "tau": base.tau, "readout": base.readout},
+        "shipped": {
+            "timestep": base.timestep,
+            "seed": base.seed,
+            "tau": base.tau,
+            "readout": base.readout,
+            "flip": base.flip,
+        },
         "threads": args.threads,
         "reference": REFERENCE,
         "ensembles_members": ensembles,

@@ -16,6 +16,7 @@ from research.shapes.ensemble import (
     paired_bootstrap,
     parse_member,
     results_of,
+    run_member,
     scene_confusions,
 )
 from research.shapes.ensemble import (
@@ -41,10 +42,12 @@ def _scores(scene, wrong: bool = False) -> np.ndarray:
 
 
 def test_member_names_parse_and_bad_ones_are_refused():
-    assert parse_member("s0t50") == (0, 50, False)
-    assert parse_member("s12t200v") == (12, 200, True)
-    with pytest.raises(ValueError, match="expected s"):
-        parse_member("seed0")
+    assert parse_member("s0t50") == (0, 50, False, "")
+    assert parse_member("s12t200v") == (12, 200, True, "")
+    assert parse_member("s0t50h") == (0, 50, False, "h") and parse_member("s1t25vf") == (1, 25, True, "f")
+    for bad in ("seed0", "s0t50hf", "s0t50x"):
+        with pytest.raises(ValueError, match="expected s"):
+            parse_member(bad)
 
 
 def test_bootstrap_miou_is_the_reported_miou(scenes):
@@ -113,3 +116,34 @@ def test_main_refuses_an_out_folder_inside_the_package_and_a_bad_member(tmp_path
     with pytest.raises(ValueError, match="--out"):  # raised before any model is loaded
         ensemble_main(["--out", str(out), "--val", "1"])
     assert not out.exists()
+
+
+class _ImageSegmenter(_StubSegmenter):
+    """``segment`` returns each image's red channel (scaled to [0, 1]) as every class's map; records ``flip``."""
+
+    def segment(self, images, classes, seed=None):
+        self.flips = getattr(self, "flips", []) + [self.config.flip]
+        return [
+            SegmentationResult(
+                np.zeros(im.shape[:2], np.int32),
+                np.repeat(im[None, :, :, 0].astype(np.float32) / 255, len(names), axis=0),
+                list(names),
+                [],
+                0.5,
+            )
+            for im, names in zip(images, classes)
+        ]
+
+
+def test_mirror_members_map_back_and_flip_members_ask_the_library(scenes):
+    seg = _ImageSegmenter()
+    base = seg.config.replace(flip=True)  # a model folder that recommends flip: members still run as named
+    own = run_member(seg, base, "s0t50", scenes)
+    assert seg.flips == [False] and seg.config is base
+    mirror = run_member(seg, base, "s0t50h", scenes)
+    assert seg.flips == [False, False]
+    for scene, a, m in zip(scenes, own, mirror):
+        assert not np.array_equal(scene.image[:, ::-1, 0], scene.image[:, :, 0])  # the view differs...
+        assert np.array_equal(a.scores, m.scores)  # ...and its maps, mirrored back, are the image's again
+    run_member(seg, base, "s0t50f", scenes)
+    assert seg.flips == [False, False, True]
