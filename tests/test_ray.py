@@ -16,7 +16,7 @@ pytest.importorskip("ray.data", reason="ray is not installed: pip install 'diffs
 from diffsegmenter import cli  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "diffsegmenter" / "examples"
-CHEAP = ["--set", "resolution=64", "--format", "png,coco,yolo,labelstudio", "--quiet"]
+CHEAP = ["--set", "resolution=64", "--set", "flip=false", "--format", "png,coco,yolo,labelstudio", "--quiet"]
 
 
 def _files(out: Path) -> dict[str, bytes]:

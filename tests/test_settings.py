@@ -21,7 +21,7 @@ def test_shipped_settings_are_read_whole():
     assert s.classes == ["circle", "square", "triangle", "cross"]
     assert s.diffusion_filter == data["_diffusion_filter"] and s.diffusion_filter["resolution"] == 64
     assert s.provenance.startswith("chosen by") and s.notes == {"behaviour": data["_behaviour"]}
-    assert not any(k.startswith("_") for k in s.segmenter) and s.segmenter["tau"] == 0.6
+    assert not any(k.startswith("_") for k in s.segmenter) and s.segmenter["tau"] == 0.58 and s.segmenter["flip"]
     assert s.segmenter_config() == SegmenterConfig.from_json(SHAPES_SETTINGS)
     assert s.segmenter_config(tau=0.3).tau == 0.3
     assert s.to_dict() == data and s.source == str(SHAPES_SETTINGS)
