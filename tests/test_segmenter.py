@@ -95,17 +95,21 @@ def test_single_prompt_mode_names_all_classes_once(tiny_segmenter):
     assert res.scores.shape == (2, 24, 40)
 
 
+class _FakeCaptioner:
+    """Continues every prefix with "sitting on a sofa"; ``calls`` holds the prefixes of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def continue_captions(self, image, prefixes):
+        self.calls.append(list(prefixes))
+        return ["sitting on a sofa" for _ in prefixes]
+
+
 def test_captioner_continuation_is_batched_and_appended(tiny_segmenter):
-    calls = []
-
-    class FakeCaptioner:
-        def continue_captions(self, image, prefixes):
-            calls.append(list(prefixes))
-            return ["sitting on a sofa" for _ in prefixes]
-
-    tiny_segmenter.captioner = FakeCaptioner()
+    tiny_segmenter.captioner = captioner = _FakeCaptioner()
     res = tiny_segmenter.segment(_image(), classes=["cat", "dog"])
-    assert calls == [["a photograph of cat", "a photograph of dog"]]  # one call per image, all classes
+    assert captioner.calls == [["a photograph of cat", "a photograph of dog"]]  # one call per image, all classes
     assert res.prompts == ["a photograph of cat sitting on a sofa", "a photograph of dog sitting on a sofa"]
 
 
@@ -291,17 +295,10 @@ def test_flip_averages_the_image_and_its_mirror_image(tiny_segmenter, split):
 
 
 def test_flip_gives_the_mirror_image_its_image_prompts(tiny_segmenter):
-    calls = []
-
-    class FakeCaptioner:
-        def continue_captions(self, image, prefixes):
-            calls.append(list(prefixes))
-            return ["sitting on a sofa" for _ in prefixes]
-
-    tiny_segmenter.captioner = FakeCaptioner()
+    tiny_segmenter.captioner = captioner = _FakeCaptioner()
     tiny_segmenter.config = tiny_segmenter.config.replace(flip=True)
     res = tiny_segmenter.segment(_image(), classes=["cat", "dog"])
-    assert calls == [["a photograph of cat", "a photograph of dog"]]  # captioned once, for the image itself
+    assert captioner.calls == [["a photograph of cat", "a photograph of dog"]]  # captioned once, for the image itself
     assert res.prompts == ["a photograph of cat sitting on a sofa", "a photograph of dog sitting on a sofa"]
 
 
