@@ -8,16 +8,17 @@ member is computed once and shared by every ensemble that names it.
 
 Protocol: exactly the val protocol of :mod:`research.shapes.readouts`: the first ``--val N`` val scenes, present
 classes given, tau swept over 0.04..0.90 step 0.02 per ensemble (max mIoU, ties to the lower tau) and also reported
-at the shipped tau. Each ensemble's mIoU gain over the reference (the shipped single member ``s0t50``, each at its
-own best tau) comes with a paired bootstrap over scenes (the 2.5 / 97.5 percentiles of the difference) and the
-fraction of pixels whose label at the shipped tau differs from the reference's. This script never reads the test
-split.
+at the shipped tau. Each ensemble's mIoU gain over the reference (``s0t50``: the shipped settings on the image
+alone, without ``flip``; each at its own best tau) comes with a paired bootstrap over scenes (the 2.5 / 97.5
+percentiles of the difference) and the fraction of pixels whose label at the shipped tau differs from the
+reference's. This script never reads the test split.
 
 Members are named ``s{seed}t{timestep}`` with a ``v`` suffix for ``vae_sample=True``, then an ``h`` suffix for the
 mirror image alone (left to right; its score maps mirrored back) or an ``f`` suffix for the library's ``flip=True``
 (the image and its mirror image averaged inside ``segment``); ensembles are ``name=member+member+...``. Every member
-runs with ``flip`` as its name says, whatever the model folder recommends. With ``--cache DIR`` each member's score maps are kept (``DIR/{member}.npz``, scenes
-0..n-1) so that a later run on more scenes computes only the new ones. Run from the repository root (1 thread):
+runs with ``flip`` as its name says, whatever the model folder recommends. With ``--cache DIR`` each member's score
+maps are kept (``DIR/{member}.npz``, scenes 0..n-1) so that a later run on more scenes computes only the new ones.
+Run from the repository root (1 thread):
 
     OMP_NUM_THREADS=1 python -m research.shapes.ensemble --out research/shapes/runs/ensemble/val60 --val 60 \
         --cache /tmp/ens_cache
