@@ -70,7 +70,8 @@ def _reductions(flt: DiffusionFilter, scenes) -> np.ndarray:
     return np.stack([flt.reduction_maps(s.image, VOCAB).flatten(1).numpy() for s in scenes])
 
 
-def _presence(scenes) -> np.ndarray:
+def presence_truth(scenes) -> np.ndarray:
+    """(N, 4) bool: whether each ``VOCAB`` class is present in each scene."""
     return np.array([[c in s.classes for c in VOCAB] for s in scenes])
 
 
@@ -155,7 +156,7 @@ def run_regions(args, seg: DiffSegmenter, folder: Path, out_dir: Path) -> int:
     t0 = time.perf_counter()
     errors, fgs = region_features(probe, val)
     feature_s = time.perf_counter() - t0
-    tv = _presence(val)
+    tv = presence_truth(val)
     winner, table = search_regions(errors, fgs, tv)
     settings = {
         "scoring": "regions",
@@ -177,18 +178,18 @@ def run_regions(args, seg: DiffSegmenter, folder: Path, out_dir: Path) -> int:
         "settings": settings,
         "chosen_on": f"val split, {args.val} scenes, max F1 (val F1 {winner['val_f1']:.3f}), ties to fewer samples",
         "val": presence_metrics(kept_val, tv),
-        "val_open_vocabulary": _open_vocabulary(seg, val, kept_val),
+        "val_open_vocabulary": open_vocabulary(seg, val, kept_val),
         "val_feature_seconds_per_scene": feature_s / max(1, len(val)),
         "search": table,
     }
     if args.test > 0:
         test = scenes_of("test", args.test)
-        tt = _presence(test)
+        tt = presence_truth(test)
         t0 = time.perf_counter()
         kept = np.array([[c in flt.select(s.image, VOCAB).kept for c in VOCAB] for s in test])
         report["test_filter_seconds_per_scene"] = (time.perf_counter() - t0) / len(test)
         report["test"] = presence_metrics(kept, tt)
-        report["test_open_vocabulary"] = _open_vocabulary(seg, test, kept)
+        report["test_open_vocabulary"] = open_vocabulary(seg, test, kept)
         report["test_keep_all"] = presence_metrics(np.ones_like(tt), tt)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "filter_tuning.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
@@ -209,8 +210,8 @@ def run_regions(args, seg: DiffSegmenter, folder: Path, out_dir: Path) -> int:
     return 0
 
 
-def _open_vocabulary(seg: DiffSegmenter, scenes, kept: np.ndarray) -> dict[str, float]:
-    """Scores of the segmentations with each scene's kept classes."""
+def open_vocabulary(seg: DiffSegmenter, scenes, kept: np.ndarray) -> dict[str, float]:
+    """Scores of the segmentations with each scene's kept classes (``kept``: (N, 4) bool over ``VOCAB``)."""
     preds = []
     for s, k in zip(scenes, kept):
         preds.append(world_labels(seg.segment(s.image, classes=[c for c, keep in zip(VOCAB, k) if keep])))
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     flt = DiffusionFilter(seg, resolution=args.resolution or seg.native_resolution)
     val, test = scenes_of("val", args.val), scenes_of("test", args.test)
     rv, rt = _reductions(flt, val), _reductions(flt, test)
-    tv, tt = _presence(val), _presence(test)
+    tv, tt = presence_truth(val), presence_truth(test)
     best: tuple[float, float, float] | None = None
     for q in QUANTILES:
         sv = np.quantile(rv, q, axis=2)
@@ -280,11 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "test": presence_metrics(kept, tt),
     }
     # open vocabulary: the filter's classes go to the segmenter; compare with the present classes given
-    preds = []
-    for s, k in zip(test, kept):
-        classes = [c for c, keep in zip(VOCAB, k) if keep]
-        preds.append(world_labels(seg.segment(s.image, classes=classes)))
-    report["test_open_vocabulary"] = score_predictions(test, preds)
+    report["test_open_vocabulary"] = open_vocabulary(seg, test, kept)
     report["test_keep_all"] = presence_metrics(np.ones_like(tt), tt)  # the no-filter reference for presence
     report["test_whole_vocabulary_no_filter"] = evaluate_whole_vocabulary(seg, test)
     report["test_given_classes"] = evaluate_segmenter(seg, test)

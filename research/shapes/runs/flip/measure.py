@@ -24,8 +24,8 @@ import torch
 
 from diffsegmenter import DiffSegmenter
 from diffsegmenter.filters.base import build_filter
-from research.shapes.filter_tune import VOCAB, presence_metrics
-from research.shapes.quality import evaluate_segmenter, scenes_of, score_predictions, world_labels
+from research.shapes.filter_tune import VOCAB, open_vocabulary, presence_metrics, presence_truth
+from research.shapes.quality import evaluate_segmenter, scenes_of
 
 PARTS = {
     "val-filter": ("val", 0, 150, "filter"),
@@ -37,12 +37,10 @@ PARTS = {
 
 def filter_protocol(seg, flt, scenes) -> dict:
     kept = np.array([[c in flt.select(s.image, VOCAB).kept for c in VOCAB] for s in scenes])
-    truth = np.array([[c in s.classes for c in VOCAB] for s in scenes])
-    preds = [
-        world_labels(seg.segment(s.image, classes=[c for c, keep in zip(VOCAB, k) if keep]))
-        for s, k in zip(scenes, kept)
-    ]
-    return {"presence": presence_metrics(kept, truth), "open_vocabulary": score_predictions(scenes, preds)}
+    return {
+        "presence": presence_metrics(kept, presence_truth(scenes)),
+        "open_vocabulary": open_vocabulary(seg, scenes, kept),
+    }
 
 
 def main(parts: list[str]) -> None:
