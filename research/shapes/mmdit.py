@@ -79,7 +79,9 @@ TINY_TRANSFORMER_OVERRIDES: dict[str, Any] = {
 TINY_TEXT_ENCODER_OVERRIDES: dict[str, Any] = {"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16}
 
 
-def build_text_encoders(tokenizer: Any, seed: int = 0, tiny: bool = False, token_embedding_std: float = 1.0):
+def build_text_encoders(
+    tokenizer: Any, seed: int = 0, tiny: bool = False, token_embedding_std: float = 1.0, num_layers: int | None = None
+):
     """The two frozen ``CLIPTextModelWithProjection`` encoders (SD3's CLIP-L and CLIP-G slots).
 
     Args:
@@ -87,6 +89,9 @@ def build_text_encoders(tokenizer: Any, seed: int = 0, tiny: bool = False, token
         seed (`int`, *optional*, defaults to 0): seed of the first; the second uses ``seed + 1000``.
         tiny (`bool`, *optional*, defaults to `False`): the ``TINY_TEXT_ENCODER_OVERRIDES`` sizes (tests).
         token_embedding_std (`float`, *optional*, defaults to 1.0): std of the redrawn token embeddings.
+        num_layers (`int`, *optional*): transformer layers of each (default ``TEXT_ENCODER_CONFIG``'s 2). With 1 the
+            pipeline's states (the penultimate hidden states) are the token and position embeddings themselves: no
+            token carries another's word, so the end-token padding carries no caption.
 
     Returns:
         `tuple`: two ``CLIPTextModelWithProjection``, float32, eval mode, ``requires_grad`` off.
@@ -94,6 +99,10 @@ def build_text_encoders(tokenizer: Any, seed: int = 0, tiny: bool = False, token
     from transformers import CLIPTextModelWithProjection
 
     kw = {**TEXT_ENCODER_CONFIG, **(TINY_TEXT_ENCODER_OVERRIDES if tiny else {})}
+    if num_layers is not None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        kw["num_hidden_layers"] = int(num_layers)
     return tuple(
         C.seeded_text_encoder(CLIPTextModelWithProjection, tokenizer, s, token_embedding_std, **kw)
         for s in (seed, seed + TEXT_ENCODER_2_SEED_OFFSET)
@@ -112,6 +121,22 @@ def build_transformer(seed: int = 0, tiny: bool = False, **overrides: Any):
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(**{**TRANSFORMER_CONFIG, **(TINY_TRANSFORMER_OVERRIDES if tiny else {}), **overrides})
+
+
+def silence_pooled_projections(transformer) -> None:
+    """Make the transformer ignore ``pooled_projections``: the last layer of its pooled-text embedder
+    (``time_text_embed.text_embedder.linear_2``) is set to zero and the embedder frozen, so the adaLN conditioning
+    is the timestep's alone, at training and at inference, and the caption reaches the image only through joint
+    attention (as in the UNet model, which has no pooled input). The folder layout is unchanged.
+
+    Args:
+        transformer (`SD3Transformer2DModel`): changed in place, before its optimizer and EMA copy are made.
+    """
+    embedder = transformer.time_text_embed.text_embedder
+    with torch.no_grad():
+        embedder.linear_2.weight.zero_()
+        embedder.linear_2.bias.zero_()
+    embedder.requires_grad_(False)
 
 
 def transformer_overrides(

@@ -64,6 +64,10 @@ class MMDiTConfig(T.TrainConfig):
     dit_patch_size: int | None = None
     collapse_t5: bool = True
     cache_latents: bool = True
+    # False: the transformer ignores the pooled CLIP projections (mmdit.silence_pooled_projections)
+    pooled: bool = True
+    # layers of each CLIP text encoder (None: mmdit.TEXT_ENCODER_CONFIG's 2; 1: the states are the word embeddings)
+    text_layers: int | None = None
 
     def transformer_overrides(self) -> dict[str, Any]:
         """``TRANSFORMER_CONFIG`` entries the size flags replace (validated)."""
@@ -121,13 +125,19 @@ class MMDiTTrainer(T.Trainer):
         self.tokenizer_dir = C.build_tokenizer(tok_dir)
         self.tokenizer = CLIPTokenizer.from_pretrained(str(self.tokenizer_dir))
         self.text_encoder, self.text_encoder_2 = M.build_text_encoders(
-            self.tokenizer, seed=cfg.seed, tiny=cfg.tiny, token_embedding_std=cfg.token_embedding_std
+            self.tokenizer,
+            seed=cfg.seed,
+            tiny=cfg.tiny,
+            token_embedding_std=cfg.token_embedding_std,
+            num_layers=cfg.text_layers,
         )
         self.text_encoder.to(self.device)
         self.text_encoder_2.to(self.device)
         self.vae_source = resolve_model(cfg.vae_from)
         self.vae = M.load_vae(self.vae_source, 0.0, 1.0).to(self.device)  # shift and scale: measure_latents
         transformer = M.build_transformer(seed=cfg.seed, tiny=cfg.tiny, **cfg.transformer_overrides())
+        if not cfg.pooled:
+            M.silence_pooled_projections(transformer)
         if transformer.config.joint_attention_dim < 2 * self.text_encoder.config.hidden_size:
             raise ValueError("the transformer's joint_attention_dim must hold both CLIP encoders' states")
         self.unet = transformer.to(self.device)
@@ -140,7 +150,10 @@ class MMDiTTrainer(T.Trainer):
         self.noise_scheduler = self.sample_scheduler  # the batch stream reads num_train_timesteps from it
         self.encoder = T.CaptionEncoder(self.tokenizer, VOCABULARY)
         self.unet_opt = torch.optim.AdamW(
-            self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999)
+            [p for p in self.unet.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=(0.9, 0.999),
         )
         down = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_shape = (int(self.vae.config.latent_channels), T.IMAGE_SIZE // down, T.IMAGE_SIZE // down)
@@ -417,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="collapse_t5",
         action="store_false",
         help="train on the 256 T5 zero tokens instead of one standing for them (same loss, about 2x slower)",
+    )
+    p.add_argument(
+        "--text-layers",
+        type=int,
+        help=f"layers of each CLIP text encoder (default {M.TEXT_ENCODER_CONFIG['num_hidden_layers']}; with 1 the "
+        "pipeline's penultimate states are the word embeddings, so the padding carries no caption)",
+    )
+    p.add_argument(
+        "--no-pooled",
+        dest="pooled",
+        action="store_false",
+        help="the transformer ignores the pooled CLIP projections: the caption reaches the image only through joint "
+        "attention (its pooled-text embedder zeroed and frozen)",
     )
     p.add_argument(
         "--no-cache-latents",

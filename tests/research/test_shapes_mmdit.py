@@ -240,3 +240,55 @@ def test_cached_latents_are_the_encoded_batch_and_size_flags_reach_the_transform
     assert torch.allclose(mean + std * batch["latent_noise"], encoded, atol=1e-5)
     with pytest.raises(ValueError, match="patch_size"):
         TM.MMDiTConfig(device="cpu", dit_patch_size=3).resolve()
+
+
+def test_no_pooled_trains_a_transformer_blind_to_the_pooled_projections(parts, tmp_path):
+    """--no-pooled: the output does not depend on pooled_projections (the caption can reach the image only through
+    joint attention), and training steps keep it so, in the model and its EMA copy; a plain transformer does."""
+    plain = M.build_transformer(tiny=True, seed=1)
+    silenced = M.build_transformer(tiny=True, seed=1)
+    M.silence_pooled_projections(silenced)
+    gen = torch.Generator().manual_seed(0)
+    x, timestep = torch.randn(1, 4, 32, 32, generator=gen), torch.tensor([300.0])
+    states = torch.randn(1, 78, plain.config.joint_attention_dim, generator=gen)
+    pooled = [torch.randn(1, plain.config.pooled_projection_dim, generator=gen) for _ in range(2)]
+
+    def outputs(model):
+        return [model(hidden_states=x, timestep=timestep, encoder_hidden_states=states, pooled_projections=p).sample
+                for p in pooled]  # fmt: skip
+
+    with torch.no_grad():
+        a, b = outputs(plain)
+        assert not torch.allclose(a, b, atol=1e-4)  # the pooled input matters to a plain transformer
+        a, b = outputs(silenced)
+        assert torch.equal(a, b)
+    cfg = TM.MMDiTConfig(out=str(tmp_path), device="cpu", tiny=True, threads=1, pool_size=8, workers=0, pooled=False)
+    trainer = TM.MMDiTTrainer(cfg)
+    trainer.setup()
+    pool = TM.T.ScenePool(8, 0).start()
+    trainer.measure_latents(pool)
+    stream = TM.T.BatchStream(pool, 8, 0, "unet", 0, 8, trainer.latent_shape, trainer.encoder)
+    batch = TM.T._to_model_inputs(stream.make(0), trainer.device)
+    for _ in range(3):
+        trainer.unet_step_fn(batch, 3e-3)
+        trainer.unet_step += 1
+    for model in (trainer.unet, trainer.ema_unet):
+        last = model.time_text_embed.text_embedder.linear_2
+        assert not last.weight.any() and not last.bias.any()
+    assert TM.build_parser().parse_args(["--no-pooled"]).pooled is False
+
+
+def test_one_layer_text_encoders_give_states_that_carry_only_their_own_word(parts):
+    """--text-layers 1: the pipeline's states (penultimate hidden states) are the word and position embeddings, so a
+    token's state does not depend on the other words and the padding carries no caption; with 2 layers it does."""
+    tok = parts["tokenizer"]
+    ids = tok(["a red circle", "a blue circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    circle = ids[0].tolist().index(tok.convert_tokens_to_ids(tok.tokenize("circle"))[0])
+    for layers, independent in ((1, True), (None, False)):
+        te1, te2 = M.build_text_encoders(tok, tiny=True, num_layers=layers)
+        states, _ = M.encode_text(te1, te2, ids, 32, t5_length=1)
+        same_word = torch.allclose(states[0, circle], states[1, circle])
+        same_padding = torch.allclose(states[0, circle + 2 :], states[1, circle + 2 :])
+        assert same_word == independent and same_padding == independent
+    with pytest.raises(ValueError, match="num_layers"):
+        M.build_text_encoders(tok, tiny=True, num_layers=0)
