@@ -168,15 +168,20 @@ def test_tiny_run_writes_a_folder_that_loads_and_segments_and_resumes(tmp_path):
     assert seg.segment(make_scene(8).image, classes=["cross"]).classes == ["cross"]
 
 
-def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
-    """A few optimiser steps on one batch must lower the flow-matching loss (the step function trains)."""
-    cfg = TM.MMDiTConfig(out=str(tmp_path), device="cpu", tiny=True, threads=1, pool_size=8, workers=0)
+def _tiny_trainer_and_batch(tmp_path, **config):
+    """A set-up tiny trainer (``MMDiTConfig`` entries ``config``) and one batch of 8 training scenes."""
+    cfg = TM.MMDiTConfig(out=str(tmp_path), device="cpu", tiny=True, threads=1, pool_size=8, workers=0, **config)
     trainer = TM.MMDiTTrainer(cfg)
     trainer.setup()
     pool = TM.T.ScenePool(8, 0).start()
     trainer.measure_latents(pool)
     stream = TM.T.BatchStream(pool, 8, 0, "unet", 0, 8, trainer.latent_shape, trainer.encoder)
-    batch = TM.T._to_model_inputs(stream.make(0), trainer.device)
+    return trainer, TM.T._to_model_inputs(stream.make(0), trainer.device)
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    """A few optimiser steps on one batch must lower the flow-matching loss (the step function trains)."""
+    trainer, batch = _tiny_trainer_and_batch(tmp_path)
     losses = [float(trainer.unet_step_fn(batch, 3e-3)["loss"]) for _ in range(12)]
     assert losses[-1] < 0.8 * losses[0]
 
@@ -262,13 +267,7 @@ def test_no_pooled_trains_a_transformer_blind_to_the_pooled_projections(parts, t
         assert not torch.allclose(a, b, atol=1e-4)  # the pooled input matters to a plain transformer
         a, b = outputs(silenced)
         assert torch.equal(a, b)
-    cfg = TM.MMDiTConfig(out=str(tmp_path), device="cpu", tiny=True, threads=1, pool_size=8, workers=0, pooled=False)
-    trainer = TM.MMDiTTrainer(cfg)
-    trainer.setup()
-    pool = TM.T.ScenePool(8, 0).start()
-    trainer.measure_latents(pool)
-    stream = TM.T.BatchStream(pool, 8, 0, "unet", 0, 8, trainer.latent_shape, trainer.encoder)
-    batch = TM.T._to_model_inputs(stream.make(0), trainer.device)
+    trainer, batch = _tiny_trainer_and_batch(tmp_path, pooled=False)
     for _ in range(3):
         trainer.unet_step_fn(batch, 3e-3)
         trainer.unet_step += 1
