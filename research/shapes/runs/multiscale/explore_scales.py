@@ -5,7 +5,7 @@ A view is ``w{R}c{C}`` (the *where* pass at ``resolution`` R, the *which* pass a
 other setting from the shipped ``segmenter_config.json``, present classes given, seed 0, batches of 20), with an
 ``h`` suffix for the mirror image alone (its scores mirrored back). The shipped flip is ``w160c64+w160c64h``.
 Averages of views are labelled and scored with ``research.shapes.ensemble`` (tau swept per row, paired bootstrap
-against the shipped flip). Score maps are cached in ``--cache`` (one ``.npy`` per view and scene range). The first
+against the shipped flip). Score maps are cached in ``--cache`` (one ``.npy`` per view and scene count). The first
 N val scenes from START; the test split is never read. From the repository root (2 threads):
 
     HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python research/shapes/runs/multiscale/explore_scales.py 60 \
@@ -30,9 +30,9 @@ CACHE = Path("/tmp/ms_cache")
 REFERENCE = "w160c64+w160c64h"
 
 
-def view_scores(seg: DiffSegmenter, base, name: str, scenes, start: int) -> list[np.ndarray]:
+def view_scores(seg: DiffSegmenter, base, name: str, scenes) -> list[np.ndarray]:
     """The (K, 64, 64) score maps of view ``name`` for ``scenes`` (cached)."""
-    path = CACHE / f"{name}_{start}_{len(scenes)}.npy"
+    path = CACHE / f"{name}_0_{len(scenes)}.npy"
     if path.exists():
         return list(np.load(path, allow_pickle=True))
     match = re.fullmatch(r"w(\d+)c(\d+)(h?)", name)
@@ -54,13 +54,14 @@ def view_scores(seg: DiffSegmenter, base, name: str, scenes, start: int) -> list
     return out
 
 
-def main(n: int, names: list[str], combos: list[str], start: int = 0) -> None:
-    """Print each view's and each combination's best-tau scores on the first ``n`` val scenes from ``start``."""
+def main(n: int, names: list[str], combos: list[str]) -> None:
+    """Print each view's and each combination's best-tau scores on the first ``n`` val scenes."""
     torch.set_num_threads(2)
-    scenes = scenes_of("val", n, start)
+    scenes = scenes_of("val", n)
     seg = DiffSegmenter.from_pretrained("shapes")
     base = seg.config
-    maps = {name: view_scores(seg, base, name, scenes, start) for name in names}
+    needed = dict.fromkeys([*names, *REFERENCE.split("+"), *(k for c in combos for k in c.split("+"))])
+    maps = {name: view_scores(seg, base, name, scenes) for name in needed}
     ref_scores = [np.mean([maps[k][i] for k in REFERENCE.split("+")], 0) for i in range(n)]
     ref_tau = evaluate(scenes, ref_scores, base.tau)["best"]["tau"]
     ref_conf = scene_confusions(scenes, results_of(scenes, ref_scores, ref_tau), ref_tau)
