@@ -139,8 +139,9 @@ def image_scores(
 
 #: Estimated bytes per input pixel of :meth:`DiffSegmenter.segment <diffsegmenter.DiffSegmenter.segment>`'s
 #: full-size work: per class (score maps, their upsampling and labelling copies) and per image (the decoded image,
-#: its resize, labels). An over-estimate of the measured 100 bytes per pixel for 4 classes; a call whose estimate
-#: exceeds the machine's RAM is refused up front.
+#: its resize, labels). An over-estimate of the measured 96 bytes per pixel for 4 classes (119 with ``flip``; 340 and
+#: 404 for 16 classes: ``benchmarks/full_size_memory.py``); a call whose estimate exceeds the machine's RAM is refused
+#: up front.
 BYTES_PER_PIXEL_PER_CLASS = 28
 BYTES_PER_PIXEL = 64
 
