@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from diffsegmenter.segmenter import DiffSegmenter
-from research.shapes.ensemble import evaluate, paired_bootstrap, results_of, scene_confusions
+from research.shapes.ensemble import evaluate, paired_bootstrap, results_of, run_member, scene_confusions
 from research.shapes.quality import scenes_of
 
 CACHE = Path("/tmp/ms_cache")
@@ -38,14 +38,12 @@ def view_scores(seg: DiffSegmenter, base, name: str, scenes) -> list[np.ndarray]
     match = re.fullmatch(r"w(\d+)c(\d+)(h?)", name)
     if match is None:
         raise SystemExit(f"bad view name {name!r}: use w{{R}}c{{C}}[h]")
-    mirror = bool(match.group(3))
-    seg.config = base.replace(resolution=int(match.group(1)), class_resolution=int(match.group(2)), flip=False)
-    t0, out = time.time(), []
-    for i in range(0, len(scenes), 20):
-        chunk = scenes[i : i + 20]
-        images = [np.ascontiguousarray(s.image[:, ::-1]) if mirror else s.image for s in chunk]
-        results = seg.segment(images, [s.classes for s in chunk])
-        out += [np.ascontiguousarray(r.scores[:, :, ::-1]) if mirror else r.scores for r in results]
+    # the shipped settings at these input sizes, run as research.shapes.ensemble runs a member (``h``: the mirror
+    # image alone, its scores mirrored back)
+    sized = base.replace(resolution=int(match.group(1)), class_resolution=int(match.group(2)))
+    t0 = time.time()
+    member = f"s{base.seed}t{base.timestep}{match.group(3)}"
+    out = [r.scores for r in run_member(seg, sized, member, scenes)]
     print(name, "computed in", round(time.time() - t0, 1), "s", flush=True)
     CACHE.mkdir(exist_ok=True)
     arr = np.empty(len(out), dtype=object)
