@@ -35,6 +35,7 @@ CORE_MODULES = (
     "tokens",
     "config",
     "prompts",
+    "refinement",
 )
 CORE_PATTERN = re.compile(rf"^{PACKAGE}\.(?:{'|'.join(CORE_MODULES)}|backbones?(?:\..+)?)$")
 #: What core modules may never import (a module or anything below it).

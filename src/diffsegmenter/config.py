@@ -16,7 +16,9 @@ from typing import Any, Literal
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "PAPER_LEVEL_WEIGHTS",
+    "PAMR_DILATIONS",
     "READOUTS",
+    "REFINEMENTS",
     "RELEASED_SCRIPT_RULES",
     "SegmenterConfig",
     "add_override_argument",
@@ -29,6 +31,10 @@ __all__ = [
 PAPER_LEVEL_WEIGHTS: dict[int, float] = {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}
 #: The read-outs ``SegmenterConfig.readout`` accepts (:mod:`diffsegmenter.readouts`).
 READOUTS = ("paper", "rescaled", "weighted", "single-block", "concept")
+#: The post-processing steps ``SegmenterConfig.refine`` accepts (:mod:`diffsegmenter.refinement`).
+REFINEMENTS = ("none", "pamr")
+#: PAMR's neighbourhood dilations in its paper's setting (Araslanov & Roth, CVPR 2020): 8 neighbours at each.
+PAMR_DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
 
 #: How each released evaluation script words its prompts and picks the class token ([CODE]
 #: `open_vocabulary/{voc12,voc10,coco}`, ``shared/docs/method.md`` §3 steps 4 and 8). SegmenterConfig's defaults are
@@ -147,6 +153,16 @@ class SegmenterConfig:
     # mirrored back) before the background decision. Twice the VAE and denoiser work. Off by default; the shipped
     # shapes model recommends it (val mIoU 0.852 -> 0.889, research/shapes/runs/flip/).
     flip: bool = False
+    # NOT in the paper ([CODE]: no CRF, no PAMR). "pamr": pixel-adaptive mask refinement (refinement.pamr) of the
+    # final score maps with the image's colours, before the background decision: `refine_iterations` rounds of an
+    # average over each pixel's neighbours at `refine_dilations`, weighted by colour similarity. It runs on the image
+    # and maps shrunk (aspect kept) to at most `refine_max_side` pixels on the longer side; the refined maps are then
+    # resized to the image's size. The field reports it separately from its main tables (protocols.md); the defaults
+    # are the PAMR paper's. "none" = the paper's bilinear upsampling only.
+    refine: Literal["none", "pamr"] = "none"
+    refine_iterations: int = 10
+    refine_dilations: list[int] = field(default_factory=lambda: list(PAMR_DILATIONS))
+    refine_max_side: int = 512
     # Use the captioner (when one is loaded) to continue the prompt after the class word ([CODE]: BLIP-large).
     use_captioner: bool = True
     # Maximum tokens the captioner generates ([CODE]: transformers' default max_length 20).
@@ -210,6 +226,24 @@ class SegmenterConfig:
                 f"readout must be one of {', '.join(repr(r) for r in READOUTS)} ('paper' = the released method), "
                 f"got {self.readout!r}"
             )
+        if self.refine not in REFINEMENTS:
+            raise ValueError(
+                f"refine must be one of {', '.join(repr(r) for r in REFINEMENTS)} ('none' = the paper's bilinear "
+                f"upsampling only), got {self.refine!r}"
+            )
+        _check_int("refine_iterations", self.refine_iterations, 0, 100, "the PAMR paper's is 10")
+        _check_int("refine_max_side", self.refine_max_side, 16, 8192, "the longer side PAMR runs at, e.g. 512")
+        dilations = self.refine_dilations
+        if (
+            not isinstance(dilations, (list, tuple))
+            or not dilations
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 256 for d in dilations)
+        ):
+            raise ValueError(
+                f"refine_dilations must be a non-empty list of integers in 1..256 (the PAMR paper's "
+                f"{list(PAMR_DILATIONS)}), got {dilations!r}"
+            )
+        self.refine_dilations = [int(d) for d in dilations]
         _check_int("readout_block", self.readout_block, 0, 1023, "None = the family's default", optional=True)
         if self.readout_block is not None and self.readout != "single-block":
             raise ValueError("readout_block only applies to readout='single-block': leave it None")

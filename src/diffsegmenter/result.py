@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .decision import ClassDecision
     from .passes import ClassMaps
     from .prompts import ClassPrompt
+    from .refinement import Refiner
 
 __all__ = ["SegmentationResult", "build_results", "check_full_size_memory", "DEVICE_RESULT_BYTES"]
 
@@ -35,7 +36,8 @@ class SegmentationResult:
             reaches 1 at its peak (per-class min-max, as the paper). With ``config.class_level_weights`` set, a map
             is the foreground evidence times the class's share of the class evidence
             (:func:`~diffsegmenter.aggregation.split_where_and_which`), so it need not reach 1; with
-            ``config.flip``, the mean of the image's and its mirror image's maps, which need not reach 1 either.
+            ``config.flip``, the mean of the image's and its mirror image's maps, which need not reach 1 either; with
+            ``config.refine``, refined with the image's colours (:mod:`~diffsegmenter.refinement`), still in [0, 1].
         classes (`list[str]`): the classes segmented, in order (after the category filter, if one ran).
         prompts (`list[str]`): the exact text prompt whose attention gave each class's map.
         tau (`float`): the background score used for ``labels``.
@@ -71,6 +73,7 @@ def build_results(
     tau: float,
     *,
     flip: bool = False,
+    refiner: Refiner | None = None,
 ) -> list[SegmentationResult]:
     """Every image's result from its classes' maps: scores and labels computed where the maps are (the GPU, for a
     GPU model) and brought to the host in one copy per :data:`DEVICE_RESULT_BYTES` of scores.
@@ -84,6 +87,8 @@ def build_results(
         tau (`float`): the background score.
         flip (`bool`): ``maps`` also hold each image's mirror image, as image ``len(arrays) + i``
             (``SegmenterConfig.flip``): an image's scores are the mean of its own and its mirror's, mirrored back.
+        refiner (`Refiner`, *optional*): ``SegmenterConfig.refine``: the scores are computed at its working size,
+            refined with the image's colours, then resized to the image's size (after the flip mean).
 
     Returns:
         `list[SegmentationResult]`: one per image, in order (``candidates`` not set).
@@ -108,9 +113,12 @@ def build_results(
         pending.clear()
 
     for i, (im, names) in enumerate(zip(arrays, class_lists)):
-        scores = image_scores(i, im.shape[:2], names, maps, decision)
+        at = im.shape[:2] if refiner is None else refiner.working_size(im.shape[:2])
+        scores = image_scores(i, at, names, maps, decision)
         if flip:
-            scores = (scores + image_scores(len(arrays) + i, im.shape[:2], names, maps, decision).flip(-1)) / 2
+            scores = (scores + image_scores(len(arrays) + i, at, names, maps, decision).flip(-1)) / 2
+        if refiner is not None:
+            scores = refiner(im, scores, im.shape[:2])
         labels = label_with_background(scores, tau).to(torch.int32)
         pending.append((list(names), [texts[(i, ci)] for ci in range(len(names))], scores, labels))
         size += scores.numel() * scores.element_size()

@@ -24,6 +24,7 @@ from .config import SegmenterConfig, check_tau
 from .decision import PassPlan, class_decision
 from .passes import ClassMaps, PassSpec, attention_pass, run_batched
 from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
+from .refinement import Refiner
 from .result import SegmentationResult, build_results, check_full_size_memory
 from .settings import ModelSettings
 from .tokens import ClassTokenError
@@ -263,9 +264,14 @@ class DiffSegmenter:
                 pass_latents = latents if plan.resolution is None else self.encode_images(views, seed, plan.resolution)
                 maps.update(self._run_pass(view_work, pass_latents, plan))
         # 5. per image: upsample to its size, min-max per class, decide the class (with `flip`, the mean of the
-        #    image's and its mirror's scores), label against the background tau (on the maps' device; the results
-        #    come back to the host in few copies)
-        results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip)
+        #    image's and its mirror's scores; with `refine`, PAMR with the image's colours), label against the
+        #    background tau (on the maps' device; the results come back to the host in few copies)
+        refiner = (
+            Refiner(cfg.refine_iterations, tuple(cfg.refine_dilations), cfg.refine_max_side)
+            if cfg.refine == "pamr"
+            else None
+        )
+        results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)
         for res, cand in zip(results, candidates):
             res.candidates = cand
         return results[0] if single else results
