@@ -30,14 +30,16 @@ def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(d * dy, d * dx) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
-def _shifted(x: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
-    """(..., P, H, W): ``x`` (..., H, W) read at each offset, edges replicated (a pixel near the border sees the
-    border pixel in place of a neighbour outside the image)."""
-    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    h, w = x.shape[-2:]
-    lead = x.shape[:-2]
-    padded = F.pad(x.reshape(1, -1, h, w), (pad, pad, pad, pad), mode="replicate").reshape(*lead, h + 2 * pad, -1)
-    return torch.stack([padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets], -3)
+def _padded(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """(C, H + 2 pad, W + 2 pad): ``x`` (C, H, W) with its edges replicated (a pixel near the border sees the border
+    pixel in place of a neighbour outside the image)."""
+    return F.pad(x.unsqueeze(0), (pad, pad, pad, pad), mode="replicate")[0]
+
+
+def _at(padded: torch.Tensor, pad: int, dy: int, dx: int, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) view: every pixel's neighbour at offset (dy, dx), read from :func:`_padded`'s output."""
+    h, w = size
+    return padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
 
 
 def pamr_weights(
@@ -57,13 +59,24 @@ def pamr_weights(
 
     Returns:
         `torch.Tensor`: (P, H, W) weights in [0, 1], summing to 1 over P = 8 x len(dilations), the image's dtype
-        and device.
+        and device. Working memory: a few (C, H, W) tensors beside the (P, H, W) result (one neighbour at a time).
     """
     offsets = neighbour_offsets(dilations)
-    neighbours = _shifted(image, offsets)  # C, P, H, W
-    window = torch.cat([image.unsqueeze(1), neighbours], 1)
-    spread = window.std(1, keepdim=True)  # C, 1, H, W
-    affinity = -((neighbours - image.unsqueeze(1)).abs() / (temperature * spread + 1e-8)).mean(0)
+    pad, size = max(dilations), image.shape[-2:]
+    padded = _padded(image, pad)
+    # the local spread, in two passes as torch.std (no cancellation in flat regions): mean, then squared deviations
+    count = len(offsets) + 1
+    mean = image.clone()
+    for dy, dx in offsets:
+        mean += _at(padded, pad, dy, dx, size)
+    mean /= count
+    deviations = (image - mean).square()
+    for dy, dx in offsets:
+        deviations += (_at(padded, pad, dy, dx, size) - mean).square()
+    scale = temperature * (deviations / (count - 1)).sqrt() + 1e-8
+    affinity = image.new_empty(len(offsets), *size)
+    for p, (dy, dx) in enumerate(offsets):
+        affinity[p] = -((_at(padded, pad, dy, dx, size) - image).abs() / scale).mean(0)
     return affinity.softmax(0)
 
 
@@ -97,14 +110,13 @@ def pamr(
         return scores
     weights = pamr_weights(image.to(scores), dilations, temperature)
     offsets = neighbour_offsets(dilations)
-    pad = max(dilations)
-    h, w = scores.shape[-2:]
+    pad, size = max(dilations), scores.shape[-2:]
     for _ in range(iterations):
         # one neighbour at a time: memory stays O(K x H x W), not O(K x P x H x W)
-        padded = F.pad(scores.unsqueeze(0), (pad, pad, pad, pad), mode="replicate")[0]
+        padded = _padded(scores, pad)
         out = torch.zeros_like(scores)
         for p, (dy, dx) in enumerate(offsets):
-            out += weights[p] * padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+            out += weights[p] * _at(padded, pad, dy, dx, size)
         scores = out
     return scores
 
