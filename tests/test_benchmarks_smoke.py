@@ -140,3 +140,16 @@ def test_filter_cost_benchmark_times_both_filters_against_the_plain_call(tmp_pat
     assert report["filters"]["regions"]["scoring"] == "regions"
     assert report["filters"]["quantile"]["scoring"] == "quantile"
     assert json.loads(out.read_text())["scenes"] == 1
+
+
+def test_refine_cost_benchmark_measures_both_settings(tmp_path):
+    """benchmarks/refine_cost.py at one small side: both settings timed and measured, ratios and JSON written."""
+    from benchmarks import refine_cost
+
+    out = tmp_path / "refine_cost.json"
+    assert refine_cost.main(["--sides", "64", "--repeats", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["side"] == 64 and row["seconds_none"] > 0 and row["seconds_pamr"] > 0
+    assert row["time_ratio"] == round(row["seconds_pamr"] / row["seconds_none"], 2)
+    assert report["refine_dilations"] == [1, 2, 4, 8, 12, 24] and report["refine_max_side"] == 512
