@@ -330,7 +330,8 @@ def sd15_section(run: Run, dtype: torch.dtype) -> None:
 
 
 def options_section(run: Run, seg: dict[str, DiffSegmenter], images: list[np.ndarray]) -> None:
-    """Channels-last at each mode's best batch; then torch.compile (single mode, batch 1 and its best batch)."""
+    """Channels-last at each mode's best batch; PAMR post-processing (``refine="pamr"``) at the single mode's best
+    batch; then torch.compile (single mode, batch 1 and its best batch)."""
     args, device, rec = run.args, run.device, run.data["sd15"]
     rec["options"] = []
     unet, vae = seg["single"].backbone.unet, seg["single"].backbone.vae
@@ -351,6 +352,19 @@ def options_section(run: Run, seg: dict[str, DiffSegmenter], images: list[np.nda
         if e:
             rec["options"].append({"option": "channels_last", "mode": mode, **e})
     best = _best(rec["single"])
+    if best and run.allows("refine pamr single", 2 * best["median_s"] * (1 + args.repeats) + 5):
+
+        def refined(b=best["batch"]):
+            plain = seg["single"].config
+            seg["single"].config = plain.replace(refine="pamr")
+            try:
+                return engine(seg["single"], images[:b], device, args.repeats)
+            finally:
+                seg["single"].config = plain
+
+        e = run.attempt("refine pamr single", refined)
+        if e:
+            rec["options"].append({"option": "refine=pamr", "mode": "single", **e})
     if not args.compile or not best:
         return
     if not run.allows(f"compile {args.compile}", args.compile_need_s):

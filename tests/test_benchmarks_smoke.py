@@ -106,7 +106,7 @@ def test_gpu_throughput_script_runs_every_case_on_tiny_models(tmp_path):
     assert all(c["images_per_s"] > 0 and c["latency_ms"] > 0 for c in sd["single"] + sd["per_class"])
     # the CPU path against itself: identical maps
     assert sd["check"]["per_class"]["pass"] and sd["check"]["single"]["max_abs_diff"] == 0.0
-    assert {o["option"] for o in sd["options"]} == {"channels_last", "compile=default"}
+    assert {o["option"] for o in sd["options"]} == {"channels_last", "refine=pamr", "compile=default"}
     assert sd["loader"]["prefetch_images_per_s"] > 0
     assert set(saved["families"]) == {"sdxl", "sd3", "flux", "pixart"}
     assert all(f["per_class"] and f["ceiling"] for f in saved["families"].values())
