@@ -1,6 +1,7 @@
 """The shipped shapes model with the settings its folder recommends (``flip`` on: the image and its mirror image
-averaged) on the shapes world, both protocols (:mod:`research.shapes.measure`, which this record's run used in its
-first form, written out here). Parts, in the order given:
+averaged) on the shapes world, both protocols. The record's run had this code inline; it now lives in
+:mod:`research.shapes.measure`, unchanged but for the ``overrides`` key in the record's settings. Parts, in the
+order given:
 
 * ``val-filter``: the first 150 val scenes, whole vocabulary, the shipped diffusion filter (its settings as tuned
   without flip): presence precision / recall / F1 / exact set, and the open-vocabulary mIoU (the segmenter on each
