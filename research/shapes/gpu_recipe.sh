@@ -17,8 +17,9 @@
 #   It trains with train_mmdit's exact shortcuts (one T5 zero token standing for 256, pool latents encoded once):
 #   on the CPU the 7-block transformer trains 2.0x faster with the first (11.2 -> 22.4 samples/s, batch 32, 2
 #   threads: train_mmdit --profile-steps 6 with and without --no-collapse-t5); on the GPU unmeasured. At CPU scale
-#   the model hardly reads its caption, and --no-pooled, --text-layers 1 and --logit-mean 1.0 did not change that
-#   (runs/mmdit_cpu_text_routes/); check what this leg trains with that folder's caption_use.py.
+#   the model hardly reads its caption, and --no-pooled, --text-layers 1, --logit-mean 1.0 (runs/mmdit_cpu_text_routes/)
+#   and --sink-anneal-steps (runs/mmdit_cpu_sink/) did not change that; check what this leg trains with
+#   runs/mmdit_cpu_text_routes/caption_use.py.
 # Leg 2: its segmenter settings chosen on 150 val scenes (grid, input sizes, read-outs), test read once
 #   (research.shapes.tune_dit).
 # Leg 3 (UNET_S s): the UNet recipe levers from scratch (16x16 level 96 -> 128 wide, 4 heads at every level instead

@@ -189,13 +189,17 @@ class CollapsedZeroTokensProcessor:
         self.log_copies = math.log(copies)
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **kwargs: Any):  # fmt: skip
+                 attention_mask: torch.Tensor | None = None, context_bias: torch.Tensor | None = None,
+                 **kwargs: Any):  # fmt: skip
         """``JointAttnProcessor2_0``'s computation (image tokens first, then context) with the additive key bias.
 
         Args:
             attn (`Attention`): the block's joint attention module.
             hidden_states (`torch.Tensor`): (B, N, C) image tokens.
             encoder_hidden_states (`torch.Tensor`): (B, L, C) context tokens; the last one is the collapsed zeros.
+            context_bias (`torch.Tensor`, *optional*): (B, L) float, added to every query's logits for the context
+                keys (``train_mmdit --sink-anneal-steps``: :func:`sink_bias`; the transformer passes it through
+                ``joint_attention_kwargs``). None: no extra bias, the pipeline's function.
 
         Returns:
             `tuple[torch.Tensor, torch.Tensor]` (image, context) outputs, or the image output alone for a block
@@ -225,6 +229,9 @@ class CollapsedZeroTokensProcessor:
             q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
             bias = q.new_zeros(1, 1, 1, k.shape[2])
             bias[..., -1] = self.log_copies
+            if context_bias is not None:
+                extra = torch.cat([context_bias.new_zeros(b, n), context_bias], dim=1).to(q.dtype)
+                bias = bias + extra[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[-1]).to(q.dtype)
         image, context = out[:, :n], out[:, n:]
@@ -240,6 +247,34 @@ def collapse_zero_tokens(transformer: torch.nn.Module, copies: int = T5_LENGTH) 
     """Install :class:`CollapsedZeroTokensProcessor` on every joint attention of a training transformer (feed it
     ``encode_text(..., t5_length=1)``)."""
     transformer.set_attn_processor(CollapsedZeroTokensProcessor(copies))
+
+
+def sink_bias(input_ids: torch.Tensor, eos_token_id: int, t5_length: int, strength: float) -> torch.Tensor:
+    """The training-only key bias of ``train_mmdit --sink-anneal-steps``: ``-strength`` on the context positions that
+    carry no word, the CLIP padding after each caption's first end token and the T5 zero tokens, 0 elsewhere.
+
+    Without T5, 256 equal zero keys and about 65 padding keys take most of a fresh transformer's image-to-text
+    attention, and the class words get their uniform share (``runs/mmdit_cpu_text_routes/``). Lowering those keys'
+    logits early in training, then raising the bias to 0 (the pipeline's function), gives the words a larger share of
+    the gradient while the model learns to use them.
+
+    Args:
+        input_ids (`torch.Tensor`): (B, 77) int64, the CLIP token ids the states were encoded from.
+        eos_token_id (`int`): the tokenizer's end token.
+        t5_length (`int`): zero tokens after the 77 CLIP positions (1 when collapsed).
+        strength (`float`): >= 0, how far those keys' logits are lowered.
+
+    Returns:
+        `torch.Tensor`: (B, 77 + t5_length) float32, values in {-strength, 0}.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    is_eos = input_ids == eos_token_id
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), input_ids.shape[1] - 1)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    padding = positions[None, :] > first_eos[:, None]
+    wordless = torch.cat([padding, padding.new_ones(input_ids.shape[0], t5_length)], dim=1)
+    return wordless.float() * -float(strength)
 
 
 def build_scheduler():

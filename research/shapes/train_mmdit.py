@@ -21,6 +21,9 @@ The flags are :mod:`.train`'s (``--vae-*`` and ``--unet-*`` do not apply: phase 
 (the folder whose VAE is reused; default the shipped ``shapes``), ``--logit-mean``, ``--logit-std`` and the
 transformer's size (``--dit-layers``, ``--dit-heads``, ``--dit-patch-size``).
 
+``--sink-anneal-steps`` lowers the wordless context keys early in training (:func:`.mmdit.sink_bias`; tried on the
+CPU, not adopted: ``runs/mmdit_cpu_sink/``).
+
 Two shortcuts change nothing that is learned and are on by default: the training copy of the transformer sees one
 T5 zero token standing for the pipeline's 256 (:class:`.mmdit.CollapsedZeroTokensProcessor`: same loss and gradients,
 about 2x faster), and the pool's latents are encoded once (the VAE is frozen). ``--no-collapse-t5`` and
@@ -68,6 +71,10 @@ class MMDiTConfig(T.TrainConfig):
     pooled: bool = True
     # layers of each CLIP text encoder (None: mmdit.TEXT_ENCODER_CONFIG's 2; 1: the states are the word embeddings)
     text_layers: int | None = None
+    # > 0: for the first that many steps the training copy's image queries see the wordless context keys (padding,
+    # T5 zeros) lowered by a bias that rises linearly from -sink_strength to 0 (mmdit.sink_bias); 0: off
+    sink_anneal_steps: int = 0
+    sink_strength: float = 10.0
 
     def transformer_overrides(self) -> dict[str, Any]:
         """``TRANSFORMER_CONFIG`` entries the size flags replace (validated)."""
@@ -84,7 +91,19 @@ class MMDiTConfig(T.TrainConfig):
         if cfg.logit_std <= 0:
             raise ValueError(f"--logit-std must be > 0, got {cfg.logit_std}")
         cfg.transformer_overrides()  # validates the size flags
+        if cfg.sink_anneal_steps < 0 or cfg.sink_strength < 0:
+            raise ValueError("--sink-anneal-steps and --sink-strength must be >= 0")
+        if cfg.sink_anneal_steps and not cfg.collapse_t5:
+            raise ValueError("--sink-anneal-steps needs the collapsed T5 token's processor: drop --no-collapse-t5")
         return cfg
+
+
+def sink_anneal_strength(step: int, anneal_steps: int, strength: float) -> float:
+    """The wordless keys' logit lowering at ``step``: ``strength * (1 - step / anneal_steps)``, 0 from
+    ``anneal_steps`` on (and always when ``anneal_steps`` is 0)."""
+    if anneal_steps <= 0 or step >= anneal_steps:
+        return 0.0
+    return float(strength) * (1.0 - step / anneal_steps)
 
 
 def sigmas_from_timesteps(timesteps: torch.Tensor, mean: float, std: float, num: int = 1000) -> torch.Tensor:
@@ -208,12 +227,18 @@ class MMDiTTrainer(T.Trainer):
         sigma = sigmas_from_timesteps(batch["timesteps"], cfg.logit_mean, cfg.logit_std).view(-1, 1, 1, 1)
         noise = batch["noise"]
         x = (1.0 - sigma) * z + sigma * noise
+        lowering = sink_anneal_strength(self.unet_step, cfg.sink_anneal_steps, cfg.sink_strength)
+        extra = None
+        if lowering > 0:
+            bias = M.sink_bias(batch["input_ids"], self.tokenizer.eos_token_id, self.t5_length, lowering)
+            extra = {"context_bias": bias.to(self.device)}
         with T._autocast(self.device, cfg.bf16):
             pred = self.unet_fwd(
                 hidden_states=x,
                 timestep=sigma.flatten() * 1000.0,
                 encoder_hidden_states=states,
                 pooled_projections=pooled,
+                joint_attention_kwargs=extra,
                 return_dict=False,
             )[0]
         loss = F.mse_loss(pred.float(), noise - z)
@@ -444,6 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the transformer ignores the pooled CLIP projections: the caption reaches the image only through joint "
         "attention (its pooled-text embedder zeroed and frozen)",
     )
+    p.add_argument(
+        "--sink-anneal-steps",
+        type=int,
+        default=d.sink_anneal_steps,
+        help="for this many first steps, lower the image queries' logits for the wordless context keys (padding, T5 "
+        "zeros) by a bias rising linearly from -SINK_STRENGTH to 0; training only, the saved model is unchanged "
+        "(default 0: off)",
+    )
+    p.add_argument("--sink-strength", type=float, default=d.sink_strength, help="that bias at step 0 (default 10)")
     p.add_argument(
         "--no-cache-latents",
         dest="cache_latents",

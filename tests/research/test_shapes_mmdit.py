@@ -291,3 +291,63 @@ def test_one_layer_text_encoders_give_states_that_carry_only_their_own_word(part
         assert same_word == independent and same_padding == independent
     with pytest.raises(ValueError, match="num_layers"):
         M.build_text_encoders(tok, tiny=True, num_layers=0)
+
+
+def test_sink_bias_lowers_only_the_wordless_context_keys(parts):
+    """``sink_bias``: -strength after each caption's first end token and on the T5 slot, 0 on its words."""
+    tok = parts["tokenizer"]
+    ids = tok(["a red circle", "a green cross and a square"], padding="max_length", max_length=77,
+              return_tensors="pt").input_ids  # fmt: skip
+    bias = M.sink_bias(ids, tok.eos_token_id, t5_length=2, strength=3.0)
+    assert bias.shape == (2, 79)
+    for row, text in enumerate(["a red circle", "a green cross and a square"]):
+        words = len(tok(text).input_ids)  # start, words, end
+        assert torch.equal(bias[row, :words], torch.zeros(words))
+        assert torch.equal(bias[row, words:], torch.full((79 - words,), -3.0))
+    with pytest.raises(ValueError, match="strength"):
+        M.sink_bias(ids, tok.eos_token_id, 1, -1.0)
+
+
+def test_sink_bias_that_masks_the_wordless_keys_equals_dropping_them(parts):
+    """With a very low bias on the padding and the collapsed T5 token, the training copy computes the image output
+    of diffusers' own processors on the caption's tokens alone: the bias reaches every block's joint attention
+    through ``joint_attention_kwargs``; with a zero bias it is the plain collapsed output."""
+    tok = parts["tokenizer"]
+    ids = tok(["a red circle and a blue square"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    words = len(tok("a red circle and a blue square").input_ids)
+    reference = M.build_transformer(tiny=True, seed=5)
+    collapsed = M.build_transformer(tiny=True, seed=5)
+    M.collapse_zero_tokens(collapsed, M.T5_LENGTH)
+    states, pooled = M.encode_text(parts["te1"], parts["te2"], ids, reference.config.joint_attention_dim, 1)
+    gen = torch.Generator().manual_seed(0)
+    x, timestep = torch.randn(1, 4, 32, 32, generator=gen), torch.tensor([400.0])
+    with torch.no_grad():
+        want = reference(hidden_states=x, timestep=timestep, encoder_hidden_states=states[:, :words],
+                         pooled_projections=pooled).sample  # fmt: skip
+        masked = collapsed(hidden_states=x, timestep=timestep, encoder_hidden_states=states, pooled_projections=pooled,
+                           joint_attention_kwargs={"context_bias": M.sink_bias(ids, tok.eos_token_id, 1, 1e4)}).sample  # fmt: skip
+        zero = collapsed(hidden_states=x, timestep=timestep, encoder_hidden_states=states, pooled_projections=pooled,
+                         joint_attention_kwargs={"context_bias": M.sink_bias(ids, tok.eos_token_id, 1, 0.0)}).sample  # fmt: skip
+        plain = collapsed(hidden_states=x, timestep=timestep, encoder_hidden_states=states,
+                          pooled_projections=pooled).sample  # fmt: skip
+    assert torch.allclose(masked, want, atol=1e-5)
+    assert not torch.allclose(plain, want, atol=1e-4)
+    assert torch.equal(zero, plain)
+
+
+def test_sink_anneal_changes_the_step_only_while_it_lasts(tmp_path):
+    """``--sink-anneal-steps``: the bias falls linearly to 0; a step inside the anneal trains on a different loss
+    than a plain step, and a step after it on the same loss."""
+    assert TM.sink_anneal_strength(0, 100, 10.0) == 10.0
+    assert TM.sink_anneal_strength(75, 100, 10.0) == pytest.approx(2.5)
+    assert TM.sink_anneal_strength(100, 100, 10.0) == 0.0 and TM.sink_anneal_strength(5, 0, 10.0) == 0.0
+    losses = {}
+    for anneal, step in ((0, 0), (50, 0), (50, 50)):
+        trainer, batch = _tiny_trainer_and_batch(tmp_path / f"{anneal}-{step}", sink_anneal_steps=anneal)
+        trainer.unet_step = step
+        losses[anneal, step] = float(trainer.unet_step_fn(batch, 0.0)["loss"])
+    assert losses[50, 0] != pytest.approx(losses[0, 0], rel=1e-4)
+    assert losses[50, 50] == pytest.approx(losses[0, 0], rel=1e-6)
+    with pytest.raises(ValueError, match="no-collapse-t5"):
+        TM.MMDiTConfig(device="cpu", sink_anneal_steps=10, collapse_t5=False).resolve()
+    assert TM.build_parser().parse_args(["--sink-anneal-steps", "7"]).sink_anneal_steps == 7
