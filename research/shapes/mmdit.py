@@ -255,8 +255,9 @@ def sink_bias(input_ids: torch.Tensor, eos_token_id: int, t5_length: int, streng
 
     Without T5, 256 equal zero keys and about 65 padding keys take most of a fresh transformer's image-to-text
     attention, and the class words get their uniform share (``runs/mmdit_cpu_text_routes/``). Lowering those keys'
-    logits early in training, then raising the bias to 0 (the pipeline's function), gives the words a larger share of
-    the gradient while the model learns to use them.
+    logits early in training, then raising the bias to 0 (the pipeline's function), was meant to give the words a larger
+    share of the gradient while the model learns to use them; on the CPU it did not make the model bind
+    (``runs/mmdit_cpu_sink/``: the start token became the sink).
 
     Args:
         input_ids (`torch.Tensor`): (B, 77) int64, the CLIP token ids the states were encoded from.

@@ -71,7 +71,7 @@ class MMDiTConfig(T.TrainConfig):
     pooled: bool = True
     # layers of each CLIP text encoder (None: mmdit.TEXT_ENCODER_CONFIG's 2; 1: the states are the word embeddings)
     text_layers: int | None = None
-    # > 0: for the first that many steps the training copy's image queries see the wordless context keys (padding,
+    # > 0: for the first that many steps the training copy's queries see the wordless context keys (padding,
     # T5 zeros) lowered by a bias that rises linearly from -sink_strength to 0 (mmdit.sink_bias); 0: off
     sink_anneal_steps: int = 0
     sink_strength: float = 10.0
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sink-anneal-steps",
         type=int,
         default=d.sink_anneal_steps,
-        help="for this many first steps, lower the image queries' logits for the wordless context keys (padding, T5 "
+        help="for this many first steps, lower every query's logits for the wordless context keys (padding, T5 "
         "zeros) by a bias rising linearly from -SINK_STRENGTH to 0; training only, the saved model is unchanged "
         "(default 0: off)",
     )
