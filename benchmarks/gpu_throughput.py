@@ -353,16 +353,9 @@ def options_section(run: Run, seg: dict[str, DiffSegmenter], images: list[np.nda
             rec["options"].append({"option": "channels_last", "mode": mode, **e})
     best = _best(rec["single"])
     if best and run.allows("refine pamr single", 2 * best["median_s"] * (1 + args.repeats) + 5):
-
-        def refined(b=best["batch"]):
-            plain = seg["single"].config
-            seg["single"].config = plain.replace(refine="pamr")
-            try:
-                return engine(seg["single"], images[:b], device, args.repeats)
-            finally:
-                seg["single"].config = plain
-
-        e = run.attempt("refine pamr single", refined)
+        single = seg["single"]
+        pamr = DiffSegmenter(backbone=single.backbone, config=single.config.replace(refine="pamr"))
+        e = run.attempt("refine pamr single", lambda b=best["batch"]: engine(pamr, images[:b], device, args.repeats))
         if e:
             rec["options"].append({"option": "refine=pamr", "mode": "single", **e})
     if not args.compile or not best:

@@ -231,7 +231,7 @@ class MMDiTTrainer(T.Trainer):
         extra = None
         if lowering > 0:
             bias = M.sink_bias(batch["input_ids"], self.tokenizer.eos_token_id, self.t5_length, lowering)
-            extra = {"context_bias": bias.to(self.device)}
+            extra = {"context_bias": bias}  # on the ids' device
         with T._autocast(self.device, cfg.bf16):
             pred = self.unet_fwd(
                 hidden_states=x,

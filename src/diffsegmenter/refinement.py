@@ -8,8 +8,8 @@ distance, scaled by the local colour spread. Training-free methods of this field
 The paper's method has none ([CODE]: bilinear upsampling only), so it is off by default
 (``SegmenterConfig.refine``).
 
-Pure tensor functions (no model; the default dilations are ``config.PAMR_DILATIONS``). Each round is a convex combination of neighbouring scores, so scores in
-[0, 1] stay in [0, 1] and ``tau`` keeps its meaning.
+Pure tensor functions (no model; the default dilations are ``config.PAMR_DILATIONS``). Each round is a convex
+combination of neighbouring scores, so scores in [0, 1] stay in [0, 1] and ``tau`` keeps its meaning.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from the paper's completed maps of a pass at 160², whose self-attention separat
 script runs the two passes as ``DiffSegmenter.segment`` does (its private pieces: ``_work``, ``encode_images``,
 ``_run_pass``, ``build_results``), then once more the 160² forward with the capture on, and multiplies each view's
 class-decision maps (resized to the self-attention grid) by that view's mean self-attention ``steps`` times. Scored
-at the shipped τ and at the best τ per variant; paired bootstrap against the shipped maps. The first scene's
-shipped labels are checked against ``segment``.
+at the shipped τ and at the best τ per variant (:func:`research.shapes.ensemble.evaluate`); paired bootstrap against
+the shipped maps. The first scene's shipped labels are checked against ``segment``.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python research/shapes/runs/completion_steps/explore_which_from_where.py 60
 """
@@ -24,11 +24,10 @@ from diffsegmenter.decision import class_decision
 from diffsegmenter.passes import ClassMaps
 from diffsegmenter.result import build_results
 from diffsegmenter.segmenter import DiffSegmenter
-from research.shapes.ensemble import miou_of, paired_bootstrap, scene_confusions
+from research.shapes.ensemble import evaluate, paired_bootstrap, scene_confusions
 from research.shapes.quality import scenes_of
 
 STEPS = (1, 2)
-TAUS = tuple(round(0.40 + 0.02 * i, 2) for i in range(16))
 
 
 def scene_results(seg: DiffSegmenter, scene) -> dict[str, object]:
@@ -53,12 +52,15 @@ def scene_results(seg: DiffSegmenter, scene) -> dict[str, object]:
     with torch.no_grad(), seg.backbone.capture(store, cfg.self_attention_factor):
         seg.backbone.denoise(lat_where, cfg.timestep, text)
     _, grid = store.level_of(store.self_qk[0][0].shape[2])
+    classes = range(len(scene.classes))
     for steps in STEPS:
         done = ClassMaps(where=dict(maps.where))
-        for (v, c), m in maps.which.items():
+        for v in range(len(views)):  # each view's class maps completed together, with its own self-attention
             qk = [(q[v : v + 1], k[v : v + 1], s) for q, k, s in store.self_qk]
-            x = F.interpolate(m[None, None].float(), size=grid, mode="bilinear", align_corners=False)
-            done.which[(v, c)] = complete_with_self_attention(x, qk, steps)[0, 0]
+            x = torch.stack([maps.which[(v, c)] for c in classes])[None].float()
+            x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+            completed = complete_with_self_attention(x, qk, steps)[0]
+            done.which.update({(v, c): completed[c] for c in classes})
         res = build_results([img], [list(scene.classes)], work, done, decision, cfg.tau, flip=True)[0]
         out[f"which+{steps}"] = res
     return out
@@ -79,17 +81,16 @@ def main(n: int) -> None:
                 print("check: scene 0's shipped labels equal segment's", flush=True)
             for k in names:
                 results[k].append(r[k])
-    base = scene_confusions(scenes, results["shipped"], seg.config.tau)
-    print(f"# {n} val scenes; mIoU at the shipped tau {seg.config.tau} and at each variant's best tau")
+    tau = seg.config.tau
+    base = scene_confusions(scenes, results["shipped"], tau)
+    print(f"# {n} val scenes; at the shipped tau {tau}, and at each variant's best tau (research.shapes.ensemble)")
     for k in names:
-        conf = scene_confusions(scenes, results[k], seg.config.tau)
-        best = max(TAUS, key=lambda t: miou_of(scene_confusions(scenes, results[k], t).sum(0)))
-        fg = conf.sum(0)[1:, 1:].sum()
-        given = np.trace(conf.sum(0)[1:, 1:]) / max(fg, 1)
-        line = f"{k:10s} mIoU {miou_of(conf.sum(0)):.4f} class acc given fg {given:.4f}"
-        line += f"  best tau {best} mIoU {miou_of(scene_confusions(scenes, results[k], best).sum(0)):.4f}"
+        scored = evaluate(scenes, [r.scores for r in results[k]], tau)
+        shipped, best = scored["shipped_tau"], scored["best"]
+        line = f"{k:10s} mIoU {shipped['mIoU']:.4f} class acc given fg {shipped['class_acc_given_fg']:.4f}"
+        line += f"  best tau {best['tau']} mIoU {best['mIoU']:.4f}"
         if k != "shipped":
-            line += f"  vs shipped (same tau) {paired_bootstrap(conf, base)}"
+            line += f"  vs shipped (same tau) {paired_bootstrap(scene_confusions(scenes, results[k], tau), base)}"
         print(line, flush=True)
 
 
