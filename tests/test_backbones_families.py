@@ -125,3 +125,48 @@ def test_joint_text_probs_matches_full_softmax():
 def test_flow_sigma_counterpart_of_t100():
     assert abs(flow_sigma(100) - 0.2559) < 1e-3
     assert flow_sigma(100) < flow_sigma(400) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "in_channels", "expected"),
+    [
+        # FLUX.1 Fill: latents + masked-image latents + the mask as 8x8 pixels per latent position, all packed 2x2
+        ("flux", 2 * 16 + 64 * 4, r"288 input channels where the VAE gives 16 \(4 latent channels packed 4 to a token\): "
+         "an inpainting model"),
+        # FLUX.1 Canny / Depth: latents + the control image's latents
+        ("flux", 32, "32 input channels where the VAE gives 16 .*: an image-conditioned model"),
+        ("sd3", 8, "8 input channels where the VAE gives 4: an image-conditioned model"),
+        ("pixart", 9, "9 input channels where the VAE gives 4: an inpainting model"),
+    ],
+)  # fmt: skip
+def test_conditioned_transformers_are_refused_before_weights_load(
+    family_folders, tmp_path, name, in_channels, expected
+):
+    # FLUX.1 Fill / Canny / Depth folders look like FLUX.1 to the loader (a FluxTransformer2DModel), and their
+    # transformer was read in full (tens of GB) before failing inside x_embedder with a shape error. The configs
+    # alone decide now: with the transformer's weights gone, the refusal still comes, naming the fix.
+    import shutil
+
+    from diffsegmenter.loading import load_backbone
+
+    folder = shutil.copytree(family_folders[name], tmp_path / name)
+    cfg_path = folder / "transformer" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "in_channels": in_channels}))
+    for weights in (folder / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ValueError, match=expected) as info:
+        load_backbone(folder)
+    assert "use the text-to-image model of the same family" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "pixart"])
+def test_conditioned_transformer_modules_are_refused(segmenters, name):
+    # the same rule on modules built by hand (a backbone constructed without the loader)
+    from diffusers import AutoencoderKL
+
+    bb = segmenters[name].backbone
+    vae = AutoencoderKL.from_config({**bb.vae.config, "latent_channels": 8})
+    with pytest.raises(ValueError, match="input channels where the VAE gives"):
+        type(bb).check_text_to_image_inputs(bb.transformer.config.in_channels, vae.config.latent_channels)
+    type(bb).check_text_to_image_inputs(bb.transformer.config.in_channels, bb.vae.config.latent_channels)  # no error

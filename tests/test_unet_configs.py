@@ -231,3 +231,28 @@ def test_sd21_768_v_prediction_edit_loop_is_the_pipelines(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     torch.testing.assert_close(final, expected.float(), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(final, start, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("channels", "kind"), [(9, "an inpainting"), (5, "a depth-conditioned"), (8, "an image-conditioned"),
+                           (7, "an upscaling"), (6, "a conditioned")],
+)  # fmt: skip
+def test_sd_input_channel_kinds(channels, kind):
+    # stable-diffusion-inpainting (9), -2-depth (5), InstructPix2Pix (8), -x4-upscaler (7: latents + low-res RGB)
+    from diffsegmenter.backbones import StableDiffusionBackbone
+
+    with pytest.raises(ValueError, match=f"the UNet takes {channels} input channels where the VAE gives 4: {kind} "):
+        StableDiffusionBackbone.check_text_to_image_inputs(channels, 4)
+    StableDiffusionBackbone.check_text_to_image_inputs(4, 4)
+
+
+def test_conditioned_unet_is_refused_before_weights_load(tmp_path):
+    # the refusal comes from the folder's configs, so a 5 GB inpainting UNet is not read first
+    pipe = _sd_pipeline(_sd21_768_scheduler(), sd2=True)
+    pipe.save_pretrained(tmp_path / "inpaint")
+    cfg_path = tmp_path / "inpaint" / "unet" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "in_channels": 9}))
+    for weights in (tmp_path / "inpaint" / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ValueError, match="9 input channels where the VAE gives 4: an inpainting model"):
+        load_backbone(tmp_path / "inpaint")

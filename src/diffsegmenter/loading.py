@@ -122,12 +122,18 @@ _OPTIONAL_PARTS = {"text_encoder_3", "tokenizer_3"}
 
 def read_model_index(src: str, local_files_only: bool | None = None) -> dict[str, Any]:
     """The folder's (or hub repo's) ``model_index.json``; {} when it has none (SD-layout folders without one)."""
+    return _read_json(src, "model_index.json", local_files_only)
+
+
+def _read_json(src: str, filename: str, local_files_only: bool | None) -> dict[str, Any]:
+    """A small JSON file of a model folder or hub repo (``"unet/config.json"``); {} when it cannot be had (the
+    component loader then gives the actionable error)."""
     import json
 
     from .hub import hub_offline
 
     if looks_like_local_path(src):
-        path = Path(src).expanduser() / "model_index.json"
+        path = Path(src).expanduser() / filename
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     from huggingface_hub import hf_hub_download
 
@@ -135,7 +141,7 @@ def read_model_index(src: str, local_files_only: bool | None = None) -> dict[str
 
     cache_only = bool(local_files_only) or hub_offline() or not hub_reachable()  # no retries against no network
     try:
-        path = hf_hub_download(src, "model_index.json", local_files_only=cache_only)
+        path = hf_hub_download(src, filename, local_files_only=cache_only)
     except Exception:  # noqa: BLE001 - the component loader below gives the actionable error
         return {}
     return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -172,12 +178,13 @@ def load_backbone(
     src = resolve_model(model)
     index = read_model_index(src, local_files_only)  # read once: for a hub id it is a cache lookup or a download
     family = model_family(index)
+    if family == "sdxl":
+        _check_not_refiner(src, index)
+    _check_text_to_image_folder(src, family, local_files_only)  # before gigabytes of weights are read
     if family == "sd":
         parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
         names = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
         return backbones.StableDiffusionBackbone(*(parts[n] for n in names)), parts["settings"]
-    if family == "sdxl":
-        _check_not_refiner(src, index)
     parts = _load_listed(src, index, _FAMILY_PARTS[family], device, dtype, local_files_only)
     if family == "sdxl":
         zeros = bool(index.get("force_zeros_for_empty_prompt", True))  # StableDiffusionXLPipeline's default
@@ -215,6 +222,30 @@ def _check_not_refiner(src: str, index: dict[str, Any]) -> None:
             "model's output at low noise and is not supported for segmentation; use the SDXL base model instead, "
             "e.g. stabilityai/stable-diffusion-xl-base-1.0"
         )
+
+
+def _check_text_to_image_folder(src: str, family: str, local_files_only: bool | None) -> None:
+    """Refuse an inpainting, depth-, image- or control-conditioned model from its configs alone (the denoiser's
+    ``in_channels`` against the VAE's ``latent_channels``), before any weights are read; the backbone checks the
+    same on the loaded modules. Skipped when a config cannot be read (the component loader reports that).
+
+    Raises:
+        ValueError: from :meth:`~diffsegmenter.backbones.DiffusionBackbone.check_text_to_image_inputs`.
+    """
+    from . import backbones
+
+    cls = {
+        "sd": backbones.StableDiffusionBackbone,
+        "sdxl": backbones.StableDiffusionXLBackbone,
+        "sd3": backbones.StableDiffusion3Backbone,
+        "flux": backbones.FluxBackbone,
+        "pixart": backbones.PixArtBackbone,
+    }[family]
+    denoiser = "unet" if family in ("sd", "sdxl") else "transformer"
+    given = _read_json(src, f"{denoiser}/config.json", local_files_only).get("in_channels")
+    latent = _read_json(src, "vae/config.json", local_files_only).get("latent_channels")
+    if isinstance(given, int) and isinstance(latent, int):
+        cls.check_text_to_image_inputs(given, latent)
 
 
 def _folder_settings(src: str) -> ModelSettings:

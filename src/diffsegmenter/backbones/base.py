@@ -93,6 +93,50 @@ class DiffusionBackbone(ABC):
     #: The family's name (``"sd"``, ``"sdxl"``, ``"sd3"``, ``"flux"``, ``"pixart"``).
     family = "sd"
 
+    #: How many latent channels one denoiser input channel group packs: FLUX's pipeline packs 2x2 latent patches
+    #: into a token (4), the other families feed the latents as they are (1).
+    latent_packing = 1
+
+    #: The family's text-to-image models, named in the error that refuses a conditioned one.
+    text_to_image_examples = (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1, "
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    )
+
+    @classmethod
+    def check_text_to_image_inputs(cls, denoiser_in_channels: int, latent_channels: int) -> None:
+        """Refuse a denoiser that takes more input channels than the noisy latents: an inpainting, depth-, image- or
+        control-conditioned model, whose pipeline gives it inputs a segmenter has not got. Such folders look like
+        text-to-image ones to the loader, and segmenting would fail inside the denoiser's first layer.
+
+        Args:
+            denoiser_in_channels (`int`): the UNet's or transformer's ``in_channels`` (its config).
+            latent_channels (`int`): the VAE's ``latent_channels``.
+
+        Raises:
+            ValueError: naming the channel counts, the kind of model they suggest, and the family's text-to-image
+                models to use instead.
+        """
+        given, p = int(denoiser_in_channels), cls.latent_packing
+        latent = int(latent_channels) * p
+        if given == latent:
+            return
+        kinds = {
+            2 * latent + p: "an inpainting",  # + masked-image latents + a 1-channel mask (SD, SDXL inpainting)
+            2 * latent + 64 * p: "an inpainting",  # FLUX.1 Fill: the mask as 8x8 pixels per latent position
+            latent + p: "a depth-conditioned",  # stable-diffusion-2-depth
+            2 * latent: "an image-conditioned",  # InstructPix2Pix, FLUX.1 Canny / Depth
+            latent + 3 * p: "an upscaling",  # stable-diffusion-x4-upscaler: + the low-resolution RGB image
+        }
+        kind = kinds.get(given, "a conditioned")
+        packed = f" ({latent_channels} latent channels packed {p} to a token)" if p > 1 else ""
+        denoiser = "UNet" if cls.family in ("sd", "sdxl") else "transformer"
+        raise ValueError(
+            f"the {denoiser} takes {given} input channels where the VAE gives {latent}{packed}: {kind} model, which "
+            "needs inputs besides the noisy latents (a mask, a depth map, an image) and is not supported for "
+            f"segmentation; use the text-to-image model of the same family (e.g. {cls.text_to_image_examples})"
+        )
+
     def family_defaults(self) -> dict:
         """:class:`~diffsegmenter.config.SegmenterConfig` field values this family needs where the class defaults
         (the released SD1.5 code's) do not fit; a field a user (or the model folder) did not set comes from here.

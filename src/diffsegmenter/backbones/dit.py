@@ -111,6 +111,7 @@ class TransformerBackbone(DiffusionBackbone):
 
     def __init__(self, vae, transformer, tokenizer, scheduler) -> None:
         super().__init__()
+        self.check_text_to_image_inputs(transformer.config.in_channels, vae.config.latent_channels)
         self.vae = vae.eval().requires_grad_(False)
         self.transformer = transformer.eval().requires_grad_(False)
         self.tokenizer = tokenizer

@@ -39,6 +39,8 @@ class FluxBackbone(TransformerBackbone):
 
     family = "flux"
     flow = True
+    latent_packing = 4
+    text_to_image_examples = "black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell"
 
     def __init__(self, vae, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler) -> None:
         dev = bool(getattr(transformer.config, "guidance_embeds", False))

@@ -62,6 +62,7 @@ class PixArtBackbone(TransformerBackbone):
 
     family = "pixart"
     flow = False
+    text_to_image_examples = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, PixArt-alpha/PixArt-XL-2-1024-MS"
 
     def __init__(self, vae, transformer, text_encoder, tokenizer, scheduler, max_length: int = PIXART_T5_LENGTH):
         super().__init__(vae, transformer, lowercasing(t5_tokenizer(tokenizer, max_length)), scheduler)

@@ -44,7 +44,7 @@ class StableDiffusionBackbone(DiffusionBackbone):
 
     def __init__(self, vae, unet, text_encoder, tokenizer, scheduler) -> None:
         super().__init__()
-        _check_text_to_image_unet(unet, vae)
+        self.check_text_to_image_inputs(unet.config.in_channels, vae.config.latent_channels)
         self.vae = vae.eval().requires_grad_(False)
         self.unet = unet.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
@@ -137,24 +137,6 @@ class StableDiffusionBackbone(DiffusionBackbone):
 
     def sampler(self, steps: int, latent_size: tuple[int, int] | None = None) -> Sampler:
         return ddim_sampler(self.scheduler.config, steps)
-
-
-def _check_text_to_image_unet(unet, vae) -> None:
-    """Refuse a UNet that takes more input channels than the VAE's latents: an inpainting UNet (9: latents, mask,
-    masked-image latents) or a depth-conditioned one (5), whose pipelines give it inputs a segmenter has not got.
-
-    Raises:
-        ValueError: naming the channel counts and the text-to-image model to use instead.
-    """
-    given, latent = int(unet.config.in_channels), int(vae.config.latent_channels)
-    if given != latent:
-        kind = {latent * 2 + 1: "an inpainting", latent + 1: "a depth-conditioned"}.get(given, "a conditioned")
-        raise ValueError(
-            f"the UNet takes {given} input channels where the VAE gives {latent}: {kind} model, which needs inputs "
-            "besides the noisy latents (a mask, a depth map) and is not supported for segmentation; use the "
-            "text-to-image model of the same family (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5, "
-            "stabilityai/stable-diffusion-2-1, stabilityai/stable-diffusion-xl-base-1.0)"
-        )
 
 
 def _timestep(timestep, device: torch.device) -> torch.Tensor:

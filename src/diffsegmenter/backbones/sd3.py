@@ -32,6 +32,7 @@ class StableDiffusion3Backbone(TransformerBackbone):
     """SD3 / SD3.5: VAE (16 channels, shifted), MM-DiT, CLIP-L + CLIP-G (+ T5), flow matching."""
 
     family = "sd3"
+    text_to_image_examples = "stabilityai/stable-diffusion-3.5-medium, stabilityai/stable-diffusion-3.5-large"
     flow = True
 
     def __init__(

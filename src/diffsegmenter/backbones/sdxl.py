@@ -38,6 +38,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
     """
 
     family = "sdxl"
+    text_to_image_examples = "stabilityai/stable-diffusion-xl-base-1.0"
 
     def __init__(
         self,
