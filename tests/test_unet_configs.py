@@ -6,6 +6,7 @@ PNDM scheduler folder with the fp16 weights variant only; SDXL's tokenizer_2 pad
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,60 @@ def test_sd15_fp16_variant_only_folder_loads(tmp_path):
     ddim = DDIMScheduler.from_config(pipe.scheduler.config)
     ddim.set_timesteps(10)
     assert bb.sampler(10).timesteps == [int(t) for t in ddim.timesteps]
+
+
+_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _hub_cache_snapshot(cache: Path, repo_id: str) -> Path:
+    """The snapshot folder of ``repo_id`` in a Hugging Face cache laid out as huggingface_hub writes it (refs/main
+    naming a commit, snapshots/<commit>/...), for files saved straight into it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(_COMMIT)
+    return repo / "snapshots" / _COMMIT
+
+
+def test_hub_cache_with_fp16_variant_only_loads_offline(tmp_path):
+    # `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.fp16.safetensors" "*.json" "*.txt"`
+    # (no --local-dir) leaves the fp16 files in the Hub cache; loading the id offline was refused with "no
+    # .safetensors weights were found ... convert a checkpoint you trust", as the local-folder case was before. The
+    # cache's snapshot is now read for its one variant as a local folder is. A conditioned model in the cache is
+    # refused from its cached configs alone. huggingface_hub reads HF_HUB_CACHE at import: a fresh interpreter.
+    import subprocess
+    import sys
+
+    pipe = _sd_pipeline(_sd21_768_scheduler(), sd2=True)
+    snapshot = _hub_cache_snapshot(tmp_path / "hub", "org/tiny-sd")
+    pipe.to(torch.float16).save_pretrained(snapshot, variant="fp16")
+    assert not list(snapshot.glob("*/*[!6].safetensors"))  # fp16 files only
+    inpaint = _hub_cache_snapshot(tmp_path / "hub", "org/tiny-inpaint")
+    for name in ("model_index.json", "unet/config.json", "vae/config.json"):
+        (inpaint / name).parent.mkdir(parents=True, exist_ok=True)
+        (inpaint / name).write_text((snapshot / name).read_text())
+    cfg = json.loads((inpaint / "unet" / "config.json").read_text())
+    (inpaint / "unet" / "config.json").write_text(json.dumps({**cfg, "in_channels": 9}))
+    script = f"""
+import torch
+from diffsegmenter.loading import load_backbone
+bb, _ = load_backbone("org/tiny-sd", dtype=torch.float16)
+ref, _ = load_backbone({str(snapshot)!r}, dtype=torch.float16)
+for name in ("unet", "text_encoder", "vae"):
+    ours, theirs = getattr(bb, name).state_dict(), getattr(ref, name).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+try:
+    load_backbone("org/tiny-inpaint")
+except ValueError as exc:
+    print("REFUSED", exc)
+print("LOADED", bb.dtype)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE")}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", PYTHONPATH=src)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LOADED torch.float16" in done.stdout
+    assert "REFUSED the UNet takes 9 input channels where the VAE gives 4: an inpainting model" in done.stdout
 
 
 def test_folder_with_plain_and_fp16_weights_reads_the_plain_ones(tmp_path):

@@ -4,6 +4,8 @@ Every model this package uses (the diffusion model's parts, BLIP, CLIP) is loade
 which wraps ``cls.from_pretrained`` so that:
 
 - weights are only ever read from ``.safetensors`` files (``use_safetensors=True`` for model classes);
+- a local folder, or a Hub id read from the cache only, whose component holds a single weights variant (only the
+  ``*.fp16.safetensors`` files were downloaded) is read with that variant;
 - ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set in the environment at call time is honoured
   (``local_files_only=True``), so nothing is downloaded in offline runs and tests;
 - without network it fails fast: before a Hub id is fetched, one short request (:func:`hub_reachable`, at most
@@ -262,6 +264,23 @@ def _only_variant(folder: str) -> str | None:
     return variants.pop() if len(variants) == 1 else None
 
 
+def _cached_folder(
+    repo_id: str, subfolder: str | None, cache_dir: str | os.PathLike[str] | None, revision: str | None
+) -> str | None:
+    """The folder of a Hub repo's component in the local cache's snapshot (where its ``config.json`` lies), or None
+    when the cache does not hold it. Reads the cache only; never contacts the Hub."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            repo_id, f"{subfolder}/config.json" if subfolder else "config.json", cache_dir=cache_dir, revision=revision
+        )
+    except Exception as exc:  # noqa: BLE001 - an id the cache cannot hold: from_pretrained gives the error
+        logger.debug("no cached folder for %r: %s", repo_id, exc)
+        return None
+    return os.path.dirname(found) if isinstance(found, str) else None
+
+
 def load_component(
     cls: type[T],
     name_or_path: str | os.PathLike[str],
@@ -313,10 +332,13 @@ def load_component(
         logger.info("the Hugging Face Hub cannot be reached; looking for %r in the local cache only", name)
     if _takes_weights(cls):
         kwargs.setdefault("use_safetensors", True)
-        variant = _only_variant(target) if local and "variant" not in kwargs else None
-        if variant is not None:  # e.g. only the fp16 files of SD1.5/SDXL were downloaded: from_pretrained must be told
-            logger.info("%s holds only %r weights; loading those", target, variant)
-            kwargs["variant"] = variant
+        if "variant" not in kwargs:
+            if not local and local_files_only:  # the Hub cache's snapshot folder, when this component is there
+                target = _cached_folder(name, subfolder, cache_dir, kwargs.get("revision")) or ""
+            variant = _only_variant(target) if target else None
+            if variant is not None:  # e.g. only the fp16 files of SD1.5/SDXL were downloaded: from_pretrained must
+                logger.info("%s holds only %r weights; loading those", target, variant)  # be told
+                kwargs["variant"] = variant
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
     logger.debug("Loading %s from %r (local_files_only=%s)", cls.__name__, name, local_files_only)
