@@ -10,6 +10,7 @@ the Segment tab there, the Edit tab beside it as ``app_edit.png``).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -60,11 +61,12 @@ def test_segment_endpoint_from_gradio_client(served) -> None:
 
     from diffsegmenter.io import load_label_png
 
-    url, _ = served
+    url, service = served
     client = Client(url, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert sorted(api) == ["/edit", "/segment"]  # one public endpoint per tab; the legend step is private
-    assert [p["parameter_name"] for p in api["/segment"]["parameters"]] == ["image", "classes", "filter", "tau"]
+    segment_parameters = [p["parameter_name"] for p in api["/segment"]["parameters"]]
+    assert segment_parameters == ["image", "classes", "filter", "tau", "refine"]
     assert [p["parameter_name"] for p in api["/edit"]["parameters"]] == EDIT_PARAMETERS
 
     annotated, areas, label_png = client.predict(
@@ -77,6 +79,25 @@ def test_segment_endpoint_from_gradio_client(served) -> None:
         assert abs(np.mean(labels == index) - areas[name]) < 1e-4
     with Image.open(annotated) as picture:
         assert picture.width >= 256 and picture.height > 256  # enlarged, legend below
+
+    # the refine switch is SegmenterConfig.refine for the request: PAMR's labels with it, the plain ones without
+    # (this scene: 53 of 4,096 pixels differ), and a client that leaves it out gets the model's (none)
+    original = np.asarray(Image.open(SCENE).convert("RGB"))
+    for switch, refine in ((True, "pamr"), (False, "none")):
+        _, _, png = client.predict(
+            image=handle_file(str(SCENE)), classes=", ".join(PRESENT), filter="none", refine=switch,
+            api_name="/segment",
+        )  # fmt: skip
+        with service.lock:  # the app's worker thread shares the model
+            direct = service.segmenter.segment(original, classes=PRESENT, refine=refine).labels
+        assert np.array_equal(load_label_png(png), direct), refine
+    with service.lock:
+        plain = service.segmenter.segment(original, classes=PRESENT, refine="none").labels
+        refined = service.segmenter.segment(original, classes=PRESENT, refine="pamr").labels
+    assert not np.array_equal(plain, refined)  # the switch makes a difference the test can see
+    assert np.array_equal(labels, plain) and service.segmenter.config.refine == "none"
+    with pytest.raises(Exception, match="refine must be one of"):
+        client.predict(image=handle_file(str(SCENE)), classes="circle", refine="crf", api_name="/segment")
 
     with pytest.raises(Exception, match="no image"):  # a bad request is answered with a message
         client.predict(image=None, classes="circle", filter="none", tau=None, api_name="/segment")
@@ -116,11 +137,29 @@ def test_edit_endpoint_from_gradio_client(served) -> None:
             client.predict(image=handle_file(str(SCENE)), **{**EDIT, **bad}, api_name="/edit")
 
 
+def _areas(service, refine: str) -> dict[str, float]:
+    """The area shares the app reports for SCENE with PRESENT, from a direct library call (under the service's lock:
+    the app's worker thread shares the model)."""
+    with service.lock:
+        result = service.segmenter.segment(
+            np.asarray(Image.open(SCENE).convert("RGB")), classes=PRESENT, refine=refine
+        )
+    return {name: round(float(np.mean(result.labels == i)), 6) for i, name in enumerate(PRESENT, start=1)}
+
+
+def _shown_areas(page) -> dict[str, float] | None:
+    """The area shares the page shows, None while a request is running (its status is shown over the old ones)."""
+    text = page.locator("#areas").inner_text()
+    if "processing" in text or "\n0.0s" in text:
+        return None
+    return {name: float(value) for name, value in re.findall(r'"([^"]+)"\s*:\s*([0-9.]+)', text)}
+
+
 def test_the_page_in_headless_chromium(served) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs Playwright for Python")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set DIFFSEGMENTER_CHROMIUM)")
-    url, _ = served
+    url, service = served
     outside: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
@@ -148,6 +187,18 @@ def test_the_page_in_headless_chromium(served) -> None:
             if target:
                 page.wait_for_timeout(500)
                 page.screenshot(path=target, full_page=True)
+            # the refine switch starts at the model's setting (off); switched on, the page shows PAMR's area shares
+            switch = page.locator("#refine input[type=checkbox]")
+            assert not switch.is_checked()
+            plain, refined = _areas(service, "none"), _areas(service, "pamr")
+            assert _shown_areas(page) == plain != refined
+            switch.check()
+            page.locator("#segment-button").click()
+            deadline = time.monotonic() + 60
+            while _shown_areas(page) != refined and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _shown_areas(page) == refined
+            switch.uncheck()
 
             page.get_by_role("tab", name="Edit").click()
             page.locator("#edit-image input[type=file]").set_input_files(str(SCENE))

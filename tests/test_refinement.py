@@ -115,6 +115,17 @@ def test_segment_refines_its_final_scores(tiny_segmenter, flip):
     small = tiny_segmenter.segment(image, classes=["cat", "sofa"], seed=1)
     assert small.scores.shape == (2, 24, 40) and small.scores.min() >= 0 and small.scores.max() <= 1
     assert np.array_equal(small.labels, small.relabel(small.tau))
+    # per call (the app's switch): refine="none" on a refining config is the plain call, refine="pamr" on a plain
+    # config the refining one; the rounds, dilations and working size stay the config's
+    tiny_segmenter.config = tiny_segmenter.config.replace(refine_max_side=512)
+    assert np.array_equal(
+        tiny_segmenter.segment(image, classes=["cat", "sofa"], seed=1, refine="none").scores, plain.scores
+    )
+    tiny_segmenter.config = tiny_segmenter.config.replace(refine="none")
+    per_call = tiny_segmenter.segment(image, classes=["cat", "sofa"], seed=1, refine="pamr")
+    assert np.array_equal(per_call.scores, refined.scores)
+    with pytest.raises(ValueError, match="refine must be one of 'none', 'pamr'"):
+        tiny_segmenter.segment(image, classes=["cat"], refine="crf")
 
 
 @pytest.mark.parametrize(

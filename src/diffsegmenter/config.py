@@ -22,6 +22,7 @@ __all__ = [
     "RELEASED_SCRIPT_RULES",
     "SegmenterConfig",
     "add_override_argument",
+    "check_refine",
     "check_tau",
     "parse_override",
 ]
@@ -226,11 +227,7 @@ class SegmenterConfig:
                 f"readout must be one of {', '.join(repr(r) for r in READOUTS)} ('paper' = the released method), "
                 f"got {self.readout!r}"
             )
-        if self.refine not in REFINEMENTS:
-            raise ValueError(
-                f"refine must be one of {', '.join(repr(r) for r in REFINEMENTS)} ('none' = the paper's bilinear "
-                f"upsampling only), got {self.refine!r}"
-            )
+        check_refine(self.refine)
         _check_int("refine_iterations", self.refine_iterations, 0, 100, "the PAMR paper's is 10")
         _check_int("refine_max_side", self.refine_max_side, 16, 8192, "the longer side PAMR runs at, e.g. 512")
         dilations = self.refine_dilations
@@ -308,6 +305,23 @@ def check_tau(tau: Any, *, allow_no_background: bool = False) -> float:
             f"tau must be a number in [0, 1]{extra}: the background score a class must beat, e.g. 0.4; got {tau!r}"
         )
     return float(tau)
+
+
+def check_refine(refine: Any) -> str:
+    """The one rule for ``refine``: one of :data:`REFINEMENTS` (the config field and a per-call ``segment`` value).
+
+    Returns:
+        `str`: ``refine``.
+
+    Raises:
+        ValueError: any other value, naming the accepted ones.
+    """
+    if refine not in REFINEMENTS:
+        raise ValueError(
+            f"refine must be one of {', '.join(repr(r) for r in REFINEMENTS)} ('none' = the paper's bilinear "
+            f"upsampling only), got {refine!r}"
+        )
+    return str(refine)
 
 
 def _check_int(name: str, value: Any, low: int, high: int, hint: str, optional: bool = False) -> None:

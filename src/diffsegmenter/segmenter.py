@@ -20,7 +20,7 @@ import torch
 
 from .backbones import DiffusionBackbone, StableDiffusionBackbone
 from .classes import check_class_names, class_lists_per_image, short_name
-from .config import SegmenterConfig, check_tau
+from .config import SegmenterConfig, check_refine, check_tau
 from .decision import PassPlan, class_decision
 from .passes import ClassMaps, PassSpec, attention_pass, run_batched
 from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
@@ -202,6 +202,7 @@ class DiffSegmenter:
         filter: Any = None,
         seed: int | None = None,
         tau: float | None = None,
+        refine: str | None = None,
     ):
         """Segment one image or a list of images.
 
@@ -215,13 +216,17 @@ class DiffSegmenter:
             seed (`int`, *optional*): noise seed; defaults to ``config.seed``. Same seed, same output.
             tau (`float`, *optional*): background score in [0, 1]; defaults to ``config.tau``. A negative value means
                 background never wins (every pixel gets its best class, for label sets without background).
+            refine (`str`, *optional*): ``"none"`` or ``"pamr"`` for this call; defaults to ``config.refine`` (the
+                rounds, dilations and working size are always the config's). Not in the paper: see
+                :mod:`~diffsegmenter.refinement`.
 
         Returns:
             `SegmentationResult` for one image, or a list of them for a list.
 
         Raises:
             ValueError: bad classes (empty list, empty or duplicate name, a name the tokenizer cannot place or that
-                does not fit the prompt; checked once, before any image is read), a tau outside its range, an image
+                does not fit the prompt; checked once, before any image is read), a tau outside its range, an
+                unknown ``refine``, an image
                 over ``config.max_image_pixels`` (:class:`~diffsegmenter.images.ImageTooLargeError`, refused before
                 it is decoded) or an image that cannot be read (:class:`~diffsegmenter.images.ImageLoadError`).
             MemoryError: the full-size score maps of the call could not fit this machine's memory (refused up front).
@@ -235,6 +240,7 @@ class DiffSegmenter:
         cfg = self.config
         if tau is not None:
             tau = check_tau(tau, allow_no_background=True)
+        refine = cfg.refine if refine is None else check_refine(refine)
         # 1. the class lists, checked once before any image; the images as RGB uint8 arrays (refused over the pixel
         #    limit before decoding); a category filter keeps the classes present
         class_lists = class_lists_per_image(classes, len(items), self.default_classes)
@@ -268,7 +274,7 @@ class DiffSegmenter:
         #    background tau (on the maps' device; the results come back to the host in few copies)
         refiner = (
             Refiner(cfg.refine_iterations, tuple(cfg.refine_dilations), cfg.refine_max_side)
-            if cfg.refine == "pamr"
+            if refine == "pamr"
             else None
         )
         results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)

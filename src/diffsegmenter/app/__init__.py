@@ -155,6 +155,12 @@ class SegmentService:
         return float(self.segmenter.config.tau)
 
     @property
+    def default_refine(self) -> bool:
+        """Whether the model refines its maps with PAMR (``SegmenterConfig.refine == "pamr"``): the app's starting
+        value of its refine switch (off unless ``serve --set refine=pamr``)."""
+        return self.segmenter.config.refine == "pamr"
+
+    @property
     def default_filter(self) -> str:
         """``"diffusion"`` when the model recommends its diffusion filter (the shipped shapes model does), else none."""
         from ..settings import ModelSettings
@@ -171,9 +177,10 @@ class SegmentService:
             shutil.rmtree(self._recent.popleft(), ignore_errors=True)
         return folder
 
-    def check_request(self, image: Any, classes: str | None, filter: str | None, tau: Any):
-        """The request's values, checked: ``(path, class list or None, filter name or None, tau or None)``."""
-        from ..config import check_tau
+    def check_request(self, image: Any, classes: str | None, filter: str | None, tau: Any, refine: Any = None):
+        """The request's values, checked: ``(path, class list or None, filter name or None, tau or None, refine or
+        None)``; ``refine`` comes as a bool (the switch) or ``"none"``/``"pamr"``, None = the model's."""
+        from ..config import check_refine, check_tau
 
         path = image_path(image)
         flt = (filter or "none").strip().lower()
@@ -189,7 +196,16 @@ class SegmentService:
                 raise AppError(f"tau: {exc}") from None
         else:
             tau = None
-        return path, names, (None if flt == "none" else flt), tau
+        if isinstance(refine, bool):
+            refine = "pamr" if refine else "none"
+        elif refine is not None and refine != "":
+            try:
+                refine = check_refine(str(refine).strip().lower())
+            except ValueError as exc:
+                raise AppError(str(exc)) from None
+        else:
+            refine = None
+        return path, names, (None if flt == "none" else flt), tau, refine
 
     def load(self, path: Path) -> np.ndarray:
         """The uploaded image as (H, W, 3) uint8 RGB; an AppError when it cannot be used."""
@@ -201,18 +217,27 @@ class SegmentService:
             message = " ".join(str(exc).split()) or type(exc).__name__
             raise AppError(f"cannot use this image: {message}") from None
 
-    def _segment(self, array: np.ndarray, names: list[str] | None, flt: str | None, tau: float | None):
+    def _segment(
+        self, array: np.ndarray, names: list[str] | None, flt: str | None, tau: float | None, refine: str | None
+    ):
         with self.lock:
             if names is not None:
                 self.segmenter.check_classes(names)
-            return self.segmenter.segment(array, classes=names, filter=flt, tau=tau)
+            return self.segmenter.segment(array, classes=names, filter=flt, tau=tau, refine=refine)
 
-    def run(self, image: Any, classes: str | None = None, filter: str | None = "none", tau: Any = None) -> Outcome:
+    def run(
+        self,
+        image: Any,
+        classes: str | None = None,
+        filter: str | None = "none",
+        tau: Any = None,
+        refine: Any = None,
+    ) -> Outcome:
         """Check one request, segment it on the shared model (within the time limit) and write its outputs."""
-        path, names, flt, tau = self.check_request(image, classes, filter, tau)
+        path, names, flt, tau, refine = self.check_request(image, classes, filter, tau, refine)
         array = self.load(path)
         result = self.call(
-            self._segment, array, names, flt, tau, hint="try fewer classes, a smaller image or no filter"
+            self._segment, array, names, flt, tau, refine, hint="try fewer classes, a smaller image or no filter"
         )
         return self.write_outputs(array, result)
 
@@ -315,7 +340,9 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
 
     gr = require("gradio", extra="app", feature="diffsegmenter serve")
 
-    def segment(image: str, classes: str = "", filter: str = "none", tau: float | None = None):
+    def segment(
+        image: str, classes: str = "", filter: str = "none", tau: float | None = None, refine: bool | None = None
+    ):
         """Segment an image into the named classes.
 
         Args:
@@ -323,9 +350,10 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
             classes: comma-separated class names; empty = the filter's choice among the model's own classes.
             filter: "none" (keep every class given), "diffusion" or "clip" (keep the classes found present).
             tau: background score in [0, 1]; empty = the model's.
+            refine: refine the score maps with the image's colours (PAMR; not in the paper); empty = the model's.
         """
         try:
-            outcome = service.run(image, classes, filter, tau)
+            outcome = service.run(image, classes, filter, tau, refine)
         except AppError as exc:
             raise gr.Error(str(exc)) from None
         return str(outcome.annotated), outcome.areas, str(outcome.label_png), outcome
@@ -372,6 +400,11 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
                             step=0.05,
                             elem_id="tau",
                         )
+                    refine = gr.Checkbox(
+                        value=service.default_refine,
+                        label="Refine edges with the image's colours (PAMR; not in the paper, a little slower)",
+                        elem_id="refine",
+                    )
                     button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     if shipped:
                         gr.Examples(examples=[[p] for p in shipped], inputs=[image], label="Shipped example scenes")
@@ -390,7 +423,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         state = gr.State(None)
         button.click(
             segment,
-            inputs=[image, classes, flt, tau],
+            inputs=[image, classes, flt, tau, refine],
             outputs=[annotated, areas, label_file, state],
             api_name="segment",
             concurrency_limit=1,
