@@ -235,6 +235,24 @@ def test_interrupted_run_resumes_without_redoing_or_losing(tmp_path: Path, tiny_
     assert {name: after[name] for name in before} == before  # finished images were not rewritten
 
 
+def test_files_left_by_a_run_with_other_settings_are_not_reused(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9) rewrites the png only; run 3 (tau 0.9) asks for
+    # all three: the overlay and npz on disk are run 1's, which run 2's sidecar does not list. They were counted as
+    # done (the resume checked the files' existence and the settings, not that they were written with the sidecar).
+    image = _save_random(tmp_path / "in" / "x.png", (24, 32), 3)
+    out = tmp_path / "out"
+    base = ["segment", str(image), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run([*base, "--tau", "0.2", "--format", "png,overlay,npz"], capsys)[0] == 0
+    assert _run([*base, "--tau", "0.9", "--format", "png"], capsys)[0] == 0
+    assert not is_done(out, "x", ["png", "overlay", "npz"]) and is_done(out, "x", ["png"])
+    code, stdout, _ = _run([*base, "--tau", "0.9", "--format", "png,overlay,npz"], capsys)
+    assert code == 0 and "1 segmented, 0 already done" in stdout
+    fresh = tmp_path / "fresh"
+    assert _run([*base[:3], str(fresh), *base[4:], "--tau", "0.9", "--format", "png,overlay,npz"], capsys)[0] == 0
+    for name in ("x.png", "x.overlay.png", "x.npz"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 

@@ -203,8 +203,10 @@ def earlier_outputs(folder: str | os.PathLike) -> set[str]:
 def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bool:
     """Whether [`write_result`] finished this image with (at least) these formats.
 
-    True when ``<stem>.json`` exists and parses, and every requested file exists; for folder formats
-    (``"heatmaps"``) the files inside are derived from the sidecar's ``classes``.
+    True when ``<stem>.json`` exists and parses, every requested file exists and the sidecar lists it among the
+    files written with it (``"files"``): a file left by an earlier run with other settings, which the sidecar's
+    rewrite did not include, does not count. For folder formats (``"heatmaps"``) the files inside are derived from
+    the sidecar's ``classes``.
 
     Args:
         out_dir (`str` or `os.PathLike`): output folder.
@@ -218,8 +220,11 @@ def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bo
     if not paths.sidecar.is_file():
         return False
     try:
-        classes = load_sidecar(paths.sidecar).get("classes")
+        sidecar = load_sidecar(paths.sidecar)
     except (OSError, ValueError):
+        return False
+    classes, listed = sidecar.get("classes"), sidecar.get("files")
+    if not isinstance(listed, list):
         return False
     folders = [target for name, target in paths.targets.items() if FORMATS[name].is_folder]
     if folders:
@@ -229,7 +234,12 @@ def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bo
             paths = output_paths(out_dir, stem, formats, classes)
         except (TypeError, ValueError):  # a hand-edited or foreign sidecar
             return False
-    return all(p.is_file() for p in paths.files())
+    listed_names = {str(name) for name in listed}
+    out_dir = Path(out_dir)
+    return all(
+        p.is_file() and (p == paths.sidecar or p.relative_to(out_dir).as_posix() in listed_names)
+        for p in paths.files()
+    )
 
 
 def write_run_outputs(
