@@ -235,6 +235,27 @@ def test_interrupted_run_resumes_without_redoing_or_losing(tmp_path: Path, tiny_
     assert {name: after[name] for name in before} == before  # finished images were not rewritten
 
 
+def test_an_image_added_later_does_not_take_over_a_finished_images_name(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    # dup.png is done as "dup"; then dup.jpg is added, which sorts first and used to take the name "dup",
+    # overwriting dup.png's finished outputs (dup.png was then recomputed as "dup.png"). Names now stay put.
+    src = tmp_path / "in"
+    _save_random(src / "dup.png", (24, 32), 1)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run(argv, capsys)[0] == 0
+    before = {name: t for name, t in _files(out).items() if name.startswith("dup.")}  # not the run's lock file
+    assert "dup.png" in before and "dup.json" in before
+    _save_random(src / "dup.jpg", (24, 32), 2)
+    code, stdout, _ = _run(argv, capsys)
+    assert code == 0 and "2 image(s): 1 segmented, 1 already done" in stdout
+    after = _files(out)
+    assert {name: after[name] for name in before} == before  # dup.png's outputs untouched
+    assert json.loads((out / "dup.jpg.json").read_text())["source"].endswith("dup.jpg")
+    assert json.loads((out / "dup.json").read_text())["source"].endswith("dup.png")
+
+
 def test_files_left_by_a_run_with_other_settings_are_not_reused(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9) rewrites the png only; run 3 (tau 0.9) asks for
     # all three: the overlay and npz on disk are run 1's, which run 2's sidecar does not list. They were counted as

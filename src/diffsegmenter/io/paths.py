@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -160,6 +161,8 @@ def collect_jobs(
     ``x.jpg``, or two files given explicitly) get the full file name (``x.jpg.png``...) or a ``-2`` suffix, in
     input order; each sidecar records its source. Any other clash between two inputs' outputs (``x.png``'s overlay
     ``x.overlay.png`` is also the label map of an input ``x.overlay.png``) is refused before any work, naming both.
+    Names stay stable across runs: a name whose sidecar records another input of the same folder (``x.png`` done
+    earlier as ``x``, then ``x.jpg`` added, which sorts first) stays that input's.
 
     Inside a folder or glob input, files inside ``out`` are never taken as inputs, files that an earlier run wrote
     (listed by its ``<stem>.json`` sidecars) are left out with a note, and files that are not images are noted.
@@ -217,7 +220,7 @@ def collect_jobs(
                     rel = path.parent.relative_to(root)
             key_dir = rel.as_posix().lower()
             stem = key = image_key(path)
-            if (key_dir, stem.lower()) in taken:
+            if (key_dir, stem.lower()) in taken or _claimed_by_sibling(out_root / rel, key, path):
                 stem = path.name
                 counter = 1
                 while (key_dir, stem.lower()) in taken:
@@ -254,6 +257,22 @@ def collect_jobs(
             logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
     check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
     return jobs
+
+
+def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
+    """Whether ``out_dir/<stem>.json`` (an earlier run's sidecar) records another image of ``path``'s folder that
+    still exists as its source: that image keeps the name, so a file added later cannot take over its outputs."""
+    sidecar = out_dir / f"{stem}.json"
+    try:
+        if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
+            return False
+        source = json.loads(sidecar.read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(source, str):
+        return False
+    name = Path(source).name
+    return name != path.name and (path.parent / name).is_file()
 
 
 def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Path) -> None:
