@@ -192,7 +192,7 @@ def test_edit_command_writes_pngs(tiny_segmenter, tmp_path):
         progress=False,
         segmenter=tiny_segmenter,
     )
-    assert [p.name for p in written] == ["x0.png", "x1.png"]
+    assert [p.name for p in written.written] == ["x0.png", "x1.png"] and written.skipped == []
     assert (tmp_path / "out" / "x0.mask.png").exists()
     one = edit_command(
         [folder / "x0.png"],
@@ -205,12 +205,53 @@ def test_edit_command_writes_pngs(tiny_segmenter, tmp_path):
         progress=False,
         segmenter=tiny_segmenter,
     )
-    assert one == [tmp_path / "edited.png"]
-    assert np.asarray(Image.open(one[0])).shape == (32, 32, 3)
+    assert one.written == [tmp_path / "edited.png"]
+    assert np.asarray(Image.open(one.written[0])).shape == (32, 32, 3)
     with pytest.raises(ValueError, match="PNG"):
         edit_command([folder / "x0.png"], tmp_path / "e.jpg", target="bird", prompt="a cat", segmenter=tiny_segmenter)
     with pytest.raises(ValueError, match="prompt is empty"):
         edit_command([folder], tmp_path / "o", target="bird", prompt="", segmenter=tiny_segmenter)
+
+
+def test_edit_never_replaces_inputs_and_skips_only_what_it_cannot_read(tiny_model_dir, tmp_path, capsys):
+    # `edit folder --out folder` replaced every input PNG by its edit; `--save-mask` could write a.png's mask over the
+    # edit of an input named a.mask.png; `--out` naming a file failed after the model ran; one corrupt image stopped
+    # the run and unusable inputs were dropped without a word. All refused (exit 2) before the model loads, or
+    # skipped and listed (exit 1) with the other images still edited.
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_image()).save(folder / name)
+    inputs = {p.name: p.read_bytes() for p in folder.iterdir()}
+    base = ["--target", "cat", "--prompt", "a dog", "--model", str(tiny_model_dir), "--steps", "2", "--quiet"]
+    for argv, match in (
+        (["edit", str(folder), "--out", str(folder), *base], "is the folder of the inputs"),
+        (["edit", str(folder / "a.png"), "--out", str(folder / "a.png"), *base], "would replace the input"),
+        (["edit", str(folder), "--out", str(folder / "a.png"), *base], "is a file"),
+    ):
+        assert cli.main(argv) == 2, argv
+        assert match in capsys.readouterr().err
+    masked = tmp_path / "masked"
+    masked.mkdir()
+    Image.fromarray(_image()).save(masked / "a.png")
+    Image.fromarray(_image()).save(masked / "a.mask.png")
+    assert cli.main(["edit", str(masked), "--out", str(tmp_path / "m"), *base, "--save-mask"]) == 2
+    assert "would both be written to" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # nothing written, the model never ran
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == inputs
+
+    (folder / "c.png").write_bytes(b"not an image")  # sorts between b and d
+    Image.fromarray(_image()).save(folder / "d.png")
+    (folder / "e.heic").write_bytes(b"\0" * 64)  # an image type that is not read
+    out = tmp_path / "out"
+    assert cli.main(["edit", str(folder), "--out", str(out), *base]) == 1
+    err = capsys.readouterr().err
+    assert "c.png" in err and "e.heic" in err and "2 input(s) skipped" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "d.png"]
 
 
 def test_the_edit_subcommand_writes_the_edit_and_refuses_bad_settings(tiny_model_dir, tmp_path, capsys):

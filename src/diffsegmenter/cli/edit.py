@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 from .parser import CliError, Command, config_overrides, parse_classes, register_command
 
-__all__ = ["add_edit_arguments", "cmd_edit", "edit_command"]
+__all__ = ["EditReport", "add_edit_arguments", "cmd_edit", "edit_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,20 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+@dataclasses.dataclass
+class EditReport:
+    """What :func:`edit_command` did.
+
+    Attributes:
+        written (`list[Path]`): the edited images written, in input order.
+        skipped (`list[tuple[Path, str]]`): inputs that could not be used (unreadable, an unsupported image type, a
+            broken link...) with the reason; the others were still edited.
+    """
+
+    written: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+
 def edit_command(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -77,7 +93,8 @@ def edit_command(
     save_mask: bool = False,
     progress: bool = True,
     segmenter: Any = None,
-) -> list[Path]:
+    load_segmenter: Callable[[], Any] | None = None,
+) -> EditReport:
     """The ``diffsegmenter edit`` command: edit image files (or every image in folders) and write PNGs.
 
     One input file and an ``out`` ending in an image suffix writes that file; otherwise ``out`` is a folder that
@@ -94,17 +111,21 @@ def edit_command(
         save_mask (`bool`): also write the mask used.
         progress (`bool`): progress bars.
         segmenter (*optional*): an already loaded :class:`~diffsegmenter.DiffSegmenter`.
+        load_segmenter (*optional*): called (after every check on the arguments and paths) to load the segmenter
+            when ``segmenter`` is None; default ``DiffSegmenter.from_pretrained(model, device=device)``.
 
     Returns:
-        `list[Path]`: the edited images written.
+        :class:`EditReport`: the images written, and the inputs skipped with their reasons (an input that cannot be
+        read is skipped; the others are still edited).
 
     Raises:
-        ValueError: bad arguments (before the model loads), no image found, or two inputs that would write one file.
+        ValueError: bad arguments, no image found, two outputs (edits or masks) on one file, an output that would
+            replace an input, or an output folder that is an input's folder or a file; all before the model loads.
     """
     from ..classes import check_class_names
     from ..config import check_tau
     from ..editing import EditSettings, _check_new_classes, _check_prompt, edit_images
-    from ..images import scan_inputs
+    from ..images import ImageLoadError, scan_inputs
 
     settings = settings or EditSettings()
     target = check_class_names([target])[0]
@@ -121,40 +142,82 @@ def edit_command(
     if single_file and out.suffix.lower() != ".png":
         raise ValueError(f"edited images are written as PNG: name the output {out.with_suffix('.png')}")
     dests = [out] if single_file else [out / f"{Path(p).stem}.png" for p in paths]
-    seen: dict[Path, Any] = {}
-    for p, d in zip(paths, dests):
-        if d in seen:
-            raise ValueError(f"{seen[d]} and {p} would both be written to {d}: edit them into separate folders")
-        seen[d] = p
+    _check_destinations(paths, dests, out, single_file, save_mask)
     if segmenter is None:
-        from ..segmenter import DiffSegmenter
+        if load_segmenter is None:
+            from ..segmenter import DiffSegmenter
 
-        segmenter = DiffSegmenter.from_pretrained(model, device=device)
+            segmenter = DiffSegmenter.from_pretrained(model, device=device)
+        else:
+            segmenter = load_segmenter()
     if classes is not None:
         segmenter.check_classes(list(classes))
     if new_class is not None:
         segmenter.check_classes([new_class])
-    written = []
+    report = EditReport(skipped=[(Path(p), reason) for p, reason in scan.skipped])
     for p, d in zip(paths, dests):
-        res = edit_images(
-            segmenter,
-            [p],
-            [target],
-            [prompt],
-            classes=classes,
-            new_classes=new_class,
-            tau=tau,
-            settings=settings,
-            seed=seed,
-            progress=progress,
-        )[0]
+        try:
+            res = edit_images(
+                segmenter,
+                [p],
+                [target],
+                [prompt],
+                classes=classes,
+                new_classes=new_class,
+                tau=tau,
+                settings=settings,
+                seed=seed,
+                progress=progress,
+            )[0]
+        except ImageLoadError as exc:  # one unreadable input costs only itself
+            report.skipped.append((Path(p), " ".join(str(exc).split())))
+            continue
         _save_png(d, res.image)
         if save_mask:
-            _save_png(d.with_name(d.stem + ".mask.png"), np.rint(res.mask * 255).astype(np.uint8))
+            _save_png(_mask_path(d), np.rint(res.mask * 255).astype(np.uint8))
         if not res.edited:
             logger.warning("%s: no %r found; written unchanged", p, target)
-        written.append(d)
-    return written
+        report.written.append(d)
+    return report
+
+
+def _mask_path(dest: Path) -> Path:
+    return dest.with_name(dest.stem + ".mask.png")
+
+
+def _check_destinations(
+    paths: Sequence[Path], dests: Sequence[Path], out: Path, single_file: bool, save_mask: bool
+) -> None:
+    """Refuse, before the model loads, outputs that would replace an input or each other, and an output folder that
+    is an input's folder (its edits would replace, or on the next run be read as, inputs) or an existing file.
+
+    Raises:
+        ValueError: naming the paths and the way out.
+    """
+    resolved = {Path(p).resolve(): Path(p) for p in paths}
+    if not single_file:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
+        folders = {r.parent for r in resolved}
+        if out.resolve() in folders:
+            raise ValueError(
+                f"--out {str(out)!r} is the folder of the inputs; choose another output folder so the edits do not "
+                "replace (or on the next run become) the input images"
+            )
+    seen: dict[Path, Path] = {}
+    for p, d in zip(paths, dests):
+        for target in (d, _mask_path(d)) if save_mask else (d,):
+            key = target.resolve()
+            if key in resolved:
+                raise ValueError(
+                    f"{target} would replace the input {resolved[key]}: choose another --out so inputs are never "
+                    "overwritten"
+                )
+            if key in seen:
+                raise ValueError(
+                    f"{seen[key]} and {p} would both be written to {target}: edit them into separate folders"
+                )
+            seen[key] = Path(p)
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
@@ -168,7 +231,8 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    """``diffsegmenter edit``: returns 0 when every input was edited; usage errors raise `CliError` (exit 2)."""
+    """``diffsegmenter edit``: returns 0 when every input was edited, 1 when some were skipped (listed on stderr);
+    usage errors raise `CliError` (exit 2), before the model loads."""
     from ..editing import EditSettings
     from .model import check_overrides, load_segmenter
 
@@ -179,9 +243,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         settings = EditSettings(**given)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    segmenter = load_segmenter(args, overrides)
     try:
-        written = edit_command(
+        report = edit_command(
             args.inputs,
             args.out,
             target=args.target,
@@ -193,14 +256,20 @@ def cmd_edit(args: argparse.Namespace) -> int:
             seed=args.seed,
             save_mask=args.save_mask,
             progress=not args.quiet,
-            segmenter=segmenter,
+            load_segmenter=lambda: load_segmenter(args, overrides),
         )
     except ValueError as exc:
         raise CliError(" ".join(str(exc).split())) from None
+    written = report.written
     if not args.quiet:
         print(
             f"Edited {len(written)} image(s): {', '.join(str(p) for p in written[:5])}{' ...' if len(written) > 5 else ''}"
         )
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if report.skipped:
+        print(f"{len(report.skipped)} input(s) skipped (listed above); the others were edited", file=sys.stderr)
+        return 1
     return 0
 
 
