@@ -302,6 +302,16 @@ def test_flip_gives_the_mirror_image_its_image_prompts(tiny_segmenter):
     assert res.prompts == ["a photograph of cat sitting on a sofa", "a photograph of dog sitting on a sofa"]
 
 
+@pytest.mark.parametrize("size", [(1, 1), (9, 1), (1, 9)])
+def test_flip_segments_one_pixel_wide_images(tiny_segmenter, size):
+    # a 1-pixel-wide image's mirror came out of np.ascontiguousarray with a negative stride, and torch.from_numpy
+    # refused it ("At least one stride in the given numpy array is negative"): the image was skipped
+    tiny_segmenter.config = tiny_segmenter.config.replace(flip=True)
+    image = np.full((*size, 3), 120, np.uint8)
+    res = tiny_segmenter.segment(image, classes=["cat", "dog"])
+    assert res.labels.shape == size and res.scores.shape == (2, *size)
+
+
 def test_flip_must_be_a_bool():
     with pytest.raises(ValueError, match="flip must be true or false"):
         SegmenterConfig(flip="yes")

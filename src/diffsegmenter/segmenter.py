@@ -254,7 +254,9 @@ class DiffSegmenter:
         # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
         #    resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
         #    the latents stay there
-        views = arrays + [np.ascontiguousarray(a[:, ::-1]) for a in arrays] if cfg.flip else arrays
+        # .copy(), not ascontiguousarray: a 1-pixel-wide mirror is "contiguous" with a negative stride, which
+        # torch.from_numpy refuses
+        views = arrays + [a[:, ::-1].copy() for a in arrays] if cfg.flip else arrays
         latents = self.encode_images(views, seed)
         # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any; a mirrored
         #    view gets its image's prompts
