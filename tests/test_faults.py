@@ -515,3 +515,35 @@ def test_names_the_tokenizer_cannot_place_are_reported_once_up_front(
         line = _error_line(stderr)
         assert code == 2 and "cat cat cat" in line and "exceeds" in line
         assert "class1" not in line and "prompt_mode" not in line and "Token indices" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("cuda:x", "is not a device name"),
+        ("tpu", "is not a device name"),
+        ("", "is not a device name"),
+        ("xpu", "backend is not available here"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_refused_before_loading(tmp_path: Path, capsys, device, match) -> None:
+    # `--device cuda` on a CPU-only torch build, or a malformed name, ended in a traceback (exit 1) from deep inside
+    # the model loading; now one line, exit 2, before anything loads (the model named here does not even exist)
+    image = _save_random(tmp_path / "img.png")
+    argv = ["segment", str(image), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nothing")]
+    code, _, err = _run([*argv, "--classes", "a", "--device", device], capsys)
+    assert code == 2 and match in _error_line(err) and "use 'cpu'" in err
+
+
+def test_check_device_knows_this_machine() -> None:
+    import torch
+
+    from diffsegmenter.transfer import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="install the CUDA build of torch"):
+            check_device("cuda")
+    else:  # a GPU machine: one past the last visible GPU is refused
+        with pytest.raises(ValueError, match="CUDA device"):
+            check_device(f"cuda:{torch.cuda.device_count()}")

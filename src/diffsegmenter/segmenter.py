@@ -140,8 +140,13 @@ class DiffSegmenter:
         Raises:
             ModelNotFoundError: the model is neither a local folder nor reachable/cached on the hub; the message says
                 where it looked and how to fix it.
+            ValueError: a device this machine does not have (:func:`~diffsegmenter.transfer.check_device`), before
+                anything is loaded.
         """
         from .loading import load_backbone
+        from .transfer import check_device
+
+        device = check_device(device)
 
         backbone, settings = load_backbone(model, device=device, dtype=dtype, local_files_only=local_files_only)
         # precedence: explicit arguments > the folder's segmenter_config.json > the family's defaults > the class

@@ -4,6 +4,7 @@ A plain ``tensor.to("cuda")`` from ordinary (pageable) host memory makes PyTorch
 finish everything queued before it, and so does every ``.cpu()``: the host then cannot queue the next kernels while
 the device works. :func:`to_device` copies from pinned (page-locked) memory without waiting;
 :func:`to_host` brings many results back with one wait. On the CPU both are plain, copy-free moves.
+:func:`check_device` refuses a device this machine does not have before any model is loaded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,51 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["to_device", "to_host"]
+__all__ = ["check_device", "to_device", "to_host"]
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a `torch.device`, refused when it is not a device name or this machine (or this torch build)
+    does not have it: checked before a model is loaded, so the answer comes in a second with the way out.
+
+    Args:
+        device (`torch.device` or `str`): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``... (``"auto"`` is the
+            command line's, resolved before this).
+
+    Returns:
+        `torch.device`.
+
+    Raises:
+        ValueError: a malformed name, a CUDA device without a CUDA build or GPU, a CUDA index beyond the GPUs
+            visible, MPS where it is not available, or another backend that is not available.
+    """
+    way_out = "use 'cpu', or 'auto' on the command line (a GPU when there is one)"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device {device!r} is not a device name ({exc}); {way_out}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "has no CUDA" if torch.version.cuda is None else f"(CUDA {torch.version.cuda}) sees no GPU"
+            raise ValueError(
+                f"device {str(dev)!r}: this torch build {build}; install the CUDA build of torch (README, Set-up) "
+                f"on a machine with an NVIDIA GPU, or {way_out}"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device {str(dev)!r}: only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {str(dev)!r}: MPS (Apple GPUs) is not available here; {way_out}")
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if not callable(available) or not available():
+            raise ValueError(f"device {str(dev)!r}: the {dev.type!r} backend is not available here; {way_out}")
+    return dev
 
 
 def to_device(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
