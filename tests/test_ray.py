@@ -97,3 +97,27 @@ def test_ray_run_equals_the_local_run_and_resumes(tmp_path: Path) -> None:
     assert "0 segmented, 2 already done" in again.stdout  # nothing recomputed: Ray is not even started
     assert stamps == {p: p.stat().st_mtime_ns for p in on_ray.rglob("*.png")}
     assert (on_ray / "coco_instances.json").is_file()
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_nothing_answers_at_is_refused_in_seconds(tmp_path: Path, tiny_model_dir: Path, capsys, scheme):
+    # `--ray-address 127.0.0.1:1` printed GCS retry lines for minutes; `ray://127.0.0.1:1` (without ray[client])
+    # ended in a traceback. Now a TCP probe answers first: one line, exit 2, and the output folder keeps no results.
+    import socket
+    import time
+
+    from diffsegmenter.batch.ray_runner import RAY_PROBE_TIMEOUT
+
+    from .test_cli import _save_random
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    image = _save_random(tmp_path / "in" / "x.png")
+    argv = ["segment", str(image), "--out", str(tmp_path / "o"), "--model", str(tiny_model_dir), "--classes", "a"]
+    start = time.monotonic()
+    code = cli.main([*argv, "--ray", "--ray-address", f"{scheme}127.0.0.1:{port}", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 30 + RAY_PROBE_TIMEOUT, err
+    assert f"no Ray cluster answers at '{scheme}127.0.0.1:{port}'" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("x.*"))

@@ -31,11 +31,39 @@ __all__ = ["run_on_ray", "start_ray"]
 logger = logging.getLogger(__name__)
 
 
+#: Seconds :func:`start_ray` waits for a cluster address to accept a TCP connection.
+RAY_PROBE_TIMEOUT = 5.0
+
+
+def _probe_ray_address(address: str) -> None:
+    """Refuse, within :data:`RAY_PROBE_TIMEOUT` seconds, a ``[ray://]host:port`` address nothing listens at (``auto``
+    and other forms are left to Ray)."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise ConnectionError(
+            f"no Ray cluster answers at {address!r} ({exc}); start it (`ray start --head`), check --ray-address, or "
+            "leave it out to start a local Ray"
+        ) from None
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Connect to the cluster at `address`, or start a local Ray (all this machine's CPUs, a small object store).
 
     Returns:
         the ``ray`` module.
+
+    Raises:
+        ConnectionError: nothing answers at a ``host:port`` / ``ray://host:port`` address (a TCP probe of
+            :data:`RAY_PROBE_TIMEOUT` seconds, instead of Ray's minutes of retries), or Ray refuses to connect (e.g.
+            ``ray://`` without the ``ray[client]`` package); the message names the address and the way out.
     """
     from .._optional import require
 
@@ -44,7 +72,15 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
         return ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is not None:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        _probe_ray_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            raise ConnectionError(
+                f"could not connect to the Ray cluster at {address!r}: {' '.join(str(exc).split())}; check "
+                "--ray-address (ray://<head>:10001 for Ray Client, <head>:6379 from a cluster node, or auto), or leave "
+                "it out to start a local Ray"
+            ) from None
     else:
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,

@@ -207,7 +207,7 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
         )
-    except ImportError as exc:
+    except (ImportError, ConnectionError) as exc:
         raise CliError(str(exc)) from None
     show = not args.quiet or report.stopped is not None
     return finish_report(report, out, f"{report.summary()}. Results in {out}" if show else None)
