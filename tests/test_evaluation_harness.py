@@ -336,6 +336,26 @@ def test_cli_end_to_end_and_score_only(tmp_path):
     assert again["mIoU"] == 100.0 and again["protocol"] == "oracle"
 
 
+def test_score_only_with_missing_predictions_exits_1(tmp_path, capsys):
+    # `eval --score-only` before every shard ran printed a benchmark-looking mIoU (missing images scored as all
+    # background) and exited 0; it still prints and writes the report, but says so and exits 1
+    from diffsegmenter import cli
+
+    root = make_voc(tmp_path / "data")
+    base = ["eval", "--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert cli.main([*base, "--score-only"]) == 1
+    captured = capsys.readouterr()
+    assert (
+        "mIoU" in captured.out
+        and "have no prediction" in captured.err
+        and "not the benchmark's number" in captured.err
+    )
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    run_eval(parser.parse_args([*base[1:], "--protocol", "oracle"]), segmenter=FakeSegmenter())
+    assert cli.main([*base, "--score-only"]) == 0
+    assert "have no prediction" not in capsys.readouterr().err
+
+
 def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
     import diffsegmenter
 

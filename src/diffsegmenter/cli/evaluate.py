@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,9 @@ def run_eval(
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``diffsegmenter eval``: prints the mIoU and where the report is; a failure is a one-line usage error."""
+    """``diffsegmenter eval``: prints the mIoU and where the report is; a failure is a one-line usage error. Exit 1
+    when some images had no prediction to score (``--score-only`` before every shard ran): the number printed then
+    counts them as all background and is not the benchmark's."""
     from .model import quiet_weight_loading
 
     quiet = quiet_weight_loading(args.model) if args.model is not None else contextlib.nullcontext()
@@ -182,6 +185,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if isinstance(report, dict) and report.get("mIoU") is not None:
         print(f"mIoU {report['mIoU']:.2f} on {report.get('num_images', '?')} image(s)")
     print(f"Report in {Path(args.out) / 'metrics.json'}")
+    missing = report.get("missing_predictions") if isinstance(report, dict) else None
+    if missing:
+        total = report.get("num_images", "?")
+        print(
+            f"diffsegmenter: {len(missing)} of {total} image(s) have no prediction in {args.out} and were scored as "
+            "all background, so this is not the benchmark's number; run the missing shards (or eval without "
+            "--score-only) first",
+            file=sys.stderr,
+        )
+        return 1
     return EXIT_OK
 
 
