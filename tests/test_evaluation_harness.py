@@ -157,8 +157,8 @@ def test_shard_bounds_partition_like_accelerate(num_items, count):
 
 def test_parse_shard():
     assert parse_shard("1/4") == (1, 4)
-    for bad in ("4/4", "x", "1/0"):
-        with pytest.raises(argparse.ArgumentTypeError):
+    for bad, match in (("4/4", "0-based, use 0/4 .. 3/4"), ("x", "look like i/n"), ("0/0", "at least 1")):
+        with pytest.raises(argparse.ArgumentTypeError, match=match):
             parse_shard(bad)
 
 
@@ -354,6 +354,9 @@ def test_score_only_with_missing_predictions_exits_1(tmp_path, capsys):
     run_eval(parser.parse_args([*base[1:], "--protocol", "oracle"]), segmenter=FakeSegmenter())
     assert cli.main([*base, "--score-only"]) == 0
     assert "have no prediction" not in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert cli.main([*base[:-2], str(tmp_path / "afile"), "--no-progress", "--score-only"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):

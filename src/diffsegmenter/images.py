@@ -191,7 +191,9 @@ def _load_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
         raise ImageLoadError(path, "not a recognised image format, or the file header is corrupt") from exc
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(
-            path, f"{exc} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file, or downscale it)"
+            path,
+            f"{exc} (Pillow refuses images this large as decompression bombs: downscale it; a Python program that "
+            "trusts the file can raise PIL.Image.MAX_IMAGE_PIXELS)",
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(path, str(exc) or type(exc).__name__) from exc

@@ -140,6 +140,8 @@ def run_eval(
     from ..evaluation import harness
     from ..evaluation.datasets import load_dataset
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file; give a folder for the predictions and metrics")
     dataset = load_dataset(
         args.dataset,
         args.root,

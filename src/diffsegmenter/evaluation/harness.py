@@ -130,7 +130,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not match:
         raise argparse.ArgumentTypeError(f"--shard must look like i/n (e.g. 0/4), got {text!r}")
     index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or index >= count:
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--shard {text}: n, the number of parts, must be at least 1 (e.g. 0/4)")
+    if index >= count:
         raise argparse.ArgumentTypeError(f"--shard {text}: the index is 0-based, use 0/{count} .. {count - 1}/{count}")
     return index, count
 
