@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -449,3 +450,16 @@ def test_write_result_no_classes(tmp_path: Path) -> None:
     assert load_npz(tmp_path / "e.npz")["classes"] == []
     assert load_rle_json(tmp_path / "e.rle.json")["annotations"] == []
     assert is_done(tmp_path, "e", OUTPUT_FORMATS)
+
+
+def test_a_target_with_a_long_name_is_written(tmp_path):
+    # a 245-character name fits the file system, but its temporary name (+ ~22 characters) did not: the image was
+    # skipped with "[Errno 36] File name too long: '.<name>....tmp'"
+    from diffsegmenter.io.atomic import is_temp_name, temp_path, write_bytes
+
+    for name in ("n" * 241 + ".png", "é" * 120 + ".png"):  # 245 characters; 244 bytes in UTF-8
+        target = tmp_path / name
+        assert len(temp_path(target).name.encode()) <= 255 and is_temp_name(temp_path(target).name) == os.getpid()
+        write_bytes(target, b"data")
+        assert target.read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == [name]
+        target.unlink()

@@ -39,9 +39,16 @@ _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def temp_path(target: str | os.PathLike) -> Path:
-    """The temporary file [`atomic_open`] writes before moving it onto `target`: ``.<name>.<pid>.<8 hex>.tmp``."""
+    """The temporary file [`atomic_open`] writes before moving it onto `target`: ``.<name>.<pid>.<8 hex>.tmp``, with
+    ``<name>`` cut (at a character boundary) so the whole name stays within the 255 bytes file systems allow: a
+    target whose own name fits is always writable."""
     target = Path(target)
-    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    suffix = f".{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    name = target.name
+    room = 255 - 1 - len(suffix.encode())
+    while len(name.encode("utf-8", "surrogateescape")) > room:
+        name = name[:-1]
+    return target.with_name(f".{name}{suffix}")
 
 
 def is_temp_name(name: str) -> int | None:
