@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
@@ -206,6 +207,8 @@ def collect_jobs(
         if not scan.images and not scan.skipped:
             raise FileNotFoundError(_nothing_found_message(text))
         left_out: list[Path] = []
+        # stems shared inside one folder: only their names can have been claimed by a sibling in an earlier run
+        shared = Counter((p.parent, image_key(p)) for p in scan.images)
         for path in scan.images:
             resolved = _resolve(path)
             if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
@@ -220,7 +223,8 @@ def collect_jobs(
                     rel = path.parent.relative_to(root)
             key_dir = rel.as_posix().lower()
             stem = key = image_key(path)
-            if (key_dir, stem.lower()) in taken or _claimed_by_sibling(out_root / rel, key, path):
+            claimed = shared[(path.parent, key)] > 1 and _claimed_by_sibling(out_root / rel, key, path)
+            if (key_dir, stem.lower()) in taken or claimed:
                 stem = path.name
                 counter = 1
                 while (key_dir, stem.lower()) in taken:
