@@ -93,6 +93,9 @@ class DiffusionBackbone(ABC):
     #: The family's name (``"sd"``, ``"sdxl"``, ``"sd3"``, ``"flux"``, ``"pixart"``).
     family = "sd"
 
+    #: The model folder's subfolder that holds the denoiser (``"unet"``; ``"transformer"`` for the DiT families).
+    denoiser_folder = "unet"
+
     #: How many latent channels one denoiser input channel group packs: FLUX's pipeline packs 2x2 latent patches
     #: into a token (4), the other families feed the latents as they are (1).
     latent_packing = 1
@@ -130,7 +133,7 @@ class DiffusionBackbone(ABC):
         }
         kind = kinds.get(given, "a conditioned")
         packed = f" ({latent_channels} latent channels packed {p} to a token)" if p > 1 else ""
-        denoiser = "UNet" if cls.family in ("sd", "sdxl") else "transformer"
+        denoiser = "UNet" if cls.denoiser_folder == "unet" else cls.denoiser_folder
         raise ValueError(
             f"the {denoiser} takes {given} input channels where the VAE gives {latent}{packed}: {kind} model, which "
             "needs inputs besides the noisy latents (a mask, a depth map, an image) and is not supported for "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -266,11 +265,13 @@ def collect_jobs(
 def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
     """Whether ``out_dir/<stem>.json`` (an earlier run's sidecar) records another image of ``path``'s folder that
     still exists as its source: that image keeps the name, so a file added later cannot take over its outputs."""
+    from .sidecar import load_sidecar
+
     sidecar = out_dir / f"{stem}.json"
     try:
         if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
             return False
-        source = json.loads(sidecar.read_text(encoding="utf-8")).get("source")
+        source = load_sidecar(sidecar).get("source")
     except (OSError, ValueError, AttributeError):
         return False
     if not isinstance(source, str):
