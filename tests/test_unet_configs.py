@@ -311,3 +311,14 @@ def test_conditioned_unet_is_refused_before_weights_load(tmp_path):
         weights.unlink()
     with pytest.raises(ValueError, match="9 input channels where the VAE gives 4: an inpainting model"):
         load_backbone(tmp_path / "inpaint")
+
+
+def test_a_malformed_denoiser_config_is_reported_by_the_loader_naming_the_folder(tmp_path):
+    # the channel pre-check is skipped when a config cannot be read (as its docstring says): it raised json's bare
+    # "Expecting value: line 1 column 1" before; the component loader's error names the model, subfolder and folder
+    from diffsegmenter.hub import ModelNotFoundError
+
+    _sd_pipeline(_sd21_768_scheduler(), sd2=True).save_pretrained(tmp_path / "sd")
+    (tmp_path / "sd" / "unet" / "config.json").write_text("not json")
+    with pytest.raises(ModelNotFoundError, match=r"subfolder 'unet'.*local folder"):
+        load_backbone(tmp_path / "sd")

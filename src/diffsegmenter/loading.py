@@ -241,8 +241,11 @@ def _check_text_to_image_folder(src: str, family: str, local_files_only: bool | 
         "flux": backbones.FluxBackbone,
         "pixart": backbones.PixArtBackbone,
     }[family]
-    given = _read_json(src, f"{cls.denoiser_folder}/config.json", local_files_only).get("in_channels")
-    latent = _read_json(src, "vae/config.json", local_files_only).get("latent_channels")
+    try:
+        given = _read_json(src, f"{cls.denoiser_folder}/config.json", local_files_only).get("in_channels")
+        latent = _read_json(src, "vae/config.json", local_files_only).get("latent_channels")
+    except (ValueError, AttributeError):  # not JSON, or not an object: the component loader names the file
+        return
     if isinstance(given, int) and isinstance(latent, int):
         cls.check_text_to_image_inputs(given, latent)
 
