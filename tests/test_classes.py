@@ -26,3 +26,20 @@ def test_none_takes_the_models_own_classes_or_says_how_to_give_some():
     assert class_lists_per_image(None, 2, default=("circle", "square")) == [["circle", "square"]] * 2
     with pytest.raises(ValueError, match=r"no classes given: pass classes=\['cat', 'sofa', \.\.\.\]"):
         class_lists_per_image(None, 1)
+
+
+@pytest.mark.parametrize("name", ["background", " Background ", "BACKGROUND"])
+def test_background_is_label_zero_and_cannot_be_a_class(name):
+    # label_values would hold two "background" labels (0 and the class's), so every export would be ambiguous
+    with pytest.raises(ClassListError, match=r"cannot be a class: label 0 is the background.*'wall' or 'sky'"):
+        class_lists_per_image(["circle", name], 1)
+    assert class_lists_per_image(["background wall"], 1) == [["background wall"]]  # a longer name is a name
+
+
+def test_the_command_line_refuses_background_before_loading(tmp_path, capsys):
+    from diffsegmenter.cli import main
+
+    out = tmp_path / "out"
+    assert main(["segment", "nowhere.png", "--classes", "circle,background", "--out", str(out), "--offline"]) == 2
+    assert not out.exists()
+    assert "label 0 is the background" in capsys.readouterr().err

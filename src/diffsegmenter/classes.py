@@ -11,8 +11,12 @@ from typing import Any
 __all__ = ["ClassListError", "check_class_names", "class_lists_per_image", "short_name"]
 
 
+BACKGROUND = "background"
+"""The name of label 0 in every label map and export; no class may take it."""
+
+
 class ClassListError(ValueError):
-    """A class list that cannot be segmented: empty, a plain string, an empty or duplicate name."""
+    """A class list that cannot be segmented: empty, a plain string, an empty, duplicate or reserved name."""
 
 
 def short_name(name: str, limit: int = 40) -> str:
@@ -26,7 +30,9 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
     - a list (or tuple) of strings, not a single string;
     - at least one name (an empty list would silently give an all-background result);
     - every name non-empty after whitespace is normalised to single spaces;
-    - no duplicates, compared case-insensitively.
+    - no duplicates, compared case-insensitively;
+    - no class named "background" (any case): label 0 is the background, the pixels no class claims above the
+      threshold, and a second label of that name would make the label map and every export ambiguous.
 
     Whether the model's tokenizer can place each name is checked by ``DiffSegmenter.check_classes``.
 
@@ -59,6 +65,12 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
             )
         clean = " ".join(name.split())
         key = clean.lower()
+        if key == BACKGROUND:
+            raise ClassListError(
+                f"{clean!r} cannot be a class: label 0 is the background, every pixel that no class scores above "
+                "the threshold tau; leave it out (a higher tau gives more background) or name what the region "
+                f"shows, e.g. 'wall' or 'sky'; e.g. {example}"
+            )
         if key in seen:
             raise ClassListError(
                 f"duplicate class name {short_name(clean)!r} (also given as {short_name(seen[key])!r}); "

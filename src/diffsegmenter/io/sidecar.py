@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..classes import BACKGROUND
 from .atomic import write_json
 from .checks import ResultLike, check_labels
 
@@ -54,7 +55,7 @@ def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str
         "prompts": list(result.prompts),
         "tau": float(result.tau),
         "image_size": {"height": int(labels.shape[0]), "width": int(labels.shape[1])},
-        "label_values": {"0": "background", **{str(i): c for i, c in enumerate(classes, start=1)}},
+        "label_values": {"0": BACKGROUND, **{str(i): c for i, c in enumerate(classes, start=1)}},
         "candidates": None if candidates is None else {str(k): float(v) for k, v in dict(candidates).items()},
         "diffsegmenter_version": package_version(),
     }
