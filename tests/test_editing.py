@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -229,7 +232,7 @@ def test_edit_never_replaces_inputs_and_skips_only_what_it_cannot_read(tiny_mode
     inputs = {p.name: p.read_bytes() for p in folder.iterdir()}
     base = ["--target", "cat", "--prompt", "a dog", "--model", str(tiny_model_dir), "--steps", "2", "--quiet"]
     for argv, match in (
-        (["edit", str(folder), "--out", str(folder), *base], "is the folder of the inputs"),
+        (["edit", str(folder), "--out", str(folder), *base], "is the input folder"),
         (["edit", str(folder / "a.png"), "--out", str(folder / "a.png"), *base], "would replace the input"),
         (["edit", str(folder), "--out", str(folder / "a.png"), *base], "is a file"),
     ):
@@ -251,7 +254,42 @@ def test_edit_never_replaces_inputs_and_skips_only_what_it_cannot_read(tiny_mode
     assert cli.main(["edit", str(folder), "--out", str(out), *base]) == 1
     err = capsys.readouterr().err
     assert "c.png" in err and "e.heic" in err and "2 input(s) skipped" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "d.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "d.png"]
+    listed = json.loads((out / "skipped.json").read_text())
+    assert sorted(Path(item["path"]).name for item in listed) == ["c.png", "e.heic"]
+
+
+def test_an_edit_folder_resumes_and_never_replaces_edits_made_with_other_settings(tiny_model_dir, tmp_path, capsys):
+    # `edit folder --out edits/` used to redo every image on a rerun, and a rerun with another prompt replaced the
+    # earlier edits under the same names without a word; a folder's sub-folders had to have unique stems.
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(_image(0)).save(folder / "a.png")
+    Image.fromarray(_image(1)).save(folder / "sub" / "a.png")  # same stem, kept apart by its sub-folder
+    out = tmp_path / "edits"
+    base = ["edit", str(folder), "--out", str(out), "--target", "cat", "--model", str(tiny_model_dir)]
+    fast = ["--steps", "2", "--quiet", "--save-mask"]
+    assert cli.main([*base, "--prompt", "a dog", *fast]) == 0
+    made = {p: p.read_bytes() for p in (out / "a.png", out / "sub" / "a.png", out / "sub" / "a.mask.png")}
+    sidecar = json.loads((out / "sub" / "a.json").read_text())
+    assert Path(sidecar["source"]) == folder / "sub" / "a.png" and sidecar["request"]["prompt"] == "a dog"
+    assert sidecar["files"] == ["a.png", "a.mask.png"] and isinstance(sidecar["edited"], bool)
+
+    (out / "a.png").unlink()  # as if the first run had stopped before this image
+    assert cli.main([*base, "--prompt", "a dog", "--steps", "2", "--save-mask"]) == 0  # not --quiet: the summary
+    assert (out / "a.png").read_bytes() == made[out / "a.png"]  # redone, same seed: the same edit
+    assert "1 already done" in capsys.readouterr().out
+
+    assert cli.main([*base, "--prompt", "a bird", *fast]) == 2  # refused before the model loads
+    err = capsys.readouterr().err
+    assert "edited earlier with other settings" in err and "'a dog' -> 'a bird'" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in made} == made
+    assert cli.main([*base, "--prompt", "a bird", *fast, "--overwrite"]) == 0
+    assert json.loads((out / "sub" / "a.json").read_text())["request"]["prompt"] == "a bird"
 
 
 def test_the_edit_subcommand_writes_the_edit_and_refuses_bad_settings(tiny_model_dir, tmp_path, capsys):

@@ -1,9 +1,10 @@
-"""The one batch runner behind ``segment``, ``demo`` and ``eval``: jobs in, results written, a report out.
+"""The one batch runner behind ``segment``, ``demo``, ``eval`` and ``edit``: jobs in, results written, a report out.
 
 ================  ==============================================================================================
 ``runner``        [`BatchRunner`], [`BatchTask`], [`BatchReport`]: resume, the failure policy, batching, progress,
                   ``skipped.json`` + console list + exit status, the per-folder fingerprint (``run_config.json``)
 ``images``        [`ImageTask`] / [`run_batch`]: image files -> segmenter -> result files (``segment``, ``demo``)
+``edits``         ``EditTask``: image files -> segment-then-edit -> edited PNGs with sidecars (``edit`` into a folder)
 ``folder``        [`prepare_out_dir`] and [`output_lock`]: one run at a time per output folder
 ================  ==============================================================================================
 

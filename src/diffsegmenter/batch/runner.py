@@ -1,4 +1,4 @@
-"""The one batch runner behind ``segment``, ``demo`` and ``eval``: jobs in, results written, a report out.
+"""The one batch runner behind ``segment``, ``demo``, ``eval`` and ``edit``: jobs in, results written, a report out.
 
 A run is a list of jobs and a [`BatchTask`] that says how to handle one: whether it is already done (resume), how to
 load its input, how to segment a batch of inputs and how to write a result. [`BatchRunner`] does the rest the same

@@ -60,6 +60,12 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the model's config seed)")
     parser.add_argument("--save-mask", action="store_true", help="also write <name>.mask.png (the paste-back weight)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="into a folder: redo images already edited (a rerun otherwise keeps them, and refuses to replace edits "
+        "made with other settings)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -68,13 +74,20 @@ class EditReport:
     """What :func:`edit_command` did.
 
     Attributes:
-        written (`list[Path]`): the edited images written, in input order.
+        written (`list[Path]`): the edited images written by this run, in input order.
+        already_done (`list[Path]`): edits an earlier run of the same settings finished (kept, not redone).
         skipped (`list[tuple[Path, str]]`): inputs that could not be used (unreadable, an unsupported image type, a
             broken link...) with the reason; the others were still edited.
+        stopped (`str`, *optional*): why the run stopped early (a write error such as a full disk; rerun to resume);
+            None when it went through every input.
+        exit_status (`int`): 0 all edited, 1 some skipped, 3 stopped (the command's exit status).
     """
 
     written: list[Path] = dataclasses.field(default_factory=list)
+    already_done: list[Path] = dataclasses.field(default_factory=list)
     skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    stopped: str | None = None
+    exit_status: int = 0
 
 
 def edit_command(
@@ -91,15 +104,22 @@ def edit_command(
     seed: int | None = None,
     device: str = "cpu",
     save_mask: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     segmenter: Any = None,
     load_segmenter: Callable[[], Any] | None = None,
+    request: dict[str, Any] | None = None,
 ) -> EditReport:
     """The ``diffsegmenter edit`` command: edit image files (or every image in folders) and write PNGs.
 
-    One input file and an ``out`` ending in an image suffix writes that file; otherwise ``out`` is a folder that
-    receives ``<stem>.png`` per input (``<stem>.mask.png`` too with ``save_mask``: the paste-back weight, 0..255).
-    Images are edited one at a time so a folder's images may differ in size.
+    One input file and an ``out`` ending in an image suffix writes that file (replacing it if it exists: the user
+    named it). Otherwise ``out`` is a folder, locked for the run, laid out as ``segment``'s
+    (:func:`~diffsegmenter.io.paths.collect_jobs`: a folder input's sub-folders are kept, names stay unique and
+    stable), that receives per input ``<stem>.png``, ``<stem>.mask.png`` with ``save_mask`` (the paste-back weight,
+    0..255) and ``<stem>.json`` (the sidecar: source, settings, whether the target was found, the kept seed). The
+    folder run resumes: images whose sidecar records these settings are kept; edits made with other settings are
+    never replaced unless ``overwrite``; inputs that cannot be used are listed in ``<out>/skipped.json``. Images are
+    edited one at a time so a folder's images may differ in size.
 
     Args:
         inputs: image files, folders or glob patterns (:func:`~diffsegmenter.images.scan_inputs`).
@@ -109,23 +129,28 @@ def edit_command(
         model: the model to load (``"shapes"``, a hub id or a folder) unless ``segmenter`` is given.
         device (`str`): where the model runs.
         save_mask (`bool`): also write the mask used.
+        overwrite (`bool`): redo images already edited (with these or other settings).
         progress (`bool`): progress bars.
         segmenter (*optional*): an already loaded :class:`~diffsegmenter.DiffSegmenter`.
         load_segmenter (*optional*): called (after every check on the arguments and paths) to load the segmenter
             when ``segmenter`` is None; default ``DiffSegmenter.from_pretrained(model, device=device)``.
+        request (`dict`, *optional*): more JSON-able settings that decide the edits (the command line passes the
+            model's config overrides), recorded in each sidecar with the arguments above.
 
     Returns:
-        :class:`EditReport`: the images written, and the inputs skipped with their reasons (an input that cannot be
-        read is skipped; the others are still edited).
+        :class:`EditReport`: the images written, already done and skipped (with their reasons), and why the run
+        stopped if it did.
 
     Raises:
         ValueError: bad arguments, no image found, two outputs (edits or masks) on one file, an output that would
-            replace an input, or an output folder that is an input's folder or a file; all before the model loads.
+            replace an input, an output folder that is an input's folder or a file, or edits made with other
+            settings in the output folder (without ``overwrite``); all before the model loads.
+        UsageError: another run holds the output folder.
     """
     from ..classes import check_class_names
     from ..config import check_tau
-    from ..editing import EditSettings, _check_new_classes, _check_prompt, edit_images
-    from ..images import ImageLoadError, scan_inputs
+    from ..editing import EditSettings, _check_new_classes, _check_prompt
+    from ..images import scan_inputs
 
     settings = settings or EditSettings()
     target = check_class_names([target])[0]
@@ -133,6 +158,8 @@ def edit_command(
     new_class = _check_new_classes(new_class, 1, settings)[0]
     if tau is not None:
         tau = check_tau(tau)
+    if classes is not None:
+        classes = check_class_names(list(classes))
     scan = scan_inputs(list(inputs))
     paths = list(scan.images)
     if not paths:
@@ -141,43 +168,109 @@ def edit_command(
     single_file = len(paths) == 1 and out.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
     if single_file and out.suffix.lower() != ".png":
         raise ValueError(f"edited images are written as PNG: name the output {out.with_suffix('.png')}")
-    dests = [out] if single_file else [out / f"{Path(p).stem}.png" for p in paths]
-    _check_destinations(paths, dests, out, single_file, save_mask)
-    if segmenter is None:
-        if load_segmenter is None:
-            from ..segmenter import DiffSegmenter
+    edit_kwargs = {
+        "target": target,
+        "prompt": prompt,
+        "classes": classes,
+        "new_classes": new_class,
+        "tau": tau,
+        "settings": settings,
+        "seed": seed,
+        "progress": progress,
+    }
 
-            segmenter = DiffSegmenter.from_pretrained(model, device=device)
-        else:
-            segmenter = load_segmenter()
-    if classes is not None:
-        segmenter.check_classes(list(classes))
-    if new_class is not None:
-        segmenter.check_classes([new_class])
-    report = EditReport(skipped=[(Path(p), reason) for p, reason in scan.skipped])
-    for p, d in zip(paths, dests):
-        try:
-            res = edit_images(
-                segmenter,
-                [p],
-                [target],
-                [prompt],
-                classes=classes,
-                new_classes=new_class,
-                tau=tau,
-                settings=settings,
-                seed=seed,
-                progress=progress,
-            )[0]
-        except ImageLoadError as exc:  # one unreadable input costs only itself
-            report.skipped.append((Path(p), " ".join(str(exc).split())))
-            continue
-        _save_png(d, res.image)
-        if save_mask:
-            _save_png(_mask_path(d), np.rint(res.mask * 255).astype(np.uint8))
-        if not res.edited:
-            logger.warning("%s: no %r found; written unchanged", p, target)
-        report.written.append(d)
+    def load() -> Any:
+        loaded = segmenter
+        if loaded is None:
+            if load_segmenter is None:
+                from ..segmenter import DiffSegmenter
+
+                loaded = DiffSegmenter.from_pretrained(model, device=device)
+            else:
+                loaded = load_segmenter()
+        if classes is not None:
+            loaded.check_classes(list(classes))
+        if new_class is not None:
+            loaded.check_classes([new_class])
+        return loaded
+
+    if single_file:
+        return _edit_one_file(paths[0], out, scan.skipped, edit_kwargs, save_mask, load)
+    return _edit_folder(inputs, out, edit_kwargs, save_mask, overwrite, progress, load, model, request)
+
+
+def _edit_one_file(path, dest: Path, skipped, edit_kwargs, save_mask: bool, load) -> EditReport:
+    """One named input into the named output PNG (no sidecar, no resume)."""
+    from ..batch.edits import save_image_png
+    from ..editing import edit_images
+    from ..images import ImageLoadError
+
+    _check_destinations([path], [dest], dest, True, save_mask)
+    report = EditReport(skipped=[(Path(p), reason) for p, reason in skipped])
+    segmenter = load()
+    kwargs = dict(edit_kwargs)
+    try:
+        res = edit_images(segmenter, [path], [kwargs.pop("target")], [kwargs.pop("prompt")], **kwargs)[0]
+    except ImageLoadError as exc:
+        report.skipped.append((Path(path), " ".join(str(exc).split())))
+        report.exit_status = 1
+        return report
+    save_image_png(dest, res.image)
+    if save_mask:
+        save_image_png(_mask_path(dest), np.rint(res.mask * 255).astype(np.uint8))
+    if not res.edited:
+        logger.warning("%s: no %r found; written unchanged", path, res.target)
+    report.written.append(dest)
+    report.exit_status = 1 if report.skipped else 0
+    return report
+
+
+def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress, load, model, request) -> EditReport:
+    """Every input into the output folder, on the batch runner (resume, skip list, lock, clean stop)."""
+    from ..batch import BatchRunner, output_lock, prepare_out_dir, write_skipped
+    from ..batch.edits import EditTask, check_edit_request
+    from ..batch.images import ImageTask
+    from ..io.paths import collect_jobs
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
+    jobs = collect_jobs([str(p) for p in inputs], out, ["png"])
+    usable = [job for job in jobs if job.problem is None]
+    dests = [job.out_dir / f"{job.stem}.png" for job in usable]
+    _check_destinations([job.path for job in usable], dests, out, False, save_mask)
+    settings = edit_kwargs["settings"]
+    fingerprint = {
+        "command": "edit",
+        "model": str(model),
+        **{k: v for k, v in edit_kwargs.items() if k not in ("settings", "progress")},
+        "settings": dataclasses.asdict(settings),
+        "save_mask": bool(save_mask),
+        **(request or {}),
+    }
+    if not overwrite:
+        check_edit_request(usable, fingerprint)
+    out = prepare_out_dir(out)
+    with output_lock(out):
+        segmenter = load()
+        task = EditTask(segmenter, {**edit_kwargs, "progress": False}, fingerprint, save_mask)
+        ImageTask.remove_stale_temp_files(jobs)
+        runner = BatchRunner(
+            overwrite=overwrite,
+            progress=None if progress else False,
+            desc="edit",
+            done_note="%d image(s) already edited with these settings; pass --overwrite to redo them",
+        )
+        result = runner.run(jobs, task)
+        report = EditReport(
+            written=[job.out_dir / f"{job.stem}.png" for job, _ in result.segmented],
+            already_done=[job.out_dir / f"{job.stem}.png" for job in result.already_done],
+            skipped=[(job.path, reason) for job, reason in result.skipped],
+            stopped=result.stopped,
+            exit_status=result.exit_status(),
+        )
+        report_error = write_skipped(result, out)
+        if report_error is not None:
+            logger.warning("could not write %s (%s)", out / "skipped.json", report_error)
     return report
 
 
@@ -220,21 +313,12 @@ def _check_destinations(
             seen[key] = Path(p)
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    """Write an image array as PNG through the package's one atomic writer (creating the folder)."""
-    from PIL import Image
-
-    from ..io.formats.label_png import save_png
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(path, Image.fromarray(array))
-
-
 def cmd_edit(args: argparse.Namespace) -> int:
-    """``diffsegmenter edit``: returns 0 when every input was edited, 1 when some were skipped (listed on stderr);
-    usage errors raise `CliError` (exit 2), before the model loads."""
+    """``diffsegmenter edit``: returns 0 when every input was edited (or already was), 1 when some were skipped
+    (listed on stderr and, into a folder, in ``skipped.json``), 3 when the run stopped on a write error (rerun to
+    resume); usage errors raise `CliError` (exit 2), before the model loads."""
     from ..editing import EditSettings
-    from .model import check_overrides, load_segmenter
+    from .model import check_overrides, default_model, load_segmenter
 
     overrides = config_overrides(args)
     check_overrides(overrides)
@@ -255,22 +339,30 @@ def cmd_edit(args: argparse.Namespace) -> int:
             settings=settings,
             seed=args.seed,
             save_mask=args.save_mask,
+            overwrite=args.overwrite,
             progress=not args.quiet,
             load_segmenter=lambda: load_segmenter(args, overrides),
+            model=str(args.model) if args.model is not None else default_model(),
+            request={"config_overrides": overrides},
         )
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
     except ValueError as exc:
         raise CliError(" ".join(str(exc).split())) from None
     written = report.written
-    if not args.quiet:
+    if not args.quiet or report.stopped is not None:
+        done = f", {len(report.already_done)} already done" if report.already_done else ""
         print(
-            f"Edited {len(written)} image(s): {', '.join(str(p) for p in written[:5])}{' ...' if len(written) > 5 else ''}"
+            f"Edited {len(written)} image(s){done}: {', '.join(str(p) for p in written[:5])}"
+            f"{' ...' if len(written) > 5 else ''}"
         )
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if report.skipped:
         print(f"{len(report.skipped)} input(s) skipped (listed above); the others were edited", file=sys.stderr)
-        return 1
-    return 0
+    if report.stopped is not None:
+        print(f"diffsegmenter: the run stopped: {report.stopped}", file=sys.stderr)
+    return report.exit_status
 
 
 register_command(

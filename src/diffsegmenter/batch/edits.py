@@ -1,0 +1,163 @@
+"""Image files -> segment a class and regenerate its region -> edited PNGs: the task of ``edit`` on folders.
+
+Each input ``<folder>/<sub>/<name>`` gets ``<out>/<sub>/<stem>.png`` (the edit), ``<stem>.mask.png`` with
+``save_mask`` (the paste-back weight, 0..255) and ``<stem>.json``, written last: the sidecar that makes the image
+*done*. It records the input (``source``), the run's settings (``request``), the files, and what the edit did
+(``edited``: whether the target was found; ``seed`` of the kept candidate; ``candidate_scores``). A rerun of the same
+command skips done images; a rerun with other settings is refused before the model loads
+([`check_edit_request`]), because its edits would replace these under the same names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io.paths import ImageJob
+from .runner import BatchTask, normalise_fingerprint
+
+__all__ = ["EditTask", "check_edit_request", "edit_files", "save_image_png"]
+
+logger = logging.getLogger(__name__)
+
+
+def edit_files(job: ImageJob, save_mask: bool) -> list[str]:
+    """The names, relative to ``job.out_dir``, of what an edit writes besides its sidecar: ``<stem>.png`` and, with
+    `save_mask`, ``<stem>.mask.png``."""
+    return [f"{job.stem}.png", *([f"{job.stem}.mask.png"] if save_mask else [])]
+
+
+def _sidecar(job: ImageJob) -> Path:
+    return job.out_dir / f"{job.stem}.json"
+
+
+def _read_sidecar(job: ImageJob) -> dict[str, Any] | None:
+    from ..io.sidecar import load_sidecar
+
+    path = _sidecar(job)
+    try:
+        return load_sidecar(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> None:
+    """Refuse, before any model loads, a run whose edits would replace edits made with other settings.
+
+    A job's earlier sidecar counts when it records this job's input (by file name) and a ``request``; one that
+    records another request means this run would write its edit under the same name.
+
+    Args:
+        jobs (`Sequence[ImageJob]`): the run's jobs.
+        request (`dict`): JSON-able settings of this run.
+
+    Raises:
+        ValueError: naming an image, the settings that changed, and the ways out (another ``--out``, or
+            ``--overwrite`` to redo them).
+    """
+    request = normalise_fingerprint(request)
+    clashes: list[tuple[ImageJob, dict[str, Any]]] = []
+    for job in jobs:
+        if job.problem is not None:
+            continue
+        sidecar = _read_sidecar(job)
+        if not sidecar or Path(str(sidecar.get("source", ""))).name != job.path.name:
+            continue
+        earlier = sidecar.get("request")
+        if isinstance(earlier, dict) and earlier != request:
+            clashes.append((job, earlier))
+    if not clashes:
+        return
+    job, earlier = clashes[0]
+    changed = sorted(k for k in set(earlier) | set(request) if earlier.get(k) != request.get(k))
+    details = "; ".join(f"{k}: {earlier.get(k)!r} -> {request.get(k)!r}" for k in changed)
+    raise ValueError(
+        f"{len(clashes)} image(s) in {job.out_dir} were edited earlier with other settings ({details}), e.g. "
+        f"{job.out_dir / (job.stem + '.png')}; this run would replace them: choose another --out, or pass "
+        "--overwrite to redo them with these settings"
+    )
+
+
+def save_image_png(path: Path, array: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` or ``(H, W)`` uint8 array as PNG through the package's one atomic writer (creating
+    the folder)."""
+    from PIL import Image
+
+    from ..io.formats.label_png import save_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, Image.fromarray(array))
+
+
+class EditTask(BatchTask[ImageJob]):
+    """Image files -> :func:`~diffsegmenter.editing.edit_images` -> edited PNGs and a sidecar per image.
+
+    Args:
+        segmenter: a [`~diffsegmenter.DiffSegmenter`]; images over its ``config.max_image_pixels`` are skipped
+            before they are decoded.
+        edit_kwargs (`dict`): passed to ``edit_images`` for every image: ``targets``/``prompts`` are given as
+            ``target`` and ``prompt`` (one for all), and ``classes``, ``new_classes``, ``tau``, ``settings``,
+            ``seed``.
+        request (`dict`): JSON-able settings, stored in each sidecar; an image is done only when its sidecar holds
+            the same.
+        save_mask (`bool`): also write ``<stem>.mask.png``.
+    """
+
+    def __init__(self, segmenter: Any, edit_kwargs: dict[str, Any], request: dict[str, Any], save_mask: bool) -> None:
+        self.segmenter = segmenter
+        self.edit_kwargs = dict(edit_kwargs)
+        self.request = normalise_fingerprint(request)
+        self.save_mask = bool(save_mask)
+        self.max_pixels = getattr(getattr(segmenter, "config", None), "max_image_pixels", None)
+
+    def is_done(self, job: ImageJob) -> bool:
+        sidecar = _read_sidecar(job)
+        if not sidecar or Path(str(sidecar.get("source", ""))).name != job.path.name:
+            return False
+        listed = sidecar.get("files")
+        if sidecar.get("request") != self.request or not isinstance(listed, list):
+            return False
+        return all(name in listed and (job.out_dir / name).is_file() for name in edit_files(job, self.save_mask))
+
+    def load(self, job: ImageJob) -> Any:
+        from ..images import load_image
+
+        return load_image(job.path, max_pixels=self.max_pixels)
+
+    def segment(self, jobs: Sequence[ImageJob], inputs: Sequence[Any]) -> list[Any]:
+        from ..editing import edit_images
+
+        kwargs = dict(self.edit_kwargs)
+        n = len(inputs)
+        return edit_images(
+            self.segmenter, list(inputs), [kwargs.pop("target")] * n, [kwargs.pop("prompt")] * n, **kwargs
+        )
+
+    def write(self, job: ImageJob, item: Any, result: Any) -> bool:
+        from ..io.atomic import write_json
+        from ..io.sidecar import package_version
+
+        files = edit_files(job, self.save_mask)
+        save_image_png(job.out_dir / files[0], result.image)
+        if self.save_mask:
+            save_image_png(job.out_dir / files[1], np.rint(result.mask * 255).astype(np.uint8))
+        if not result.edited:
+            logger.warning("%s: no %r found; written unchanged", job.label, result.target)
+        scores = result.candidate_scores
+        write_json(
+            _sidecar(job),
+            {
+                "source": str(job.path),
+                "edited": bool(result.edited),
+                "seed": int(result.seed),
+                "candidate_scores": None if scores is None else [float(s) for s in scores],
+                "files": files,
+                "request": self.request,
+                "diffsegmenter_version": package_version(),
+            },
+        )
+        return bool(result.edited)
