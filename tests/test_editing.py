@@ -20,6 +20,7 @@ from diffsegmenter.editing import (
     vae_round_trip_error,
     verify_share,
 )
+from diffsegmenter.io.paths import collect_jobs
 
 FAST = {"steps": 2, "dilate": 1, "feather": 1}
 
@@ -277,7 +278,9 @@ def test_an_edit_folder_resumes_and_never_replaces_edits_made_with_other_setting
     made = {p: p.read_bytes() for p in (out / "a.png", out / "sub" / "a.png", out / "sub" / "a.mask.png")}
     sidecar = json.loads((out / "sub" / "a.json").read_text())
     assert Path(sidecar["source"]) == folder / "sub" / "a.png" and sidecar["request"]["prompt"] == "a dog"
-    assert sidecar["files"] == ["a.png", "a.mask.png"] and isinstance(sidecar["edited"], bool)
+    assert (sidecar["edit"], sidecar["mask"]) == ("a.png", "a.mask.png") and isinstance(sidecar["edited"], bool)
+    jobs = collect_jobs([str(out)], tmp_path / "masks")  # segmenting the edits takes them, not their masks
+    assert sorted(job.path.relative_to(out).as_posix() for job in jobs) == ["a.png", "sub/a.png"]
 
     (out / "a.png").unlink()  # as if the first run had stopped before this image
     assert cli.main([*base, "--prompt", "a dog", "--steps", "2", "--save-mask"]) == 0  # not --quiet: the summary

@@ -2,8 +2,10 @@
 
 Each input ``<folder>/<sub>/<name>`` gets ``<out>/<sub>/<stem>.png`` (the edit), ``<stem>.mask.png`` with
 ``save_mask`` (the paste-back weight, 0..255) and ``<stem>.json``, written last: the sidecar that makes the image
-*done*. It records the input (``source``), the run's settings (``request``), the files, and what the edit did
-(``edited``: whether the target was found; ``seed`` of the kept candidate; ``candidate_scores``). A rerun of the same
+*done*. It records the input (``source``), the run's settings (``request``), the files (``edit``, ``mask``), and what
+the edit did (``edited``: whether the target was found; ``seed`` of the kept candidate; ``candidate_scores``). Its
+``files`` lists only the mask: the files a later ``segment`` of this folder leaves out of its inputs
+(:func:`~diffsegmenter.io.results.earlier_outputs`), so that a folder of edits can be segmented. A rerun of the same
 command skips done images; a rerun with other settings is refused before the model loads
 ([`check_edit_request`]), because its edits would replace these under the same names.
 """
@@ -118,10 +120,11 @@ class EditTask(BatchTask[ImageJob]):
         sidecar = _read_sidecar(job)
         if not sidecar or Path(str(sidecar.get("source", ""))).name != job.path.name:
             return False
-        listed = sidecar.get("files")
-        if sidecar.get("request") != self.request or not isinstance(listed, list):
+        if sidecar.get("request") != self.request:
             return False
-        return all(name in listed and (job.out_dir / name).is_file() for name in edit_files(job, self.save_mask))
+        names = edit_files(job, self.save_mask)
+        listed = [sidecar.get("edit"), sidecar.get("mask")][: len(names)]
+        return listed == names and all((job.out_dir / name).is_file() for name in names)
 
     def load(self, job: ImageJob) -> Any:
         from ..images import load_image
@@ -155,7 +158,9 @@ class EditTask(BatchTask[ImageJob]):
                 "edited": bool(result.edited),
                 "seed": int(result.seed),
                 "candidate_scores": None if scores is None else [float(s) for s in scores],
-                "files": files,
+                "edit": files[0],
+                "mask": files[1] if self.save_mask else None,
+                "files": files[1:],  # left out of a later segment's inputs; the edit is an image to segment
                 "request": self.request,
                 "diffsegmenter_version": package_version(),
             },
