@@ -126,7 +126,8 @@ def edit_command(
         out: the output file or folder.
         target, prompt, classes, tau, settings, seed: as :func:`edit_images`; ``new_class`` as its
             ``new_classes`` (one for every input).
-        model: the model to load (``"shapes"``, a hub id or a folder) unless ``segmenter`` is given.
+        model: the model to load (``"shapes"``, a hub id or a folder) unless ``segmenter`` is given; recorded in the
+            sidecars (null with ``segmenter``).
         device (`str`): where the model runs.
         save_mask (`bool`): also write the mask used.
         overwrite (`bool`): redo images already edited (with these or other settings).
@@ -196,7 +197,8 @@ def edit_command(
 
     if single_file:
         return _edit_one_file(paths[0], out, scan.skipped, edit_kwargs, save_mask, load)
-    return _edit_folder(inputs, out, edit_kwargs, save_mask, overwrite, progress, load, model, request)
+    model_name = None if segmenter is not None else str(model)  # a given segmenter's source is not known here
+    return _edit_folder(inputs, out, edit_kwargs, save_mask, overwrite, progress, load, model_name, request)
 
 
 def _edit_one_file(path, dest: Path, skipped, edit_kwargs, save_mask: bool, load) -> EditReport:
@@ -241,7 +243,7 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
     settings = edit_kwargs["settings"]
     fingerprint = {
         "command": "edit",
-        "model": str(model),
+        "model": model,
         **{k: v for k, v in edit_kwargs.items() if k not in ("settings", "progress")},
         "settings": dataclasses.asdict(settings),
         "save_mask": bool(save_mask),
