@@ -177,16 +177,22 @@ def test_missing_and_unreadable_predictions_count_as_background_and_are_listed(v
     assert "2007_000004" in (out / "metrics.md").read_text()
 
 
-def test_existing_unreadable_prediction_is_not_silently_dropped_on_resume(voc, tmp_path):
+def test_a_damaged_prediction_is_predicted_again_on_resume_and_listed_when_only_scored(voc, tmp_path):
+    # it used to count as done, so a rerun (the advice printed) never replaced it and it was scored as background
     out = tmp_path / "out"
     evaluate(FakeSegmenter(), voc, out, protocol="oracle", progress=False)
+    good = (out / "predictions" / "2007_000002.png").read_bytes()
     Image.new("L", (3, 3)).save(out / "predictions" / "2007_000001.png")  # wrong size
+    (out / "predictions" / "2007_000002.png").write_bytes(good[:40])  # truncated
+    report = score_predictions(voc, out, progress=False)  # --score-only: listed with the reason, not hidden
+    assert report["missing_predictions"] == ["2007_000001", "2007_000002"]
+    assert "shape" in report["missing_prediction_reasons"]["2007_000001"]
+    assert "(shape" in (out / "metrics.md").read_text() and report["mIoU"] < 100.0
     seg = FakeSegmenter()
     report = evaluate(seg, voc, out, protocol="oracle", progress=False)
-    assert seg.calls == []
-    assert report["missing_predictions"] == ["2007_000001"]
-    assert "shape" in report["missing_prediction_reasons"]["2007_000001"]
-    assert report["mIoU"] < 100.0
+    assert len(seg.calls) == 2 and report["computed"] == 2 and report["reused"] == 3
+    assert report["missing_predictions"] == [] and report["mIoU"] == 100.0
+    assert (out / "predictions" / "2007_000002.png").read_bytes() == good
 
 
 def test_paper_protocol_candidate_json_absolute_keys_matched_by_basename(voc, tmp_path):
@@ -244,9 +250,9 @@ def test_tau_sweep_is_optional_and_labelled_optimistic(voc, tmp_path):
     assert len(sweep["mIoU_by_tau"]) == len(SWEEP_TAUS) == 45
     assert list(sweep["mIoU_by_tau"])[0] == "0.30" and list(sweep["mIoU_by_tau"])[-1] == "0.74"
     assert sweep["best_mIoU"] == 100.0 and report["mIoU"] == 100.0
-    with np.load(out / "scores" / "2007_000001.npz") as data:
-        assert data["scores"].dtype == np.float16 and data["scores"].shape == (2, H, W)
-        assert data["class_ids"].tolist() == [12, 15]
+    with np.load(out / "scores" / "2007_000001.npz") as data:  # each pixel's best score and class, float32
+        assert data["best_score"].dtype == np.float32 and data["best_score"].shape == (H, W)
+        assert set(np.unique(data["best_class"]).tolist()) <= {12, 15}
     plain = evaluate(FakeSegmenter(), voc, tmp_path / "plain", protocol="oracle", progress=False)
     assert "tau_sweep_optimistic" not in plain and not (tmp_path / "plain" / "scores").exists()
 
@@ -347,13 +353,13 @@ def test_score_only_with_missing_predictions_exits_1(tmp_path, capsys):
     captured = capsys.readouterr()
     assert (
         "mIoU" in captured.out
-        and "have no prediction" in captured.err
+        and "have no usable prediction" in captured.err
         and "not the benchmark's number" in captured.err
     )
     parser = add_eval_arguments(argparse.ArgumentParser())
     run_eval(parser.parse_args([*base[1:], "--protocol", "oracle"]), segmenter=FakeSegmenter())
     assert cli.main([*base, "--score-only"]) == 0
-    assert "have no prediction" not in capsys.readouterr().err
+    assert "have no usable prediction" not in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
     assert cli.main([*base[:-2], str(tmp_path / "afile"), "--no-progress", "--score-only"]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
@@ -401,10 +407,15 @@ def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
         ("COCO_val2014_000000182611.jpg", "000000182611"),
         ("C:\\data\\val2017\\000000000139.jpg", "000000000139"),
         ("frankfurt_000000_000294", "frankfurt_000000_000294"),
+        ("scene.v1.jpg", "scene.v1"),  # an id with a dot keeps it
     ],
 )
 def test_candidate_keys_match_image_ids(key, expected):
-    assert harness._candidate_key(key) == expected
+    from diffsegmenter.io.paths import image_key
+
+    # the candidate file's reader cuts a key to its image id; the harness then matches ids without the COCO prefix
+    assert harness._sample_key(image_key(key)) == expected
+    assert harness._sample_key(expected) == expected  # a dataset's own image id is left as it is
 
 
 def test_paper_protocol_applies_each_datasets_released_script_rule(tmp_path, monkeypatch):
@@ -456,3 +467,116 @@ def test_accelerate_processes_past_the_last_image_predict_nothing():
     parts = [_my_part(samples, None, SimpleNamespace(num_processes=4, process_index=i)) for i in range(4)]
     assert parts == [["a"], ["b"], [], []]
     assert _my_part(samples, (1, 2), None) == ["b"] and _my_part(samples, None, None) == samples
+
+
+# ------------------------------------------------------------------ faults found by a harness fault hunt (session 14)
+class NearTauSegmenter(FakeSegmenter):
+    """Class scores 2e-5 above tau where the class is: float16 maps put them at or below tau."""
+
+    def segment(self, image, classes, **kwargs):
+        result = super().segment(image, classes, **kwargs)
+        result.scores = np.where(result.scores > 0.5, np.float32(0.40002), np.float32(0.1)).astype(np.float32)
+        return result
+
+
+def test_the_sweep_at_the_runs_tau_is_the_headline_and_has_no_best_with_a_score_map_missing(voc, tmp_path, capsys):
+    from diffsegmenter import cli
+
+    out = tmp_path / "out"
+    report = evaluate(NearTauSegmenter(), voc, out, protocol="oracle", sweep_tau=True, progress=False)
+    sweep = report["tau_sweep_optimistic"]
+    assert sweep["mIoU_by_tau"]["0.40"] == report["mIoU"] == 100.0  # float16 maps gave background there
+    (out / "scores" / "2007_000001.npz").unlink()  # e.g. shards run without --sweep-tau
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc.root.parent.parent), "--out", str(out), "--no-progress"]
+    assert cli.main([*argv, "--protocol", "oracle", "--score-only", "--sweep-tau"]) == 1
+    assert "the tau sweep has no best value" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())["tau_sweep_optimistic"]
+    assert metrics["best_mIoU"] is None and metrics["best_tau"] is None  # all background would win the sweep
+    assert metrics["missing_score_maps"] == ["2007_000001"] and "no best value" in (out / "metrics.md").read_text()
+
+
+def test_the_captioner_dtype_and_oracle_label_folder_are_part_of_the_fingerprint(voc, tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, protocol="oracle", limit=2, progress=False)
+    captioned = FakeSegmenter()
+    captioned.captioner = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(_name_or_path="org/blip")))
+    with pytest.raises(ValueError, match=r"captioner: None -> 'SimpleNamespace\(org/blip\)'"):
+        evaluate(captioned, voc, out, protocol="oracle", progress=False)
+    half = FakeSegmenter()
+    half.dtype = torch.float16
+    with pytest.raises(ValueError, match="dtype: None -> 'torch.float16'"):
+        evaluate(half, voc, out, protocol="oracle", progress=False)
+    import shutil
+
+    shutil.copytree(voc.root / "SegmentationClass", voc.root / "SegmentationClassAug")
+    aug = load_dataset("voc21", voc.root.parent.parent, label_dir="SegmentationClassAug")
+    with pytest.raises(ValueError, match="labels: 'SegmentationClass' -> 'SegmentationClassAug'"):
+        evaluate(FakeSegmenter(), aug, out, protocol="oracle", progress=False)
+
+
+def test_score_only_refuses_another_dataset_and_keeps_the_runs_candidate_report(voc, tmp_path):
+    candidates = tmp_path / "c.json"
+    candidates.write_text(
+        json.dumps({"image_similarity": {"2007_000001.jpg": ["dog"], "2007_000002.jpg": []}, "text_similarity": {}})
+    )
+    out = tmp_path / "out"
+    for i in range(2):
+        evaluate(FakeSegmenter(), voc, out, protocol="paper", candidates_json=candidates, shard=(i, 2), progress=False)
+    report = score_predictions(voc, out, progress=False)
+    # an empty list is listed as an image without candidates, and --score-only keeps what the runs recorded
+    assert report["images_without_candidates"] == ["2007_000002", "2007_000003", "2007_000004", "2007_000005"]
+    assert report["candidates_json"] == str(candidates) and report["protocol"] == "paper"
+    voc20 = load_dataset("voc20", voc.root.parent.parent)
+    with pytest.raises(ValueError, match="were made for voc21 val .* not for voc20 val"):
+        score_predictions(voc20, out, progress=False)
+
+
+def test_candidate_lists_of_dotted_image_ids_stay_apart(tmp_path):
+    images = {"scene.v1": [15], "scene.v2": [12]}
+    dataset = load_dataset("voc21", make_voc(tmp_path / "data", images=images))
+    candidates = tmp_path / "c.json"
+    candidates.write_text(
+        json.dumps({"image_similarity": {"scene.v1.jpg": ["person"], "scene.v2.jpg": ["dog"]}, "text_similarity": {}})
+    )
+    seg = FakeSegmenter()
+    report = evaluate(seg, dataset, tmp_path / "out", candidates_json=candidates, progress=False)
+    assert [c["classes"] for c in seg.calls] == [["person"], ["dog"]]  # was the union for both
+    assert report["mIoU"] == 100.0
+
+
+def test_a_run_that_wrote_no_prediction_does_not_block_the_corrected_command(voc, tmp_path):
+    out = tmp_path / "out"
+
+    class Broken(FakeSegmenter):
+        def segment(self, image, classes, **kwargs):
+            raise RuntimeError("a setting that fails on the first image")
+
+    with pytest.raises(RuntimeError):
+        evaluate(Broken(tau=0.3), voc, out, protocol="oracle", progress=False)
+    report = evaluate(FakeSegmenter(tau=0.4), voc, out, protocol="oracle", progress=False)  # was refused: tau changed
+    assert report["mIoU"] == 100.0 and json.loads((out / "run_config.json").read_text())["tau"] == 0.4
+    with pytest.raises(ValueError, match="other settings"):  # with predictions made, still refused
+        evaluate(FakeSegmenter(tau=0.3), voc, out, protocol="oracle", progress=False)
+
+
+def test_score_only_refuses_a_tau_the_predictions_were_not_made_with(voc, tmp_path, capsys):
+    from diffsegmenter import cli
+
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, protocol="oracle", progress=False)
+    argv = ["eval", "--dataset", "voc21", "--root", str(voc.root.parent.parent), "--out", str(out), "--no-progress"]
+    assert cli.main([*argv, "--protocol", "oracle", "--score-only", "--tau", "0.4"]) == 0  # the same: fine
+    assert cli.main([*argv, "--protocol", "oracle", "--score-only", "--tau", "0.6"]) == 2
+    assert "were made with tau 0.4" in capsys.readouterr().err
+
+
+def test_eval_options_are_checked_before_the_model_loads(tmp_path, capsys):
+    from diffsegmenter import cli
+
+    root = make_voc(tmp_path / "data")
+    argv = ["eval", "--dataset", "voc20", "--root", str(root), "--out", str(tmp_path / "o"), "--protocol", "oracle"]
+    assert cli.main([*argv, "--tau", "0.5", "--model", str(tmp_path / "no-such-model"), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "voc20 has no background class" in err and "no-such-model" not in err

@@ -169,6 +169,10 @@ def check_run_fingerprint(
 ) -> None:
     """Refuse to mix results made with different settings in one output folder; record the settings on first use.
 
+    A setting the recorded fingerprint lacks (an older version did not record it) is not compared. A fingerprint
+    left by a run that wrote no result (it failed before its first image: a wrong flag, a model that would not load)
+    is replaced, so that the corrected command is not refused.
+
     Args:
         out_dir (`Path`): the output folder.
         fingerprint (`dict`): JSON-able settings that decide the results.
@@ -184,7 +188,12 @@ def check_run_fingerprint(
     path = out_dir / file
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        changed = sorted(k for k in previous if previous.get(k) != fingerprint.get(k))
+        folder = out_dir / results
+        if changed and not (folder.is_dir() and any(folder.iterdir())):
+            logger.info("%s: no %s were made with the settings it records; recording this run's", path, results)
+            changed = []
+            write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
         if changed:
             details = "; ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
             raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,6 +117,9 @@ def load_eval_segmenter(args: argparse.Namespace) -> Any:
         kwargs.update(RELEASED_SCRIPT_RULES[RELEASED_SCRIPT_OF_DATASET[key]])
     kwargs.update(dict(getattr(args, "config_set", None) or []))  # the user's --set wins
     model = args.model if args.model is not None else ("shapes" if key == "shapes" else DEFAULT_MODEL)
+    if kwargs.get("device") == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # one process per GPU under torchrun / accelerate launch: "cuda" alone would put every model on GPU 0
+        kwargs["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return DiffSegmenter.from_pretrained(model, **kwargs)
 
 
@@ -163,12 +167,64 @@ def run_eval(
     if filter is not None:
         kwargs["filter"] = filter
     if getattr(args, "score_only", None):
+        _check_score_only(args, Path(args.out))
         return harness.score_predictions(
             dataset, args.out, **{k: v for k, v in kwargs.items() if k in ("limit", "sweep_tau", "progress")}
         )
     if segmenter is None:
+        # every check that needs no model, before one loads (evaluate repeats them)
+        harness._check_protocol(kwargs.get("protocol", "paper"), kwargs.get("candidates_json"), kwargs.get("filter"))
+        harness._check_options(
+            dataset, kwargs.get("tau"), kwargs.get("shard"), kwargs.get("limit"), kwargs.get("sweep_tau", False)
+        )
         segmenter = (load_segmenter or load_eval_segmenter)(args)
     return harness.evaluate(segmenter, dataset, args.out, **kwargs)
+
+
+def _check_score_only(args: argparse.Namespace, out: Path) -> None:
+    """With ``--score-only``, a ``--tau`` or ``--candidates`` given (the same command as the prediction runs) must
+    be the one the predictions were made with (``run_config.json``): scoring cannot change them."""
+    import hashlib
+    import json
+
+    from ..batch.runner import RUN_CONFIG
+
+    path = out / RUN_CONFIG
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    tau = getattr(args, "tau", None)
+    if tau is not None and recorded.get("tau") is not None and float(tau) != float(recorded["tau"]):
+        raise ValueError(
+            f"--tau {tau}: the predictions in {out} were made with tau {recorded['tau']} ({path}); --score-only "
+            "scores them as they are: leave --tau out, or predict again into another --out"
+        )
+    candidates = getattr(args, "candidates", None)
+    if candidates is not None and "candidates_sha256" in recorded:
+        digest = hashlib.sha256(Path(candidates).read_bytes()).hexdigest()
+        if digest != recorded["candidates_sha256"]:
+            raise ValueError(
+                f"--candidates {candidates} is not the file the predictions in {out} were made with ({path}); "
+                "leave it out to score them as they are, or predict again into another --out"
+            )
+
+
+def _missing_advice(report: dict[str, Any]) -> str:
+    """What to do about the predictions ``metrics.json`` lists as missing, from their reasons."""
+    reasons = report.get("missing_prediction_reasons") or {}
+    absent = [i for i in report.get("missing_predictions") or [] if reasons.get(i, "missing") == "missing"]
+    damaged = [i for i in report.get("missing_predictions") or [] if i not in absent]
+    advice = []
+    if absent:
+        advice.append(f"{len(absent)} were never predicted: run the missing shards (or eval without --score-only)")
+    if damaged:
+        first = damaged[0]
+        advice.append(
+            f"{len(damaged)} cannot be used (e.g. {first}: {reasons[first]}; all in metrics.md): a damaged file is "
+            "predicted again by a run without --score-only; a size that differs from the ground truth means the "
+            "image and its label file differ in size"
+        )
+    return "; ".join(advice)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -184,20 +240,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # ModelNotFoundError, bad dataset root, refused resume...
         logger.debug("evaluation failed", exc_info=exc)
         raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
+    if isinstance(report, dict) and report.get("metrics_computed") is False:
+        print(
+            f"Predictions of this shard saved in {Path(args.out) / 'predictions'}; once every shard has run, score "
+            "them with the same command and --score-only (instead of --shard)"
+        )
+        return EXIT_OK
     if isinstance(report, dict) and report.get("mIoU") is not None:
         print(f"mIoU {report['mIoU']:.2f} on {report.get('num_images', '?')} image(s)")
     print(f"Report in {Path(args.out) / 'metrics.json'}")
+    status = EXIT_OK
     missing = report.get("missing_predictions") if isinstance(report, dict) else None
     if missing:
         total = report.get("num_images", "?")
         print(
-            f"diffsegmenter: {len(missing)} of {total} image(s) have no prediction in {args.out} and were scored as "
-            "all background, so this is not the benchmark's number; run the missing shards (or eval without "
-            "--score-only) first",
+            f"diffsegmenter: {len(missing)} of {total} image(s) have no usable prediction in {args.out} and were "
+            f"scored as all background, so this is not the benchmark's number: {_missing_advice(report)}",
             file=sys.stderr,
         )
-        return 1
-    return EXIT_OK
+        status = 1
+    sweep = report.get("tau_sweep_optimistic") if isinstance(report, dict) else None
+    if sweep and sweep.get("missing_score_maps"):
+        print(
+            f"diffsegmenter: {len(sweep['missing_score_maps'])} score map(s) are missing from {Path(args.out) / 'scores'}"
+            ", so the tau sweep has no best value; predict them with --sweep-tau (rerun without --score-only)",
+            file=sys.stderr,
+        )
+        status = 1
+    return status
 
 
 def main_eval(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,8 @@ prediction PNGs, ``run_config.json`` as the folder's fingerprint, stop at the fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -42,11 +42,11 @@ from PIL import Image
 
 from ..batch.runner import RUN_CONFIG, BatchRunner, BatchTask, check_run_fingerprint, segmenter_session
 from ..config import RELEASED_SCRIPT_RULES, check_tau
-from ..io.atomic import write_npz
+from ..io.atomic import write_json, write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
 from .datasets import Sample, SegmentationDataset
-from .scoring import NO_BACKGROUND_TAU, SWEEP_TAUS, score_predictions
+from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +137,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-_candidate_key = functools.partial(image_key, strip_coco2014=True)
-"""An image key of a candidate JSON or an image id, as matched: [`~diffsegmenter.io.paths.image_key`] without the
-COCO-2014 prefix."""
+def _sample_key(image_id: str) -> str:
+    """An image id (of the dataset, or of a candidate file, which its reader has already cut to the base name
+    without extension) as matched: without the COCO-2014 prefix (``COCO_val2014_000000182611`` -> ``000000182611``).
+    An id has no extension left to strip, so a dot inside it (``scene.v1``) stays."""
+    return image_key(f"{image_id}.id", strip_coco2014=True)
 
 
 def load_candidates(path: str | os.PathLike, dataset: SegmentationDataset) -> dict[str, list[int]]:
@@ -162,7 +164,7 @@ def load_candidates(path: str | os.PathLike, dataset: SegmentationDataset) -> di
     background = 0 if dataset.has_background else None
     union: dict[str, set[int]] = {}
     for raw_key, names in read_candidate_file(path).items():
-        ids = union.setdefault(_candidate_key(raw_key), set())
+        ids = union.setdefault(_sample_key(raw_key), set())
         for name in names:
             try:
                 class_id = dataset.class_index(name)
@@ -201,14 +203,24 @@ def _model_id(segmenter: Any) -> str | None:
     return str(value) if value else None
 
 
-def _partial_state() -> Any | None:
-    """accelerate's PartialState when running under `accelerate launch` / torchrun with several processes."""
+def _partial_state(cpu: bool) -> Any | None:
+    """accelerate's PartialState when running under `accelerate launch` / torchrun with several processes.
+
+    Args:
+        cpu (`bool`): the segmenter runs on the CPU. accelerate then needs ``PartialState(cpu=True)`` (a gloo process
+            group); without it, CPU processes each see a single-process state, and each predicted every image.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 
-    state = PartialState()
-    return state if state.num_processes > 1 else None
+    state = PartialState(cpu=cpu)
+    if state.num_processes <= 1:
+        raise RuntimeError(
+            f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate sees one process: launch the processes with "
+            "torchrun or `accelerate launch` (several GPUs), or run shards with --shard i/n"
+        )
+    return state
 
 
 # ------------------------------------------------------------------------------------------------------------ evaluate
@@ -263,11 +275,23 @@ def _fingerprint(
     candidates_json: str | os.PathLike | None,
     filter: Any,
 ) -> dict[str, Any]:
-    """The settings that decide the predictions: a folder holding predictions made with others is refused."""
+    """The settings that decide the predictions: a folder holding predictions made with others is refused.
+
+    Besides the dataset, protocol and segmenter settings: the captioner (it writes the prompts), the weights' dtype,
+    and for ``oracle`` the label folder (its classes are the prompts).
+    """
+    labels = None
+    if protocol == "oracle" and dataset.samples:
+        folder = Path(dataset.samples[0].label_path).parent
+        with contextlib.suppress(ValueError):
+            folder = folder.relative_to(dataset.root)
+        labels = folder.as_posix()
+    dtype = getattr(segmenter, "dtype", None)
     return {
         "dataset": dataset.name,
         "split": dataset.split,
         "classes": list(dataset.classes),
+        "labels": labels,
         "protocol": protocol,
         "tau": tau,
         "candidates_sha256": hashlib.sha256(Path(candidates_json).read_bytes()).hexdigest()
@@ -276,8 +300,20 @@ def _fingerprint(
         "filter": filter if isinstance(filter, str) or filter is None else type(filter).__name__,
         "segmenter": type(segmenter).__name__,
         "model": _model_id(segmenter),
+        "dtype": None if dtype is None else str(dtype),
+        "captioner": _captioner_id(segmenter),
         "segmenter_config": _config_dict(segmenter),
     }
+
+
+def _captioner_id(segmenter: Any) -> str | None:
+    """The segmenter's captioner as recorded: its class and, when known, its weights' id (None without one)."""
+    captioner = getattr(segmenter, "captioner", None)
+    if captioner is None:
+        return None
+    model_config = getattr(getattr(captioner, "model", None), "config", None)
+    weights = getattr(model_config, "_name_or_path", None) or getattr(captioner, "name_or_path", None)
+    return f"{type(captioner).__name__}({weights})" if weights else type(captioner).__name__
 
 
 @dataclasses.dataclass
@@ -315,12 +351,29 @@ class EvalTask(BatchTask[Sample]):
         if self.protocol == "oracle":
             present = np.unique(dataset.load_label(sample))
             return [int(c) for c in present if c != dataset.ignore_index and (c != 0 or not dataset.has_background)]
-        return self.candidates.get(_candidate_key(sample.image_id), [])
+        return self.candidates.get(_sample_key(sample.image_id), [])
 
     def is_done(self, sample: Sample) -> bool:
-        if not self.prediction_path(sample).is_file():
+        """The prediction PNG (and, with ``sweep_tau``, the score file) exists and reads back, at the image's size:
+        a damaged file from an earlier run is recomputed, not scored as missing."""
+        path = self.prediction_path(sample)
+        if not path.is_file():
             return False
-        return not self.sweep_tau or self.scores_path(sample).is_file()
+        try:
+            with Image.open(sample.image_path) as image:
+                size = image.size
+            with Image.open(path) as prediction:
+                if prediction.size != size:
+                    raise ValueError(f"size {prediction.size} is not the image's {size}")
+                prediction.verify()  # every chunk and its checksum: a truncated file fails here
+            if self.sweep_tau:
+                with np.load(self.scores_path(sample)) as data:
+                    if "best_score" not in data.files and "scores" not in data.files:
+                        raise ValueError("no score maps in it")
+        except Exception as exc:  # a damaged or foreign file: recomputed
+            logger.info("%s: the saved prediction is not usable (%s); recomputing", sample.image_id, exc)
+            return False
+        return True
 
     def load(self, sample: Sample) -> tuple[np.ndarray, list[int]]:
         return _read_rgb(sample.image_path), self.classes_for(sample)
@@ -332,10 +385,11 @@ class EvalTask(BatchTask[Sample]):
         return [self._predict(sample, image, class_ids) for sample, (image, class_ids) in zip(samples, items)]
 
     def _predict(self, sample: Sample, image: np.ndarray, class_ids: list[int]) -> tuple:
-        """(prediction in dataset ids, float16 scores or None, the scores' class ids)."""
+        """(prediction in dataset ids, and with ``sweep_tau`` each pixel's best score (float32, -inf where no class
+        was segmented) and best class (dataset ids), else None, None)."""
         if not class_ids:  # nothing to segment: everything is background
             pred = np.full(image.shape[:2], self.no_pred, dtype=np.uint8)
-            return pred, np.zeros((0, *image.shape[:2]), np.float16), np.zeros(0, np.int64)
+            return pred, np.full(image.shape[:2], -np.inf, np.float32), np.zeros(image.shape[:2], np.uint8)
         kwargs: dict[str, Any] = {"classes": [self.dataset.classes[c] for c in class_ids]}
         if self.filter is not None:
             kwargs["filter"] = self.filter
@@ -355,13 +409,18 @@ class EvalTask(BatchTask[Sample]):
                 f"segment labels must lie in 0..{len(score_ids)} (0 = background, i = classes[i-1]), got "
                 f"{int(labels.min())}..{int(labels.max())} for {sample.image_path}"
             )
-        scores = np.asarray(result.scores, dtype=np.float16) if self.sweep_tau else None
-        return lut[labels].astype(np.uint8), scores, score_ids
+        if not self.sweep_tau:
+            return lut[labels].astype(np.uint8), None, None
+        # what the sweep needs, at the scores' own precision: so that at the run's tau it gives the prediction
+        # itself (float16 maps flipped pixels within 2e-4 of tau)
+        scores = np.asarray(result.scores, dtype=np.float32)
+        best_score, best_class = scores.max(axis=0), score_ids[scores.argmax(axis=0)].astype(np.uint8)
+        return lut[labels].astype(np.uint8), best_score, best_class
 
     def write(self, sample: Sample, item: Any, result: tuple) -> None:
-        pred, scores, score_ids = result
+        pred, best_score, best_class = result
         if self.sweep_tau:  # scores first: a PNG without its scores is recomputed on resume
-            write_npz(self.scores_path(sample), scores=scores, class_ids=score_ids)
+            write_npz(self.scores_path(sample), best_score=best_score, best_class=best_class)
         save_label_png(self.prediction_path(sample), pred, palette=self.dataset.palette)
 
 
@@ -393,10 +452,9 @@ def _shard_summary(
     }
 
 
-def _run_info(
-    task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample], candidates_json: Any, report: Any
-) -> dict[str, Any]:
-    """What ``metrics.json`` records about the run besides the metrics."""
+def _run_info(task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample], candidates_json: Any) -> dict:
+    """What ``metrics.json`` records about the run besides the metrics and the counts of this process's work; also
+    kept in ``run_info.json`` for a later ``--score-only``."""
     info: dict[str, Any] = {
         "protocol": task.protocol,
         "prompt_rule": prompt_rule_of(getattr(task.segmenter, "config", None)),
@@ -404,15 +462,14 @@ def _run_info(
         "candidates_json": str(candidates_json) if candidates_json is not None else None,
         "filter": fingerprint["filter"],
         "model": fingerprint["model"],
-        "computed": len(report.segmented),
-        "reused": len(report.already_done),
     }
     if task.candidates is not None:
-        absent = [s.image_id for s in samples if _candidate_key(s.image_id) not in task.candidates]
+        absent = [s.image_id for s in samples if not task.candidates.get(_sample_key(s.image_id))]
         info["images_without_candidates"] = absent
         if absent:
             logger.warning(
-                "%d images have no entry in %s and were segmented with no class (all background): %s",
+                "%d images have no entry (or an empty list) in %s and were segmented with no class (all "
+                "background): %s",
                 len(absent), candidates_json, ", ".join(absent[:10]),
             )  # fmt: skip
     return info
@@ -457,8 +514,9 @@ def evaluate(
             after all are done.
         limit (`int`, *optional*): evaluate only the first `limit` images of the split.
         progress (`bool`, defaults to `True`): show a tqdm progress bar (with ETA).
-        sweep_tau (`bool`, defaults to `False`): also save per-image score maps (``scores/<id>.npz``, float16) and
-            report the best mIoU over tau = 0.30 .. 0.74 under ``"tau_sweep_optimistic"``. That number is tuned on
+        sweep_tau (`bool`, defaults to `False`): also save each pixel's best class score and class
+            (``scores/<id>.npz``: ``best_score`` float32, ``best_class`` dataset ids) and report the best mIoU over
+            tau = 0.30 .. 0.74 under ``"tau_sweep_optimistic"`` (null when some score file is missing). That number is tuned on
             the evaluated split; the headline ``"mIoU"`` always uses the fixed tau.
 
     Returns:
@@ -477,8 +535,11 @@ def evaluate(
     fingerprint = _fingerprint(segmenter, dataset, protocol, effective_tau, candidates_json, filter)
     check_run_fingerprint(out, fingerprint)
     task = EvalTask(segmenter, dataset, out, protocol, candidates, filter, segment_tau, sweep_tau)
+    info = _run_info(task, fingerprint, samples, candidates_json)
+    write_json(out / RUN_INFO, info, ensure_ascii=True)  # every process writes the same
 
-    state = _partial_state() if shard is None else None
+    on_cpu = str(getattr(segmenter, "device", "cpu")).startswith("cpu")
+    state = _partial_state(cpu=on_cpu) if shard is None else None
     part = _my_part(samples, shard, state)
     show = progress and (state is None or state.is_local_main_process)
     runner = BatchRunner(on_error="raise", progress=show, desc=f"{dataset.name}/{protocol}", done_note=None)
@@ -492,5 +553,5 @@ def evaluate(
         state.wait_for_everyone()
     if (shard is not None and shard[1] > 1) or (state is not None and not state.is_main_process):
         return _shard_summary(dataset, protocol, shard, state, len(part), report)
-    info = _run_info(task, fingerprint, samples, candidates_json, report)
+    info.update(computed=len(report.segmented), reused=len(report.already_done))
     return score_predictions(dataset, out, limit=limit, sweep_tau=sweep_tau, progress=progress, info=info)

@@ -20,7 +20,7 @@ from ..io.atomic import write_json, write_text
 from .datasets import SegmentationDataset
 from .metrics import ConfusionMatrix
 
-__all__ = ["NO_BACKGROUND_TAU", "SWEEP_NOTE", "SWEEP_TAUS", "score_predictions"]
+__all__ = ["NO_BACKGROUND_TAU", "RUN_INFO", "SWEEP_NOTE", "SWEEP_TAUS", "check_scored_dataset", "score_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ NO_BACKGROUND_TAU = -1.0
 SWEEP_TAUS: tuple[float, ...] = tuple(round(0.30 + 0.01 * i, 2) for i in range(45))
 """The released code's background-threshold sweep, 0.30 .. 0.74 step 0.01."""
 SWEEP_NOTE = "tau tuned on this split (optimistic)"
+RUN_INFO = "run_info.json"
+"""What an ``eval`` run records for its report besides the metrics (protocol, prompt rule, candidate file, images
+without candidates...), written by every run and read by ``--score-only``."""
 
 
 def _read_prediction(path: Path, shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray | None, str]:
@@ -72,11 +75,19 @@ def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
         lines.append(f"| {name} | {_fmt(report['per_class_iou'][name])} | {_fmt(report['per_class_acc'][name])} |")
     lines += ["", "n/a: the class occurs in neither the ground truth nor the prediction (left out of the mean)."]
     if report["missing_predictions"]:
-        shown = ", ".join(report["missing_predictions"][:20])
+        reasons = report.get("missing_prediction_reasons") or {}
+        shown = ", ".join(f"{i} ({reasons.get(i, 'missing')})" for i in report["missing_predictions"][:20])
         more = " ..." if len(report["missing_predictions"]) > 20 else ""
         lines += ["", f"Missing/unreadable predictions, scored as all background: {shown}{more}"]
     sweep = report.get("tau_sweep_optimistic")
-    if sweep:
+    if sweep and sweep.get("missing_score_maps"):
+        absent = sweep["missing_score_maps"]
+        lines += [
+            "",
+            f"Tau sweep: no best value, {len(absent)} score map(s) missing or unreadable: "
+            f"{', '.join(absent[:20])}{' ...' if len(absent) > 20 else ''}",
+        ]
+    elif sweep:
         lines += [
             "",
             f"Tau sweep ({sweep['note']}): best mIoU {_fmt(sweep['best_mIoU'])} at tau = {sweep['best_tau']}. "
@@ -114,10 +125,12 @@ def score_predictions(
     out = Path(out_dir)
     samples = dataset.samples[:limit] if limit is not None else list(dataset.samples)
     if info is None:
+        check_scored_dataset(out, dataset)
         info = {}
-        config_path = out / RUN_CONFIG
-        if config_path.is_file():
-            previous = json.loads(config_path.read_text(encoding="utf-8"))
+        if (out / RUN_INFO).is_file():
+            info = json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+        elif (out / RUN_CONFIG).is_file():  # a folder from a version that wrote no run_info.json
+            previous = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8"))
             info = {k: previous.get(k) for k in ("protocol", "tau", "filter", "model")}
     no_pred = 0 if dataset.has_background else dataset.ignore_index
     report = _score(dataset, samples, out, no_pred, sweep_tau, progress)
@@ -150,6 +163,30 @@ def score_predictions(
         ordered["tau"], len(samples), _fmt(ordered["mIoU"]),
     )  # fmt: skip
     return ordered
+
+
+def check_scored_dataset(out_dir: str | os.PathLike, dataset: SegmentationDataset) -> None:
+    """Refuse to score predictions made for another dataset, split or number of classes (``run_config.json``):
+    their class ids would be read as this dataset's (``voc21``'s ids scored as ``voc20``'s are all shifted by one).
+
+    Raises:
+        ValueError: naming what differs and the flags that match the predictions.
+    """
+    path = Path(out_dir) / RUN_CONFIG
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(previous.get("classes"), list):  # the names may be spelt otherwise (--class-names): ids count
+        previous["num_classes"] = len(previous["classes"])
+    wanted = {"dataset": dataset.name, "split": dataset.split, "num_classes": dataset.num_classes}
+    changed = [k for k, v in wanted.items() if k in previous and previous[k] != v]
+    if changed:
+        made = f"{previous.get('dataset')} {previous.get('split')}"
+        raise ValueError(
+            f"the predictions in {out_dir} were made for {made} ({path}), not for {dataset.name} {dataset.split} "
+            f"({', '.join(changed)} differ{'s' if len(changed) == 1 else ''}): score them with the --dataset, "
+            "--split they were made with"
+        )
 
 
 _REPORT_ORDER = (
@@ -188,15 +225,34 @@ def _score(
     if sweep_tau:
         curve = {f"{t:.2f}": m.compute().to_dict(list(dataset.classes))["mIoU"] for t, m in sweep.items()}
         best = max(curve, key=lambda k: -1.0 if curve[k] is None else curve[k])
+        if missing_scores:  # scored as all background, a missing map would move the best tau: no best is given
+            logger.warning(
+                "%d of %d score maps missing or unreadable, so the tau sweep has no best value: %s",
+                len(missing_scores), len(samples), ", ".join(missing_scores[:10]),
+            )  # fmt: skip
         report["tau_sweep_optimistic"] = {
             "note": SWEEP_NOTE,
-            "best_tau": float(best),
-            "best_mIoU": curve[best],
+            "best_tau": None if missing_scores else float(best),
+            "best_mIoU": None if missing_scores else curve[best],
             "mIoU_by_tau": curve,
             "missing_score_maps": missing_scores,
             "rule": "pixel = argmax class if its score > tau else background (ties -> background)",
         }
     return report
+
+
+def _read_best(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) best class score (float32) and best class id (int64) of a ``scores/<id>.npz``: ``best_score`` and
+    ``best_class`` as the harness writes them, or the (K, H, W) ``scores`` and ``class_ids`` of earlier versions."""
+    with np.load(path) as data:
+        if "best_score" in data:
+            return data["best_score"].astype(np.float32), data["best_class"].astype(np.int64)
+        scores, class_ids = data["scores"].astype(np.float32), data["class_ids"].astype(np.int64)
+    if len(class_ids) != scores.shape[0]:
+        raise ValueError(f"{len(class_ids)} class ids for {scores.shape[0]} score maps")
+    if scores.shape[0] == 0:
+        return np.full(scores.shape[1:], -np.inf, np.float32), np.zeros(scores.shape[1:], np.int64)
+    return scores.max(axis=0), class_ids[scores.argmax(axis=0)]
 
 
 def _update_sweep(
@@ -205,19 +261,12 @@ def _update_sweep(
     valid = gt != 255
     target = gt[valid]
     try:
-        with np.load(path) as data:
-            scores, class_ids = data["scores"].astype(np.float32), data["class_ids"].astype(np.int64)
-        if scores.shape[1:] != gt.shape or len(class_ids) != scores.shape[0]:
-            raise ValueError(f"score maps of shape {scores.shape} do not match the ground truth {gt.shape}")
+        best_score, best_class = _read_best(path)
+        if best_score.shape != gt.shape or best_class.shape != gt.shape:
+            raise ValueError(f"score maps of shape {best_score.shape} do not match the ground truth {gt.shape}")
     except Exception:  # missing or damaged score file: all background for every tau, and reported
         missing.append(image_id)
-        scores, class_ids = np.zeros((0, *gt.shape), np.float32), np.zeros(0, np.int64)
-    if scores.shape[0] == 0:
-        best_score = np.full(target.shape, -np.inf, dtype=np.float32)
-        best_class = np.zeros(target.shape, dtype=np.int64)
-    else:
-        flat = scores[:, valid]
-        best_score = flat.max(axis=0)
-        best_class = class_ids[flat.argmax(axis=0)]
+        best_score, best_class = np.full(gt.shape, -np.inf, np.float32), np.zeros(gt.shape, np.int64)
+    best_score, best_class = best_score[valid], best_class[valid]
     for t, m in sweep.items():
         m.update(np.where(best_score > t, best_class, 0), target)
