@@ -1,9 +1,10 @@
-"""``eval`` under ``accelerate launch`` on 2 CPU processes: the same predictions as a single-process run."""
+"""``eval`` on 2 CPU processes (torchrun, as ``accelerate launch`` starts them on several GPUs): each process
+predicts its share, and the predictions equal a single-process run's."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,13 @@ def test_eval_on_two_processes_equals_one(tmp_path: Path) -> None:
     single = [sys.executable, "-m", "diffsegmenter", *flags, "--out", str(one)]
     done = subprocess.run(single, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    launcher = shutil.which("accelerate") or pytest.skip("the accelerate launcher is not on PATH")
-    launch = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "-m", "diffsegmenter", *flags, "--out", str(two)]
-    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=240)
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher, no MPI), so the
+    # split was never exercised; torchrun starts two, and the harness needs PartialState(cpu=True) to see them
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "diffsegmenter", *flags]
+    done = subprocess.run([*launch, "--out", str(two)], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    shares = sorted(int(n) for n in re.findall(r"shapes: (\d+) images predicted", done.stderr))
+    assert shares == [2, 2], done.stderr[-3000:]  # each process its half (each predicted all 4 before)
     predictions = sorted(p.name for p in (one / "predictions").rglob("*.png"))
     assert len(predictions) == 4
     assert predictions == sorted(p.name for p in (two / "predictions").rglob("*.png"))

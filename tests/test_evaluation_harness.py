@@ -580,3 +580,29 @@ def test_eval_options_are_checked_before_the_model_loads(tmp_path, capsys):
     assert cli.main([*argv, "--tau", "0.5", "--model", str(tmp_path / "no-such-model"), "--offline"]) == 2
     err = capsys.readouterr().err
     assert "voc20 has no background class" in err and "no-such-model" not in err
+
+
+def test_each_process_of_a_several_gpu_run_loads_its_model_on_its_own_gpu(tmp_path, monkeypatch):
+    # under torchrun / accelerate launch, "--device cuda" put every process's model on GPU 0
+    import diffsegmenter
+    from diffsegmenter.cli.evaluate import load_eval_segmenter
+
+    loaded = []
+
+    class FakeDiffSegmenter:
+        @classmethod
+        def from_pretrained(cls, model, **kwargs):
+            loaded.append(kwargs.get("device"))
+            return FakeSegmenter()
+
+    monkeypatch.setitem(vars(diffsegmenter), "DiffSegmenter", FakeDiffSegmenter)
+    monkeypatch.setattr("diffsegmenter.cli.parser._resolve_device", lambda text: text)  # no GPU here to check
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    for device in ("cuda", "cuda:0", "cpu"):
+        args = parser.parse_args(["--dataset", "voc21", "--root", "r", "--out", "o", "--device", device])
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        monkeypatch.setenv("LOCAL_RANK", "3")
+        load_eval_segmenter(args)
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        load_eval_segmenter(args)
+    assert loaded == ["cuda:3", "cuda", "cuda:0", "cuda:0", "cpu", "cpu"]  # an explicit index is the user's
