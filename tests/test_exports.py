@@ -248,3 +248,95 @@ def test_vocabulary_numbers_yolo_ids_run_wide(tmp_path: Path) -> None:
     write_result(tmp_path, "x", None, result, ["yolo"], vocabulary=CLASSES)
     ((cls, _),) = yolo.read_labels(tmp_path / "labels" / "x.txt")
     assert cls == 3
+
+
+# ------------------------------------------------------------------ faults found by an exports fault hunt (session 14)
+def test_yolo_refuses_a_dataset_yaml_that_would_rename_an_images_class_ids(tmp_path: Path) -> None:
+    # written with its own class list (a per-image list in segment), b's id 1 is "cross"; dataset.yaml said "square"
+    from diffsegmenter.io.formats import RunImage
+    from diffsegmenter.io.results import write_result, write_run_outputs
+
+    labels = np.zeros((8, 8), np.int32)
+    labels[2:6, 2:6] = 2
+    result = FakeResult(labels, np.zeros((2, 8, 8), np.float32), ["square", "cross"], ["a square", "a cross"])
+    write_result(tmp_path, "b", None, result, ["yolo"])
+    image = RunImage(tmp_path, "b", "b.png", tmp_path / "b.png")
+    with pytest.raises(ValueError, match=r"numbers its classes as \['square', 'cross'\].*vocabulary="):
+        write_run_outputs(tmp_path, [image], ["yolo"], ["circle", "square", "cross"])
+    write_run_outputs(tmp_path, [image], ["yolo"], ["square", "cross", "circle"])  # the same ids: fine
+    write_result(tmp_path, "b", None, result, ["yolo"], vocabulary=["circle", "square", "cross"])
+    write_run_outputs(tmp_path, [image], ["yolo"], ["circle", "square", "cross"])
+    assert yolo.read_labels(tmp_path / "labels" / "b.txt")[0][0] == 2
+
+
+def test_run_level_file_names_are_unique_across_input_folders(tmp_path: Path, scenes) -> None:
+    # dA/x.png and dB/x.png were both file_name "x.png" in coco_instances.json and labelstudio_tasks.json
+    src, truth, segmenter = scenes
+    for folder, scene in (("dA", "scene11"), ("dB", "scene12")):
+        (tmp_path / folder).mkdir()
+        (src / f"{scene}.png").rename(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    jobs = collect_jobs([str(tmp_path / "dA"), str(tmp_path / "dB")], out, ["png", "coco", "labelstudio"])
+    run_batch(segmenter, jobs, formats=["png", "coco", "labelstudio"], request={}, progress=False, out=out)
+    coco = json.loads((out / "coco_instances.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["dA/x.png", "dB/x.png"]
+    tasks = json.loads((out / "labelstudio_tasks.json").read_text())
+    assert [t["data"]["file_name"] for t in tasks] == ["dA/x.png", "dB/x.png"]
+    one = collect_jobs([str(src)], tmp_path / "out2")  # one folder: names stay relative to it
+    assert sorted(job.name for job in one) == ["edges.png", "scene13.png", "scene14.png"]
+
+
+def test_yolo_lists_each_folders_images_and_refuses_two_images_of_one_stem(tmp_path: Path, scenes) -> None:
+    import yaml
+
+    from diffsegmenter.errors import UsageError
+
+    src, truth, segmenter = scenes
+    (src / "sub dir").mkdir()
+    (src / "scene11.png").rename(src / "sub dir" / "scene11.png")
+    out = tmp_path / "out"
+    _run(src, out, segmenter, ["yolo"])
+    dataset = yaml.safe_load((out / "dataset.yaml").read_text())
+    assert dataset["train"] == dataset["val"] == ["images", "sub dir/images"]  # labels: <folder>/labels/<stem>.txt
+    assert (out / "sub dir" / "labels" / "scene11.txt").is_file()
+    Image.open(src / "scene12.png").convert("RGB").save(src / "scene12.jpg")
+    with pytest.raises(UsageError, match="share the stem 'scene12'.*labels/scene12.txt for both"):
+        collect_jobs([str(src)], tmp_path / "out2", ["png", "yolo"])
+    collect_jobs([str(src)], tmp_path / "out2", ["png", "coco"])  # other formats name them apart: fine
+
+
+def test_more_classes_than_a_label_png_holds_are_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    from diffsegmenter import cli
+    from diffsegmenter.io.results import write_result
+
+    k = 255  # class 255 was written as 255, the value readers ignore
+    labels = (np.arange(16 * 32).reshape(16, 32) % (k + 1)).astype(np.int32)
+    names = [f"c{i}" for i in range(k)]
+    result = FakeResult(labels, np.zeros((k, 16, 32), np.float32), names, names)
+    with pytest.raises(ValueError, match="255 classes do not fit a label PNG"):
+        write_result(tmp_path / "o", "img", None, result, ["png"])
+    write_result(tmp_path / "o", "img", None, result, ["npz"])
+    classes = ",".join(["circle", *(f"thing{i}" for i in range(299))])
+    out = tmp_path / "o2"
+    assert cli.main(["segment", str(tmp_path), "--classes", classes, "--out", str(out), "--offline"]) == 2
+    assert "300 classes do not fit a label PNG" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_input_named_like_a_run_file_keeps_its_own_sidecar(tmp_path: Path, scenes) -> None:
+    src, truth, segmenter = scenes
+    (src / "scene11.png").rename(src / "coco_instances.png")  # its sidecar was overwritten by the COCO file
+    out = tmp_path / "out"
+    _run(src, out, segmenter, ["png", "coco"])
+    report = _run(src, out, segmenter, ["png", "coco"])
+    assert len(report.already_done) == 5 and not report.segmented  # it was recomputed on every resume
+    assert (out / "coco_instances.png.json").is_file()
+    assert "images" in json.loads((out / "coco_instances.json").read_text())
+
+
+def test_dataset_yaml_keeps_odd_names_and_no_names(tmp_path: Path) -> None:
+    import yaml
+
+    odd = "nel\u0085x line\u2028sep"  # YAML reads both as line breaks, which JSON quoting leaves raw
+    assert yaml.safe_load("x: " + yolo._yaml_str(odd))["x"] == odd
+    yolo.write_run(tmp_path, [], [])
+    assert yaml.safe_load((tmp_path / "dataset.yaml").read_text())["names"] == {}  # was `names:`, read as null

@@ -266,6 +266,10 @@ def test_small_overlays_are_enlarged_with_nearest_neighbour() -> None:
     corner = pixels[:scale, :scale].reshape(-1, 3)  # one source pixel -> a scale x scale block
     assert len({tuple(c) for c in corner.tolist()}) == 1
     assert upscale_factor(512, 300) == 1
+    # a thin image is not enlarged past OVERLAY_MAX_SIDE on its longer side (2 x 1000 became 256 x 128,000)
+    assert upscale_factor(2, 1000) == 4 and upscale_factor(1, 40000) == 1 and upscale_factor(1000, 2) == 4
+    thin = render_overlay(np.zeros((2, 1000, 3), np.uint8), np.ones((2, 1000), np.int32), ["circle"])
+    assert thin.width <= 4096 + 400  # the enlarged image (4000) plus the legend's margin at most
 
 
 def test_overlay_alpha_zero_and_edge_cases() -> None:

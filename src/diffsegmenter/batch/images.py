@@ -105,11 +105,8 @@ class ImageTask(BatchTask[ImageJob]):
                     rel = job.out_dir.relative_to(self.out)
                 except ValueError:
                     rel = Path()
-            images.append(
-                RunImage(
-                    out_dir=job.out_dir, stem=job.stem, file_name=(rel / job.path.name).as_posix(), source=job.path
-                )
-            )
+            file_name = job.name if job.name is not None else (rel / job.path.name).as_posix()
+            images.append(RunImage(out_dir=job.out_dir, stem=job.stem, file_name=file_name, source=job.path))
         return images
 
     def finish(self, jobs: Sequence[ImageJob], report: BatchReport) -> None:

@@ -134,11 +134,17 @@ def _ray_task(
 def cmd_segment(args: argparse.Namespace) -> int:
     """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped, 3 stopped early)."""
     from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
+    from ..io.formats.label_png import check_png_class_count
     from ..io.paths import collect_jobs
     from .model import check_classes, check_overrides, default_model, load_segmenter, setup_filter
 
     formats = parse_formats(args.format)
     classes = parse_classes(args.classes)
+    if classes is not None and "png" in formats:
+        try:
+            check_png_class_count(len(classes))  # known now: not after every image has been segmented
+        except ValueError as exc:
+            raise CliError(f"--classes: {exc} (--format)") from None
     overrides = config_overrides(args)
     check_overrides(overrides)
     out = prepare_out_dir(args.out)

@@ -74,12 +74,16 @@ class ImageJob:
         stem (`str`): the outputs' file name stem (the image's name without suffix, made unique).
         problem (`str`, *optional*): why this input cannot be used, found while listing the inputs (an unsupported
             type, a symbolic link loop...); such a job is reported as skipped without being read.
+        name (`str`, *optional*): the image's path relative to the folder that holds every input of the run (the
+            input folder when there is one), POSIX: how run-level exports name it (COCO ``file_name``), unique
+            within the run. None = its output sub-folder and file name.
     """
 
     path: Path
     out_dir: Path
     stem: str
     problem: str | None = None
+    name: str | None = None
 
     @property
     def label(self) -> str:
@@ -179,20 +183,24 @@ def collect_jobs(
 
     Raises:
         FileNotFoundError: an input names nothing (the message names it).
-        UsageError: the output folder is one of the input folders or holds an input file, or two inputs' outputs
-            would collide.
+        UsageError: the output folder is one of the input folders or holds an input file, two inputs' outputs
+            would collide, or (with ``yolo`` among `formats`) two inputs of one folder share a stem.
     """
     from ..images import _nothing_found_message, scan_inputs
-    from .formats import FORMATS
+    from .formats import FORMATS, RUN_FILES
 
     out_root = Path(out)
     out_resolved = _resolve(out_root)
     jobs: list[ImageJob] = []
     seen: set[Path] = set()
-    taken: set[tuple[str, str]] = {(".", Path(SKIPPED_FILE).stem)}  # <out>/skipped.json is the run's report
+    # the run's own JSON files in <out> (its report, the COCO and Label Studio exports) would overwrite a sidecar
+    run_files = (SKIPPED_FILE, *(name for name in RUN_FILES if name.endswith(".json")))
+    taken: set[tuple[str, str]] = {(".", Path(name).stem.lower()) for name in run_files}
     earlier = _EarlierOutputs()
+    bases: list[str] = []  # the folder each input is named from: a folder or glob's root, a file's folder
     for text in inputs:
         root = _input_root(text)
+        bases.append(os.path.abspath(root if root is not None else Path(text).parent))
         exclude_out = False
         if root is not None:
             root_resolved = _resolve(root)
@@ -259,7 +267,26 @@ def collect_jobs(
         if ignored:
             logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
     check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
-    return jobs
+    if formats is not None and "yolo" in formats:
+        _check_yolo_stems(jobs)
+    return _named(jobs, bases)
+
+
+def _named(jobs: list[ImageJob], bases: Sequence[str]) -> list[ImageJob]:
+    """The jobs with their ``name``: the path relative to the folder that holds every input (two inputs' ``x.png``
+    from ``a/`` and ``b/`` are ``a/x.png`` and ``b/x.png``, not both ``x.png``)."""
+    try:
+        base = os.path.commonpath(bases) if bases else None
+    except ValueError:  # e.g. inputs on different Windows drives
+        base = None
+    named = []
+    for job in jobs:
+        name = None
+        if base is not None:
+            relative = os.path.relpath(os.path.abspath(job.path), base)
+            name = None if relative.startswith("..") else Path(relative).as_posix()
+        named.append(dataclasses.replace(job, name=name))
+    return named
 
 
 def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
@@ -321,3 +348,28 @@ def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Pa
         for fmt, path in targets:
             if fmt.is_folder:
                 claim(path, fmt.what, job, fmt.what)
+
+
+def _check_yolo_stems(jobs: Sequence[ImageJob]) -> None:
+    """Refuse, for the YOLO export, an input whose outputs could not take its own stem (``x.png`` beside ``x.jpg``):
+    Ultralytics finds an image's labels by its stem, so it would read the other image's ``labels/x.txt``.
+
+    Raises:
+        UsageError: naming the input, the other one when it is in this run, and the way out.
+    """
+    by_key = {(path_key(job.out_dir), image_key(job.path).lower()): job for job in jobs if job.problem is None
+              and job.stem.lower() == image_key(job.path).lower()}  # fmt: skip
+    for job in jobs:
+        key = image_key(job.path)
+        if job.problem is not None or job.stem.lower() == key.lower():
+            continue
+        other = by_key.get((path_key(job.out_dir), key.lower()))
+        why = (
+            f"{other.label!r} and {job.label!r} share the stem {key!r}"
+            if other is not None
+            else f"{job.label!r} shares the stem {key!r} with an image an earlier run wrote into this folder"
+        )
+        raise UsageError(
+            f"{why}, and YOLO names labels by the image's stem (Ultralytics would read labels/{key}.txt for both); "
+            "rename one of them, segment them into separate --out folders, or leave yolo out of --format"
+        )

@@ -27,6 +27,7 @@ from .checks import (
     check_stem,
 )
 from .formats import FORMATS, FormatInput, RunImage, check_formats
+from .formats.label_png import check_png_class_count
 from .sidecar import SIDECAR_KEYS, load_sidecar, save_sidecar
 
 __all__ = ["OutputPaths", "earlier_outputs", "is_done", "output_paths", "write_result", "write_run_outputs"]
@@ -136,8 +137,10 @@ def write_result(
     check_label_values(labels, len(classes))
     if len(result.prompts) != len(classes):
         raise ValueError(f"result has {len(result.prompts)} prompts for {len(classes)} classes; they must match.")
+    if "png" in wanted:
+        check_png_class_count(len(classes))
     extra_keys = dict(extra or {})
-    reserved = sorted(set(extra_keys) & {"formats", "files", *SIDECAR_KEYS})
+    reserved = sorted(set(extra_keys) & {"formats", "files", "yolo_classes", *SIDECAR_KEYS})
     if reserved:
         raise ValueError(f"`extra` keys {reserved} are reserved: write_result and save_sidecar record them.")
     for name in wanted:
@@ -164,6 +167,8 @@ def write_result(
         written.extend(FORMATS[name].write(target, item))
 
     sidecar_extra = {"formats": wanted, "files": [p.relative_to(out_dir).as_posix() for p in written], **extra_keys}
+    if "yolo" in wanted:  # what its class ids mean: the run's dataset.yaml must name them alike (yolo.write_run)
+        sidecar_extra["yolo_classes"] = item.run_classes
     written.append(save_sidecar(paths.sidecar, result, sidecar_extra))
     return written
 

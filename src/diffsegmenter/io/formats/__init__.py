@@ -39,6 +39,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "FORMATS",
     "OUTPUT_FORMATS",
+    "RUN_FILES",
     "FormatInput",
     "OutputFormat",
     "RunImage",
@@ -82,7 +83,8 @@ class RunImage:
     Attributes:
         out_dir (`Path`): the folder of its outputs.
         stem (`str`): its outputs' stem.
-        file_name (`str`): the image's name relative to the input folder (POSIX), e.g. ``"a/x.jpg"``.
+        file_name (`str`): the image's path relative to the folder that holds every input of the run (the input
+            folder when there is one), POSIX, unique within the run, e.g. ``"a/x.jpg"``.
         source (`Path`): the image file.
     """
 
@@ -259,3 +261,6 @@ register_format(
 
 EXPORT_FORMATS: tuple[str, ...] = ("coco", "yolo", "labelstudio")
 """The dataset exports (issue 19): per-image parts plus a run-level file each (see ``OutputFormat.finish``)."""
+
+RUN_FILES: tuple[str, ...] = (coco.RUN_FILE, yolo.DATASET_FILE, labelstudio.RUN_FILE, labelstudio.CONFIG_FILE)
+"""The files the exports' ``finish`` writers put in the output folder (no image's outputs may take these names)."""

@@ -22,6 +22,24 @@ def save_png(path: str | os.PathLike, image: Image.Image) -> Path:
     return Path(path)
 
 
+MAX_PNG_CLASSES = 254
+"""Classes a label PNG holds: values 1..254; 0 is the background and 255 the ignore value of VOC-style readers."""
+
+
+def check_png_class_count(num_classes: int) -> None:
+    """Refuse, before any work, a class list too long for a label PNG.
+
+    Raises:
+        ValueError: more than :data:`MAX_PNG_CLASSES` classes (the last would be written as 255, which readers
+            ignore, or not fit at all), with the formats that hold them.
+    """
+    if num_classes > MAX_PNG_CLASSES:
+        raise ValueError(
+            f"{num_classes} classes do not fit a label PNG (values 1..{MAX_PNG_CLASSES}; 0 is the background and 255 "
+            "the ignore value): leave 'png' out of the formats and use 'npz' or 'rle'"
+        )
+
+
 def save_label_png(path: str | os.PathLike, labels: np.ndarray, palette: np.ndarray | None = None) -> Path:
     """Save labels as an indexed (mode ``"P"``) PNG with the PASCAL VOC palette (or `palette`).
 

@@ -21,17 +21,33 @@ from ..checks import check_classes, check_image, check_label_values, check_label
 from ..palette import name_colors
 from .label_png import save_png
 
-__all__ = ["OVERLAY_MIN_SIDE", "desaturate", "outline_mask", "render_overlay", "save_overlay", "upscale_factor"]
+__all__ = [
+    "OVERLAY_MAX_SIDE",
+    "OVERLAY_MIN_SIDE",
+    "desaturate",
+    "outline_mask",
+    "render_overlay",
+    "save_overlay",
+    "upscale_factor",
+]
 
 OVERLAY_MIN_SIDE = 256
 """Overlays of images whose shorter side is below this many pixels are enlarged by a whole factor (nearest
 neighbour) until it is at least this long: a 64×64 image becomes 256×256."""
 
 
-def upscale_factor(height: int, width: int, min_side: int = OVERLAY_MIN_SIDE) -> int:
-    """The whole enlargement factor that brings the shorter side to at least ``min_side`` (1 when it already is)."""
+OVERLAY_MAX_SIDE = 4096
+"""No enlargement takes the longer side past this many pixels: a 2×1000 image is enlarged 4 times, not 128 (a
+128,000-pixel-wide overlay of 1.7 GB)."""
+
+
+def upscale_factor(height: int, width: int, min_side: int = OVERLAY_MIN_SIDE, max_side: int = OVERLAY_MAX_SIDE) -> int:
+    """The whole enlargement factor that brings the shorter side to at least ``min_side`` (1 when it already is),
+    capped so that the longer side stays at most ``max_side`` (at least 1)."""
     shorter = max(1, min(int(height), int(width)))
-    return max(1, math.ceil(int(min_side) / shorter)) if min_side and shorter < min_side else 1
+    longer = max(1, int(height), int(width))
+    wanted = max(1, math.ceil(int(min_side) / shorter)) if min_side and shorter < min_side else 1
+    return max(1, min(wanted, int(max_side) // longer)) if max_side else wanted
 
 
 def desaturate(image_rgb: np.ndarray) -> np.ndarray:

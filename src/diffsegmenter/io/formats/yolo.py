@@ -130,21 +130,60 @@ def read_labels(path: str | os.PathLike) -> list[tuple[int, np.ndarray]]:
 def _yaml_str(text: str) -> str:
     import json
 
-    return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
+    quoted = json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
+    # but YAML reads these three as line breaks, which JSON leaves raw
+    return quoted.replace("\u0085", "\\N").replace("\u2028", "\\L").replace("\u2029", "\\P")
+
+
+def _check_class_ids(images: Sequence[Any], names: list[str]) -> None:
+    """Refuse a ``dataset.yaml`` whose names are not what an image's label file numbers (its sidecar's
+    ``yolo_classes``): an image written with its own class list, not the run's, would be read as other classes."""
+    from ..sidecar import load_sidecar
+
+    for image in images:
+        sidecar = Path(image.out_dir) / f"{image.stem}.json"
+        try:
+            used = load_sidecar(sidecar).get("yolo_classes") if sidecar.is_file() else None
+        except ValueError:
+            used = None
+        if isinstance(used, list) and used != names[: len(used)]:
+            raise ValueError(
+                f"{label_path(image.out_dir, image.stem)} numbers its classes as {used}, but dataset.yaml would name "
+                f"them {names}: write every image with write_result(..., vocabulary=<the run's class list>)"
+            )
 
 
 def write_run(out: Path, images: Sequence[Any], classes: Sequence[str]) -> list[Path]:
-    """Write ``<out>/dataset.yaml`` (Ultralytics dataset YAML: path, train/val, nc, names)."""
+    """Write ``<out>/dataset.yaml`` (Ultralytics dataset YAML: path, train/val, nc, names).
+
+    ``train`` and ``val`` list every folder's ``images`` (``images`` and ``a/images`` when a folder input had a
+    sub-folder ``a``): each folder's labels are in its ``labels/``, and Ultralytics finds a label by replacing
+    ``/images/`` with ``/labels/`` in the image's path.
+
+    Raises:
+        ValueError: an image's label file numbers classes otherwise than `classes` (see ``_check_class_ids``).
+    """
     names = list(classes)
+    _check_class_ids(images, names)
+    folders = sorted({_relative_folder(Path(image.out_dir), Path(out)) for image in images}) or ["."]
+    image_dirs = [_yaml_str("images" if f == "." else f"{f}/images") for f in folders]
     lines = [
         "# Ultralytics YOLO segmentation dataset written by diffsegmenter (--format yolo).",
-        "# Labels are in labels/<stem>.txt next to each image's other outputs; put (or link) the images in",
-        "# images/ beside labels/ with the same stems: Ultralytics finds a label by replacing /images/ with /labels/.",
+        "# Labels are in labels/<stem>.txt next to each image's other outputs; put (or link) each folder's images in",
+        "# images/ beside its labels/, with the same stems: Ultralytics finds a label by replacing /images/ with",
+        "# /labels/.",
         f"path: {_yaml_str(str(Path(out).resolve()))}",
-        "train: images",
-        "val: images",
+        f"train: [{', '.join(image_dirs)}]",
+        f"val: [{', '.join(image_dirs)}]",
         f"nc: {len(names)}",
-        "names:",
+        "names:" if names else "names: {}",
         *(f"  {i}: {_yaml_str(name)}" for i, name in enumerate(names)),
     ]
     return [write_text(Path(out) / DATASET_FILE, "\n".join(lines) + "\n")]
+
+
+def _relative_folder(folder: Path, out: Path) -> str:
+    try:
+        return folder.relative_to(out).as_posix()
+    except ValueError:
+        return "."
