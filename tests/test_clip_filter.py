@@ -287,6 +287,15 @@ def test_candidates_bad_files(tmp_path: Path) -> None:
     clash.write_text(json.dumps({"image_similarity": {"/a/x.jpg": ["cat"], "/b/x.jpg": ["dog"]}}))
     with pytest.raises(ValueError, match="normalise to image id 'x'"):
         load_candidates(clash, choice=["image_similarity"])
+    one = tmp_path / "one.json"  # one of the two default sources: read from it (was refused, and the CLI cannot
+    one.write_text(json.dumps({"image_similarity": {"x.jpg": ["cat"]}}))  # choose sources)
+    assert load_candidates(one) == {"x": ["cat"]}
+    with pytest.raises(ValueError, match="lacks"):
+        load_candidates(one, choice=["image_similarity", "text_similarity"])  # an explicit choice stays strict
+    none = tmp_path / "none.json"
+    none.write_text(json.dumps({"synonym_matching": {"x.jpg": ["cat"]}}))
+    with pytest.raises(ValueError, match="lacks"):
+        load_candidates(none)
     with pytest.raises(ValueError, match="map source names"):
         save_candidates(tmp_path / "bad.json", {"x": ["cat"]})  # type: ignore[dict-item]
 

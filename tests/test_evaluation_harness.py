@@ -606,3 +606,13 @@ def test_each_process_of_a_several_gpu_run_loads_its_model_on_its_own_gpu(tmp_pa
         monkeypatch.setenv("WORLD_SIZE", "1")
         load_eval_segmenter(args)
     assert loaded == ["cuda:3", "cuda", "cuda:0", "cuda:0", "cpu", "cpu"]  # an explicit index is the user's
+
+
+def test_a_background_candidate_is_dropped_on_datasets_without_one(tmp_path):
+    # on voc21 it is dropped (background is the threshold); on voc20 it raised "not a class"
+    root = make_voc(tmp_path / "data")
+    candidates = tmp_path / "c.json"
+    candidates.write_text(json.dumps({"image_similarity": {"2007_000001.jpg": ["background", "dog"]}}))
+    for name in ("voc21", "voc20"):
+        dataset = load_dataset(name, root)
+        assert harness.load_candidates(candidates, dataset)["2007_000001"] == [dataset.class_index("dog")]

@@ -45,7 +45,7 @@ from ..config import RELEASED_SCRIPT_RULES, check_tau
 from ..io.atomic import write_json, write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
-from .datasets import Sample, SegmentationDataset
+from .datasets import Sample, SegmentationDataset, normalize_class_name
 from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, score_predictions
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ def load_candidates(path: str | os.PathLike, dataset: SegmentationDataset) -> di
     for raw_key, names in read_candidate_file(path).items():
         ids = union.setdefault(_sample_key(raw_key), set())
         for name in names:
+            if normalize_class_name(name) == "background" and not dataset.has_background:
+                continue  # nothing to segment, as on datasets with a background class (voc20 as voc21)
             try:
                 class_id = dataset.class_index(name)
             except ValueError as exc:

@@ -33,15 +33,17 @@ DEFAULT_CHOICE: tuple[str, ...] = ("image_similarity", "text_similarity")
 
 def load_candidates(
     path: str | os.PathLike[str],
-    choice: Sequence[str] = DEFAULT_CHOICE,
+    choice: Sequence[str] | None = None,
     vocabulary: Sequence[str] | None = None,
 ) -> dict[str, list[str]]:
     """Read a category-filter JSON and return, per image, the union of the chosen sources.
 
     Args:
         path (`str` or `os.PathLike`): the JSON file.
-        choice (`Sequence[str]`, *optional*, defaults to ``("image_similarity", "text_similarity")``): sources to
-            unite, as the released scripts do (add ``"synonym_matching"`` for the three-way union).
+        choice (`Sequence[str]`, *optional*): sources to unite; every one must be in the file. None = those of
+            ``("image_similarity", "text_similarity")`` the file has (the released scripts' union; a file with only
+            one of them, e.g. written by another filter, is read from that one). Add ``"synonym_matching"`` for the
+            three-way union.
         vocabulary (`Sequence[str]`, *optional*): the dataset's class names. When given, each list follows the
             vocabulary's order and names outside it raise; otherwise names keep their order of first appearance
             (sources in ``choice`` order), duplicates removed. Either way the result is deterministic (the released
@@ -67,6 +69,8 @@ def load_candidates(
             f"candidate file {str(path)!r} must hold a JSON object of sources such as {list(SOURCES)}, "
             f"got {type(data).__name__}."
         )
+    if choice is None:
+        choice = [c for c in DEFAULT_CHOICE if c in data] or list(DEFAULT_CHOICE)
     choice = [choice] if isinstance(choice, str) else list(choice)
     missing = [c for c in choice if c not in data]
     if not choice or missing:
