@@ -27,7 +27,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "diffsegmenter" / "exam
 #: A shipped example and the classes in it (the scene's ground truth: research.shapes.world.example_scenes()).
 SCENE, PRESENT = EXAMPLES / "shapes_30000010.png", ["triangle", "circle"]
 #: The edit endpoint's parameters, and the edit the tests ask for (few steps: fast).
-EDIT_PARAMETERS = ["image", "target", "prompt", "dilate", "steps", "guidance", "seed"]
+EDIT_PARAMETERS = ["image", "target", "prompt", "dilate", "steps", "guidance", "seed", "classes"]
 EDIT = {"target": "circle", "prompt": "a square", "dilate": 2, "steps": 4, "guidance": None, "seed": 3}
 CHROMIUM = os.environ.get("DIFFSEGMENTER_CHROMIUM", "/usr/lib/chromium/chromium")
 
@@ -271,7 +271,9 @@ def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
         ({"dilate": 65}, "at most 64"),
         ({"guidance": "strong"}, "guidance must be a number"),
         ({"guidance": -1.0}, "guidance must be a number >= 0"),
-        ({"seed": -1}, "seed must be a whole number >= 0"),
+        ({"seed": -1}, "seed must be a whole number from 0"),
+        ({"seed": 1e20}, r"seed must be a whole number from 0 to 18446744073709551615"),  # was torch's overflow
+        ({"classes": "['circle', 'square']"}, "one comma-separated text"),
     ],
 )
 def test_bad_edit_requests_are_refused_before_the_model_runs(tmp_path: Path, change, match) -> None:
@@ -291,5 +293,100 @@ def test_bad_edit_requests_are_refused_before_the_model_runs(tmp_path: Path, cha
     try:
         with pytest.raises(AppError, match=match):
             run_edit(service, **request)
+    finally:
+        service.close()
+
+
+# ------------------------------------------------------------------- faults found by an app fault hunt (session 14)
+def test_uploads_reach_the_library_as_they_are(served, tmp_path: Path) -> None:
+    # gr.Image converted every non-RGB upload to RGB: 16-bit grey became white, CMYK and grey JPEGs re-compressed
+    pytest.importorskip("gradio_client", reason="the API test needs gradio_client: pip install 'diffsegmenter[app]'")
+    from gradio_client import Client, handle_file
+
+    from diffsegmenter.images import load_image
+    from diffsegmenter.io import load_label_png
+
+    url, service = served
+    client = Client(url, verbose=False)
+    grey = np.asarray(Image.open(SCENE).convert("L")).astype(np.uint16) * 257
+    deep = tmp_path / "deep.png"
+    Image.fromarray(grey).save(deep)  # mode I;16
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(SCENE).convert("CMYK").save(cmyk, quality=95)
+    for path in (deep, cmyk):
+        _, _, png = client.predict(image=handle_file(str(path)), classes="triangle, circle", api_name="/segment")
+        with service.lock:
+            direct = service.segmenter.segment(load_image(path), classes=PRESENT).labels
+        assert np.array_equal(load_label_png(png), direct), path.name
+        edited_png, mask_png = client.predict(image=handle_file(str(path)), **EDIT, api_name="/edit")
+        mask, edited = np.asarray(Image.open(mask_png)), np.asarray(Image.open(edited_png))
+        assert np.array_equal(edited[mask == 0], load_image(path)[mask == 0]), path.name  # exactly the file's
+    huge = tmp_path / "huge.png"
+    Image.new("1", (5000, 4000)).save(huge)  # 20 MP, a few kB
+    with pytest.raises(Exception, match=r"5000 x 4000 = 20.0 MP; this server takes at most 16 MP: downscale it"):
+        client.predict(image=handle_file(str(huge)), classes="circle", api_name="/segment")
+    with pytest.raises(Exception, match="one comma-separated text"):  # a client's Python list, as a Textbox gets it
+        client.predict(image=handle_file(str(SCENE)), classes=["triangle", "circle"], api_name="/segment")
+
+
+def test_the_edit_target_competes_with_the_classes_named(served) -> None:
+    # a target that is not in the picture took pixels from the shapes that are (13 % of this scene regenerated)
+    from diffsegmenter.app.edit import competing_classes, run_edit
+
+    url, service = served
+    assert competing_classes("square", "triangle, Square, circle") == ["square", "triangle", "circle"]
+    assert competing_classes("square", " ") is None
+    alone = run_edit(service, str(SCENE), "square", "a cross", steps=2, seed=3)
+    named = run_edit(service, str(SCENE), "square", "a cross", steps=2, seed=3, classes="triangle, circle")
+    assert np.mean(np.asarray(Image.open(named.mask)) > 0) < np.mean(np.asarray(Image.open(alone.mask)) > 0)
+
+
+def test_a_time_out_behind_an_earlier_request_says_the_server_is_busy(tmp_path: Path) -> None:
+    import threading
+
+    from diffsegmenter.app import AppError, SegmentService
+
+    service = SegmentService(object(), time_limit=0.3, work_dir=tmp_path)
+    release = threading.Event()
+
+    def slow():
+        with service.lock:
+            release.wait(5)
+
+    try:
+        with pytest.raises(AppError, match="took longer than the server's limit"):
+            service.call(slow, hint="try less")
+        with pytest.raises(AppError, match="still busy with an earlier request"):  # was "try less" too
+            service.call(lambda: None, hint="try less")
+    finally:
+        release.set()
+        service.close()
+    for bad in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="time_limit must be a number of seconds"):
+            SegmentService(object(), time_limit=bad, work_dir=tmp_path / "x")
+
+
+def test_serve_refuses_an_endless_time_limit_and_demo_refuses_the_examples_folder(capsys) -> None:
+    from diffsegmenter import cli
+
+    pytest.importorskip("gradio", reason="serve needs gradio")
+    assert cli.main(["serve", "--time-limit", "inf", "--offline"]) == 2
+    assert "--time-limit must be a number of seconds in (0, 86400]" in capsys.readouterr().err
+    before = sorted(p.name for p in EXAMPLES.iterdir())
+    assert cli.main(["demo", "--out", str(EXAMPLES), "--offline"]) == 2  # it replaced the examples by label maps
+    assert "is the folder of the example images" in capsys.readouterr().err
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == before
+
+
+def test_gradio_deletes_its_copies_of_old_uploads(tmp_path: Path) -> None:
+    pytest.importorskip("gradio", reason="the web app needs gradio")
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.app import CACHE_LIFETIME_S, SegmentService, build_app
+
+    service = SegmentService(DiffSegmenter.from_pretrained("shapes"), work_dir=tmp_path)
+    try:
+        assert build_app(service).delete_cache == (CACHE_LIFETIME_S, CACHE_LIFETIME_S)
+        # and building it writes nothing into the package (Gradio writes a .pyi beside a component subclass)
+        assert not list((EXAMPLES.parent / "app").glob("*.pyi"))
     finally:
         service.close()

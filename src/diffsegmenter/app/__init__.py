@@ -25,8 +25,10 @@ request checks and outputs are :mod:`diffsegmenter.app.edit`)::
 
     edited_png, mask_png = client.predict(
         image=handle_file("scene.png"), target="circle", prompt="a square", dilate=None, steps=None,
-        guidance=None, seed=None, api_name="/edit"
+        guidance=None, seed=None, classes="triangle", api_name="/edit"
     )
+
+(``classes``, optional: the other classes in the picture, which the target competes with for pixels.)
 
 Gradio is imported only when the app is built: ``import diffsegmenter`` never needs it.
 """
@@ -75,6 +77,10 @@ MAX_CLASSES = 50
 """Most class names one request may give."""
 TIME_LIMIT_S = 120.0
 """Default per-request time limit, seconds (``serve --time-limit``)."""
+MAX_TIME_LIMIT_S = 86_400.0
+"""Longest per-request time limit, seconds (a day; ``inf`` made every request fail with a time-stamp error)."""
+CACHE_LIFETIME_S = 3_600
+"""Gradio's copies of uploads and outputs older than this are deleted (checked as often)."""
 QUEUE_SIZE = 16
 """Requests that may wait in the queue; more are turned away until it shortens."""
 KEEP_REQUESTS = 32
@@ -101,7 +107,11 @@ def parse_class_text(text: str | None) -> list[str] | None:
     """``"cat, sofa"`` -> ``["cat", "sofa"]``; empty -> None (the filter's / the model's choice)."""
     from ..classes import check_class_names
 
-    names = [part for part in (text or "").split(",") if part.strip()]
+    stripped = (text or "").strip()
+    if stripped[:1] in "[(" and stripped[-1:] in "])" and stripped:
+        # what a client's Python list becomes in a Gradio Textbox: "['circle', 'square']"
+        raise AppError(f"give the classes as one comma-separated text, e.g. 'circle, square', not {stripped!r}")
+    names = [part for part in stripped.split(",") if part.strip()]
     if not names:
         return None
     if len(names) > MAX_CLASSES:
@@ -138,8 +148,8 @@ class SegmentService:
     """
 
     def __init__(self, segmenter: Any, time_limit: float = TIME_LIMIT_S, work_dir: str | os.PathLike | None = None):
-        if not time_limit or time_limit <= 0:
-            raise ValueError(f"time_limit must be positive, got {time_limit}")
+        if not time_limit or not 0 < time_limit <= MAX_TIME_LIMIT_S:
+            raise ValueError(f"time_limit must be a number of seconds in (0, {MAX_TIME_LIMIT_S:g}], got {time_limit}")
         self.segmenter = segmenter
         self.time_limit = float(time_limit)
         self.lock = threading.Lock()
@@ -209,12 +219,18 @@ class SegmentService:
 
     def load(self, path: Path) -> np.ndarray:
         """The uploaded image as (H, W, 3) uint8 RGB; an AppError when it cannot be used."""
-        from ..images import load_image
+        from ..images import ImageTooLargeError, load_image
 
         try:
             return load_image(path, max_pixels=MAX_IMAGE_PIXELS)
+        except ImageTooLargeError as exc:  # the library's advice (--max-pixels, raise the limit) is the server's
+            raise AppError(
+                f"this image is {exc.width} x {exc.height} = {exc.width * exc.height / 1e6:.1f} MP; this server takes "
+                f"at most {MAX_IMAGE_PIXELS / 1e6:g} MP: downscale it"
+            ) from None
         except Exception as exc:  # any unreadable upload is the visitor's problem, told in one line
             message = " ".join(str(exc).split()) or type(exc).__name__
+            message = message.replace(str(path), path.name)  # the server's folders are not the visitor's business
             raise AppError(f"cannot use this image: {message}") from None
 
     def _segment(
@@ -245,10 +261,16 @@ class SegmentService:
         """``work(*args)`` on the model's worker thread within the time limit (``work`` takes :attr:`lock` itself);
         its ValueError, TypeError, OSError and ImportError become AppErrors, a time-out one that ends with ``hint``
         (what to ask for instead)."""
+        waited = self.lock.locked()  # the model still runs an earlier request (one that ran past the limit)
         future = self.executor.submit(work, *args)
         try:
             return future.result(timeout=self.time_limit)
         except concurrent.futures.TimeoutError:
+            if waited:
+                raise AppError(
+                    f"the server was still busy with an earlier request for the whole limit of {self.time_limit:g} s;"
+                    " try again in a moment"
+                ) from None
             raise AppError(
                 f"this request took longer than the server's limit of {self.time_limit:g} s; {hint}"
             ) from None
@@ -306,6 +328,19 @@ def image_path(image: Any) -> Path:
     if not path.is_file():
         raise AppError("the uploaded image could not be found on the server; upload it again")
     return path
+
+
+def upload_image(gr: Any, **kwargs: Any) -> Any:
+    """A ``gr.Image`` input that hands the handler the uploaded file as it is (its path).
+
+    With its default ``image_mode="RGB"``, ``gr.Image(type="filepath")`` converts every upload of another mode to
+    RGB and saves it again: 16-bit and float images became white, CMYK and grey JPEGs were re-compressed (so the Edit
+    tab's unchanged pixels were not the user's), and a huge image was decoded before the app's size check.
+    ``image_mode=None`` passes the file on; :meth:`SegmentService.load` (the library's ``load_image``) reads it, as
+    ``segment`` would. (A subclass overriding ``preprocess`` would also skip Gradio's ``PIL.Image.open`` of a file
+    that is not an image, but Gradio writes a ``.pyi`` stub beside the module of every component class.)
+    """
+    return gr.Image(type="filepath", image_mode=None, **kwargs)
 
 
 def example_paths() -> list[str]:
@@ -368,7 +403,9 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
 
     vocabulary = ", ".join(getattr(service.segmenter, "default_classes", None) or [])
     shipped = example_paths()
-    with gr.Blocks(title="diffsegmenter", analytics_enabled=False) as blocks:
+    with gr.Blocks(
+        title="diffsegmenter", analytics_enabled=False, delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)
+    ) as blocks:
         gr.Markdown(
             f"## diffsegmenter: training-free open-vocabulary segmentation\n"
             f"Model: `{model_name}`" + (f" (its classes: {vocabulary})" if vocabulary else "") + ". **Segment**: "
@@ -379,7 +416,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         with gr.Tabs():
             with gr.Tab("Segment", id="segment-tab"), gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                    image = upload_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="image")
                     classes = gr.Textbox(
                         label="Classes (comma-separated)",
                         placeholder=f"e.g. {vocabulary}" if vocabulary else "e.g. cat, sofa, plant",

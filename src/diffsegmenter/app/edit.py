@@ -19,14 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from . import AppError, SegmentService, image_path
+from . import AppError, SegmentService, image_path, upload_image
 
-__all__ = ["MAX_EDIT_DILATE", "MAX_EDIT_STEPS", "EditOutcome", "build_edit_tab", "check_edit_request", "run_edit"]
+__all__ = [
+    "MAX_EDIT_DILATE",
+    "MAX_EDIT_STEPS",
+    "MAX_SEED",
+    "EditOutcome",
+    "build_edit_tab",
+    "check_edit_request",
+    "competing_classes",
+    "run_edit",
+]
 
 MAX_EDIT_STEPS = 100
 """Most denoising steps one edit request may ask for."""
 MAX_EDIT_DILATE = 64
 """Largest mask dilation, in pixels, one edit request may ask for."""
+MAX_SEED = 2**64 - 1
+"""Largest seed ``torch.Generator.manual_seed`` takes."""
 
 
 @dataclasses.dataclass
@@ -103,9 +114,20 @@ def check_edit_request(
     except (TypeError, ValueError) as exc:
         raise AppError(str(exc)) from None
     seed = _whole_number("seed", seed)
-    if seed is not None and seed < 0:
-        raise AppError(f"seed must be a whole number >= 0, got {seed}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise AppError(f"seed must be a whole number from 0 to {MAX_SEED} (2**64 - 1), got {seed}")
     return path, target, " ".join(prompt.split()), fields, seed
+
+
+def competing_classes(target: str, others: str | None) -> list[str] | None:
+    """The classes the target is segmented against: the target and the ``others`` typed (comma-separated), or None
+    (the library's choice: the model's own classes when they hold the target, else the target alone)."""
+    from . import parse_class_text
+
+    names = parse_class_text(others)
+    if names is None:
+        return None
+    return [target, *(n for n in names if n.lower() != target.lower())]
 
 
 def run_edit(
@@ -117,16 +139,22 @@ def run_edit(
     steps: Any = None,
     guidance: Any = None,
     seed: Any = None,
+    classes: str | None = None,
 ) -> EditOutcome:
     """Check one edit request, run :meth:`DiffSegmenter.edit <diffsegmenter.DiffSegmenter.edit>` on the service's
-    shared model (within its time limit) and write the edited image and its mask in a new request folder."""
+    shared model (within its time limit) and write the edited image and its mask in a new request folder.
+
+    ``classes``: the other classes in the picture (comma-separated), which the target competes with for pixels; a
+    target that is not in the picture then loses them instead of taking some (see :func:`competing_classes`).
+    """
     path, target, prompt, fields, seed = check_edit_request(image, target, prompt, dilate, steps, guidance, seed)
+    names = competing_classes(target, classes)
     array = service.load(path)
 
     def work():
         with service.lock:
-            service.segmenter.check_classes([target])
-            return service.segmenter.edit(array, target, prompt, seed=seed, progress=False, **fields)
+            service.segmenter.check_classes(names or [target])
+            return service.segmenter.edit(array, target, prompt, classes=names, seed=seed, progress=False, **fields)
 
     result = service.call(work, hint="try fewer steps or a smaller image")
     return write_edit_outputs(service.request_dir(), result)
@@ -166,6 +194,7 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
         steps: float | None = None,
         guidance: float | None = None,
         seed: float | None = None,
+        classes: str | None = None,
     ):
         """Replace a class by what a prompt says: segment it, then regenerate only its (dilated) mask.
 
@@ -177,9 +206,11 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
             steps: denoising steps; None = the library's default.
             guidance: classifier-free guidance scale (1 = none); None = the library's default.
             seed: noise seed; None = the model's.
+            classes: the other classes in the picture, comma-separated, that the target competes with for pixels;
+                empty = the model's own classes (or the target alone).
         """
         try:
-            outcome = run_edit(service, image, target, prompt, dilate, steps, guidance, seed)
+            outcome = run_edit(service, image, target, prompt, dilate, steps, guidance, seed, classes)
         except AppError as exc:
             raise gr.Error(str(exc)) from None
         if not outcome.changed:
@@ -191,7 +222,7 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
     # refuse with its own words, the checks above refuse with ours (what is allowed and what to type)
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="edit-image")
+            image = upload_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="edit-image")
             with gr.Row():
                 target = gr.Textbox(
                     label="Target: the class to replace",
@@ -201,6 +232,12 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
                 prompt = gr.Textbox(
                     label="Prompt: what to put there", placeholder="e.g. a square", elem_id="edit-prompt"
                 )
+            others = gr.Textbox(
+                label="Other classes in the picture (comma-separated; empty = the model's own)",
+                info="the target competes with them for pixels, so a target that is not there takes none of theirs",
+                placeholder=f"e.g. {vocabulary}" if vocabulary else "e.g. sofa, plant",
+                elem_id="edit-classes",
+            )
             with gr.Row():
                 dilate = gr.Number(value=defaults.dilate, label="Dilation, px", elem_id="edit-dilate")
                 steps = gr.Number(value=defaults.steps, label="Steps", elem_id="edit-steps")
@@ -219,7 +256,7 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
             )
     button.click(
         edit,
-        inputs=[image, target, prompt, dilate, steps, guidance, seed],
+        inputs=[image, target, prompt, dilate, steps, guidance, seed, others],
         outputs=[edited, mask],
         api_name="edit",
         concurrency_limit=1,

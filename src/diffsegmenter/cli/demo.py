@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``diffsegmenter demo``: the shipped (or given) model on the shipped example images."""
     from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
     from ..io.paths import ImageJob, image_key
-    from .model import check_classes, check_overrides, load_segmenter
+    from .model import check_classes, check_overrides, load_segmenter, setup_filter
 
     classes = parse_classes(args.classes)
     overrides = config_overrides(args)
@@ -70,8 +70,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "no example images in this installation (diffsegmenter/examples/*.png); reinstall diffsegmenter "
                 "from a full source checkout, or run `diffsegmenter segment` on your own images"
             )
+        out_text = args.out if args.out is not None else DEFAULT_DEMO_OUT
+        if Path(out_text).expanduser().resolve() == paths[0].parent.resolve():
+            raise CliError(
+                f"--out {str(out_text)!r} is the folder of the example images; choose another output folder so the "
+                "label maps do not replace them (and are not read as examples by the next demo or the web app)"
+            )
         segmenter = load_segmenter(args, overrides)
-        out = prepare_out_dir(args.out if args.out is not None else DEFAULT_DEMO_OUT)
+        out = prepare_out_dir(out_text)
         classes = classes or _demo_classes(segmenter)
         check_classes(segmenter, classes)
         flt = args.filter
@@ -89,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 jobs,
                 formats=DEMO_FORMATS,
                 classes=classes,
-                filter=None if flt == "none" else flt,
+                filter=setup_filter(segmenter, flt, args),  # a CLIP filter that cannot load fails once, here
                 overwrite=True,
                 progress=False,
             )

@@ -37,8 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         require("gradio", extra="app", feature="diffsegmenter serve")
     except ImportError as exc:
         raise CliError(str(exc)) from None
-    if not args.time_limit > 0:
-        raise CliError(f"--time-limit must be positive, got {args.time_limit}")
+    from ..app import MAX_TIME_LIMIT_S
+
+    if not 0 < args.time_limit <= MAX_TIME_LIMIT_S:  # also refuses inf and nan
+        raise CliError(f"--time-limit must be a number of seconds in (0, {MAX_TIME_LIMIT_S:g}], got {args.time_limit}")
     overrides = config_overrides(args)
     check_overrides(overrides)
     segmenter = load_segmenter(args, overrides)
@@ -58,8 +60,9 @@ register_command(
     Command(
         "serve",
         help="serve a web app (Gradio; pip install 'diffsegmenter[app]') to segment uploaded images",
-        description="Load the model once and serve a web page and an API endpoint ('segment', for gradio_client) "
-        "that segment an uploaded image into the classes typed in. Offline: no analytics, no share link.",
+        description="Load the model once and serve a web page and two API endpoints for gradio_client: 'segment' "
+        "(an uploaded image into the classes typed in) and 'edit' (replace one class by what a prompt says). "
+        "Offline: no analytics, no share link.",
         add_arguments=add_serve_arguments,
         run=cmd_serve,
         model_help="the library's, 'shapes'",
