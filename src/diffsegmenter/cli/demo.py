@@ -86,6 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             recommends = ModelSettings.coerce(getattr(segmenter, "model_settings", None)).diffusion_filter is not None
             flt = "diffusion" if recommends else "none"
+        loaded_filter = setup_filter(segmenter, flt, args)  # a CLIP filter that cannot load fails once, here
         jobs = [ImageJob(path=p, out_dir=out, stem=image_key(p)) for p in paths]
         how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
         print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")
@@ -95,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 jobs,
                 formats=DEMO_FORMATS,
                 classes=classes,
-                filter=setup_filter(segmenter, flt, args),  # a CLIP filter that cannot load fails once, here
+                filter=loaded_filter,
                 overwrite=True,
                 progress=False,
             )
