@@ -81,6 +81,35 @@ def test_layer_factor_from_names():
     assert layer_downsampling_factor("up_blocks.3.attentions.0.transformer_blocks.0.attn1.processor", 4, 4) == 1
 
 
+def test_level_of_places_every_power_of_two_level_of_every_latent_size():
+    # rounding sqrt(h*w/n) put the 4 x 4 level of a 13 x 13 latent at factor 3 and the 2 x 2 level of a 5 x 5
+    # latent at factor 2: resolution 26, 34 or 400 crashed in the fusion ("no fusion weight for factor [3]")
+    import math
+
+    for h in range(1, 70):
+        for w in (h, h + 3):
+            store = AttentionStore(latent_size=(h, w))
+            seen: dict[int, int] = {}
+            for f in (1, 2, 4, 8):
+                n = math.ceil(h / f) * math.ceil(w / f)
+                if n in seen:  # two levels of one token (h, w <= f): the first holds it
+                    continue
+                seen[n] = f
+                assert store.level_of(n) == (f, (math.ceil(h / f), math.ceil(w / f))), (h, w, f)
+
+
+def test_odd_latent_sizes_segment(tmp_path):
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.cli import example_images
+
+    seg = DiffSegmenter.from_pretrained("shapes")
+    with example_images() as scenes:
+        for resolution in (10, 26, 34):
+            seg.config = seg.config.replace(resolution=resolution)
+            result = seg.segment(scenes[0], ["circle", "square"])
+            assert result.labels.shape == (64, 64), resolution
+
+
 def test_level_of_rejects_unplaceable_layer():
     with pytest.raises(ValueError, match="cannot place"):
         AttentionStore(latent_size=(16, 16)).level_of(100)

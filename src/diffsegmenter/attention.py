@@ -110,14 +110,13 @@ class AttentionStore:
         h, w = self.latent_size
         if h <= 0 or w <= 0:
             raise ValueError("AttentionStore.latent_size must be set before the UNet forward")
-        factor = round(math.sqrt(h * w / num_tokens))
-        if factor < 1 or (h // factor) * (w // factor) != num_tokens:
-            # UNet downsampling rounds odd sizes up: try that too before giving up
-            for f in (1, 2, 4, 8, 16, 32, 64):
-                if math.ceil(h / f) * math.ceil(w / f) == num_tokens:
-                    return f, (math.ceil(h / f), math.ceil(w / f))
-            raise ValueError(f"cannot place an attention layer of {num_tokens} tokens on a {h}x{w} latent")
-        return factor, (h // factor, w // factor)
+        # a stride-2 downsampling rounds odd sizes up, so the level of factor f is ceil(h / f) x ceil(w / f) (h / f
+        # when f divides h). Only powers of two are levels: rounding sqrt(h * w / n) named factor 3 for the 4 x 4
+        # level of a 13 x 13 latent, and 2 for the 2 x 2 level of a 5 x 5 one (where it collided with the real 2).
+        for f in (1, 2, 4, 8, 16, 32, 64):
+            if math.ceil(h / f) * math.ceil(w / f) == num_tokens:
+                return f, (math.ceil(h / f), math.ceil(w / f))
+        raise ValueError(f"cannot place an attention layer of {num_tokens} tokens on a {h}x{w} latent")
 
     def add_cross(self, probs: torch.Tensor, name: str = "") -> None:
         """Accumulate one layer's cross-attention probabilities.
