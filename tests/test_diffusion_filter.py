@@ -268,3 +268,35 @@ def torch_close(a, b):
     import torch
 
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_per_call_seed_reaches_the_filter_as_config_seed_does():
+    # segment(seed=123) seeded the segmentation but the filter still drew config.seed's noise
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.cli import example_images
+
+    seg = DiffSegmenter.from_pretrained("shapes", flip=False, resolution=64)
+    vocabulary = ["circle", "square", "triangle", "cross"]
+    with example_images() as scenes:
+        by_call = seg.segment(scenes[0], vocabulary, filter="diffusion", seed=123)
+        assert seg.config.seed == 0  # the call's seed does not stay
+        seg.config = seg.config.replace(seed=123)
+        by_config = seg.segment(scenes[0], vocabulary, filter="diffusion")
+        seg.config = seg.config.replace(seed=0)
+        plain = seg.segment(scenes[0], vocabulary, filter="diffusion")
+    assert by_call.candidates == by_config.candidates != plain.candidates
+    assert np.array_equal(by_call.labels, by_config.labels)
+
+
+def test_per_call_seed_and_tau_follow_the_configs_rules():
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.cli import example_images
+
+    seg = DiffSegmenter.from_pretrained("shapes", flip=False, resolution=64)
+    with example_images() as scenes:
+        for bad in (-1, 2**64):  # -1 was accepted; 2**64 gave torch's "Overflow when unpacking long long"
+            with pytest.raises(ValueError, match="seed must be"):
+                seg.segment(scenes[0], ["circle"], seed=bad)
+        a = seg.segment(scenes[0], ["circle"], seed=np.int64(5), tau=np.float32(0.25))  # NumPy scalars: fine
+        b = seg.segment(scenes[0], ["circle"], seed=5, tau=0.25)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.relabel(np.float32(0.5)), b.relabel(0.5))

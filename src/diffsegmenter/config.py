@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -299,6 +300,8 @@ def check_tau(tau: Any, *, allow_no_background: bool = False) -> float:
         ValueError: a non-number, NaN, infinity or a value outside the range, naming the range.
     """
     low = -math.inf if allow_no_background else 0.0
+    if isinstance(tau, numbers.Real) and not isinstance(tau, bool):
+        tau = float(tau)  # NumPy scalars too (np.float32(0.3) was refused)
     if not _is_number(tau) or not low <= tau <= 1.0:
         extra = " (or negative: background never wins)" if allow_no_background else ""
         raise ValueError(

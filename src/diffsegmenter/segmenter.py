@@ -251,10 +251,13 @@ class DiffSegmenter:
         class_lists = class_lists_per_image(classes, len(items), self.default_classes)
         for names in dict.fromkeys(tuple(c) for c in class_lists):
             self.check_classes(list(names))
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        seed = cfg.seed if seed is None else cfg.replace(seed=seed).seed  # the config's rule and message
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
-        class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
+        with self._seeded(seed):  # a filter that draws noise (the diffusion one) draws this call's
+            class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
         check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
-        seed = cfg.seed if seed is None else int(seed)
         tau = cfg.tau if tau is None else float(tau)
         # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
         #    resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
@@ -491,6 +494,17 @@ class DiffSegmenter:
             token_rule=cfg.token_rule,
             batch_size=cfg.batch_size,
         )
+
+    @contextmanager
+    def _seeded(self, seed: int) -> Iterator[None]:
+        """``config.seed`` is ``seed`` inside (what filters read), and the config as it was afterwards, always."""
+        config = self.config
+        if seed != config.seed:
+            self.config = config.replace(seed=seed)
+        try:
+            yield
+        finally:
+            self.config = config
 
     def _filter_classes(
         self, filter: Any, arrays: list[np.ndarray], class_lists: list[list[str]]
