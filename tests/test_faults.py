@@ -547,3 +547,19 @@ def test_check_device_knows_this_machine() -> None:
     else:  # a GPU machine: one past the last visible GPU is refused
         with pytest.raises(ValueError, match="CUDA device"):
             check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_a_dtype_name_loads_one_precision_or_is_refused() -> None:
+    # dtype="float16" gave a float16 text encoder beside a float32 UNet and VAE; "fp16" transformers' error
+    import torch
+
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.transfer import check_dtype
+
+    assert check_dtype("fp16") is check_dtype("float16") is check_dtype("torch.float16") is torch.float16
+    assert check_dtype(torch.bfloat16) is torch.bfloat16 and check_dtype("bf16") is torch.bfloat16
+    seg = DiffSegmenter.from_pretrained("shapes", dtype="float16")
+    assert {seg.unet.dtype, seg.vae.dtype, seg.text_encoder.dtype} == {torch.float16}
+    for bad in ("int8", torch.int8, 16, "fp8"):
+        with pytest.raises(ValueError, match="dtype must be torch.float32"):
+            DiffSegmenter.from_pretrained("shapes", dtype=bad)

@@ -105,7 +105,7 @@ class DiffSegmenter:
         model: str | Path = "shapes",
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         config: SegmenterConfig | None = None,
         captioner: Any = None,
         local_files_only: bool | None = None,
@@ -124,7 +124,8 @@ class DiffSegmenter:
             model (`str` or `Path`): ``"shapes"``, a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``,
                 or a folder in the diffusers layout.
             device (`str` or `torch.device`, *optional*, defaults to "cpu").
-            dtype (`torch.dtype`, *optional*, defaults to float32): e.g. ``torch.float16`` on a GPU.
+            dtype (`torch.dtype` or `str`, *optional*, defaults to float32): e.g. ``torch.float16`` (or
+                ``"float16"``/``"fp16"``) on a GPU; float32, float16 or bfloat16.
             config (`SegmenterConfig`, *optional*): full settings; otherwise the model folder's
                 ``segmenter_config.json`` if any, else the paper's defaults.
             captioner (*optional*): a captioner object, or a BLIP hub id / folder to load
@@ -140,13 +141,15 @@ class DiffSegmenter:
         Raises:
             ModelNotFoundError: the model is neither a local folder nor reachable/cached on the hub; the message says
                 where it looked and how to fix it.
-            ValueError: a device this machine does not have (:func:`~diffsegmenter.transfer.check_device`), before
+            ValueError: a device this machine does not have (:func:`~diffsegmenter.transfer.check_device`) or a dtype
+                that is not float32, float16 or bfloat16 (:func:`~diffsegmenter.transfer.check_dtype`), before
                 anything is loaded.
         """
         from .loading import load_backbone
-        from .transfer import check_device
+        from .transfer import check_device, check_dtype
 
         device = check_device(device)
+        dtype = check_dtype(dtype)
 
         backbone, settings = load_backbone(model, device=device, dtype=dtype, local_files_only=local_files_only)
         # precedence: explicit arguments > the folder's segmenter_config.json > the family's defaults > the class

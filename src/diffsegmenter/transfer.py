@@ -4,7 +4,8 @@ A plain ``tensor.to("cuda")`` from ordinary (pageable) host memory makes PyTorch
 finish everything queued before it, and so does every ``.cpu()``: the host then cannot queue the next kernels while
 the device works. :func:`to_device` copies from pinned (page-locked) memory without waiting;
 :func:`to_host` brings many results back with one wait. On the CPU both are plain, copy-free moves.
-:func:`check_device` refuses a device this machine does not have before any model is loaded.
+:func:`check_device` refuses a device this machine does not have before any model is loaded, and
+:func:`check_dtype` a precision that is not one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,32 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_device", "to_device", "to_host"]
+__all__ = ["check_device", "check_dtype", "to_device", "to_host"]
+
+_DTYPE_SPELLINGS = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+_DTYPES = {name: getattr(torch, name) for name in ("float32", "float16", "bfloat16")}
+
+
+def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` as a `torch.dtype`: ``torch.float16`` or a name (``"float16"``, ``"fp16"``, ``"bf16"``...).
+
+    A name was passed through to diffusers and transformers as it was: ``"float16"`` gave a model with a float16 text
+    encoder and a float32 UNet and VAE, and ``"fp16"`` transformers' error.
+
+    Raises:
+        ValueError: anything but float32, float16 or bfloat16 (or their names), with the accepted spellings.
+    """
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        name = _DTYPE_SPELLINGS.get(name, name)
+        if name in _DTYPES:
+            return _DTYPES[name]
+    raise ValueError(
+        f"dtype must be torch.float32, torch.float16 or torch.bfloat16 (or 'float32'/'fp32', 'float16'/'fp16', "
+        f"'bfloat16'/'bf16'), got {dtype!r}"
+    )
 
 
 def check_device(device: torch.device | str) -> torch.device:
