@@ -178,6 +178,11 @@ def test_from_pretrained_local_folder(blip, image, tmp_path: Path) -> None:
     assert loaded.continue_captions(image, PREFIXES) == BlipCaptioner(model, processor).continue_captions(
         image, PREFIXES
     )
+    # SegmenterConfig.caption_max_tokens reaches the captioner from_pretrained loads by name (it did nothing)
+    from diffsegmenter import DiffSegmenter
+
+    seg = DiffSegmenter.from_pretrained("shapes", captioner=str(folder), caption_max_tokens=7)
+    assert seg.captioner.max_length == 7
 
 
 # -- hub.load_component -------------------------------------------------------------------------------------------

@@ -167,7 +167,8 @@ class SegmenterConfig:
     refine_max_side: int = 512
     # Use the captioner (when one is loaded) to continue the prompt after the class word ([CODE]: BLIP-large).
     use_captioner: bool = True
-    # Maximum tokens the captioner generates ([CODE]: transformers' default max_length 20).
+    # BLIP's decoder length in tokens, the prefix ([DEC] + "a photograph of <class>") included, as generate's
+    # max_length counts ([CODE]: transformers' default 20); used when from_pretrained loads the captioner by name.
     caption_max_tokens: int = 20
     # UNet samples per forward; None = as many as fit the memory budget (DiffSegmenter._run_batched), halved
     # automatically on out-of-memory.

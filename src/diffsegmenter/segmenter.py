@@ -161,7 +161,11 @@ class DiffSegmenter:
             from .captioner import BlipCaptioner
 
             captioner = BlipCaptioner.from_pretrained(
-                captioner, device=device, dtype=dtype, local_files_only=local_files_only
+                captioner,
+                device=device,
+                dtype=dtype,
+                local_files_only=local_files_only,
+                max_length=config.caption_max_tokens,
             )
         seg = cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
         if compile or channels_last:
