@@ -32,6 +32,18 @@ def test_per_class_prompt_positions_match_tokenising_the_text(tok):
     assert tok.convert_ids_to_tokens([p.input_ids[4]]) == ["cat</w>"]
 
 
+def test_a_long_continuation_is_cut_as_the_text_encoders_truncation_cuts_it(tok):
+    # a caption overflowing 77 tokens raised "class name 'cat sitting ...' would be cut off"; the released code lets
+    # CLIP truncate the prompt, so the continuation's tail goes and the class stays
+    long = "sitting on a sofa " * 40
+    p = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", continuation=long)
+    truncated = tok("a photograph of cat " + long, padding="max_length", max_length=77, truncation=True)
+    assert p.input_ids == truncated["input_ids"] and p.class_tokens == [[4]]
+    assert p.text.startswith("a photograph of cat sitting on a sofa") and len(p.text) < len(long)
+    with pytest.raises(ClassTokenError, match="would be cut off"):  # the class itself must still fit
+        per_class_prompt(tok, "cat", 0, "a photograph of " * 30 + "{}", "{}", continuation="sitting")
+
+
 def test_multi_token_name_span_and_rules(tok):
     p = per_class_prompt(tok, "armchair lamp", 3, "a {}", "{}")
     span = p.class_tokens[0]

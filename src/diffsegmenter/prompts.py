@@ -94,10 +94,10 @@ def per_class_prompt(
         (name, "class"),
         (p_after, None),
         (t_after, None),
-        (continuation, "continuation"),
+        (continuation, None),  # the captioner's text: cut to fit, as the text encoder's truncation would
     ]
     segments = [(text, tag) for text, tag in segments if text.strip() or tag == "class"]
-    tp = tokenise_segments(tokenizer, segments)
+    tp = tokenise_segments(tokenizer, segments, truncate_last=bool(continuation.strip()))
     tokens = tp.spans["class"]
     extra: list[int] = []
     if ing_heuristic:

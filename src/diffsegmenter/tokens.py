@@ -37,13 +37,18 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> TokenisedPrompt:
+def tokenise_segments(
+    tokenizer, segments: list[tuple[str, str | None]], *, truncate_last: bool = False
+) -> TokenisedPrompt:
     """Tokenise a prompt given as segments, recording the token positions of tagged segments.
 
     Args:
         tokenizer: a Hugging Face tokenizer with BOS/EOS tokens (``CLIPTokenizer`` for Stable Diffusion).
         segments (`list[tuple[str, str | None]]`): (text, tag) pieces in order; tags name the spans to record.
             Pieces are joined with single spaces (empty pieces skipped).
+        truncate_last (`bool`, defaults to False): the last segment (untagged: a captioner's continuation) loses
+            its tail tokens until the prompt fits, as the text encoder's truncation would cut it (the released code
+            lets CLIP truncate); only what comes before it must fit.
 
     Returns:
         `TokenisedPrompt`: the padded ids and the span of every tag.
@@ -58,7 +63,10 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
     spans: dict[str, list[int]] = {}
     tagged: dict[str, str] = {}  # tag -> its text, so that messages name the class, not an internal tag
     texts = []
-    for text, tag in segments:
+    last_start = None  # where the truncatable last segment's tokens begin
+    for number, (text, tag) in enumerate(segments):
+        if truncate_last and number == len(segments) - 1 and tag is None:
+            last_start = len(ids)
         text = " ".join(text.split())
         if not text:
             if tag is not None:
@@ -77,6 +85,10 @@ def tokenise_segments(tokenizer, segments: list[tuple[str, str | None]]) -> Toke
             spans[tag] = list(range(len(ids), len(ids) + len(piece)))
             tagged[tag] = text
         ids.extend(piece)
+    if last_start is not None and len(ids) + 1 > max_len:
+        del ids[max(last_start, max_len - 1) :]  # the continuation's tail, as truncation cuts it
+        texts[-1] = tokenizer.decode(ids[last_start:]) if len(ids) > last_start else ""
+        texts = [t for t in texts if t]
     ids.append(tokenizer.eos_token_id)
     if len(ids) > max_len:
         cut = [_short(tagged[tag]) for tag, pos in spans.items() if pos[-1] >= max_len - 1]
