@@ -563,3 +563,77 @@ def test_a_dtype_name_loads_one_precision_or_is_refused() -> None:
     for bad in ("int8", torch.int8, 16, "fp8"):
         with pytest.raises(ValueError, match="dtype must be torch.float32"):
             DiffSegmenter.from_pretrained("shapes", dtype=bad)
+
+
+def _shapes_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    from diffsegmenter.loading import resolve_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model("shapes"), folder)
+    return folder
+
+
+def test_a_damaged_weights_file_is_called_damaged_not_missing(tmp_path: Path) -> None:
+    # a truncated download was told "no .safetensors weights were found ... convert a checkpoint you trust"
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.hub import ModelNotFoundError
+
+    folder = _shapes_copy(tmp_path)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelNotFoundError, match="cannot be read, so it is incomplete or damaged.*again") as info:
+        DiffSegmenter.from_pretrained(folder)
+    assert "convert a checkpoint" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "file, text, match",
+    [
+        ("model_index.json", "{bad", "model_index.json is not valid JSON"),  # json's bare "Expecting property name"
+        ("model_index.json", "[1, 2]", "model_index.json holds a JSON list"),  # 'list' object has no attribute 'get'
+        ("segmenter_config.json", "{bad", "segmenter_config.json is not valid JSON"),
+    ],
+)
+def test_a_damaged_model_folder_file_is_named(tmp_path: Path, file, text, match) -> None:
+    from diffsegmenter import DiffSegmenter
+
+    folder = _shapes_copy(tmp_path)
+    (folder / file).write_text(text)
+    with pytest.raises(ValueError, match=match):
+        DiffSegmenter.from_pretrained(folder)
+
+
+def test_a_component_class_this_library_lacks_is_named(tmp_path: Path) -> None:
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.hub import ModelNotFoundError
+
+    from .family_builders import build_sd3
+
+    folder = tmp_path / "sd3"
+    build_sd3(folder, with_t5=False)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["transformer"] = ["diffusers", "NoSuchTransformer"]  # AttributeError: module diffusers has no attribute
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelNotFoundError, match="lists 'transformer' as diffusers.NoSuchTransformer"):
+        DiffSegmenter.from_pretrained(folder)
+
+
+def test_sd3_loads_without_its_t5_folder(tmp_path: Path) -> None:
+    # the official repo lists text_encoder_3; a download without it was refused ("no 'text_encoder_3' subfolder")
+    import shutil
+
+    from diffsegmenter import DiffSegmenter
+
+    from .family_builders import build_sd3
+
+    with_t5, without = tmp_path / "with", tmp_path / "without"
+    build_sd3(with_t5, with_t5=True)
+    shutil.copytree(with_t5, without)
+    shutil.rmtree(without / "text_encoder_3")
+    shutil.rmtree(without / "tokenizer_3")
+    assert json.loads((without / "model_index.json").read_text())["text_encoder_3"][1]  # still listed
+    seg = DiffSegmenter.from_pretrained(without)
+    assert seg.backbone.text_encoder_3 is None
+    assert seg.segment(np.zeros((32, 32, 3), np.uint8), ["cat"]).labels.shape == (32, 32)

@@ -179,6 +179,15 @@ def _is_load_failure(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and "safetensors" in str(exc).lower()
 
 
+_UNREADABLE_WEIGHTS = (
+    "Unable to load weights from checkpoint file",  # diffusers and transformers, for a file that will not parse
+    "Error while deserializing header",  # safetensors
+    "HeaderTooLarge",
+    "MetadataIncompleteBuffer",
+)
+"""Texts of the errors that a present but truncated or damaged weights file gives (not a missing one)."""
+
+
 def _describe(
     name: str,
     subfolder: str | None,
@@ -192,6 +201,11 @@ def _describe(
 ) -> str:
     what = f"{name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     cause_text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}" if cause is not None else ""
+    if cause is not None and any(mark in str(cause) for mark in _UNREADABLE_WEIGHTS):
+        return (
+            f"Could not load {what}: a weights file is there but cannot be read, so it is incomplete or damaged "
+            f"({cause_text}); an interrupted download or copy leaves such a file: download or copy it again"
+        )
     if cause is not None and "safetensors" in str(cause).lower():
         return (
             f"Could not load {what}: no `.safetensors` weights were found ({cause_text}). This package only loads "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib import resources
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 
 from .hub import ModelNotFoundError, load_component, looks_like_local_path
 from .settings import ModelSettings
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SHIPPED_MODELS", "resolve_model", "load_components"]
 
@@ -121,8 +124,23 @@ _OPTIONAL_PARTS = {"text_encoder_3", "tokenizer_3"}
 
 
 def read_model_index(src: str, local_files_only: bool | None = None) -> dict[str, Any]:
-    """The folder's (or hub repo's) ``model_index.json``; {} when it has none (SD-layout folders without one)."""
-    return _read_json(src, "model_index.json", local_files_only)
+    """The folder's (or hub repo's) ``model_index.json``; {} when it has none (SD-layout folders without one).
+
+    Raises:
+        ModelNotFoundError: the file is not a JSON object (a damaged copy), naming it.
+    """
+    try:
+        index = _read_json(src, "model_index.json", local_files_only)
+    except ValueError as exc:
+        raise ModelNotFoundError(
+            f"{src}: model_index.json is not valid JSON ({exc}); download or copy the model again"
+        ) from None
+    if not isinstance(index, dict):
+        raise ModelNotFoundError(
+            f"{src}: model_index.json holds a JSON {type(index).__name__}, not the object of components diffusers "
+            "writes; download or copy the model again"
+        )
+    return index
 
 
 def _read_json(src: str, filename: str, local_files_only: bool | None) -> dict[str, Any]:
@@ -264,7 +282,14 @@ def _load_listed(src, index, names, device, dtype, local_files_only) -> dict[str
     import importlib
 
     out: dict[str, Any] = {}
+    # SD3 without T5, as `hf download ... --exclude "text_encoder_3/*"` leaves it: model_index.json still lists T5
+    no_t5 = looks_like_local_path(src) and not (Path(src).expanduser() / "text_encoder_3").is_dir()
     for name in names:
+        if name in _OPTIONAL_PARTS and no_t5:
+            if name == "text_encoder_3":
+                logger.info("%s has no text_encoder_3 folder: loading without T5 (its tokens are zeros)", src)
+            out[name] = None
+            continue
         entry = index.get(name) or [None, None]
         lib, cls_name = (entry + [None, None])[:2] if isinstance(entry, list) else (None, None)
         if lib is None or cls_name is None:
@@ -274,7 +299,12 @@ def _load_listed(src, index, names, device, dtype, local_files_only) -> dict[str
             raise ModelNotFoundError(f"{src}: model_index.json lists no {name!r}, which this model family needs")
         if lib not in ("diffusers", "transformers"):
             raise ModelNotFoundError(f"{src}: component {name!r} comes from {lib!r}; only diffusers/transformers load")
-        cls = getattr(importlib.import_module(lib), cls_name)
+        cls = getattr(importlib.import_module(lib), str(cls_name), None)
+        if cls is None:
+            raise ModelNotFoundError(
+                f"{src}: model_index.json lists {name!r} as {lib}.{cls_name}, which this {lib} does not have; "
+                f"upgrade {lib} (pip install -U {lib}) or check the file"
+            )
         kw: dict[str, Any] = {"local_files_only": local_files_only}
         is_model = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
         if is_model:

@@ -101,9 +101,21 @@ class ModelSettings:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelSettings:
-        """Read a ``segmenter_config.json``."""
+        """Read a ``segmenter_config.json``.
+
+        Raises:
+            ValueError: the file is not a JSON object, or holds an unknown field or a bad value (naming the file).
+        """
         path = Path(path)
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); fix it or delete it") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path} holds a JSON {type(data).__name__}, not an object of settings; fix it or delete it"
+            )
+        return cls.from_dict(data, source=str(path))
 
     @classmethod
     def coerce(cls, value: ModelSettings | dict[str, Any] | None) -> ModelSettings:
