@@ -54,6 +54,18 @@ def test_fuse_levels_missing_weight_raises():
         fuse_levels({16: torch.zeros(1, 1, 2, 2)}, {1: 1.0})
 
 
+def test_a_bad_class_level_weights_is_named_with_the_levels_captured():
+    # `class_level_weights={64: 1.0}` was told to "give one in level_weights"
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.cli import example_images
+
+    seg = DiffSegmenter.from_pretrained("shapes", class_level_weights={64: 1.0}, flip=False)
+    with example_images() as scenes, pytest.raises(ValueError) as info:
+        seg.segment(scenes[0], ["circle", "square"])
+    text = str(info.value)
+    assert "give one for each in class_level_weights" in text and "its keys [64] match no captured level" in text
+
+
 def test_select_token_maps_averages_groups():
     maps = torch.arange(2 * 4 * 1 * 1, dtype=torch.float32).view(2, 4, 1, 1)
     out = select_token_maps(maps, [[[1, 2], [3]], [[0], [1, 3]]])

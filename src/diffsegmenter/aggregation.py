@@ -88,7 +88,9 @@ def _select_token_maps_loop(maps: torch.Tensor, token_groups: list[list[list[int
     return torch.stack(out)
 
 
-def fuse_levels(level_maps: dict[int, torch.Tensor], weights: dict[int, float]) -> torch.Tensor:
+def fuse_levels(
+    level_maps: dict[int, torch.Tensor], weights: dict[int, float], field: str = "level_weights"
+) -> torch.Tensor:
     """Fuse class maps across resolution levels (paper step 9).
 
     Each level's maps are upsampled bilinearly to the finest level present, min-max normalised, and summed with
@@ -97,6 +99,7 @@ def fuse_levels(level_maps: dict[int, torch.Tensor], weights: dict[int, float]) 
     Args:
         level_maps (`dict[int, torch.Tensor]`): downsampling factor -> (B, C, h_f, w_f) class maps.
         weights (`dict[int, float]`): downsampling factor -> weight (paper: {8: 0.3, 4: 0.5, 2: 0.1, 1: 0.1}).
+        field (`str`, defaults to ``"level_weights"``): the config field the weights came from, for the message.
 
     Returns:
         `torch.Tensor`: (B, C, h, w) float32 in [0, 1] at the finest level's size.
@@ -105,7 +108,12 @@ def fuse_levels(level_maps: dict[int, torch.Tensor], weights: dict[int, float]) 
         raise ValueError("no attention levels were captured")
     missing = [f for f in level_maps if f not in weights]
     if missing:
-        raise ValueError(f"no fusion weight for downsampling factor(s) {missing}; give one in level_weights")
+        unused = sorted(f for f in weights if f not in level_maps)
+        raise ValueError(
+            f"no fusion weight for downsampling factor(s) {sorted(missing)} (the levels captured: "
+            f"{sorted(level_maps)}); give one for each in {field}"
+            + (f" (its keys {unused} match no captured level)" if unused else "")
+        )
     total = sum(weights[f] for f in level_maps)
     if total <= 0:
         raise ValueError(f"fusion weights over the levels present {sorted(level_maps)} sum to {total}, not > 0")

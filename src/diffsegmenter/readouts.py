@@ -145,7 +145,11 @@ class Readout:
     def maps(self, store: AttentionStore, token_groups, content, spec):
         """(where, which) maps of a pass: (B, C, h, w) each, or None where ``spec`` asks for none."""
         per_level = self.level_maps(store, token_groups, content)
-        which = fuse_levels(per_level, spec.which_weights) if spec.which_weights is not None else None
+        which = (
+            fuse_levels(per_level, spec.which_weights, "class_level_weights")
+            if spec.which_weights is not None
+            else None
+        )
         where = self.where(store, per_level, token_groups, content, spec) if spec.where else None
         return where, which
 
@@ -249,7 +253,9 @@ class RescaledReadout(_GocaReadout):
             return super().maps(store, token_groups, content, spec)
         which = None
         if spec.which_weights is not None:
-            which = fuse_levels(self.level_maps(store, token_groups, content), spec.which_weights)
+            which = fuse_levels(
+                self.level_maps(store, token_groups, content), spec.which_weights, "class_level_weights"
+            )
         where = self._paper_where(store, token_groups, spec) if spec.where else None
         return where, which
 
@@ -356,10 +362,12 @@ class WeightedReadout(_GocaReadout):
             for _, f, m in layers:
                 sums[f] = m if f not in sums else sums[f] + m
                 counts[f] = counts.get(f, 0) + 1
-            return fuse_levels({f: t / counts[f] for f, t in sums.items()}, which_weights)
+            return fuse_levels({f: t / counts[f] for f, t in sums.items()}, which_weights, "class_level_weights")
         missing = sorted({f for _, f, _ in layers} - set(which_weights))
         if missing:
-            raise ValueError(f"no class-decision weight for downsampling factor(s) {missing}")
+            raise ValueError(
+                f"no class-decision weight for downsampling factor(s) {missing}; give one in class_level_weights"
+            )
         picked = [i for i, (_, f, _) in enumerate(layers) if which_weights[f] > 0]
         if not picked:
             raise ValueError("the class-decision weights are 0 at every captured level")
