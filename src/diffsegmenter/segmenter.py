@@ -258,11 +258,11 @@ class DiffSegmenter:
         class_lists = class_lists_per_image(classes, len(items), self.default_classes)
         for names in dict.fromkeys(tuple(c) for c in class_lists):
             self.check_classes(list(names))
-        if isinstance(seed, np.integer):
-            seed = int(seed)
-        seed = cfg.seed if seed is None else cfg.replace(seed=seed).seed  # the config's rule and message
+        # a per-call seed follows the config's rule and message
+        call_config = cfg if seed is None else cfg.replace(seed=int(seed) if isinstance(seed, np.integer) else seed)
+        seed = call_config.seed
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
-        with self._seeded(seed):  # a filter that draws noise (the diffusion one) draws this call's
+        with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's
             class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
         check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
         tau = cfg.tau if tau is None else float(tau)
@@ -503,15 +503,13 @@ class DiffSegmenter:
         )
 
     @contextmanager
-    def _seeded(self, seed: int) -> Iterator[None]:
-        """``config.seed`` is ``seed`` inside (what filters read), and the config as it was afterwards, always."""
-        config = self.config
-        if seed != config.seed:
-            self.config = config.replace(seed=seed)
+    def _using(self, config: SegmenterConfig) -> Iterator[None]:
+        """``self.config`` is ``config`` inside (what filters read), and the config as it was afterwards, always."""
+        previous, self.config = self.config, config
         try:
             yield
         finally:
-            self.config = config
+            self.config = previous
 
     def _filter_classes(
         self, filter: Any, arrays: list[np.ndarray], class_lists: list[list[str]]

@@ -108,7 +108,7 @@ def parse_class_text(text: str | None) -> list[str] | None:
     from ..classes import check_class_names
 
     stripped = (text or "").strip()
-    if stripped[:1] in "[(" and stripped[-1:] in "])" and stripped:
+    if stripped and stripped[0] in "[(" and stripped[-1] in "])":
         # what a client's Python list becomes in a Gradio Textbox: "['circle', 'square']"
         raise AppError(f"give the classes as one comma-separated text, e.g. 'circle, square', not {stripped!r}")
     names = [part for part in stripped.split(",") if part.strip()]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import AppError, SegmentService, image_path, upload_image
+from . import AppError, SegmentService, image_path, parse_class_text, upload_image
 
 __all__ = [
     "MAX_EDIT_DILATE",
@@ -122,8 +122,6 @@ def check_edit_request(
 def competing_classes(target: str, others: str | None) -> list[str] | None:
     """The classes the target is segmented against: the target and the ``others`` typed (comma-separated), or None
     (the library's choice: the model's own classes when they hold the target, else the target alone)."""
-    from . import parse_class_text
-
     names = parse_class_text(others)
     if names is None:
         return None

@@ -22,29 +22,60 @@ import numpy as np
 from ..io.paths import ImageJob
 from .runner import BatchTask, normalise_fingerprint
 
-__all__ = ["EditTask", "check_edit_request", "edit_files", "save_image_png"]
+__all__ = [
+    "EditTask",
+    "check_edit_request",
+    "edit_files",
+    "edit_path",
+    "mask_path",
+    "save_image_png",
+    "write_edit",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def edit_path(job: ImageJob) -> Path:
+    """Where a job's edited image goes: ``<out_dir>/<stem>.png``."""
+    return job.out_dir / f"{job.stem}.png"
+
+
+def mask_path(edit: Path) -> Path:
+    """The mask written beside an edited image: ``x.png`` -> ``x.mask.png``."""
+    return edit.with_name(edit.stem + ".mask.png")
 
 
 def edit_files(job: ImageJob, save_mask: bool) -> list[str]:
     """The names, relative to ``job.out_dir``, of what an edit writes besides its sidecar: ``<stem>.png`` and, with
     `save_mask`, ``<stem>.mask.png``."""
-    return [f"{job.stem}.png", *([f"{job.stem}.mask.png"] if save_mask else [])]
+    edit = edit_path(job)
+    return [edit.name, *([mask_path(edit).name] if save_mask else [])]
+
+
+def write_edit(edit: Path, result: Any, save_mask: bool, label: str) -> None:
+    """Write an :class:`~diffsegmenter.editing.EditResult`'s image at ``edit`` and, with `save_mask`, its paste-back
+    weight (0..255) at :func:`mask_path`; log when the target was not found (the image is written unchanged)."""
+    save_image_png(edit, result.image)
+    if save_mask:
+        save_image_png(mask_path(edit), np.rint(result.mask * 255).astype(np.uint8))
+    if not result.edited:
+        logger.warning("%s: no %r found; written unchanged", label, result.target)
 
 
 def _sidecar(job: ImageJob) -> Path:
     return job.out_dir / f"{job.stem}.json"
 
 
-def _read_sidecar(job: ImageJob) -> dict[str, Any] | None:
+def _own_sidecar(job: ImageJob) -> dict[str, Any] | None:
+    """The job's earlier sidecar when it records this job's input (by file name), else None."""
     from ..io.sidecar import load_sidecar
 
     path = _sidecar(job)
     try:
-        return load_sidecar(path) if path.is_file() else None
+        sidecar = load_sidecar(path) if path.is_file() else None
     except (OSError, ValueError):
         return None
+    return sidecar if sidecar and Path(str(sidecar.get("source", ""))).name == job.path.name else None
 
 
 def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> None:
@@ -66,10 +97,8 @@ def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> Non
     for job in jobs:
         if job.problem is not None:
             continue
-        sidecar = _read_sidecar(job)
-        if not sidecar or Path(str(sidecar.get("source", ""))).name != job.path.name:
-            continue
-        earlier = sidecar.get("request")
+        sidecar = _own_sidecar(job)
+        earlier = sidecar.get("request") if sidecar else None
         if isinstance(earlier, dict) and earlier != request:
             clashes.append((job, earlier))
     if not clashes:
@@ -117,10 +146,8 @@ class EditTask(BatchTask[ImageJob]):
         self.max_pixels = getattr(getattr(segmenter, "config", None), "max_image_pixels", None)
 
     def is_done(self, job: ImageJob) -> bool:
-        sidecar = _read_sidecar(job)
-        if not sidecar or Path(str(sidecar.get("source", ""))).name != job.path.name:
-            return False
-        if sidecar.get("request") != self.request:
+        sidecar = _own_sidecar(job)
+        if not sidecar or sidecar.get("request") != self.request:
             return False
         names = edit_files(job, self.save_mask)
         listed = [sidecar.get("edit"), sidecar.get("mask")][: len(names)]
@@ -145,11 +172,7 @@ class EditTask(BatchTask[ImageJob]):
         from ..io.sidecar import package_version
 
         files = edit_files(job, self.save_mask)
-        save_image_png(job.out_dir / files[0], result.image)
-        if self.save_mask:
-            save_image_png(job.out_dir / files[1], np.rint(result.mask * 255).astype(np.uint8))
-        if not result.edited:
-            logger.warning("%s: no %r found; written unchanged", job.label, result.target)
+        write_edit(edit_path(job), result, self.save_mask, job.label)
         scores = result.candidate_scores
         write_json(
             _sidecar(job),

@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from ..editing import EditSettings
 
@@ -203,11 +201,11 @@ def edit_command(
 
 def _edit_one_file(path, dest: Path, skipped, edit_kwargs, save_mask: bool, load) -> EditReport:
     """One named input into the named output PNG (no sidecar, no resume)."""
-    from ..batch.edits import save_image_png
+    from ..batch.edits import write_edit
     from ..editing import edit_images
     from ..images import ImageLoadError
 
-    _check_destinations([path], [dest], dest, True, save_mask)
+    _check_destinations([path], [dest], save_mask)
     report = EditReport(skipped=[(Path(p), reason) for p, reason in skipped])
     segmenter = load()
     kwargs = dict(edit_kwargs)
@@ -217,20 +215,20 @@ def _edit_one_file(path, dest: Path, skipped, edit_kwargs, save_mask: bool, load
         report.skipped.append((Path(path), " ".join(str(exc).split())))
         report.exit_status = 1
         return report
-    save_image_png(dest, res.image)
-    if save_mask:
-        save_image_png(_mask_path(dest), np.rint(res.mask * 255).astype(np.uint8))
-    if not res.edited:
-        logger.warning("%s: no %r found; written unchanged", path, res.target)
+    write_edit(dest, res, save_mask, str(path))
     report.written.append(dest)
     report.exit_status = 1 if report.skipped else 0
     return report
 
 
 def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress, load, model, request) -> EditReport:
-    """Every input into the output folder, on the batch runner (resume, skip list, lock, clean stop)."""
+    """Every input into the output folder, on the batch runner (resume, skip list, lock, clean stop).
+
+    :func:`~diffsegmenter.io.paths.collect_jobs` refuses an output folder that is an input's folder and an output
+    on an input; :func:`_check_destinations` adds the masks.
+    """
     from ..batch import BatchRunner, output_lock, prepare_out_dir, write_skipped
-    from ..batch.edits import EditTask, check_edit_request
+    from ..batch.edits import EditTask, check_edit_request, edit_path
     from ..batch.images import ImageTask
     from ..io.paths import collect_jobs
 
@@ -238,14 +236,12 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
         raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
     jobs = collect_jobs([str(p) for p in inputs], out, ["png"])
     usable = [job for job in jobs if job.problem is None]
-    dests = [job.out_dir / f"{job.stem}.png" for job in usable]
-    _check_destinations([job.path for job in usable], dests, out, False, save_mask)
-    settings = edit_kwargs["settings"]
+    _check_destinations([job.path for job in usable], [edit_path(job) for job in usable], save_mask)
     fingerprint = {
         "command": "edit",
         "model": model,
         **{k: v for k, v in edit_kwargs.items() if k not in ("settings", "progress")},
-        "settings": dataclasses.asdict(settings),
+        "settings": dataclasses.asdict(edit_kwargs["settings"]),
         "save_mask": bool(save_mask),
         **(request or {}),
     }
@@ -264,8 +260,8 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
         )
         result = runner.run(jobs, task)
         report = EditReport(
-            written=[job.out_dir / f"{job.stem}.png" for job, _ in result.segmented],
-            already_done=[job.out_dir / f"{job.stem}.png" for job in result.already_done],
+            written=[edit_path(job) for job, _ in result.segmented],
+            already_done=[edit_path(job) for job in result.already_done],
             skipped=[(job.path, reason) for job, reason in result.skipped],
             stopped=result.stopped,
             exit_status=result.exit_status(),
@@ -276,32 +272,18 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
     return report
 
 
-def _mask_path(dest: Path) -> Path:
-    return dest.with_name(dest.stem + ".mask.png")
-
-
-def _check_destinations(
-    paths: Sequence[Path], dests: Sequence[Path], out: Path, single_file: bool, save_mask: bool
-) -> None:
-    """Refuse, before the model loads, outputs that would replace an input or each other, and an output folder that
-    is an input's folder (its edits would replace, or on the next run be read as, inputs) or an existing file.
+def _check_destinations(paths: Sequence[Path], dests: Sequence[Path], save_mask: bool) -> None:
+    """Refuse, before the model loads, an edit or mask that would replace an input or another output.
 
     Raises:
         ValueError: naming the paths and the way out.
     """
+    from ..batch.edits import mask_path
+
     resolved = {Path(p).resolve(): Path(p) for p in paths}
-    if not single_file:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
-        folders = {r.parent for r in resolved}
-        if out.resolve() in folders:
-            raise ValueError(
-                f"--out {str(out)!r} is the folder of the inputs; choose another output folder so the edits do not "
-                "replace (or on the next run become) the input images"
-            )
     seen: dict[Path, Path] = {}
     for p, d in zip(paths, dests):
-        for target in (d, _mask_path(d)) if save_mask else (d,):
+        for target in (d, mask_path(d)) if save_mask else (d,):
             key = target.resolve()
             if key in resolved:
                 raise ValueError(

@@ -167,10 +167,8 @@ def run_eval(
     if filter is not None:
         kwargs["filter"] = filter
     if getattr(args, "score_only", None):
-        _check_score_only(args, Path(args.out))
-        return harness.score_predictions(
-            dataset, args.out, **{k: v for k, v in kwargs.items() if k in ("limit", "sweep_tau", "progress")}
-        )
+        scoring = ("limit", "sweep_tau", "progress", "tau", "candidates_json")  # the last two: checked, not used
+        return harness.score_predictions(dataset, args.out, **{k: v for k, v in kwargs.items() if k in scoring})
     if segmenter is None:
         # every check that needs no model, before one loads (evaluate repeats them)
         harness._check_protocol(kwargs.get("protocol", "paper"), kwargs.get("candidates_json"), kwargs.get("filter"))
@@ -179,34 +177,6 @@ def run_eval(
         )
         segmenter = (load_segmenter or load_eval_segmenter)(args)
     return harness.evaluate(segmenter, dataset, args.out, **kwargs)
-
-
-def _check_score_only(args: argparse.Namespace, out: Path) -> None:
-    """With ``--score-only``, a ``--tau`` or ``--candidates`` given (the same command as the prediction runs) must
-    be the one the predictions were made with (``run_config.json``): scoring cannot change them."""
-    import hashlib
-    import json
-
-    from ..batch.runner import RUN_CONFIG
-
-    path = out / RUN_CONFIG
-    if not path.is_file():
-        return
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    tau = getattr(args, "tau", None)
-    if tau is not None and recorded.get("tau") is not None and float(tau) != float(recorded["tau"]):
-        raise ValueError(
-            f"--tau {tau}: the predictions in {out} were made with tau {recorded['tau']} ({path}); --score-only "
-            "scores them as they are: leave --tau out, or predict again into another --out"
-        )
-    candidates = getattr(args, "candidates", None)
-    if candidates is not None and "candidates_sha256" in recorded:
-        digest = hashlib.sha256(Path(candidates).read_bytes()).hexdigest()
-        if digest != recorded["candidates_sha256"]:
-            raise ValueError(
-                f"--candidates {candidates} is not the file the predictions in {out} were made with ({path}); "
-                "leave it out to score them as they are, or predict again into another --out"
-            )
 
 
 def _missing_advice(report: dict[str, Any]) -> str:

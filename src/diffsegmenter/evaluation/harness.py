@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -46,7 +46,7 @@ from ..io.atomic import write_json, write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
 from .datasets import Sample, SegmentationDataset, normalize_class_name
-from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, score_predictions
+from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, file_sha256, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +137,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _sample_key(image_id: str) -> str:
-    """An image id (of the dataset, or of a candidate file, which its reader has already cut to the base name
-    without extension) as matched: without the COCO-2014 prefix (``COCO_val2014_000000182611`` -> ``000000182611``).
-    An id has no extension left to strip, so a dot inside it (``scene.v1``) stays."""
-    return image_key(f"{image_id}.id", strip_coco2014=True)
+_sample_key = functools.partial(image_key, strip_coco2014=True, strip_extension=False)
+"""An image id (of the dataset, or of a candidate file, which its reader has already cut to the base name without
+extension) as matched: without the COCO-2014 prefix (``COCO_val2014_000000182611`` -> ``000000182611``). An id has
+no extension left to strip, so a dot inside it (``scene.v1``) stays."""
 
 
 def load_candidates(path: str | os.PathLike, dataset: SegmentationDataset) -> dict[str, list[int]]:
@@ -296,9 +295,7 @@ def _fingerprint(
         "labels": labels,
         "protocol": protocol,
         "tau": tau,
-        "candidates_sha256": hashlib.sha256(Path(candidates_json).read_bytes()).hexdigest()
-        if candidates_json is not None
-        else None,
+        "candidates_sha256": file_sha256(candidates_json) if candidates_json is not None else None,
         "filter": filter if isinstance(filter, str) or filter is None else type(filter).__name__,
         "segmenter": type(segmenter).__name__,
         "model": _model_id(segmenter),

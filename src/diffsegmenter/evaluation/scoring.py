@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,7 +21,15 @@ from ..io.atomic import write_json, write_text
 from .datasets import SegmentationDataset
 from .metrics import ConfusionMatrix
 
-__all__ = ["NO_BACKGROUND_TAU", "RUN_INFO", "SWEEP_NOTE", "SWEEP_TAUS", "check_scored_dataset", "score_predictions"]
+__all__ = [
+    "NO_BACKGROUND_TAU",
+    "RUN_INFO",
+    "SWEEP_NOTE",
+    "SWEEP_TAUS",
+    "check_scored_run",
+    "file_sha256",
+    "score_predictions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +112,8 @@ def score_predictions(
     sweep_tau: bool = False,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    tau: float | None = None,
+    candidates_json: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score the prediction PNGs in ``out_dir/predictions`` against the ground truth; write metrics.json / .md.
 
@@ -116,8 +127,10 @@ def score_predictions(
         limit (`int`, *optional*): score only the first `limit` images.
         sweep_tau (`bool`, defaults to `False`): also compute the optimistic tau sweep from ``scores/*.npz``.
         progress (`bool`, defaults to `True`): show a progress bar.
-        info (`dict`, *optional*): run settings to record (protocol, tau, ...); defaults to those of
-            ``run_config.json`` when present.
+        info (`dict`, *optional*): run settings to record (protocol, tau, ...); without it (``--score-only``),
+            those of ``run_info.json`` (or ``run_config.json``), after [`check_scored_run`].
+        tau, candidates_json (*optional*): without `info`, the ``--tau`` and ``--candidates`` given, which must be
+            the predictions' (:func:`check_scored_run`).
 
     Returns:
         `dict`: the content written to ``metrics.json`` (metrics in percent).
@@ -125,7 +138,7 @@ def score_predictions(
     out = Path(out_dir)
     samples = dataset.samples[:limit] if limit is not None else list(dataset.samples)
     if info is None:
-        check_scored_dataset(out, dataset)
+        check_scored_run(out, dataset, tau=tau, candidates_json=candidates_json)
         info = {}
         if (out / RUN_INFO).is_file():
             info = json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
@@ -165,12 +178,26 @@ def score_predictions(
     return ordered
 
 
-def check_scored_dataset(out_dir: str | os.PathLike, dataset: SegmentationDataset) -> None:
-    """Refuse to score predictions made for another dataset, split or number of classes (``run_config.json``):
-    their class ids would be read as this dataset's (``voc21``'s ids scored as ``voc20``'s are all shifted by one).
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex (how ``run_config.json`` records a candidate file)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_scored_run(
+    out_dir: str | os.PathLike,
+    dataset: SegmentationDataset,
+    *,
+    tau: float | None = None,
+    candidates_json: str | os.PathLike | None = None,
+) -> None:
+    """Refuse to score predictions (``--score-only``) that ``run_config.json`` says were made otherwise.
+
+    Another dataset, split or number of classes: their class ids would be read as this dataset's (``voc21``'s ids
+    scored as ``voc20``'s are all shifted by one). A `tau` or `candidates_json` given (the same command as the
+    prediction runs) other than the predictions': scoring cannot change them.
 
     Raises:
-        ValueError: naming what differs and the flags that match the predictions.
+        ValueError: naming what differs and the way out.
     """
     path = Path(out_dir) / RUN_CONFIG
     if not path.is_file():
@@ -186,6 +213,17 @@ def check_scored_dataset(out_dir: str | os.PathLike, dataset: SegmentationDatase
             f"the predictions in {out_dir} were made for {made} ({path}), not for {dataset.name} {dataset.split} "
             f"({', '.join(changed)} differ{'s' if len(changed) == 1 else ''}): score them with the --dataset, "
             "--split they were made with"
+        )
+    if tau is not None and previous.get("tau") is not None and float(tau) != float(previous["tau"]):
+        raise ValueError(
+            f"--tau {tau}: the predictions in {out_dir} were made with tau {previous['tau']} ({path}); --score-only "
+            "scores them as they are: leave --tau out, or predict again into another --out"
+        )
+    given = file_sha256(candidates_json) if candidates_json is not None else None
+    if given is not None and "candidates_sha256" in previous and given != previous["candidates_sha256"]:
+        raise ValueError(
+            f"--candidates {candidates_json} is not the file the predictions in {out_dir} were made with "
+            f"({path}); leave it out to score them as they are, or predict again into another --out"
         )
 
 

@@ -32,7 +32,9 @@ _GLOB_CHARS = frozenset("*?[")
 _COCO2014_PREFIX = re.compile(r"^COCO_(?:val|train)2014_")
 
 
-def image_key(path_or_name: str | os.PathLike[str], *, strip_coco2014: bool = False) -> str:
+def image_key(
+    path_or_name: str | os.PathLike[str], *, strip_coco2014: bool = False, strip_extension: bool = True
+) -> str:
     """The one name of an image: its base name without its (last) extension.
 
     A string may be a POSIX or a Windows path whatever the current OS (``C:\\data\\x.jpg`` -> ``x``); a path
@@ -44,6 +46,8 @@ def image_key(path_or_name: str | os.PathLike[str], *, strip_coco2014: bool = Fa
         strip_coco2014 (`bool`, defaults to False): also drop a COCO-2014 file-name prefix
             (``COCO_val2014_000000182611`` -> ``000000182611``, the COCO-2017 id), to match candidate files written
             for COCO 2014 with datasets named the 2017 way.
+        strip_extension (`bool`, defaults to True): drop the last extension; False for a name that is already an
+            image id, in which a dot is part of the name (``scene.v1``).
 
     Returns:
         `str`: e.g. ``"2007_000033"``.
@@ -55,7 +59,7 @@ def image_key(path_or_name: str | os.PathLike[str], *, strip_coco2014: bool = Fa
         name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
         if not name:
             return text
-    key = PurePosixPath(name).stem if name else name
+    key = PurePosixPath(name).stem if name and strip_extension else name
     return _COCO2014_PREFIX.sub("", key) if strip_coco2014 else key
 
 
@@ -357,13 +361,12 @@ def _check_yolo_stems(jobs: Sequence[ImageJob]) -> None:
     Raises:
         UsageError: naming the input, the other one when it is in this run, and the way out.
     """
-    by_key = {(path_key(job.out_dir), image_key(job.path).lower()): job for job in jobs if job.problem is None
-              and job.stem.lower() == image_key(job.path).lower()}  # fmt: skip
-    for job in jobs:
-        key = image_key(job.path)
-        if job.problem is not None or job.stem.lower() == key.lower():
+    usable = [(job, image_key(job.path)) for job in jobs if job.problem is None]
+    own = {(path_key(job.out_dir), key.lower()): job for job, key in usable if job.stem.lower() == key.lower()}
+    for job, key in usable:
+        if job.stem.lower() == key.lower():
             continue
-        other = by_key.get((path_key(job.out_dir), key.lower()))
+        other = own.get((path_key(job.out_dir), key.lower()))
         why = (
             f"{other.label!r} and {job.label!r} share the stem {key!r}"
             if other is not None
