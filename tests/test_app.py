@@ -227,6 +227,21 @@ def test_serve_is_a_subcommand_with_host_port_and_time_limit() -> None:
     assert build_parser().parse_args(["serve"]).port == DEFAULT_PORT and DEFAULT_HOST == "127.0.0.1"
 
 
+def test_serve_on_a_taken_port_says_so_and_never_claims_to_be_serving(capsys) -> None:
+    pytest.importorskip("gradio", reason="the web app needs gradio: pip install 'diffsegmenter[app]'")
+    from diffsegmenter import cli
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["serve", "--model", "shapes", "--port", str(port)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in captured.err
+    assert "Serving" not in captured.out
+
+
 def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
     from diffsegmenter.app import AppError, SegmentService, parse_class_text
 

@@ -426,7 +426,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
                         flt = gr.Radio(
                             list(FILTERS),
                             value=service.default_filter,
-                            label="Filter: keep only the classes found present",
+                            label="Filter: keep the classes found present (the likeliest one always stays)",
                             elem_id="filter",
                         )
                         tau = gr.Number(

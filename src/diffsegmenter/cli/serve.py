@@ -46,11 +46,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(args, overrides)
     service = SegmentService(segmenter, time_limit=args.time_limit)
     model_name = args.model if args.model is not None else default_model()
-    print(f"Serving {model_name} on http://{args.host}:{args.port}/ (Ctrl+C stops)")
     try:
-        launch_app(service, host=args.host, port=args.port, model_name=model_name, block=True)
-    except OSError as exc:  # the port is taken, the address is not this machine's...
-        raise CliError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}") from None
+        try:
+            blocks = launch_app(service, host=args.host, port=args.port, model_name=model_name, block=False)
+        except OSError as exc:  # the port is taken, the address is not this machine's...
+            raise CliError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}") from None
+        # Said only once the server is up, so that a taken port never prints "Serving" before its error.
+        print(f"Serving {model_name} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+        blocks.block_thread()
     finally:
         service.close()
     return 0
