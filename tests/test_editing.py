@@ -368,3 +368,90 @@ def test_candidates_keep_the_best_rechecked_edit(tiny_segmenter):
 def test_candidates_need_the_new_class(tiny_segmenter):
     with pytest.raises(ValueError, match="new_class"):
         tiny_segmenter.edit(_image(), "bird", "a cat", classes=["bird"], progress=False, candidates=2, **FAST)
+
+
+# ---------------------------------------------------------------------------------------------------------- names, limits
+def test_target_and_new_class_match_their_list_as_duplicates_do(tiny_segmenter):
+    """Class lists refuse 'cat' beside 'Cat', so 'Bird' is the listed 'bird' (it was 'not among the classes'), and a
+    new class 'Cat' is the listed 'cat' (the check segmentation refused the pair as duplicates, after one edit)."""
+    seg, img = tiny_segmenter, _image(4)
+    res = seg.edit(img, "Bird", "a cat", classes=["bird", "dog"], tau=0.3, progress=False, **FAST)
+    assert res.target == "bird" and res.segmentation.classes == ["bird", "dog"] and res.edited
+    same = seg.edit(img, "bird", "a cat", classes=["bird", "dog"], tau=0.3, progress=False, **FAST)
+    assert np.array_equal(res.image, same.image)
+    best = seg.edit(
+        img, "BIRD", "a cat", classes=["bird", "cat"], new_class="Cat", tau=0.3, progress=False, candidates=2, **FAST
+    )
+    assert best.target == "bird" and len(best.candidate_scores) == 2
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "3", -1])
+def test_edit_seeds_follow_segments_rule(tiny_segmenter, seed):
+    with pytest.raises(ValueError, match="seed must be"):
+        tiny_segmenter.edit(_image(), "bird", "a cat", classes=["bird"], seed=seed, progress=False, **FAST)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": " ".join(["cat"] * 100)}, "tokens long"),
+        ({"steps": 1001}, "steps=1001 does not fit"),
+    ],
+)
+def test_a_prompt_or_steps_the_model_cannot_take_are_refused_before_segmenting(tiny_segmenter, kwargs, match):
+    seg = tiny_segmenter
+
+    def segment(*args, **kw):  # pragma: no cover - must not be reached
+        raise AssertionError("segmented before the edit's prompt and steps were checked")
+
+    seg.segment = segment
+    args = {"prompt": "a cat", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        seg.edit(_image(), "bird", args.pop("prompt"), classes=["bird"], progress=False, **args)
+
+
+def test_one_file_edits_check_their_output_before_the_model_and_say_what_was_left(tiny_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    src = tmp_path / "in.png"
+    Image.fromarray(_image()).save(src)
+    base = ["edit", str(src), "--target", "cat", "--prompt", "a dog", "--steps", "2", "--quiet"]
+    missing = ["--model", str(tmp_path / "no-model")]  # a run that got past the checks would fail on this
+    (tmp_path / "d.png").mkdir()
+    assert cli.main([*base, "--out", str(tmp_path / "d.png"), *missing]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli.main([*base, "--out", str(tmp_path / "file" / "x.png"), *missing]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    for suffix in (".tif", ".gif", ".heic"):  # an image name is never taken for a folder name
+        assert cli.main([*base, "--out", str(tmp_path / f"out{suffix}"), *missing]) == 2
+        assert "written as PNG" in capsys.readouterr().err
+        assert not (tmp_path / f"out{suffix}").exists()
+    model = ["--model", str(tiny_model_dir)]
+    assert cli.main([*base, "--out", str(tmp_path / "e.png"), "--tau", "1", *model]) == 0
+    err = capsys.readouterr().err
+    assert "1 of them unchanged: no pixel was labelled 'cat'" in err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e.png")), _image())
+    assert cli.main([*base, "--out", str(tmp_path / "f.png"), "--max-pixels", "100", *model]) == 1
+    err = capsys.readouterr().err
+    assert "too large" in err and "nothing was edited" in err and not (tmp_path / "f.png").exists()
+
+
+def test_a_write_error_on_one_file_stops_with_status_3(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from diffsegmenter import cli
+    from diffsegmenter.batch import edits
+
+    def full_disk(path, image):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(edits, "save_image_png", full_disk)
+    src = tmp_path / "in.png"
+    Image.fromarray(_image()).save(src)
+    argv = ["edit", str(src), "--target", "cat", "--prompt", "a dog", "--steps", "2", "--quiet"]
+    assert cli.main([*argv, "--out", str(tmp_path / "e.png"), "--model", str(tiny_model_dir)]) == 3
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'e.png'} (No space left on device)" in err and "run stopped" in err

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ClassListError", "check_class_names", "class_lists_per_image", "short_name"]
+__all__ = ["ClassListError", "check_class_names", "class_lists_per_image", "find_class", "short_name"]
 
 
 BACKGROUND = "background"
@@ -79,6 +79,21 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
         seen[key] = clean
         out.append(clean)
     return out
+
+
+def find_class(name: str, names: Sequence[str]) -> int | None:
+    """Where ``name`` is in ``names``, compared as :func:`check_class_names` compares duplicates (whitespace-normalised,
+    case-insensitive), so that ``"Cat"`` finds ``"cat"``; None when it is not there.
+
+    Args:
+        name (`str`): a class name.
+        names (`Sequence[str]`): class names, unique in that sense (a checked list).
+
+    Returns:
+        `int | None`: the index in ``names``.
+    """
+    key = " ".join(name.split()).lower()
+    return next((i for i, other in enumerate(names) if " ".join(other.split()).lower() == key), None)
 
 
 def class_lists_per_image(classes: Any, n: int, default: Sequence[str] | None = None) -> list[list[str]]:

@@ -15,8 +15,8 @@
    error besides the edit (:func:`vae_round_trip_error` measures it).
 
 Only the backbone's public operations are used (``encode_latents``, ``noise_like``, ``add_noise``, ``denoise``,
-``unconditional_embedding``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so every backbone family
-that implements them can edit. The mask helpers are pure tensor functions.
+``unconditional_embedding``, ``prompt_ids``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so every
+backbone family that implements them can edit. The mask helpers are pure tensor functions.
 
 The command line's ``edit`` subcommand (arguments in, files out) is :mod:`diffsegmenter.cli.edit`.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classes import check_class_names, short_name
+from .classes import check_class_names, find_class, short_name
 from .config import check_tau
 from .result import SegmentationResult
 
@@ -321,20 +321,38 @@ def _check_prompt(prompt: Any, target: str) -> str:
     return " ".join(prompt.split())
 
 
-def _edit_classes(seg, target: str, classes: Sequence[str] | None) -> list[str]:
-    """The classes to segment for one target: the given ones (the target must be among them), else the model's own
-    classes when they hold the target, else the target alone."""
+def _edit_classes(seg, target: str, classes: Sequence[str] | None) -> tuple[str, list[str]]:
+    """The target as spelled in its class list, and the classes to segment it against: the given ones (the target
+    must be among them), else the model's own classes when they hold the target, else the target alone. Names match
+    as duplicates do (:func:`~diffsegmenter.classes.find_class`: ``"Cat"`` is ``"cat"``)."""
     if classes is None:
-        defaults = seg.default_classes or []
-        return list(defaults) if target in defaults else [target]
+        defaults = list(seg.default_classes or [])
+        at = find_class(target, defaults)
+        return (target, [target]) if at is None else (defaults[at], defaults)
     names = check_class_names(classes)
-    if target not in names:
+    at = find_class(target, names)
+    if at is None:
         shown = ", ".join(repr(short_name(c)) for c in names[:8]) + (", ..." if len(names) > 8 else "")
         raise ValueError(
             f"the target {short_name(target)!r} is not among the classes [{shown}]: add it to classes "
             "(the other classes compete with it for each pixel) or leave classes out"
         )
-    return names
+    return names[at], names
+
+
+def check_generation(backbone, prompts: Sequence[str], settings: EditSettings) -> None:
+    """Refuse, before anything is segmented, what :func:`blended_latent_edit` would only fail on later: a prompt the
+    text encoder cannot read whole, a number of steps the model's schedule cannot take.
+
+    Raises:
+        ValueError: the message names the prompt or the steps and the limit.
+    """
+    for prompt in dict.fromkeys(prompts):
+        backbone.prompt_ids(prompt)
+    try:
+        backbone.sampler(settings.steps)
+    except ValueError as exc:
+        raise ValueError(f"steps={settings.steps} does not fit this model's schedule: {exc}") from None
 
 
 def edit_images(
@@ -390,15 +408,24 @@ def edit_images(
     if classes is not None and not isinstance(classes, str) and classes and isinstance(classes[0], (list, tuple)):
         if len(classes) != n:
             raise ValueError(f"got {len(classes)} class lists for {n} images; give one list per image or one list")
-        class_lists = [_edit_classes(seg, t, c) for t, c in zip(targets, classes)]
+        planned = [_edit_classes(seg, t, c) for t, c in zip(targets, classes)]
     else:
-        class_lists = [_edit_classes(seg, t, classes) for t in targets]
-    seed = seg.config.seed if seed is None else int(seed)
+        planned = [_edit_classes(seg, t, classes) for t in targets]
+    targets = [target for target, _ in planned]
+    class_lists = [names for _, names in planned]
+    # a per-call seed follows the config's rule and message, as in segment()
+    seed = seg.config.seed if seed is None else seg.config.replace(seed=_plain_int(seed)).seed
+    check_generation(seg.backbone, prompts, settings)
     arrays = [load_image(x, max_pixels=seg.config.max_image_pixels) for x in images]
     segs = seg.segment(arrays, classes=class_lists, seed=seed, tau=tau)
     return edit_segmented(
         seg, arrays, segs, targets, prompts, new_classes=new_classes, settings=settings, seed=seed, progress=progress
     )
+
+
+def _plain_int(x: Any) -> Any:
+    """A numpy integer as a Python int; anything else as it is (for the config's check to judge)."""
+    return int(x) if isinstance(x, np.integer) else x
 
 
 def verify_share(labels: np.ndarray, found: np.ndarray, index: int) -> float:
@@ -470,10 +497,13 @@ def edit_segmented(
     prompts = [_check_prompt(p, t) for p, t in zip(prompts, targets)]
     new_classes = _check_new_classes(new_classes, n, settings)
     regions, weights, found = [], [], []
-    for res, target in zip(segmentations, targets):
-        if target not in res.classes:
-            raise ValueError(f"the target {short_name(target)!r} was not segmented (classes: {res.classes})")
-        hit = torch.from_numpy(res.labels == res.classes.index(target) + 1)
+    targets = list(targets)
+    for i, res in enumerate(segmentations):
+        at = find_class(targets[i], res.classes)
+        if at is None:
+            raise ValueError(f"the target {short_name(targets[i])!r} was not segmented (classes: {res.classes})")
+        targets[i] = res.classes[at]
+        hit = torch.from_numpy(res.labels == at + 1)
         found.append(hit.numpy())
         region = dilate_mask(hit, settings.dilate)
         regions.append(region)
@@ -485,7 +515,8 @@ def edit_segmented(
     kept_seed = {i: seed for i in range(n)}
     scores: dict[int, list[float]] = {i: [] for i in todo}
     check_classes = {
-        i: list(segmentations[i].classes) + [c for c in [new_classes[i]] if c not in segmentations[i].classes]
+        i: list(segmentations[i].classes)
+        + [c for c in [new_classes[i]] if c is not None and find_class(c, segmentations[i].classes) is None]
         for i in todo
     }
     for k in range(settings.candidates):
@@ -507,7 +538,7 @@ def edit_segmented(
         checks = seg.segment(pasted, classes=[check_classes[i] for i in todo], seed=seed) if todo else []
         for i, im, res in zip(todo, pasted, checks):
             labels = res.relabel(segmentations[i].tau)
-            share = verify_share(labels, found[i], check_classes[i].index(new_classes[i]) + 1)
+            share = verify_share(labels, found[i], find_class(new_classes[i], check_classes[i]) + 1)
             if not scores[i] or share > max(scores[i]):
                 out_images[i], kept_seed[i] = im, seed + k
             scores[i].append(share)

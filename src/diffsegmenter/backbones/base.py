@@ -394,14 +394,9 @@ class DiffusionBackbone(ABC):
         )
 
     @torch.inference_mode()
-    def prompt_embedding(self, prompt: str) -> torch.Tensor:
-        """Text embedding of a free prompt (no emphasis), what :meth:`denoise` takes for one sample; used by editing.
-
-        The prompt is tokenised with :attr:`tokenizer` padded to its ``model_max_length`` and encoded by
-        :meth:`encode_text` with its text (the families' other encoders tokenise the text themselves).
-
-        Returns:
-            `torch.Tensor`: (T, D) in :attr:`dtype` (as :meth:`encode_text`).
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The token ids :meth:`prompt_embedding` encodes: ``prompt`` tokenised by :attr:`tokenizer`, padded to its
+        ``model_max_length``; cheap, so editing checks its prompts with it before anything runs.
 
         Raises:
             ValueError: the prompt does not fit the text encoder; the message says how long it may be.
@@ -413,7 +408,21 @@ class DiffusionBackbone(ABC):
                 f"the prompt {prompt[:40]!r}... is {len(ids)} tokens long; this text encoder reads at most "
                 f"{tok.model_max_length}: shorten it"
             )
-        return self.encode_text(ids, text=prompt)
+        return list(ids)
+
+    def prompt_embedding(self, prompt: str) -> torch.Tensor:
+        """Text embedding of a free prompt (no emphasis), what :meth:`denoise` takes for one sample; used by editing.
+
+        The prompt is tokenised by :meth:`prompt_ids` and encoded by :meth:`encode_text` with its text (the
+        families' other encoders tokenise the text themselves).
+
+        Returns:
+            `torch.Tensor`: (T, D) in :attr:`dtype` (as :meth:`encode_text`).
+
+        Raises:
+            ValueError: the prompt does not fit the text encoder; the message says how long it may be.
+        """
+        return self.encode_text(self.prompt_ids(prompt), text=prompt)
 
     def sampler(self, steps: int, latent_size: tuple[int, int] | None = None) -> Sampler:
         """A fresh reverse process of ``steps`` steps for this family (deterministic: DDIM for the DDPM families, the

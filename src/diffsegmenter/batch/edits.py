@@ -12,7 +12,6 @@ command skips done images; a rerun with other settings is refused before the mod
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,6 @@ __all__ = [
     "write_edit",
 ]
 
-logger = logging.getLogger(__name__)
-
 
 def edit_path(job: ImageJob) -> Path:
     """Where a job's edited image goes: ``<out_dir>/<stem>.png``."""
@@ -52,14 +49,13 @@ def edit_files(job: ImageJob, save_mask: bool) -> list[str]:
     return [edit.name, *([mask_path(edit).name] if save_mask else [])]
 
 
-def write_edit(edit: Path, result: Any, save_mask: bool, label: str) -> None:
+def write_edit(edit: Path, result: Any, save_mask: bool) -> None:
     """Write an :class:`~diffsegmenter.editing.EditResult`'s image at ``edit`` and, with `save_mask`, its paste-back
-    weight (0..255) at :func:`mask_path`; log when the target was not found (the image is written unchanged)."""
+    weight (0..255) at :func:`mask_path` (an image whose target was not found is written unchanged: ``edit_images``
+    has warned, and the command lists them)."""
     save_image_png(edit, result.image)
     if save_mask:
         save_image_png(mask_path(edit), np.rint(result.mask * 255).astype(np.uint8))
-    if not result.edited:
-        logger.warning("%s: no %r found; written unchanged", label, result.target)
 
 
 def _sidecar(job: ImageJob) -> Path:
@@ -172,7 +168,7 @@ class EditTask(BatchTask[ImageJob]):
         from ..io.sidecar import package_version
 
         files = edit_files(job, self.save_mask)
-        write_edit(edit_path(job), result, self.save_mask, job.label)
+        write_edit(edit_path(job), result, self.save_mask)
         scores = result.candidate_scores
         write_json(
             _sidecar(job),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..editing import EditSettings
 
-from .parser import CliError, Command, config_overrides, parse_classes, register_command
+from .parser import CliError, Command, add_max_pixels_argument, config_overrides, parse_classes, register_command
 
 __all__ = ["EditReport", "add_edit_arguments", "cmd_edit", "edit_command"]
 
@@ -64,6 +64,7 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
         help="into a folder: redo images already edited (a rerun otherwise keeps them, and refuses to replace edits "
         "made with other settings)",
     )
+    add_max_pixels_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,6 +74,8 @@ class EditReport:
 
     Attributes:
         written (`list[Path]`): the edited images written by this run, in input order.
+        unchanged (`list[Path]`): those of ``written`` where no pixel was labelled the target, written as the input
+            was (a lower ``tau`` or a better target name may find it).
         already_done (`list[Path]`): edits an earlier run of the same settings finished (kept, not redone).
         skipped (`list[tuple[Path, str]]`): inputs that could not be used (unreadable, an unsupported image type, a
             broken link...) with the reason; the others were still edited.
@@ -82,6 +85,7 @@ class EditReport:
     """
 
     written: list[Path] = dataclasses.field(default_factory=list)
+    unchanged: list[Path] = dataclasses.field(default_factory=list)
     already_done: list[Path] = dataclasses.field(default_factory=list)
     skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     stopped: str | None = None
@@ -144,12 +148,12 @@ def edit_command(
         ValueError: bad arguments, no image found, two outputs (edits or masks) on one file, an output that would
             replace an input, an output folder that is an input's folder or a file, or edits made with other
             settings in the output folder (without ``overwrite``); all before the model loads.
-        UsageError: another run holds the output folder.
+        UsageError: another run holds the output folder; the output file's folder cannot be created or written.
     """
     from ..classes import check_class_names
     from ..config import check_tau
     from ..editing import EditSettings, _check_new_classes, _check_prompt
-    from ..images import scan_inputs
+    from ..images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, scan_inputs
 
     settings = settings or EditSettings()
     target = check_class_names([target])[0]
@@ -164,7 +168,7 @@ def edit_command(
     if not paths:
         raise ValueError(f"no image found in {', '.join(map(str, inputs))}")
     out = Path(out)
-    single_file = len(paths) == 1 and out.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    single_file = len(paths) == 1 and out.suffix.lower() in IMAGE_EXTENSIONS | UNSUPPORTED_IMAGE_EXTENSIONS
     if single_file and out.suffix.lower() != ".png":
         raise ValueError(f"edited images are written as PNG: name the output {out.with_suffix('.png')}")
     edit_kwargs = {
@@ -200,12 +204,20 @@ def edit_command(
 
 
 def _edit_one_file(path, dest: Path, skipped, edit_kwargs, save_mask: bool, load) -> EditReport:
-    """One named input into the named output PNG (no sidecar, no resume)."""
+    """One named input into the named output PNG (no sidecar, no resume); ``dest``'s folder is created and checked
+    before the model loads, and a write error stops the run (exit status 3) instead of raising."""
+    from ..batch import prepare_out_dir
     from ..batch.edits import write_edit
     from ..editing import edit_images
     from ..images import ImageLoadError
 
     _check_destinations([path], [dest], save_mask)
+    if dest.is_dir():
+        raise ValueError(
+            f"--out {str(dest)!r} is a folder: name the edited PNG inside it (e.g. {dest / Path(path).stem}.png), "
+            "or give a folder name without an image suffix"
+        )
+    prepare_out_dir(dest.parent)  # UsageError: a parent is a file, or the folder cannot be written
     report = EditReport(skipped=[(Path(p), reason) for p, reason in skipped])
     segmenter = load()
     kwargs = dict(edit_kwargs)
@@ -215,8 +227,15 @@ def _edit_one_file(path, dest: Path, skipped, edit_kwargs, save_mask: bool, load
         report.skipped.append((Path(path), " ".join(str(exc).split())))
         report.exit_status = 1
         return report
-    write_edit(dest, res, save_mask, str(path))
+    try:
+        write_edit(dest, res, save_mask)
+    except OSError as exc:
+        report.stopped = f"cannot write {dest} ({exc.strerror or exc})"
+        report.exit_status = 3
+        return report
     report.written.append(dest)
+    if not res.edited:
+        report.unchanged.append(dest)
     report.exit_status = 1 if report.skipped else 0
     return report
 
@@ -261,6 +280,7 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
         result = runner.run(jobs, task)
         report = EditReport(
             written=[edit_path(job) for job, _ in result.segmented],
+            unchanged=[edit_path(job) for job, edited in result.segmented if not edited],
             already_done=[edit_path(job) for job in result.already_done],
             skipped=[(job.path, reason) for job, reason in result.skipped],
             stopped=result.stopped,
@@ -340,10 +360,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
             f"Edited {len(written)} image(s){done}: {', '.join(str(p) for p in written[:5])}"
             f"{' ...' if len(written) > 5 else ''}"
         )
+    if report.unchanged:
+        print(
+            f"{len(report.unchanged)} of them unchanged: no pixel was labelled {args.target!r} (try a lower --tau "
+            f"or another name): {', '.join(str(p) for p in report.unchanged[:5])}"
+            f"{' ...' if len(report.unchanged) > 5 else ''}",
+            file=sys.stderr,
+        )
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if report.skipped:
-        print(f"{len(report.skipped)} input(s) skipped (listed above); the others were edited", file=sys.stderr)
+        others = "the others were edited" if written or report.already_done else "nothing was edited"
+        print(f"{len(report.skipped)} input(s) skipped (listed above); {others}", file=sys.stderr)
     if report.stopped is not None:
         print(f"diffsegmenter: the run stopped: {report.stopped}", file=sys.stderr)
     return report.exit_status

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import add_override_argument
+from ..config import DEFAULT_MAX_IMAGE_PIXELS, add_override_argument
 from ..errors import UsageError as CliError
 
 __all__ = [
@@ -134,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- the shared flags
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels`` (``SegmenterConfig.max_image_pixels``, through :data:`CONFIG_FLAGS`), for the commands that
+    read image files."""
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="refuse (skip, with the reason) images with more pixels than this; memory grows with them "
+        f"(SegmenterConfig.max_image_pixels; default: {DEFAULT_MAX_IMAGE_PIXELS}, "
+        f"i.e. {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g} megapixels)",
+    )
 
 
 def positive_int(text: str) -> int:

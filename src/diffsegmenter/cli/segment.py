@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from .parser import (
     DEFAULT_FORMATS,
     CliError,
     Command,
+    add_max_pixels_argument,
     config_overrides,
     load_kwargs,
     parse_classes,
@@ -67,14 +67,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="images segmented per model call; raise it on a GPU (default: 1, right for CPU)",
     )
-    parser.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=None,
-        help="refuse (skip, with the reason) images with more pixels than this; memory grows with them "
-        f"(SegmenterConfig.max_image_pixels; default: {DEFAULT_MAX_IMAGE_PIXELS}, "
-        f"i.e. {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g} megapixels)",
-    )
+    add_max_pixels_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="recompute images that are already done")
     ray = parser.add_argument_group("Ray (pip install 'diffsegmenter[ray]')")
     ray.add_argument(
