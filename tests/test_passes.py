@@ -26,6 +26,30 @@ def _run(seg, latents, work, spec, **kwargs):
     )
 
 
+def test_attention_maps_takes_the_content_masks_of_the_rescaled_readout(tiny_segmenter):
+    """The public one-pass method ran only the read-outs that need no content masks (the shipped model's 'rescaled'
+    could not be called at all)."""
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.readouts import content_token_mask
+
+    base = tiny_segmenter
+    seg = DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout="rescaled"))
+    latents, work = _work(seg, ["cat", "sofa"])
+    text = torch.stack([seg.encode_prompt(p) for _, p in work])
+    groups = [[p.class_tokens[0]] for _, p in work]
+    content = [
+        content_token_mask(seg.backbone.tokenizer, p.input_ids, keep=[i for t in p.class_tokens for i in t])
+        for _, p in work
+    ]
+    latents = latents.expand(2, -1, -1, -1)
+    with pytest.raises(ValueError, match="content_token_mask"):
+        seg.attention_maps(latents, text, groups)
+    rescaled = seg.attention_maps(latents, text, groups, content=content)
+    assert rescaled.shape == (2, 1, 16, 16) and rescaled.min() >= 0 and rescaled.max() <= 1
+    # its where maps are the paper's (the rescaled maps decide which class: PassSpec's which_weights)
+    assert torch.allclose(rescaled, base.attention_maps(latents, text, groups), atol=1e-6)
+
+
 def test_pass_computes_only_what_it_is_asked(tiny_segmenter):
     seg = tiny_segmenter
     latents, work = _work(seg, ["cat", "sofa"])

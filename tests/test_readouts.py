@@ -285,9 +285,22 @@ def test_family_readouts(segmenters, name, readout):
 )
 def test_readout_refused_on_other_families(segmenters, name, readout):
     base = segmenters[name]
-    seg = DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout=readout))
-    with pytest.raises(ValueError, match=f"readout {readout!r} runs on"):
-        seg.segment(_image(), classes=["cat"], seed=0)
+    # refused when the segmenter is made (it was at the first image), naming every read-out the family runs
+    with pytest.raises(ValueError, match=f"readout {readout!r} runs on .*'rescaled' or 'weighted'"):
+        DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout=readout))
+
+
+def test_single_block_says_when_tau_is_above_every_raw_score(segmenters, caplog):
+    base = segmenters["sd3"]
+    seg = DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout="single-block"))
+    with caplog.at_level("WARNING", logger="diffsegmenter.segmenter"):
+        res = seg.segment(_image(), classes=["cat", "dog"], seed=0)
+    assert res.scores.max() <= res.tau and not res.labels.any()  # the default tau is for min-max maps
+    assert "every score of 1 image(s) is at most tau" in caplog.text and "give a small tau" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffsegmenter.segmenter"):
+        low = seg.segment(_image(), classes=["cat", "dog"], seed=0, tau=float(res.scores.max()) / 2)
+    assert low.labels.any() and "give a small tau" not in caplog.text
 
 
 def test_concept_streams_leave_flux_untouched(segmenters):

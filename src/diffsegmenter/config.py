@@ -249,7 +249,8 @@ class SegmenterConfig:
         if self.readout in ("single-block", "concept") and self.class_level_weights is not None:
             raise ValueError(
                 f"readout={self.readout!r} makes its own class decision: leave class_level_weights (and "
-                "class_resolution) None"
+                "class_resolution) None; a model folder's segmenter_config.json may set them, so with from_pretrained "
+                "pass class_level_weights=None, class_resolution=None as well"
             )
         if self.class_resolution is not None:
             _check_int("class_resolution", self.class_resolution, 8, 8192, "None = one pass for where and which")

@@ -125,7 +125,11 @@ def attention_pass(
     readout = readout_for(spec.readout, spec.readout_block)
     readout.check_family(backbone.family)
     if readout.needs_content and content is None:
-        raise ValueError(f"the {spec.readout!r} read-out needs each prompt's content-token mask (content=)")
+        raise ValueError(
+            f"the {spec.readout!r} read-out needs each prompt's content-token mask: pass content=[content_token_mask("
+            "tokenizer, prompt.input_ids, keep=<its class token positions>) per sample] (DiffSegmenter.segment "
+            "does this)"
+        )
     b = latents.shape[0]
     store = AttentionStore(latent_size=tuple(latents.shape[-2:]))
     readout.prepare(store)

@@ -67,7 +67,8 @@ def per_class_prompt(
     words are those of the prompt the released code builds, where the emphasised last class word carries "++": so
     for a one-word class the checked word is the first continuation word ("a photograph of cat++ sitting ...").
     The extra token is positional, as released: after a name of several sub-tokens with ``token_rule="first"`` it is
-    the name's second sub-token.
+    the name's second sub-token. The word is read from the text before the text encoder's truncation, as released:
+    in a prompt cut right after the class token, the extra position is the end token.
 
     Args:
         tokenizer: the text encoder's tokenizer.

@@ -116,9 +116,10 @@ class Readout:
     def check_family(self, family: str) -> None:
         allowed = FAMILIES[self.name]
         if allowed is not None and family not in allowed:
+            usable = [name for name, families in FAMILIES.items() if families is None or family in families]
             raise ValueError(
-                f"readout {self.name!r} runs on {', '.join(allowed)} backbones, not on {family}: use readout='paper' "
-                "or 'rescaled'"
+                f"readout {self.name!r} runs on {', '.join(allowed)} backbones, not on {family}: use readout="
+                + " or ".join(repr(name) for name in usable)
             )
 
     def prepare(self, store: AttentionStore) -> None:
@@ -400,7 +401,8 @@ class SingleBlockReadout(Readout):
     """Seg4Diff: one block's image->text probabilities, head-averaged, post-softmax; no min-max, no completion.
 
     The block is ``config.readout_block`` or :func:`single_block_default`. The maps are the raw probabilities of the
-    class tokens (mean over a name's sub-tokens); the class decision is their argmax per pixel, and ``tau`` is
+    class tokens (averaged over the positions ``config.token_rule`` picks: the first sub-token by default); the class
+    decision is their argmax per pixel, and ``tau`` is
     compared with the raw probability (:class:`~diffsegmenter.decision.RawScoresDecision`), so a useful tau is small.
     Choice (Seg4Diff does not use a background threshold on these maps): the raw probability against tau.
     """
@@ -426,7 +428,8 @@ class SingleBlockReadout(Readout):
 class ConceptReadout(Readout):
     """ConceptAttention on FLUX: classes as extra token streams through the double-stream blocks' text branch.
 
-    Each class's stream starts from the mean of its tokens' rows of the prompt's T5 embedding, projected by the
+    Each class's stream starts from the mean of its tokens' rows (the positions ``config.token_rule`` picks) of the
+    prompt's T5 embedding, projected by the
     transformer's ``context_embedder`` (choice: no extra text-encoder call; a separate encoding of the bare name is
     the alternative, not measured: there is no FLUX shapes model). In every double-stream block it is normalised
     and modulated by the block's ``norm1_context``, projected by the text branch (``add_q/k/v_proj``, the added
@@ -434,7 +437,8 @@ class ConceptReadout(Readout):
     is the identity), goes through ``to_add_out``, the gated residual and ``ff_context``; nothing attends to it, so
     the image and the prompt are untouched. Score of pixel p for class c, per read block: the dot product of the
     image's and the concept's attention outputs (heads concatenated, before the output projections, which differ
-    between the two branches), summed over the read blocks (``attention_blocks`` restricted to double-stream ones);
+    between the two branches), summed over the read blocks (``attention_blocks``, all double-stream blocks by default; naming a single-stream
+    block is refused);
     then min-max per class (choice: tau keeps its meaning and one class works; ConceptAttention takes a softmax over
     the concepts). No completion.
     """

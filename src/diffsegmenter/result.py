@@ -38,6 +38,8 @@ class SegmentationResult:
             (:func:`~diffsegmenter.aggregation.split_where_and_which`), so it need not reach 1; with
             ``config.flip``, the mean of the image's and its mirror image's maps, which need not reach 1 either; with
             ``config.refine``, refined with the image's colours (:mod:`~diffsegmenter.refinement`), still in [0, 1].
+            With ``config.readout="single-block"`` the maps are raw attention probabilities (no min-max), often far
+            below 1, so that read-out needs a small ``tau``.
         classes (`list[str]`): the classes segmented, in order (after the category filter, if one ran).
         prompts (`list[str]`): the exact text prompt whose attention gave each class's map.
         tau (`float`): the background score used for ``labels``.

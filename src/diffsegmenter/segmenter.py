@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +25,14 @@ from .config import SegmenterConfig, check_refine, check_tau
 from .decision import PassPlan, class_decision
 from .passes import ClassMaps, PassSpec, attention_pass, run_batched
 from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
+from .readouts import readout_for
 from .refinement import Refiner
 from .result import SegmentationResult, build_results, check_full_size_memory
 from .settings import ModelSettings
 from .tokens import ClassTokenError
 from .transfer import to_device
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DiffSegmenter", "SegmentationResult"]
 
@@ -93,6 +97,8 @@ class DiffSegmenter:
             raise ValueError("give either backbone= or the five components, not both")
         self.backbone = backbone
         self.config = config or SegmenterConfig().replace(**backbone.family_defaults())
+        # a read-out this family cannot run is refused here, not at the first image
+        readout_for(self.config.readout, self.config.readout_block).check_family(backbone.family)
         self.captioner = captioner
         self.model_settings = model_settings
         classes = default_classes if default_classes is not None else self.model_settings.classes
@@ -297,6 +303,8 @@ class DiffSegmenter:
         results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)
         for res, cand in zip(results, candidates):
             res.candidates = cand
+        if cfg.readout == "single-block":
+            _warn_if_raw_scores_under_tau(results)
         return results[0] if single else results
 
     @contextmanager
@@ -432,6 +440,7 @@ class DiffSegmenter:
         text: torch.Tensor,
         token_groups: list[list[list[int]]],
         cfg_reference: bool = False,
+        content: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One attention pass with this config (:func:`~diffsegmenter.passes.attention_pass`): per sample, the fused
         and completed map of each of its classes.
@@ -442,13 +451,18 @@ class DiffSegmenter:
             token_groups (`list[list[list[int]]]`): per sample, per class, the token positions to average.
             cfg_reference (`bool`, *optional*): run the released code's [empty prompt, prompt] batch of 2B and read
                 the conditional half (for equivalence tests and the reference benchmark; twice the cost).
+            content (`list[torch.Tensor]`, *optional*): per sample, its prompt's content tokens, (T,) bool
+                (:func:`~diffsegmenter.readouts.content_token_mask` of its ``input_ids``, keeping its class tokens);
+                needed by the ``"rescaled"`` and ``"weighted"`` read-outs.
 
         Returns:
             `torch.Tensor`: (B, C, h, w) float32 maps in [0, 1] at the latent resolution (at the self-attention
             level's resolution when ``config.self_attention_factor`` names a coarser one).
         """
         spec = PassSpec.from_config(self.config)
-        return attention_pass(self.backbone, latents, text, token_groups, spec, cfg_reference=cfg_reference).where
+        return attention_pass(
+            self.backbone, latents, text, token_groups, spec, cfg_reference=cfg_reference, content=content
+        ).where
 
     def check_classes(self, classes: Sequence[str]) -> list[str]:
         """Check a class list once, before any image: the shared list rule
@@ -547,3 +561,20 @@ def _takes_keep_on_device(backbone_class: type) -> bool:
     """Whether a backbone class's ``encode_latents`` has the ``keep_on_device`` option (a backbone from outside this
     package may not); looked up once per class."""
     return "keep_on_device" in inspect.signature(backbone_class.encode_latents).parameters
+
+
+def _warn_if_raw_scores_under_tau(results: list[SegmentationResult]) -> None:
+    """The single-block read-out's scores are raw probabilities, often far below a tau chosen for min-max maps: say so
+    when an image came out all background because every score is at most its tau."""
+    low = [(i, float(r.scores.max())) for i, r in enumerate(results) if r.scores.size and r.scores.max() <= r.tau]
+    if low:
+        i, peak = low[0]
+        logger.warning(
+            "readout='single-block': every score of %d image(s) is at most tau=%g (image %d peaks at %.4g), so they "
+            "are all background; its scores are raw attention probabilities: give a small tau (e.g. tau=%.2g)",
+            len(low),
+            results[i].tau,
+            i,
+            peak,
+            peak / 2,
+        )
