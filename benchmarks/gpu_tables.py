@@ -54,7 +54,7 @@ def done_criteria(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                  f"{_f(single and single['images_per_s'])} (batch {single and single['batch']})",
                  None if not single else single["images_per_s"] >= g["single_images_per_s"]))  # fmt: skip
     share = _share(single, ceil.get(single["batch"]) if single else None, "images_per_s_single")
-    rows.append((f">= {g['single_share_of_ceiling']:.0%} of the ceiling at that batch", _f(share and 100 * share, ".0f") + " %",
+    rows.append((f">= {g['single_share_of_ceiling']:.0%} of the ceiling at that batch", _f(share and 100 * share, ".1f") + " %",
                  None if share is None else share >= g["single_share_of_ceiling"]))  # fmt: skip
     rows.append((f"single-prompt latency at batch 1 <= {g['single_latency_ms']:.0f} ms", f"{_f(one and one['latency_ms'])} ms",
                  None if not one else one["latency_ms"] <= g["single_latency_ms"]))  # fmt: skip

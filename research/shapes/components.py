@@ -103,6 +103,25 @@ def package_folder() -> Path:
     return Path(diffsegmenter.__file__).resolve().parent
 
 
+#: Files a training run writes into its ``--out``; a folder holding one holds a run.
+RUN_FILES: tuple[str, ...] = ("train_config.json", "log.jsonl", "state.pt", "best.json", "model")
+
+
+def check_new_run_dir(out: Path, flag: str = "--out") -> None:
+    """Refuse a training ``out`` that already holds a run (unless the caller resumes it): a fresh run there would
+    overwrite its config, checkpoints and model, append to its log and keep its ``best/`` (another run's model).
+
+    Raises:
+        ValueError: naming what the folder holds and the way out.
+    """
+    held = [name for name in RUN_FILES if (out / name).exists()] + sorted(p.name for p in out.glob("ckpt-*"))
+    if held:
+        raise ValueError(
+            f"{flag} {out} already holds a training run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): "
+            "pass --resume to continue it, or give a new folder"
+        )
+
+
 def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
     """Refuse an output folder inside the installed ``diffsegmenter`` package.
 

@@ -547,6 +547,8 @@ class Trainer:
         if self.cfg.out is None and not self.profile:
             raise ValueError("--out is required (except with --profile-steps)")
         self.out = C.check_out_dir(self.cfg.out) if self.cfg.out is not None else None
+        if self.out is not None and not self.cfg.resume:
+            C.check_new_run_dir(self.out)
         self.log = RunLog(None if self.profile or self.out is None else self.out / "log.jsonl")
         self.elapsed_before = 0.0  # wall clock spent by earlier legs of this run
         self.vae_elapsed = 0.0

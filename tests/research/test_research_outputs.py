@@ -33,3 +33,19 @@ def test_train_refuses_an_out_folder_inside_the_package(main):
     with pytest.raises(ValueError, match="--out"):
         main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("main", [T.main, train_mmdit.main], ids=["train", "train_mmdit"])
+def test_train_refuses_a_folder_that_holds_a_run_unless_resuming(main, tmp_path):
+    """A second run into a finished folder overwrote its config and model, appended to its log and kept its best/
+    (the other run's model, which the GPU recipe ships)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"event": "setup"}\n')
+    with pytest.raises(ValueError, match=r"already holds a training run \(log.jsonl\): pass --resume"):
+        main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl"]
+    (out / "log.jsonl").unlink()
+    (out / "ckpt-40").mkdir()
+    with pytest.raises(ValueError, match=r"\(ckpt-40\)"):
+        main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
