@@ -93,18 +93,30 @@ def run_member(seg, base, name: str, scenes: Sequence[Scene], batch: int = 20) -
     return out
 
 
-def member_scores(seg, base, name: str, scenes: Sequence[Scene], cache: Path | None) -> tuple[list, float]:
+def member_scores(
+    seg, base, name: str, scenes: Sequence[Scene], cache: Path | None, model: str = "shapes"
+) -> tuple[list, float]:
     """A member's (K, 64, 64) float32 score maps per scene, and its CPU seconds per scene (over every scene this
     member has computed, in this run or the cached ones; NaN for a cache without timing). Cached maps cover scenes
     0..m-1 (``s{i}`` in the npz, with the CPU seconds and count of the scenes computed); only scenes m.. are
-    computed."""
+    computed. The npz records what made it (``model``, the member, ``base``'s settings) and its scenes' seeds; a
+    cache made otherwise, or by an older version that did not record it, is refused (RuntimeError)."""
     have: list[np.ndarray] = []
     seconds, computed = float("nan"), 0
+    made_by = json.dumps({"model": model, "member": name, "config": base.to_dict()}, sort_keys=True, default=str)
     path = None if cache is None else cache / f"{name}.npz"
     if path is not None and path.exists():
         with np.load(path) as z:
-            stored = sum(f.startswith("s") for f in z.files)
-            have = [z[f"s{i}"] for i in range(min(stored, len(scenes)))]
+            if "made_by" not in z.files or str(z["made_by"]) != made_by:
+                raise RuntimeError(
+                    f"cached maps of {name} in {path} were made by another model or settings (or an older version "
+                    "that did not record them): delete the file or use another --cache folder"
+                )
+            stored = sum(f.startswith("s") and f[1:].isdigit() for f in z.files)
+            n = min(stored, len(scenes))
+            if [int(x) for x in z["seeds"][:n]] != [scene.seed for scene in scenes[:n]]:
+                raise RuntimeError(f"cached maps of {name} do not match the scenes (stale {path}?)")
+            have = [z[f"s{i}"] for i in range(n)]
             if "cpu_seconds" in z.files:
                 seconds, computed = float(z["cpu_seconds"]), int(z["computed"])
     todo = scenes[len(have) :]
@@ -115,7 +127,15 @@ def member_scores(seg, base, name: str, scenes: Sequence[Scene], cache: Path | N
         seconds, computed = (spent if computed == 0 else seconds + spent), computed + len(todo)
         if path is not None:
             maps = {f"s{i}": s for i, s in enumerate(have)}
-            np.savez(path, **maps, cpu_seconds=np.float64(seconds), computed=np.int64(computed))
+            seeds = [scene.seed for scene in scenes[: len(have)]]
+            np.savez(
+                path,
+                **maps,
+                cpu_seconds=np.float64(seconds),
+                computed=np.int64(computed),
+                made_by=np.array(made_by),
+                seeds=np.array(seeds, dtype=np.int64),
+            )
     for scene, s in zip(scenes, have):
         if s.shape[0] != len(scene.classes):
             raise RuntimeError(f"cached maps of {name} do not match the scenes (stale {path}?)")
@@ -239,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     maps: dict[str, list[np.ndarray]] = {}
     for m in members:
-        maps[m], report["cpu_seconds_per_scene"][m] = member_scores(seg, base, m, scenes, cache)
+        maps[m], report["cpu_seconds_per_scene"][m] = member_scores(seg, base, m, scenes, cache, model=str(args.model))
         report["members"][m] = evaluate(scenes, maps[m], base.tau)
         print(
             "member",

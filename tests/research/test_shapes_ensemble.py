@@ -104,9 +104,14 @@ def test_member_cache_computes_only_the_new_scenes(scenes, tmp_path):
     cached, timing = member_scores(seg, base, "s2t100", scenes[:4], tmp_path)
     assert seg.images == 6 and len(cached) == 4
     assert timing == per_scene  # the cached timing: over the 6 scenes computed
-    with pytest.raises(RuntimeError, match="do not match"):
-        other = [s for s in scenes if len(s.classes) != len(scenes[0].classes)]
-        member_scores(seg, base, "s2t100", other[:1], tmp_path)  # another scene: another class count
+    with pytest.raises(RuntimeError, match="do not match the scenes"):
+        member_scores(seg, base, "s2t100", scenes[1:3], tmp_path)  # other scenes, even with equal class counts
+    # maps made by another model or other settings were taken as this one's (only the class count was checked)
+    with pytest.raises(RuntimeError, match="made by another model or settings"):
+        member_scores(seg, base, "s2t100", scenes[:3], tmp_path, model="runs/other-model")
+    with pytest.raises(RuntimeError, match="made by another model or settings"):
+        member_scores(seg, base.replace(tau=0.3), "s2t100", scenes[:3], tmp_path)
+    assert seg.images == 6
 
 
 def test_main_refuses_an_out_folder_inside_the_package_and_a_bad_member(tmp_path):
