@@ -37,7 +37,8 @@ UNET_S=${UNET_S:-170}      # leg 3 wall clock [170]
 TUNE_VAL=${TUNE_VAL:-150}  # val scenes for legs 2 and 4 [150]
 TEST=${TEST:-300}          # test scenes for leg 2 [300]
 SAVE_EVERY=${SAVE_EVERY:-400}  # steps between checkpoints (each probed for binding) in legs 1 and 3 [400]
-WORK=${WORK:-runs/gpu}     # big files (state.pt, checkpoints) stay here, outside $OUT
+WORK=${WORK:-runs/gpu/$(date +%Y%m%d-%H%M%S)}  # big files (state.pt, checkpoints), outside $OUT; a new folder per
+                           # run: training refuses a folder that holds a run [runs/gpu/<date-time>]
 DEVICE=${DEVICE:-cuda}     # cpu: a rehearsal of every leg (with small budgets) on a machine without a GPU [cuda]
 DIT_ARGS=${DIT_ARGS:-}     # more train_mmdit flags for leg 1, after the recipe's (the last one wins) [none]
 UNET_ARGS=${UNET_ARGS:-}   # more train flags for leg 3 [none]
