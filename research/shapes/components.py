@@ -122,8 +122,9 @@ def check_new_run_dir(out: Path, flag: str = "--out") -> None:
         )
 
 
-def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
-    """Refuse an output folder inside the installed ``diffsegmenter`` package.
+def check_out_dir(out_dir: str | Path, flag: str = "--out", record: str | None = None) -> Path:
+    """Refuse an output folder inside the installed ``diffsegmenter`` package, and one that holds ``record`` (the
+    report file the caller writes: an earlier run's, which it would overwrite).
 
     Training and tuning write a new folder; a maintainer copies what should ship into
     ``src/diffsegmenter/models/shapes/`` by hand, so that no run rewrites the installed model.
@@ -132,7 +133,7 @@ def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
         `Path`: ``out_dir`` as given.
 
     Raises:
-        ValueError: ``out_dir`` is the package folder or lies inside it.
+        ValueError: ``out_dir`` is the package folder or lies inside it, or holds ``record``.
     """
     out, pkg = Path(out_dir), package_folder()
     if out.resolve() == pkg or pkg in out.resolve().parents:
@@ -140,6 +141,8 @@ def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
             f"{flag} {out} is inside the installed diffsegmenter package ({pkg}); write to a new folder (e.g. "
             "runs/...) and copy what should ship into src/diffsegmenter/models/shapes/ by hand"
         )
+    if record is not None and (out / record).exists():
+        raise ValueError(f"{flag} {out} already holds {record}, an earlier run's record: give a new folder")
     return out
 
 

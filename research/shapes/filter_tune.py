@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = check_out_dir(args.out)
+    out_dir = check_out_dir(args.out, record="filter_tuning.json")
     folder = Path(resolve_model(args.model))
     seg = DiffSegmenter.from_pretrained(folder)
     if args.scoring == "regions":

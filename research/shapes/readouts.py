@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, record="readouts.json")
     out.mkdir(parents=True, exist_ok=True)
     seg = DiffSegmenter.from_pretrained(args.model)
     base = seg.config

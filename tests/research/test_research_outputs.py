@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from research.shapes import filter_tune, train_mmdit, tune, tune_dit
+from research.shapes import ensemble, filter_tune, readouts, train_mmdit, tune, tune_dit
 from research.shapes import train as T
 from research.shapes.components import check_out_dir, package_folder
 
@@ -49,3 +49,22 @@ def test_train_refuses_a_folder_that_holds_a_run_unless_resuming(main, tmp_path)
     (out / "ckpt-40").mkdir()
     with pytest.raises(ValueError, match=r"\(ckpt-40\)"):
         main(["--out", str(out), "--tiny", "--device", "cpu", "--threads", "1"])
+
+
+@pytest.mark.parametrize(
+    ("main", "record"),
+    [
+        (tune.main, "tuning.json"),
+        (tune_dit.main, "tuning.json"),
+        (filter_tune.main, "filter_tuning.json"),
+        (readouts.main, "readouts.json"),
+        (ensemble.main, "ensemble.json"),
+    ],
+    ids=["tune", "tune_dit", "filter_tune", "readouts", "ensemble"],
+)
+def test_tuners_refuse_a_folder_holding_their_record(main, record, tmp_path):
+    """They overwrote an earlier run's record without a word."""
+    (tmp_path / record).write_text('{"earlier": true}\n')
+    with pytest.raises(ValueError, match=f"already holds {record}, an earlier run's record"):  # before loading
+        main(["--model", "shapes", "--out", str(tmp_path)])
+    assert (tmp_path / record).read_text() == '{"earlier": true}\n'
