@@ -189,7 +189,12 @@ def test_every_format_matches_the_library(tmp_path: Path, tiny_model_dir: Path, 
 
 
 def _files(out: Path) -> dict[str, int]:
-    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    """Every output file's modification time (the lock file, touched by every run, left out)."""
+    return {
+        p.relative_to(out).as_posix(): p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and p.name != ".diffsegmenter.lock"
+    }
 
 
 def test_interrupted_run_resumes_without_redoing_or_losing(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
@@ -235,6 +240,31 @@ def test_interrupted_run_resumes_without_redoing_or_losing(tmp_path: Path, tiny_
     assert {name: after[name] for name in before} == before  # finished images were not rewritten
 
 
+def test_a_rerun_with_other_settings_never_replaces_finished_images_unasked(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    """It recomputed them silently (an INFO line), and a killed rerun left a folder of two settings."""
+    src = tmp_path / "in"
+    for i in range(2):
+        _save_random(src / f"img{i}.png", (40, 48), 30 + i)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    argv += ["--format", "png,coco", "--quiet"]
+    assert _run(argv, capsys)[0] == 0
+    before = _files(out)
+    code, _, stderr = _run([*argv, "--tau", "0.3"], capsys)
+    assert code == 2
+    assert "2 image(s) were segmented earlier with other settings (config.tau: " in stderr
+    assert "-> 0.3)" in stderr and "--overwrite" in stderr
+    assert _files(out) == before  # nothing rewritten, not even the run-level coco file
+    # another class list into the same folder names that setting; the same settings resume as before
+    assert "classes: ['a', 'b'] -> ['a', 'c']" in _run([*argv[:7], "a,c", *argv[8:]], capsys)[2]
+    images = {name: t for name, t in before.items() if name.startswith("img")}  # run-level files are rewritten whole
+    assert _run(argv, capsys)[0] == 0 and {name: _files(out)[name] for name in images} == images
+    assert _run([*argv, "--tau", "0.3", "--overwrite"], capsys)[0] == 0
+    assert load_sidecar(out / "img0.json")["tau"] == pytest.approx(0.3)
+
+
 def test_an_image_added_later_does_not_take_over_a_finished_images_name(
     tmp_path: Path, tiny_model_dir: Path, capsys
 ) -> None:
@@ -257,14 +287,14 @@ def test_an_image_added_later_does_not_take_over_a_finished_images_name(
 
 
 def test_files_left_by_a_run_with_other_settings_are_not_reused(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
-    # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9) rewrites the png only; run 3 (tau 0.9) asks for
+    # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9, --overwrite) rewrites the png only; run 3 (tau 0.9) asks for
     # all three: the overlay and npz on disk are run 1's, which run 2's sidecar does not list. They were counted as
     # done (the resume checked the files' existence and the settings, not that they were written with the sidecar).
     image = _save_random(tmp_path / "in" / "x.png", (24, 32), 3)
     out = tmp_path / "out"
     base = ["segment", str(image), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
     assert _run([*base, "--tau", "0.2", "--format", "png,overlay,npz"], capsys)[0] == 0
-    assert _run([*base, "--tau", "0.9", "--format", "png"], capsys)[0] == 0
+    assert _run([*base, "--tau", "0.9", "--format", "png", "--overwrite"], capsys)[0] == 0  # other settings: asked
     assert not is_done(out, "x", ["png", "overlay", "npz"]) and is_done(out, "x", ["png"])
     code, stdout, _ = _run([*base, "--tau", "0.9", "--format", "png,overlay,npz"], capsys)
     assert code == 0 and "1 segmented, 0 already done" in stdout

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..io.paths import ImageJob
-from .runner import BatchTask, normalise_fingerprint
+from .runner import BatchTask, check_earlier_requests, normalise_fingerprint
 
 __all__ = [
     "EditTask",
@@ -88,25 +88,7 @@ def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> Non
         ValueError: naming an image, the settings that changed, and the ways out (another ``--out``, or
             ``--overwrite`` to redo them).
     """
-    request = normalise_fingerprint(request)
-    clashes: list[tuple[ImageJob, dict[str, Any]]] = []
-    for job in jobs:
-        if job.problem is not None:
-            continue
-        sidecar = _own_sidecar(job)
-        earlier = sidecar.get("request") if sidecar else None
-        if isinstance(earlier, dict) and earlier != request:
-            clashes.append((job, earlier))
-    if not clashes:
-        return
-    job, earlier = clashes[0]
-    changed = sorted(k for k in set(earlier) | set(request) if earlier.get(k) != request.get(k))
-    details = "; ".join(f"{k}: {earlier.get(k)!r} -> {request.get(k)!r}" for k in changed)
-    raise ValueError(
-        f"{len(clashes)} image(s) in {job.out_dir} were edited earlier with other settings ({details}), e.g. "
-        f"{job.out_dir / (job.stem + '.png')}; this run would replace them: choose another --out, or pass "
-        "--overwrite to redo them with these settings"
-    )
+    check_earlier_requests(jobs, request, _own_sidecar, done="edited", example=edit_path)
 
 
 def save_image_png(path: Path, array: np.ndarray) -> None:

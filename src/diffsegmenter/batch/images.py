@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..io.paths import ImageJob
-from .runner import BatchReport, BatchRunner, BatchTask, normalise_fingerprint, segmenter_session
+from .runner import (
+    BatchReport,
+    BatchRunner,
+    BatchTask,
+    check_earlier_requests,
+    normalise_fingerprint,
+    segmenter_session,
+)
 
 __all__ = ["ImageTask", "run_batch"]
 
@@ -25,7 +32,8 @@ class ImageTask(BatchTask[ImageJob]):
         classes (`Sequence[str]`, *optional*): class names (the vocabulary with a filter); None = the model's own.
         filter (*optional*): passed to ``segment(filter=...)``.
         request (`dict`, *optional*): JSON-able description of the settings (model, classes, config...), stored in
-            each sidecar: the per-image fingerprint. An image done with other settings is recomputed.
+            each sidecar: the per-image fingerprint. An image done with other settings is not done; a run that would
+            replace such images is refused up front unless it overwrites ([`check_earlier`]).
         out (`Path`, *optional*): the run's output folder, where run-level files go (``coco_instances.json``...);
             None = no run-level files.
         vocabulary (`Sequence[str]`, *optional*): the run's class list (categories and YOLO ids, in this order);
@@ -53,23 +61,39 @@ class ImageTask(BatchTask[ImageJob]):
             vocabulary = classes if classes is not None else (request or {}).get("classes")
         self.vocabulary = None if vocabulary is None else list(vocabulary)
 
-    def is_done(self, job: ImageJob) -> bool:
-        from ..io.results import is_done, output_paths
+    def earlier_sidecar(self, job: ImageJob) -> dict[str, Any] | None:
+        """The job's earlier sidecar when it records this job's input (by file name), else None."""
+        from ..io.results import output_paths
         from ..io.sidecar import load_sidecar
+
+        path = output_paths(job.out_dir, job.stem, self.formats).sidecar
+        try:
+            sidecar = load_sidecar(path) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+        if sidecar and Path(str(sidecar.get("source", ""))).name != job.path.name:
+            logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
+            return None
+        return sidecar
+
+    def check_earlier(self, jobs: Sequence[ImageJob]) -> None:
+        """Refuse a run that would replace images segmented with other settings (ValueError naming them, each
+        changed setting and the ways out); a run that overwrites on purpose skips this."""
+        check_earlier_requests(
+            jobs,
+            self.request,
+            self.earlier_sidecar,
+            done="segmented",
+            example=lambda job: job.out_dir / f"{job.stem}.json",
+        )
+
+    def is_done(self, job: ImageJob) -> bool:
+        from ..io.results import is_done
 
         if not is_done(job.out_dir, job.stem, self.formats):
             return False
-        try:
-            sidecar = load_sidecar(output_paths(job.out_dir, job.stem, self.formats).sidecar)
-        except (OSError, ValueError):
-            return False
-        if Path(str(sidecar.get("source", ""))).name != job.path.name:
-            logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
-            return False
-        if sidecar.get("request") != self.request:
-            logger.info("%s: done earlier with other settings; recomputing", job.label)
-            return False
-        return True
+        sidecar = self.earlier_sidecar(job)
+        return sidecar is not None and sidecar.get("request") == self.request
 
     def load(self, job: ImageJob) -> Any:
         from ..images import load_image
@@ -154,15 +178,21 @@ def run_batch(
     Args:
         segmenter, formats, classes, filter, request: see [`ImageTask`].
         jobs (`Sequence[ImageJob]`): from [`~diffsegmenter.io.paths.collect_jobs`].
-        overwrite (`bool`, *optional*, defaults to False): recompute images that are already done.
+        overwrite (`bool`, *optional*, defaults to False): recompute images that are already done, and replace those
+            done with other settings (else refused, before any image: [`ImageTask.check_earlier`]).
         images_per_batch (`int`, *optional*, defaults to 1): images per ``segment`` call.
         progress (`bool`, *optional*, defaults to True): show a tqdm progress bar (on a terminal).
         out (`Path`, *optional*): the run's output folder, for run-level files (``coco``, ``yolo``, ``labelstudio``).
 
     Returns:
         [`BatchReport`].
+
+    Raises:
+        ValueError: without ``overwrite``, some images were segmented into their outputs with other settings.
     """
     task = ImageTask(segmenter, formats, classes=classes, filter=filter, request=request, out=out)
+    if not overwrite:
+        task.check_earlier(jobs)
     task.remove_stale_temp_files(jobs)
     runner = BatchRunner(overwrite=overwrite, batch_size=images_per_batch, progress=None if progress else False)
     return runner.run(jobs, task)

@@ -26,7 +26,7 @@ import errno
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -42,6 +42,8 @@ __all__ = [
     "BatchReport",
     "BatchRunner",
     "BatchTask",
+    "changed_settings",
+    "check_earlier_requests",
     "check_run_fingerprint",
     "finish_report",
     "normalise_fingerprint",
@@ -202,6 +204,66 @@ def check_run_fingerprint(
             )
         return
     write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
+
+
+def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> str:
+    """``"key: old -> new; ..."`` for every setting that differs, one level into dict-valued settings
+    (``"config.tau: 0.58 -> 0.3"``), for messages."""
+    parts = []
+    for key in sorted(set(earlier) | set(now)):
+        old, new = earlier.get(key), now.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts += [
+                f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            ]
+        else:
+            parts.append(f"{key}: {old!r} -> {new!r}")
+    return "; ".join(parts)
+
+
+def check_earlier_requests(
+    jobs: Sequence[Any],
+    request: dict[str, Any],
+    earlier_sidecar: Callable[[Any], dict[str, Any] | None],
+    *,
+    done: str,
+    example: Callable[[Any], Path],
+) -> None:
+    """Refuse a run that would replace results made with other settings (per-image sidecars record each image's
+    ``request``); called before any image is processed, unless the run overwrites on purpose.
+
+    Args:
+        jobs (`Sequence`): the run's jobs (those with a ``problem`` are not looked at).
+        request (`dict`): JSON-able settings of this run.
+        earlier_sidecar (`Callable`): a job's earlier sidecar when it records this job's input, else None.
+        done (`str`): what the earlier run did, for the message (``"segmented"``, ``"edited"``).
+        example (`Callable`): a job's main output file, named in the message.
+
+    Raises:
+        ValueError: naming how many images, one of them, each setting that changed, and the ways out (another
+            ``--out``, or ``--overwrite`` to redo them with these settings).
+    """
+    request = normalise_fingerprint(request)
+    clashes: list[tuple[Any, dict[str, Any]]] = []
+    for job in jobs:
+        if getattr(job, "problem", None) is not None:
+            continue
+        sidecar = earlier_sidecar(job)
+        earlier = sidecar.get("request") if sidecar else None
+        if isinstance(earlier, dict) and earlier != request:
+            clashes.append((job, earlier))
+    if not clashes:
+        return
+    job, earlier = clashes[0]
+    raise ValueError(
+        f"{len(clashes)} image(s) were {done} earlier with other settings ({changed_settings(earlier, request)}), "
+        f"e.g. {example(job)}; this run would replace them: choose another --out, or pass --overwrite to redo them "
+        "with these settings"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- the runner

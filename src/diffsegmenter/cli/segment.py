@@ -68,7 +68,12 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         help="images segmented per model call; raise it on a GPU (default: 1, right for CPU)",
     )
     add_max_pixels_argument(parser)
-    parser.add_argument("--overwrite", action="store_true", help="recompute images that are already done")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute images already done (a rerun otherwise keeps them, and refuses to replace results made "
+        "with other settings)",
+    )
     ray = parser.add_argument_group("Ray (pip install 'diffsegmenter[ray]')")
     ray.add_argument(
         "--ray",
@@ -126,7 +131,7 @@ def _ray_task(
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped, 3 stopped early)."""
-    from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
+    from ..batch import ImageTask, finish_report, output_lock, prepare_out_dir, run_batch
     from ..io.formats.label_png import check_png_class_count
     from ..io.paths import collect_jobs
     from .model import check_classes, check_overrides, default_model, load_segmenter, setup_filter
@@ -164,6 +169,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "captioner": load_kwargs(args).get("captioner"),
             "config": config,
         }
+        if not args.overwrite:  # before any image: results made with other settings are never replaced unasked
+            try:
+                ImageTask(segmenter, formats, classes=classes, request=request).check_earlier(jobs)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
         if getattr(args, "ray", False):
             return _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name, request, out)
         report = run_batch(
