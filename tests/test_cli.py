@@ -480,3 +480,25 @@ def test_shipped_examples_are_the_example_scenes() -> None:
     assert sorted(shipped) == sorted(f"shapes_{s.seed}.png" for s in scenes)
     for scene in scenes:
         np.testing.assert_array_equal(shipped[f"shapes_{scene.seed}.png"], scene.image)
+
+
+@pytest.mark.parametrize(
+    ("module", "flags", "install"),
+    [
+        ("cv2", ["--format", "png,yolo"], "pip install 'diffsegmenter[yolo]' (or pip install opencv-python-headless)"),
+        ("pycocotools", ["--format", "coco"], "pip install 'diffsegmenter[rle]' (or pip install pycocotools)"),
+        ("pycocotools", ["--format", "rle"], "pip install 'diffsegmenter[rle]'"),
+        ("ray", ["--ray"], "pip install 'diffsegmenter[ray]' (or pip install 'ray[data]')"),
+    ],
+)
+def test_a_missing_extra_is_named_before_the_model_loads(tmp_path: Path, capsys, monkeypatch, module, flags, install):
+    """It was found after the model had loaded and every image was segmented (each then 'skipped'), and the hint
+    named cv2, which pip cannot install."""
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    image = _save_random(tmp_path / "x.png", (16, 16), 0)
+    argv = ["segment", str(image), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
+    code, _, stderr = _run([*argv, "--classes", "a", *flags], capsys)
+    assert code == 2 and install in stderr and "not installed" in stderr
+    assert not (tmp_path / "out").exists()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["require"]
+__all__ = ["PIP_NAMES", "require"]
+
+#: Import name -> what ``pip install`` takes, where they differ.
+PIP_NAMES: dict[str, str] = {"cv2": "opencv-python-headless", "ray": "'ray[data]'"}
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:
@@ -19,5 +22,6 @@ def require(module: str, *, extra: str, feature: str) -> ModuleType:
     except ImportError as err:
         top = module.split(".")[0]
         raise ImportError(
-            f"{feature} needs {top}, which is not installed: pip install 'diffsegmenter[{extra}]' (or pip install {top})"
+            f"{feature} needs {top}, which is not installed: pip install 'diffsegmenter[{extra}]' (or pip install "
+            f"{PIP_NAMES.get(top, top)})"
         ) from err

@@ -224,7 +224,7 @@ def parse_formats(text: str | None) -> list[str]:
     """``"png,overlay"`` -> ``["png", "overlay"]`` (in writing order); None -> the default formats.
 
     Raises:
-        CliError: an unknown or empty format list.
+        CliError: an unknown or empty format list, or a format whose optional dependency is not installed.
     """
     from ..io.formats import FORMATS
 
@@ -236,7 +236,13 @@ def parse_formats(text: str | None) -> list[str]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise CliError(f"unknown output format(s) {', '.join(unknown)}; choose from {','.join(FORMATS)}")
-    return [f for f in FORMATS if f in formats]
+    chosen = [f for f in FORMATS if f in formats]
+    for name in chosen:  # an extra that is not installed: said now, not after every image was segmented
+        try:
+            FORMATS[name].check_available()
+        except ImportError as exc:
+            raise CliError(str(exc)) from None
+    return chosen
 
 
 def parse_classes(text: str | None) -> list[str] | None:

@@ -137,6 +137,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .model import check_classes, check_overrides, default_model, load_segmenter, setup_filter
 
     formats = parse_formats(args.format)
+    if getattr(args, "ray", False):  # before the model loads, as parse_formats does for the formats' extras
+        from .._optional import require
+
+        try:
+            require("ray", extra="ray", feature="segment --ray")
+        except ImportError as exc:
+            raise CliError(str(exc)) from None
     classes = parse_classes(args.classes)
     if classes is not None and "png" in formats:
         try:

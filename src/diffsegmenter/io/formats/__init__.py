@@ -113,6 +113,8 @@ class OutputFormat:
         finish (`Callable[[Path, Sequence[RunImage], Sequence[str]], list[Path]] | None`): a run-level writer,
             called after the per-image loop with the output folder, every finished image of the run (in input order)
             and the run's classes; it rebuilds the run's file(s) whole from the per-image parts and returns them.
+        requires (`tuple[str, str] | None`): the optional module the writer imports and the ``diffsegmenter`` extra
+            that installs it, e.g. ``("cv2", "yolo")``; checked before a run starts (:meth:`check_available`).
     """
 
     name: str
@@ -124,6 +126,19 @@ class OutputFormat:
     member_files: Callable[[Path, Sequence[str]], list[Path]] | None = None
     target: Callable[[Path, str], Path] | None = None
     finish: Callable[[Path, Sequence[RunImage], Sequence[str]], list[Path]] | None = None
+    requires: tuple[str, str] | None = None
+
+    def check_available(self) -> None:
+        """Import the optional module the writer needs, so that a run fails before its first image, not after it.
+
+        Raises:
+            ImportError: the module is missing; the message names the extra that installs it.
+        """
+        if self.requires is not None:
+            from ..._optional import require
+
+            module, extra = self.requires
+            require(module, extra=extra, feature=f"--format {self.name}")
 
     def path(self, out_dir: Path, stem: str) -> Path:
         """Where this format's output of one image goes: ``<out_dir>/<stem><suffix>`` unless ``target`` says."""
@@ -217,7 +232,11 @@ register_format(
         member_files=_heatmap_files,
     )
 )
-register_format(OutputFormat("rle", ".rle.json", _write_rle, "COCO RLE JSON", what="RLE file"))
+register_format(
+    OutputFormat(
+        "rle", ".rle.json", _write_rle, "COCO RLE JSON", what="RLE file", requires=("pycocotools.mask", "rle")
+    )
+)
 register_format(OutputFormat("npz", ".npz", _write_npz, "score maps", what="npz file"))
 
 OUTPUT_FORMATS: tuple[str, ...] = tuple(FORMATS)
@@ -235,6 +254,7 @@ register_format(
         "one COCO instances JSON for the run (RLE masks)",
         what="COCO part",
         finish=coco.write_run,
+        requires=("pycocotools.mask", "rle"),
     )
 )
 register_format(
@@ -246,6 +266,7 @@ register_format(
         what="YOLO label file",
         target=yolo.label_path,
         finish=yolo.write_run,
+        requires=("cv2", "yolo"),
     )
 )
 register_format(
