@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,3 +91,21 @@ def test_rle_output_without_pycocotools_names_the_extra(monkeypatch):
         encode_rle_records(labels, np.zeros((1, 4, 4), np.float32), ["a"])
     with pytest.raises(ImportError, match=r"diffsegmenter\[rle\]"):
         decode_rle_records([])
+
+
+def test_loading_a_model_folder_leaves_no_resource_warning():
+    """Each component's folder check listed it with an unclosed os.scandir (a ResourceWarning per component under
+    python -X dev or -W error)."""
+    code = "from diffsegmenter import DiffSegmenter; DiffSegmenter.from_pretrained('shapes')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr
+
+
+def test_the_wheel_carries_the_licence_and_the_typing_marker(project):
+    """Apache-2.0 asks for its text to travel with the package; type checkers read annotations only with py.typed."""
+    package = Path(diffsegmenter.__file__).parent
+    assert (package / "py.typed").is_file() and re.search(r'diffsegmenter = \[.*"py\.typed"', PYPROJECT.read_text())
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert "Apache License" in (PYPROJECT.parent / "LICENSE").read_text(encoding="utf-8")

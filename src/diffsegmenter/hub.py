@@ -188,6 +188,12 @@ _UNREADABLE_WEIGHTS = (
 """Texts of the errors that a present but truncated or damaged weights file gives (not a missing one)."""
 
 
+def _is_empty(folder: str) -> bool:
+    """Whether a folder has no entries (the listing closed at once: no ResourceWarning, no open descriptor)."""
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
 def _describe(
     name: str,
     subfolder: str | None,
@@ -220,7 +226,7 @@ def _describe(
             reason = "that folder does not exist"
         elif not os.path.isdir(target):
             reason = f"it has no {subfolder!r} subfolder" if subfolder else "it is not a folder"
-        elif not any(os.scandir(target)):
+        elif _is_empty(target):
             reason = f"{target!r} is empty"
         else:
             reason = "the folder does not contain the expected files" + (f" ({cause_text})" if cause_text else "")
@@ -336,7 +342,7 @@ def load_component(
     if local:
         name = os.path.expanduser(name)
         target = os.path.join(name, subfolder) if subfolder else name
-        if not os.path.isdir(target) or not any(os.scandir(target)):
+        if not os.path.isdir(target) or _is_empty(target):
             raise ModelNotFoundError(
                 _describe(name, subfolder, local=True, offline=offline, cache_dir=cache_dir, cause=None)
             )
