@@ -287,9 +287,10 @@ def test_an_image_added_later_does_not_take_over_a_finished_images_name(
 
 
 def test_files_left_by_a_run_with_other_settings_are_not_reused(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
-    # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9, --overwrite) rewrites the png only; run 3 (tau 0.9) asks for
-    # all three: the overlay and npz on disk are run 1's, which run 2's sidecar does not list. They were counted as
-    # done (the resume checked the files' existence and the settings, not that they were written with the sidecar).
+    # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9, --overwrite) rewrites the png only; run 3 (tau 0.9)
+    # asks for all three: the overlay and npz on disk are run 1's, which run 2's sidecar does not list. They were
+    # counted as done (the resume checked the files' existence and the settings, not that they were written with the
+    # sidecar).
     image = _save_random(tmp_path / "in" / "x.png", (24, 32), 3)
     out = tmp_path / "out"
     base = ["segment", str(image), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
@@ -502,3 +503,35 @@ def test_a_missing_extra_is_named_before_the_model_loads(tmp_path: Path, capsys,
     code, _, stderr = _run([*argv, "--classes", "a", *flags], capsys)
     assert code == 2 and install in stderr and "not installed" in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_settings_an_older_version_did_not_record_are_not_compared() -> None:
+    """A setting added to SegmenterConfig by an upgrade made every older folder 'other settings' with an empty list
+    of changes; the per-image check follows check_run_fingerprint's rule instead."""
+    from diffsegmenter.batch.runner import changed_settings, same_request
+
+    older = {"model": "m", "config": {"tau": 0.4}}
+    assert changed_settings(older, {"model": "m", "config": {"tau": 0.4, "new_setting": 1}}) == []
+    assert same_request(older, {"model": "m", "config": {"tau": 0.4, "new_setting": 1}, "added": True})
+    assert changed_settings(older, {"model": "m", "config": {"tau": 0.3}}) == ["config.tau: 0.4 -> 0.3"]
+    assert not same_request(None, {"model": "m"})
+
+
+def test_a_resume_may_change_what_leaves_the_results_as_they_are(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    """A smaller batch after running out of memory, a higher pixel limit: the images done are kept, not refused."""
+    _save_random(tmp_path / "in" / "img0.png", (24, 32), 5)
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run([*argv, "--quiet"], capsys)[0] == 0
+    before = _files(out)
+    code, stdout, stderr = _run([*argv, "--batch-size", "1", "--max-pixels", "100000"], capsys)
+    assert code == 0 and "0 segmented, 1 already done" in stdout, stderr
+    assert _files(out) == before
+
+
+def test_the_library_batch_names_a_missing_extra_before_any_image(monkeypatch) -> None:
+    from diffsegmenter.batch import ImageTask
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(ImportError, match=r"--format yolo needs cv2.*diffsegmenter\[yolo\]"):
+        ImageTask(None, ["png", "yolo"])

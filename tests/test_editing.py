@@ -370,7 +370,7 @@ def test_candidates_need_the_new_class(tiny_segmenter):
         tiny_segmenter.edit(_image(), "bird", "a cat", classes=["bird"], progress=False, candidates=2, **FAST)
 
 
-# ---------------------------------------------------------------------------------------------------------- names, limits
+# ------------------------------------------------------------------------------------------------- names, limits
 def test_target_and_new_class_match_their_list_as_duplicates_do(tiny_segmenter):
     """Class lists refuse 'cat' beside 'Cat', so 'Bird' is the listed 'bird' (it was 'not among the classes'), and a
     new class 'Cat' is the listed 'cat' (the check segmentation refused the pair as duplicates, after one edit)."""
@@ -455,3 +455,18 @@ def test_a_write_error_on_one_file_stops_with_status_3(tiny_model_dir, tmp_path,
     assert cli.main([*argv, "--out", str(tmp_path / "e.png"), "--model", str(tiny_model_dir)]) == 3
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path / 'e.png'} (No space left on device)" in err and "run stopped" in err
+
+
+def test_a_folder_edit_with_a_prompt_too_long_is_one_usage_error(tiny_model_dir, tmp_path, capsys):
+    """It skipped every image one by one (exit 1) after loading each."""
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    for i in range(2):
+        Image.fromarray(_image(i)).save(tmp_path / f"x{i}.png")
+    long = " ".join(["cat"] * 100)
+    argv = ["edit", str(tmp_path), "--target", "cat", "--prompt", long, "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli.main([*argv, "--model", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "tokens long" in err and "skipped" not in err

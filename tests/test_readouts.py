@@ -286,7 +286,9 @@ def test_family_readouts(segmenters, name, readout):
 def test_readout_refused_on_other_families(segmenters, name, readout):
     base = segmenters[name]
     # refused when the segmenter is made (it was at the first image), naming every read-out the family runs
-    with pytest.raises(ValueError, match=f"readout {readout!r} runs on .*'rescaled' or 'weighted'"):
+    with pytest.raises(
+        ValueError, match=f"readout {readout!r} runs on .*: use one of 'paper', 'rescaled', 'weighted'"
+    ):
         DiffSegmenter(backbone=base.backbone, config=base.config.replace(readout=readout))
 
 

@@ -8,7 +8,7 @@
 # Rehearsal of every leg on a CPU (small budgets and sizes; run under the device image's package versions before a GPU
 # run, so that the device time goes to training, not to a crash):
 #
-#     DEVICE=cpu DIT_S=90 UNET_S=60 TUNE_VAL=6 TEST=6 SAVE_EVERY=10 WORK=/tmp/reh OUT=/tmp/reh-out \
+#     R=/tmp/reh-$(date +%s); DEVICE=cpu DIT_S=90 UNET_S=60 TUNE_VAL=6 TEST=6 SAVE_EVERY=10 WORK=$R OUT=$R-out \
 #       DIT_ARGS="--pool-size 512 --probe-scenes 8 --dit-layers 2 --threads 2" \
 #       UNET_ARGS="--pool-size 512 --probe-scenes 8 --threads 2" bash research/shapes/gpu_recipe.sh
 #

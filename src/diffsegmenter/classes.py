@@ -82,8 +82,8 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
 
 
 def find_class(name: str, names: Sequence[str]) -> int | None:
-    """Where ``name`` is in ``names``, compared as :func:`check_class_names` compares duplicates (whitespace-normalised,
-    case-insensitive), so that ``"Cat"`` finds ``"cat"``; None when it is not there.
+    """Where ``name`` is in ``names``, compared as :func:`check_class_names` compares duplicates
+    (whitespace-normalised, case-insensitive), so that ``"Cat"`` finds ``"cat"``; None when it is not there.
 
     Args:
         name (`str`): a class name.

@@ -15,8 +15,8 @@
    error besides the edit (:func:`vae_round_trip_error` measures it).
 
 Only the backbone's public operations are used (``encode_latents``, ``noise_like``, ``add_noise``, ``denoise``,
-``unconditional_embedding``, ``prompt_ids``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so every
-backbone family that implements them can edit. The mask helpers are pure tensor functions.
+``unconditional_embedding``, ``prompt_ids``, ``prompt_embedding``, ``sampler``, ``guide``, ``decode_latents``), so
+every backbone family that implements them can edit. The mask helpers are pure tensor functions.
 
 The command line's ``edit`` subcommand (arguments in, files out) is :mod:`diffsegmenter.cli.edit`.
 """
@@ -47,6 +47,7 @@ __all__ = [
     "blended_latent_edit",
     "vae_round_trip_error",
     "verify_share",
+    "check_generation",
     "edit_images",
     "edit_segmented",
 ]
@@ -343,6 +344,11 @@ def _edit_classes(seg, target: str, classes: Sequence[str] | None) -> tuple[str,
 def check_generation(backbone, prompts: Sequence[str], settings: EditSettings) -> None:
     """Refuse, before anything is segmented, what :func:`blended_latent_edit` would only fail on later: a prompt the
     text encoder cannot read whole, a number of steps the model's schedule cannot take.
+
+    Args:
+        backbone (`DiffusionBackbone`): the model that will edit.
+        prompts (`Sequence[str]`): the edit prompts.
+        settings (`EditSettings`): reads ``steps``.
 
     Raises:
         ValueError: the message names the prompt or the steps and the limit.

@@ -118,8 +118,8 @@ class Readout:
         if allowed is not None and family not in allowed:
             usable = [name for name, families in FAMILIES.items() if families is None or family in families]
             raise ValueError(
-                f"readout {self.name!r} runs on {', '.join(allowed)} backbones, not on {family}: use readout="
-                + " or ".join(repr(name) for name in usable)
+                f"readout {self.name!r} runs on {', '.join(allowed)} backbones, not on {family}: use one of "
+                + ", ".join(repr(name) for name in usable)
             )
 
     def prepare(self, store: AttentionStore) -> None:
@@ -402,8 +402,8 @@ class SingleBlockReadout(Readout):
 
     The block is ``config.readout_block`` or :func:`single_block_default`. The maps are the raw probabilities of the
     class tokens (averaged over the positions ``config.token_rule`` picks: the first sub-token by default); the class
-    decision is their argmax per pixel, and ``tau`` is
-    compared with the raw probability (:class:`~diffsegmenter.decision.RawScoresDecision`), so a useful tau is small.
+    decision is their argmax per pixel, and ``tau`` is compared with the raw probability
+    (:class:`~diffsegmenter.decision.RawScoresDecision`), so a useful tau is small.
     Choice (Seg4Diff does not use a background threshold on these maps): the raw probability against tau.
     """
 
@@ -437,9 +437,8 @@ class ConceptReadout(Readout):
     is the identity), goes through ``to_add_out``, the gated residual and ``ff_context``; nothing attends to it, so
     the image and the prompt are untouched. Score of pixel p for class c, per read block: the dot product of the
     image's and the concept's attention outputs (heads concatenated, before the output projections, which differ
-    between the two branches), summed over the read blocks (``attention_blocks``, all double-stream blocks by default; naming a single-stream
-    block is refused);
-    then min-max per class (choice: tau keeps its meaning and one class works; ConceptAttention takes a softmax over
+    between the two branches), summed over the read blocks (``attention_blocks``, all double-stream blocks by
+    default; naming a single-stream block is refused); then min-max per class (choice: tau keeps its meaning and one class works; ConceptAttention takes a softmax over
     the concepts). No completion.
     """
 

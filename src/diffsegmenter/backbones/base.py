@@ -393,7 +393,6 @@ class DiffusionBackbone(ABC):
             f"{type(self).__name__} cannot decode latents yet, so it cannot edit images: implement decode_latents()"
         )
 
-    @torch.inference_mode()
     def prompt_ids(self, prompt: str) -> list[int]:
         """The token ids :meth:`prompt_embedding` encodes: ``prompt`` tokenised by :attr:`tokenizer`, padded to its
         ``model_max_length``; cheap, so editing checks its prompts with it before anything runs.
@@ -410,6 +409,7 @@ class DiffusionBackbone(ABC):
             )
         return list(ids)
 
+    @torch.inference_mode()
     def prompt_embedding(self, prompt: str) -> torch.Tensor:
         """Text embedding of a free prompt (no emphasis), what :meth:`denoise` takes for one sample; used by editing.
 

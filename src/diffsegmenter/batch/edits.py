@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..io.paths import ImageJob
-from .runner import BatchTask, check_earlier_requests, normalise_fingerprint
+from .runner import BatchTask, check_earlier_requests, normalise_fingerprint, same_request
 
 __all__ = [
     "EditTask",
@@ -125,7 +125,7 @@ class EditTask(BatchTask[ImageJob]):
 
     def is_done(self, job: ImageJob) -> bool:
         sidecar = _own_sidecar(job)
-        if not sidecar or sidecar.get("request") != self.request:
+        if not sidecar or not same_request(sidecar.get("request"), self.request):
             return False
         names = edit_files(job, self.save_mask)
         listed = [sidecar.get("edit"), sidecar.get("mask")][: len(names)]

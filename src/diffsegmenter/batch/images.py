@@ -14,6 +14,7 @@ from .runner import (
     BatchTask,
     check_earlier_requests,
     normalise_fingerprint,
+    same_request,
     segmenter_session,
 )
 
@@ -55,6 +56,11 @@ class ImageTask(BatchTask[ImageJob]):
         self.classes = classes
         self.filter = filter
         self.request = normalise_fingerprint(request or {})
+        from ..io.formats import FORMATS
+
+        for name in self.formats:  # an extra that is not installed: said now, not after each image is segmented
+            if name in FORMATS:
+                FORMATS[name].check_available()
         self.max_pixels = getattr(getattr(segmenter, "config", None), "max_image_pixels", None)
         self.out = None if out is None else Path(out)
         if vocabulary is None:
@@ -72,7 +78,6 @@ class ImageTask(BatchTask[ImageJob]):
         except (OSError, ValueError):
             return None
         if sidecar and Path(str(sidecar.get("source", ""))).name != job.path.name:
-            logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
             return None
         return sidecar
 
@@ -93,7 +98,10 @@ class ImageTask(BatchTask[ImageJob]):
         if not is_done(job.out_dir, job.stem, self.formats):
             return False
         sidecar = self.earlier_sidecar(job)
-        return sidecar is not None and sidecar.get("request") == self.request
+        if sidecar is None:
+            logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
+            return False
+        return same_request(sidecar.get("request"), self.request)
 
     def load(self, job: ImageJob) -> Any:
         from ..images import load_image
@@ -166,6 +174,7 @@ def run_batch(
     images_per_batch: int = 1,
     progress: bool = True,
     out: Path | None = None,
+    check_earlier: bool = True,
 ) -> BatchReport:
     """Segment every image job and write its outputs; never stop for one bad image (an [`ImageTask`] run).
 
@@ -183,6 +192,8 @@ def run_batch(
         images_per_batch (`int`, *optional*, defaults to 1): images per ``segment`` call.
         progress (`bool`, *optional*, defaults to True): show a tqdm progress bar (on a terminal).
         out (`Path`, *optional*): the run's output folder, for run-level files (``coco``, ``yolo``, ``labelstudio``).
+        check_earlier (`bool`, *optional*, defaults to True): refuse, unless ``overwrite``, to replace images done
+            with other settings; False when the caller has checked (the command line, before choosing local or Ray).
 
     Returns:
         [`BatchReport`].
@@ -191,7 +202,7 @@ def run_batch(
         ValueError: without ``overwrite``, some images were segmented into their outputs with other settings.
     """
     task = ImageTask(segmenter, formats, classes=classes, filter=filter, request=request, out=out)
-    if not overwrite:
+    if check_earlier and not overwrite:
         task.check_earlier(jobs)
     task.remove_stale_temp_files(jobs)
     runner = BatchRunner(overwrite=overwrite, batch_size=images_per_batch, progress=None if progress else False)

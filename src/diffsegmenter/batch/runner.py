@@ -42,12 +42,15 @@ __all__ = [
     "BatchReport",
     "BatchRunner",
     "BatchTask",
+    "RESULT_NEUTRAL",
     "changed_settings",
     "check_earlier_requests",
     "check_run_fingerprint",
     "finish_report",
     "normalise_fingerprint",
     "print_problems",
+    "result_settings",
+    "same_request",
     "segmenter_session",
     "write_skipped",
 ]
@@ -206,23 +209,32 @@ def check_run_fingerprint(
     write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
 
 
-def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> str:
-    """``"key: old -> new; ..."`` for every setting that differs, one level into dict-valued settings
-    (``"config.tau: 0.58 -> 0.3"``), for messages."""
+#: Settings recorded with results that do not change them: a resume may change these (a smaller batch after running
+#: out of memory, a higher pixel limit to let one large image through).
+RESULT_NEUTRAL: tuple[str, ...] = ("batch_size", "max_image_pixels")
+
+
+def result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a ``SegmenterConfig.to_dict()`` or the overrides given) without the :data:`RESULT_NEUTRAL`
+    settings: what a results fingerprint records."""
+    return {k: v for k, v in config.items() if k not in RESULT_NEUTRAL}
+
+
+def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``["key: old -> new", ...]`` for every setting that differs, one level into dict-valued settings
+    (``"config.tau: 0.58 -> 0.3"``). A setting one side does not record is not compared (an older version did not
+    record it, or a newer one dropped it), as in :func:`check_run_fingerprint`; so two requests match when the list
+    is empty."""
     parts = []
-    for key in sorted(set(earlier) | set(now)):
-        old, new = earlier.get(key), now.get(key)
+    for key in sorted(set(earlier) & set(now)):
+        old, new = earlier[key], now[key]
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            parts += [
-                f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
-                for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)
-            ]
+            parts += [f"{key}.{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
         else:
             parts.append(f"{key}: {old!r} -> {new!r}")
-    return "; ".join(parts)
+    return parts
 
 
 def check_earlier_requests(
@@ -248,22 +260,29 @@ def check_earlier_requests(
             ``--out``, or ``--overwrite`` to redo them with these settings).
     """
     request = normalise_fingerprint(request)
-    clashes: list[tuple[Any, dict[str, Any]]] = []
+    clashes: list[tuple[Any, list[str]]] = []
     for job in jobs:
         if getattr(job, "problem", None) is not None:
             continue
         sidecar = earlier_sidecar(job)
         earlier = sidecar.get("request") if sidecar else None
-        if isinstance(earlier, dict) and earlier != request:
-            clashes.append((job, earlier))
+        changed = changed_settings(earlier, request) if isinstance(earlier, dict) else []
+        if changed:
+            clashes.append((job, changed))
     if not clashes:
         return
-    job, earlier = clashes[0]
+    job, changed = clashes[0]
     raise ValueError(
-        f"{len(clashes)} image(s) were {done} earlier with other settings ({changed_settings(earlier, request)}), "
-        f"e.g. {example(job)}; this run would replace them: choose another --out, or pass --overwrite to redo them "
-        "with these settings"
+        f"{len(clashes)} image(s) were {done} earlier with other settings ({'; '.join(changed)}), e.g. "
+        f"{example(job)}; this run would replace them: choose another --out, or pass --overwrite to redo them with "
+        "these settings"
     )
+
+
+def same_request(earlier: Any, request: dict[str, Any]) -> bool:
+    """Whether an image's recorded ``request`` is this run's, by :func:`changed_settings`'s rule (settings one side
+    does not record are not compared); ``request`` as :func:`normalise_fingerprint` gives it."""
+    return isinstance(earlier, dict) and not changed_settings(earlier, request)
 
 
 # ---------------------------------------------------------------------------------------------------- the runner

@@ -249,6 +249,7 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
     from ..batch import BatchRunner, output_lock, prepare_out_dir, write_skipped
     from ..batch.edits import EditTask, check_edit_request, edit_path
     from ..batch.images import ImageTask
+    from ..editing import check_generation
     from ..io.paths import collect_jobs
 
     if out.exists() and not out.is_dir():
@@ -260,6 +261,9 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
         "command": "edit",
         "model": model,
         **{k: v for k, v in edit_kwargs.items() if k not in ("settings", "progress")},
+        # names compared as the class lists compare them: 'Bird' is 'bird'
+        "target": edit_kwargs["target"].lower(),
+        "new_classes": None if edit_kwargs["new_classes"] is None else edit_kwargs["new_classes"].lower(),
         "settings": dataclasses.asdict(edit_kwargs["settings"]),
         "save_mask": bool(save_mask),
         **(request or {}),
@@ -269,6 +273,8 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
     out = prepare_out_dir(out)
     with output_lock(out):
         segmenter = load()
+        # a prompt or steps this model cannot take: one usage error, not one skipped image per input
+        check_generation(segmenter.backbone, [edit_kwargs["prompt"]], edit_kwargs["settings"])
         task = EditTask(segmenter, {**edit_kwargs, "progress": False}, fingerprint, save_mask)
         ImageTask.remove_stale_temp_files(jobs)
         runner = BatchRunner(
@@ -321,6 +327,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     """``diffsegmenter edit``: returns 0 when every input was edited (or already was), 1 when some were skipped
     (listed on stderr and, into a folder, in ``skipped.json``), 3 when the run stopped on a write error (rerun to
     resume); usage errors raise `CliError` (exit 2), before the model loads."""
+    from ..batch.runner import result_settings
     from ..editing import EditSettings
     from .model import check_overrides, default_model, load_segmenter
 
@@ -347,7 +354,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             load_segmenter=lambda: load_segmenter(args, overrides),
             model=str(args.model) if args.model is not None else default_model(),
-            request={"config_overrides": overrides},
+            request={"config_overrides": result_settings(overrides)},  # not what leaves the edits as they are
         )
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None

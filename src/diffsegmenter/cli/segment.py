@@ -132,6 +132,7 @@ def _ray_task(
 def cmd_segment(args: argparse.Namespace) -> int:
     """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped, 3 stopped early)."""
     from ..batch import ImageTask, finish_report, output_lock, prepare_out_dir, run_batch
+    from ..batch.runner import result_settings
     from ..io.formats.label_png import check_png_class_count
     from ..io.paths import collect_jobs
     from .model import check_classes, check_overrides, default_model, load_segmenter, setup_filter
@@ -141,7 +142,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .._optional import require
 
         try:
-            require("ray", extra="ray", feature="segment --ray")
+            require("ray.data", extra="ray", feature="segment --ray")
         except ImportError as exc:
             raise CliError(str(exc)) from None
     classes = parse_classes(args.classes)
@@ -167,8 +168,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_classes(segmenter, classes if classes is not None else segmenter.default_classes)
         flt = setup_filter(segmenter, args.filter, args)
         filter_name = None if args.filter in (None, "none") else args.filter
-        config = segmenter.config.to_dict()
-        config.pop("max_image_pixels", None)  # a limit on the inputs, not a setting of the results
+        config = result_settings(segmenter.config.to_dict())  # without what does not change the results
         request = {
             "model": str(args.model) if args.model is not None else default_model(),
             "classes": classes if classes is not None else list(segmenter.default_classes),
@@ -194,6 +194,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
             out=out,
+            check_earlier=False,  # checked above
         )
         show = not args.quiet or report.stopped is not None
         return finish_report(report, out, f"{report.summary()}. Results in {out}" if show else None)
