@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="folder for each member's score maps (reused across runs)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = check_out_dir(args.out, record="ensemble.json")
+    torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.cache is None else Path(args.cache)
     if cache is not None:

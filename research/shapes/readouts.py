@@ -207,8 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", type=int, default=0, help="compare the replay with plain segment calls on N val scenes")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = check_out_dir(args.out, record="readouts.json")
+    torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     seg = DiffSegmenter.from_pretrained(args.model)
     base = seg.config
