@@ -260,6 +260,19 @@ class SegmenterConfig:
                     "or leave class_resolution None"
                 )
 
+    def with_seed(self, seed: Any) -> SegmenterConfig:
+        """This config with a per-call ``seed`` (None: unchanged), checked by the config's rule; NumPy integers are
+        taken as ints, booleans are not.
+
+        Raises:
+            ValueError: the seed is not an integer in range.
+        """
+        if seed is None:
+            return self
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            seed = int(seed)  # NumPy integers too
+        return self.replace(seed=seed)
+
     def replace(self, **changes: Any) -> SegmenterConfig:
         """A copy with some fields changed; unknown names raise ``ValueError`` listing the valid ones."""
         names = {f.name for f in dataclasses.fields(self)}

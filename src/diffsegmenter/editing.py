@@ -420,18 +420,13 @@ def edit_images(
     targets = [target for target, _ in planned]
     class_lists = [names for _, names in planned]
     # a per-call seed follows the config's rule and message, as in segment()
-    seed = seg.config.seed if seed is None else seg.config.replace(seed=_plain_int(seed)).seed
+    seed = seg.config.with_seed(seed).seed
     check_generation(seg.backbone, prompts, settings)
     arrays = [load_image(x, max_pixels=seg.config.max_image_pixels) for x in images]
     segs = seg.segment(arrays, classes=class_lists, seed=seed, tau=tau)
     return edit_segmented(
         seg, arrays, segs, targets, prompts, new_classes=new_classes, settings=settings, seed=seed, progress=progress
     )
-
-
-def _plain_int(x: Any) -> Any:
-    """A numpy integer as a Python int; anything else as it is (for the config's check to judge)."""
-    return int(x) if isinstance(x, np.integer) else x
 
 
 def verify_share(labels: np.ndarray, found: np.ndarray, index: int) -> float:

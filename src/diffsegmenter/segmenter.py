@@ -265,7 +265,7 @@ class DiffSegmenter:
         for names in dict.fromkeys(tuple(c) for c in class_lists):
             self.check_classes(list(names))
         # a per-call seed follows the config's rule and message
-        call_config = cfg if seed is None else cfg.replace(seed=int(seed) if isinstance(seed, np.integer) else seed)
+        call_config = cfg.with_seed(seed)
         seed = call_config.seed
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
         with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's

@@ -64,14 +64,9 @@ def _sidecar(job: ImageJob) -> Path:
 
 def _own_sidecar(job: ImageJob) -> dict[str, Any] | None:
     """The job's earlier sidecar when it records this job's input (by file name), else None."""
-    from ..io.sidecar import load_sidecar
+    from ..io.sidecar import load_own_sidecar
 
-    path = _sidecar(job)
-    try:
-        sidecar = load_sidecar(path) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    return sidecar if sidecar and Path(str(sidecar.get("source", ""))).name == job.path.name else None
+    return load_own_sidecar(_sidecar(job), job.path)
 
 
 def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> None:

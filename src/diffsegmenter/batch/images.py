@@ -70,16 +70,9 @@ class ImageTask(BatchTask[ImageJob]):
     def earlier_sidecar(self, job: ImageJob) -> dict[str, Any] | None:
         """The job's earlier sidecar when it records this job's input (by file name), else None."""
         from ..io.results import output_paths
-        from ..io.sidecar import load_sidecar
+        from ..io.sidecar import load_own_sidecar
 
-        path = output_paths(job.out_dir, job.stem, self.formats).sidecar
-        try:
-            sidecar = load_sidecar(path) if path.is_file() else None
-        except (OSError, ValueError):
-            return None
-        if sidecar and Path(str(sidecar.get("source", ""))).name != job.path.name:
-            return None
-        return sidecar
+        return load_own_sidecar(output_paths(job.out_dir, job.stem, self.formats).sidecar, job.path)
 
     def check_earlier(self, jobs: Sequence[ImageJob]) -> None:
         """Refuse a run that would replace images segmented with other settings (ValueError naming them, each

@@ -14,7 +14,7 @@ from ..classes import BACKGROUND
 from .atomic import write_json
 from .checks import ResultLike, check_labels
 
-__all__ = ["SIDECAR_KEYS", "load_sidecar", "package_version", "save_sidecar"]
+__all__ = ["SIDECAR_KEYS", "load_own_sidecar", "load_sidecar", "package_version", "save_sidecar"]
 
 
 def package_version() -> str:
@@ -66,6 +66,16 @@ def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str
             )
         payload[key] = value
     return write_json(path, payload)
+
+
+def load_own_sidecar(path: Path, source: Path) -> dict[str, Any] | None:
+    """The sidecar at ``path`` when it records ``source`` as its input (by file name); None when there is none, it
+    cannot be read, or it belongs to another input that took the same output name."""
+    try:
+        sidecar = load_sidecar(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return sidecar if sidecar and Path(str(sidecar.get("source", ""))).name == Path(source).name else None
 
 
 def load_sidecar(path: str | os.PathLike) -> dict[str, Any]:
