@@ -365,6 +365,42 @@ def test_score_only_with_missing_predictions_exits_1(tmp_path, capsys):
     assert "is a file; give a folder" in capsys.readouterr().err
 
 
+def test_main_eval_returns_1_when_predictions_are_missing(tmp_path):
+    # main_eval (the command for scripts) returned 0 where the command exits 1: a script trusting it took an mIoU
+    # with the missing images scored as all background
+    from diffsegmenter.cli.evaluate import main_eval
+
+    root = make_voc(tmp_path / "data")
+    base = ["--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main_eval([*base, "--score-only"]) == 1
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    run_eval(parser.parse_args([*base, "--protocol", "oracle"]), segmenter=FakeSegmenter())
+    assert main_eval([*base, "--score-only"]) == 0
+
+
+def test_report_names_the_ground_truth_folder_scored(tmp_path):
+    # VOC's SegmentationClass and SegmentationClassAug give different numbers; the one read was recorded nowhere
+    root = make_voc(tmp_path / "data")
+    voc_root = root / "VOCdevkit" / "VOC2012"
+    (voc_root / "SegmentationClass").rename(voc_root / "SegmentationClassAug")
+    out = tmp_path / "out"
+    report = evaluate(FakeSegmenter(), load_dataset("voc21", root), out, protocol="oracle", progress=False)
+    assert report["ground_truth"] == {"root": str(voc_root), "labels": "SegmentationClassAug"}
+    assert "| ground truth | `SegmentationClassAug` under" in (out / "metrics.md").read_text()
+
+
+def test_sixteen_bit_images_are_read_as_segment_reads_them(tmp_path):
+    # the harness converted a 16-bit grayscale PNG with PIL's convert("RGB"), which clips it to white
+    from diffsegmenter.images import load_image
+
+    path = tmp_path / "wide.png"
+    values = np.linspace(0, 65535, 12).reshape(3, 4).astype(np.uint16)
+    Image.fromarray(values).save(path)
+    pixels = harness._read_rgb(path)
+    np.testing.assert_array_equal(pixels, load_image(path))
+    assert pixels.shape == (3, 4, 3) and len(np.unique(pixels)) == 12
+
+
 def test_default_model_loader_forwards_only_given_flags(tmp_path, monkeypatch):
     import diffsegmenter
 

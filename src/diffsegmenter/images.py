@@ -45,6 +45,7 @@ __all__ = [
     "InputScan",
     "iter_image_paths",
     "load_image",
+    "read_stored_pixels",
     "scan_inputs",
 ]
 
@@ -199,15 +200,47 @@ def _load_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
         raise ImageLoadError(path, str(exc) or type(exc).__name__) from exc
 
 
-def _pil_to_rgb(pil: Image.Image, name: str) -> np.ndarray:
-    """Apply EXIF orientation and convert any PIL mode to a ``(H, W, 3)`` uint8 RGB array."""
+def read_stored_pixels(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file's pixels in their **stored** orientation (no EXIF rotation), converted as [`load_image`]
+    converts them (16-bit rescaled, alpha dropped, palette and grayscale to RGB).
+
+    For datasets whose label maps are aligned with the stored pixels (VOC, COCO, ...), where applying EXIF
+    orientation would misalign image and labels.
+
+    Returns:
+        `np.ndarray` of shape ``(H, W, 3)``, dtype uint8, values in [0, 255].
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ImageLoadError: the file is not a readable single image, or its mode cannot be converted to RGB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {str(path)!r}.")
     try:
-        oriented = ImageOps.exif_transpose(pil)
-    except Exception as exc:  # a damaged EXIF block must not make a readable image unusable
-        logger.warning("Ignoring unreadable EXIF orientation of %s: %s", name, exc)
-        oriented = pil
-    if oriented is None:  # only returned with in_place=True, kept for safety across Pillow versions
-        oriented = pil
+        with Image.open(path) as pil:
+            pil.load()
+            return _pil_to_rgb(pil, str(path), exif_orientation=False)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(path, "not a recognised image format, or the file header is corrupt") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(path, str(exc) or type(exc).__name__) from exc
+
+
+def _pil_to_rgb(pil: Image.Image, name: str, *, exif_orientation: bool = True) -> np.ndarray:
+    """Apply EXIF orientation (unless ``exif_orientation=False``) and convert any PIL mode to a ``(H, W, 3)`` uint8
+    RGB array."""
+    oriented = pil
+    if exif_orientation:
+        try:
+            oriented = ImageOps.exif_transpose(pil)
+        except Exception as exc:  # a damaged EXIF block must not make a readable image unusable
+            logger.warning("Ignoring unreadable EXIF orientation of %s: %s", name, exc)
+            oriented = pil
+        if oriented is None:  # only returned with in_place=True, kept for safety across Pillow versions
+            oriented = pil
     mode = oriented.mode
     try:
         if mode == "RGB":

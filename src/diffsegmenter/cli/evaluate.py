@@ -219,31 +219,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if isinstance(report, dict) and report.get("mIoU") is not None:
         print(f"mIoU {report['mIoU']:.2f} on {report.get('num_images', '?')} image(s)")
     print(f"Report in {Path(args.out) / 'metrics.json'}")
-    status = EXIT_OK
-    missing = report.get("missing_predictions") if isinstance(report, dict) else None
+    problems = _incomplete_report(report, args.out)
+    for problem in problems:
+        print(f"diffsegmenter: {problem}", file=sys.stderr)
+    return 1 if problems else EXIT_OK
+
+
+def _incomplete_report(report: Any, out: str | os.PathLike) -> list[str]:
+    """Why a scored report is not the benchmark's number (missing predictions, missing score maps); [] if none."""
+    if not isinstance(report, dict):
+        return []
+    problems = []
+    missing = report.get("missing_predictions")
     if missing:
         total = report.get("num_images", "?")
-        print(
-            f"diffsegmenter: {len(missing)} of {total} image(s) have no usable prediction in {args.out} and were "
-            f"scored as all background, so this is not the benchmark's number: {_missing_advice(report)}",
-            file=sys.stderr,
+        problems.append(
+            f"{len(missing)} of {total} image(s) have no usable prediction in {out} and were scored as all "
+            f"background, so this is not the benchmark's number: {_missing_advice(report)}"
         )
-        status = 1
-    sweep = report.get("tau_sweep_optimistic") if isinstance(report, dict) else None
+    sweep = report.get("tau_sweep_optimistic")
     if sweep and sweep.get("missing_score_maps"):
-        print(
-            f"diffsegmenter: {len(sweep['missing_score_maps'])} score map(s) are missing from {Path(args.out) / 'scores'}"
-            ", so the tau sweep has no best value; predict them with --sweep-tau (rerun without --score-only)",
-            file=sys.stderr,
+        problems.append(
+            f"{len(sweep['missing_score_maps'])} score map(s) are missing from {Path(out) / 'scores'}, so the tau "
+            "sweep has no best value; predict them with --sweep-tau (rerun without --score-only)"
         )
-        status = 1
-    return status
+    return problems
 
 
 def main_eval(argv: Sequence[str] | None = None) -> int:
     """``diffsegmenter eval`` as a function: ``main_eval(["--dataset", "voc21", "--root", "data", "--out", "o"])``.
 
-    Unlike the command, errors propagate as exceptions (for scripts and tests).
+    Unlike the command, errors propagate as exceptions (for scripts and tests). Returns 1, as the command exits,
+    when the report is not the benchmark's number (images without a prediction, scored as all background; or score
+    maps missing for the tau sweep), after logging why; else 0.
     """
     from .parser import build_parser
 
@@ -252,7 +260,10 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     report = run_eval(args)
     if report.get("metrics_computed", True):
         logger.info("metrics written to %s", Path(args.out) / "metrics.json")
-    return EXIT_OK
+    problems = _incomplete_report(report, args.out)
+    for problem in problems:
+        logger.warning("%s", problem)
+    return 1 if problems else EXIT_OK
 
 
 register_command(

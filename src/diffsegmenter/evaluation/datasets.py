@@ -22,6 +22,7 @@ whose files are missing raises [`DatasetFilesMissingError`] naming the missing f
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -126,6 +127,18 @@ class SegmentationDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def label_folder(self) -> str | None:
+        """The ground-truth folder scored against: its path relative to `root` when inside it (POSIX form, e.g.
+        ``SegmentationClassAug``), else absolute; None for an empty dataset. VOC's two label folders give different
+        numbers, so reports record which one was read."""
+        if not self.samples:
+            return None
+        folder = Path(self.samples[0].label_path).parent
+        with contextlib.suppress(ValueError):
+            folder = folder.relative_to(self.root)
+        return folder.as_posix()
 
     @property
     def foreground_ids(self) -> list[int]:

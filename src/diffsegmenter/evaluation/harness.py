@@ -26,7 +26,6 @@ prediction PNGs, ``run_config.json`` as the folder's fingerprint, stop at the fi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -42,6 +41,7 @@ from PIL import Image
 
 from ..batch.runner import RUN_CONFIG, BatchRunner, BatchTask, check_run_fingerprint, segmenter_session
 from ..config import RELEASED_SCRIPT_RULES, check_tau
+from ..images import read_stored_pixels
 from ..io.atomic import write_json, write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
@@ -177,9 +177,9 @@ def load_candidates(path: str | os.PathLike, dataset: SegmentationDataset) -> di
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 in the stored pixel orientation (no EXIF rotation), i.e. aligned with the label PNG."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))
+    """(H, W, 3) uint8 in the stored pixel orientation (no EXIF rotation), i.e. aligned with the label PNG; modes
+    are converted as ``segment`` converts them (a 16-bit image is rescaled, not clipped to white)."""
+    return read_stored_pixels(path)
 
 
 def _config_dict(segmenter: Any) -> dict[str, Any]:
@@ -281,12 +281,7 @@ def _fingerprint(
     Besides the dataset, protocol and segmenter settings: the captioner (it writes the prompts), the weights' dtype,
     and for ``oracle`` the label folder (its classes are the prompts).
     """
-    labels = None
-    if protocol == "oracle" and dataset.samples:
-        folder = Path(dataset.samples[0].label_path).parent
-        with contextlib.suppress(ValueError):
-            folder = folder.relative_to(dataset.root)
-        labels = folder.as_posix()
+    labels = dataset.label_folder if protocol == "oracle" else None
     dtype = getattr(segmenter, "dtype", None)
     return {
         "dataset": dataset.name,

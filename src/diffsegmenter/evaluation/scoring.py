@@ -71,6 +71,7 @@ def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
         "|---|---|",
         f"| protocol | {report['protocol']} |",
         f"| tau | {report['tau']} |",
+        f"| ground truth | `{(report.get('ground_truth') or {}).get('labels')}` under `{(report.get('ground_truth') or {}).get('root')}` |",
         f"| images | {report['num_images']} |",
         f"| missing predictions | {len(report['missing_predictions'])} |",
         f"| **mIoU (%)** | **{_fmt(report['mIoU'])}** |",
@@ -159,6 +160,7 @@ def score_predictions(
                 else f"no background class: background never wins (tau = {NO_BACKGROUND_TAU}), every pixel gets "
                 "its best class"
             ),
+            "ground_truth": {"root": str(dataset.root), "labels": dataset.label_folder},
             "num_images": len(samples),
             "num_classes": dataset.num_classes,
             "class_names": list(dataset.classes),
@@ -228,7 +230,7 @@ def check_scored_run(
 
 
 _REPORT_ORDER = (
-    "dataset", "split", "protocol", "tau", "tau_note", "num_images", "num_classes", "mIoU", "mAcc", "aAcc",
+    "dataset", "split", "protocol", "tau", "tau_note", "ground_truth", "num_images", "num_classes", "mIoU", "mAcc", "aAcc",
     "missing_predictions", "missing_prediction_reasons", "images_without_candidates", "per_class_iou",
     "per_class_acc", "tau_sweep_optimistic",
 )  # fmt: skip
