@@ -467,6 +467,10 @@ def test_demo_on_the_shipped_model(tmp_path: Path, capsys) -> None:
         assert 1 <= len(data["classes"]) <= 4
         assert set(data["classes"]) <= {"circle", "square", "triangle", "cross"}
         assert set(data["candidates"]) == {"circle", "square", "triangle", "cross"}
+        # the label PNGs number the vocabulary, the same in every image (they numbered the classes kept)
+        assert data["label_values"] == {"0": "background", "1": "circle", "2": "square", "3": "triangle", "4": "cross"}
+        png = np.asarray(Image.open(tmp_path / "demo" / f"{Path(data['source']).stem}.png"))
+        assert {data["label_values"][str(v)] for v in np.unique(png) if v} <= set(data["classes"])
 
 
 def test_shipped_examples_are_the_example_scenes() -> None:

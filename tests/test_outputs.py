@@ -430,6 +430,25 @@ def test_rewrite_with_other_classes_removes_stale_heatmaps(tmp_path: Path) -> No
     assert is_done(tmp_path, "a", ["heatmaps"])
 
 
+def test_label_png_numbers_the_run_vocabulary_when_a_filter_kept_part_of_it(tmp_path: Path) -> None:
+    # with a filter each image keeps part of the vocabulary; its label PNG numbered only the kept classes, so value 1
+    # was "triangle" in one file and "square" in the next (and the palette colours disagreed likewise)
+    vocabulary = ["dog", "a/b", "cat", "traffic light"]
+    written = write_result(tmp_path, "x", None, _result(), ["png", "npz"], vocabulary=vocabulary)
+    assert [p.name for p in written] == ["x.png", "x.npz", "x.json"]
+    expected = np.array([0, 3, 4, 2])[_labels()]  # cat -> 3, traffic light -> 4 (a/b -> 2 is absent)
+    np.testing.assert_array_equal(load_label_png(tmp_path / "x.png"), expected)
+    data = load_sidecar(tmp_path / "x.json")
+    assert data["label_values"] == {"0": "background", "1": "dog", "2": "a/b", "3": "cat", "4": "traffic light"}
+    assert data["classes"] == CLASSES  # the image's own classes, as the npz numbers them
+    np.testing.assert_array_equal(load_npz(tmp_path / "x.npz")["labels"], _labels())
+    # a class missing from the vocabulary gets the next value; without a vocabulary the image's own order
+    write_result(tmp_path, "y", None, _result(), ["png"], vocabulary=["traffic light"])
+    np.testing.assert_array_equal(load_label_png(tmp_path / "y.png"), np.array([0, 2, 1, 3])[_labels()])
+    write_result(tmp_path, "z", None, _result(), ["png"])
+    np.testing.assert_array_equal(load_label_png(tmp_path / "z.png"), _labels())
+
+
 def test_write_result_validation(tmp_path: Path) -> None:
     result = _result()
     with pytest.raises(ValueError, match="needs `image_rgb`"):

@@ -122,7 +122,7 @@ def write_result(
         extra (`Mapping[str, Any]`, *optional*): extra sidecar keys (for example ``{"source": "img.jpg"}``).
         alpha (`float`, defaults to 0.5): overlay opacity.
         vocabulary (`Sequence[str]`, *optional*): the run's class list, for exports that number classes run-wide
-            (YOLO); None = the result's classes.
+            (the label PNG's values and the sidecar's ``label_values``, YOLO ids); None = the result's classes.
 
     Returns:
         `list[pathlib.Path]`: every file written, in writing order; the sidecar is last.
@@ -137,8 +137,6 @@ def write_result(
     check_label_values(labels, len(classes))
     if len(result.prompts) != len(classes):
         raise ValueError(f"result has {len(result.prompts)} prompts for {len(classes)} classes; they must match.")
-    if "png" in wanted:
-        check_png_class_count(len(classes))
     extra_keys = dict(extra or {})
     reserved = sorted(set(extra_keys) & {"formats", "files", "yolo_classes", *SIDECAR_KEYS})
     if reserved:
@@ -149,11 +147,6 @@ def write_result(
                 raise ValueError(f"The {name!r} format needs `image_rgb`; pass the (H, W, 3) uint8 image.")
             image_rgb = check_image(image_rgb, labels.shape)
 
-    out_dir = Path(out_dir)
-    paths = output_paths(out_dir, stem, wanted, classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths.sidecar.unlink(missing_ok=True)
-
     item = FormatInput(
         labels=labels,
         scores=scores,
@@ -162,6 +155,14 @@ def write_result(
         alpha=alpha,
         vocabulary=None if vocabulary is None else list(vocabulary),
     )
+    if "png" in wanted:
+        check_png_class_count(len(item.run_classes))  # the PNG numbers the run's classes
+
+    out_dir = Path(out_dir)
+    paths = output_paths(out_dir, stem, wanted, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths.sidecar.unlink(missing_ok=True)
+
     written: list[Path] = []
     for name, target in paths.targets.items():
         written.extend(FORMATS[name].write(target, item))
@@ -169,7 +170,7 @@ def write_result(
     sidecar_extra = {"formats": wanted, "files": [p.relative_to(out_dir).as_posix() for p in written], **extra_keys}
     if "yolo" in wanted:  # what its class ids mean: the run's dataset.yaml must name them alike (yolo.write_run)
         sidecar_extra["yolo_classes"] = item.run_classes
-    written.append(save_sidecar(paths.sidecar, result, sidecar_extra))
+    written.append(save_sidecar(paths.sidecar, result, sidecar_extra, label_classes=item.run_classes))
     return written
 
 

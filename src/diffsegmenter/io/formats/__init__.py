@@ -59,7 +59,8 @@ class FormatInput:
         image_rgb (`np.ndarray | None`): ``(H, W, 3)`` uint8, given when a format that ``needs_image`` is written.
         alpha (`float`): overlay opacity.
         vocabulary (`list[str] | None`): the run's class list (with a filter, ``classes`` is the part of it kept for
-            this image); exports that number classes run-wide (YOLO ids) use it. None = ``classes``.
+            this image); exports that number classes run-wide (label PNG values, YOLO ids) use it. None =
+            ``classes``.
     """
 
     labels: np.ndarray
@@ -74,6 +75,14 @@ class FormatInput:
         """``vocabulary`` followed by any class of this image missing from it (so every class has a run-wide id)."""
         vocabulary = list(self.vocabulary or [])
         return vocabulary + [c for c in self.classes if c not in vocabulary]
+
+    @property
+    def run_labels(self) -> np.ndarray:
+        """``labels`` numbered run-wide: ``(H, W)`` int64, 0 = background, i = ``run_classes[i-1]``. With a filter,
+        value i then means one class in every image of the run (``labels`` numbers only the classes kept)."""
+        run = self.run_classes
+        lookup = np.array([0, *(run.index(c) + 1 for c in self.classes)], dtype=np.int64)
+        return lookup[np.asarray(self.labels, dtype=np.int64)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +196,7 @@ def check_formats(formats: Sequence[str] | str) -> list[str]:
 
 
 def _write_png(target: Path, item: FormatInput) -> list[Path]:
-    return [save_label_png(target, item.labels)]
+    return [save_label_png(target, item.run_labels)]
 
 
 def _write_overlay(target: Path, item: FormatInput) -> list[Path]:
