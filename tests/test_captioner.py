@@ -181,7 +181,9 @@ def test_from_pretrained_local_folder(blip, image, tmp_path: Path) -> None:
     # SegmenterConfig.caption_max_tokens reaches the captioner from_pretrained loads by name (it did nothing)
     from diffsegmenter import DiffSegmenter
 
-    seg = DiffSegmenter.from_pretrained("shapes", captioner=str(folder), caption_max_tokens=7)
+    seg = DiffSegmenter.from_pretrained(
+        "shapes", captioner=str(folder), caption_max_tokens=7, prompt_mode="per_class"
+    )  # the shapes model's own prompt mode, "single", would not use a captioner
     assert seg.captioner.max_length == 7
 
 

@@ -22,6 +22,29 @@ def test_one_list_per_image_is_checked_list_by_list():
         class_lists_per_image([["cat"], ["dog", "dog"]], 2)
 
 
+@pytest.mark.parametrize(
+    ("names", "clash"),
+    [
+        (["cat", "cat\u200b"], "cat"),  # a zero-width space pasted from a web page
+        (["caf\u00e9", "cafe\u0301"], "caf\u00e9"),  # the same word, composed and decomposed
+        (["Stra\u00dfe", "STRASSE"], "Stra\u00dfe"),  # case folding, not lower()
+        (["\uff43\uff41\uff54", "cat"], "cat"),  # full-width letters
+    ],
+)
+def test_names_that_look_alike_are_duplicates(names, clash):
+    # each pair tokenised alike: one class got identical maps and no pixels, or the pixels split at random
+    with pytest.raises(ClassListError, match="duplicate class name"):
+        class_lists_per_image(names, 1)
+
+
+def test_names_are_kept_composed_and_without_invisible_characters():
+    assert class_lists_per_image(["cafe\u0301", "soft\u00adhyphen", "cat\u200b"], 1) == [
+        ["caf\u00e9", "softhyphen", "cat"]
+    ]
+    with pytest.raises(ClassListError, match="non-empty"):
+        class_lists_per_image(["\u200b"], 1)
+
+
 def test_none_takes_the_models_own_classes_or_says_how_to_give_some():
     assert class_lists_per_image(None, 2, default=("circle", "square")) == [["circle", "square"]] * 2
     with pytest.raises(ValueError, match=r"no classes given: pass classes=\['cat', 'sofa', \.\.\.\]"):

@@ -328,3 +328,29 @@ def test_real_clip_vit_l14_preprocessor_config_resizes_the_short_side_and_crops(
     resized = np.asarray(Image.fromarray(array).resize((448, 224), Image.BICUBIC))[:, 112:336] / 255.0
     expected = torch.tensor(((resized - _CLIP_MEAN) / _CLIP_STD).transpose(2, 0, 1), dtype=torch.float32)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_the_command_line_loads_the_clip_filter_from_local_folders(clip, tiny_model_dir, tmp_path, capsys) -> None:
+    """``--filter clip`` could only load CLIP and BLIP by their Hub ids (the error said to pass a path, with no flag
+    to pass it); ``--clip`` and ``--blip`` name them."""
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    model, tokenizer, processor = clip
+    folder = tmp_path / "clip"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    base = ["segment", str(tmp_path / "x.png"), "--model", str(tiny_model_dir), "--classes", "cat,dog"]
+    out = tmp_path / "out"
+    assert cli.main([*base, "--out", str(out), "--filter", "clip", "--clip", str(folder), "--blip", "none"]) == 0
+    sidecar = json.loads((out / "x.json").read_text())
+    assert set(sidecar["candidates"]) == {"cat", "dog"} and sidecar["classes"]
+    capsys.readouterr()
+    assert cli.main([*base, "--out", str(tmp_path / "o2"), "--clip", str(folder)]) == 2  # without --filter clip
+    assert "--clip set(s) the models of --filter clip" in capsys.readouterr().err
+    missing = tmp_path / "no-clip"
+    assert cli.main([*base, "--out", str(tmp_path / "o3"), "--filter", "clip", "--clip", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err

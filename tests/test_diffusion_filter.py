@@ -43,8 +43,27 @@ def test_segment_with_diffusion_filter_keeps_subset(tiny_segmenter):
 def test_bad_settings_raise(tiny_segmenter):
     with pytest.raises(ValueError, match="timesteps"):
         DiffusionFilter(tiny_segmenter, timesteps=(0,))
+    # a NaN threshold kept only the top class, silently; batch_size 0 failed at the first image
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        DiffusionFilter(tiny_segmenter, threshold=float("nan"))
+    with pytest.raises(ValueError, match="batch_size"):
+        DiffusionFilter(tiny_segmenter, batch_size=0)
     with pytest.raises(ValueError, match="vocabulary"):
         DiffusionFilter(tiny_segmenter).scores(_image(), [])
+
+
+def test_images_are_read_as_the_segmenter_reads_them(tiny_segmenter, tmp_path):
+    # a float image in [0, 1] was divided by 255 again (read as black); a grey array or a path failed in torch
+    from PIL import Image
+
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    vocab = ["cat", "sofa"]
+    expected = flt.scores(_image(), vocab)
+    assert flt.scores(_image().astype(np.float32) / 255, vocab) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    Image.fromarray(_image()).save(tmp_path / "x.png")
+    assert flt.scores(tmp_path / "x.png", vocab) == expected
+    grey = _image()[..., 0]
+    assert flt.scores(grey, vocab) == flt.scores(np.repeat(grey[..., None], 3, axis=2), vocab)
 
 
 def test_select_runs_the_model_once_per_image(tiny_segmenter, monkeypatch):

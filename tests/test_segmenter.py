@@ -141,6 +141,22 @@ def test_unknown_config_field_raises():
         SegmenterConfig(template="a photo")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("template", "a photo of {} and {}", "exactly once"),  # a literal {} reached the text encoder
+        ("template", "a {} in {style}", "other braces"),  # KeyError in the captioner's prefix
+        ("template", "a photo of {}s", "a letter or digit touches"),  # tokenised as "cat s", not "cats"
+        ("class_phrase", "the{}", "a letter or digit touches"),
+        ("class_phrase", "{0}", "exactly once"),
+    ],
+)
+def test_templates_hold_one_slot_standing_apart(field, value, match):
+    with pytest.raises(ValueError, match=f"{field} .*{match}"):
+        SegmenterConfig(**{field: value})
+    assert SegmenterConfig(template="a photo of a {}.", class_phrase="({})").template == "a photo of a {}."
+
+
 def test_filter_object_and_unknown_filter(tiny_segmenter):
     class KeepFirst:
         def scores(self, image, vocabulary):
@@ -315,3 +331,31 @@ def test_flip_segments_one_pixel_wide_images(tiny_segmenter, size):
 def test_flip_must_be_a_bool():
     with pytest.raises(ValueError, match="flip must be true or false"):
         SegmenterConfig(flip="yes")
+
+
+def test_a_captioner_the_config_would_not_use_is_refused_before_it_loads(tiny_model_dir, tiny_segmenter, caplog):
+    # with prompt_mode "single" a captioner is never called: BLIP-large (1.8 GB) was loaded, then ignored silently
+    with pytest.raises(ValueError, match="would not be used: prompt_mode is 'single'.*prompt_mode=per_class"):
+        DiffSegmenter.from_pretrained(tiny_model_dir, prompt_mode="single", captioner="no-org/no-blip")
+    with pytest.raises(ValueError, match="use_captioner is False"):
+        DiffSegmenter.from_pretrained(tiny_model_dir, use_captioner=False, captioner="no-org/no-blip")
+
+    class Echo:
+        def continue_captions(self, image, prefixes):
+            return ["on a mat"] * len(prefixes)
+
+    with caplog.at_level("WARNING", logger="diffsegmenter.segmenter"):
+        DiffSegmenter(backbone=tiny_segmenter.backbone, config=SegmenterConfig(prompt_mode="single"), captioner=Echo())
+    assert "The captioner is not used: prompt_mode is 'single'" in caplog.text
+
+
+def test_a_captioner_that_breaks_its_contract_is_named(tiny_segmenter):
+    # fewer continuations than prefixes gave a bare IndexError; a None one an AttributeError on .strip
+    class Short:
+        def continue_captions(self, image, prefixes):
+            return ["on a mat"]
+
+    seg = DiffSegmenter(backbone=tiny_segmenter.backbone, config=tiny_segmenter.config, captioner=Short())
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"Short.continue_captions\(image, prefixes\) returned 1 item.*2 prefixes"):
+        seg.segment(image, classes=["cat", "dog"])

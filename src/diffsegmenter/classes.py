@@ -5,10 +5,19 @@ Kept free of heavy imports so that the command line can check ``--classes`` befo
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ClassListError", "check_class_names", "class_lists_per_image", "find_class", "short_name"]
+__all__ = [
+    "ClassListError",
+    "check_class_names",
+    "class_key",
+    "class_lists_per_image",
+    "clean_class_name",
+    "find_class",
+    "short_name",
+]
 
 
 BACKGROUND = "background"
@@ -24,13 +33,27 @@ def short_name(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
+def clean_class_name(name: str) -> str:
+    """A class name as it is kept: Unicode NFC, invisible format characters (zero-width space, soft hyphen, ...)
+    removed, whitespace runs as single spaces, ends stripped."""
+    visible = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch) != "Cf")
+    return " ".join(visible.split())
+
+
+def class_key(name: str) -> str:
+    """The form in which two class names are compared: :func:`clean_class_name`, Unicode NFKC, case-folded. Names
+    that look alike (``"café"`` typed or pasted decomposed, ``"cat"`` with a zero-width space, ``"Cat"``) share it."""
+    return unicodedata.normalize("NFKC", clean_class_name(name)).casefold()
+
+
 def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -> list[str]:
     """Validate and normalise class names: the rule both the API and the command line apply.
 
     - a list (or tuple) of strings, not a single string;
     - at least one name (an empty list would silently give an all-background result);
-    - every name non-empty after whitespace is normalised to single spaces;
-    - no duplicates, compared case-insensitively;
+    - every name non-empty after :func:`clean_class_name` (single spaces, NFC, no invisible format characters);
+    - no duplicates, compared by :func:`class_key` (case-insensitively, and text pasted with a zero-width space or
+      a decomposed accent equals the typed name);
     - no class named "background" (any case): label 0 is the background, the pixels no class claims above the
       threshold, and a second label of that name would make the label map and every export ambiguous.
 
@@ -42,7 +65,7 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
             (the command line passes ``"--classes 'cat,sofa'"``).
 
     Returns:
-        `list[str]`: the names, whitespace-normalised, in order.
+        `list[str]`: the names as :func:`clean_class_name` keeps them, in order.
 
     Raises:
         ClassListError: the message names the problem and shows a correct list.
@@ -58,13 +81,13 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
     out: list[str] = []
     seen: dict[str, str] = {}
     for position, name in enumerate(names, start=1):
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not clean_class_name(name):
             raise ClassListError(
                 f"class names must be non-empty strings, got {name!r} as name {position} of {len(names)}; "
                 f"e.g. {example}"
             )
-        clean = " ".join(name.split())
-        key = clean.lower()
+        clean = clean_class_name(name)
+        key = class_key(clean)
         if key == BACKGROUND:
             raise ClassListError(
                 f"{clean!r} cannot be a class: label 0 is the background, every pixel that no class scores above "
@@ -83,7 +106,7 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
 
 def find_class(name: str, names: Sequence[str]) -> int | None:
     """Where ``name`` is in ``names``, compared as :func:`check_class_names` compares duplicates
-    (whitespace-normalised, case-insensitive), so that ``"Cat"`` finds ``"cat"``; None when it is not there.
+    (:func:`class_key`), so that ``"Cat"`` finds ``"cat"``; None when it is not there.
 
     Args:
         name (`str`): a class name.
@@ -92,8 +115,8 @@ def find_class(name: str, names: Sequence[str]) -> int | None:
     Returns:
         `int | None`: the index in ``names``.
     """
-    key = " ".join(name.split()).lower()
-    return next((i for i, other in enumerate(names) if " ".join(other.split()).lower() == key), None)
+    key = class_key(name)
+    return next((i for i, other in enumerate(names) if class_key(other) == key), None)
 
 
 def class_lists_per_image(classes: Any, n: int, default: Sequence[str] | None = None) -> list[list[str]]:

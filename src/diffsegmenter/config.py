@@ -24,6 +24,7 @@ __all__ = [
     "SegmenterConfig",
     "add_override_argument",
     "check_refine",
+    "check_slot_template",
     "check_tau",
     "parse_override",
 ]
@@ -185,10 +186,8 @@ class SegmenterConfig:
         for name in ("template", "class_phrase", "joiner"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
-        if "{}" not in self.template:
-            raise ValueError(f"template {self.template!r} must contain '{{}}' where the class phrase goes")
-        if "{}" not in self.class_phrase:
-            raise ValueError(f"class_phrase {self.class_phrase!r} must contain '{{}}' where the class name goes")
+        check_slot_template("template", self.template, "the class phrase")
+        check_slot_template("class_phrase", self.class_phrase, "the class name")
         if self.prompt_mode not in ("per_class", "single"):
             raise ValueError(f"prompt_mode must be 'per_class' or 'single', got {self.prompt_mode!r}")
         if self.token_rule not in ("mean", "last", "first"):
@@ -348,6 +347,33 @@ def _check_int(name: str, value: Any, low: int, high: int, hint: str, optional: 
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         none = " or None" if optional else ""
         raise ValueError(f"{name} must be an integer in {low}..{high}{none} ({hint}), got {value!r}")
+
+
+def check_slot_template(field: str, value: str, what: str, *, apart: bool = True) -> None:
+    """Refuse a template that does not hold exactly one ``{}`` (with ``apart``: standing apart from its neighbouring
+    words).
+
+    The segmenter tokenises the class apart from the text around it (to know its token positions), so text glued to
+    the slot (``"{}s"``) would be read as another word ("cat s", not "cats"); other braces would reach the text
+    encoder as written, or break ``str.format`` (the captioner's prefix).
+
+    Raises:
+        ValueError: naming `field`, what is wrong, and how to write it.
+    """
+    count = value.count("{}")
+    if count != 1:
+        raise ValueError(
+            f"{field} {value!r} must contain '{{}}' exactly once, where {what} goes (it has {count}); e.g. "
+            "'a photograph of {}'"
+        )
+    before, _, after = value.partition("{}")
+    if "{" in before + after or "}" in before + after:
+        raise ValueError(f"{field} {value!r} has braces besides its one '{{}}'; write the text without other braces")
+    if apart and ((before and before[-1].isalnum()) or (after and after[0].isalnum())):
+        raise ValueError(
+            f"{field} {value!r}: a letter or digit touches '{{}}'; {what} is a word of its own, so put a space or "
+            "punctuation around it (e.g. 'a photo of {}', not 'a photo of {}s')"
+        )
 
 
 def _check_weights(name: str, weights: Any) -> dict[int, float]:

@@ -242,6 +242,13 @@ def build_prompts(tokenizer, image, classes: list[str], config, captioner=None) 
     if captioner is not None and cfg.use_captioner and classes:
         prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
         conts = list(captioner.continue_captions(image, prefixes))
+        if len(conts) != len(prefixes) or not all(isinstance(c, str) for c in conts):
+            got = [type(c).__name__ for c in conts]
+            raise ValueError(
+                f"{type(captioner).__name__}.continue_captions(image, prefixes) returned {len(conts)} item(s) of "
+                f"types {got} for {len(prefixes)} prefixes; a captioner returns one string per prefix (an empty "
+                "string for no continuation)"
+            )
     return [
         per_class_prompt(
             tokenizer,

@@ -100,6 +100,11 @@ class DiffSegmenter:
         # a read-out this family cannot run is refused here, not at the first image
         readout_for(self.config.readout, self.config.readout_block).check_family(backbone.family)
         self.captioner = captioner
+        if captioner is not None and _unused_captioner_reason(self.config):
+            logger.warning(
+                "The captioner is not used: %s (a call's config may still use it).",
+                _unused_captioner_reason(self.config),
+            )
         self.model_settings = model_settings
         classes = default_classes if default_classes is not None else self.model_settings.classes
         self.default_classes = list(classes) if classes else None
@@ -164,6 +169,12 @@ class DiffSegmenter:
             config = SegmenterConfig().replace(**backbone.family_defaults()).replace(**settings.segmenter)
         config = config.replace(**config_overrides)
         if isinstance(captioner, (str, Path)):
+            unused = _unused_captioner_reason(config)
+            if unused:  # BLIP-large is 1.8 GB: not loaded to be ignored
+                raise ValueError(
+                    f"captioner {str(captioner)!r} would not be used: {unused}; set prompt_mode='per_class' and "
+                    "use_captioner=True (CLI: --set prompt_mode=per_class), or leave the captioner out"
+                )
             from .captioner import BlipCaptioner
 
             captioner = BlipCaptioner.from_pretrained(
@@ -578,3 +589,12 @@ def _warn_if_raw_scores_under_tau(results: list[SegmentationResult]) -> None:
             peak,
             peak / 2,
         )
+
+
+def _unused_captioner_reason(config: SegmenterConfig) -> str | None:
+    """Why a captioner would not write any prompt under ``config`` (None when it would)."""
+    if config.prompt_mode == "single":
+        return "prompt_mode is 'single' (one prompt naming every class; the captioner continues per-class prompts)"
+    if not config.use_captioner:
+        return "use_captioner is False"
+    return None

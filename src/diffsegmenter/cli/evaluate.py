@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..batch.runner import EXIT_OK
+from .model import clip_filter_models
 from .parser import CliError, Command, add_model_arguments, configure, load_kwargs, register_command
+from .segment import add_clip_filter_arguments
 
 __all__ = ["EVAL_MODEL_HELP", "add_eval_arguments", "cmd_eval", "load_eval_segmenter", "main_eval", "run_eval"]
 
@@ -52,6 +54,7 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="category filter for --protocol paper without --candidates, e.g. clip (default: none)",
     )
+    add_clip_filter_arguments(parser)
     parser.add_argument("--captioner", default=None, help="BLIP id or folder for captioned prompts (default: none)")
     parser.add_argument("--split", default=None, help="split to evaluate, e.g. train for WSSS (default: val)")
     parser.add_argument(
@@ -175,7 +178,13 @@ def run_eval(
         harness._check_options(
             dataset, kwargs.get("tau"), kwargs.get("shard"), kwargs.get("limit"), kwargs.get("sweep_tau", False)
         )
+        if clip_filter_models(args) and kwargs.get("filter") != "clip":
+            raise ValueError("--clip and --blip set the models of --filter clip; add --filter clip, or leave them out")
         segmenter = (load_segmenter or load_eval_segmenter)(args)
+    if clip_filter_models(args) and kwargs.get("filter") == "clip":
+        from ..filters.base import build_filter
+
+        kwargs["filter"] = build_filter("clip", segmenter, **clip_filter_models(args))
     return harness.evaluate(segmenter, dataset, args.out, **kwargs)
 
 

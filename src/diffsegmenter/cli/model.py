@@ -82,6 +82,10 @@ def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> 
     """What ``segment(filter=...)`` gets for ``--filter``: None, the name ``"diffusion"`` (the segmenter builds it from
     its own model), or the loaded CLIP filter (built by :func:`~diffsegmenter.filters.build_filter` on the
     ``--device`` / ``--dtype`` given)."""
+    models = clip_filter_models(args)
+    if models and name != "clip":
+        flags = " and ".join(f"--{k}" for k in models)
+        raise CliError(f"{flags} set(s) the models of --filter clip; add --filter clip, or leave {flags} out")
     if name is None or name == "none":
         return None
     if name == "diffusion":
@@ -94,9 +98,21 @@ def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> 
 
     kwargs = {k: v for k, v in load_kwargs(args).items() if k in ("device", "dtype")}
     try:
-        return build_filter("clip", segmenter, **kwargs)
+        return build_filter("clip", segmenter, **kwargs, **models)
     except (ValueError, OSError) as exc:
         raise CliError(" ".join(str(exc).split())) from None
+
+
+def clip_filter_models(args: argparse.Namespace) -> dict[str, Any]:
+    """``--clip`` / ``--blip`` as :meth:`~diffsegmenter.filters.clip.ClipBlipFilter.from_pretrained` takes them: only
+    the flags given (``--blip none`` = None: no captioner)."""
+    models: dict[str, Any] = {}
+    if getattr(args, "clip", None) is not None:
+        models["clip"] = args.clip
+    blip = getattr(args, "blip", None)
+    if blip is not None:
+        models["blip"] = None if blip.strip().lower() == "none" else blip
+    return models
 
 
 def check_overrides(overrides: dict[str, Any]) -> None:

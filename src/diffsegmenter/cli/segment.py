@@ -17,17 +17,35 @@ from .parser import (
     register_command,
 )
 
-__all__ = ["add_filter_argument", "add_segment_arguments", "cmd_segment"]
+__all__ = ["add_clip_filter_arguments", "add_filter_argument", "add_segment_arguments", "cmd_segment"]
 
 
 def add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--filter none|clip|diffusion`` (``segment`` and ``demo``)."""
+    """``--filter none|clip|diffusion`` (``segment`` and ``demo``), with the clip filter's ``--clip`` / ``--blip``."""
     parser.add_argument(
         "--filter",
         choices=("none", "clip", "diffusion"),
         default=None,
         help="category filter keeping only the classes present in each image: clip (the paper's BLIP+CLIP), "
         f"diffusion (diffusion model only) (default: {default})",
+    )
+    add_clip_filter_arguments(parser)
+
+
+def add_clip_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--clip`` and ``--blip``: the models of ``--filter clip`` (Hub ids or local folders)."""
+    parser.add_argument(
+        "--clip",
+        default=None,
+        metavar="MODEL",
+        help="CLIP Hub id or local folder for --filter clip (default: openai/clip-vit-large-patch14)",
+    )
+    parser.add_argument(
+        "--blip",
+        default=None,
+        metavar="MODEL",
+        help="BLIP Hub id or local folder whose caption --filter clip reads, or 'none' for image similarity only "
+        "(default: the --captioner if given, else Salesforce/blip-image-captioning-large)",
     )
 
 

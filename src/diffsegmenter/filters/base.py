@@ -123,7 +123,8 @@ def build_filter(name: str, segmenter: Any, **options: Any) -> Any:
             the segmenter's BLIP captioner when it has one).
         segmenter (`DiffSegmenter`): supplies the model (diffusion) or the device, dtype and captioner (clip).
         **options: forwarded to :class:`~diffsegmenter.filters.diffusion.DiffusionFilter` or
-            :meth:`~diffsegmenter.filters.clip.ClipBlipFilter.from_pretrained` (e.g. ``threshold=``, ``clip=``).
+            :meth:`~diffsegmenter.filters.clip.ClipBlipFilter.from_pretrained` (e.g. ``threshold=``, ``clip=``;
+            ``blip=`` loads that BLIP, or None for none, instead of reusing the segmenter's captioner).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
@@ -136,7 +137,10 @@ def build_filter(name: str, segmenter: Any, **options: Any) -> Any:
         from ..captioner import BlipCaptioner
         from .clip import ClipBlipFilter
 
+        # the segmenter's BLIP is reused unless `blip=` names the filter's own (None: image similarity only)
         captioner = segmenter.captioner if isinstance(segmenter.captioner, BlipCaptioner) else None
+        if "blip" in options:
+            captioner = None
         kwargs = {"device": segmenter.device, "dtype": segmenter.dtype, "captioner": captioner, **options}
         return ClipBlipFilter.from_pretrained(**kwargs)
     raise ValueError(

@@ -43,6 +43,7 @@ from diffsegmenter.captioner import (
     _to_pil,
     strip_prefix,
 )
+from diffsegmenter.config import check_slot_template
 from diffsegmenter.filters.base import FilterDecision, validate_vocabulary
 from diffsegmenter.filters.words import CAPTION_NON_NOUNS, STOP_WORDS, _fold_name, caption_words, singularize  # noqa: F401
 
@@ -155,8 +156,7 @@ class ClipBlipFilter:
             raise ValueError(f"img_rel_threshold must be a finite number (paper: 0.97), got {img_rel_threshold}.")
         if text_threshold is not None and not math.isfinite(text_threshold):
             raise ValueError(f"text_threshold must be a finite number (paper: 0.8) or None, got {text_threshold}.")
-        if "{}" not in class_template:
-            raise ValueError(f"class_template must contain '{{}}' where the class name goes, got {class_template!r}.")
+        check_slot_template("class_template", class_template, "the class name", apart=False)
         if word_max_length < 3:
             raise ValueError(f"word_max_length must be >= 3 (BOS + a token + EOS), got {word_max_length}.")
         if captioner is not None and not callable(getattr(captioner, "caption", None)):

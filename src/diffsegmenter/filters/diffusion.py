@@ -28,12 +28,14 @@ segmentation of the image with the whole vocabulary. No captioner, no CLIP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..images import load_image
 from ..prompts import per_class_prompt
 from ..settings import ModelSettings
 from .base import FilterDecision, validate_vocabulary
@@ -112,18 +114,24 @@ class DiffusionFilter:
             raise ValueError("noise_draws must be >= 1 and quantile in (0, 1]")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"resolution must be >= 1 or None, got {self.resolution}")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size is the UNet samples per forward, >= 1; got {self.batch_size}")
 
     @torch.inference_mode()
     def reduction_maps(self, image: np.ndarray, vocabulary: list[str]) -> torch.Tensor:
         """Per class, the relative error reduction map r_c.
 
         Args:
-            image (`np.ndarray`): (H, W, 3) uint8 RGB.
+            image (`np.ndarray`): (H, W, 3) uint8 RGB (or what `diffsegmenter.images.load_image` reads: a path,
+                a PIL image, a float array in [0, 1]).
             vocabulary (`list[str]`): class names.
 
         Returns:
             `torch.Tensor`: (K, h, w) float32 at the latent resolution; positive where naming the class helps.
         """
+        image = load_image(image)
         if self.scoring == "regions":
             return reductions_from_errors(self.error_maps(image, vocabulary, self.timesteps, self.noise_draws))
         seg = self.seg
@@ -151,7 +159,8 @@ class DiffusionFilter:
         noise, the same for a timestep whatever the others are).
 
         Args:
-            image (`np.ndarray`): (H, W, 3) uint8 RGB.
+            image (`np.ndarray`): (H, W, 3) uint8 RGB (or what `diffsegmenter.images.load_image` reads: a path,
+                a PIL image, a float array in [0, 1]).
             vocabulary (`list[str]`): class names (K).
             timesteps (`Sequence[int]`): timesteps in 1..999.
             noise_draws (`int`): draws per timestep.
@@ -160,6 +169,7 @@ class DiffusionFilter:
             `torch.Tensor`: (len(timesteps), noise_draws, K + 1, h, w) float32 squared errors at the latent resolution,
             mean over channels; index 0 of the third axis is the empty prompt.
         """
+        image = load_image(image)
         seg = self.seg
         backbone = seg.backbone
         seed = int(seg.config.seed)
@@ -217,7 +227,7 @@ class DiffusionFilter:
         absent). ``"regions"``: its best winning margin over a foreground region (:func:`region_margins`; > 0
         exactly when it wins a region)."""
         vocab = validate_vocabulary(vocabulary)
-        image = np.ascontiguousarray(image)
+        image = load_image(image)  # the segmenter's reading, so both halves of a "regions" decision see one image
         maps = self.reduction_maps(image, vocab)
         if self.scoring == "regions":
             margins = region_margins(maps, self.foreground(image, vocab), self.min_region)
