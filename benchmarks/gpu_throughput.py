@@ -11,13 +11,14 @@ rewritten after every case, so a run cut short keeps what it measured):
 2. **Host syncs** in one ``segment`` call at batch 1 (``torch.cuda.set_sync_debug_mode``), with where they happen.
 3. **Maps against the CPU float32 path** on ``--check-images`` images: max abs difference of the score maps and label
    agreement, both modes (goal: <= 1e-2 and >= 0.999).
-4. **Options** at each mode's best batch: channels-last; ``--compile MODE`` (torch.compile; only when enough budget
-   is left, compile time reported).
-5. **Loader**: JPEG files decoded and segmented at the single mode's best batch, decoding serially vs prefetched on a
+4. **Loader**: JPEG files decoded and segmented at the single mode's best batch, decoding serially vs prefetched on a
    background thread (:func:`diffsegmenter.batch.prefetch.prefetch`).
+5. **Options** at each mode's best batch: channels-last; PAMR post-processing.
 6. **Other families** (SDXL, SD3-medium, FLUX.1-schnell, PixArt-Σ; denoiser and VAE at full size, native 1024²;
    :mod:`benchmarks.family_backbones`): ceiling and engine at batch 1 and growing batches until images/s stops
-   improving (its best batch).
+   improving (its best batch). SD1.5's models wait on the CPU meanwhile, so each family's peak memory is its own.
+7. **torch.compile** (``--compile MODE``), last: compiling takes minutes and changes the model for good, so it only
+   uses what budget the families left (compile time reported).
 
 ``--smoke``: tiny models on the CPU, all of the above in seconds (``tests/test_benchmarks_smoke.py`` runs it).
 The tables of README.md and benchmarks/README.md are made from the JSON: ``python benchmarks/gpu_tables.py OUT.json``.
@@ -52,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.family_backbones import FAMILIES, NATIVE_SIZE, build_backbone  # noqa: E402
+from benchmarks.timing import source_digest  # noqa: E402
 from diffsegmenter import DiffSegmenter, SegmenterConfig  # noqa: E402
 
 CLASSES = ["cat", "sofa", "dog"]  # K = 3, each one token in the fixture CLIP tokenizer
@@ -67,7 +69,8 @@ class Run:
         self.args, self.device, self.start = args, device, time.perf_counter()
         self.path: Path | None = args.json
         self.data: dict[str, Any] = {"env": _environment(device), "args": _jsonable(vars(args)), "sd15": {},
-                                     "families": {}, "skipped": [], "errors": [], "finished": False}  # fmt: skip
+                                     "families": {}, "skipped": [], "errors": [], "cases": [],
+                                     "finished": False}  # fmt: skip
 
     def left(self) -> float:
         return self.args.budget_s - (time.perf_counter() - self.start)
@@ -84,7 +87,9 @@ class Run:
         return False
 
     def attempt(self, case: str, fn: Callable[[], Any]) -> Any:
-        """``fn()``; an exception is recorded (with its traceback's tail) and None returned."""
+        """``fn()``; an exception is recorded (with its traceback's tail) and None returned. The case names are
+        kept in the order they ran (``cases``)."""
+        self.data["cases"].append(case)
         try:
             return fn()
         except torch.OutOfMemoryError:
@@ -118,9 +123,10 @@ def _environment(device: torch.device) -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit = None  # the device machine's copy of the working tree has no .git: src_sha256 still names the code
     env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(), "commit": commit,
+           "src_sha256": source_digest(),
            "device": str(device), "cudnn_benchmark": torch.backends.cudnn.benchmark}  # fmt: skip
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -272,8 +278,9 @@ def _best(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(ok, key=lambda c: c["images_per_s"]) if ok else None
 
 
-def sd15_section(run: Run, dtype: torch.dtype) -> None:
-    """Ceiling, engine and single-prompt mode over the batches; syncs; the CPU check; options; the loader."""
+def sd15_section(run: Run, dtype: torch.dtype) -> tuple[dict[str, DiffSegmenter], list[np.ndarray]]:
+    """Ceiling, engine and single-prompt mode over the batches; syncs; the CPU check; the loader; options. Returns
+    the two modes' segmenters and the images, for :func:`compile_section`."""
     args, device, rec = run.args, run.device, run.data["sd15"]
     t0 = time.perf_counter()
     if args.smoke:
@@ -326,12 +333,21 @@ def sd15_section(run: Run, dtype: torch.dtype) -> None:
     best = _best(rec["single"])
     if best and run.allows("loader", 20 if not args.smoke else 2):
         rec["loader"] = run.attempt("loader", lambda: loader(seg["single"], images[0], best["batch"], 4, device))
-    options_section(run, seg, images)  # last: compiling changes the model for good
+    options_section(run, seg, images)
+    return seg, images
+
+
+def _place(seg: dict[str, DiffSegmenter], device: torch.device | str) -> None:
+    """Move SD1.5's models (shared by both modes' segmenters) to ``device``."""
+    backbone = seg["single"].backbone
+    for module in (backbone.unet, backbone.vae, backbone.text_encoder):
+        module.to(device)
+    _free(torch.device(device) if isinstance(device, str) else device)
 
 
 def options_section(run: Run, seg: dict[str, DiffSegmenter], images: list[np.ndarray]) -> None:
     """Channels-last at each mode's best batch; PAMR post-processing (``refine="pamr"``) at the single mode's best
-    batch; then torch.compile (single mode, batch 1 and its best batch)."""
+    batch."""
     args, device, rec = run.args, run.device, run.data["sd15"]
     rec["options"] = []
     unet, vae = seg["single"].backbone.unet, seg["single"].backbone.vae
@@ -358,8 +374,15 @@ def options_section(run: Run, seg: dict[str, DiffSegmenter], images: list[np.nda
         e = run.attempt("refine pamr single", lambda b=best["batch"]: engine(pamr, images[:b], device, args.repeats))
         if e:
             rec["options"].append({"option": "refine=pamr", "mode": "single", **e})
+
+
+def compile_section(run: Run, seg: dict[str, DiffSegmenter], images: list[np.ndarray]) -> None:
+    """torch.compile (single mode, batch 1 and its best batch), when ``--compile`` is given and budget is left."""
+    args, device, rec = run.args, run.device, run.data["sd15"]
+    best = _best(rec["single"])
     if not args.compile or not best:
         return
+    rec.setdefault("options", [])
     if not run.allows(f"compile {args.compile}", args.compile_need_s):
         return
     from torch import _dynamo
@@ -473,10 +496,14 @@ def _main(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     run = Run(args, device)
     print(f"gpu_throughput: {run.data['env'].get('device_name')} ({device}), budget {args.budget_s:.0f}s"
           + (" [smoke]" if args.smoke else ""), flush=True)  # fmt: skip
-    run.attempt("sd15", lambda: sd15_section(run, getattr(torch, args.dtype)))
+    held = run.attempt("sd15", lambda: sd15_section(run, getattr(torch, args.dtype)))
+    if held and args.families:
+        run.attempt("park sd15 on the cpu", lambda: _place(held[0], "cpu"))
     for family in args.families:
         if run.allows(f"family {family}", 30 if not args.smoke else 1):
             run.attempt(f"family {family}", lambda family=family: family_section(run, family))
+    if held and args.compile:  # last: it takes minutes and changes the model for good
+        run.attempt("compile", lambda: (_place(held[0], device), compile_section(run, *held)))
     run.data["finished"] = True
     run.save()
     from benchmarks.gpu_tables import render

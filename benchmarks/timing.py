@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -192,3 +194,16 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
         m = Measurement(seconds=ts)
         out[name] = m.median
     return out
+
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def source_digest() -> str:
+    """SHA-256 over ``src/`` and ``benchmarks/``'s Python files (relative path, NUL, bytes, NUL; sorted by path).
+    Names the code that ran where ``git`` cannot (the device machine's copy has no ``.git``); compare it with
+    ``python -c "from benchmarks.timing import source_digest; print(source_digest())"`` on a checkout."""
+    digest = hashlib.sha256()
+    for path in sorted(p for d in ("src", "benchmarks") for p in (_REPO / d).rglob("*.py")):
+        digest.update(path.relative_to(_REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -107,12 +107,29 @@ def test_gpu_throughput_script_runs_every_case_on_tiny_models(tmp_path):
     # the CPU path against itself: identical maps
     assert sd["check"]["per_class"]["pass"] and sd["check"]["single"]["max_abs_diff"] == 0.0
     assert {o["option"] for o in sd["options"]} == {"channels_last", "refine=pamr", "compile=default"}
+    # compile runs last (it ran inside the SD1.5 section, and could eat the budget of the four families)
+    cases = saved["cases"]
+    assert cases.index("compile") > max(cases.index(f"family {f}") for f in ("sdxl", "sd3", "flux", "pixart"))
     assert sd["loader"]["prefetch_images_per_s"] > 0
     assert set(saved["families"]) == {"sdxl", "sd3", "flux", "pixart"}
     assert all(f["per_class"] and f["ceiling"] for f in saved["families"].values())
     tables = gpu_tables.render(saved)
     assert "| batch | ceiling, single |" in tables and "| family |" in tables
     assert [met for _, _, met in gpu_tables.done_criteria(saved)][-2:] == [True, True]  # the two map checks
+
+
+def test_gpu_tables_show_goals_that_were_not_measured():
+    """A map check skipped for budget or failed (None) dropped its goal rows; an SD1.5 section that failed dropped
+    the goal table: the tables read as if every goal had been measured."""
+    from benchmarks import gpu_tables
+
+    for check in ({"per_class": None, "single": None}, None):
+        report = {"sd15": {"size": 512, "single": [], "per_class": [], "ceiling": [], "check": check}}
+        rows = gpu_tables.done_criteria(report)
+        assert [r[0].split(":")[0] for r in rows[-2:]] == ["maps vs CPU fp32 (per_class)", "maps vs CPU fp32 (single)"]
+        assert [met for *_, met in rows] == [None] * 6
+    tables = gpu_tables.render({"sd15": {}, "errors": [{"case": "sd15", "error": "RuntimeError('x')"}]})
+    assert "SD1.5 architecture: no result" in tables and tables.count("| not measured |") == 6
 
 
 def test_gpu_throughput_script_stops_adding_cases_when_the_budget_is_spent(tmp_path):
