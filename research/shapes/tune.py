@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     report_path = check_out_dir(args.report, "--report") if args.report else out_dir / "tuning.json"
     if args.report and report_path.exists():
         raise ValueError(f"--report {report_path} exists, an earlier run's record: give a new file")
+    if not args.no_write and (out_dir / "segmenter_config.json").exists():
+        raise ValueError(
+            f"--out {out_dir} already holds segmenter_config.json, an earlier run's: give a new folder, or --no-write"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

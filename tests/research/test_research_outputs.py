@@ -68,3 +68,11 @@ def test_tuners_refuse_a_folder_holding_their_record(main, record, tmp_path):
     with pytest.raises(ValueError, match=f"already holds {record}, an earlier run's record"):  # before loading
         main(["--model", "shapes", "--out", str(tmp_path)])
     assert (tmp_path / record).read_text() == '{"earlier": true}\n'
+
+
+def test_tune_refuses_to_write_over_an_earlier_segmenter_config(tmp_path):
+    """With --report elsewhere, tune wrote OUT/segmenter_config.json over an earlier run's without a word."""
+    (tmp_path / "segmenter_config.json").write_text('{"earlier": true}\n')
+    with pytest.raises(ValueError, match="already holds segmenter_config.json"):  # before loading
+        tune.main(["--model", "shapes", "--out", str(tmp_path), "--report", str(tmp_path / "r.json")])
+    assert (tmp_path / "segmenter_config.json").read_text() == '{"earlier": true}\n'
