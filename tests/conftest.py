@@ -10,6 +10,17 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+_THREADS = torch.get_num_threads()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run when a test module changed torch's thread count at import: that setting would hold for every
+    test of the session (use the ``one_torch_thread`` fixture instead)."""
+    if torch.get_num_threads() != _THREADS:
+        raise pytest.UsageError(
+            f"a test module set torch's thread count when it was imported ({_THREADS} -> {torch.get_num_threads()}), "
+            "for the whole session; use pytestmark = pytest.mark.usefixtures('one_torch_thread') instead"
+        )
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -68,6 +79,18 @@ def _torch_threads_restored():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread while a module of tiny-model tests runs (more threads only stall there), then the count
+    before. Use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``: a module-level
+    ``torch.set_num_threads(1)`` runs when pytest collects the module, before any test, and so left the whole suite
+    on one thread (the shipped-model quality test took 193 s instead of about 100)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

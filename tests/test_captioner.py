@@ -13,7 +13,7 @@ import torch
 from diffsegmenter.captioner import BlipCaptioner, Captioner, normalized_words, strip_prefix
 from diffsegmenter.hub import ModelNotFoundError, load_component, looks_like_local_path
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only stall
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bert_tokenizer"
 PREFIXES = [

@@ -29,7 +29,7 @@ from diffsegmenter.io import (
     load_sidecar,
 )
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only stall
 
 ALL_FORMATS = "png,overlay,heatmaps,rle,npz"
 SHIPPED_MODEL = Path(cli.__file__).parents[1] / "models" / "shapes"

@@ -22,7 +22,7 @@ from diffsegmenter.filters.clip import _clip_image_processor_class, caption_word
 from diffsegmenter.hub import ModelNotFoundError
 from tests.test_captioner import build_tiny_blip
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only stall
 
 CLIP_TOKENIZER = Path(__file__).parent / "fixtures" / "clip_tokenizer"
 VOCAB = ["cat", "dog", "table", "potted plant", "traffic light", "bus", "man", "sofa"]

@@ -7,7 +7,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from diffsegmenter.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only stall
 
 # 4 classes: 0 background, 1, 2, and 3 which appears in neither GT nor prediction (must be left out of the mean).
 GT = np.array(

@@ -13,7 +13,7 @@ from research.shapes import train as T
 from research.shapes.captions import VOCABULARY, sample_caption
 from research.shapes.world import make_scene
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only stall
 
 
 @pytest.fixture(scope="module")
