@@ -223,7 +223,10 @@ def test_from_pretrained_reuses_captioner(clip, image, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("word", "singular"),
-    [("dogs", "dog"), ("puppies", "puppy"), ("buses", "bus"), ("boxes", "box"), ("men", "man"), ("glass", "glass")],
+    [("dogs", "dog"), ("puppies", "puppy"), ("buses", "bus"), ("boxes", "box"), ("men", "man"), ("glass", "glass")]
+    # these came out "hous", "sho", "to", "cano", "specy", "sery", "len"
+    + [("houses", "house"), ("shoes", "shoe"), ("toes", "toe"), ("canoes", "canoe"), ("species", "species")]
+    + [("series", "series"), ("lens", "lens"), ("potatoes", "potato"), ("blouses", "blouse"), ("benches", "bench")],
 )
 def test_singularize(word: str, singular: str) -> None:
     assert singularize(word) == singular
@@ -234,6 +237,13 @@ def test_caption_words() -> None:
     assert words == ["dogs", "dog", "traffic", "lights", "light", "traffic light", "bus"]
     assert "light" not in caption_words(["a light"], non_nouns={"light"})
     assert "light" in caption_words(["a light"], non_nouns={"light"}, keep=["light"])
+    # a hyphenated name written verbatim in a caption was never matched (only names with spaces were phrases)
+    from diffsegmenter.filters.words import is_phrase
+
+    assert is_phrase("t-shirt") and is_phrase("floor-wood") and is_phrase("traffic light") and not is_phrase("cat")
+    words = caption_words(["a man in a t-shirt on a floor-wood"], phrases=["t-shirt", "floor-wood"])
+    assert "t-shirt" in words and "floor-wood" in words
+    assert "t-shirt" in caption_words(["two t shirts"], phrases=["t-shirt"])
 
 
 # -- candidate JSON -------------------------------------------------------------------------------------------------

@@ -45,7 +45,14 @@ from diffsegmenter.captioner import (
 )
 from diffsegmenter.config import check_slot_template
 from diffsegmenter.filters.base import FilterDecision, validate_vocabulary
-from diffsegmenter.filters.words import CAPTION_NON_NOUNS, STOP_WORDS, _fold_name, caption_words, singularize  # noqa: F401
+from diffsegmenter.filters.words import (  # noqa: F401
+    CAPTION_NON_NOUNS,
+    STOP_WORDS,
+    _fold_name,
+    caption_words,
+    is_phrase,
+    singularize,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -343,7 +350,7 @@ class ClipBlipFilter:
             texts,
             stop_words=self.stop_words,
             non_nouns=CAPTION_NON_NOUNS if self.noun_heuristic else (),
-            phrases=[c for c in vocab if " " in c.strip()],
+            phrases=[c for c in vocab if is_phrase(c)],
             keep=vocab,
         )
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from diffsegmenter.captioner import normalized_words
 
-__all__ = ["CAPTION_NON_NOUNS", "STOP_WORDS", "caption_words", "singularize"]
+__all__ = ["CAPTION_NON_NOUNS", "STOP_WORDS", "caption_words", "is_phrase", "singularize"]
 
 _STOP_WORDS_TEXT = """
     a about above across after against all along also am among an and another any are around as at away back be
@@ -60,6 +60,13 @@ _IRREGULAR_PLURALS = {
     "loaves": "loaf",
 }
 _NOT_PLURAL_ENDINGS = ("ss", "us", "is", "ous", "ics")
+#: Words that end like plurals but are their own singular.
+_SAME_SINGULAR = frozenset({"species", "series", "lens", "news", "canvas", "atlas", "chassis", "means"})
+#: "-oes" plurals of "-o" nouns; other "-oes" words are "-oe" nouns (shoes, toes, canoes).
+_O_ES_PLURALS = frozenset(
+    {"potatoes", "tomatoes", "heroes", "echoes", "vetoes", "torpedoes", "volcanoes", "mangoes", "mosquitoes",
+     "dominoes", "buffaloes", "tornadoes", "flamingoes"}
+)  # fmt: skip
 
 
 def singularize(word: str) -> str:
@@ -69,15 +76,21 @@ def singularize(word: str) -> str:
         word (`str`): lower-case word, e.g. ``"puppies"``, ``"buses"``, ``"dogs"``, ``"glass"``.
 
     Returns:
-        `str`: ``"puppy"``, ``"bus"``, ``"dog"``, ``"glass"`` (words that do not look plural are returned as is).
+        `str`: ``"puppy"``, ``"bus"``, ``"dog"``, ``"glass"`` (words that do not look plural, and a few that only
+        look so such as ``"species"`` or ``"lens"``, are returned as is; ``"houses"`` -> ``"house"``, ``"shoes"`` ->
+        ``"shoe"``, ``"potatoes"`` -> ``"potato"``).
     """
     if word in _IRREGULAR_PLURALS:
         return _IRREGULAR_PLURALS[word]
-    if len(word) <= 3 or not word.endswith("s") or word.endswith(_NOT_PLURAL_ENDINGS):
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(_NOT_PLURAL_ENDINGS) or word in _SAME_SINGULAR:
         return word
     if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
-    if word.endswith(("sses", "shes", "ches", "xes", "zzes", "uses", "oes")):
+    if word.endswith("uses"):  # buses -> bus, but houses, causes, blouses -> house, cause, blouse
+        return word[:-1] if word[-5] in "aeiou" else word[:-2]
+    if word.endswith("oes"):
+        return word[:-2] if word in _O_ES_PLURALS else word[:-1]
+    if word.endswith(("sses", "shes", "ches", "xes", "zzes")):
         return word[:-2]
     return word[:-1]
 
@@ -97,8 +110,9 @@ def caption_words(
         stop_words (`Iterable[str]`, *optional*, defaults to :data:`STOP_WORDS`): words to drop.
         non_nouns (`Iterable[str]`, *optional*, defaults to :data:`CAPTION_NON_NOUNS`): more words to drop (pass
             ``()`` to disable the noun heuristic).
-        phrases (`Iterable[str]`, *optional*): multi-word names (e.g. ``"traffic light"``) added, as written, when
-            their words appear consecutively in a caption (the last word may be plural).
+        phrases (`Iterable[str]`, *optional*): multi-word names (e.g. ``"traffic light"``, ``"t-shirt"``; see
+            :func:`is_phrase`) added, as written, when their words appear consecutively in a caption (the last word
+            may be plural; hyphens and spaces alike).
         keep (`Iterable[str]`, *optional*): words never dropped (the vocabulary's class names), e.g. ``"light"``.
 
     Returns:
@@ -106,7 +120,7 @@ def caption_words(
         (``"dogs"`` -> ``["dogs", "dog"]``); the phrases a caption matches follow that caption's words.
     """
     drop = (set(stop_words) | set(non_nouns)) - {_fold_name(k) for k in keep}
-    wanted = {tuple(normalized_words(p)): p for p in phrases}
+    wanted = {_phrase_key(p): p for p in phrases}
     wanted = {k: v for k, v in wanted.items() if len(k) > 1}
     sizes = sorted({len(k) for k in wanted})
     out: dict[str, None] = {}
@@ -126,6 +140,18 @@ def caption_words(
                     if cand in wanted:
                         out.setdefault(wanted[cand])
     return list(out)
+
+
+def _phrase_key(name: str) -> tuple[str, ...]:
+    """A name's words as captions are matched against them: alphabetic words only, so that ``"t-shirt"`` is
+    ``("t", "shirt")``, as a caption's "t-shirt" or "t shirt" reads."""
+    return tuple(w for w in normalized_words(name) if w.isalpha())
+
+
+def is_phrase(name: str) -> bool:
+    """Whether a class name is several words (``"traffic light"``, ``"t-shirt"``, ``"floor-wood"``): matched as a
+    phrase by :func:`caption_words`."""
+    return len(_phrase_key(name)) > 1
 
 
 def _fold_name(name: str) -> str:
