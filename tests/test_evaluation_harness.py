@@ -359,7 +359,10 @@ def test_score_only_with_missing_predictions_exits_1(tmp_path, capsys):
     parser = add_eval_arguments(argparse.ArgumentParser())
     run_eval(parser.parse_args([*base[1:], "--protocol", "oracle"]), segmenter=FakeSegmenter())
     assert cli.main([*base, "--score-only"]) == 0
-    assert "have no usable prediction" not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "have no usable prediction" not in captured.err
+    # the printed number says what produced it
+    assert "mIoU 100.00 on 5 image(s) of voc21 val (oracle protocol, tau 0.4)" in captured.out
     (tmp_path / "afile").write_text("")
     assert cli.main([*base[:-2], str(tmp_path / "afile"), "--no-progress", "--score-only"]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err

@@ -226,7 +226,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if isinstance(report, dict) and report.get("mIoU") is not None:
-        print(f"mIoU {report['mIoU']:.2f} on {report.get('num_images', '?')} image(s)")
+        print(
+            f"mIoU {report['mIoU']:.2f} on {report.get('num_images', '?')} image(s) of {report.get('dataset')} "
+            f"{report.get('split')} ({report.get('protocol')} protocol, tau {report.get('tau')})"
+        )
     print(f"Report in {Path(args.out) / 'metrics.json'}")
     problems = _incomplete_report(report, args.out)
     for problem in problems:
