@@ -113,8 +113,10 @@ def measure(family, size, device, dtype, repeats):
                     bb.denoise(z, 100, text)
 
     modes = ("plain", "capture")
+    rss: dict[str, float] = {}  # on the CPU the peak RSS is the process's high-water mark: read after each warm-up
     for mode in modes:  # untimed: first-call costs (allocation, kernel choice) would fall on whichever runs first
         call(mode)
+        rss[mode] = peak_rss_gib()
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     peaks: dict[str, float] = {}
     for _ in range(repeats):  # the modes alternate, so a slow spell of a shared machine hits both
@@ -127,7 +129,7 @@ def measure(family, size, device, dtype, repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[mode].append(time.perf_counter() - start)
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else rss[mode]
             peaks[mode] = max(peaks.get(mode, 0.0), peak)
     out = {mode: {"seconds": statistics.median(times[mode]), "peak_gib": round(peaks[mode], 2)} for mode in modes}
     out["overhead"] = out["capture"]["seconds"] / out["plain"]["seconds"] - 1

@@ -43,6 +43,11 @@ def test_names_are_kept_composed_and_without_invisible_characters():
     ]
     with pytest.raises(ClassListError, match="non-empty"):
         class_lists_per_image(["\u200b"], 1)
+    # the zero-width non-joiner spells Persian words (and the joiner emoji): kept in the name, not in the key
+    from diffsegmenter.classes import class_key, clean_class_name
+
+    word = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    assert clean_class_name(word) == word and class_key(word) == class_key(word.replace("\u200c", ""))
 
 
 def test_none_takes_the_models_own_classes_or_says_how_to_give_some():

@@ -286,6 +286,22 @@ def test_an_image_added_later_does_not_take_over_a_finished_images_name(
     assert json.loads((out / "dup.json").read_text())["source"].endswith("dup.png")
 
 
+def test_a_label_png_numbered_by_an_older_version_is_redone(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    # label PNGs now number the run's classes; one written before (its sidecar has no png_classes) numbered only the
+    # classes its image kept, and a resumed run would have left both numberings in one folder
+    image = _save_random(tmp_path / "in" / "x.png", (24, 32), 3)
+    out = tmp_path / "out"
+    argv = ["segment", str(image), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run(argv, capsys)[0] == 0
+    sidecar = json.loads((out / "x.json").read_text())
+    assert sidecar["png_classes"] == ["a", "b"]
+    assert "0 segmented, 1 already done" in _run(argv, capsys)[1]
+    del sidecar["png_classes"]
+    (out / "x.json").write_text(json.dumps(sidecar))
+    assert "1 segmented, 0 already done" in _run(argv, capsys)[1]
+    assert json.loads((out / "x.json").read_text())["png_classes"] == ["a", "b"]
+
+
 def test_files_left_by_a_run_with_other_settings_are_not_reused(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     # run 1 (tau 0.2) writes png, overlay and npz; run 2 (tau 0.9, --overwrite) rewrites the png only; run 3 (tau 0.9)
     # asks for all three: the overlay and npz on disk are run 1's, which run 2's sidecar does not list. They were
@@ -468,9 +484,10 @@ def test_demo_on_the_shipped_model(tmp_path: Path, capsys) -> None:
         assert set(data["classes"]) <= {"circle", "square", "triangle", "cross"}
         assert set(data["candidates"]) == {"circle", "square", "triangle", "cross"}
         # the label PNGs number the vocabulary, the same in every image (they numbered the classes kept)
-        assert data["label_values"] == {"0": "background", "1": "circle", "2": "square", "3": "triangle", "4": "cross"}
+        assert data["png_classes"] == ["circle", "square", "triangle", "cross"]
         png = np.asarray(Image.open(tmp_path / "demo" / f"{Path(data['source']).stem}.png"))
-        assert {data["label_values"][str(v)] for v in np.unique(png) if v} <= set(data["classes"])
+        assert {data["png_classes"][v - 1] for v in np.unique(png) if v} <= set(data["classes"])
+    assert any(len(data["classes"]) < 4 for data in sidecars)  # the filter dropped a class somewhere
 
 
 def test_shipped_examples_are_the_example_scenes() -> None:

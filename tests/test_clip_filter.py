@@ -359,8 +359,32 @@ def test_the_command_line_loads_the_clip_filter_from_local_folders(clip, tiny_mo
     sidecar = json.loads((out / "x.json").read_text())
     assert set(sidecar["candidates"]) == {"cat", "dog"} and sidecar["classes"]
     capsys.readouterr()
+    # the filter's models are settings of the results: a rerun with another CLIP is refused, not mixed in
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "clip2")
+    assert (
+        cli.main([*base, "--out", str(out), "--filter", "clip", "--clip", str(tmp_path / "clip2"), "--blip", "none"])
+        == 2
+    )
+    assert "filter_models" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "o2"), "--clip", str(folder)]) == 2  # without --filter clip
     assert "--clip set(s) the models of --filter clip" in capsys.readouterr().err
     missing = tmp_path / "no-clip"
     assert cli.main([*base, "--out", str(tmp_path / "o3"), "--filter", "clip", "--clip", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_run_records_name_the_clip_filters_models(clip, tmp_path) -> None:
+    """eval's run_config.json recorded a CLIP filter object as "ClipBlipFilter", so a resume with another --clip was
+    not refused."""
+    from diffsegmenter.evaluation.harness import _filter_id
+
+    model, tokenizer, processor = clip
+    folder = tmp_path / "clip"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    f = ClipBlipFilter.from_pretrained(clip=str(folder), blip=None, text_threshold=0.9)
+    assert _filter_id(f) == {"filter": "clip", "clip": str(folder), "blip": None, "text_threshold": 0.9}
+    assert _filter_id(ClipBlipFilter(*clip)) == "ClipBlipFilter" and _filter_id("clip") == "clip"

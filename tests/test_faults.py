@@ -392,6 +392,10 @@ def test_api_and_cli_share_the_class_rule(tmp_path: Path, tiny_segmenter, capsys
         tiny_segmenter.segment(image, classes=["cat", " CAT "])
     with pytest.raises(cli.CliError, match="duplicate"):
         cli.parse_classes("cat, CAT ")
+    # a class file saved with a byte-order mark (Windows Notepad): its first line, a comment, became a class
+    listed = tmp_path / "classes.txt"
+    listed.write_bytes("# my classes\ncat\nsofa\n".encode("utf-8-sig"))
+    assert cli.parse_classes(f"@{listed}") == ["cat", "sofa"]
 
 
 # ------------------------------------------------------------------------------------------------ 8. offline

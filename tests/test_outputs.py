@@ -439,14 +439,18 @@ def test_label_png_numbers_the_run_vocabulary_when_a_filter_kept_part_of_it(tmp_
     expected = np.array([0, 3, 4, 2])[_labels()]  # cat -> 3, traffic light -> 4 (a/b -> 2 is absent)
     np.testing.assert_array_equal(load_label_png(tmp_path / "x.png"), expected)
     data = load_sidecar(tmp_path / "x.json")
-    assert data["label_values"] == {"0": "background", "1": "dog", "2": "a/b", "3": "cat", "4": "traffic light"}
-    assert data["classes"] == CLASSES  # the image's own classes, as the npz numbers them
+    assert data["png_classes"] == vocabulary  # value i of the PNG is png_classes[i-1]
+    assert data["classes"] == CLASSES  # the image's own classes, as label_values, the npz and the rle number them
+    assert data["label_values"] == {"0": "background", "1": "cat", "2": "traffic light", "3": "a/b"}
     np.testing.assert_array_equal(load_npz(tmp_path / "x.npz")["labels"], _labels())
     # a class missing from the vocabulary gets the next value; without a vocabulary the image's own order
     write_result(tmp_path, "y", None, _result(), ["png"], vocabulary=["traffic light"])
     np.testing.assert_array_equal(load_label_png(tmp_path / "y.png"), np.array([0, 2, 1, 3])[_labels()])
     write_result(tmp_path, "z", None, _result(), ["png"])
     np.testing.assert_array_equal(load_label_png(tmp_path / "z.png"), _labels())
+    assert load_sidecar(tmp_path / "z.json")["png_classes"] == CLASSES
+    write_result(tmp_path, "n", None, _result(), ["npz"], vocabulary=vocabulary)
+    assert "png_classes" not in load_sidecar(tmp_path / "n.json")  # no PNG, nothing to name
 
 
 def test_write_result_validation(tmp_path: Path) -> None:

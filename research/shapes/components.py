@@ -20,7 +20,7 @@ import copy
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,10 @@ def check_new_run_dir(out: Path, flag: str = "--out") -> None:
         )
 
 
-def check_out_dir(out_dir: str | Path, flag: str = "--out", record: str | None = None) -> Path:
+def check_out_dir(out_dir: str | Path, flag: str = "--out", record: str | Sequence[str] | None = None) -> Path:
     """Refuse an output folder inside the installed ``diffsegmenter`` package, and one that holds ``record`` (the
-    report file the caller writes: an earlier run's, which it would overwrite).
+    file or files the caller writes, e.g. its report and a ``segmenter_config.json``: an earlier run's, which it
+    would overwrite).
 
     Training and tuning write a new folder; a maintainer copies what should ship into
     ``src/diffsegmenter/models/shapes/`` by hand, so that no run rewrites the installed model.
@@ -141,8 +142,9 @@ def check_out_dir(out_dir: str | Path, flag: str = "--out", record: str | None =
             f"{flag} {out} is inside the installed diffsegmenter package ({pkg}); write to a new folder (e.g. "
             "runs/...) and copy what should ship into src/diffsegmenter/models/shapes/ by hand"
         )
-    if record is not None and (out / record).exists():
-        raise ValueError(f"{flag} {out} already holds {record}, an earlier run's record: give a new folder")
+    for name in [record] if isinstance(record, str) else list(record or []):
+        if (out / name).exists():
+            raise ValueError(f"{flag} {out} already holds {name}, an earlier run's record: give a new folder")
     return out
 
 

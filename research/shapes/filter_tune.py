@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = check_out_dir(args.out, record="filter_tuning.json")
+    out_dir = check_out_dir(
+        args.out, record=["filter_tuning.json"] + ([] if args.no_write else ["segmenter_config.json"])
+    )
     folder = Path(resolve_model(args.model))
     seg = DiffSegmenter.from_pretrained(folder)
     if args.scoring == "regions":

@@ -208,14 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default=None, help="write the JSON report here (default: OUT/tuning.json)")
     p.add_argument("--no-write", action="store_true", help="do not write OUT/segmenter_config.json")
     args = p.parse_args(argv)
-    out_dir = check_out_dir(args.out, record=None if args.report else "tuning.json")
+    writes = ([] if args.report else ["tuning.json"]) + ([] if args.no_write else ["segmenter_config.json"])
+    out_dir = check_out_dir(args.out, record=writes)
     report_path = check_out_dir(args.report, "--report") if args.report else out_dir / "tuning.json"
     if args.report and report_path.exists():
         raise ValueError(f"--report {report_path} exists, an earlier run's record: give a new file")
-    if not args.no_write and (out_dir / "segmenter_config.json").exists():
-        raise ValueError(
-            f"--out {out_dir} already holds segmenter_config.json, an earlier run's: give a new folder, or --no-write"
-        )
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out_dir = check_out_dir(args.out, record="tuning.json")
+    out_dir = check_out_dir(args.out, record=["tuning.json", "segmenter_config.json"])
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(resolve_model(args.model))

@@ -33,17 +33,23 @@ def short_name(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
+_JOINERS = frozenset("\u200c\u200d")  # zero-width non-joiner and joiner: part of Persian, Indic and emoji spelling
+
+
 def clean_class_name(name: str) -> str:
-    """A class name as it is kept: Unicode NFC, invisible format characters (zero-width space, soft hyphen, ...)
-    removed, whitespace runs as single spaces, ends stripped."""
-    visible = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch) != "Cf")
-    return " ".join(visible.split())
+    """A class name as it is kept: Unicode NFC, invisible format characters (zero-width space, soft hyphen, BOM, ...)
+    removed but for the zero-width (non-)joiners that some scripts spell with, whitespace runs as single spaces, ends
+    stripped."""
+    nfc = unicodedata.normalize("NFC", name)
+    return " ".join("".join(ch for ch in nfc if unicodedata.category(ch) != "Cf" or ch in _JOINERS).split())
 
 
 def class_key(name: str) -> str:
-    """The form in which two class names are compared: :func:`clean_class_name`, Unicode NFKC, case-folded. Names
-    that look alike (``"café"`` typed or pasted decomposed, ``"cat"`` with a zero-width space, ``"Cat"``) share it."""
-    return unicodedata.normalize("NFKC", clean_class_name(name)).casefold()
+    """The form in which two class names are compared: :func:`clean_class_name`, Unicode NFKC, case-folded, without
+    any format character. Names that look alike (``"café"`` typed or pasted decomposed, ``"cat"`` with a zero-width
+    space, ``"Cat"``) share it."""
+    key = unicodedata.normalize("NFKC", clean_class_name(name)).casefold()
+    return "".join(ch for ch in key if unicodedata.category(ch) != "Cf")
 
 
 def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -> list[str]:
@@ -128,7 +134,7 @@ def class_lists_per_image(classes: Any, n: int, default: Sequence[str] | None = 
         default (`Sequence[str]`, *optional*): the model's own classes, used when ``classes`` is None.
 
     Returns:
-        `list[list[str]]`: ``n`` lists of whitespace-normalised names (copies: one list per image).
+        `list[list[str]]`: ``n`` lists of names as :func:`clean_class_name` keeps them (copies: one list per image).
 
     Raises:
         ValueError: no classes and no default; a number of lists other than ``n``; a list that breaks

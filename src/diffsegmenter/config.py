@@ -369,7 +369,9 @@ def check_slot_template(field: str, value: str, what: str, *, apart: bool = True
     before, _, after = value.partition("{}")
     if "{" in before + after or "}" in before + after:
         raise ValueError(f"{field} {value!r} has braces besides its one '{{}}'; write the text without other braces")
-    if apart and ((before and before[-1].isalnum()) or (after and after[0].isalnum())):
+    touching = (before[-1:] + after[:1]).strip()
+    # a Latin letter or digit: scripts written without spaces (Chinese, Japanese) may touch it
+    if apart and any(ch.isascii() and ch.isalnum() for ch in touching):
         raise ValueError(
             f"{field} {value!r}: a letter or digit touches '{{}}'; {what} is a word of its own, so put a space or "
             "punctuation around it (e.g. 'a photo of {}', not 'a photo of {}s')"

@@ -161,7 +161,7 @@ def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarra
     )
 
 
-def _load_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
+def _load_path(path: Path, max_pixels: int | None = None, *, exif_orientation: bool = True) -> np.ndarray:
     if not path.exists():
         problem = _link_problem(path) if path.is_symlink() else None
         if problem is not None:
@@ -185,7 +185,7 @@ def _load_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
                 )
             # Decode now, inside the try: Image.open is lazy and a truncated file only fails on load().
             pil.load()
-            return _pil_to_rgb(pil, str(path))
+            return _pil_to_rgb(pil, str(path), exif_orientation=exif_orientation)
     except ImageLoadError:
         raise
     except UnidentifiedImageError as exc:
@@ -212,21 +212,9 @@ def read_stored_pixels(path: str | os.PathLike[str]) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ImageLoadError: the file is not a readable single image, or its mode cannot be converted to RGB.
+        ImageLoadError: as [`load_image`] raises it for a file (corrupt, not an image, several frames...).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image file not found: {str(path)!r}.")
-    try:
-        with Image.open(path) as pil:
-            pil.load()
-            return _pil_to_rgb(pil, str(path), exif_orientation=False)
-    except ImageLoadError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(path, "not a recognised image format, or the file header is corrupt") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageLoadError(path, str(exc) or type(exc).__name__) from exc
+    return _load_path(Path(path), exif_orientation=False)
 
 
 def _pil_to_rgb(pil: Image.Image, name: str, *, exif_orientation: bool = True) -> np.ndarray:

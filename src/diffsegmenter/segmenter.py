@@ -173,7 +173,8 @@ class DiffSegmenter:
             if unused:  # BLIP-large is 1.8 GB: not loaded to be ignored
                 raise ValueError(
                     f"captioner {str(captioner)!r} would not be used: {unused}; set prompt_mode='per_class' and "
-                    "use_captioner=True (CLI: --set prompt_mode=per_class), or leave the captioner out"
+                    "use_captioner=True (segment: --prompt-mode per_class), or leave the captioner out (for the CLIP "
+                    "filter's BLIP, give it to the filter: blip=..., segment --blip)"
                 )
             from .captioner import BlipCaptioner
 
@@ -486,7 +487,7 @@ class DiffSegmenter:
             classes (`Sequence[str]`): class names (a filter's vocabulary included).
 
         Returns:
-            `list[str]`: the names, whitespace-normalised.
+            `list[str]`: the names as :func:`~diffsegmenter.classes.clean_class_name` keeps them.
 
         Raises:
             ValueError: the message names the offending class and how to fix it (``ClassTokenError`` for names the

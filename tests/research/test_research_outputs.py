@@ -70,9 +70,16 @@ def test_tuners_refuse_a_folder_holding_their_record(main, record, tmp_path):
     assert (tmp_path / record).read_text() == '{"earlier": true}\n'
 
 
-def test_tune_refuses_to_write_over_an_earlier_segmenter_config(tmp_path):
-    """With --report elsewhere, tune wrote OUT/segmenter_config.json over an earlier run's without a word."""
+@pytest.mark.parametrize(
+    ("main", "extra"),
+    [(tune.main, ["--report", "r.json"]), (filter_tune.main, []), (tune_dit.main, [])],
+    ids=["tune --report", "filter_tune", "tune_dit"],
+)
+def test_tuners_refuse_to_write_over_an_earlier_segmenter_config(main, extra, tmp_path):
+    """They wrote OUT/segmenter_config.json over an earlier run's without a word (tune with --report elsewhere;
+    filter_tune into tune's folder replaced its chosen settings)."""
     (tmp_path / "segmenter_config.json").write_text('{"earlier": true}\n')
+    extra = [str(tmp_path / e) if e.endswith(".json") else e for e in extra]
     with pytest.raises(ValueError, match="already holds segmenter_config.json"):  # before loading
-        tune.main(["--model", "shapes", "--out", str(tmp_path), "--report", str(tmp_path / "r.json")])
+        main(["--model", "shapes", "--out", str(tmp_path), "--val", "1", "--test", "1", *extra])
     assert (tmp_path / "segmenter_config.json").read_text() == '{"earlier": true}\n'

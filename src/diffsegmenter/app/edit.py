@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..classes import find_class
 from . import AppError, SegmentService, image_path, parse_class_text, upload_image
 
 __all__ = [
@@ -125,7 +126,7 @@ def competing_classes(target: str, others: str | None) -> list[str] | None:
     names = parse_class_text(others)
     if names is None:
         return None
-    return [target, *(n for n in names if n.lower() != target.lower())]
+    return [target, *(n for n in names if find_class(n, [target]) is None)]
 
 
 def run_edit(

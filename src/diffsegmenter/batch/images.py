@@ -94,7 +94,16 @@ class ImageTask(BatchTask[ImageJob]):
         if sidecar is None:
             logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
             return False
-        return same_request(sidecar.get("request"), self.request)
+        if not same_request(sidecar.get("request"), self.request):
+            return False
+        if "png" in self.formats and self.vocabulary is not None:
+            from ..io.formats import run_class_list
+
+            wanted = run_class_list(sidecar.get("classes") or [], self.vocabulary)
+            if sidecar.get("png_classes") != wanted:  # an older version numbered each PNG's kept classes only
+                logger.info("%s: its label PNG numbers its classes otherwise than this run; recomputing", job.label)
+                return False
+        return True
 
     def load(self, job: ImageJob) -> Any:
         from ..images import load_image

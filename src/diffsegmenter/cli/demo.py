@@ -59,9 +59,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``diffsegmenter demo``: the shipped (or given) model on the shipped example images."""
     from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
     from ..io.paths import ImageJob, image_key
-    from .model import check_classes, check_overrides, load_segmenter, setup_filter
+    from .model import check_classes, check_clip_filter_flags, check_overrides, load_segmenter, setup_filter
 
     classes = parse_classes(args.classes)
+    if args.filter is not None:  # else the model's recommendation, known once it loads (setup_filter checks then)
+        check_clip_filter_flags(args, args.filter)
     overrides = config_overrides(args)
     check_overrides(overrides)
     with example_images() as paths:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..editing import EditSettings
 
+from ..classes import class_key
 from .parser import CliError, Command, add_max_pixels_argument, config_overrides, parse_classes, register_command
 
 __all__ = ["EditReport", "add_edit_arguments", "cmd_edit", "edit_command"]
@@ -262,8 +263,8 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
         "model": model,
         **{k: v for k, v in edit_kwargs.items() if k not in ("settings", "progress")},
         # names compared as the class lists compare them: 'Bird' is 'bird'
-        "target": edit_kwargs["target"].lower(),
-        "new_classes": None if edit_kwargs["new_classes"] is None else edit_kwargs["new_classes"].lower(),
+        "target": class_key(edit_kwargs["target"]),
+        "new_classes": None if edit_kwargs["new_classes"] is None else class_key(edit_kwargs["new_classes"]),
         "settings": dataclasses.asdict(edit_kwargs["settings"]),
         "save_mask": bool(save_mask),
         **(request or {}),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..batch.runner import EXIT_OK
-from .model import clip_filter_models
+from .model import check_clip_filter_flags
 from .parser import CliError, Command, add_model_arguments, configure, load_kwargs, register_command
 from .segment import add_clip_filter_arguments
 
@@ -169,6 +169,9 @@ def run_eval(
     )
     if filter is not None:
         kwargs["filter"] = filter
+    filter_models = check_clip_filter_flags(
+        args, kwargs.get("filter") if isinstance(kwargs.get("filter"), str) else None
+    )
     if getattr(args, "score_only", None):
         scoring = ("limit", "sweep_tau", "progress", "tau", "candidates_json")  # the last two: checked, not used
         return harness.score_predictions(dataset, args.out, **{k: v for k, v in kwargs.items() if k in scoring})
@@ -178,13 +181,11 @@ def run_eval(
         harness._check_options(
             dataset, kwargs.get("tau"), kwargs.get("shard"), kwargs.get("limit"), kwargs.get("sweep_tau", False)
         )
-        if clip_filter_models(args) and kwargs.get("filter") != "clip":
-            raise ValueError("--clip and --blip set the models of --filter clip; add --filter clip, or leave them out")
         segmenter = (load_segmenter or load_eval_segmenter)(args)
-    if clip_filter_models(args) and kwargs.get("filter") == "clip":
+    if filter_models:
         from ..filters.base import build_filter
 
-        kwargs["filter"] = build_filter("clip", segmenter, **clip_filter_models(args))
+        kwargs["filter"] = build_filter("clip", segmenter, **filter_models)
     return harness.evaluate(segmenter, dataset, args.out, **kwargs)
 
 

@@ -82,10 +82,7 @@ def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> 
     """What ``segment(filter=...)`` gets for ``--filter``: None, the name ``"diffusion"`` (the segmenter builds it from
     its own model), or the loaded CLIP filter (built by :func:`~diffsegmenter.filters.build_filter` on the
     ``--device`` / ``--dtype`` given)."""
-    models = clip_filter_models(args)
-    if models and name != "clip":
-        flags = " and ".join(f"--{k}" for k in models)
-        raise CliError(f"{flags} set(s) the models of --filter clip; add --filter clip, or leave {flags} out")
+    models = check_clip_filter_flags(args, name)
     if name is None or name == "none":
         return None
     if name == "diffusion":
@@ -112,6 +109,20 @@ def clip_filter_models(args: argparse.Namespace) -> dict[str, Any]:
     blip = getattr(args, "blip", None)
     if blip is not None:
         models["blip"] = None if blip.strip().lower() == "none" else blip
+    return models
+
+
+def check_clip_filter_flags(args: argparse.Namespace, filter_name: str | None) -> dict[str, Any]:
+    """``--clip`` / ``--blip`` as given (:func:`clip_filter_models`), refused unless the filter is ``clip``: checked
+    before the model loads.
+
+    Raises:
+        CliError: the flags are given with another filter (or none).
+    """
+    models = clip_filter_models(args)
+    if models and filter_name != "clip":
+        flags = " and ".join(f"--{k}" for k in models)
+        raise CliError(f"{flags} set(s) the models of --filter clip; add --filter clip, or leave {flags} out")
     return models
 
 

@@ -249,7 +249,9 @@ def parse_classes(text: str | None) -> list[str] | None:
     """``"cat, sofa,potted plant"`` -> ``["cat", "sofa", "potted plant"]``; ``"@file.txt"`` reads one name per line.
 
     The names follow the rule the API applies (:func:`~diffsegmenter.classes.check_class_names`): whitespace inside
-    a name is normalised to single spaces, duplicates are compared case-insensitively, the list cannot be empty.
+    a name is normalised to single spaces and invisible characters dropped, duplicates are compared as
+    :func:`~diffsegmenter.classes.class_key` compares them (case, Unicode form), the list cannot be empty. A file's
+    byte-order mark is not part of its first name.
 
     Raises:
         CliError: an empty list or name, a duplicate, or an unreadable @file.
@@ -260,7 +262,8 @@ def parse_classes(text: str | None) -> list[str] | None:
 
     if text.startswith("@"):
         try:
-            raw = Path(text[1:]).expanduser().read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Windows Notepad) is not part of the first name
+            raw = Path(text[1:]).expanduser().read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise CliError(f"cannot read the class file {text[1:]!r}: {exc.strerror or exc}") from None
         names = [line for line in raw.splitlines() if line.strip() and not line.lstrip().startswith("#")]

@@ -45,7 +45,7 @@ def add_clip_filter_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MODEL",
         help="BLIP Hub id or local folder whose caption --filter clip reads, or 'none' for image similarity only "
-        "(default: the --captioner if given, else Salesforce/blip-image-captioning-large)",
+        "(default: the segmenter's BLIP captioner if it has one, else Salesforce/blip-image-captioning-large)",
     )
 
 
@@ -153,9 +153,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..batch.runner import result_settings
     from ..io.formats.label_png import check_png_class_count
     from ..io.paths import collect_jobs
-    from .model import check_classes, check_overrides, default_model, load_segmenter, setup_filter
+    from .model import (
+        check_classes,
+        check_clip_filter_flags,
+        check_overrides,
+        default_model,
+        load_segmenter,
+        setup_filter,
+    )
 
     formats = parse_formats(args.format)
+    filter_models = check_clip_filter_flags(args, args.filter)
     if getattr(args, "ray", False):  # before the model loads, as parse_formats does for the formats' extras
         from .._optional import require
 
@@ -191,6 +199,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "model": str(args.model) if args.model is not None else default_model(),
             "classes": classes if classes is not None else list(segmenter.default_classes),
             "filter": filter_name,
+            "filter_models": filter_models or None,  # --clip / --blip
             "captioner": load_kwargs(args).get("captioner"),
             "config": config,
         }

@@ -291,13 +291,22 @@ def _fingerprint(
         "protocol": protocol,
         "tau": tau,
         "candidates_sha256": file_sha256(candidates_json) if candidates_json is not None else None,
-        "filter": filter if isinstance(filter, str) or filter is None else type(filter).__name__,
+        "filter": _filter_id(filter),
         "segmenter": type(segmenter).__name__,
         "model": _model_id(segmenter),
         "dtype": None if dtype is None else str(dtype),
         "captioner": _captioner_id(segmenter),
         "segmenter_config": _config_dict(segmenter),
     }
+
+
+def _filter_id(filter: Any) -> Any:
+    """The filter as ``run_config.json`` records it: its name, a filter object's own ``fingerprint`` (the CLIP
+    filter's models and settings) when it has one, else its class name."""
+    if filter is None or isinstance(filter, str):
+        return filter
+    described = getattr(filter, "fingerprint", None)
+    return json.loads(json.dumps(described, default=str)) if described is not None else type(filter).__name__
 
 
 def _captioner_id(segmenter: Any) -> str | None:

@@ -183,6 +183,8 @@ class ClipBlipFilter:
         self.word_max_length = int(word_max_length)
         self.stop_words = frozenset(stop_words)
         self.noun_heuristic = bool(noun_heuristic)
+        #: What made this filter, as run records compare it (:meth:`from_pretrained` names its models; None here).
+        self.fingerprint: dict[str, Any] | None = None
         self.words_from_prompts = bool(words_from_prompts)
         self.cache_size = int(cache_size)
         self._class_cache: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -229,11 +231,15 @@ class ClipBlipFilter:
         model.eval()
         tokenizer = load_component(AutoTokenizer, clip, **load_kwargs)
         image_processor = load_component(_clip_image_processor_class(), clip, **load_kwargs)
+        given_captioner = captioner is not None
         if captioner is None and blip is not None:
             from diffsegmenter.captioner import BlipCaptioner
 
             captioner = BlipCaptioner.from_pretrained(blip, device=device, dtype=dtype, **load_kwargs)
-        return cls(model, tokenizer, image_processor, captioner, **filter_kwargs)
+        flt = cls(model, tokenizer, image_processor, captioner, **filter_kwargs)
+        blip_id = "the segmenter's captioner" if given_captioner else (None if blip is None else str(blip))
+        flt.fingerprint = {"filter": "clip", "clip": str(clip), "blip": blip_id, **filter_kwargs}
+        return flt
 
     # -- CategoryFilter ---------------------------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..classes import class_key
+
 __all__ = [
     "HEATMAP_LUT",
     "IGNORE_INDEX",
@@ -151,7 +153,7 @@ NAMED_PALETTE.flags.writeable = False
 
 
 def _normalise_name(name: str) -> str:
-    return " ".join(str(name).split()).casefold()
+    return class_key(str(name))  # names that are one class (case, spacing, Unicode form) get one colour
 
 
 def name_color(name: str) -> tuple[int, int, int]:

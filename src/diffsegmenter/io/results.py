@@ -122,7 +122,8 @@ def write_result(
         extra (`Mapping[str, Any]`, *optional*): extra sidecar keys (for example ``{"source": "img.jpg"}``).
         alpha (`float`, defaults to 0.5): overlay opacity.
         vocabulary (`Sequence[str]`, *optional*): the run's class list, for exports that number classes run-wide
-            (the label PNG's values and the sidecar's ``label_values``, YOLO ids); None = the result's classes.
+            (the label PNG's values, named by the sidecar's ``png_classes``; YOLO ids, ``yolo_classes``); None = the
+            result's classes. ``label_values``, ``npz`` and ``rle`` number the image's own classes.
 
     Returns:
         `list[pathlib.Path]`: every file written, in writing order; the sidecar is last.
@@ -138,7 +139,7 @@ def write_result(
     if len(result.prompts) != len(classes):
         raise ValueError(f"result has {len(result.prompts)} prompts for {len(classes)} classes; they must match.")
     extra_keys = dict(extra or {})
-    reserved = sorted(set(extra_keys) & {"formats", "files", "yolo_classes", *SIDECAR_KEYS})
+    reserved = sorted(set(extra_keys) & {"formats", "files", "png_classes", "yolo_classes", *SIDECAR_KEYS})
     if reserved:
         raise ValueError(f"`extra` keys {reserved} are reserved: write_result and save_sidecar record them.")
     for name in wanted:
@@ -168,9 +169,11 @@ def write_result(
         written.extend(FORMATS[name].write(target, item))
 
     sidecar_extra = {"formats": wanted, "files": [p.relative_to(out_dir).as_posix() for p in written], **extra_keys}
+    if "png" in wanted:  # what the label PNG's values mean: value i is png_classes[i-1], the same in every image
+        sidecar_extra["png_classes"] = item.run_classes
     if "yolo" in wanted:  # what its class ids mean: the run's dataset.yaml must name them alike (yolo.write_run)
         sidecar_extra["yolo_classes"] = item.run_classes
-    written.append(save_sidecar(paths.sidecar, result, sidecar_extra, label_classes=item.run_classes))
+    written.append(save_sidecar(paths.sidecar, result, sidecar_extra))
     return written
 
 

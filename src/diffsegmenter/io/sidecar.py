@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +28,18 @@ def package_version() -> str:
 SIDECAR_KEYS = ("classes", "prompts", "tau", "image_size", "label_values", "candidates", "diffsegmenter_version")
 
 
-def save_sidecar(
-    path: str | os.PathLike,
-    result: ResultLike,
-    extra: Mapping[str, Any] | None = None,
-    *,
-    label_classes: Sequence[str] | None = None,
-) -> Path:
+def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the JSON sidecar describing one result.
 
     Keys: ``classes``, ``prompts``, ``tau``, ``image_size`` (``{"height": H, "width": W}``), ``label_values``
-    (what the label PNG's values mean: ``{"0": "background", "1": label_classes[0], ...}``), ``candidates``
-    (filter presence scores or ``null``) and ``diffsegmenter_version``, followed by the keys of `extra` (for example
-    the source path, config or formats).
+    (``{"0": "background", "1": classes[0], ...}``), ``candidates`` (filter presence scores or ``null``) and
+    ``diffsegmenter_version``, followed by the keys of `extra` (for example the source path, config or formats).
 
     Args:
         path (`str` or `os.PathLike`): target file, usually ``<stem>.json``.
         result (`ResultLike`): the result (``labels`` is used only for its size).
         extra (`Mapping[str, Any]`, *optional*): more JSON-serialisable keys (NumPy values and paths are
             converted).
-        label_classes (`Sequence[str]`, *optional*): the classes the label PNG numbers 1.., when it numbers them
-            run-wide (a run with a filter: the run's class list); None = ``result.classes``.
 
     Returns:
         `pathlib.Path`: the written path.
@@ -64,10 +55,7 @@ def save_sidecar(
         "prompts": list(result.prompts),
         "tau": float(result.tau),
         "image_size": {"height": int(labels.shape[0]), "width": int(labels.shape[1])},
-        "label_values": {
-            "0": BACKGROUND,
-            **{str(i): c for i, c in enumerate(classes if label_classes is None else label_classes, start=1)},
-        },
+        "label_values": {"0": BACKGROUND, **{str(i): c for i, c in enumerate(classes, start=1)}},
         "candidates": None if candidates is None else {str(k): float(v) for k, v in dict(candidates).items()},
         "diffsegmenter_version": package_version(),
     }

@@ -45,7 +45,15 @@ __all__ = [
     "RunImage",
     "check_formats",
     "register_format",
+    "run_class_list",
 ]
+
+
+def run_class_list(classes: Sequence[str], vocabulary: Sequence[str] | None) -> list[str]:
+    """The classes an image's run-wide numbering counts: ``vocabulary`` followed by any of ``classes`` missing from
+    it (all of ``classes`` when there is no vocabulary). Value i (label PNG) or id i - 1 (YOLO) is its i-th name."""
+    vocab = list(vocabulary or [])
+    return vocab + [c for c in classes if c not in vocab]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +81,7 @@ class FormatInput:
     @property
     def run_classes(self) -> list[str]:
         """``vocabulary`` followed by any class of this image missing from it (so every class has a run-wide id)."""
-        vocabulary = list(self.vocabulary or [])
-        return vocabulary + [c for c in self.classes if c not in vocabulary]
+        return run_class_list(self.classes, self.vocabulary)
 
     @property
     def run_labels(self) -> np.ndarray:

@@ -27,7 +27,8 @@ def encode_rle_records(labels: np.ndarray, scores: np.ndarray, classes: Sequence
 
     Returns:
         `list[dict]`: one record per class in `classes` order (also for classes with an empty mask), each with
-        ``name`` (str), ``class_index`` (int, the label value i), ``segmentation`` (``{"size": [H, W], "counts":
+        ``name`` (str), ``class_index`` (int, the label value i in ``labels``: the image's own numbering, not the
+        run-wide one of the label PNG), ``segmentation`` (``{"size": [H, W], "counts":
         str}``, COCO compressed RLE with counts decoded to ASCII), ``area`` (int, pixels), ``bbox`` (``[x, y, w,
         h]`` ints, tight, ``[0, 0, 0, 0]`` when empty) and ``score`` (float, mean score inside the mask, 0.0 when
         empty).
