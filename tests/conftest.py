@@ -22,6 +22,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "for the whole session; use pytestmark = pytest.mark.usefixtures('one_torch_thread') instead"
         )
 
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
