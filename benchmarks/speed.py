@@ -146,16 +146,17 @@ class Job:
     pipelines: list[str]
     repeats: int
     results: dict[str, Measurement] = field(default_factory=dict)
+    warmup: bool = False  # one untimed call per pipeline first (on CUDA: cuDNN picks kernels per shape)
 
     def estimate(self, unit: dict[str, float]) -> float:
-        """Seconds this job should take, from per-class costs measured at K=1."""
+        """Seconds this job should take (its warm-up included), from per-class costs measured at K=1."""
         total = 0.0
         for p in self.pipelines:
             if p == "single":
                 total += unit.get(p, 0.0) * max(1, math.ceil(self.k / 20))
             else:
                 total += unit.get(p, 0.0) * self.k
-        return total * self.repeats
+        return total * (self.repeats + int(self.warmup))
 
 
 def make_plan(args: argparse.Namespace) -> list[Job]:
@@ -173,8 +174,8 @@ def make_plan(args: argparse.Namespace) -> list[Job]:
 
 def _remaining(jobs: list[Job], unit: dict[str, float], current: int, done: int) -> float:
     """Estimated seconds left: the current job's repeats after ``done`` plus every later job."""
-    cur = jobs[current]
-    left = cur.estimate(unit) / max(cur.repeats, 1) * max(cur.repeats - done, 0)
+    cur = jobs[current]  # its warm-up, if any, is behind it
+    left = cur.estimate(unit) / max(cur.repeats + int(cur.warmup), 1) * max(cur.repeats - done, 0)
     return left + sum(j.estimate(unit) for j in jobs[current + 1 :])
 
 
@@ -272,11 +273,13 @@ def run_jobs(
     """
     unit: dict[str, float] = {}
     t_start = time.perf_counter()
+    for job in jobs:
+        job.warmup = device.type == "cuda"
     for ji, job in enumerate(jobs):
         classes = class_names(job.k)
         for name in job.pipelines:
             job.results[name] = Measurement()
-            if device.type == "cuda":  # cuDNN picks its kernels per shape: a new K's first call is not timed
+            if job.warmup:  # cuDNN picks its kernels per shape: a new K's first call is not timed
                 pipes.run(name, image, classes)
         r = 0
         while r < job.repeats:

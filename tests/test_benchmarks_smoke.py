@@ -150,7 +150,7 @@ def test_filter_cost_benchmark_times_both_filters_against_the_plain_call(tmp_pat
     from benchmarks import filter_cost
 
     out = tmp_path / "filter_cost.json"
-    report = filter_cost.main(["--scenes", "1", "--repeats", "1", "--out", str(out)])
+    report = filter_cost.main(["--scenes", "1", "--repeats", "1", "--threads", "2", "--out", str(out)])
     assert set(report["seconds_per_scene"]) == {"present", "vocab+quantile", "vocab+regions"}
     assert report["ratio_to_present"]["present"] == 1.0
     assert all(v > 0 for v in report["seconds_per_scene"].values())
@@ -170,3 +170,19 @@ def test_refine_cost_benchmark_measures_both_settings(tmp_path):
     assert row["side"] == 64 and row["seconds_none"] > 0 and row["seconds_pamr"] > 0
     assert row["time_ratio"] == round(row["seconds_pamr"] / row["seconds_none"], 2)
     assert report["refine_dilations"] == [1, 2, 4, 8, 12, 24] and report["refine_max_side"] == 512
+
+
+def test_speed_plan_counts_the_cuda_warm_up_calls():
+    """speed.py's warm-up call per pipeline and K (CUDA) was left out of its budget plan, which then overran
+    --budget-min by about one call per pipeline per job."""
+    from benchmarks.speed import Job, _remaining
+
+    unit = {"reference": 1.0, "engine": 0.5}
+    cold = [Job("default", 3, ["reference", "engine"], 2), Job("default", 10, ["reference", "engine"], 2)]
+    warm = [
+        Job("default", 3, ["reference", "engine"], 2, warmup=True),
+        Job("default", 10, ["reference", "engine"], 2, warmup=True),
+    ]
+    assert cold[1].estimate(unit) == 30.0 and warm[1].estimate(unit) == 45.0  # (10 + 5) per call
+    # after the current job's first repeat: its other repeat, then the next job with its warm-up
+    assert _remaining(cold, unit, 0, 1) == 4.5 + 30.0 and _remaining(warm, unit, 0, 1) == 4.5 + 45.0
