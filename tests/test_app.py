@@ -350,6 +350,8 @@ def test_the_edit_target_competes_with_the_classes_named(served) -> None:
 
     url, service = served
     assert competing_classes("square", "triangle, Square, circle") == ["square", "triangle", "circle"]
+    # compared as class lists compare names (it used .lower(): "STRASSE" stayed, then the list was refused)
+    assert competing_classes("Stra\u00dfe", "STRASSE, circle") == ["Stra\u00dfe", "circle"]
     assert competing_classes("square", " ") is None
     alone = run_edit(service, str(SCENE), "square", "a cross", steps=2, seed=3)
     named = run_edit(service, str(SCENE), "square", "a cross", steps=2, seed=3, classes="triangle, circle")
