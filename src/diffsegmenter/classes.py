@@ -87,12 +87,12 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
     out: list[str] = []
     seen: dict[str, str] = {}
     for position, name in enumerate(names, start=1):
-        if not isinstance(name, str) or not clean_class_name(name):
+        clean = clean_class_name(name) if isinstance(name, str) else ""
+        if not clean:
             raise ClassListError(
                 f"class names must be non-empty strings, got {name!r} as name {position} of {len(names)}; "
                 f"e.g. {example}"
             )
-        clean = clean_class_name(name)
         key = class_key(clean)
         if key == BACKGROUND:
             raise ClassListError(

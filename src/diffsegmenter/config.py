@@ -259,6 +259,15 @@ class SegmenterConfig:
                     "or leave class_resolution None"
                 )
 
+    def unused_captioner_reason(self) -> str | None:
+        """Why a captioner would write no prompt under this config (None when it would continue the prompts):
+        ``prompt_mode="single"`` (one prompt naming every class) or ``use_captioner=False``."""
+        if self.prompt_mode == "single":
+            return "prompt_mode is 'single' (one prompt naming every class; the captioner continues per-class prompts)"
+        if not self.use_captioner:
+            return "use_captioner is False"
+        return None
+
     def with_seed(self, seed: Any) -> SegmenterConfig:
         """This config with a per-call ``seed`` (None: unchanged), checked by the config's rule; NumPy integers are
         taken as ints, booleans are not.

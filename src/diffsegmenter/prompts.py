@@ -239,7 +239,7 @@ def build_prompts(tokenizer, image, classes: list[str], config, captioner=None) 
     if cfg.prompt_mode == "single":
         return single_prompts(tokenizer, classes, cfg.template, cfg.class_phrase, cfg.joiner)
     conts = [""] * len(classes)
-    if captioner is not None and cfg.use_captioner and classes:
+    if captioner is not None and cfg.unused_captioner_reason() is None and classes:
         prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
         conts = list(captioner.continue_captions(image, prefixes))
         if len(conts) != len(prefixes) or not all(isinstance(c, str) for c in conts):

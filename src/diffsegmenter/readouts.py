@@ -438,8 +438,8 @@ class ConceptReadout(Readout):
     the image and the prompt are untouched. Score of pixel p for class c, per read block: the dot product of the
     image's and the concept's attention outputs (heads concatenated, before the output projections, which differ
     between the two branches), summed over the read blocks (``attention_blocks``, all double-stream blocks by
-    default; naming a single-stream block is refused); then min-max per class (choice: tau keeps its meaning and one class works; ConceptAttention takes a softmax over
-    the concepts). No completion.
+    default; naming a single-stream block is refused); then min-max per class (choice: tau keeps its meaning and one
+    class works; ConceptAttention takes a softmax over the concepts). No completion.
     """
 
     name = "concept"

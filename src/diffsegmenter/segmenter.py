@@ -100,11 +100,8 @@ class DiffSegmenter:
         # a read-out this family cannot run is refused here, not at the first image
         readout_for(self.config.readout, self.config.readout_block).check_family(backbone.family)
         self.captioner = captioner
-        if captioner is not None and _unused_captioner_reason(self.config):
-            logger.warning(
-                "The captioner is not used: %s (a call's config may still use it).",
-                _unused_captioner_reason(self.config),
-            )
+        if captioner is not None and (unused := self.config.unused_captioner_reason()):
+            logger.warning("The captioner is not used: %s (a call's config may still use it).", unused)
         self.model_settings = model_settings
         classes = default_classes if default_classes is not None else self.model_settings.classes
         self.default_classes = list(classes) if classes else None
@@ -169,7 +166,7 @@ class DiffSegmenter:
             config = SegmenterConfig().replace(**backbone.family_defaults()).replace(**settings.segmenter)
         config = config.replace(**config_overrides)
         if isinstance(captioner, (str, Path)):
-            unused = _unused_captioner_reason(config)
+            unused = config.unused_captioner_reason()
             if unused:  # BLIP-large is 1.8 GB: not loaded to be ignored
                 raise ValueError(
                     f"captioner {str(captioner)!r} would not be used: {unused}; set prompt_mode='per_class' and "
@@ -557,7 +554,7 @@ class DiffSegmenter:
     def _work(self, arrays: list[np.ndarray], class_lists: list[list[str]]) -> list[tuple[int, ClassPrompt]]:
         """(image index, prompt) items; without a captioner the prompts of a class list are built once per call."""
         cfg = self.config
-        per_image = self.captioner is not None and cfg.use_captioner and cfg.prompt_mode != "single"
+        per_image = self.captioner is not None and cfg.unused_captioner_reason() is None
         built: dict[tuple[str, ...], list[ClassPrompt]] = {}
         work = []
         for i, (im, names) in enumerate(zip(arrays, class_lists)):
@@ -590,12 +587,3 @@ def _warn_if_raw_scores_under_tau(results: list[SegmentationResult]) -> None:
             peak,
             peak / 2,
         )
-
-
-def _unused_captioner_reason(config: SegmenterConfig) -> str | None:
-    """Why a captioner would not write any prompt under ``config`` (None when it would)."""
-    if config.prompt_mode == "single":
-        return "prompt_mode is 'single' (one prompt naming every class; the captioner continues per-class prompts)"
-    if not config.use_captioner:
-        return "use_captioner is False"
-    return None

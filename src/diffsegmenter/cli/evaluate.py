@@ -169,9 +169,8 @@ def run_eval(
     )
     if filter is not None:
         kwargs["filter"] = filter
-    filter_models = check_clip_filter_flags(
-        args, kwargs.get("filter") if isinstance(kwargs.get("filter"), str) else None
-    )
+    name = kwargs.get("filter")  # a filter object given to run_eval takes no --clip / --blip
+    filter_models = check_clip_filter_flags(args, name if isinstance(name, str) else None)
     if getattr(args, "score_only", None):
         scoring = ("limit", "sweep_tau", "progress", "tau", "candidates_json")  # the last two: checked, not used
         return harness.score_predictions(dataset, args.out, **{k: v for k, v in kwargs.items() if k in scoring})

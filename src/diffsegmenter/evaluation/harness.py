@@ -305,8 +305,8 @@ def _filter_id(filter: Any) -> Any:
     filter's models and settings) when it has one, else its class name."""
     if filter is None or isinstance(filter, str):
         return filter
-    described = getattr(filter, "fingerprint", None)
-    return json.loads(json.dumps(described, default=str)) if described is not None else type(filter).__name__
+    described = getattr(filter, "fingerprint", None)  # check_run_fingerprint makes it JSON-like
+    return described if described is not None else type(filter).__name__
 
 
 def _captioner_id(segmenter: Any) -> str | None:

@@ -64,6 +64,7 @@ def _fmt(value: float | None, ndigits: int = 2) -> str:
 
 
 def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
+    truth = report.get("ground_truth") or {}
     lines = [
         f"# Evaluation: {report['dataset']} ({report['split']})",
         "",
@@ -71,7 +72,7 @@ def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
         "|---|---|",
         f"| protocol | {report['protocol']} |",
         f"| tau | {report['tau']} |",
-        f"| ground truth | `{(report.get('ground_truth') or {}).get('labels')}` under `{(report.get('ground_truth') or {}).get('root')}` |",
+        f"| ground truth | `{truth.get('labels')}` under `{truth.get('root')}` |",
         f"| images | {report['num_images']} |",
         f"| missing predictions | {len(report['missing_predictions'])} |",
         f"| **mIoU (%)** | **{_fmt(report['mIoU'])}** |",
@@ -230,8 +231,8 @@ def check_scored_run(
 
 
 _REPORT_ORDER = (
-    "dataset", "split", "protocol", "tau", "tau_note", "ground_truth", "num_images", "num_classes", "mIoU", "mAcc", "aAcc",
-    "missing_predictions", "missing_prediction_reasons", "images_without_candidates", "per_class_iou",
+    "dataset", "split", "protocol", "tau", "tau_note", "ground_truth", "num_images", "num_classes", "mIoU", "mAcc",
+    "aAcc", "missing_predictions", "missing_prediction_reasons", "images_without_candidates", "per_class_iou",
     "per_class_acc", "tau_sweep_optimistic",
 )  # fmt: skip
 
