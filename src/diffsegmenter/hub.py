@@ -194,7 +194,7 @@ def _is_empty(folder: str) -> bool:
         return next(entries, None) is None
 
 
-def _describe(
+def describe_load_failure(
     name: str,
     subfolder: str | None,
     *,
@@ -205,6 +205,19 @@ def _describe(
     cache_dir: str | os.PathLike[str] | None,
     cause: BaseException | None,
 ) -> str:
+    """The message of a failed load of ``name`` (``subfolder``): what was looked for, where, why it failed and how
+    to fix it (a damaged or non-safetensors weights file, a missing local folder or file, a Hub id not in the cache
+    with the reason the Hub was not asked).
+
+    Args:
+        name (`str`): the folder or Hub id passed. subfolder (`str`, *optional*): the component's subfolder.
+        local (`bool`): ``name`` is a local path. offline (`bool`): an offline variable is set.
+        local_files_only (`bool`): the caller asked for the cache only. unreachable (`bool`): the Hub did not
+            answer. cache_dir: the Hub cache used (None: the default). cause: the exception, if any.
+
+    Returns:
+        `str`: one paragraph.
+    """
     what = f"{name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     cause_text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}" if cause is not None else ""
     if cause is not None and any(mark in str(cause) for mark in _UNREADABLE_WEIGHTS):
@@ -224,6 +237,11 @@ def _describe(
         target = os.path.join(os.path.expanduser(name), subfolder) if subfolder else os.path.expanduser(name)
         if not os.path.exists(os.path.expanduser(name)):
             reason = "that folder does not exist"
+        elif os.path.isfile(os.path.expanduser(name)):
+            reason = (
+                "it is a file, not a folder (single-file checkpoints are not read: convert one with diffusers' "
+                "`from_single_file(path).save_pretrained(folder)` and pass the folder)"
+            )
         elif not os.path.isdir(target):
             reason = f"it has no {subfolder!r} subfolder" if subfolder else "it is not a folder"
         elif _is_empty(target):
@@ -254,10 +272,18 @@ def _describe(
         fixes.append("or connect to the network (set HTTPS_PROXY if a proxy is needed) and run again")
     else:
         why = "the Hugging Face Hub has no such repository (or it is gated, or could not be reached)"
+    top = name.split("/")[0]
+    also = (
+        f" No local folder {name!r} exists either (under {os.getcwd()!r}, which has a {top!r} folder): if you meant "
+        "a path, check it."
+        if "/" in name and top and os.path.isdir(top)
+        else ""
+    )
     return (
         f"Could not load {what}: it is not in the local Hugging Face cache {_hub_cache_dir(cache_dir)!r} and {why}"
         + (f" ({cause_text})" if cause_text else "")
         + f". To fix: {'; '.join(fixes)}. Check the spelling of the id as well."
+        + also
     )
 
 
@@ -266,11 +292,19 @@ _VARIANT_FILE = re.compile(
 )
 
 
-def _only_variant(folder: str) -> str | None:
-    """The weights variant of a local component folder that holds variant files only, e.g. ``"fp16"`` for a folder
-    with ``diffusion_pytorch_model.fp16.safetensors`` and no ``diffusion_pytorch_model.safetensors`` (what ``hf
-    download <id> --include "*.fp16.safetensors" ...`` leaves of SD1.5 or SDXL); None when it has plain weights, no
-    variant or several."""
+_DTYPE_VARIANTS = {"float16": "fp16", "bfloat16": "bf16"}
+
+
+def _pick_variant(folder: str, dtype: Any = None) -> str | None:
+    """The weights variant to read from a local component folder that holds variant files only, e.g. ``"fp16"`` for
+    a folder with ``diffusion_pytorch_model.fp16.safetensors`` and no ``diffusion_pytorch_model.safetensors`` (what
+    ``hf download <id> --include "*.fp16.safetensors" ...`` leaves of SD1.5 or SDXL); with several variants, the one
+    named by ``dtype`` (``torch.float16`` -> ``"fp16"``, ``torch.bfloat16`` -> ``"bf16"``). None when the folder has
+    plain weights or no variant.
+
+    Raises:
+        ModelNotFoundError: several variants and none matches ``dtype``; the message names them.
+    """
     if not os.path.isdir(folder):
         return None
     names = [entry.name for entry in os.scandir(folder) if entry.is_file()]
@@ -281,7 +315,17 @@ def _only_variant(folder: str) -> str | None:
             variants.add(m.group(1) or m.group(2))
         elif n.endswith(".safetensors"):
             return None  # plain weights are there: the failure is something else
-    return variants.pop() if len(variants) == 1 else None
+    if len(variants) <= 1:
+        return variants.pop() if variants else None
+    wanted = _DTYPE_VARIANTS.get(str(dtype).removeprefix("torch."))
+    if wanted in variants:
+        return wanted
+    raise ModelNotFoundError(
+        f"{folder} holds its weights only as the variants {', '.join(sorted(variants))} (no plain "
+        f"`.safetensors`), and the dtype asked ({dtype}) names none of them: load with the dtype of one "
+        f"({', '.join(k for k, v in _DTYPE_VARIANTS.items() if v in variants) or 'none known'}), keep one "
+        "variant's files, or download the plain weights"
+    )
 
 
 def _cached_folder(
@@ -307,6 +351,7 @@ def load_component(
     *,
     subfolder: str | None = None,
     local_files_only: bool | None = None,
+    strict: bool = False,
     **kwargs: Any,
 ) -> T:
     """Call ``cls.from_pretrained`` on a Hub id or a local folder, safetensors only, with actionable errors.
@@ -322,6 +367,9 @@ def load_component(
             ``TRANSFORMERS_OFFLINE`` is set (see :func:`hub_offline`), else `False`. Passing `False` while offline
             mode is set is overridden to `True`. A Hub id is also read from the cache only when the Hub does not
             answer (:func:`hub_reachable`), so a machine without network fails in seconds, not minutes.
+        strict (`bool`): for a transformers or diffusers model, refuse weights that leave some of the model's
+            parameters unset (a config that names one layer more than its weights hold): transformers fills them
+            at random and diffusers leaves them empty ("meta"), each with only a log line.
         **kwargs: forwarded to ``from_pretrained`` (e.g. ``cache_dir``, ``revision``, ``dtype``).
 
     Returns:
@@ -329,8 +377,9 @@ def load_component(
 
     Raises:
         ModelNotFoundError: the files are missing locally and could not (or may not) be downloaded, the local folder
-            does not exist or lacks the files, or there are no ``.safetensors`` weights. The message names the
-            model, where it looked and how to fix it.
+            does not exist or lacks the files, there are no ``.safetensors`` weights, the files do not fit together
+            (a config that does not match its weights), or a tokenizer loaded without a vocabulary. The message
+            names the model, where it looked and how to fix it.
     """
     name = str(name_or_path)
     offline = hub_offline()
@@ -344,7 +393,7 @@ def load_component(
         target = os.path.join(name, subfolder) if subfolder else name
         if not os.path.isdir(target) or _is_empty(target):
             raise ModelNotFoundError(
-                _describe(name, subfolder, local=True, offline=offline, cache_dir=cache_dir, cause=None)
+                describe_load_failure(name, subfolder, local=True, offline=offline, cache_dir=cache_dir, cause=None)
             )
     unreachable = False
     if not local and not local_files_only and not hub_reachable():
@@ -355,23 +404,34 @@ def load_component(
         if "variant" not in kwargs:
             if not local and local_files_only:  # the Hub cache's snapshot folder, when this component is there
                 target = _cached_folder(name, subfolder, cache_dir, kwargs.get("revision")) or ""
-            variant = _only_variant(target) if target else None
+            variant = _pick_variant(target, kwargs.get("dtype")) if target else None
             if variant is not None:  # e.g. only the fp16 files of SD1.5/SDXL were downloaded: from_pretrained must
                 logger.info("%s holds only %r weights; loading those", target, variant)  # be told
                 kwargs["variant"] = variant
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
+    strict = strict and _reports_loading_info(cls)
+    if strict:
+        kwargs["output_loading_info"] = True
     logger.debug("Loading %s from %r (local_files_only=%s)", cls.__name__, name, local_files_only)
+    what = f"{name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     try:
         with warnings.catch_warnings():
             # diffusers still passes huggingface_hub's retired `local_dir_use_symlinks`; the warning is noise here
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
-            return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
+            loaded = cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
     except Exception as exc:
         if not _is_load_failure(exc):
+            if isinstance(exc, (ValueError, RuntimeError, NotImplementedError, KeyError)):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ModelNotFoundError(
+                    f"Could not load {what}: its files do not fit together ({type(exc).__name__}: {first}). A "
+                    "config that does not match its weights, or a damaged or missing file, gives this; download or "
+                    "copy the model again"
+                ) from exc
             raise
         raise ModelNotFoundError(
-            _describe(
+            describe_load_failure(
                 name,
                 subfolder,
                 local=local,
@@ -382,3 +442,48 @@ def load_component(
                 cause=exc,
             )
         ) from exc
+    if strict:
+        loaded, info = loaded
+        unset = sorted(info.get("missing_keys") or ()) + sorted(info.get("mismatched_keys") or ())
+        if unset:
+            raise ModelNotFoundError(
+                f"Could not load {what}: its weights leave {len(unset)} of the model's parameters unset "
+                f"({', '.join(map(str, unset[:3]))}{', ...' if len(unset) > 3 else ''}), so its config does not match "
+                "its weights; download or copy the model again"
+            )
+    if not _has_vocabulary(loaded):
+        if not local:  # transformers builds a default tokenizer for an id it cannot find, without an error
+            raise ModelNotFoundError(
+                describe_load_failure(
+                    name,
+                    subfolder,
+                    local=False,
+                    offline=offline,
+                    local_files_only=local_files_only and not unreachable,
+                    unreachable=unreachable,
+                    cache_dir=cache_dir,
+                    cause=None,
+                )
+            )
+        raise ModelNotFoundError(
+            f"Could not load {what}: the tokenizer loaded knows {len(loaded)} token(s), all special, so its "
+            "vocabulary files (tokenizer.json, spiece.model, or vocab.json + merges.txt) are missing; download or "
+            "copy the model again"
+        )
+    return loaded
+
+
+def _reports_loading_info(cls: type) -> bool:
+    """Whether ``cls.from_pretrained`` takes ``output_loading_info`` (transformers and diffusers models)."""
+    bases = {("transformers", "PreTrainedModel"), ("diffusers", "ModelMixin")}
+    return any((b.__module__.split(".")[0], b.__name__) in bases for b in cls.__mro__)
+
+
+def _has_vocabulary(loaded: Any) -> bool:
+    """False for a tokenizer that knows no words besides its special tokens: transformers builds one, without an
+    error, from a folder that lacks the vocabulary files (or for a Hub id it cannot find), and every class then
+    gets the same prompt ids. True for anything that is not a tokenizer."""
+    special = getattr(loaded, "all_special_ids", None)
+    if special is None or not hasattr(loaded, "__len__"):
+        return True
+    return len(loaded) - len(set(special)) > 1

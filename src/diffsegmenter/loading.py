@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .hub import ModelNotFoundError, load_component, looks_like_local_path
+from .model_files import check_model_files, check_not_single_file, model_root
 from .settings import ModelSettings
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def load_components(
     parts: dict[str, Any] = {
         "tokenizer": load_component(CLIPTokenizer, src, subfolder="tokenizer", **kw),
         "scheduler": load_component(DDIMScheduler, src, subfolder="scheduler", **kw),
-        "text_encoder": load_component(CLIPTextModel, src, subfolder="text_encoder", dtype=dtype, **kw),
+        "text_encoder": load_component(CLIPTextModel, src, subfolder="text_encoder", dtype=dtype, strict=True, **kw),
         "vae": load_component(AutoencoderKL, src, subfolder="vae", dtype=dtype, **kw),
         "unet": load_component(UNet2DConditionModel, src, subfolder="unet", dtype=dtype, **kw),
     }
@@ -93,15 +94,37 @@ def load_components(
     return parts
 
 
-#: ``model_index.json``'s ``_class_name`` -> backbone family.
+#: ``model_index.json``'s ``_class_name`` -> backbone family. The image-to-image and inpainting pipelines of a family
+#: save the same components as its text-to-image pipeline (an inpainting denoiser, which takes the mask as input
+#: channels, is then refused from its config by :func:`_check_text_to_image_folder`, naming why).
 PIPELINE_FAMILIES = {
     "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusion3Img2ImgPipeline": "sd3",
+    "StableDiffusion3InpaintPipeline": "sd3",
     "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+    "FluxInpaintPipeline": "flux",
+    "FluxFillPipeline": "flux",
     "PixArtSigmaPipeline": "pixart",
     "PixArtAlphaPipeline": "pixart",
 }
+
+#: The classes ``model_index.json`` may list for the SD1/SD2 components (loaded with these classes).
+_SD_CLASSES = {
+    "vae": ("diffusers", ("AutoencoderKL",)),
+    "unet": ("diffusers", ("UNet2DConditionModel",)),
+    "text_encoder": ("transformers", ("CLIPTextModel",)),
+    "tokenizer": ("transformers", ("CLIPTokenizer", "CLIPTokenizerFast")),
+}
+#: Families whose denoiser was trained on the variance-preserving (DDPM) noise, and those trained by flow matching.
+_DDPM_FAMILIES = ("sd", "sdxl", "pixart")
+_FLOW_FAMILIES = ("sd3", "flux")
 
 #: Components each family loads (``model_index.json`` keys); the others (safety checker, image encoder...) never.
 _FAMILY_PARTS = {
@@ -166,10 +189,25 @@ def _read_json(src: str, filename: str, local_files_only: bool | None) -> dict[s
 
 
 def model_family(index: dict[str, Any]) -> str:
-    """The backbone family of a ``model_index.json`` (``"sd"`` when it names none we know)."""
-    name = str(index.get("_class_name", ""))
-    if name in PIPELINE_FAMILIES:
-        return PIPELINE_FAMILIES[name]
+    """The backbone family of a ``model_index.json``: from its ``_class_name``, else (no pipeline named, as in old
+    SD folders) from its components, ``"sd"`` when they name no other family.
+
+    Raises:
+        ValueError: ``_class_name`` names a pipeline of no supported family (Kandinsky, Stable Cascade, a
+            ControlNet or upscaling pipeline, a custom one); the message lists the supported pipelines.
+    """
+    name = index.get("_class_name")
+    if name:
+        if str(name) in PIPELINE_FAMILIES:
+            return PIPELINE_FAMILIES[str(name)]
+        supported = sorted(
+            n for n in PIPELINE_FAMILIES if "Img2Img" not in n and "Inpaint" not in n and "Fill" not in n
+        )
+        raise ValueError(
+            f"the model is a {name} (model_index.json's _class_name), which diffsegmenter does not segment with: it "
+            f"reads text-to-image models of these pipelines: {', '.join(supported)} (their image-to-image versions "
+            "too). For a ControlNet or adapter pipeline, pass its base model"
+        )
     transformer = (index.get("transformer") or [None, None])[1]
     by_transformer = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
     if transformer in by_transformer:
@@ -194,11 +232,20 @@ def load_backbone(
     from . import backbones
 
     src = resolve_model(model)
+    check_not_single_file(src)
     index = read_model_index(src, local_files_only)  # read once: for a hub id it is a cache lookup or a download
-    family = model_family(index)
+    try:
+        family = model_family(index)
+    except ValueError as exc:
+        raise ValueError(f"{src}: {exc}") from None
     if family == "sdxl":
         _check_not_refiner(src, index)
+    if family == "sd":
+        _check_sd_components(src, index)
     _check_text_to_image_folder(src, family, local_files_only)  # before gigabytes of weights are read
+    _check_scheduler_kind(src, family, index, local_files_only)
+    names = ("tokenizer", "scheduler", "text_encoder", "vae", "unet") if family == "sd" else _FAMILY_PARTS[family]
+    check_model_files(src, names, optional=_OPTIONAL_PARTS, local_files_only=local_files_only)  # every part, first
     if family == "sd":
         parts = load_components(model, device=device, dtype=dtype, local_files_only=local_files_only)
         names = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
@@ -268,6 +315,63 @@ def _check_text_to_image_folder(src: str, family: str, local_files_only: bool | 
         cls.check_text_to_image_inputs(given, latent)
 
 
+def _check_sd_components(src: str, index: dict[str, Any]) -> None:
+    """Refuse an SD1/SD2 ``model_index.json`` that lists components of other classes than the ones the SD backbone
+    loads (a RoBERTa text encoder as in AltDiffusion, a custom UNet) or an SDXL folder's second text encoder under
+    ``StableDiffusionPipeline`` (it would be dropped): those would load as the wrong model, or fail mid-run.
+
+    Raises:
+        ValueError: naming the component, the class listed and the class the SD backbone needs.
+    """
+    if index.get("text_encoder_2") or index.get("transformer"):
+        extra = "text_encoder_2" if index.get("text_encoder_2") else "transformer"
+        raise ValueError(
+            f"{src}: model_index.json names {index.get('_class_name', 'no pipeline')} but lists a {extra!r}, which "
+            "that pipeline does not have; the folder's model_index.json was edited or mixed up with another model's: "
+            "download or copy the model again"
+        )
+    for name, (lib, classes) in _SD_CLASSES.items():
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2):
+            continue  # absent: the component loader names the missing folder
+        if entry[0] != lib or entry[1] not in classes:
+            raise ValueError(
+                f"{src}: model_index.json lists {name!r} as {entry[0]}.{entry[1]}; a Stable Diffusion 1/2 model's "
+                f"{name} is {lib}.{' or '.join(classes)}, the only class diffsegmenter reads it with (it never runs "
+                "a model's own code)"
+            )
+
+
+def _check_scheduler_kind(src: str, family: str, index: dict[str, Any], local_files_only: bool | None) -> None:
+    """Refuse a scheduler of the other training objective: a flow-matching scheduler in a DDPM family's folder (SD1
+    read it as DDIM with diffusers' default linear betas, a different noise level at every timestep; SDXL and PixArt
+    failed at the first image) or a DDPM scheduler in SD3's or FLUX's.
+
+    Raises:
+        ValueError: naming the scheduler class found and the kind the family needs.
+    """
+    entry = index.get("scheduler")
+    name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[1] else None
+    if name is None:
+        try:
+            name = _read_json(src, "scheduler/scheduler_config.json", local_files_only).get("_class_name")
+        except (ValueError, AttributeError):
+            return  # not JSON: the component loader names the file
+    if not isinstance(name, str):
+        return
+    flow = name.startswith("FlowMatch")
+    if family in _DDPM_FAMILIES and flow:
+        need = "a DDPM-family scheduler (DDIM, PNDM, Euler, DPM-Solver...): the denoiser was trained on that noise"
+    elif family in _FLOW_FAMILIES and not flow:
+        need = "FlowMatchEulerDiscreteScheduler: the denoiser was trained by flow matching"
+    else:
+        return
+    raise ValueError(
+        f"{src}: its scheduler is {name}, and a {family} model needs {need}; put the scheduler folder the model was "
+        "released with back (download or copy the model again)"
+    )
+
+
 def _folder_settings(src: str) -> ModelSettings:
     if looks_like_local_path(src):
         cfg = Path(src).expanduser() / "segmenter_config.json"
@@ -282,8 +386,12 @@ def _load_listed(src, index, names, device, dtype, local_files_only) -> dict[str
     import importlib
 
     out: dict[str, Any] = {}
-    # SD3 without T5, as `hf download ... --exclude "text_encoder_3/*"` leaves it: model_index.json still lists T5
-    no_t5 = looks_like_local_path(src) and not (Path(src).expanduser() / "text_encoder_3").is_dir()
+    # SD3 without T5, as `hf download ... --exclude "text_encoder_3/*"` leaves it (in a folder, or in the cache read
+    # offline): model_index.json still lists T5
+    root = model_root(src, local_files_only)
+    no_t5 = root is not None and not (root / "text_encoder_3").is_dir()
+    # tokenizers and the scheduler first: a damaged one fails before gigabytes of weights are read
+    names = sorted(names, key=lambda n: not n.startswith(("tokenizer", "scheduler")))
     for name in names:
         if name in _OPTIONAL_PARTS and no_t5:
             if name == "text_encoder_3":
@@ -312,7 +420,7 @@ def _load_listed(src, index, names, device, dtype, local_files_only) -> dict[str
             if name == "vae" and dtype == torch.float16:  # SDXL's and others' VAEs overflow in fp16 (force_upcast)
                 part_dtype = torch.float32
             kw["dtype"] = part_dtype
-        out[name] = load_component(cls, src, subfolder=name, **kw)
+        out[name] = load_component(cls, src, subfolder=name, strict=is_model, **kw)
         if is_model:
             out[name] = out[name].to(device)
     return out
