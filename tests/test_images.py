@@ -147,6 +147,36 @@ def test_pil_wide_modes_are_scaled() -> None:
     np.testing.assert_array_equal(load_image(as_float)[0, :, 1], [0, 128, 255])
 
 
+def test_pil_int32_image_with_8bit_values_reads_as_the_array_does(tmp_path: Path) -> None:
+    # Image.fromarray(int32) / convert("I") / a 32-bit TIFF of 8-bit data were divided by 257 (a grey ramp up to 240
+    # came out at most 1: a black image), while the same int32 array was read as 0..255
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (4, 1))
+    want = load_image(ramp)
+    np.testing.assert_array_equal(load_image(ramp.astype(np.int32)), want)
+    np.testing.assert_array_equal(load_image(Image.fromarray(ramp).convert("I")), want)
+    Image.fromarray(ramp).convert("I").save(tmp_path / "g32.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "g32.tif"), want)
+    # a dark 16-bit PNG stays 16-bit data (all values <= 255: at most 1 after scaling)
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "dark16.png")
+    assert load_image(tmp_path / "dark16.png").max() == 1
+
+
+def test_big_endian_16bit_arrays_read_as_native_ones() -> None:
+    # ">u2" (FITS, np.frombuffer) was refused as "must hold values in 0..255 ... pass 16-bit data as uint16"
+    values = np.arange(12, dtype=np.uint16).reshape(2, 2, 3) * 5000
+    np.testing.assert_array_equal(load_image(values.astype(">u2")), load_image(values))
+
+
+def test_premultiplied_la_and_nan_float_images() -> None:
+    la = Image.new("LA", (3, 2), (90, 255)).convert("La")
+    np.testing.assert_array_equal(load_image(la), np.full((2, 3, 3), 90, np.uint8))
+    nan = Image.fromarray(np.array([[0.5, np.nan]], np.float32), mode="F")
+    with pytest.raises(ImageLoadError) as info:  # one message, not wrapped in "cannot convert PIL mode 'F'"
+        load_image(nan)
+    assert "NaN" in str(info.value) and "cannot convert" not in str(info.value)
+    assert str(info.value).count("Could not load") == 1
+
+
 def test_pil_image_not_modified() -> None:
     image = Image.new("RGBA", (3, 2), (1, 2, 3, 4))
     load_image(image)

@@ -234,26 +234,49 @@ def _pil_to_rgb(pil: Image.Image, name: str, *, exif_orientation: bool = True) -
         if mode == "RGB":
             return np.array(oriented, dtype=np.uint8)
         if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-            gray = _wide_gray_to_uint8(np.asarray(oriented), mode, name)
+            gray = _wide_gray_to_uint8(np.asarray(oriented), mode, name, _stored_bits(pil))
             return np.repeat(gray[:, :, None], 3, axis=2)
         if mode in ("P", "PA"):
             # Go through RGBA so that palette transparency is interpreted (and then dropped) rather than warned about.
             return np.array(oriented.convert("RGBA").convert("RGB"), dtype=np.uint8)
+        if mode == "La":  # premultiplied: Pillow converts it to "LA" only
+            oriented = oriented.convert("LA")
         if mode in ("LA", "La", "RGBa"):
             return np.array(oriented.convert("RGBA").convert("RGB"), dtype=np.uint8)
         # "1", "L", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"... : PIL's own conversion (alpha is dropped).
         return np.array(oriented.convert("RGB"), dtype=np.uint8)
+    except ImageLoadError:
+        raise  # already says what is wrong (a float image with NaN)
     except ValueError as exc:
         raise ImageLoadError(name, f"cannot convert PIL mode {mode!r} to RGB ({exc})") from exc
 
 
-def _wide_gray_to_uint8(values: np.ndarray, mode: str, name: str) -> np.ndarray:
-    """Scale a single-channel 16-bit, 32-bit integer or float PIL image to uint8 without clipping."""
+def _stored_bits(pil: Image.Image) -> int | None:
+    """The bits per sample a file declares (a PNG that Pillow opens as mode "I" is 16-bit; a TIFF says it in tag
+    258); None for an image made in memory (``Image.fromarray``, ``convert("I")``)."""
+    if pil.format == "PNG":
+        return 16
+    if pil.format == "TIFF":
+        bits = getattr(pil, "tag_v2", {}).get(258)
+        bits = bits[0] if isinstance(bits, tuple) and bits else bits
+        return int(bits) if isinstance(bits, int) else None
+    return None
+
+
+def _wide_gray_to_uint8(values: np.ndarray, mode: str, name: str, bits: int | None = None) -> np.ndarray:
+    """Scale a single-channel 16-bit, 32-bit integer or float PIL image to uint8 without clipping.
+
+    Mode "I" (32-bit integers) holds 16-bit data (a 16-bit PNG, as older Pillow opens it, or a 16-bit TIFF: ``bits``
+    16, or values above 255 with ``bits`` unknown), scaled by 1/257, or 8-bit data in wider storage (values in
+    0..255 with ``bits`` unknown or 32, e.g. ``Image.fromarray(int32_array)`` or ``convert("I")``), kept as they
+    are, as an int32 array's values are; wider values are stretched min-max with a warning."""
     if mode in _SIXTEEN_BIT_MODES:
         return _scale_uint16(values.astype(np.uint16, copy=False))
     if mode == "I":
         lo, hi = int(values.min()), int(values.max())
-        if lo >= 0 and hi <= 65535:  # the usual case: a 16-bit PNG/TIFF decoded into 32-bit storage
+        if lo >= 0 and hi <= 255 and bits != 16:
+            return values.astype(np.uint8)
+        if lo >= 0 and hi <= 65535:  # a 16-bit PNG/TIFF decoded into 32-bit storage
             return _scale_uint16(values.astype(np.uint16))
         logger.warning("Image %s has 32-bit values in [%d, %d]; rescaling min-max to 0..255.", name, lo, hi)
         return _minmax_to_uint8(values.astype(np.float64))
@@ -308,6 +331,8 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """Convert an array's values to uint8 according to its dtype; always returns a new array."""
+    if not array.dtype.isnative:  # big-endian data (FITS, np.frombuffer(..., ">u2")) is the same numbers
+        array = array.astype(array.dtype.newbyteorder("="))
     dtype = array.dtype
     if dtype == np.uint8:
         return array.copy()
