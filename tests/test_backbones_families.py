@@ -170,3 +170,12 @@ def test_conditioned_transformer_modules_are_refused(segmenters, name):
     with pytest.raises(ValueError, match="input channels where the VAE gives"):
         type(bb).check_text_to_image_inputs(bb.transformer.config.in_channels, vae.config.latent_channels)
     type(bb).check_text_to_image_inputs(bb.transformer.config.in_channels, bb.vae.config.latent_channels)  # no error
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "pixart"])
+def test_a_resolution_that_is_not_whole_patches_is_refused_when_the_segmenter_is_made(family_folders, name):
+    # it was accepted and refused at the first image (after decoding and any filter), as "needs an input size
+    # divisible by 4", which sent users to their image instead of the setting
+    with pytest.raises(ValueError, match=rf"resolution=30: {name} reads sizes that are multiples of 4 .*use 28 or 32"):
+        DiffSegmenter.from_pretrained(family_folders[name], resolution=30)
+    assert DiffSegmenter.from_pretrained(family_folders[name], resolution=32).config.resolution == 32

@@ -99,6 +99,9 @@ class DiffSegmenter:
         self.config = config or SegmenterConfig().replace(**backbone.family_defaults())
         # a read-out this family cannot run is refused here, not at the first image
         readout_for(self.config.readout, self.config.readout_block).check_family(backbone.family)
+        for setting in ("resolution", "class_resolution"):  # so is a size the family cannot read
+            if getattr(self.config, setting) is not None:
+                backbone.check_resolution(int(getattr(self.config, setting)), setting)
         self.captioner = captioner
         if captioner is not None and (unused := self.config.unused_captioner_reason()):
             logger.warning("The captioner is not used: %s (a call's config may still use it).", unused)

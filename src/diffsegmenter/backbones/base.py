@@ -164,6 +164,16 @@ class DiffusionBackbone(ABC):
         downsampling; 512 for SD1.5, 64 for the shipped shapes model)."""
 
     # ------------------------------------------------------------------ images
+    def check_resolution(self, resolution: int, setting: str = "resolution") -> None:
+        """Refuse an input size this backbone cannot read, naming the ``setting`` that asked for it and the sizes
+        near it that work. The UNet families read any size (odd latent sizes included): nothing to refuse.
+
+        Raises:
+            ValueError: in the transformer families, a size that is not a whole number of patches, or beyond the
+                model's position table.
+        """
+        return None
+
     def preprocess(
         self, image: np.ndarray, resolution: int, *, antialias: bool = False, device: torch.device | None = None
     ) -> torch.Tensor:

@@ -194,6 +194,29 @@ class TransformerBackbone(DiffusionBackbone):
 
     # ------------------------------------------------------------------ latents
     @torch.inference_mode()
+    def check_resolution(self, resolution: int, setting: str = "resolution") -> None:
+        """A size must be a whole number of 2x2 patches of latents (16 px for the released models) and, for SD3,
+        within its position table (``pos_embed_max_size`` patches).
+
+        Raises:
+            ValueError: naming ``setting``, the step and the nearest sizes that work.
+        """
+        step = 2 * self.vae_scale
+        resolution = int(resolution)
+        if resolution % step:
+            lower, upper = resolution // step * step, (resolution // step + 1) * step
+            near = f"{lower} or {upper}" if lower else str(upper)
+            raise ValueError(
+                f"{setting}={resolution}: {self.family} reads sizes that are multiples of {step} px "
+                f"({self.vae_scale}-px latents in 2x2 patches); use {near}"
+            )
+        most = getattr(self.transformer.config, "pos_embed_max_size", None)  # SD3's position table, in patches
+        if most is not None and resolution > int(most) * step:
+            raise ValueError(
+                f"{setting}={resolution}: this {self.family} model reads inputs up to {int(most) * step} px (its "
+                f"pos_embed_max_size, {most} patches of {step} px); use a {setting} <= {int(most) * step}"
+            )
+
     def encode_latents(
         self,
         images: Sequence[np.ndarray],
@@ -204,15 +227,7 @@ class TransformerBackbone(DiffusionBackbone):
         antialias: bool = False,
         keep_on_device: bool = False,
     ) -> torch.Tensor:
-        step = 2 * self.vae_scale
-        if int(resolution) % step:
-            raise ValueError(f"{self.family} needs an input size divisible by {step} (2x2 patches), got {resolution}")
-        most = getattr(self.transformer.config, "pos_embed_max_size", None)  # SD3's position table, in patches
-        if most is not None and int(resolution) > int(most) * step:
-            raise ValueError(
-                f"this {self.family} model reads inputs up to {int(most) * step} px (its pos_embed_max_size, "
-                f"{most} patches of {step} px), got resolution {resolution}: use a resolution <= {int(most) * step}"
-            )
+        self.check_resolution(int(resolution))
         return vae_latents(
             self, self.vae, images, resolution, sample=sample, seed=seed, antialias=antialias, keep=keep_on_device
         )
