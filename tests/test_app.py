@@ -383,6 +383,102 @@ def test_a_time_out_behind_an_earlier_request_says_the_server_is_busy(tmp_path: 
             SegmentService(object(), time_limit=bad, work_dir=tmp_path / "x")
 
 
+def test_requests_that_ran_out_of_time_never_run_on_the_model_later(tmp_path: Path) -> None:
+    # a timed-out request stayed queued on the model thread and ran anyway, after its user had the error: under load
+    # every time-out added a model pass nobody waited for, and the next requests timed out behind them
+    import threading
+
+    from diffsegmenter.app import AppError, SegmentService
+
+    service = SegmentService(object(), time_limit=0.2, work_dir=tmp_path)
+    release, runs = threading.Event(), []
+
+    def slow(tag):
+        runs.append(tag)
+        release.wait(5)
+
+    try:
+        for tag in range(4):
+            with pytest.raises(AppError):
+                service.call(slow, tag, hint="try less")
+        release.set()
+        service.time_limit = 5
+        assert service.call(lambda: "done", hint="try less") == "done"
+        assert runs == [0]  # the first had started; the three queued behind it were dropped
+        assert service._pending == 0
+    finally:
+        release.set()
+        service.close()
+
+
+def test_the_second_step_of_a_segmentation_is_not_queued() -> None:
+    # legend, score maps and RLE file come from a .then step; queued, it was refused with "Queue is full" when 16
+    # events waited, so a finished request lost them
+    pytest.importorskip("gradio", reason="the web app needs gradio")
+    from diffsegmenter import DiffSegmenter
+    from diffsegmenter.app import SegmentService, build_app
+
+    service = SegmentService(DiffSegmenter.from_pretrained("shapes"), time_limit=5)
+    try:
+        deps = build_app(service, "shapes").get_config_file()["dependencies"]
+    finally:
+        service.close()
+    (segment,) = [d for d in deps if d.get("api_name") == "segment"]
+    after = [d for d in deps if d.get("trigger_after") == segment["id"]]
+    assert segment["queue"] is not False and after and all(d["queue"] is False for d in after)
+
+
+def test_serve_refuses_a_bad_port_or_host_before_the_model_loads(capsys, monkeypatch) -> None:
+    # --port 70000 ended in an OverflowError traceback, after the model had loaded; an unknown host was reported as
+    # "Cannot find empty port in range", with advice to set an environment variable this command overrides
+    pytest.importorskip("gradio", reason="serve needs gradio")
+    from diffsegmenter import cli
+    from diffsegmenter.cli import model
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(model, "load_segmenter", no_load)
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        cli.main(["serve", "--port", "70000", "--offline"])
+    assert stop.value.code == 2
+    assert "expected a port number in 1..65535, got 70000" in capsys.readouterr().err
+    assert cli.main(["serve", "--host", "no.such.host.invalid", "--port", str(_free_port()), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot serve on no.such.host.invalid:" in err and "use --host with an address of this machine" in err
+    assert "empty port" not in err
+
+
+def test_sigterm_stops_the_server_and_removes_its_request_folders(tmp_path: Path) -> None:
+    # kill / docker stop / systemd left /tmp/diffsegmenter-serve-* behind (the clean-up ran on Ctrl+C only)
+    pytest.importorskip("gradio", reason="serve needs gradio")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffsegmenter", "serve", "--model", "shapes", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "Serving" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+        assert "Serving" in line, proc.stdout.read() if proc.poll() is not None else "no Serving line"
+        assert list(tmp_path.glob("diffsegmenter-serve-*"))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list(tmp_path.glob("diffsegmenter-serve-*"))
+
+
 def test_serve_refuses_an_endless_time_limit_and_demo_refuses_the_examples_folder(capsys) -> None:
     from diffsegmenter import cli
 

@@ -154,6 +154,8 @@ class SegmentService:
         self.time_limit = float(time_limit)
         self.lock = threading.Lock()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffsegmenter-model")
+        self._pending = 0  # jobs submitted to the model thread and not finished (queued or running)
+        self._pending_lock = threading.Lock()
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="diffsegmenter-serve-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._recent: deque[Path] = deque()
@@ -260,12 +262,18 @@ class SegmentService:
     def call(self, work, *args, hint: str) -> Any:
         """``work(*args)`` on the model's worker thread within the time limit (``work`` takes :attr:`lock` itself);
         its ValueError, TypeError, OSError and ImportError become AppErrors, a time-out one that ends with ``hint``
-        (what to ask for instead)."""
-        waited = self.lock.locked()  # the model still runs an earlier request (one that ran past the limit)
+        (what to ask for instead). A request that runs out of time is taken off the model thread's queue if it has
+        not started, so the model never works on an answer nobody waits for (one that has started runs to its end:
+        a model pass cannot be interrupted)."""
+        with self._pending_lock:
+            waited = self._pending > 0  # the model still has an earlier request (one that ran past the limit)
+            self._pending += 1
         future = self.executor.submit(work, *args)
+        future.add_done_callback(self._finished)
         try:
             return future.result(timeout=self.time_limit)
         except concurrent.futures.TimeoutError:
+            future.cancel()  # not started yet: it never will (a cancelled future runs its done callback)
             if waited:
                 raise AppError(
                     f"the server was still busy with an earlier request for the whole limit of {self.time_limit:g} s;"
@@ -276,6 +284,10 @@ class SegmentService:
             ) from None
         except (ValueError, TypeError, OSError, ImportError) as exc:
             raise AppError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+    def _finished(self, _future: concurrent.futures.Future) -> None:
+        with self._pending_lock:
+            self._pending -= 1
 
     def write_outputs(self, image_rgb: np.ndarray, result: Any) -> Outcome:
         """The annotated image, label PNG, COCO RLE JSON and score-map pictures of one result, in a new folder."""
@@ -465,7 +477,9 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
             api_name="segment",
             concurrency_limit=1,
             concurrency_id="model",
-        ).then(details, inputs=[state], outputs=[legend, maps, rle_file], api_visibility="private")
+        ).then(  # not queued: a full queue must not cost a finished request its legend, maps and RLE file
+            details, inputs=[state], outputs=[legend, maps, rle_file], api_visibility="private", queue=False
+        )
     return blocks
 
 

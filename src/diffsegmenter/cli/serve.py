@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from .parser import CliError, Command, config_overrides, positive_int, register_command
 
@@ -18,13 +20,66 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HOST,
         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0 opens it to the network)",
     )
-    parser.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument(
         "--time-limit",
         type=float,
         default=TIME_LIMIT_S,
         help=f"seconds one request may take before it is answered with an error (default: {TIME_LIMIT_S:g})",
     )
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, got {value}")
+    return value
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go, before the model loads (minutes for a large one): a name that does
+    not resolve, an address that is not this machine's or a taken port is reported by the system's own words,
+    where the web server's start names only the port.
+
+    Raises:
+        CliError: naming the address and the reason.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:  # socket.gaierror included
+        reason = exc.strerror or str(exc)
+        raise CliError(
+            f"cannot serve on {host}:{port}: {reason}; use --host with an address of this machine (127.0.0.1 for "
+            "this machine only, 0.0.0.0 for every interface) and a free --port"
+        ) from None
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (``kill``, ``docker stop``, systemd) into the Ctrl+C the server stops cleanly on, so the request
+    folders are removed; the previous handler comes back on exit. Outside the main thread, nothing is changed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,19 +98,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--time-limit must be a number of seconds in (0, {MAX_TIME_LIMIT_S:g}], got {args.time_limit}")
     overrides = config_overrides(args)
     check_overrides(overrides)
+    check_address(args.host, args.port)
     segmenter = load_segmenter(args, overrides)
     service = SegmentService(segmenter, time_limit=args.time_limit)
     model_name = args.model if args.model is not None else default_model()
-    try:
+    with stop_on_sigterm():
         try:
-            blocks = launch_app(service, host=args.host, port=args.port, model_name=model_name, block=False)
-        except OSError as exc:  # the port is taken, the address is not this machine's...
-            raise CliError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}") from None
-        # Said only once the server is up, so that a taken port never prints "Serving" before its error.
-        print(f"Serving {model_name} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
-        blocks.block_thread()
-    finally:
-        service.close()
+            try:
+                blocks = launch_app(service, host=args.host, port=args.port, model_name=model_name, block=False)
+            except OSError as exc:  # the port was taken since the check, ...
+                raise CliError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}") from None
+            # Said only once the server is up, so that a taken port never prints "Serving" before its error.
+            print(f"Serving {model_name} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+            blocks.block_thread()
+        finally:
+            service.close()
     return 0
 
 
