@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,24 @@ def test_files_left_by_a_run_with_other_settings_are_not_reused(tmp_path: Path, 
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_and_reported(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    # a Latin-1 name (caf\xe9.png) left label maps without a sidecar, then the report crashed writing skipped.json
+    # (UnicodeEncodeError: surrogates not allowed), on every rerun, with no summary
+    src = tmp_path / "in"
+    _save_random(src / "good.png", (24, 32), 1)
+    bad = os.fsdecode(bytes(src) + b"/caf\xe9.png")
+    shutil.copy(src / "good.png", bad)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    code, _, stderr = _run(argv, capsys)
+    assert code == 1
+    assert is_done(out, "good", cli.DEFAULT_FORMATS)
+    (item,) = json.loads((out / "skipped.json").read_text(encoding="utf-8"))
+    assert item["path"].endswith("caf\\xe9.png") and "not valid UTF-8" in item["reason"]
+    assert "caf\\xe9.png" in stderr
+    assert all(name.isascii() for name in os.listdir(out))  # no outputs of the skipped image
+
+
 def test_folder_with_broken_images_reports_them_and_exits_1(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     src = tmp_path / "in"
     _save_random(src / "good1.png", (24, 32), 1)
@@ -556,3 +575,12 @@ def test_the_library_batch_names_a_missing_extra_before_any_image(monkeypatch) -
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(ImportError, match=r"--format yolo needs cv2.*diffsegmenter\[yolo\]"):
         ImageTask(None, ["png", "yolo"])
+
+
+def test_ray_flags_without_ray_are_refused(tmp_path: Path, capsys) -> None:
+    # `--ray-address head:6379 --workers 3` without --ray ran the job in this process, silently
+    image = _save_random(tmp_path / "in" / "x.png")
+    argv = ["segment", str(image), "--out", str(tmp_path / "o"), "--classes", "a", "--offline"]
+    code, _, err = _run(argv + ["--ray-address", "127.0.0.1:1", "--workers", "3"], capsys)
+    assert code == 2 and "--ray-address and --workers set(s) how a --ray run goes; add --ray" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("x.*"))

@@ -91,8 +91,23 @@ class ImageJob:
 
     @property
     def label(self) -> str:
-        """Short name for reports: the path as given."""
-        return str(self.path)
+        """Short name for reports: the path as given (bytes that are not UTF-8 shown as ``\\xe9`` escapes)."""
+        return printable_path(self.path)
+
+
+def printable_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that any UTF-8 output takes: a name in another encoding (Latin-1 ``caf\\xe9.png``), which
+    Python holds with lone surrogates that UTF-8 writers refuse, gets its odd bytes as backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_name(path: Path) -> bool:
+    """Whether a file name is valid UTF-8 (its outputs' names and sidecars can be written and read back)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _resolve(path: Path) -> Path:
@@ -223,6 +238,18 @@ def collect_jobs(
         for path in scan.images:
             resolved = _resolve(path)
             if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
+                continue
+            if not is_utf8_name(path):  # its sidecar could not record it, nor the run files name it
+                seen.add(resolved)
+                jobs.append(
+                    ImageJob(
+                        path=path,
+                        out_dir=out_root,
+                        stem=printable_path(path.name),
+                        problem="its name is not valid UTF-8 (written in another encoding); rename the file, e.g. "
+                        "with `convmv -f latin1 -t utf-8 --notest <file>`",
+                    )
+                )
                 continue
             if root is not None and path in earlier:
                 left_out.append(path)
