@@ -121,3 +121,46 @@ def test_an_address_nothing_answers_at_is_refused_in_seconds(tmp_path: Path, tin
     assert code == 2 and time.monotonic() - start < 30 + RAY_PROBE_TIMEOUT, err
     assert f"no Ray cluster answers at '{scheme}127.0.0.1:{port}'" in err and "Traceback" not in err
     assert not list((tmp_path / "o").glob("x.*"))
+
+
+def _ray_segment(args: list[str], timeout: int = 150) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "diffsegmenter", "segment", *args, "--ray", *CHEAP[:4], "--format", "png"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_actors_that_cannot_load_the_model_stop_the_run_with_the_cause(tmp_path: Path) -> None:
+    # --device cuda on a head without CUDA was refused before Ray started, though the docs say the driver loads
+    # its checking model on the CPU (the actors, on GPU nodes, use --device); and when the actors could not load
+    # the model, the run ended in screens of Ray tracebacks, exit 1, no report. 8 workers for 1 image loaded 8
+    # models (the pool is now no larger than the batches).
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA (the actors must fail to put the model on it)")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes((EXAMPLES / "shapes_30000000.png").read_bytes())
+    done = _ray_segment([str(src), "--out", str(tmp_path / "o"), "--workers", "8", "--device", "cuda"])
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "the Ray workers failed: " in done.stderr and "CUDA" in done.stderr.split("the Ray workers failed: ")[1]
+    assert "is set to 8, but the operator only received 1 input" not in done.stderr  # Ray's warning
+
+
+@pytest.mark.slow
+def test_after_a_stop_the_count_matches_the_images_written(tmp_path: Path) -> None:
+    # images the actors finished after the stopping row were written (and listed in the run files) but reported as
+    # "not started"; the stop message said "could not write its outputs" twice
+    src, out = tmp_path / "in", tmp_path / "o"
+    (src / "sub dir").mkdir(parents=True)
+    examples = sorted(EXAMPLES.glob("*.png"))
+    for example, name in zip(examples, ("a.png", "sub dir/b.png", "c.png", "d.png")):
+        (src / name).write_bytes(example.read_bytes())
+    out.mkdir()
+    (out / "sub dir").write_text("a file where the folder should go")  # b's outputs cannot be written
+    done = _ray_segment([str(src), "--out", str(out), "--workers", "1"])
+    assert done.returncode == 3, done.stderr[-3000:]
+    written = sum((out / f"{stem}.json").is_file() for stem in ("a", "c", "d"))
+    assert f"{written} segmented" in done.stdout + done.stderr
+    assert done.stderr.count("could not write") == 1

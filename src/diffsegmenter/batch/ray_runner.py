@@ -144,10 +144,25 @@ class _SegmentActor:
             except OSError as exc:
                 per_image = exc.errno in _PER_IMAGE_WRITE_ERRORS
                 status[i] = "skipped" if per_image else "stop"
-                reason[i] = _reason(exc) if per_image else f"could not write its outputs: {_os_error_text(exc)}"
+                reason[i] = _reason(exc) if per_image else _os_error_text(exc)
             except Exception as exc:
                 reason[i] = _reason(exc)
         return {"index": list(batch["index"]), "status": status, "reason": reason, "found": found}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error message of a Ray failure, as one line. Ray wraps an actor's exception in its own (an
+    ``ActorDiedError`` whose text ends with the remote traceback's last line) and chains empty ones below it, so the
+    last line of the deepest non-empty message is taken."""
+    found, seen = "", set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        lines = [line.strip() for line in str(current).splitlines() if line.strip()]
+        found = lines[-1] if lines else found
+        inner = getattr(current, "cause", None) or current.__cause__
+        current = inner if isinstance(inner, BaseException) else None
+    return found or type(exc).__name__
 
 
 def run_on_ray(
@@ -161,6 +176,7 @@ def run_on_ray(
     overwrite: bool = False,
     images_per_batch: int = 1,
     progress: bool = True,
+    gpus: bool = True,
 ) -> BatchReport:
     """Run an image batch on Ray Data; same files, same resume rule and same report as [`BatchRunner`].
 
@@ -175,9 +191,13 @@ def run_on_ray(
             workers`` capped to [0.25, 1], leaving a CPU for the read tasks (0.5 for 2 workers on 2 cores).
         address (`str`, *optional*): a Ray cluster's address (``ray://head:10001`` or ``auto``); None = a local Ray.
         overwrite, images_per_batch, progress: as for ``run_batch``.
+        gpus (`bool`, defaults to True): give each actor a GPU where the cluster has them (False for a run the
+            user put on the CPU, so that it reserves none).
 
     Returns:
-        [`BatchReport`]; ``segmented`` in input order.
+        [`BatchReport`]; ``segmented`` in input order. When the actors fail as a whole (a model that cannot load on
+        a worker: no CUDA there, a missing folder), the report says so in ``stopped``, with the cause, and keeps
+        what finished.
     """
     report = BatchReport(total=len(jobs))
     runner = BatchRunner(overwrite=overwrite)
@@ -192,12 +212,13 @@ def run_on_ray(
         context.enable_progress_bars = False  # one bar, ours
         context.print_on_execution_start = False
         resources = ray.cluster_resources()
-        if resources.get("GPU", 0) >= 1:
+        if gpus and resources.get("GPU", 0) >= 1:
             actor_resources = {"num_gpus": 1, "num_cpus": 1}
         else:
             if cpus_per_worker is None:
                 cpus_per_worker = min(1.0, max(0.25, (resources.get("CPU", 1) - 1) / max(1, workers)))
             actor_resources = {"num_cpus": cpus_per_worker}
+        batch_size = max(1, int(images_per_batch))
         items = [
             {"index": i, "path": str(job.path), "out_dir": str(job.out_dir), "stem": job.stem}
             for i, job in enumerate(pending)
@@ -208,26 +229,37 @@ def run_on_ray(
             .map_batches(
                 _SegmentActor,
                 fn_constructor_kwargs={"task_factory": task_factory},
-                batch_size=max(1, int(images_per_batch)),
+                batch_size=batch_size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=max(1, int(workers))),
+                # no more model copies than batches to give them (a resumed run may have one image left)
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(int(workers), -(-len(items) // batch_size)))),
                 **actor_resources,
             )
         )
-        done: dict[int, tuple[str, str, list[str]]] = {}
+        done: dict[int, tuple[str, str, list[str] | None]] = {}
         disable = None if progress else True
         with tqdm(total=len(pending), desc="ray", unit="image", disable=disable) as bar:
-            for row in dataset.iter_rows():
-                index = int(row["index"])
-                done[index] = (str(row["status"]), str(row["reason"]), [str(c) for c in row["found"]])
-                bar.update(1)
-                if row["status"] == "stop":
-                    job = pending[index]
-                    report.stopped = (
-                        f"could not write the outputs of {job.label} ({row['reason']}); fix that and rerun the same "
-                        "command: finished images are kept"
-                    )
-                    break
+            try:
+                for row in dataset.iter_rows():
+                    index = int(row["index"])
+                    done[index] = (str(row["status"]), str(row["reason"]), [str(c) for c in row["found"]])
+                    bar.update(1)
+                    if row["status"] == "stop":
+                        report.stopped = (
+                            f"could not write the outputs of {pending[index].label} ({row['reason']}); fix that "
+                            "(free some space, or choose another --out) and rerun the same command: finished images "
+                            "are kept"
+                        )
+                        break
+            except ray.exceptions.RayError as exc:  # the actors failed as a whole, e.g. the model would not load
+                report.stopped = (
+                    f"the Ray workers failed: {_root_cause(exc)}; fix that and rerun the same command: finished "
+                    "images are kept"
+                )
+        if report.stopped is not None:  # images that actors finished after the stop (or before a failure) count
+            for index, job in enumerate(pending):
+                if index not in done and task.is_done(job):
+                    done[index] = ("ok", "", None)  # known from its files: what its write returned is not
         for index, job in enumerate(pending):
             if index not in done:
                 continue

@@ -82,7 +82,8 @@ class BatchReport:
     Attributes:
         total (`int`): jobs in the batch.
         segmented (`list[tuple[job, Any]]`): jobs processed in this run, with what the task's ``write`` returned
-            (the classes found, for images).
+            (the classes found, for images; None for an image a Ray actor finished after the run stopped, known
+            from its files).
         already_done (`list[job]`): jobs skipped because their results were complete.
         skipped (`list[tuple[job, str]]`): jobs that could not be processed, with the reason.
         stopped (`str`, *optional*): why the run stopped early (a write error such as a full disk); None when it

@@ -100,7 +100,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         "resume rule; a local Ray is started unless --ray-address is given",
     )
     ray.add_argument("--ray-address", default=None, help="a running Ray cluster, e.g. auto or ray://head:10001")
-    ray.add_argument("--workers", type=positive_int, default=2, help="model actors with --ray (default: 2)")
+    ray.add_argument("--workers", type=positive_int, default=None, help="model actors with --ray (default: 2)")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar and no summary; problems are still shown"
     )
@@ -164,7 +164,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     filter_models = check_clip_filter_flags(args, args.filter)
-    if getattr(args, "ray", False):  # before the model loads, as parse_formats does for the formats' extras
+    use_ray = bool(getattr(args, "ray", False))
+    ray_flags = (("--ray-address", getattr(args, "ray_address", None)), ("--workers", getattr(args, "workers", None)))
+    ray_only = [flag for flag, value in ray_flags if value]
+    if ray_only and not use_ray:  # else the job ran in this process while the user thought a cluster had it
+        raise CliError(f"{' and '.join(ray_only)} set(s) how a --ray run goes; add --ray, or leave them out")
+    if use_ray:  # before the model loads, as parse_formats does for the formats' extras
         from .._optional import require
 
         try:
@@ -185,14 +190,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
             jobs = collect_jobs(args.inputs, out, formats)
         except FileNotFoundError as exc:
             raise CliError(str(exc)) from None
-        segmenter = load_segmenter(args, overrides)
+        # with --ray the driver's model only checks the classes and fingerprints the settings: on the CPU, where
+        # a head node without a GPU can hold it (the actors put theirs on --device)
+        segmenter = load_segmenter(
+            argparse.Namespace(**{**vars(args), "device": "cpu"}) if use_ray else args, overrides
+        )
         if classes is None and not getattr(segmenter, "default_classes", None):
             raise CliError(
                 "no classes: pass --classes 'cat,sofa,plant' (with --filter clip or diffusion to keep only the "
                 "classes present in each image); this model declares no classes of its own"
             )
         check_classes(segmenter, classes if classes is not None else segmenter.default_classes)
-        flt = setup_filter(segmenter, args.filter, args)
+        flt = None if use_ray else setup_filter(segmenter, args.filter, args)  # with --ray, each actor builds its own
         filter_name = None if args.filter in (None, "none") else args.filter
         config = result_settings(segmenter.config.to_dict())  # without what does not change the results
         request = {
@@ -208,7 +217,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 ImageTask(segmenter, formats, classes=classes, request=request).check_earlier(jobs)
             except ValueError as exc:
                 raise CliError(str(exc)) from None
-        if getattr(args, "ray", False):
+        if use_ray:
             return _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name, request, out)
         report = run_batch(
             segmenter,
@@ -245,11 +254,12 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
             jobs,
             task,
             factory,
-            workers=args.workers,
+            workers=args.workers or 2,
             address=args.ray_address,
             overwrite=args.overwrite,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
+            gpus=args.device is None or str(args.device).startswith("cuda"),  # --device cpu reserves no GPU
         )
     except (ImportError, ConnectionError) as exc:
         raise CliError(str(exc)) from None
