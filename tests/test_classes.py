@@ -71,3 +71,23 @@ def test_the_command_line_refuses_background_before_loading(tmp_path, capsys):
     assert main(["segment", "nowhere.png", "--classes", "circle,background", "--out", str(out), "--offline"]) == 2
     assert not out.exists()
     assert "label 0 is the background" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["circle\x7f", "sq\x01uare", "caf\udce9", "cat\ufffe", "dog\x9f"])
+def test_control_characters_and_non_characters_are_refused(name):
+    # DEL and C0/C1 controls made dataset.yaml unreadable (yaml.safe_load), \x01 the Label Studio XML; a lone
+    # surrogate (a Latin-1 byte in argv) failed inside the tokenizer with a TypeError
+    with pytest.raises(ClassListError, match=r"holds the character U\+[0-9A-F]{4}, a control character"):
+        class_lists_per_image(["ok", name], 1)
+    assert class_lists_per_image(["tab\tand\nnewline"], 1) == [["tab and newline"]]  # whitespace is collapsed
+
+
+def test_a_class_file_that_is_not_utf8_or_holds_form_feeds(tmp_path, capsys):
+    from diffsegmenter.cli import main
+    from diffsegmenter.cli.parser import parse_classes
+
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9\ncircle\n")  # a cp1252 export: it ended in a traceback
+    assert main(["segment", "x.png", "--classes", f"@{tmp_path / 'latin.txt'}", "--out", str(tmp_path / "o")]) == 2
+    assert "is not UTF-8 text (byte 0xe9 at position 3); save it as UTF-8" in capsys.readouterr().err
+    (tmp_path / "ff.txt").write_text("salt\x0cpepper\ncircle\n", encoding="utf-8")  # splitlines() cut at \x0c
+    assert parse_classes(f"@{tmp_path / 'ff.txt'}") == ["salt pepper", "circle"]

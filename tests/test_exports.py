@@ -250,6 +250,32 @@ def test_vocabulary_numbers_yolo_ids_run_wide(tmp_path: Path) -> None:
     assert cls == 3
 
 
+def test_a_raw_vocabulary_numbers_as_the_results_cleaned_names(tmp_path: Path) -> None:
+    # the Python API's run_batch(classes=["Circle ", "square"]): results say "Circle" (the segmenter cleans names),
+    # the run's list stayed raw, so "Circle" was appended as a third class: PNG value 3, YOLO id 2 of nc 2, a
+    # phantom COCO category, and the run's finish refused the folder after every image was segmented
+    from diffsegmenter.batch import ImageTask
+    from diffsegmenter.io.results import write_result
+
+    labels = np.zeros((8, 8), dtype=np.int32)
+    labels[2:6, 2:6] = 1
+    result = FakeResult(labels, np.ones((1, 8, 8), np.float32), ["Circle"], ["a Circle"])
+    write_result(tmp_path, "x", None, result, ["png", "yolo"], vocabulary=["Circle ", "square"])
+    assert np.asarray(Image.open(tmp_path / "x.png")).max() == 1
+    ((cls, _),) = yolo.read_labels(tmp_path / "labels" / "x.txt")
+    assert cls == 0
+    task = ImageTask(None, ["png"], classes=["Circle ", " square"])
+    assert task.vocabulary == ["Circle", "square"]
+
+
+def test_heat_map_names_fit_the_file_systems_bytes() -> None:
+    # 100 characters of CJK are 300 bytes, past the 255 a file name may take: the write failed after segmenting
+    from diffsegmenter.io.formats.heatmaps import heatmap_filenames
+
+    (name,) = heatmap_filenames(["\u732b" * 300])
+    assert len(name.encode("utf-8")) <= 160 and name.startswith("\u732b" * 40)
+
+
 # ------------------------------------------------------------------ faults found by an exports fault hunt (session 14)
 def test_yolo_refuses_a_dataset_yaml_that_would_rename_an_images_class_ids(tmp_path: Path) -> None:
     # written with its own class list (a per-image list in segment), b's id 1 is "cross"; dataset.yaml said "square"

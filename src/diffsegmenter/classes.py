@@ -44,6 +44,13 @@ def clean_class_name(name: str) -> str:
     return " ".join("".join(ch for ch in nfc if unicodedata.category(ch) != "Cf" or ch in _JOINERS).split())
 
 
+def _unwritable(ch: str) -> bool:
+    """A control character (DEL, C0/C1 controls left after whitespace is collapsed), a lone surrogate (a byte that
+    was not UTF-8) or a Unicode non-character: YAML and XML writers cannot hold them."""
+    code = ord(ch)
+    return unicodedata.category(ch) in ("Cc", "Cs") or 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
+
+
 def class_key(name: str) -> str:
     """The form in which two class names are compared: :func:`clean_class_name`, Unicode NFKC, case-folded, without
     any format character. Names that look alike (``"café"`` typed or pasted decomposed, ``"cat"`` with a zero-width
@@ -60,6 +67,7 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
     - every name non-empty after :func:`clean_class_name` (single spaces, NFC, no invisible format characters);
     - no duplicates, compared by :func:`class_key` (case-insensitively, and text pasted with a zero-width space or
       a decomposed accent equals the typed name);
+    - no control character, lone surrogate or Unicode non-character (YAML and XML exports cannot hold them);
     - no class named "background" (any case): label 0 is the background, the pixels no class claims above the
       threshold, and a second label of that name would make the label map and every export ambiguous.
 
@@ -92,6 +100,13 @@ def check_class_names(names: Any, *, example: str = "classes=['cat', 'sofa']") -
             raise ClassListError(
                 f"class names must be non-empty strings, got {name!r} as name {position} of {len(names)}; "
                 f"e.g. {example}"
+            )
+        bad = next((ch for ch in clean if _unwritable(ch)), None)
+        if bad is not None:
+            raise ClassListError(
+                f"class name {short_name(clean)!r} (name {position} of {len(names)}) holds the character "
+                f"U+{ord(bad):04X}, a control character or non-character that label files (YAML, XML) cannot hold; "
+                "remove it (a name read from a file in another encoding than UTF-8 gives such characters too)"
             )
         key = class_key(clean)
         if key == BACKGROUND:

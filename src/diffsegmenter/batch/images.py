@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..classes import check_class_names
 from ..io.paths import ImageJob
 from .runner import (
     BatchReport,
@@ -65,7 +66,8 @@ class ImageTask(BatchTask[ImageJob]):
         self.out = None if out is None else Path(out)
         if vocabulary is None:
             vocabulary = classes if classes is not None else (request or {}).get("classes")
-        self.vocabulary = None if vocabulary is None else list(vocabulary)
+        # cleaned as the segmenter cleans a result's classes, so that a raw "Circle " numbers as its "Circle"
+        self.vocabulary = None if vocabulary is None else check_class_names(list(vocabulary))
 
     def earlier_sidecar(self, job: ImageJob) -> dict[str, Any] | None:
         """The job's earlier sidecar when it records this job's input (by file name), else None."""

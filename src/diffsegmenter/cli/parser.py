@@ -266,7 +266,13 @@ def parse_classes(text: str | None) -> list[str] | None:
             raw = Path(text[1:]).expanduser().read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise CliError(f"cannot read the class file {text[1:]!r}: {exc.strerror or exc}") from None
-        names = [line for line in raw.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        except UnicodeDecodeError as exc:  # a Latin-1 / cp1252 export (Excel)
+            raise CliError(
+                f"the class file {text[1:]!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                f"{exc.start}); save it as UTF-8"
+            ) from None
+        # lines end at \n (and \r\n): splitlines() also cut names at form feeds, \x85 and U+2028
+        names = [line for line in raw.split("\n") if line.strip() and not line.lstrip().startswith("#")]
         if len(names) == 1 and "," in names[0]:
             names = names[0].split(",")
     else:

@@ -67,8 +67,10 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--classes",
         default=None,
-        help="comma-separated class names, e.g. 'cat,sofa,plant', or @FILE with one name per line "
-        "(default: the model's own classes, if it declares any). With --filter, the vocabulary to choose from",
+        help="comma-separated class names, e.g. 'cat,sofa,plant', or @FILE with one name per line (UTF-8; lines "
+        "starting with # are comments; a file of one line is split at commas, so a name holding a comma needs "
+        "two or more lines) (default: the model's own classes, if it declares any). With --filter, the vocabulary "
+        "to choose from",
     )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument("--format", default=None, help=_format_help())

@@ -52,8 +52,11 @@ __all__ = [
 def run_class_list(classes: Sequence[str], vocabulary: Sequence[str] | None) -> list[str]:
     """The classes an image's run-wide numbering counts: ``vocabulary`` followed by any of ``classes`` missing from
     it (all of ``classes`` when there is no vocabulary). Value i (label PNG) or id i - 1 (YOLO) is its i-th name."""
+    from ...classes import class_key
+
     vocab = list(vocabulary or [])
-    return vocab + [c for c in classes if c not in vocab]
+    keys = {class_key(v) for v in vocab}  # "Circle " in a raw list is the result's "Circle"
+    return vocab + [c for c in classes if class_key(c) not in keys]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +90,10 @@ class FormatInput:
     def run_labels(self) -> np.ndarray:
         """``labels`` numbered run-wide: ``(H, W)`` int64, 0 = background, i = ``run_classes[i-1]``. With a filter,
         value i then means one class in every image of the run (``labels`` numbers only the classes kept)."""
+        from ...classes import find_class
+
         run = self.run_classes
-        lookup = np.array([0, *(run.index(c) + 1 for c in self.classes)], dtype=np.int64)
+        lookup = np.array([0, *(find_class(c, run) + 1 for c in self.classes)], dtype=np.int64)
         return lookup[np.asarray(self.labels, dtype=np.int64)]
 
 

@@ -16,6 +16,9 @@ from .label_png import save_png
 
 __all__ = ["heatmap_filenames", "safe_filename", "save_heatmaps"]
 
+#: Bytes a heat map's file stem may take in UTF-8: names are cut there too, leaving room in the 255 bytes a file
+#: name may take for a "-2" suffix, ".png" and a temporary file's suffix.
+_MAX_STEM_BYTES = 150
 _WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)})
 
 
@@ -28,13 +31,17 @@ def safe_filename(name: str, max_length: int = 100) -> str:
 
     Args:
         name (`str`): a class name, for example ``"traffic light"`` or ``"person/rider"``.
-        max_length (`int`, defaults to 100): maximum length of the result.
+        max_length (`int`, defaults to 100): maximum length of the result, in characters (and at most 150 bytes
+            of UTF-8).
 
     Returns:
         `str`: for example ``"traffic_light"``, ``"person_rider"``. Not necessarily unique; see
         [`heatmap_filenames`].
     """
-    stem = re.sub(r"[^\w\-.]+", "_", name, flags=re.UNICODE).lstrip(".").strip("_")[:max_length].rstrip(". ")
+    stem = re.sub(r"[^\w\-.]+", "_", name, flags=re.UNICODE).lstrip(".").strip("_")[:max_length]
+    while len(stem.encode("utf-8")) > _MAX_STEM_BYTES:  # file systems count bytes (255), and CJK takes 3 each
+        stem = stem[:-1]
+    stem = stem.rstrip(". ")
     if not stem:
         stem = "class"
     if stem.split(".")[0].upper() in _WINDOWS_RESERVED:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ...classes import find_class
 from ..atomic import write_text
 
 __all__ = ["DATASET_FILE", "SUFFIX", "label_path", "mask_polygons", "read_labels", "write_image", "write_run"]
@@ -104,7 +105,7 @@ def write_image(target: Path, item: Any) -> list[Path]:
         mask = item.labels == index
         if not mask.any():
             continue
-        class_id = run_classes.index(name)
+        class_id = find_class(name, run_classes)  # compared as class lists compare names
         lines.extend(format_line(class_id, poly, width, height) for poly in mask_polygons(mask))
     return [write_text(target, "".join(line + "\n" for line in lines))]
 
