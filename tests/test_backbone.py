@@ -80,6 +80,28 @@ def test_encode_text_emphasis_and_cache(backbone, tiny_components):
     assert torch.equal(strong[others], plain[others])
 
 
+def test_the_text_cache_is_bounded_in_bytes_and_drops_the_least_recently_used(backbone, tiny_components):
+    # it was bounded by a count (4096 prompts, then cleared whole): 17 GB of FLUX.1-dev embeddings on the GPU of a
+    # server seeing new class lists, and every clear dropped the prompts in use too
+    tok = tiny_components["tokenizer"]
+
+    def ids(word):
+        return tok(f"a photograph of {word}", padding="max_length", max_length=77)["input_ids"]
+
+    first = backbone.encode_text(ids("cat"))
+    size = first.numel() * first.element_size()
+    backbone._text_cache.max_bytes = 3 * size
+    empty = backbone.empty_embedding()
+    for word in ("dog", "sofa", "plant", "cow"):
+        backbone.encode_text(ids(word))
+        assert backbone.encode_text(ids("cow" if word == "cow" else "dog")) is not None  # "dog" kept in use
+    assert len(backbone._text_cache) == 3 and backbone._text_cache.nbytes == 3 * size
+    assert backbone._text_cache.get((1.0, *ids("dog"), -1, None)) is not None  # used most recently but one
+    assert backbone._text_cache.get((1.0, *ids("cat"), -1, None)) is None  # the least recently used went first
+    assert torch.equal(backbone.encode_text(ids("cat")), first)  # and is encoded again, the same
+    assert backbone.empty_embedding() is empty  # the empty prompt is never dropped
+
+
 def test_segmenter_built_on_a_backbone_equals_one_built_from_components(backbone, tiny_components):
     c = tiny_components
     parts = [c[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler")]

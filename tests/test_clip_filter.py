@@ -177,6 +177,17 @@ def test_class_embeddings_are_cached(clip, image) -> None:
     assert calls[0] > before
 
 
+def test_a_new_word_max_length_is_not_hidden_by_the_word_cache(clip, image) -> None:
+    # the word cache was keyed by the word alone: after word_max_length changed, the class names' embeddings were
+    # the old truncation's, and the scores those of the old setting
+    f = ClipBlipFilter(*clip, FixedCaptioner(CAPTIONS))
+    before = f.explain(image, VOCAB).text_scores
+    f.word_max_length = 3
+    fresh = ClipBlipFilter(*clip, FixedCaptioner(CAPTIONS), word_max_length=3).explain(image, VOCAB).text_scores
+    assert fresh["potted plant"] != pytest.approx(before["potted plant"], abs=1e-3)  # the setting matters here
+    assert f.explain(image, VOCAB).text_scores == pytest.approx(fresh, abs=1e-6)
+
+
 def test_with_tiny_blip_captioner(clip, image) -> None:
     captioner = BlipCaptioner(*build_tiny_blip())
     f = ClipBlipFilter(*clip, captioner)

@@ -241,10 +241,12 @@ def test_sd3_text_embedding_is_the_pipelines_with_clip_g_padded_by_bang(segmente
     import diffusers
     from transformers import CLIPTokenizer
 
+    from diffsegmenter.backbones.base import TextEmbeddingCache
+
     from .family_builders import FIXTURES
 
     bb = copy.copy(segmenters[name].backbone)
-    bb._text_cache = {}
+    bb._text_cache, bb._empty = TextEmbeddingCache(), None  # this copy's prompts are encoded anew
     bb.tokenizer_2 = CLIPTokenizer.from_pretrained(FIXTURES / "clip_tokenizer", pad_token="!")
     assert bb.tokenizer_2.pad_token_id != bb.tokenizer.pad_token_id
     pipe = diffusers.StableDiffusion3Pipeline(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -24,9 +25,47 @@ import torch.nn.functional as F
 
 from ..prompts import apply_emphasis
 
-__all__ = ["DiffusionBackbone", "FlowSigma", "Sampler"]
+__all__ = ["TEXT_CACHE_BYTES", "DiffusionBackbone", "FlowSigma", "Sampler", "TextEmbeddingCache"]
 
-_TEXT_CACHE_LIMIT = 4096
+TEXT_CACHE_BYTES = 1 << 30
+"""Bytes of prompt embeddings a backbone keeps (on the text encoder's device) for prompts seen again: 1 GiB, about
+9,000 SD1.5 prompts in fp16 or 250 of FLUX.1-dev's (513 x 4096); the least recently used go first."""
+
+
+class TextEmbeddingCache:
+    """Prompt embeddings by key, bounded in bytes: the least recently used are dropped once the entries hold more
+    than ``max_bytes`` (the last one stays, whatever its size). A count of entries bounded nothing: a FLUX.1-dev
+    embedding is 36 times an SD1.5 one, so 4096 of them held 17 GB of GPU memory in a server seeing new classes.
+
+    Args:
+        max_bytes (`int`, defaults to [`TEXT_CACHE_BYTES`]): the bound.
+    """
+
+    def __init__(self, max_bytes: int = TEXT_CACHE_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        """The embedding under ``key`` (now the most recently used), or None."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: torch.Tensor) -> None:
+        """Keep ``value`` under ``key``, dropping the least recently used entries beyond the bound."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.numel() * old.element_size()
+        self._items[key] = value
+        self.nbytes += value.numel() * value.element_size()
+        while self.nbytes > self.max_bytes and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self.nbytes -= dropped.numel() * dropped.element_size()
 
 
 @dataclass(frozen=True)
@@ -83,7 +122,8 @@ class DiffusionBackbone(ABC):
     tokenizer = None
 
     def __init__(self) -> None:
-        self._text_cache: dict[tuple, torch.Tensor] = {}
+        self._text_cache = TextEmbeddingCache()
+        self._empty: torch.Tensor | None = None  # the empty prompt's embedding, used by every emphasis: kept apart
 
     @property
     @abstractmethod
@@ -292,10 +332,9 @@ class DiffusionBackbone(ABC):
     def empty_embedding(self) -> torch.Tensor:
         """Text embedding of the empty prompt, (T, D) in :attr:`dtype`; encoded once (emphasis, the
         classifier-free-guidance reference, filters)."""
-        key = ("",)
-        if key not in self._text_cache:
-            self._text_cache[key] = self.encode_ids(self.empty_ids(), text="")
-        return self._text_cache[key]
+        if self._empty is None:
+            self._empty = self.encode_ids(self.empty_ids(), text="")
+        return self._empty
 
     @torch.inference_mode()
     def unconditional_embedding(self) -> torch.Tensor:
@@ -313,7 +352,8 @@ class DiffusionBackbone(ABC):
         positions: Sequence[int] = (),
         text: str | None = None,
     ) -> torch.Tensor:
-        """Text embedding of a prompt with some tokens emphasised; cached per (ids, emphasis, positions).
+        """Text embedding of a prompt with some tokens emphasised; cached per (ids, emphasis, positions), at most
+        [`TEXT_CACHE_BYTES`] of them (least recently used dropped first).
 
         Emphasis is Compel's ``z_empty + w * (z - z_empty)`` on the given positions
         (:func:`~diffsegmenter.prompts.apply_emphasis`).
@@ -328,14 +368,13 @@ class DiffusionBackbone(ABC):
             `torch.Tensor`: (T, D) in :attr:`dtype`.
         """
         key = (emphasis, *input_ids, -1, *positions, text)
-        if key not in self._text_cache:
+        z = self._text_cache.get(key)
+        if z is None:
             z = self.encode_ids(list(input_ids), text=text)
             if emphasis != 1.0:
                 z = apply_emphasis(z, self.empty_embedding(), list(positions), emphasis)
-            if len(self._text_cache) > _TEXT_CACHE_LIMIT:
-                self._text_cache.clear()
-            self._text_cache[key] = z
-        return self._text_cache[key]
+            self._text_cache.put(key, z)
+        return z
 
     # ------------------------------------------------------------------ denoiser
     @abstractmethod

@@ -188,7 +188,7 @@ class ClipBlipFilter:
         self.words_from_prompts = bool(words_from_prompts)
         self.cache_size = int(cache_size)
         self._class_cache: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._word_cache: dict[str, torch.Tensor] = {}
+        self._word_cache: dict[tuple[str, int], torch.Tensor] = {}  # by (word, word_max_length)
 
     @classmethod
     def from_pretrained(
@@ -409,7 +409,8 @@ class ClipBlipFilter:
         import torch
         import torch.nn.functional as F
 
-        todo = [w for w in dict.fromkeys(words) if not (use_cache and w in self._word_cache)]
+        length = int(self.word_max_length)  # part of the key: a word is truncated to it
+        todo = [w for w in dict.fromkeys(words) if not (use_cache and (w, length) in self._word_cache)]
         fresh: dict[str, torch.Tensor] = {}
         if todo:
             batch = self.tokenizer(
@@ -429,5 +430,5 @@ class ClipBlipFilter:
             if use_cache:
                 if len(self._word_cache) + len(fresh) > _WORD_CACHE_LIMIT:
                     self._word_cache.clear()
-                self._word_cache.update(fresh)
-        return torch.stack([fresh[w] if w in fresh else self._word_cache[w] for w in words])
+                self._word_cache.update({(w, length): z for w, z in fresh.items()})
+        return torch.stack([fresh[w] if w in fresh else self._word_cache[(w, length)] for w in words])
