@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,18 @@ def _component(name: str) -> property:
     return property(lambda self: getattr(self.backbone, name), doc=f"The backbone's ``{name}`` (SD backbones).")
 
 
+def _one_call_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method`` holding its segmenter's :attr:`~diffsegmenter.backbones.DiffusionBackbone.call_lock`: calls
+    from several threads (a web server's workers) wait for each other instead of reading each other's attention."""
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.backbone.call_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class DiffSegmenter:
     r"""Training-free open-vocabulary semantic segmentation with a frozen latent diffusion model.
 
@@ -57,6 +69,11 @@ class DiffSegmenter:
             SegmenterConfig fields (:class:`~diffsegmenter.settings.ModelSettings`; a dict in the
             ``segmenter_config.json`` layout is read as one).
         backbone (`DiffusionBackbone`, *optional*): the model, instead of the five components.
+
+    Threads: one call at a time per model. ``segment``, ``edit`` and a ``session`` hold the backbone's
+    ``call_lock``, so calls from several threads (a web server's workers; segmenters sharing one backbone) wait for
+    each other and each gets the result a call alone gives. Do not assign ``config`` while another thread's call
+    runs (a call with per-call settings puts the config it found back when it ends).
 
     Example:
         ```python
@@ -224,6 +241,7 @@ class DiffSegmenter:
         return self.backbone.native_resolution
 
     # ------------------------------------------------------------------ public API
+    @_one_call_at_a_time
     def segment(
         self,
         images,
@@ -332,7 +350,7 @@ class DiffSegmenter:
             ...         results = seg.segment(batch, classes=["cat", "sofa"])
             ```
         """
-        with self.backbone.capture_session():
+        with self.backbone.call_lock, self.backbone.capture_session():  # other threads' calls wait for the run
             yield self
 
     def optimize(self, *, compile: bool | str = False, channels_last: bool = False) -> DiffSegmenter:
@@ -350,6 +368,7 @@ class DiffSegmenter:
         """Same as :meth:`segment`."""
         return self.segment(images, classes, **kwargs)
 
+    @_one_call_at_a_time
     def edit(
         self,
         image,

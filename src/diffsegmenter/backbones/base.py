@@ -12,6 +12,7 @@ mean, seed, emphasis weight and positions, timestep) is an argument. Its only st
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -120,6 +121,16 @@ class DiffusionBackbone(ABC):
     """
 
     tokenizer = None
+
+    @property
+    def call_lock(self) -> threading.RLock:
+        """Held by every :class:`~diffsegmenter.DiffSegmenter` call on this backbone (``segment``, ``edit``, a
+        ``session``): capture installs processors on the shared model and reads one store, so two calls at once
+        would read each other's attention. Re-entrant: the diffusion filter segments inside a ``segment`` call."""
+        lock = self.__dict__.get("_call_lock")
+        if lock is None:  # made on first use (dict.setdefault is atomic), also for subclasses that skip __init__
+            lock = self.__dict__.setdefault("_call_lock", threading.RLock())
+        return lock
 
     def __init__(self) -> None:
         self._text_cache = TextEmbeddingCache()
