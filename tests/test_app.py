@@ -390,15 +390,17 @@ def test_requests_that_ran_out_of_time_never_run_on_the_model_later(tmp_path: Pa
 
     from diffsegmenter.app import AppError, SegmentService
 
-    service = SegmentService(object(), time_limit=0.2, work_dir=tmp_path)
-    release, runs = threading.Event(), []
+    service = SegmentService(object(), time_limit=5, work_dir=tmp_path)
+    release, started, runs = threading.Event(), threading.Event(), []
 
     def slow(tag):
         runs.append(tag)
-        release.wait(5)
+        started.set()
+        release.wait(10)
 
     try:
-        for tag in range(4):
+        threading.Thread(target=lambda: started.wait(10) and setattr(service, "time_limit", 0.2)).start()
+        for tag in range(4):  # the first times out once it runs (the limit drops to 0.2 s when it starts)
             with pytest.raises(AppError):
                 service.call(slow, tag, hint="try less")
         release.set()
@@ -452,10 +454,13 @@ def test_serve_refuses_a_bad_port_or_host_before_the_model_loads(capsys, monkeyp
 def test_sigterm_stops_the_server_and_removes_its_request_folders(tmp_path: Path) -> None:
     # kill / docker stop / systemd left /tmp/diffsegmenter-serve-* behind (the clean-up ran on Ctrl+C only)
     pytest.importorskip("gradio", reason="serve needs gradio")
+    import contextlib
     import os
+    import queue
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     port = _free_port()
@@ -464,12 +469,14 @@ def test_sigterm_stops_the_server_and_removes_its_request_folders(tmp_path: Path
         [sys.executable, "-m", "diffsegmenter", "serve", "--model", "shapes", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while "Serving" not in line and time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-        assert "Serving" in line, proc.stdout.read() if proc.poll() is not None else "no Serving line"
+        deadline, seen = time.monotonic() + 120, []
+        while not any("Serving" in line for line in seen) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):  # a server that hangs silently cannot stall the suite
+                seen.append(lines.get(timeout=1))
+        assert any("Serving" in line for line in seen), "".join(seen)[-3000:]
         assert list(tmp_path.glob("diffsegmenter-serve-*"))
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -254,3 +254,48 @@ def test_a_unet_config_wider_than_its_weights_is_a_model_error(sd_folder):
         ModelNotFoundError, match=r"'unet'.*files do not fit together \(ValueError: .*download or copy"
     ):
         load_backbone(sd_folder)
+
+
+def test_an_fp16_only_download_of_a_sharded_component_loads(sd_folder):
+    # `hf download ... --include "*.fp16*" "*.json"` keeps the plain index beside the fp16 shards (SD3's T5): the
+    # first check refused the folder for the plain index's missing shards, though the loader reads the fp16 ones
+    from diffusers import UNet2DConditionModel
+
+    unet = sd_folder / "unet"
+    model = UNet2DConditionModel.from_pretrained(unet)
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    model.to(torch.float16).save_pretrained(unet, variant="fp16", max_shard_size="20KB")
+    (fp16_index,) = unet.glob("*.index.fp16.json")
+    index = json.loads(fp16_index.read_text())
+    index["weight_map"] = {k: v.replace(".fp16", "") for k, v in index["weight_map"].items()}
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    assert not [f for f in unet.glob("*-of-*.safetensors") if ".fp16" not in f.name]  # no plain shard is there
+    bb, _ = load_backbone(sd_folder, dtype=torch.float16)
+    assert bb.unet.dtype == torch.float16
+
+
+def test_only_config_weight_mismatches_are_reported_as_damaged_files(tmp_path):
+    # every ValueError/RuntimeError became "its files do not fit together ... download again": out of memory and a
+    # missing tokenizer dependency too, with the real cause cut to one line
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "config.json").write_text("{}")
+
+    class Failing:
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        load_component(Failing, tmp_path, subfolder="part")
+
+
+def test_sd_weights_missing_a_tensor_are_refused(sd_folder):
+    # the SD1/SD2 path loaded its UNet and VAE leniently: a VAE missing a tensor got a random one, with a log line
+    from safetensors.torch import load_file, save_file
+
+    path = sd_folder / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, path)
+    with pytest.raises(ModelNotFoundError, match=r"'vae'.*leave 1 of the model's parameters unset"):
+        load_backbone(sd_folder)

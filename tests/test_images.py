@@ -156,9 +156,12 @@ def test_pil_int32_image_with_8bit_values_reads_as_the_array_does(tmp_path: Path
     np.testing.assert_array_equal(load_image(Image.fromarray(ramp).convert("I")), want)
     Image.fromarray(ramp).convert("I").save(tmp_path / "g32.tif")
     np.testing.assert_array_equal(load_image(tmp_path / "g32.tif"), want)
-    # a dark 16-bit PNG stays 16-bit data (all values <= 255: at most 1 after scaling)
-    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "dark16.png")
-    assert load_image(tmp_path / "dark16.png").max() == 1
+    # a dark 16-bit file stays 16-bit data (all values <= 255: at most 1 after scaling); Pillow opens a 16-bit
+    # PGM as mode "I" (and 16-bit PNGs before Pillow 11)
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "dark16.pgm")
+    with Image.open(tmp_path / "dark16.pgm") as pgm:
+        assert pgm.mode == "I"
+    assert load_image(tmp_path / "dark16.pgm").max() == 1
 
 
 def test_big_endian_16bit_arrays_read_as_native_ones() -> None:

@@ -153,12 +153,12 @@ def test_after_a_stop_the_count_matches_the_images_written(tmp_path: Path) -> No
     # images the actors finished after the stopping row were written (and listed in the run files) but reported as
     # "not started"; the stop message said "could not write its outputs" twice
     src, out = tmp_path / "in", tmp_path / "o"
-    (src / "sub dir").mkdir(parents=True)
+    (src / "0 dir").mkdir(parents=True)  # sorts first: the images after it are the ones finished after the stop
     examples = sorted(EXAMPLES.glob("*.png"))
-    for example, name in zip(examples, ("a.png", "sub dir/b.png", "c.png", "d.png")):
+    for example, name in zip(examples, ("0 dir/b.png", "a.png", "c.png", "d.png")):
         (src / name).write_bytes(example.read_bytes())
     out.mkdir()
-    (out / "sub dir").write_text("a file where the folder should go")  # b's outputs cannot be written
+    (out / "0 dir").write_text("a file where the folder should go")  # b's outputs cannot be written
     done = _ray_segment([str(src), "--out", str(out), "--workers", "1"])
     assert done.returncode == 3, done.stderr[-3000:]
     written = sum((out / f"{stem}.json").is_file() for stem in ("a", "c", "d"))

@@ -179,6 +179,37 @@ def _is_load_failure(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and "safetensors" in str(exc).lower()
 
 
+#: Files that give a tokenizer its vocabulary, any one set of which is enough: the fast tokenizer's single file,
+#: a sentencepiece model (T5), byte-level BPE's two files (CLIP), WordPiece's list.
+TOKENIZER_VOCABULARIES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("spiece.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+)
+
+
+def vocabulary_files_text() -> str:
+    """:data:`TOKENIZER_VOCABULARIES` as the messages name them: "tokenizer.json, spiece.model, ..."."""
+    return ", or ".join(" + ".join(files) for files in TOKENIZER_VOCABULARIES)
+
+
+_MISMATCH = (
+    "expected shape",  # diffusers: a config wider or narrower than its weights
+    "size mismatch",  # torch / transformers
+    "ignore_mismatched_sizes",  # transformers' advice for the same
+    "Cannot copy out of meta tensor",  # diffusers: weights missing for layers the config names
+    "Error(s) in loading state_dict",
+)
+"""Texts of the errors a config that does not match its weights gives (a model error, not a bug to re-raise)."""
+
+SINGLE_FILE_ADVICE = (
+    "diffsegmenter reads a model folder in the diffusers layout (model_index.json and one subfolder per component), "
+    "not a single checkpoint file: pass the folder, or convert the file once with diffusers "
+    "(`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`; StableDiffusionXLPipeline, "
+    "StableDiffusion3Pipeline or FluxPipeline for those models) and pass that folder"
+)
+
 _UNREADABLE_WEIGHTS = (
     "Unable to load weights from checkpoint file",  # diffusers and transformers, for a file that will not parse
     "Error while deserializing header",  # safetensors
@@ -238,10 +269,7 @@ def describe_load_failure(
         if not os.path.exists(os.path.expanduser(name)):
             reason = "that folder does not exist"
         elif os.path.isfile(os.path.expanduser(name)):
-            reason = (
-                "it is a file, not a folder (single-file checkpoints are not read: convert one with diffusers' "
-                "`from_single_file(path).save_pretrained(folder)` and pass the folder)"
-            )
+            reason = f"it is a file, not a folder. {SINGLE_FILE_ADVICE}"
         elif not os.path.isdir(target):
             reason = f"it has no {subfolder!r} subfolder" if subfolder else "it is not a folder"
         elif _is_empty(target):
@@ -328,17 +356,18 @@ def _pick_variant(folder: str, dtype: Any = None) -> str | None:
     )
 
 
-def _cached_folder(
-    repo_id: str, subfolder: str | None, cache_dir: str | os.PathLike[str] | None, revision: str | None
+def cached_folder(
+    repo_id: str,
+    filename: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
 ) -> str | None:
-    """The folder of a Hub repo's component in the local cache's snapshot (where its ``config.json`` lies), or None
-    when the cache does not hold it. Reads the cache only; never contacts the Hub."""
+    """The folder of ``filename`` (``"unet/config.json"``, ``"model_index.json"``) in the local cache's snapshot of
+    a Hub repo, or None when the cache does not hold it. Reads the cache only; never contacts the Hub."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(
-            repo_id, f"{subfolder}/config.json" if subfolder else "config.json", cache_dir=cache_dir, revision=revision
-        )
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     except Exception as exc:  # noqa: BLE001 - an id the cache cannot hold: from_pretrained gives the error
         logger.debug("no cached folder for %r: %s", repo_id, exc)
         return None
@@ -403,7 +432,8 @@ def load_component(
         kwargs.setdefault("use_safetensors", True)
         if "variant" not in kwargs:
             if not local and local_files_only:  # the Hub cache's snapshot folder, when this component is there
-                target = _cached_folder(name, subfolder, cache_dir, kwargs.get("revision")) or ""
+                config = f"{subfolder}/config.json" if subfolder else "config.json"
+                target = cached_folder(name, config, cache_dir, kwargs.get("revision")) or ""
             variant = _pick_variant(target, kwargs.get("dtype")) if target else None
             if variant is not None:  # e.g. only the fp16 files of SD1.5/SDXL were downloaded: from_pretrained must
                 logger.info("%s holds only %r weights; loading those", target, variant)  # be told
@@ -422,8 +452,8 @@ def load_component(
             loaded = cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
     except Exception as exc:
         if not _is_load_failure(exc):
-            if isinstance(exc, (ValueError, RuntimeError, NotImplementedError, KeyError)):
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if any(mark in str(exc) for mark in _MISMATCH):  # not a missing dependency, not out of memory
+                first = str(exc).strip().splitlines()[0]
                 raise ModelNotFoundError(
                     f"Could not load {what}: its files do not fit together ({type(exc).__name__}: {first}). A "
                     "config that does not match its weights, or a damaged or missing file, gives this; download or "
@@ -467,8 +497,7 @@ def load_component(
             )
         raise ModelNotFoundError(
             f"Could not load {what}: the tokenizer loaded knows {len(loaded)} token(s), all special, so its "
-            "vocabulary files (tokenizer.json, spiece.model, or vocab.json + merges.txt) are missing; download or "
-            "copy the model again"
+            f"vocabulary files ({vocabulary_files_text()}) are missing; download or copy the model again"
         )
     return loaded
 

@@ -252,29 +252,31 @@ def _pil_to_rgb(pil: Image.Image, name: str, *, exif_orientation: bool = True) -
 
 
 def _stored_bits(pil: Image.Image) -> int | None:
-    """The bits per sample a file declares (a PNG that Pillow opens as mode "I" is 16-bit; a TIFF says it in tag
-    258); None for an image made in memory (``Image.fromarray``, ``convert("I")``)."""
-    if pil.format == "PNG":
-        return 16
+    """The bits per sample of a file's mode "I" pixels: what a TIFF says in tag 258, else 16 (Pillow opens 16-bit
+    PNG, PGM and other files as mode "I"); None for an image made in memory (``Image.fromarray``,
+    ``convert("I")``)."""
+    if pil.format is None:
+        return None
     if pil.format == "TIFF":
         bits = getattr(pil, "tag_v2", {}).get(258)
         bits = bits[0] if isinstance(bits, tuple) and bits else bits
-        return int(bits) if isinstance(bits, int) else None
-    return None
+        if isinstance(bits, int):
+            return int(bits)
+    return 16
 
 
 def _wide_gray_to_uint8(values: np.ndarray, mode: str, name: str, bits: int | None = None) -> np.ndarray:
     """Scale a single-channel 16-bit, 32-bit integer or float PIL image to uint8 without clipping.
 
-    Mode "I" (32-bit integers) holds 16-bit data (a 16-bit PNG, as older Pillow opens it, or a 16-bit TIFF: ``bits``
-    16, or values above 255 with ``bits`` unknown), scaled by 1/257, or 8-bit data in wider storage (values in
-    0..255 with ``bits`` unknown or 32, e.g. ``Image.fromarray(int32_array)`` or ``convert("I")``), kept as they
-    are, as an int32 array's values are; wider values are stretched min-max with a warning."""
+    Mode "I" (32-bit integers) holds 16-bit data (a file: 16-bit PNG as older Pillow opens it, PGM, a 16-bit TIFF;
+    ``bits`` 16; or values above 255), scaled by 1/257, or 8-bit data in wider storage (values in 0..255 of an
+    image made in memory, ``bits`` None, e.g. ``Image.fromarray(int32_array)`` or ``convert("I")``, or of a 32-bit
+    TIFF), kept as they are, as an int32 array's values are; wider values are stretched min-max with a warning."""
     if mode in _SIXTEEN_BIT_MODES:
         return _scale_uint16(values.astype(np.uint16, copy=False))
     if mode == "I":
         lo, hi = int(values.min()), int(values.max())
-        if lo >= 0 and hi <= 255 and bits != 16:
+        if lo >= 0 and hi <= 255 and bits in (None, 32):
             return values.astype(np.uint8)
         if lo >= 0 and hi <= 65535:  # a 16-bit PNG/TIFF decoded into 32-bit storage
             return _scale_uint16(values.astype(np.uint16))

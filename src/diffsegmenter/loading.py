@@ -78,8 +78,8 @@ def load_components(
         "tokenizer": load_component(CLIPTokenizer, src, subfolder="tokenizer", **kw),
         "scheduler": load_component(DDIMScheduler, src, subfolder="scheduler", **kw),
         "text_encoder": load_component(CLIPTextModel, src, subfolder="text_encoder", dtype=dtype, strict=True, **kw),
-        "vae": load_component(AutoencoderKL, src, subfolder="vae", dtype=dtype, **kw),
-        "unet": load_component(UNet2DConditionModel, src, subfolder="unet", dtype=dtype, **kw),
+        "vae": load_component(AutoencoderKL, src, subfolder="vae", dtype=dtype, strict=True, **kw),
+        "unet": load_component(UNet2DConditionModel, src, subfolder="unet", dtype=dtype, strict=True, **kw),
     }
     for name in ("text_encoder", "vae", "unet"):
         parts[name] = parts[name].to(device)

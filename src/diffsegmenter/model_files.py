@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .hub import ModelNotFoundError, describe_load_failure, hub_offline, hub_reachable, looks_like_local_path
+from .hub import (
+    SINGLE_FILE_ADVICE,
+    TOKENIZER_VOCABULARIES,
+    ModelNotFoundError,
+    cached_folder,
+    describe_load_failure,
+    hub_offline,
+    hub_reachable,
+    looks_like_local_path,
+    vocabulary_files_text,
+)
 
 __all__ = ["model_root", "check_component_files", "check_model_files", "check_not_single_file"]
 
-#: Files that give a tokenizer its vocabulary, any one set of which is enough: the fast tokenizer's single file,
-#: a sentencepiece model (T5), byte-level BPE's two files (CLIP), WordPiece's list.
-TOKENIZER_VOCABULARIES: tuple[tuple[str, ...], ...] = (
-    ("tokenizer.json",),
-    ("spiece.model",),
-    ("vocab.json", "merges.txt"),
-    ("vocab.txt",),
-)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_SHARD = re.compile(r"-\d+-of-\d+(\.[A-Za-z0-9_]+)?\.safetensors$")
 
 
 def model_root(src: str, local_files_only: bool | None = None) -> Path | None:
@@ -49,13 +53,8 @@ def model_root(src: str, local_files_only: bool | None = None) -> Path | None:
         return Path(os.path.expanduser(src))
     if not (local_files_only or hub_offline() or not hub_reachable()):
         return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(src, "model_index.json")
-    except Exception:  # noqa: BLE001 - an id the cache cannot hold: the component loader names the problem
-        return None
-    return Path(found).parent if isinstance(found, str) else None
+    found = cached_folder(src, "model_index.json")
+    return Path(found) if found is not None else None
 
 
 def check_not_single_file(src: str) -> None:
@@ -66,12 +65,7 @@ def check_not_single_file(src: str) -> None:
     """
     path = Path(os.path.expanduser(src))
     if looks_like_local_path(src) and path.is_file():
-        raise ModelNotFoundError(
-            f"{src} is a single file; diffsegmenter reads a model folder in the diffusers layout (model_index.json "
-            "and one subfolder per component). Pass the folder, or convert a single-file checkpoint once with "
-            "diffusers (`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`; "
-            "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline for those models) and pass the folder"
-        )
+        raise ModelNotFoundError(f"{src} is a single file; {SINGLE_FILE_ADVICE}")
 
 
 def _kind(name: str) -> str:
@@ -128,7 +122,7 @@ def check_component_files(root: Path, name: str, *, src: str, local: bool = True
         what = (
             f"lacks {', '.join(lacking)} (its vocabulary comes in {' + '.join(pairs[0])})"
             if lacking
-            else "holds no vocabulary (tokenizer.json, spiece.model, or vocab.json + merges.txt)"
+            else f"holds no vocabulary ({vocabulary_files_text()})"
         )
         raise ModelNotFoundError(
             f"{where} {what}: without it the tokenizer knows no words and every class would get the same map; "
@@ -140,21 +134,31 @@ def check_component_files(root: Path, name: str, *, src: str, local: bool = True
 
 
 def _check_weights(folder: Path, present: set[str], where: str, again: str) -> None:
+    """Safetensors weights are there: a single file, or every shard of at least one index (an fp16-only download
+    keeps the plain index too, whose shards it left out: the loader then reads the variant)."""
     weights = [f for f in present if f.endswith(".safetensors")]
-    indexes = [f for f in present if ".safetensors.index" in f and f.endswith(".json")]
+    indexes = sorted(f for f in present if ".safetensors.index" in f and f.endswith(".json"))
+    # a single variant file (model.fp16.safetensors) is read instead of an incomplete plain index; a plain single
+    # file is not (the loaders prefer the index beside it)
+    single_variants = [f for f in weights if not _SHARD.search(f) and f.count(".") >= 2]
+    incomplete: list[tuple[str, int, list[str]]] = []
     for index in indexes:
         try:
             shards = set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values())
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ModelNotFoundError(f"{where}{index} is not a weights index (damaged); {again}") from None
         missing = sorted(str(s) for s in shards if str(s) not in present)
-        if missing:
-            raise ModelNotFoundError(
-                f"{where}{index} names {len(shards)} weight shard(s) and {len(missing)} are missing "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); an interrupted download leaves "
-                f"this: {again}"
-            )
-    if weights or indexes:
+        if not missing:
+            return
+        incomplete.append((index, len(shards), missing))
+    if incomplete and not single_variants:
+        index, count, missing = incomplete[0]
+        raise ModelNotFoundError(
+            f"{where}{index} names {count} weight shard(s) and {len(missing)} are missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); an interrupted download leaves "
+            f"this: {again}"
+        )
+    if weights:
         return
     pickled = sorted(f for f in present if f.endswith(_PICKLE_SUFFIXES))
     if pickled:

@@ -268,12 +268,19 @@ class SegmentService:
         with self._pending_lock:
             waited = self._pending > 0  # the model still has an earlier request (one that ran past the limit)
             self._pending += 1
-        future = self.executor.submit(work, *args)
-        future.add_done_callback(self._finished)
+
+        def job():
+            try:
+                return work(*args)
+            finally:
+                self._finished()  # before the caller wakes: a result seen means the count is down
+
+        future = self.executor.submit(job)
         try:
             return future.result(timeout=self.time_limit)
         except concurrent.futures.TimeoutError:
-            future.cancel()  # not started yet: it never will (a cancelled future runs its done callback)
+            if future.cancel():  # not started yet: it never will
+                self._finished()
             if waited:
                 raise AppError(
                     f"the server was still busy with an earlier request for the whole limit of {self.time_limit:g} s;"
@@ -285,7 +292,7 @@ class SegmentService:
         except (ValueError, TypeError, OSError, ImportError) as exc:
             raise AppError(" ".join(str(exc).split()) or type(exc).__name__) from None
 
-    def _finished(self, _future: concurrent.futures.Future) -> None:
+    def _finished(self) -> None:
         with self._pending_lock:
             self._pending -= 1
 

@@ -193,7 +193,6 @@ class TransformerBackbone(DiffusionBackbone):
         return {name.removesuffix(".processor"): ("cross" if c else "self", 2) for name, (_, c, _) in plan.items()}
 
     # ------------------------------------------------------------------ latents
-    @torch.inference_mode()
     def check_resolution(self, resolution: int, setting: str = "resolution") -> None:
         """A size must be a whole number of 2x2 patches of latents (16 px for the released models) and, for SD3,
         within its position table (``pos_embed_max_size`` patches).
@@ -217,6 +216,7 @@ class TransformerBackbone(DiffusionBackbone):
                 f"pos_embed_max_size, {most} patches of {step} px); use a {setting} <= {int(most) * step}"
             )
 
+    @torch.inference_mode()
     def encode_latents(
         self,
         images: Sequence[np.ndarray],

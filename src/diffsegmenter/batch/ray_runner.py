@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,14 @@ class _SegmentActor:
         return {"index": list(batch["index"]), "status": status, "reason": reason, "found": found}
 
 
+def _written_since(job: Any, started: float) -> bool:
+    """Whether the job's sidecar (written last, after its outputs) was written at or after ``started``."""
+    try:
+        return (Path(job.out_dir) / f"{job.stem}.json").stat().st_mtime >= started - 1.0  # coarse file clocks
+    except OSError:
+        return False
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost error message of a Ray failure, as one line. Ray wraps an actor's exception in its own (an
     ``ActorDiedError`` whose text ends with the remote traceback's last line) and chains empty ones below it, so the
@@ -206,6 +215,7 @@ def run_on_ray(
         start_ray(address)
         import ray
         import ray.data
+        from ray.data.exceptions import SystemException
         from tqdm.auto import tqdm
 
         context = ray.data.DataContext.get_current()
@@ -237,6 +247,7 @@ def run_on_ray(
             )
         )
         done: dict[int, tuple[str, str, list[str] | None]] = {}
+        started = time.time()  # outputs older than this are an earlier run's (kept with --overwrite until redone)
         disable = None if progress else True
         with tqdm(total=len(pending), desc="ray", unit="image", disable=disable) as bar:
             try:
@@ -251,14 +262,15 @@ def run_on_ray(
                             "are kept"
                         )
                         break
-            except ray.exceptions.RayError as exc:  # the actors failed as a whole, e.g. the model would not load
+            except (ray.exceptions.RayError, SystemException) as exc:  # the actors failed as a whole, e.g. the
+                # model would not load
                 report.stopped = (
                     f"the Ray workers failed: {_root_cause(exc)}; fix that and rerun the same command: finished "
                     "images are kept"
                 )
         if report.stopped is not None:  # images that actors finished after the stop (or before a failure) count
             for index, job in enumerate(pending):
-                if index not in done and task.is_done(job):
+                if index not in done and _written_since(job, started) and task.is_done(job):
                     done[index] = ("ok", "", None)  # known from its files: what its write returned is not
         for index, job in enumerate(pending):
             if index not in done:

@@ -261,7 +261,7 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
             overwrite=args.overwrite,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
-            gpus=args.device is None or str(args.device).startswith("cuda"),  # --device cpu reserves no GPU
+            gpus=not str(args.device or "").startswith("cpu"),  # --device cpu reserves no GPU (auto and cuda do)
         )
     except (ImportError, ConnectionError) as exc:
         raise CliError(str(exc)) from None

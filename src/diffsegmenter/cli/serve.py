@@ -47,14 +47,21 @@ def check_address(host: str, port: int) -> None:
     """
     import socket
 
+    error: OSError | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-    except OSError as exc:  # socket.gaierror included
-        reason = exc.strerror or str(exc)
+    except OSError as exc:  # socket.gaierror: the name does not resolve
+        infos, error = [], exc
+    for family, kind, proto, _, address in infos:  # "localhost" may be ::1 too, where IPv6 is off: one is enough
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+            return
+        except OSError as exc:
+            error = exc
+    if error is not None:
+        reason = error.strerror or str(error)
         raise CliError(
             f"cannot serve on {host}:{port}: {reason}; use --host with an address of this machine (127.0.0.1 for "
             "this machine only, 0.0.0.0 for every interface) and a free --port"
