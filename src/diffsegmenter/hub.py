@@ -120,6 +120,12 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
     return reachable
 
 
+def reads_cache_only(local_files_only: bool | None = None) -> bool:
+    """Whether a Hub id is read from the local cache only: ``local_files_only``, an offline variable, or a Hub that
+    does not answer (:func:`hub_reachable`; no minutes of retries against an absent network)."""
+    return bool(local_files_only) or hub_offline() or not hub_reachable()
+
+
 def looks_like_local_path(name_or_path: str | os.PathLike[str]) -> bool:
     """Whether ``name_or_path`` is meant as a filesystem path rather than a Hub repo id (``"org/name"``).
 
@@ -445,6 +451,19 @@ def load_component(
         kwargs["output_loading_info"] = True
     logger.debug("Loading %s from %r (local_files_only=%s)", cls.__name__, name, local_files_only)
     what = f"{name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+
+    def not_found(cause: BaseException | None) -> str:
+        return describe_load_failure(
+            name,
+            subfolder,
+            local=local,
+            offline=offline,
+            local_files_only=local_files_only and not unreachable,
+            unreachable=unreachable,
+            cache_dir=cache_dir,
+            cause=cause,
+        )
+
     try:
         with warnings.catch_warnings():
             # diffusers still passes huggingface_hub's retired `local_dir_use_symlinks`; the warning is noise here
@@ -460,18 +479,7 @@ def load_component(
                     "copy the model again"
                 ) from exc
             raise
-        raise ModelNotFoundError(
-            describe_load_failure(
-                name,
-                subfolder,
-                local=local,
-                offline=offline,
-                local_files_only=local_files_only and not unreachable,
-                unreachable=unreachable,
-                cache_dir=cache_dir,
-                cause=exc,
-            )
-        ) from exc
+        raise ModelNotFoundError(not_found(exc)) from exc
     if strict:
         loaded, info = loaded
         unset = sorted(info.get("missing_keys") or ()) + sorted(info.get("mismatched_keys") or ())
@@ -483,18 +491,7 @@ def load_component(
             )
     if not _has_vocabulary(loaded):
         if not local:  # transformers builds a default tokenizer for an id it cannot find, without an error
-            raise ModelNotFoundError(
-                describe_load_failure(
-                    name,
-                    subfolder,
-                    local=False,
-                    offline=offline,
-                    local_files_only=local_files_only and not unreachable,
-                    unreachable=unreachable,
-                    cache_dir=cache_dir,
-                    cause=None,
-                )
-            )
+            raise ModelNotFoundError(not_found(None))
         raise ModelNotFoundError(
             f"Could not load {what}: the tokenizer loaded knows {len(loaded)} token(s), all special, so its "
             f"vocabulary files ({vocabulary_files_text()}) are missing; download or copy the model again"

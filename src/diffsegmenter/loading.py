@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .hub import ModelNotFoundError, load_component, looks_like_local_path
+from .hub import ModelNotFoundError, load_component, looks_like_local_path, reads_cache_only
 from .model_files import check_model_files, check_not_single_file, model_root
 from .settings import ModelSettings
 
@@ -171,18 +171,13 @@ def _read_json(src: str, filename: str, local_files_only: bool | None) -> dict[s
     component loader then gives the actionable error)."""
     import json
 
-    from .hub import hub_offline
-
     if looks_like_local_path(src):
         path = Path(src).expanduser() / filename
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     from huggingface_hub import hf_hub_download
 
-    from .hub import hub_reachable
-
-    cache_only = bool(local_files_only) or hub_offline() or not hub_reachable()  # no retries against no network
     try:
-        path = hf_hub_download(src, filename, local_files_only=cache_only)
+        path = hf_hub_download(src, filename, local_files_only=reads_cache_only(local_files_only))
     except Exception:  # noqa: BLE001 - the component loader below gives the actionable error
         return {}
     return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -25,9 +25,8 @@ from .hub import (
     ModelNotFoundError,
     cached_folder,
     describe_load_failure,
-    hub_offline,
-    hub_reachable,
     looks_like_local_path,
+    reads_cache_only,
     vocabulary_files_text,
 )
 
@@ -51,7 +50,7 @@ def model_root(src: str, local_files_only: bool | None = None) -> Path | None:
     """
     if looks_like_local_path(src):
         return Path(os.path.expanduser(src))
-    if not (local_files_only or hub_offline() or not hub_reachable()):
+    if not reads_cache_only(local_files_only):
         return None
     found = cached_folder(src, "model_index.json")
     return Path(found) if found is not None else None

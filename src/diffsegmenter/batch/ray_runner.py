@@ -151,10 +151,13 @@ class _SegmentActor:
         return {"index": list(batch["index"]), "status": status, "reason": reason, "found": found}
 
 
-def _written_since(job: Any, started: float) -> bool:
+def _written_since(job: Any, formats: Sequence[str], started: float) -> bool:
     """Whether the job's sidecar (written last, after its outputs) was written at or after ``started``."""
+    from ..io.results import output_paths
+
     try:
-        return (Path(job.out_dir) / f"{job.stem}.json").stat().st_mtime >= started - 1.0  # coarse file clocks
+        sidecar = output_paths(job.out_dir, job.stem, formats).sidecar
+        return sidecar.stat().st_mtime >= started - 1.0  # coarse file clocks
     except OSError:
         return False
 
@@ -270,7 +273,7 @@ def run_on_ray(
                 )
         if report.stopped is not None:  # images that actors finished after the stop (or before a failure) count
             for index, job in enumerate(pending):
-                if index not in done and _written_since(job, started) and task.is_done(job):
+                if index not in done and _written_since(job, task.formats, started) and task.is_done(job):
                     done[index] = ("ok", "", None)  # known from its files: what its write returned is not
         for index, job in enumerate(pending):
             if index not in done:
