@@ -1,6 +1,7 @@
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -267,9 +268,83 @@ def test_changed_settings_refuse_to_mix_predictions(voc, tmp_path):
     seg.unet.config["_name_or_path"] = "org/model-b"
     with pytest.raises(ValueError, match="model-a"):
         evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
-    seg.config.template = "a photo of {}"
-    with pytest.raises(ValueError, match="segmenter_config"):
-        evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
+    seg.unet.config["_name_or_path"] = "org/model-a"
+    seg.config.seed = 1
+    with pytest.raises(ValueError, match=r"settings \(segmenter_config.seed: 0 -> 1\)\. Resuming"):
+        evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)  # that setting, not the dicts
+    seg.config.seed = 0
+    seg.config.batch_size = 4  # a smaller batch after running out of memory (as `segment` allows): the same results
+    assert evaluate(seg, voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)["reused"] == 1
+
+
+def test_a_run_with_other_settings_is_refused_while_another_uses_the_folder(voc, tmp_path):
+    # the second of two runs started together (shards started with `&`) replaced the first's run_config.json
+    # while no prediction was written yet, and both went on: predictions of both settings, recorded as one
+    import fcntl
+
+    from diffsegmenter.batch.folder import SHARED_LOCK_FILE
+    from diffsegmenter.batch.runner import check_run_fingerprint
+
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(tau=0.5), voc, out, protocol="oracle", limit=1, progress=False)
+    first = harness._fingerprint(FakeSegmenter(tau=0.4), voc, "oracle", 0.4, None, None)
+    (out / "predictions").rename(tmp_path / "kept")  # the other run has recorded its settings, not predicted yet
+    check_run_fingerprint(out, first)
+    fd = os.open(out / SHARED_LOCK_FILE, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # ... and is running
+    try:
+        with pytest.raises(ValueError, match=r"another run with other settings \(tau: 0.4 -> 0.5\) is writing"):
+            evaluate(FakeSegmenter(tau=0.5), voc, out, protocol="oracle", limit=1, progress=False)
+        assert json.loads((out / "run_config.json").read_text())["tau"] == 0.4
+        report = evaluate(FakeSegmenter(tau=0.4), voc, out, protocol="oracle", limit=1, progress=False)
+        assert report["computed"] == 1  # a run with the same settings joins it
+    finally:
+        os.close(fd)
+    shutil.rmtree(out / "predictions")  # when no run holds the folder, a run that predicted nothing is replaced
+    assert evaluate(FakeSegmenter(tau=0.5), voc, out, protocol="oracle", limit=1, progress=False)["computed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("record", "content", "match"),
+    [
+        ("run_config.json", "{bad", "run_config.json is not a readable run record \\(Expecting property name"),
+        ("run_config.json", "[1, 2]", "run_config.json is not a readable run record \\(it holds a JSON list"),
+        ("run_info.json", "{bad", "run_info.json is not a readable run record"),
+    ],
+)
+def test_a_damaged_run_record_is_named_with_the_way_out(voc, tmp_path, record, content, match):
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, protocol="oracle", limit=1, progress=False)
+    (out / record).write_text(content)
+    with pytest.raises(ValueError, match=match + ".*delete it"):  # was a bare JSON error, or an AttributeError
+        if record == "run_info.json":
+            harness.score_predictions(voc, out, limit=1, progress=False)  # --score-only
+        else:
+            evaluate(FakeSegmenter(), voc, out, protocol="oracle", limit=1, progress=False)
+
+
+def test_a_file_where_the_predictions_go_is_named(voc, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "predictions").write_text("")
+    with pytest.raises(ValueError, match="predictions is a file, where the run keeps its predictions: move it"):
+        evaluate(FakeSegmenter(), voc, tmp_path / "out", protocol="oracle", limit=1, progress=False)
+
+
+def test_a_shard_under_a_launcher_is_refused(voc, tmp_path, monkeypatch):
+    # every process of the launch predicted the same shard (and with 0/1, each scored and wrote metrics.json)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="every process would predict the same shard"):
+        evaluate(FakeSegmenter(), voc, tmp_path / "out", protocol="oracle", shard=(0, 2), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_process_of_the_launch_that_died_is_reported_in_one_line():
+    def closed():
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    with pytest.raises(harness.PeerProcessError, match="another process of this launch stopped .* resume"):
+        harness._collective(closed)
+    assert harness._collective(lambda: 3) == 3
 
 
 @pytest.mark.parametrize(

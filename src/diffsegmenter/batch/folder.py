@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -10,12 +11,15 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["LOCK_FILE", "output_lock", "prepare_out_dir"]
+__all__ = ["LOCK_FILE", "SHARED_LOCK_FILE", "SharedFolderLock", "output_lock", "prepare_out_dir", "shared_output_lock"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".diffsegmenter.lock"
 """Lock file in the output folder; held (``fcntl.flock``) for the whole run."""
+
+SHARED_LOCK_FILE = ".diffsegmenter-shared.lock"
+"""Lock file of runs that may share an output folder (the shards of one evaluation): :func:`shared_output_lock`."""
 
 
 def prepare_out_dir(text: str | os.PathLike) -> Path:
@@ -78,5 +82,61 @@ def output_lock(out: Path) -> Iterator[None]:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclasses.dataclass
+class SharedFolderLock:
+    """The lock :func:`shared_output_lock` holds: ``exclusive`` while no other run uses the folder, until
+    :meth:`share`."""
+
+    fd: int | None
+    exclusive: bool
+
+    def share(self) -> None:
+        """Let other runs in (their settings must then equal the ones recorded under the exclusive lock)."""
+        if self.fd is not None and self.exclusive:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+        self.exclusive = False
+
+
+@contextlib.contextmanager
+def shared_output_lock(out: Path) -> Iterator[SharedFolderLock]:
+    """Hold ``<out>/.diffsegmenter-shared.lock`` for a run that other runs with the same settings may join.
+
+    On entry the lock is exclusive when no other run holds the folder: the run may then record (or replace) the
+    folder's settings, and calls :meth:`SharedFolderLock.share` once they are recorded. When other runs hold it, it is
+    shared (after waiting for a run that is recording its settings, a moment), and the run must match the settings
+    recorded. Like :func:`output_lock`, the system releases it when the process ends however it ends; where locks do
+    not exist, ``exclusive`` is True and the run goes on unlocked, with a note in the log.
+
+    Raises:
+        UsageError: the lock file cannot be created.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        logger.info("no file locking on this system: do not run two evaluations with other settings on one --out")
+        yield SharedFolderLock(None, True)
+        return
+    path = out / SHARED_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UsageError(f"cannot create the lock file {str(path)!r} ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = SharedFolderLock(fd, True)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            lock = SharedFolderLock(fd, False)
+        except OSError as exc:  # e.g. a network file system without locks
+            logger.warning("cannot lock %s (%s); make sure no other run writes there", path, exc.strerror or exc)
+            lock = SharedFolderLock(None, True)
+        yield lock
     finally:
         os.close(fd)  # releases the lock

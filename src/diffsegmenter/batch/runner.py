@@ -46,6 +46,7 @@ __all__ = [
     "changed_settings",
     "check_earlier_requests",
     "check_run_fingerprint",
+    "read_run_record",
     "finish_report",
     "normalise_fingerprint",
     "print_problems",
@@ -170,43 +171,80 @@ def normalise_fingerprint(payload: Any) -> Any:
     return json.loads(json.dumps(payload, default=str))
 
 
+def read_run_record(path: Path) -> dict[str, Any]:
+    """A run's JSON record (``run_config.json``, ``run_info.json``) as a dict.
+
+    Raises:
+        ValueError: the file cannot be read, is not JSON, or holds no JSON object (naming the file and the way out).
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"it holds a JSON {type(value).__name__}, not an object"
+    raise ValueError(
+        f"{path} is not a readable run record ({problem}): it was damaged or written by something else; delete it "
+        f"(the next run records its settings again), or use another output folder"
+    )
+
+
 def check_run_fingerprint(
-    out_dir: Path, fingerprint: dict[str, Any], *, file: str = RUN_CONFIG, results: str = "predictions"
+    out_dir: Path,
+    fingerprint: dict[str, Any],
+    *,
+    file: str = RUN_CONFIG,
+    results: str = "predictions",
+    may_replace: bool = True,
 ) -> None:
     """Refuse to mix results made with different settings in one output folder; record the settings on first use.
 
-    A setting the recorded fingerprint lacks (an older version did not record it) is not compared. A fingerprint
-    left by a run that wrote no result (it failed before its first image: a wrong flag, a model that would not load)
-    is replaced, so that the corrected command is not refused.
+    A setting one side does not record (an older version did not record it, or a newer one dropped it) is not
+    compared (:func:`changed_settings`). A fingerprint left by a run that wrote no result (it failed before its first
+    image: a wrong flag, a model that would not load) is replaced, so that the corrected command is not refused;
+    unless `may_replace` is False: another run that uses the folder now may not have written its first result yet.
 
     Args:
         out_dir (`Path`): the output folder.
         fingerprint (`dict`): JSON-able settings that decide the results.
         file (`str`, defaults to ``"run_config.json"``): where the fingerprint is kept in `out_dir`.
         results (`str`, defaults to ``"predictions"``): the results' folder in `out_dir`, named in the message.
+        may_replace (`bool`, defaults to `True`): no other run uses the folder (the caller holds it exclusively).
 
     Raises:
-        ValueError: the folder holds a different fingerprint (the message lists each changed setting).
+        ValueError: the folder holds a different fingerprint (the message lists each changed setting), or its record
+            cannot be read.
     """
     from ..io.atomic import write_json
 
     fingerprint = normalise_fingerprint(fingerprint)
     path = out_dir / file
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in previous if previous.get(k) != fingerprint.get(k))
-        folder = out_dir / results
-        if changed and not (folder.is_dir() and any(folder.iterdir())):
-            logger.info("%s: no %s were made with the settings it records; recording this run's", path, results)
-            changed = []
-            write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
-        if changed:
-            details = "; ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+    if not path.is_file():
+        if not may_replace:
             raise ValueError(
-                f"{out_dir} holds {results} made with other settings ({details}). Resuming would mix them: use "
-                f"another output folder, or delete {out_dir / results} and {path} to start over."
+                f"another run is using {out_dir} and has not recorded its settings ({path}); wait for it to finish, "
+                "or use another output folder"
             )
+        write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
         return
+    changed = changed_settings(read_run_record(path), fingerprint)
+    if not changed:
+        return
+    details = "; ".join(changed)
+    folder = out_dir / results
+    if not may_replace:
+        raise ValueError(
+            f"another run with other settings ({details}) is writing to {out_dir}; runs that share a folder (shards "
+            "of one evaluation) must use the same settings: wait for it to finish, or use another output folder"
+        )
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(
+            f"{out_dir} holds {results} made with other settings ({details}). Resuming would mix them: use "
+            f"another output folder, or delete {out_dir / results} and {path} to start over."
+        )
+    logger.info("%s: no %s were made with the settings it records; recording this run's", path, results)
     write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
 
 

@@ -210,16 +210,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``diffsegmenter eval``: prints the mIoU and where the report is; a failure is a one-line usage error. Exit 1
     when some images had no prediction to score (``--score-only`` before every shard ran): the number printed then
     counts them as all background and is not the benchmark's."""
+    from ..evaluation.harness import PeerProcessError
     from .model import quiet_weight_loading
 
     quiet = quiet_weight_loading(args.model) if args.model is not None else contextlib.nullcontext()
     try:
         with quiet:
             report = run_eval(args)
-    except (ValueError, OSError) as exc:  # ModelNotFoundError, bad dataset root, refused resume...
+    except (ValueError, OSError, PeerProcessError) as exc:  # ModelNotFoundError, bad dataset root, refused resume...
         logger.debug("evaluation failed", exc_info=exc)
         raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
     if isinstance(report, dict) and report.get("metrics_computed") is False:
+        if args.shard is None:  # a process of a launch other than the main one, which scores and reports
+            return EXIT_OK
         print(
             f"Predictions of this shard saved in {Path(args.out) / 'predictions'}; once every shard has run, score "
             "them with the same command and --score-only (instead of --shard)"

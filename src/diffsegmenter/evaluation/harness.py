@@ -32,14 +32,22 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from ..batch.runner import RUN_CONFIG, BatchRunner, BatchTask, check_run_fingerprint, segmenter_session
+from ..batch.folder import shared_output_lock
+from ..batch.runner import (
+    RUN_CONFIG,
+    BatchRunner,
+    BatchTask,
+    check_run_fingerprint,
+    result_settings,
+    segmenter_session,
+)
 from ..config import RELEASED_SCRIPT_RULES, check_tau
 from ..images import read_stored_pixels
 from ..io.atomic import write_json, write_npz
@@ -93,6 +101,7 @@ __all__ = [
     "RUN_CONFIG",
     "SWEEP_TAUS",
     "EvalTask",
+    "PeerProcessError",
     "evaluate",
     "load_candidates",
     "parse_shard",
@@ -191,8 +200,8 @@ def _config_dict(segmenter: Any) -> dict[str, Any]:
     else:
         values = {}
     values.pop("tau", None)  # the effective tau is recorded separately
-    values.pop("max_image_pixels", None)  # a limit on the inputs, not a setting of the predictions
-    return json.loads(json.dumps(values, default=str, sort_keys=True))
+    # without the settings that do not change the predictions (batch_size, max_image_pixels): a resume may change them
+    return json.loads(json.dumps(result_settings(values), default=str, sort_keys=True))
 
 
 def _model_id(segmenter: Any) -> str | None:
@@ -247,6 +256,12 @@ def _check_options(
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     if shard is not None:
         shard_bounds(0, *shard)  # validates (i, n) before anything is written
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                f"shard {shard[0]}/{shard[1]} under a launcher of {os.environ['WORLD_SIZE']} processes: every process "
+                "would predict the same shard. Either launch the processes without --shard (they split the images "
+                "and the main process scores them), or run the --shard jobs without torchrun / accelerate launch"
+            )
     if tau is not None and dataset.has_background:
         check_tau(tau)  # before anything is written
     if not dataset.has_background:
@@ -429,7 +444,8 @@ class EvalTask(BatchTask[Sample]):
 
 def _my_part(samples: list[Sample], shard: tuple[int, int] | None, state: Any) -> list[Sample]:
     """The samples this process predicts: its ``--shard``, its :func:`shard_bounds` share under ``accelerate launch``
-    (not accelerate's own split, whose result depends on its version), else all."""
+    (not accelerate's own split, whose result depends on its version), else all. Under a launcher, `samples` are the
+    ones still to predict (:func:`_pending_everywhere`), so that a resume splits the remaining work evenly."""
     if shard is not None:
         start, end = shard_bounds(len(samples), *shard)
     elif state is not None:
@@ -437,6 +453,40 @@ def _my_part(samples: list[Sample], shard: tuple[int, int] | None, state: Any) -
     else:
         start, end = 0, len(samples)
     return samples[start:end]
+
+
+def _pending_everywhere(samples: list[Sample], task: EvalTask) -> list[Sample]:
+    """The samples without a prediction yet, as the main process sees them, on every process.
+
+    Each process splitting the whole list left one with nothing to do on a resume, waiting at the final barrier for
+    the others' whole share (past the process group's time-out: 30 minutes on gloo). Deciding on the main process and
+    sending it to the others makes them agree, though the others may have started writing predictions already.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    names = [s.image_id for s in samples if not task.is_done(s)] if PartialState().is_main_process else None
+    message = [names]
+    _collective(lambda: broadcast_object_list(message, from_process=0))
+    pending = set(message[0])
+    return [s for s in samples if s.image_id in pending]
+
+
+class PeerProcessError(RuntimeError):
+    """Another process of a launched evaluation stopped (with its own error); this one cannot go on."""
+
+
+def _collective(step: Callable[[], Any]) -> Any:
+    """Run a step every process of the launch takes part in; a process that died turns into
+    :class:`PeerProcessError` (torch's own error is a traceback about a closed connection)."""
+    try:
+        return step()
+    except RuntimeError as exc:  # torch.distributed.DistBackendError is one
+        logger.debug("collective step failed", exc_info=exc)
+        raise PeerProcessError(
+            "another process of this launch stopped (its error is printed above); the predictions made so far are "
+            "kept: rerun the same command to resume"
+        ) from None
 
 
 def _shard_summary(
@@ -536,14 +586,46 @@ def evaluate(
     segment_tau, effective_tau = _taus(segmenter, dataset, tau)
     candidates = load_candidates(candidates_json, dataset) if candidates_json is not None else None
     fingerprint = _fingerprint(segmenter, dataset, protocol, effective_tau, candidates_json, filter)
-    check_run_fingerprint(out, fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in ("predictions", "scores"):
+        if (out / folder).exists() and not (out / folder).is_dir():
+            raise ValueError(
+                f"{out / folder} is a file, where the run keeps its {folder}: move it away, or use another --out"
+            )
+    with shared_output_lock(out) as lock:  # shards with the same settings may share the folder, others may not
+        check_run_fingerprint(out, fingerprint, may_replace=lock.exclusive)
+        lock.share()
+        check_run_fingerprint(out, fingerprint, may_replace=False)  # no other run replaced it while the lock changed
+        return _predict_and_score(segmenter, dataset, out, protocol, samples, candidates, candidates_json, filter,
+                                  segment_tau, fingerprint, shard, limit, progress, sweep_tau)  # fmt: skip
+
+
+def _predict_and_score(
+    segmenter: Any,
+    dataset: SegmentationDataset,
+    out: Path,
+    protocol: str,
+    samples: list[Sample],
+    candidates: dict[str, list[int]] | None,
+    candidates_json: Any,
+    filter: Any,
+    segment_tau: float | None,
+    fingerprint: dict[str, Any],
+    shard: tuple[int, int] | None,
+    limit: int | None,
+    progress: bool,
+    sweep_tau: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate` once the folder's settings are checked: predict this process's part, then score (or return
+    the shard's summary)."""
     task = EvalTask(segmenter, dataset, out, protocol, candidates, filter, segment_tau, sweep_tau)
     info = _run_info(task, fingerprint, samples, candidates_json)
     write_json(out / RUN_INFO, info, ensure_ascii=True)  # every process writes the same
 
     on_cpu = str(getattr(segmenter, "device", "cpu")).startswith("cpu")
     state = _partial_state(cpu=on_cpu) if shard is None else None
-    part = _my_part(samples, shard, state)
+    todo = _pending_everywhere(samples, task) if state is not None else samples
+    part = _my_part(todo, shard, state)
     show = progress and (state is None or state.is_local_main_process)
     runner = BatchRunner(on_error="raise", progress=show, desc=f"{dataset.name}/{protocol}", done_note=None)
     report = runner.run(part, task)
@@ -552,9 +634,13 @@ def evaluate(
         dataset.name, len(report.segmented), len(report.already_done), out / "predictions",
     )  # fmt: skip
 
-    if state is not None:
-        state.wait_for_everyone()
+    computed, reused = len(report.segmented), len(report.already_done)
+    if state is not None:  # every process's counts; also waits for all of them to finish
+        from accelerate.utils import gather_object
+
+        computed = sum(_collective(lambda: gather_object([len(report.segmented)])))
+        reused = len(samples) - len(todo) + sum(_collective(lambda: gather_object([len(report.already_done)])))
     if (shard is not None and shard[1] > 1) or (state is not None and not state.is_main_process):
         return _shard_summary(dataset, protocol, shard, state, len(part), report)
-    info.update(computed=len(report.segmented), reused=len(report.already_done))
+    info.update(computed=computed, reused=reused)
     return score_predictions(dataset, out, limit=limit, sweep_tau=sweep_tau, progress=progress, info=info)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..batch.runner import RUN_CONFIG
+from ..batch.runner import RUN_CONFIG, read_run_record
 from ..io.atomic import write_json, write_text
 from .datasets import SegmentationDataset
 from .metrics import ConfusionMatrix
@@ -143,9 +142,9 @@ def score_predictions(
         check_scored_run(out, dataset, tau=tau, candidates_json=candidates_json)
         info = {}
         if (out / RUN_INFO).is_file():
-            info = json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+            info = read_run_record(out / RUN_INFO)
         elif (out / RUN_CONFIG).is_file():  # a folder from a version that wrote no run_info.json
-            previous = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8"))
+            previous = read_run_record(out / RUN_CONFIG)
             info = {k: previous.get(k) for k in ("protocol", "tau", "filter", "model")}
     no_pred = 0 if dataset.has_background else dataset.ignore_index
     report = _score(dataset, samples, out, no_pred, sweep_tau, progress)
@@ -205,7 +204,7 @@ def check_scored_run(
     path = Path(out_dir) / RUN_CONFIG
     if not path.is_file():
         return
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    previous = read_run_record(path)
     if isinstance(previous.get("classes"), list):  # the names may be spelt otherwise (--class-names): ids count
         previous["num_classes"] = len(previous["classes"])
     wanted = {"dataset": dataset.name, "split": dataset.split, "num_classes": dataset.num_classes}
