@@ -470,3 +470,33 @@ def test_a_folder_edit_with_a_prompt_too_long_is_one_usage_error(tiny_model_dir,
     assert cli.main([*argv, "--model", str(tiny_model_dir)]) == 2
     err = capsys.readouterr().err
     assert "tokens long" in err and "skipped" not in err
+
+
+def test_huge_dilate_and_feather_radii_cost_no_more_than_the_image_allows():
+    # dilate=10**6 asked torch for 32 TB; feather=200 took 39 s on a 40 x 48 mask, 10**4 never ended
+    mask = torch.zeros(40, 48, dtype=torch.bool)
+    mask[10:30, 12:40] = True
+    assert dilate_mask(mask, 10**6).all()
+    assert torch.equal(dilate_mask(mask, 10**6), dilate_mask(mask, 40 + 48))
+    weight = feather_mask(mask, 10**4)
+    assert weight[~mask].eq(0).all() and weight.max() == pytest.approx(10 / (10**4 + 1))  # 10 steps to the edge
+
+
+def test_dilate_and_feather_match_the_disk_definition_on_random_masks():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        height, width = torch.randint(1, 24, (2,), generator=generator).tolist()
+        mask = torch.rand(height, width, generator=generator) < torch.rand(1, generator=generator).item()
+        yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        points = torch.stack([yy.flatten(), xx.flatten()], 1).float()
+        squared = torch.cdist(points, points).pow(2).round()  # (P, P) squared distances
+        for radius in (1, 2, 3, 6):
+            near = (squared <= radius * radius) & mask.flatten()[None]
+            assert torch.equal(dilate_mask(mask, radius), near.any(1).view(height, width))
+            outside = ~mask.flatten()
+            expected = mask.float().flatten()
+            if outside.any() and mask.any():
+                steps = torch.ceil(squared[:, outside].min(1).values.sqrt() - 1e-6)
+                ring = mask.flatten() & (steps <= radius)
+                expected[ring] = steps[ring] / (radius + 1)
+            assert torch.allclose(feather_mask(mask, radius).flatten(), expected), (height, width, radius)

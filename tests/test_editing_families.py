@@ -196,3 +196,36 @@ def test_blended_loop_with_a_free_mask_is_the_diffusers_pipeline(segmenters, nam
         expected = _pipeline_latents(name, bb, start, cond, empty, steps, guidance)
     torch.testing.assert_close(final, expected.float(), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(final, start, atol=1e-2)  # the loop did move
+
+
+# ------------------------------------------------------------------------------------------------- odd requests
+@pytest.mark.parametrize("name", ["flux", "pixart"])
+def test_names_the_t5_tokenizer_cannot_read_are_refused_not_read_as_a_blank_token(segmenters, name):
+    # T5 reads an unknown word as a bare "▁" and <unk>: "🐱" and "🐶" both read the blank token, got identical
+    # maps, and the second could never win a pixel
+    seg = segmenters[name]
+    with pytest.raises(ValueError, match="cannot read class name '🐱'"):
+        seg.segment(family_image(), ["🐱", "dog"])
+    with pytest.raises(ValueError, match="classes '猫 cat' and '犬 cat' are the same tokens"):
+        seg.segment(family_image(), ["猫 cat", "犬 cat"])
+    (prompt,) = seg.build_prompts(family_image(), ["猫 cat"])
+    tokens = seg.tokenizer.convert_ids_to_tokens([prompt.input_ids[i] for i in prompt.class_tokens[0]])
+    assert tokens == ["▁cat"]  # the readable part only: no blank "▁", no <unk>
+
+
+def test_an_edit_that_overflows_is_refused_not_returned_black(segmenters):
+    with pytest.raises(ValueError, match="latents overflowed to inf/NaN .*guidance=1e\\+30"):
+        _edit(segmenters["sdxl"], family_image(), guidance=1e30)
+
+
+def test_odd_edit_requests_are_refused_before_any_work(segmenters, monkeypatch):
+    seg = segmenters["sd3"]
+    monkeypatch.setattr(seg, "segment", lambda *a, **k: pytest.fail("segmented before refusing"))
+    with pytest.raises(ValueError, match="new_class 'Cat' is the target itself"):
+        _edit(seg, family_image(), new_class="Cat", candidates=2)  # kept the candidate that changed the least
+    with pytest.raises(ValueError, match="cannot read class name '™'"):
+        _edit(seg, family_image(), new_class="™")  # refused after a segmentation and a whole edit
+    with pytest.raises(ValueError, match="the edit's resolution"):
+        _edit(seg, family_image(), resolution=42)  # refused after the segmentation
+    with pytest.raises(TypeError, match="'readout', which is not an edit setting; the edit settings are dilate"):
+        _edit(seg, family_image(), readout="paper")

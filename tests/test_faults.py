@@ -510,7 +510,7 @@ def test_names_the_tokenizer_cannot_place_are_reported_once_up_front(
     argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir)]
     code, _, stderr = _run(argv + ["--classes", "cat,™"], capsys)
     line = _error_line(stderr)
-    assert code == 2 and "'™'" in line and "no token" in line
+    assert code == 2 and "'™'" in line and "cannot read class name" in line
     assert not list(out.glob("img*"))  # no image was read
 
     long_name = " ".join(["cat"] * 80)

@@ -108,7 +108,7 @@ def test_emphasis_scope_last_word_is_compels_reading_of_the_released_plus_plus(t
 
 
 def test_unplaceable_names_raise(tok):
-    with pytest.raises(ClassTokenError, match="no token"):
+    with pytest.raises(ClassTokenError, match="cannot read class name"):
         per_class_prompt(tok, "™™", 0, "a photograph of {}", "{}")
     with pytest.raises(ClassTokenError, match="empty"):
         per_class_prompt(tok, "  ", 0, "a photograph of {}", "{}")

@@ -8,6 +8,7 @@ and which passes run and how their maps become class scores is a :mod:`~diffsegm
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -405,6 +406,14 @@ class DiffSegmenter:
         """
         from .editing import EditSettings, edit_images
 
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(EditSettings)})
+        if unknown:
+            raise TypeError(
+                f"edit() got {', '.join(map(repr, unknown))}, which is not an edit setting; the edit settings are "
+                f"{', '.join(f.name for f in dataclasses.fields(EditSettings))}. A segmentation setting goes in the "
+                "segmenter's config (DiffSegmenter.from_pretrained(..., name=value), or seg.config = "
+                "seg.config.replace(name=value))"
+            )
         return edit_images(
             self,
             [image],
@@ -498,7 +507,8 @@ class DiffSegmenter:
     def check_classes(self, classes: Sequence[str]) -> list[str]:
         """Check a class list once, before any image: the shared list rule
         (:func:`~diffsegmenter.classes.check_class_names`), then that this model's tokenizer can place every name in
-        a prompt of the configured template (not empty after tokenising, not cut off by the text encoder's length).
+        a prompt of the configured template (readable after tokenising, not cut off by the text encoder's length),
+        and that no two names are the same tokens to it (they would get identical maps).
 
         The command line calls it right after loading the model, so a bad name is reported once, up front.
 
@@ -514,14 +524,22 @@ class DiffSegmenter:
         """
         names = check_class_names(classes)
         cfg = self.config
+        read_as: dict[tuple[int, ...], str] = {}
         for name in names:
             try:
                 # a single-mode prompt naming one class has exactly these segments too
-                per_class_prompt(self.tokenizer, name, 0, cfg.template, cfg.class_phrase)
+                prompt = per_class_prompt(self.tokenizer, name, 0, cfg.template, cfg.class_phrase)
             except ClassTokenError as exc:
                 if repr(short_name(name)) in str(exc):
                     raise
                 raise ClassTokenError(f"class {short_name(name)!r}: {exc}") from None
+            tokens = tuple(prompt.input_ids[i] for i in prompt.class_tokens[0])
+            if tokens in read_as:  # e.g. two names whose other characters the tokenizer does not know
+                raise ClassTokenError(
+                    f"classes {short_name(read_as[tokens])!r} and {short_name(name)!r} are the same tokens to this "
+                    "model's tokenizer, so they would get identical maps; rename one with words it can read"
+                )
+            read_as[tokens] = name
         return names
 
     def _get_filter(self, filter: Any):

@@ -25,7 +25,8 @@ class TokenisedPrompt:
         text (`str`): the prompt text (the segments joined).
         input_ids (`list[int]`): BOS (when the tokenizer has one: CLIP yes, T5 no), the segments' tokens, EOS, then
             padding; length = the tokenizer's max length (77 for CLIP; a T5 backbone sets its own, e.g. 256 or 300).
-        spans (`dict[str, list[int]]`): for each tagged segment, the positions of its tokens in ``input_ids``.
+        spans (`dict[str, list[int]]`): for each tagged segment, the positions of its tokens in ``input_ids``, from
+            its first to its last readable one (unknown and blank pieces at either end are left out).
     """
 
     text: str
@@ -35,6 +36,12 @@ class TokenisedPrompt:
 
 def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _readable(tokenizer, token: int) -> bool:
+    """Whether a token carries text the tokenizer knows: not its unknown token, and not a piece that decodes to
+    whitespace (sentencepiece's bare "▁")."""
+    return token != tokenizer.unk_token_id and bool(tokenizer.decode([token]).strip())
 
 
 def tokenise_segments(
@@ -54,8 +61,9 @@ def tokenise_segments(
         `TokenisedPrompt`: the padded ids and the span of every tag.
 
     Raises:
-        ClassTokenError: a tagged segment produced no token, or the prompt is longer than the tokenizer's
-            ``model_max_length`` (the message names the segment and the lengths).
+        ClassTokenError: a tagged segment has no token the tokenizer can read (only unknown or blank pieces), or
+            the prompt is longer than the tokenizer's ``model_max_length`` (the message names the segment and the
+            lengths).
     """
     max_len = int(tokenizer.model_max_length)
     # CLIP prompts start with BOS; T5 (SD3's third encoder, FLUX, PixArt) has none and ends with EOS only
@@ -76,13 +84,16 @@ def tokenise_segments(
         # verbose=False: a name longer than the encoder is reported below, not by a tokenizer warning
         piece = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if tag is not None:
-            unknown = tokenizer.unk_token_id
-            if not piece or (unknown is not None and all(tok == unknown for tok in piece)):
+            # T5's sentencepiece reads an unknown word as a bare word-start piece "▁" and <unk>: a name read only
+            # so gave the attention of that generic token, the same for every such name (emoji, most non-Latin
+            # scripts). The span runs from the first to the last piece the tokenizer can read.
+            readable = [i for i, tok in enumerate(piece) if _readable(tokenizer, tok)]
+            if not readable:
                 raise ClassTokenError(
-                    f"the tokenizer produced no token for class name {text!r}; use a name made of words it can "
-                    "read (letters, digits)"
+                    f"this model's tokenizer cannot read class name {text!r} (it reads it as unknown or blank "
+                    "tokens only); use a name made of words it can read (letters, digits)"
                 )
-            spans[tag] = list(range(len(ids), len(ids) + len(piece)))
+            spans[tag] = list(range(len(ids) + readable[0], len(ids) + readable[-1] + 1))
             tagged[tag] = text
         ids.extend(piece)
     if last_start is not None and len(ids) + 1 > max_len:

@@ -159,7 +159,7 @@ def edit_command(
     settings = settings or EditSettings()
     target = check_class_names([target])[0]
     prompt = _check_prompt(prompt, target)
-    new_class = _check_new_classes(new_class, 1, settings)[0]
+    new_class = _check_new_classes(new_class, 1, settings, [target])[0]
     if tau is not None:
         tau = check_tau(tau)
     if classes is not None:
