@@ -9,8 +9,18 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# at most 2 torch threads (more only stall the tiny models), shared out among pytest-xdist's workers (``-n 2``):
+# two workers of 2 threads each on 2 cores fought over them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
 _THREADS = torch.get_num_threads()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` first (in their order), then the rest as collected: pytest-xdist hands the first
+    tests out to its workers in turn, so the longest ones start at once on different workers instead of ending the
+    run on one of them while the others wait."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -90,6 +90,7 @@ def test_reference_calls_captioner_per_class_engine_once(tiny_components):
     assert np.abs(ref["scores"] - res.scores).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_gpu_throughput_script_runs_every_case_on_tiny_models(tmp_path):
     """benchmarks/gpu_throughput.py --smoke: every section on the CPU (tiny models), JSON written, tables rendered."""
     from benchmarks import gpu_tables, gpu_throughput
@@ -144,6 +145,7 @@ def test_gpu_throughput_script_stops_adding_cases_when_the_budget_is_spent(tmp_p
     assert "sd15 batch 1" in skipped and "family pixart" in skipped
 
 
+@pytest.mark.slow
 def test_filter_cost_benchmark_times_both_filters_against_the_plain_call(tmp_path):
     """benchmarks/filter_cost.py on one val scene: every variant timed, ratios to the plain call, the shipped filter
     read from the model folder (regions) beside the previous one (quantile), JSON written."""

@@ -487,6 +487,7 @@ def test_demo_on_the_tiny_model_writes_overlays(tmp_path: Path, tiny_model_dir: 
     assert str(out.resolve()) in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (SHIPPED_MODEL / "unet").is_dir(), reason="the shipped shapes model (models/shapes/) is not built yet"
 )

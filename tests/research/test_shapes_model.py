@@ -27,6 +27,7 @@ def shapes_segmenter():
     return DiffSegmenter.from_pretrained("shapes")
 
 
+@pytest.mark.slow
 def test_shipped_model_quality_does_not_regress(shapes_segmenter):
     m = evaluate_segmenter(shapes_segmenter, scenes_of("test", 48))
     assert m["mIoU"] >= 0.82, m
