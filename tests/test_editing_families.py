@@ -15,6 +15,7 @@ import torch
 from diffsegmenter.backbones.base import FlowSigma
 from diffsegmenter.backbones.dit import FlowMatchSampler, flow_sigma
 from diffsegmenter.backbones.sd import ddim_sampler
+from diffsegmenter.editing import EditSettings, edit_images
 
 from .family_builders import BUILDERS, FAMILY, family_image, free_mask_edit
 
@@ -213,9 +214,14 @@ def test_names_the_t5_tokenizer_cannot_read_are_refused_not_read_as_a_blank_toke
     assert tokens == ["▁cat"]  # the readable part only: no blank "▁", no <unk>
 
 
-def test_an_edit_that_overflows_is_refused_not_returned_black(segmenters):
+def test_an_edit_that_overflows_is_refused_not_returned_black(segmenters, monkeypatch):
     with pytest.raises(ValueError, match="latents overflowed to inf/NaN .*guidance=1e\\+30"):
         _edit(segmenters["sdxl"], family_image(), guidance=1e30)
+    backbone = segmenters["sdxl"].backbone  # finite latents, a half-precision decoder that overflows
+    decode = backbone.decode_latents
+    monkeypatch.setattr(backbone, "decode_latents", lambda x: decode(x) * float("nan"))
+    with pytest.raises(ValueError, match="autoencoder's output overflowed"):
+        _edit(segmenters["sdxl"], family_image())
 
 
 def test_odd_edit_requests_are_refused_before_any_work(segmenters, monkeypatch):
@@ -223,9 +229,27 @@ def test_odd_edit_requests_are_refused_before_any_work(segmenters, monkeypatch):
     monkeypatch.setattr(seg, "segment", lambda *a, **k: pytest.fail("segmented before refusing"))
     with pytest.raises(ValueError, match="new_class 'Cat' is the target itself"):
         _edit(seg, family_image(), new_class="Cat", candidates=2)  # kept the candidate that changed the least
+    with pytest.raises(ValueError, match="classes 'dog' and 'dog ™' are the same tokens"):  # with the image's
+        _edit(seg, family_image(), new_class="dog ™", candidates=2)  # classes, in the candidates' check
     with pytest.raises(ValueError, match="cannot read class name '™'"):
         _edit(seg, family_image(), new_class="™")  # refused after a segmentation and a whole edit
     with pytest.raises(ValueError, match="the edit's resolution"):
         _edit(seg, family_image(), resolution=42)  # refused after the segmentation
     with pytest.raises(TypeError, match="'readout', which is not an edit setting; the edit settings are dilate"):
         _edit(seg, family_image(), readout="paper")
+
+
+def test_new_classes_are_checked_per_image_not_as_one_list(segmenters, monkeypatch):
+    # one image's "Tiger" and another's "tiger" were refused as a duplicate, as if they were one class list
+    class Reached(Exception):
+        pass
+
+    def segment(*args, **kwargs):
+        raise Reached
+
+    seg = segmenters["sd3"]
+    monkeypatch.setattr(seg, "segment", segment)
+    with pytest.raises(Reached):  # the checks passed
+        edit_images(seg, [family_image(), family_image(1)], ["cat", "cat"], ["a tiger", "a tiger"],
+                    classes=["cat", "dog"], new_classes=["Tiger", "tiger"], settings=EditSettings(**FAST),
+                    progress=False)  # fmt: skip

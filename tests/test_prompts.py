@@ -144,3 +144,15 @@ def test_tokenizer_builder_makes_every_word_one_token(tmp_path):
     for w in words:
         assert len(t(w, add_special_tokens=False)["input_ids"]) == 1, w
     assert len(t("zebra", add_special_tokens=False)["input_ids"]) > 1  # unknown words still tokenise by letters
+
+
+def test_the_emphasised_last_word_is_its_readable_pieces_on_t5():
+    # the span leaves unreadable pieces out, but the last word counted them: "cat dog™" emphasised "cat" and "dog"
+    from .family_builders import t5_tokenizer
+
+    tokenizer = t5_tokenizer()
+    tokenizer.model_max_length = 32  # as a T5 backbone sets it
+    prompt = per_class_prompt(tokenizer, "cat dog™", 0, "a photograph of {}", "{}")
+    words = tokenizer.convert_ids_to_tokens
+    assert words([prompt.input_ids[i] for i in prompt.class_tokens[0]]) == ["▁cat", "▁dog"]
+    assert words([prompt.input_ids[i] for i in prompt.last_word_tokens[0]]) == ["▁dog"]

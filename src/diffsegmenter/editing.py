@@ -147,13 +147,15 @@ def _squared_distance(source: torch.Tensor, limit: int) -> torch.Tensor:
         limit (`int`): >= 0; farther pixels get ``inf``.
 
     Returns:
-        `torch.Tensor`: (H, W) float32, whole numbers <= ``limit**2`` (0 on `source`), else ``inf``.
+        `torch.Tensor`: (H, W) float64, whole numbers <= ``limit**2`` (0 on `source`), else ``inf``.
     """
     height, width = source.shape
-    far = torch.tensor(float("inf"))
-    column = torch.where(source, 0.0, far)  # vertical distance to the nearest source pixel in the same column
+    far = torch.tensor(float("inf"), dtype=torch.float64)  # whole numbers stay exact beyond 2**24 (4k images)
+    column = torch.where(
+        source, torch.tensor(0.0, dtype=torch.float64), far
+    )  # vertical distance to the nearest source pixel in the same column
     for dy in range(1, min(limit, height - 1) + 1):
-        step = torch.tensor(float(dy))
+        step = torch.tensor(float(dy), dtype=torch.float64)
         column[dy:] = torch.minimum(column[dy:], torch.where(source[:-dy], step, far))
         column[:-dy] = torch.minimum(column[:-dy], torch.where(source[dy:], step, far))
     column = column * column
@@ -210,7 +212,7 @@ def feather_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
     steps = torch.ceil(torch.sqrt(squared))
     steps = torch.where((steps - 1) * (steps - 1) >= squared, steps - 1, steps)  # exact for whole-number squares
     ring = m & torch.isfinite(squared)
-    weight[ring] = steps[ring] / (radius + 1)
+    weight[ring] = (steps[ring] / (radius + 1)).float()
     return weight
 
 
@@ -289,7 +291,8 @@ def blended_latent_edit(
         the VAE's round trip of the input).
 
     Raises:
-        ValueError: the denoising overflowed (inf or NaN latents: a very large guidance, or half precision).
+        ValueError: the denoising or the decoding overflowed (inf or NaN: a very large guidance, or half
+            precision).
     """
     s = settings or EditSettings()
     n = len(images)
@@ -324,6 +327,11 @@ def blended_latent_edit(
             f"{backbone.dtype}): lower guidance (7.5 is usual), or load the model in float32"
         )
     decoded = backbone.decode_latents(x)
+    if not torch.isfinite(decoded).all():  # finite latents, but a half-precision decoder overflowed
+        raise ValueError(
+            f"the autoencoder's output overflowed to inf/NaN (weights in {backbone.dtype}): load the model in float32 "
+            "(or, for SDXL in float16, with a VAE fixed for it)"
+        )
     return [_to_uint8(decoded[j], im.shape[:2]) for j, im in enumerate(images)]
 
 
@@ -445,8 +453,6 @@ def edit_images(
     targets = [check_class_names([t])[0] for t in targets]
     prompts = [_check_prompt(p, t) for p, t in zip(prompts, targets)]
     new_classes = _check_new_classes(new_classes, n, settings, targets)
-    if any(c is not None for c in new_classes):  # read by the model: refused before any work, not after an edit
-        seg.check_classes([c for c in dict.fromkeys(new_classes) if c is not None])
     if tau is not None:
         tau = check_tau(tau)
     if classes is not None and not isinstance(classes, str) and classes and isinstance(classes[0], (list, tuple)):
@@ -457,6 +463,9 @@ def edit_images(
         planned = [_edit_classes(seg, t, classes) for t in targets]
     targets = [target for target, _ in planned]
     class_lists = [names for _, names in planned]
+    for names, new in zip(class_lists, new_classes):  # the candidates' check segments them together: refuse now
+        if new is not None and find_class(new, names) is None:  # what the model cannot read, not after an edit
+            seg.check_classes([*names, new])
     # a per-call seed follows the config's rule and message, as in segment()
     seed = seg.config.with_seed(seed).seed
     check_generation(seg.backbone, prompts, settings)
@@ -492,10 +501,11 @@ def _check_new_classes(new_classes, n: int, settings: EditSettings, targets: Seq
             raise ValueError(f"got {len(out)} new classes for {n} images: give one per image or one for all")
     out = [None if c is None else check_class_names([c])[0] for c in out]
     for new, target in zip(out, targets):
-        if new is not None and find_class(new, [target]) is not None:
+        if settings.candidates > 1 and new is not None and find_class(new, [target]) is not None:
             raise ValueError(
                 f"new_class {new!r} is the target itself: it names what the prompt puts in the target's place (e.g. "
-                "new_class='tiger' for prompt='a tiger'), and the candidate that changed the least would be kept"
+                "new_class='tiger' for prompt='a tiger'); checking the candidates with it would keep the one that "
+                "changed the least"
             )
     if settings.candidates > 1 and any(c is None for c in out):
         raise ValueError(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokens import ClassTokenError, tokenise_segments
+from .tokens import ClassTokenError, readable_token, tokenise_segments
 
 __all__ = [
     "ClassPrompt",
@@ -116,7 +116,8 @@ def per_class_prompt(
 
 def _last_word_tokens(tokenizer, name: str, tokens: list[int]) -> list[int]:
     """The suffix of a class name's token positions that belongs to its last whitespace word."""
-    n = len(tokenizer(name.split()[-1], add_special_tokens=False)["input_ids"])
+    pieces = tokenizer(name.split()[-1], add_special_tokens=False)["input_ids"]
+    n = sum(readable_token(tokenizer, piece) for piece in pieces)  # the class's span leaves unreadable pieces out
     return tokens[-max(1, min(n, len(tokens))) :]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ClassTokenError", "TokenisedPrompt", "tokenise_segments"]
+__all__ = ["ClassTokenError", "TokenisedPrompt", "readable_token", "tokenise_segments"]
 
 
 class ClassTokenError(ValueError):
@@ -38,7 +38,7 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _readable(tokenizer, token: int) -> bool:
+def readable_token(tokenizer, token: int) -> bool:
     """Whether a token carries text the tokenizer knows: not its unknown token, and not a piece that decodes to
     whitespace (sentencepiece's bare "▁")."""
     return token != tokenizer.unk_token_id and bool(tokenizer.decode([token]).strip())
@@ -87,7 +87,7 @@ def tokenise_segments(
             # T5's sentencepiece reads an unknown word as a bare word-start piece "▁" and <unk>: a name read only
             # so gave the attention of that generic token, the same for every such name (emoji, most non-Latin
             # scripts). The span runs from the first to the last piece the tokenizer can read.
-            readable = [i for i, tok in enumerate(piece) if _readable(tokenizer, tok)]
+            readable = [i for i, tok in enumerate(piece) if readable_token(tokenizer, tok)]
             if not readable:
                 raise ClassTokenError(
                     f"this model's tokenizer cannot read class name {text!r} (it reads it as unknown or blank "

@@ -56,6 +56,8 @@ def output_lock(out: Path) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if fcntl is None:  # pragma: no cover - Windows (yielded outside the except: errors are not chained to it)
         logger.info("no file locking on this system: do not run two diffsegmenter commands on one --out")
         yield
         return
@@ -119,6 +121,8 @@ def shared_output_lock(out: Path) -> Iterator[SharedFolderLock]:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if fcntl is None:  # pragma: no cover - Windows (yielded outside the except: errors are not chained to it)
         logger.info("no file locking on this system: do not run two evaluations with other settings on one --out")
         yield SharedFolderLock(None, True)
         return
@@ -132,11 +136,12 @@ def shared_output_lock(out: Path) -> Iterator[SharedFolderLock]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             lock = SharedFolderLock(fd, True)
         except BlockingIOError:
-            fcntl.flock(fd, fcntl.LOCK_SH)
             lock = SharedFolderLock(fd, False)
         except OSError as exc:  # e.g. a network file system without locks
             logger.warning("cannot lock %s (%s); make sure no other run writes there", path, exc.strerror or exc)
             lock = SharedFolderLock(None, True)
+        if lock.fd is not None and not lock.exclusive:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while another run records its settings (a moment)
         yield lock
     finally:
         os.close(fd)  # releases the lock

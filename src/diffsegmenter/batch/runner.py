@@ -171,8 +171,13 @@ def normalise_fingerprint(payload: Any) -> Any:
     return json.loads(json.dumps(payload, default=str))
 
 
-def read_run_record(path: Path) -> dict[str, Any]:
+def read_run_record(path: Path, results: str = "predictions") -> dict[str, Any]:
     """A run's JSON record (``run_config.json``, ``run_info.json``) as a dict.
+
+    Args:
+        path (`Path`): the record.
+        results (`str`, defaults to ``"predictions"``): the results' folder beside it, named in the message of a
+            damaged ``run_config.json`` (without it, the results' settings are unknown).
 
     Raises:
         ValueError: the file cannot be read, is not JSON, or holds no JSON object (naming the file and the way out).
@@ -185,9 +190,15 @@ def read_run_record(path: Path) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
         problem = f"it holds a JSON {type(value).__name__}, not an object"
+    if path.name == RUN_CONFIG:  # it records the results' settings: without it they are unknown
+        way_out = (
+            f"delete it together with {path.parent / results} (and scores/, if there) to start over, or use another "
+            "output folder"
+        )
+    else:
+        way_out = "delete it (the next run writes it again), or use another output folder"
     raise ValueError(
-        f"{path} is not a readable run record ({problem}): it was damaged or written by something else; delete it "
-        f"(the next run records its settings again), or use another output folder"
+        f"{path} is not a readable run record ({problem}): it was damaged or written by something else; {way_out}"
     )
 
 
@@ -229,7 +240,7 @@ def check_run_fingerprint(
             )
         write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
         return
-    changed = changed_settings(read_run_record(path), fingerprint)
+    changed = changed_settings(read_run_record(path, results), fingerprint)
     if not changed:
         return
     details = "; ".join(changed)

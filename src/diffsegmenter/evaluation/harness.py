@@ -256,10 +256,12 @@ def _check_options(
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     if shard is not None:
         shard_bounds(0, *shard)  # validates (i, n) before anything is written
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        if world > 1 and tuple(shard) != (rank, world):  # shard $RANK/$WORLD_SIZE, one per process, is fine
             raise ValueError(
-                f"shard {shard[0]}/{shard[1]} under a launcher of {os.environ['WORLD_SIZE']} processes: every process "
-                "would predict the same shard. Either launch the processes without --shard (they split the images "
+                f"shard {shard[0]}/{shard[1]} in process {rank} of a launch of {world}: the processes would not "
+                "cover the images once each. Either launch the processes without --shard (they split the images "
                 "and the main process scores them), or run the --shard jobs without torchrun / accelerate launch"
             )
     if tau is not None and dataset.has_background:
@@ -483,9 +485,11 @@ def _collective(step: Callable[[], Any]) -> Any:
         return step()
     except RuntimeError as exc:  # torch.distributed.DistBackendError is one
         logger.debug("collective step failed", exc_info=exc)
+        cause = " ".join(str(exc).split())[:300]
         raise PeerProcessError(
-            "another process of this launch stopped (its error is printed above); the predictions made so far are "
-            "kept: rerun the same command to resume"
+            "a step all processes of this launch take failed, most likely because another process stopped (its "
+            f"error is printed above; here: {cause}); the predictions made so far are kept: rerun the same command "
+            "to resume"
         ) from None
 
 
