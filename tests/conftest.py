@@ -16,10 +16,17 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
 _THREADS = torch.get_num_threads()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, hand the tests out two at a time (``--maxschedchunk 2``) unless the command line says
+    otherwise: by default xdist sends each worker a block of consecutive tests at the start, so the slow tests,
+    collected first, all went to one worker and ran one after another while the other worker had finished."""
+    if getattr(config.option, "maxschedchunk", False) is None:
+        config.option.maxschedchunk = 2
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests marked ``slow`` first (in their order), then the rest as collected: pytest-xdist hands the first
-    tests out to its workers in turn, so the longest ones start at once on different workers instead of ending the
-    run on one of them while the others wait."""
+    """The tests marked ``slow`` first (in their order), then the rest as collected: with tests handed out two at a
+    time, the longest ones run at once on different workers, and the short ones fill in at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
