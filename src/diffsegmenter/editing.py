@@ -463,9 +463,11 @@ def edit_images(
         planned = [_edit_classes(seg, t, classes) for t in targets]
     targets = [target for target, _ in planned]
     class_lists = [names for _, names in planned]
-    for names, new in zip(class_lists, new_classes):  # the candidates' check segments them together: refuse now
-        if new is not None and find_class(new, names) is None:  # what the model cannot read, not after an edit
-            seg.check_classes([*names, new])
+    # the candidates' check segments each new class with its image's classes: refuse now what the model cannot
+    # read, not after an edit (each distinct list once: a batch usually shares one)
+    checks = [(*names, new) for names, new in zip(class_lists, new_classes) if new and find_class(new, names) is None]
+    for names in dict.fromkeys(checks):
+        seg.check_classes(list(names))
     # a per-call seed follows the config's rule and message, as in segment()
     seed = seg.config.with_seed(seed).seed
     check_generation(seg.backbone, prompts, settings)

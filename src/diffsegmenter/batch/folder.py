@@ -41,6 +41,27 @@ def prepare_out_dir(text: str | os.PathLike) -> Path:
     return out
 
 
+def _fcntl():
+    """The ``fcntl`` module, or None where it does not exist (Windows): then runs go on unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return fcntl
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (create) a lock file for reading and writing.
+
+    Raises:
+        UsageError: it cannot be created.
+    """
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UsageError(f"cannot create the lock file {str(path)!r} ({exc.strerror or exc})") from None
+
+
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive OS lock on ``<out>/.diffsegmenter.lock`` for the duration of a run.
@@ -53,19 +74,13 @@ def output_lock(out: Path) -> Iterator[None]:
     Raises:
         UsageError: another run holds the lock (the message names its process id and the way out).
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None
-    if fcntl is None:  # pragma: no cover - Windows (yielded outside the except: errors are not chained to it)
+    fcntl = _fcntl()
+    if fcntl is None:  # pragma: no cover - Windows
         logger.info("no file locking on this system: do not run two diffsegmenter commands on one --out")
         yield
         return
     path = out / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UsageError(f"cannot create the lock file {str(path)!r} ({exc.strerror or exc})") from None
+    fd = _open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,9 +113,8 @@ class SharedFolderLock:
 
     def share(self) -> None:
         """Let other runs in (their settings must then equal the ones recorded under the exclusive lock)."""
-        if self.fd is not None and self.exclusive:
-            import fcntl
-
+        fcntl = _fcntl()
+        if self.fd is not None and self.exclusive and fcntl is not None:
             fcntl.flock(self.fd, fcntl.LOCK_SH)
         self.exclusive = False
 
@@ -118,19 +132,13 @@ def shared_output_lock(out: Path) -> Iterator[SharedFolderLock]:
     Raises:
         UsageError: the lock file cannot be created.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None
-    if fcntl is None:  # pragma: no cover - Windows (yielded outside the except: errors are not chained to it)
+    fcntl = _fcntl()
+    if fcntl is None:  # pragma: no cover - Windows
         logger.info("no file locking on this system: do not run two evaluations with other settings on one --out")
         yield SharedFolderLock(None, True)
         return
     path = out / SHARED_LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UsageError(f"cannot create the lock file {str(path)!r} ({exc.strerror or exc})") from None
+    fd = _open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

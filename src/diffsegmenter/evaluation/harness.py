@@ -457,17 +457,16 @@ def _my_part(samples: list[Sample], shard: tuple[int, int] | None, state: Any) -
     return samples[start:end]
 
 
-def _pending_everywhere(samples: list[Sample], task: EvalTask) -> list[Sample]:
+def _pending_everywhere(samples: list[Sample], task: EvalTask, state: Any) -> list[Sample]:
     """The samples without a prediction yet, as the main process sees them, on every process.
 
     Each process splitting the whole list left one with nothing to do on a resume, waiting at the final barrier for
     the others' whole share (past the process group's time-out: 30 minutes on gloo). Deciding on the main process and
     sending it to the others makes them agree, though the others may have started writing predictions already.
     """
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    names = [s.image_id for s in samples if not task.is_done(s)] if PartialState().is_main_process else None
+    names = [s.image_id for s in samples if not task.is_done(s)] if state.is_main_process else None
     message = [names]
     _collective(lambda: broadcast_object_list(message, from_process=0))
     pending = set(message[0])
@@ -628,7 +627,7 @@ def _predict_and_score(
 
     on_cpu = str(getattr(segmenter, "device", "cpu")).startswith("cpu")
     state = _partial_state(cpu=on_cpu) if shard is None else None
-    todo = _pending_everywhere(samples, task) if state is not None else samples
+    todo = _pending_everywhere(samples, task, state) if state is not None else samples
     part = _my_part(todo, shard, state)
     show = progress and (state is None or state.is_local_main_process)
     runner = BatchRunner(on_error="raise", progress=show, desc=f"{dataset.name}/{protocol}", done_note=None)
@@ -642,8 +641,9 @@ def _predict_and_score(
     if state is not None:  # every process's counts; also waits for all of them to finish
         from accelerate.utils import gather_object
 
-        computed = sum(_collective(lambda: gather_object([len(report.segmented)])))
-        reused = len(samples) - len(todo) + sum(_collective(lambda: gather_object([len(report.already_done)])))
+        counts = _collective(lambda: gather_object([(len(report.segmented), len(report.already_done))]))
+        computed = sum(made for made, _ in counts)
+        reused = len(samples) - len(todo) + sum(found for _, found in counts)
     if (shard is not None and shard[1] > 1) or (state is not None and not state.is_main_process):
         return _shard_summary(dataset, protocol, shard, state, len(part), report)
     info.update(computed=computed, reused=reused)
