@@ -319,3 +319,66 @@ def test_per_call_seed_and_tau_follow_the_configs_rules():
         a = seg.segment(scenes[0], ["circle"], seed=np.int64(5), tau=np.float32(0.25))  # NumPy scalars: fine
         b = seg.segment(scenes[0], ["circle"], seed=5, tau=0.25)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.relabel(np.float32(0.5)), b.relabel(0.5))
+
+
+# ------------------------------------------------------------------- the filter's segmentation reused by the call
+def _counting_passes(seg, monkeypatch):
+    """The (view, prompt text) items every attention pass of ``seg`` runs, in order."""
+    ran = []
+    original = seg._run_pass
+
+    def run_pass(work, latents, plan):
+        ran.extend((i, p.text, plan.resolution) for i, p in work)
+        return original(work, latents, plan)
+
+    monkeypatch.setattr(seg, "_run_pass", run_pass)
+    return ran
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"flip": True, "class_resolution": 32, "class_level_weights": {1: 1.0, 2: 1.0, 4: 0.0, 8: 0.0}}],
+    ids=["one-pass", "flip-two-passes"],
+)
+def test_a_regions_filtered_call_reuses_the_filters_segmentation(tiny_segmenter, monkeypatch, settings):
+    # the "regions" filter segments the image with the whole vocabulary; the call's own passes then ran again for
+    # the kept classes, the same prompts on the same latents (about a third of a filtered call on the shapes model)
+    tiny_segmenter.config = tiny_segmenter.config.replace(resolution=64, **settings)
+    vocab = ["cat", "sofa", "plant"]
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1, scoring="regions", threshold=-1.0)
+    ran = _counting_passes(tiny_segmenter, monkeypatch)
+    res = tiny_segmenter.segment(_image(), classes=vocab, filter=flt)
+    assert res.classes == vocab  # threshold -1: every class is kept
+    views = 2 if settings else 1
+    passes = 2 if settings else 1
+    assert len(ran) == len(vocab) * views * passes  # the filter's segmentation only; none for the kept classes
+    plain = tiny_segmenter.segment(_image(), classes=vocab)  # a call without a filter computes the same maps
+    np.testing.assert_allclose(res.scores, plain.scores, rtol=0, atol=1e-5)
+    assert np.array_equal(res.labels, plain.labels)
+
+
+def test_maps_are_reused_only_when_everything_they_depend_on_matches(tiny_segmenter, monkeypatch):
+    from diffsegmenter.filters.base import FilterDecision
+
+    class SegmentsWithOtherSettings:
+        """A filter that segments the image itself with another seed and emphasis, then keeps every class."""
+
+        def select(self, image, vocabulary):
+            tiny_segmenter.segment(image, classes=vocabulary, seed=99)
+            tiny_segmenter.segment(_image(seed=3), classes=vocabulary)  # another image
+            before = tiny_segmenter.config
+            tiny_segmenter.config = before.replace(emphasis=3.0)
+            try:
+                tiny_segmenter.segment(image, classes=vocabulary)
+            finally:
+                tiny_segmenter.config = before
+            tiny_segmenter.segment(image, classes=[f"a {c}" for c in vocabulary])  # other prompts
+            return FilterDecision(list(vocabulary), {c: 1.0 for c in vocabulary})
+
+    vocab = ["cat", "sofa"]
+    plain = tiny_segmenter.segment(_image(), classes=vocab)
+    ran = _counting_passes(tiny_segmenter, monkeypatch)
+    res = tiny_segmenter.segment(_image(), classes=vocab, filter=SegmentsWithOtherSettings())
+    assert len(ran) == 5 * len(vocab)  # four segmentations in the filter, then the call's own: nothing matched
+    np.testing.assert_array_equal(res.scores, plain.scores)
+    assert tiny_segmenter._memo is None  # the memo lives for one call
