@@ -214,6 +214,23 @@ def test_names_the_t5_tokenizer_cannot_read_are_refused_not_read_as_a_blank_toke
     assert tokens == ["▁cat"]  # the readable part only: no blank "▁", no <unk>
 
 
+@pytest.mark.parametrize("name, special", [("flux", "<pad>"), ("pixart", "</s>"), ("sdxl", "<|startoftext|>")])
+def test_special_tokens_written_as_names_are_refused(segmenters, name, special):
+    # "<pad>" read the T5 pad token as the class token: a meaningless map, no error
+    with pytest.raises(ValueError, match=f"cannot read class name '{special}'"):
+        segmenters[name].segment(family_image(), [special, "dog"])
+
+
+@pytest.mark.parametrize("name", ["pixart", "sd3"])
+def test_an_edit_prompt_the_tokenizer_cannot_read_is_refused(segmenters, monkeypatch, name):
+    # "猫" and "🐶🐶" gave byte-identical edits on PixArt: every piece <unk>, the region regenerated from nothing
+    seg = segmenters[name]
+    monkeypatch.setattr(seg, "segment", lambda *a, **k: pytest.fail("segmented before refusing"))
+    for prompt in ("猫", "🐶🐶"):
+        with pytest.raises(ValueError, match=f"cannot read any word of the edit prompt '{prompt}'"):
+            seg.edit(family_image(), "cat", prompt, classes=["cat", "dog"], progress=False, **FAST)
+
+
 def test_an_edit_that_overflows_is_refused_not_returned_black(segmenters, monkeypatch):
     with pytest.raises(ValueError, match="latents overflowed to inf/NaN .*guidance=1e\\+30"):
         _edit(segmenters["sdxl"], family_image(), guidance=1e30)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .classes import check_class_names, find_class, short_name
 from .config import check_tau
 from .result import SegmentationResult
+from .tokens import readable_token
 
 __all__ = [
     "EditSettings",
@@ -384,8 +385,8 @@ def _edit_classes(seg, target: str, classes: Sequence[str] | None) -> tuple[str,
 
 def check_generation(backbone, prompts: Sequence[str], settings: EditSettings) -> None:
     """Refuse, before anything is segmented, what :func:`blended_latent_edit` would only fail on later: a prompt the
-    text encoder cannot read whole, a resolution the model cannot read, a number of steps its schedule cannot
-    take.
+    text encoder cannot read whole (or reads no word of), a resolution the model cannot read, a number of steps its
+    schedule cannot take.
 
     Args:
         backbone (`DiffusionBackbone`): the model that will edit.
@@ -396,7 +397,13 @@ def check_generation(backbone, prompts: Sequence[str], settings: EditSettings) -
         ValueError: the message names the prompt or the steps and the limit.
     """
     for prompt in dict.fromkeys(prompts):
-        backbone.prompt_ids(prompt)
+        ids = backbone.prompt_ids(prompt)
+        if not any(readable_token(backbone.tokenizer, i) for i in ids):
+            # every piece unknown (CJK or emoji on T5): the region would be regenerated from an empty condition
+            raise ValueError(
+                f"this model's tokenizer cannot read any word of the edit prompt {prompt!r} (every piece is unknown "
+                "to it): describe the new content in words its text encoder knows (e.g. English)"
+            )
     if settings.resolution is not None:
         backbone.check_resolution(settings.resolution, "the edit's resolution")
     try:

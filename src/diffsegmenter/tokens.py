@@ -39,9 +39,12 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 def readable_token(tokenizer, token: int) -> bool:
-    """Whether a token carries text the tokenizer knows: not its unknown token, and not a piece that decodes to
-    whitespace (sentencepiece's bare "▁")."""
-    return token != tokenizer.unk_token_id and bool(tokenizer.decode([token]).strip())
+    """Whether a token carries text the tokenizer knows: not its unknown token or any other special token (a name
+    written as ``"<pad>"`` or ``"</s>"`` tokenises to one on T5, ``"<|startoftext|>"`` on CLIP), and not a piece that
+    decodes to whitespace (sentencepiece's bare "▁")."""
+    if token == tokenizer.unk_token_id or token in tokenizer.all_special_ids:
+        return False
+    return bool(tokenizer.decode([token]).strip())
 
 
 def tokenise_segments(
