@@ -103,6 +103,9 @@ def test_segment_endpoint_from_gradio_client(served) -> None:
         client.predict(image=None, classes="circle", filter="none", tau=None, api_name="/segment")
     with pytest.raises(Exception, match="duplicate"):
         client.predict(image=handle_file(str(SCENE)), classes="circle, Circle", filter="none", api_name="/segment")
+    # a class name is the visitor's text: it reached the page's toast as HTML ("<sofa>" vanished)
+    with pytest.raises(Exception, match="duplicate class name '&lt;Sofa>' \\(also given as '&lt;sofa>'\\)"):
+        client.predict(image=handle_file(str(SCENE)), classes="<sofa>, <Sofa>", filter="none", api_name="/segment")
 
 
 def test_edit_endpoint_from_gradio_client(served) -> None:
@@ -342,6 +345,37 @@ def test_uploads_reach_the_library_as_they_are(served, tmp_path: Path) -> None:
         client.predict(image=handle_file(str(huge)), classes="circle", api_name="/segment")
     with pytest.raises(Exception, match="one comma-separated text"):  # a client's Python list, as a Textbox gets it
         client.predict(image=handle_file(str(SCENE)), classes=["triangle", "circle"], api_name="/segment")
+    # Gradio opened every upload with Pillow first: a file that is not an image, or one over Pillow's bomb limit,
+    # got Gradio's message naming the server's temp folder
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (15000, 15000)).save(bomb)  # 225 MP, 28 kB: over Pillow's 179 MP
+    for path, match in ((text, "cannot use this image: .*not a recognised image format"), (bomb, "over Pillow's")):
+        for endpoint, fields in (("/segment", {"classes": "circle"}), ("/edit", EDIT)):
+            with pytest.raises(Exception, match=match) as error:
+                client.predict(image=handle_file(str(path)), **fields, api_name=endpoint)
+            assert "/tmp" not in str(error.value) and "preprocess" not in str(error.value), str(error.value)
+    assert "this server takes at most 16 MP: downscale it" in str(error.value)
+
+
+def test_a_result_all_background_because_of_tau_says_so(served) -> None:
+    # readout="single-block" scores are raw probabilities under the page's tau: every request came back all
+    # background with the reason only in the server's log, and the Edit tab blamed the class name
+    from diffsegmenter.app.edit import run_edit
+
+    url, service = served
+    assert service.run(str(SCENE), ", ".join(PRESENT)).note is None
+    note = service.run(str(SCENE), ", ".join(PRESENT), tau=1.0).note
+    assert note and note.startswith("every class's score is at most tau=1 (the highest is "), note
+    config = service.segmenter.config
+    try:
+        service.segmenter.config = config.replace(tau=1.0)  # the Edit tab has no tau: the server's is the reason
+        unchanged = run_edit(service, str(SCENE), "circle", "a square", steps=2, seed=3)
+    finally:
+        service.segmenter.config = config
+    assert not unchanged.changed and "at most this model's tau=1" in unchanged.note, unchanged.note
+    assert run_edit(service, str(SCENE), "circle", "a square", steps=2, seed=3).note is None
 
 
 def test_the_edit_target_competes_with_the_classes_named(served) -> None:

@@ -65,6 +65,20 @@ class SegmentationResult:
         tau = check_tau(tau, allow_no_background=True)
         return label_with_background(torch.from_numpy(self.scores), tau).numpy().astype(np.int32)
 
+    def background_note(self) -> str | None:
+        """Why every pixel is background when the reason is ``tau``: every class's score is at most it (the
+        single-block read-out's raw probabilities under a tau chosen for min-max maps). None otherwise (no class,
+        or some score above tau)."""
+        if not self.classes or self.scores.size == 0:
+            return None
+        peak = float(self.scores.max())
+        if peak > self.tau:
+            return None
+        return (
+            f"every class's score is at most tau={self.tau:g} (the highest is {peak:.3g}), so the whole image is "
+            f"background: give a tau below {peak:.3g}"
+        )
+
 
 def build_results(
     arrays: list[np.ndarray],

@@ -101,6 +101,7 @@ class Outcome:
     rle_json: Path | None
     score_maps: list[tuple[Path, str]]
     legend_html: str
+    note: str | None = None  # why the whole image is background, when tau is the reason (shown as a warning)
 
 
 def parse_class_text(text: str | None) -> list[str] | None:
@@ -221,6 +222,8 @@ class SegmentService:
 
     def load(self, path: Path) -> np.ndarray:
         """The uploaded image as (H, W, 3) uint8 RGB; an AppError when it cannot be used."""
+        from PIL import Image as PILImage
+
         from ..images import ImageTooLargeError, load_image
 
         try:
@@ -231,6 +234,11 @@ class SegmentService:
                 f"at most {MAX_IMAGE_PIXELS / 1e6:g} MP: downscale it"
             ) from None
         except Exception as exc:  # any unreadable upload is the visitor's problem, told in one line
+            if isinstance(exc.__cause__, PILImage.DecompressionBombError):  # far over this server's own limit
+                raise AppError(
+                    f"this image is over Pillow's limit of {PILImage.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP; this server "
+                    f"takes at most {MAX_IMAGE_PIXELS / 1e6:g} MP: downscale it"
+                ) from None
             message = " ".join(str(exc).split()) or type(exc).__name__
             message = message.replace(str(path), path.name)  # the server's folders are not the visitor's business
             raise AppError(f"cannot use this image: {message}") from None
@@ -331,12 +339,19 @@ class SegmentService:
             Image.fromarray(picture, mode="RGB").save(target)
             maps.append((target, name))
         legend = legend_html(classes, name_colors(classes), areas)
-        return Outcome(annotated, areas, label_png, rle_json, maps, legend)
+        return Outcome(annotated, areas, label_png, rle_json, maps, legend, result.background_note())
 
     def close(self) -> None:
         """Stop the worker thread and delete the outputs."""
         self.executor.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def as_text(message: str) -> str:
+    """A message for a Gradio toast, which renders HTML: a class name is the visitor's text, so a ``<`` in it must
+    not open a tag (an ``<img src=...>`` made the page fetch it). Only ``<`` is escaped, so API clients, which get
+    the same text, read everything else as written."""
+    return message.replace("<", "&lt;")
 
 
 def image_path(image: Any) -> Path:
@@ -356,10 +371,23 @@ def upload_image(gr: Any, **kwargs: Any) -> Any:
     RGB and saves it again: 16-bit and float images became white, CMYK and grey JPEGs were re-compressed (so the Edit
     tab's unchanged pixels were not the user's), and a huge image was decoded before the app's size check.
     ``image_mode=None`` passes the file on; :meth:`SegmentService.load` (the library's ``load_image``) reads it, as
-    ``segment`` would. (A subclass overriding ``preprocess`` would also skip Gradio's ``PIL.Image.open`` of a file
-    that is not an image, but Gradio writes a ``.pyi`` stub beside the module of every component class.)
+    ``segment`` would. The instance's ``preprocess`` also skips Gradio's ``PIL.Image.open`` of the file, which
+    refused a file that is not an image with a message naming the server's temp folder (a subclass would do the
+    same, but Gradio writes a ``.pyi`` stub beside the module of every component class).
     """
-    return gr.Image(type="filepath", image_mode=None, **kwargs)
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        # Gradio's preprocess opens the file with Pillow even for a file path; a file that is not an image (or is
+        # over Pillow's bomb limit) failed there with Gradio's message, which names the server's temp path.
+        # Uploaded files pass on as they are (load() reads them); a base64 data URL still goes through Gradio.
+        if payload is None or getattr(payload, "path", None) is None or str(payload.url or "").startswith("data:"):
+            return original(payload)
+        return str(payload.path)
+
+    component.preprocess = preprocess  # this instance only: a subclass would make Gradio write a .pyi stub
+    return component
 
 
 def example_paths() -> list[str]:
@@ -409,7 +437,9 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         try:
             outcome = service.run(image, classes, filter, tau, refine)
         except AppError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(as_text(str(exc))) from None
+        if outcome.note:
+            gr.Warning(as_text(outcome.note))
         return str(outcome.annotated), outcome.areas, str(outcome.label_png), outcome
 
     def details(outcome: Outcome | None):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..classes import find_class
-from . import AppError, SegmentService, image_path, parse_class_text, upload_image
+from . import AppError, SegmentService, as_text, image_path, parse_class_text, upload_image
 
 __all__ = [
     "MAX_EDIT_DILATE",
@@ -49,11 +49,13 @@ class EditOutcome:
         image (`Path`): the edited image, an RGB PNG at the input's size.
         mask (`Path`): the paste-back weight as a grey PNG (0 = the input's pixel, exactly; 255 = regenerated).
         changed (`bool`): False when no pixel was labelled the target (the image came back unchanged).
+        note (`str`, *optional*): when unchanged, why (shown to the visitor as a warning).
     """
 
     image: Path
     mask: Path
     changed: bool
+    note: str | None = None
 
 
 def _whole_number(name: str, value: Any) -> int | None:
@@ -168,7 +170,17 @@ def write_edit_outputs(folder: Path, result: Any) -> EditOutcome:
     Image.fromarray(np.asarray(result.image, dtype=np.uint8), mode="RGB").save(image)
     weight = np.clip(np.rint(np.asarray(result.mask, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     Image.fromarray(weight, mode="L").save(mask)
-    return EditOutcome(image, mask, bool(result.edited))
+    note = None
+    if not result.edited:
+        seg = result.segmentation
+        peak = float(np.max(seg.scores)) if np.size(seg.scores) else 0.0
+        note = f"no pixel was labelled {result.target!r}, so the image is unchanged: " + (
+            f"every class's score is at most this model's tau={seg.tau:g} (the highest is {peak:.3g}); the server's "
+            "settings need a lower tau"
+            if seg.background_note()
+            else "check the class name"
+        )
+    return EditOutcome(image, mask, bool(result.edited), note)
 
 
 def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabulary: str) -> None:
@@ -211,9 +223,9 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
         try:
             outcome = run_edit(service, image, target, prompt, dilate, steps, guidance, seed, classes)
         except AppError as exc:
-            raise gr.Error(str(exc)) from None
-        if not outcome.changed:
-            gr.Warning(f"no pixel was labelled {target.strip()!r}, so the image is unchanged: check the class name")
+            raise gr.Error(as_text(str(exc))) from None
+        if outcome.note:
+            gr.Warning(as_text(outcome.note))
         return str(outcome.image), str(outcome.mask)
 
     # the numbers start at the library's defaults (EditSettings, the model's seed; a Gradio Number cannot be left
