@@ -179,3 +179,33 @@ def test_a_resolution_that_is_not_whole_patches_is_refused_when_the_segmenter_is
     with pytest.raises(ValueError, match=rf"resolution=30: {name} reads sizes that are multiples of 4 .*use 28 or 32"):
         DiffSegmenter.from_pretrained(family_folders[name], resolution=30)
     assert DiffSegmenter.from_pretrained(family_folders[name], resolution=32).config.resolution == 32
+
+
+@pytest.mark.parametrize(
+    "name, settings, match",
+    [
+        ("sd3", {"self_attention_factor": 2}, "self_attention_factor applies to UNet backbones"),
+        ("sdxl", {"attention_blocks": [0]}, "apply to transformer backbones"),
+        ("sd3", {"attention_blocks": [99]}, "block index 99 out of range: this sd3 denoiser has"),
+        ("flux", {"readout": "single-block", "readout_block": 99}, "block index 99 out of range"),
+        ("pixart", {"level_weights": {1: 1.0}}, r"no fusion weight for downsampling factor\(s\) \[2\]: this pixart"),
+        ("sdxl", {"class_level_weights": {2: 1.0}}, r"factor\(s\) \[4\]: .* give one for each in class_level_weights"),
+    ],
+)
+def test_settings_the_family_cannot_read_are_refused_when_the_segmenter_is_made(family_folders, name, settings, match):
+    # they were accepted, then every image failed at its first pass (`serve` served requests that all failed;
+    # `segment` listed every input as skipped)
+    with pytest.raises(ValueError, match=match):
+        DiffSegmenter.from_pretrained(family_folders[name], resolution=32, **settings)
+
+
+def test_settings_set_after_construction_are_refused_before_any_image_is_read(segmenters, monkeypatch):
+    seg = segmenters["sd3"]
+    config = seg.config
+    monkeypatch.setattr("diffsegmenter.images.load_image", lambda *a, **k: pytest.fail("read an image first"))
+    try:
+        seg.config = config.replace(attention_blocks=[99])
+        with pytest.raises(ValueError, match="block index 99 out of range"):
+            seg.segment(family_image(), ["cat"])
+    finally:
+        seg.config = config

@@ -116,8 +116,8 @@ class DiffSegmenter:
             raise ValueError("give either backbone= or the five components, not both")
         self.backbone = backbone
         self.config = config or SegmenterConfig().replace(**backbone.family_defaults())
-        # a read-out this family cannot run is refused here, not at the first image
-        readout_for(self.config.readout, self.config.readout_block).check_family(backbone.family)
+        # a read-out this family cannot run, or settings it cannot read, are refused here, not at the first image
+        _check_settings_fit(backbone, self.config)
         for setting in ("resolution", "class_resolution"):  # so is a size the family cannot read
             if getattr(self.config, setting) is not None:
                 backbone.check_resolution(int(getattr(self.config, setting)), setting)
@@ -297,6 +297,7 @@ class DiffSegmenter:
         class_lists = class_lists_per_image(classes, len(items), self.default_classes)
         for names in dict.fromkeys(tuple(c) for c in class_lists):
             self.check_classes(list(names))
+        _check_settings_fit(self.backbone, cfg)  # a config set since construction: refused before any image
         # a per-call seed follows the config's rule and message
         call_config = cfg.with_seed(seed)
         seed = call_config.seed
@@ -624,6 +625,13 @@ class DiffSegmenter:
                 built[key] = self.build_prompts(im, names)
             work.extend((i, p) for p in built[key])
         return work
+
+
+def _check_settings_fit(backbone: DiffusionBackbone, config: SegmenterConfig) -> None:
+    """Refuse settings the backbone cannot read (:meth:`~diffsegmenter.readouts.Readout.check_backbone`): what the
+    first attention pass would otherwise refuse, after the images were read (ValueError)."""
+    spec = PassSpec.from_config(config, which_weights=config.class_level_weights)
+    readout_for(config.readout, config.readout_block).check_backbone(backbone, spec)
 
 
 def _view_key(view: np.ndarray) -> tuple[tuple[int, ...], bytes]:

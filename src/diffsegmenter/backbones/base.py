@@ -425,6 +425,21 @@ class DiffusionBackbone(ABC):
                 and for completion; None = the family's default.
         """
 
+    def check_reading(  # noqa: B027 - optional: a backbone from outside the package may refuse nothing early
+        self, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> None:
+        """Refuse what :meth:`capture` would refuse for these arguments, without capturing (so settings this family
+        cannot read are refused when a segmenter is built, not at its first image).
+
+        Raises:
+            ValueError: the message names the setting and what this family reads instead.
+        """
+
+    def cross_attention_factors(self) -> set[int]:
+        """The downsampling factors at which :meth:`capture` records cross-attention: the keys a fusion weight
+        (``level_weights``, ``class_level_weights``) must have."""
+        return {factor for kind, factor in self.attention_layers().values() if kind == "cross"}
+
     @abstractmethod
     def attention_layers(self) -> dict[str, tuple[str, int]]:
         """Which layers carry attention, and where.

@@ -170,22 +170,28 @@ class TransformerBackbone(DiffusionBackbone):
         """``{processor key: (wrapper class, read_cross, read_self)}``."""
         raise NotImplementedError
 
-    def capture(
-        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
-    ) -> AbstractContextManager:
+    def check_reading(self, self_factor: int | None = None, *, blocks=None, self_blocks=None) -> None:
         if self_factor is not None:
             raise ValueError(
                 "self_attention_factor applies to UNet backbones; a transformer has no levels: use "
                 "self_attention_blocks"
             )
-        blocks = self.default_blocks() if blocks is None else list(blocks)
-        self_blocks = self.default_self_blocks() if self_blocks is None else list(self_blocks)
         n = self.num_blocks()
-        bad = [b for b in [*blocks, *self_blocks] if not 0 <= b < n]
+        bad = [b for b in [*(blocks or []), *(self_blocks or [])] if not 0 <= b < n]
         if bad:
             raise ValueError(
                 f"block index {bad[0]} out of range: this {self.family} denoiser has {n} blocks (0..{n - 1})"
             )
+
+    def cross_attention_factors(self) -> set[int]:
+        return {self.patch_factor}
+
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
+        blocks = self.default_blocks() if blocks is None else list(blocks)
+        self_blocks = self.default_self_blocks() if self_blocks is None else list(self_blocks)
+        self.check_reading(self_factor, blocks=blocks, self_blocks=self_blocks)
         return capture_wrapped(self.transformer, self.plan(blocks, self_blocks), store)
 
     def attention_layers(self) -> dict[str, tuple[str, int]]:

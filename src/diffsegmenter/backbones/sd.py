@@ -104,14 +104,17 @@ class StableDiffusionBackbone(DiffusionBackbone):
     def capture_session(self) -> AbstractContextManager:
         return capture_session(self.unet)
 
-    def capture(
-        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
-    ) -> AbstractContextManager:
+    def check_reading(self, self_factor: int | None = None, *, blocks=None, self_blocks=None) -> None:
         if blocks is not None or self_blocks is not None:
             raise ValueError(
                 "attention_blocks / self_attention_blocks apply to transformer backbones (SD3, FLUX, PixArt); a UNet "
                 "is read by levels: use level_weights and self_attention_factor"
             )
+
+    def capture(
+        self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
+    ) -> AbstractContextManager:
+        self.check_reading(self_factor, blocks=blocks, self_blocks=self_blocks)
         return capture_attention(self.unet, store, self_factor)
 
     def attention_layers(self) -> dict[str, tuple[str, int]]:
