@@ -585,3 +585,49 @@ def test_ray_flags_without_ray_are_refused(tmp_path: Path, capsys) -> None:
     code, _, err = _run(argv + ["--ray-address", "127.0.0.1:1", "--workers", "3"], capsys)
     assert code == 2 and "--ray-address and --workers set(s) how a --ray run goes; add --ray" in err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("x.*"))
+
+
+def test_another_file_under_a_name_already_done_is_refused_not_taken_as_done(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    # a/img.png, then b/img.png (another image) into the same --out: "1 already done", and the Label Studio and
+    # COCO files then paired b's path with a's masks (of another size); given as files in the other order, two
+    # same-named inputs swapped their masks the same way
+    first = _save_random(tmp_path / "a" / "img.png", (24, 32), 1)
+    other = _save_random(tmp_path / "b" / "img.png", (32, 24), 2)
+    out = tmp_path / "out"
+    base = ["--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b", "--format", "png,coco"]
+    assert _run(["segment", str(first), *base], capsys)[0] == 0
+    made = _files(out)
+    code, _, err = _run(["segment", str(other), *base], capsys)
+    assert code == 2 and "from another file under the same name" in err and f"{str(first)!r}'s" in err, err
+    assert _files(out) == made  # nothing replaced
+    assert "0 segmented, 1 already done" in _run(["segment", str(first), *base], capsys)[1]  # its own: done
+    first.write_bytes(other.read_bytes())  # the input itself changed since: not done either
+    assert _run(["segment", str(first), *base], capsys)[0] == 2
+    code, stdout, _ = _run(["segment", str(first), *base, "--overwrite"], capsys)
+    assert code == 0 and "1 segmented" in stdout
+    coco = json.loads((out / "coco_instances.json").read_text())
+    assert [(i["width"], i["height"]) for i in coco["images"]] == [(24, 32)]
+    sidecar = json.loads((out / "img.json").read_text())
+    del sidecar["source_digest"]  # a sidecar of an older version: judged by the file name, as before
+    (out / "img.json").write_text(json.dumps(sidecar))
+    assert "0 segmented, 1 already done" in _run(["segment", str(first), *base], capsys)[1]
+
+
+def test_a_damaged_per_image_part_is_written_again_not_a_traceback(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    # a truncated a.coco.json (or [] in a .ls.json) made the run's last step fail with a traceback, no summary and
+    # no run files after coco; the image counted as done, so the part was never written again
+    for i, name in enumerate(("a", "b")):
+        _save_random(tmp_path / "in" / f"{name}.png", (24, 32), i)
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    argv += ["--format", "png,coco,labelstudio"]
+    assert _run(argv, capsys)[0] == 0
+    whole = (out / "a.coco.json").read_text()
+    (out / "a.coco.json").write_text(whole[: len(whole) // 2])
+    (out / "b.ls.json").write_text("[]")
+    code, stdout, stderr = _run(argv, capsys)
+    assert code == 0 and "2 image(s): 2 segmented, 0 already done" in stdout, stderr
+    assert (out / "a.coco.json").read_text() == whole
+    assert len(json.loads((out / "labelstudio_tasks.json").read_text())) == 2

@@ -500,3 +500,21 @@ def test_dilate_and_feather_match_the_disk_definition_on_random_masks():
                 ring = mask.flatten() & (steps <= radius)
                 expected[ring] = steps[ring] / (radius + 1)
             assert torch.allclose(feather_mask(mask, radius).flatten(), expected), (height, width, radius)
+
+
+def test_an_edit_run_refuses_another_file_under_a_name_already_edited(tiny_model_dir, tmp_path, capsys):
+    # b/a.png after a/a.png into one --out was "already done": b's edit was a's
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    for i, folder in enumerate(("a", "b")):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(_image(i)).save(tmp_path / folder / "a.png")
+    out = tmp_path / "edits"
+    base = ["--out", str(out), "--target", "cat", "--prompt", "a dog", "--model", str(tiny_model_dir)]
+    assert cli.main(["edit", str(tmp_path / "a" / "a.png"), *base, "--steps", "2", "--quiet"]) == 0
+    made = (out / "a.png").read_bytes()
+    assert cli.main(["edit", str(tmp_path / "b" / "a.png"), *base, "--steps", "2", "--quiet"]) == 2
+    assert "edited earlier from another file under the same name" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == made

@@ -63,7 +63,7 @@ def _sidecar(job: ImageJob) -> Path:
 
 
 def _own_sidecar(job: ImageJob) -> dict[str, Any] | None:
-    """The job's earlier sidecar when it records this job's input (by file name), else None."""
+    """The job's earlier sidecar when it records this job's input (its name and content), else None."""
     from ..io.sidecar import load_own_sidecar
 
     return load_own_sidecar(_sidecar(job), job.path)
@@ -83,7 +83,11 @@ def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> Non
         ValueError: naming an image, the settings that changed, and the ways out (another ``--out``, or
             ``--overwrite`` to redo them).
     """
-    check_earlier_requests(jobs, request, _own_sidecar, done="edited", example=edit_path)
+    from ..io.sidecar import sidecar_owner
+
+    check_earlier_requests(
+        jobs, request, lambda job: sidecar_owner(_sidecar(job), job.path), done="edited", example=edit_path
+    )
 
 
 def save_image_png(path: Path, array: np.ndarray) -> None:
@@ -142,7 +146,7 @@ class EditTask(BatchTask[ImageJob]):
 
     def write(self, job: ImageJob, item: Any, result: Any) -> bool:
         from ..io.atomic import write_json
-        from ..io.sidecar import package_version
+        from ..io.sidecar import package_version, source_digest
 
         files = edit_files(job, self.save_mask)
         write_edit(edit_path(job), result, self.save_mask)
@@ -151,6 +155,7 @@ class EditTask(BatchTask[ImageJob]):
             _sidecar(job),
             {
                 "source": str(job.path),
+                "source_digest": source_digest(job.path),
                 "edited": bool(result.edited),
                 "seed": int(result.seed),
                 "candidate_scores": None if scores is None else [float(s) for s in scores],

@@ -70,7 +70,7 @@ class ImageTask(BatchTask[ImageJob]):
         self.vocabulary = None if vocabulary is None else check_class_names(list(vocabulary))
 
     def earlier_sidecar(self, job: ImageJob) -> dict[str, Any] | None:
-        """The job's earlier sidecar when it records this job's input (by file name), else None."""
+        """The job's earlier sidecar when it records this job's input (its name and content), else None."""
         from ..io.results import output_paths
         from ..io.sidecar import load_own_sidecar
 
@@ -79,10 +79,13 @@ class ImageTask(BatchTask[ImageJob]):
     def check_earlier(self, jobs: Sequence[ImageJob]) -> None:
         """Refuse a run that would replace images segmented with other settings (ValueError naming them, each
         changed setting and the ways out); a run that overwrites on purpose skips this."""
+        from ..io.results import output_paths
+        from ..io.sidecar import sidecar_owner
+
         check_earlier_requests(
             jobs,
             self.request,
-            self.earlier_sidecar,
+            lambda job: sidecar_owner(output_paths(job.out_dir, job.stem, self.formats).sidecar, job.path),
             done="segmented",
             example=lambda job: job.out_dir / f"{job.stem}.json",
         )
@@ -120,8 +123,9 @@ class ImageTask(BatchTask[ImageJob]):
 
     def write(self, job: ImageJob, item: Any, result: Any) -> list[str]:
         from ..io import results
+        from ..io.sidecar import source_digest
 
-        extra = {"source": str(job.path), "request": self.request}
+        extra = {"source": str(job.path), "source_digest": source_digest(job.path), "request": self.request}
         results.write_result(
             job.out_dir, job.stem, item, result, self.formats, extra=extra, vocabulary=self.vocabulary
         )

@@ -290,35 +290,48 @@ def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def check_earlier_requests(
     jobs: Sequence[Any],
     request: dict[str, Any],
-    earlier_sidecar: Callable[[Any], dict[str, Any] | None],
+    owner: Callable[[Any], tuple[dict[str, Any] | None, str | None]],
     *,
     done: str,
     example: Callable[[Any], Path],
 ) -> None:
-    """Refuse a run that would replace results made with other settings (per-image sidecars record each image's
-    ``request``); called before any image is processed, unless the run overwrites on purpose.
+    """Refuse a run that would replace results made with other settings, or results of another input file written
+    under the same name (per-image sidecars record each image's ``source`` and ``request``); called before any image
+    is processed, unless the run overwrites on purpose.
 
     Args:
         jobs (`Sequence`): the run's jobs (those with a ``problem`` are not looked at).
         request (`dict`): JSON-able settings of this run.
-        earlier_sidecar (`Callable`): a job's earlier sidecar when it records this job's input, else None.
+        owner (`Callable`): a job's earlier sidecar and whose it is (:func:`~diffsegmenter.io.sidecar.sidecar_owner`):
+            ``(sidecar, None)`` when it records this job's input, ``(None, other_source)`` when another's.
         done (`str`): what the earlier run did, for the message (``"segmented"``, ``"edited"``).
         example (`Callable`): a job's main output file, named in the message.
 
     Raises:
-        ValueError: naming how many images, one of them, each setting that changed, and the ways out (another
-            ``--out``, or ``--overwrite`` to redo them with these settings).
+        ValueError: naming how many images, one of them, each setting that changed (or the other input), and the
+            ways out (another ``--out``, or ``--overwrite`` to redo them).
     """
     request = normalise_fingerprint(request)
     clashes: list[tuple[Any, list[str]]] = []
+    foreign: list[tuple[Any, str]] = []
     for job in jobs:
         if getattr(job, "problem", None) is not None:
             continue
-        sidecar = earlier_sidecar(job)
+        sidecar, other = owner(job)
+        if other is not None:
+            foreign.append((job, other))
+            continue
         earlier = sidecar.get("request") if sidecar else None
         changed = changed_settings(earlier, request) if isinstance(earlier, dict) else []
         if changed:
             clashes.append((job, changed))
+    if foreign:
+        job, other = foreign[0]
+        raise ValueError(
+            f"{len(foreign)} image(s) would replace results {done} earlier from another file under the same name, "
+            f"e.g. {example(job)} holds {other!r}'s, not {str(job.path)!r}'s (another file, or this one changed "
+            "since): choose another --out, or pass --overwrite to replace them"
+        )
     if not clashes:
         return
     job, changed = clashes[0]
@@ -460,13 +473,14 @@ class BatchRunner:
         """``task.finish`` (the run-level files); a write error there stops the run (skip policy) or raises."""
         try:
             task.finish(jobs, report)
-        except OSError as exc:
+        except (OSError, ValueError, KeyError) as exc:  # a full disk; a per-image part damaged since it was checked
             if self.on_error == "raise":
                 raise
             if report.stopped is None:
+                text = _os_error_text(exc) if isinstance(exc, OSError) else _reason(exc)
                 report.stopped = (
-                    f"could not write the run's files ({_os_error_text(exc)}); fix that and rerun the same "
-                    "command: finished images are kept"
+                    f"could not write the run's files ({text}); fix that and rerun the same command: finished images "
+                    "are kept"
                 )
 
     def _skip(self, report: BatchReport, job: Any, exc: BaseException | str) -> None:

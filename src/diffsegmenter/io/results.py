@@ -212,8 +212,8 @@ def earlier_outputs(folder: str | os.PathLike) -> set[str]:
 def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bool:
     """Whether [`write_result`] finished this image with (at least) these formats.
 
-    True when ``<stem>.json`` exists and parses, every requested file exists and the sidecar lists it among the
-    files written with it (``"files"``): a file left by an earlier run with other settings, which the sidecar's
+    True when ``<stem>.json`` exists and parses, every requested file exists (a per-image JSON part also parses)
+    and the sidecar lists it among the files written with it (``"files"``): a file left by an earlier run with other settings, which the sidecar's
     rewrite did not include, does not count. For folder formats (``"heatmaps"``) the files inside are derived from
     the sidecar's ``classes``.
 
@@ -246,9 +246,22 @@ def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bo
     listed_names = {str(name) for name in listed}
     out_dir = Path(out_dir)
     return all(
-        p.is_file() and (p == paths.sidecar or p.relative_to(out_dir).as_posix() in listed_names)
+        p.is_file()
+        and (p == paths.sidecar or p.relative_to(out_dir).as_posix() in listed_names)
+        and (p == paths.sidecar or p.suffix != ".json" or _readable_part(p))
         for p in paths.files()
     )
+
+
+def _readable_part(path: Path) -> bool:
+    """Whether a per-image JSON part (``<stem>.coco.json``, ``<stem>.ls.json``) holds a JSON object, as the run-level
+    writers read it: a damaged one (truncated, edited) made the run's last step fail with a traceback, and the image
+    counted as done, so it was never written again."""
+    try:
+        load_sidecar(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def write_run_outputs(

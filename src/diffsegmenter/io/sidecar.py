@@ -3,6 +3,7 @@ every JSON output records."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -14,7 +15,15 @@ from ..classes import BACKGROUND
 from .atomic import write_json
 from .checks import ResultLike, check_labels
 
-__all__ = ["SIDECAR_KEYS", "load_own_sidecar", "load_sidecar", "package_version", "save_sidecar"]
+__all__ = [
+    "SIDECAR_KEYS",
+    "load_own_sidecar",
+    "load_sidecar",
+    "package_version",
+    "save_sidecar",
+    "sidecar_owner",
+    "source_digest",
+]
 
 
 def package_version() -> str:
@@ -68,14 +77,48 @@ def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str
     return write_json(path, payload)
 
 
-def load_own_sidecar(path: Path, source: Path) -> dict[str, Any] | None:
-    """The sidecar at ``path`` when it records ``source`` as its input (by file name); None when there is none, it
-    cannot be read, or it belongs to another input that took the same output name."""
+#: Bytes read from each end of an input file for :func:`source_digest`.
+DIGEST_SPAN = 1 << 16
+
+
+def source_digest(source: str | os.PathLike) -> str | None:
+    """What tells one input file from another under the same name, cheaply: its size and a BLAKE2b digest of its
+    first and last 64 KiB (``"<bytes>-<hex>"``); None when it cannot be read. Two images that share a name but not
+    their pixels differ there (a file read in place, e.g. re-saved, counts as another file)."""
+    try:
+        with open(source, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.blake2b(f.read(DIGEST_SPAN), digest_size=16)
+            if size > DIGEST_SPAN:
+                f.seek(max(DIGEST_SPAN, size - DIGEST_SPAN))
+                digest.update(f.read(DIGEST_SPAN))
+    except OSError:
+        return None
+    return f"{size}-{digest.hexdigest()}"
+
+
+def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Whose results the sidecar at ``path`` describes: ``(sidecar, None)`` when it records ``source`` as its input
+    (the same file name and, where it records one, the same :func:`source_digest`), ``(None, other)`` when it
+    records another input (``other``: that input as recorded), ``(None, None)`` when there is none or it cannot be
+    read."""
     try:
         sidecar = load_sidecar(path) if path.is_file() else None
     except (OSError, ValueError):
-        return None
-    return sidecar if sidecar and Path(str(sidecar.get("source", ""))).name == Path(source).name else None
+        return None, None
+    if not sidecar:
+        return None, None
+    recorded = str(sidecar.get("source", ""))
+    digest = sidecar.get("source_digest")
+    if Path(recorded).name != Path(source).name or (digest is not None and digest != source_digest(source)):
+        return None, recorded
+    return sidecar, None
+
+
+def load_own_sidecar(path: Path, source: Path) -> dict[str, Any] | None:
+    """The sidecar at ``path`` when it records ``source`` as its input (:func:`sidecar_owner`); None when there is
+    none, it cannot be read, or it belongs to another input that took the same output name."""
+    return sidecar_owner(path, source)[0]
 
 
 def load_sidecar(path: str | os.PathLike) -> dict[str, Any]:
