@@ -615,7 +615,9 @@ def test_another_file_under_a_name_already_done_is_refused_not_taken_as_done(
     assert "0 segmented, 1 already done" in _run(["segment", str(first), *base], capsys)[1]
 
 
-def test_a_damaged_per_image_part_is_written_again_not_a_traceback(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+def test_a_damaged_per_image_part_is_written_again_not_a_traceback(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
     # a truncated a.coco.json (or [] in a .ls.json) made the run's last step fail with a traceback, no summary and
     # no run files after coco; the image counted as done, so the part was never written again
     for i, name in enumerate(("a", "b")):
