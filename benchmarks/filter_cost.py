@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.timing import interleaved_medians, load_average
 from diffsegmenter import DiffSegmenter
+from diffsegmenter.cli.parser import positive_int
 from diffsegmenter.filters.base import select_classes
 from diffsegmenter.filters.diffusion import DiffusionFilter
 
@@ -89,8 +90,10 @@ _FIELDS = ("scoring", "timesteps", "noise_draws", "threshold", "resolution", "mi
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", type=int, default=8, help="val scenes per timed call (default: 8)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3; one untimed round first)")
+    p.add_argument("--scenes", type=positive_int, default=8, help="val scenes per timed call (default: 8)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed rounds (default: 3; one untimed round first)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--out", type=Path, default=None, help="JSON to write (default: print only)")
     args = p.parse_args(argv)

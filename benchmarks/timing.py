@@ -182,6 +182,8 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
     Returns:
         `dict[str, float]`: name -> median seconds.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (a median of no run is NaN), got {repeats}")
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from diffsegmenter import DiffSegmenter
+from diffsegmenter.cli.parser import positive_int
 from diffsegmenter.editing import EditSettings, edit_segmented, vae_round_trip_error
 
 from .captions import object_phrase
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shapes")
     ap.add_argument("--split", choices=("val", "test"), required=True)
-    ap.add_argument("--per-pair", type=int, default=25)
+    ap.add_argument("--per-pair", type=positive_int, default=25)
     ap.add_argument("--steps", type=int, default=EditSettings.steps)
     ap.add_argument("--guidance", type=float, default=EditSettings.guidance)
     ap.add_argument("--dilate", type=int, default=EditSettings.dilate)

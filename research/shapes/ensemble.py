@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffsegmenter.cli.parser import positive_int
 from diffsegmenter.result import SegmentationResult
 from diffsegmenter.segmenter import DiffSegmenter
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes")
     p.add_argument("--out", required=True)
-    p.add_argument("--val", type=int, default=60, help="the first N val scenes (readouts.py's val scenes)")
+    p.add_argument("--val", type=positive_int, default=60, help="the first N val scenes (readouts.py's val scenes)")
     p.add_argument("--members", nargs="*", default=None, help="members to report alone (default: all needed)")
     p.add_argument("--ensembles", nargs="*", default=None, help="name=m1+m2+... (default: ENSEMBLES)")
     p.add_argument("--cache", default=None, help="folder for each member's score maps (reused across runs)")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffsegmenter.cli.parser import positive_int
 from diffsegmenter.filters.diffusion import DiffusionFilter, reductions_from_errors, region_margins
 from diffsegmenter.loading import resolve_model
 from diffsegmenter.segmenter import DiffSegmenter
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         default="runs/shapes-filter-tune",
         help="new folder for filter_tuning.json and segmenter_config.json (not inside the installed package)",
     )
-    p.add_argument("--val", type=int, default=150)
+    p.add_argument("--val", type=positive_int, default=150)
     p.add_argument("--test", type=int, default=300)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-write", action="store_true", help="do not write OUT/segmenter_config.json")

@@ -63,12 +63,20 @@ def measure(parts: list[str], target: Path, overrides: dict[str, Any] | None = N
     seg = DiffSegmenter.from_pretrained("shapes", **overrides)
     flt = build_filter("diffusion", seg)
     out = json.loads(target.read_text(encoding="utf-8")) if target.exists() else {}
-    out["settings"] = {
+    settings = {
         "overrides": overrides,
         "flip": seg.config.flip,
         "tau": seg.config.tau,
         "filter_threshold": flt.threshold,
     }
+    earlier = out.get("settings")
+    if earlier is not None and json.loads(json.dumps(earlier)) != json.loads(json.dumps(settings)):
+        # the record holds one "settings" for all its parts: parts of other settings would be labelled with these
+        raise SystemExit(
+            f"{target} holds parts measured with other settings ({earlier}; now {settings}): write these parts to "
+            "another --out"
+        )
+    out["settings"] = settings
     for part in parts:
         split, start, n, protocol = PARTS[part]
         scenes = scenes_of(split, n, start=start)

@@ -10,7 +10,7 @@ Both files go to ``--out``, never into the model folder; to ship the choice, a m
 ``OUT/segmenter_config.json`` into ``src/diffsegmenter/models/shapes/`` and ``OUT/tuning.json`` into
 ``research/shapes/runs/shipped/``. Run from the repository root:
 
-    python -m research.shapes.tune --model shapes --out runs/shapes-tune --val 200 --test 300
+    python -m research.shapes.tune --model shapes --out runs/shapes-tune --val 150 --test 300
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffsegmenter.cli.parser import positive_int
 from diffsegmenter.loading import resolve_model
 from diffsegmenter.segmenter import DiffSegmenter
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         default="runs/shapes-tune",
         help="new folder for tuning.json and segmenter_config.json (not inside the installed package)",
     )
-    p.add_argument("--val", type=int, default=200, help="validation scenes for the search")
+    p.add_argument("--val", type=positive_int, default=150, help="validation scenes for the search")
     p.add_argument("--test", type=int, default=300, help="held-out test scenes for the report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")

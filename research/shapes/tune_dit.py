@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffsegmenter.cli.parser import positive_int
 from diffsegmenter.loading import resolve_model
 from diffsegmenter.segmenter import DiffSegmenter
 
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a joint-attention shapes model folder (SD3 layout)")
     p.add_argument("--out", default="runs/mmdit-tune", help="new folder for tuning.json and segmenter_config.json")
-    p.add_argument("--val", type=int, default=150)
+    p.add_argument("--val", type=positive_int, default=150)
     p.add_argument("--test", type=int, default=300, help="0: choose on val only")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)

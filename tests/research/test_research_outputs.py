@@ -83,3 +83,27 @@ def test_tuners_refuse_to_write_over_an_earlier_segmenter_config(main, extra, tm
     with pytest.raises(ValueError, match="already holds segmenter_config.json"):  # before loading
         main(["--model", "shapes", "--out", str(tmp_path), "--val", "1", "--test", "1", *extra])
     assert (tmp_path / "segmenter_config.json").read_text() == '{"earlier": true}\n'
+
+
+@pytest.mark.parametrize("main", [tune.main, filter_tune.main, tune_dit.main, ensemble.main])
+def test_a_search_on_no_val_scenes_is_refused(main, tmp_path, capsys):
+    # tune --val 0 scored every setting nan, "chose" one and wrote a segmenter config saying so
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "run"), "--val", "0"])
+    assert stop.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_measure_refuses_parts_of_other_settings_in_one_record(tmp_path, monkeypatch):
+    # the record holds one "settings" for all its parts: a part at tau 0.9 relabelled the tau 0.3 parts as 0.9
+    import json
+
+    from research.shapes import measure
+
+    monkeypatch.setitem(measure.PARTS, "tiny", ("val", 0, 1, "present"))
+    record = tmp_path / "measure.json"
+    measure.measure(["tiny"], record, {"tau": 0.3, "flip": False, "resolution": 64}, threads=1)
+    assert json.loads(record.read_text())["settings"]["tau"] == 0.3
+    with pytest.raises(SystemExit, match="holds parts measured with other settings"):
+        measure.measure(["tiny"], record, {"tau": 0.9, "flip": False, "resolution": 64}, threads=1)
+    assert json.loads(record.read_text())["settings"]["tau"] == 0.3
