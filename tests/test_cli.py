@@ -633,3 +633,36 @@ def test_a_damaged_per_image_part_is_written_again_not_a_traceback(
     assert code == 0 and "2 image(s): 2 segmented, 0 already done" in stdout, stderr
     assert (out / "a.coco.json").read_text() == whole
     assert len(json.loads((out / "labelstudio_tasks.json").read_text())) == 2
+
+
+def test_an_interrupted_overwrite_run_resumes_where_it_stopped(
+    tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch
+) -> None:
+    # rerunning an interrupted --overwrite run redid every image (and without --overwrite it was refused), so a long
+    # relabelling that was stopped always started over
+    from diffsegmenter.batch.images import ImageTask
+
+    for i in range(4):
+        _save_random(tmp_path / "in" / f"{i}.png", (24, 32), i)
+    out = tmp_path / "out"
+    base = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", str(tiny_model_dir)]
+    assert _run([*base, "--classes", "a,b"], capsys)[0] == 0
+    write, written = ImageTask.write, []
+
+    def stop_after_two(self, job, item, result):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(job.stem)
+        return write(self, job, item, result)
+
+    monkeypatch.setattr(ImageTask, "write", stop_after_two)
+    code, _, err = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
+    assert code == 130 and "rerun the same command to resume" in err, err
+    monkeypatch.setattr(ImageTask, "write", write)
+    times = _files(out)
+    code, stdout, _ = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
+    assert code == 0 and "4 image(s): 2 segmented, 2 already done" in stdout, stdout
+    assert all(_files(out)[f"{stem}.json"] == times[f"{stem}.json"] for stem in written)  # kept, not redone
+    assert not (out / ".diffsegmenter-overwrite.json").exists()  # the pass completed
+    code, stdout, _ = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
+    assert code == 0 and "4 segmented" in stdout  # a new --overwrite run redoes everything, as asked

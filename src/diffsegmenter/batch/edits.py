@@ -130,6 +130,12 @@ class EditTask(BatchTask[ImageJob]):
         listed = [sidecar.get("edit"), sidecar.get("mask")][: len(names)]
         return listed == names and all((job.out_dir / name).is_file() for name in names)
 
+    def finished_at(self, job: ImageJob) -> float | None:
+        try:
+            return _sidecar(job).stat().st_mtime  # written after the edit
+        except OSError:
+            return None
+
     def load(self, job: ImageJob) -> Any:
         from ..images import load_image
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..classes import check_class_names
-from ..io.paths import ImageJob
+from ..io.paths import OVERWRITE_RECORD, ImageJob
 from .runner import (
     BatchReport,
     BatchRunner,
@@ -109,6 +109,14 @@ class ImageTask(BatchTask[ImageJob]):
                 logger.info("%s: its label PNG numbers its classes otherwise than this run; recomputing", job.label)
                 return False
         return True
+
+    def finished_at(self, job: ImageJob) -> float | None:
+        from ..io.results import output_paths
+
+        try:
+            return output_paths(job.out_dir, job.stem, self.formats).sidecar.stat().st_mtime  # the sidecar is last
+        except OSError:
+            return None
 
     def load(self, job: ImageJob) -> Any:
         from ..images import load_image
@@ -213,5 +221,10 @@ def run_batch(
     if check_earlier and not overwrite:
         task.check_earlier(jobs)
     task.remove_stale_temp_files(jobs)
-    runner = BatchRunner(overwrite=overwrite, batch_size=images_per_batch, progress=None if progress else False)
+    runner = BatchRunner(
+        overwrite=overwrite,
+        batch_size=images_per_batch,
+        progress=None if progress else False,
+        overwrite_record=None if out is None else Path(out) / OVERWRITE_RECORD,
+    )
     return runner.run(jobs, task)

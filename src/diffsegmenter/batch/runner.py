@@ -368,6 +368,11 @@ class BatchTask(Generic[JobT]):
         """Whether the job's results are complete (and made with this run's settings)."""
         return False
 
+    def finished_at(self, job: JobT) -> float | None:
+        """When the job's results were last written (seconds since the epoch), or None when unknown; lets an
+        interrupted ``overwrite`` run resume (:attr:`BatchRunner.overwrite_record`)."""
+        return None
+
     def load(self, job: JobT) -> Any:
         """The job's input (an image...)."""
         raise NotImplementedError
@@ -431,6 +436,10 @@ class BatchRunner:
         desc (`str`, *optional*): the bar's label.
         unit (`str`, defaults to ``"image"``): the bar's unit.
         done_note (`str`, *optional*): logged (with the count) when some jobs are already done.
+        overwrite_record (`Path`, *optional*): with ``overwrite``, a file recording the pass (its request and start
+            time) until it completes: a rerun of the same request after a stop or an interrupt keeps the jobs this
+            pass already redid (``task.finished_at`` since the start) instead of starting over; None = every job is
+            redone.
     """
 
     on_error: Literal["skip", "raise"] = "skip"
@@ -441,13 +450,15 @@ class BatchRunner:
     desc: str | None = None
     unit: str = "image"
     done_note: str | None = "%d image(s) already done; pass --overwrite to recompute them"
+    overwrite_record: Path | None = None
 
     def run(self, jobs: Sequence[Any], task: BatchTask) -> BatchReport:
         """Process every job; returns what was done, already done, skipped and (after a stop) not started."""
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
         report = BatchReport(total=len(jobs))
-        pending = self._pending(jobs, task, report)
+        since = self._overwrite_pass(task)
+        pending = self._pending(jobs, task, report, since)
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -467,7 +478,29 @@ class BatchRunner:
                     report.not_started = sum(1 for job in pending if id(job) not in done_here)
                     break
         self.finish(jobs, task, report)
+        if since is not None and report.stopped is None and self.overwrite_record is not None:
+            self.overwrite_record.unlink(missing_ok=True)  # the pass is complete: a later overwrite redoes all
         return report
+
+    def _overwrite_pass(self, task: BatchTask) -> float | None:
+        """The start of this overwrite pass: the recorded one when :attr:`overwrite_record` holds the same request
+        (a rerun after a stop), else now (recorded). None without ``overwrite`` or a record file."""
+        if not self.overwrite or self.overwrite_record is None:
+            return None
+        import time
+
+        from ..io.atomic import write_json
+
+        request = normalise_fingerprint(getattr(task, "request", None))
+        try:
+            record = json.loads(self.overwrite_record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and record.get("request") == request and isinstance(record.get("since"), float):
+            return record["since"]
+        since = time.time()
+        write_json(self.overwrite_record, {"request": request, "since": since})
+        return since
 
     def finish(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport) -> None:
         """``task.finish`` (the run-level files); a write error there stops the run (skip policy) or raises."""
@@ -494,7 +527,7 @@ class BatchRunner:
         if not isinstance(exc, str):
             logger.debug("traceback for %s", label, exc_info=exc)
 
-    def _pending(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport) -> list[Any]:
+    def _pending(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport, since: float | None) -> list[Any]:
         pending: list[Any] = []
         for job in jobs:
             problem = task.problem(job)
@@ -502,9 +535,15 @@ class BatchRunner:
                 self._skip(report, job, problem)
             elif not self.overwrite and task.is_done(job):
                 report.already_done.append(job)
+            elif since is not None and (task.finished_at(job) or 0.0) >= since and task.is_done(job):
+                report.already_done.append(job)  # redone by this overwrite pass before it stopped
             else:
                 pending.append(job)
-        if report.already_done and self.done_note:
+        if since is not None and report.already_done:
+            logger.info(
+                "%d image(s) already redone by this --overwrite run before it stopped", len(report.already_done)
+            )
+        elif report.already_done and self.done_note:
             logger.info(self.done_note, len(report.already_done))
         return pending
 

@@ -251,7 +251,7 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
     from ..batch.edits import EditTask, check_edit_request, edit_path
     from ..batch.images import ImageTask
     from ..editing import check_generation
-    from ..io.paths import collect_jobs
+    from ..io.paths import OVERWRITE_RECORD, collect_jobs
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
@@ -283,6 +283,7 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
             progress=None if progress else False,
             desc="edit",
             done_note="%d image(s) already edited with these settings; pass --overwrite to redo them",
+            overwrite_record=out / OVERWRITE_RECORD,
         )
         result = runner.run(jobs, task)
         report = EditReport(

@@ -21,11 +21,22 @@ from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from ..errors import UsageError
 
-__all__ = ["SKIPPED_FILE", "ImageJob", "check_output_names", "collect_jobs", "image_key", "path_key"]
+__all__ = [
+    "OVERWRITE_RECORD",
+    "SKIPPED_FILE",
+    "ImageJob",
+    "check_output_names",
+    "collect_jobs",
+    "image_key",
+    "path_key",
+]
 
 logger = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.json"
+#: In an output folder while an ``--overwrite`` run is unfinished: its request and start time, so that rerunning it
+#: keeps what it already redid (:attr:`~diffsegmenter.batch.BatchRunner.overwrite_record`).
+OVERWRITE_RECORD = ".diffsegmenter-overwrite.json"
 """The run's list of skipped inputs, ``<out>/skipped.json`` (so no input may write a sidecar named so)."""
 
 _GLOB_CHARS = frozenset("*?[")
