@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -544,3 +545,33 @@ def test_gradio_deletes_its_copies_of_old_uploads(tmp_path: Path) -> None:
         assert not list((EXAMPLES.parent / "app").glob("*.pyi"))
     finally:
         service.close()
+
+
+def test_the_clip_filter_is_offered_only_when_the_server_loaded_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    # "clip" was always offered: offline, a visitor got the operator's advice and the server's cache path; online, a
+    # click would have downloaded CLIP and BLIP inside a request, holding the model
+    pytest.importorskip("gradio", reason="serve needs gradio")
+    from diffsegmenter import cli
+    from diffsegmenter.app import AppError, SegmentService
+    from diffsegmenter.cli import model
+
+    Image.open(SCENE).save(tmp_path / "x.png")
+    plain = SegmentService(object(), time_limit=5, work_dir=tmp_path / "a")
+    clip = object()
+    offering = SegmentService(object(), time_limit=5, work_dir=tmp_path / "b", clip_filter=clip)
+    try:
+        assert plain.filters == ("none", "diffusion") and offering.filters == ("none", "diffusion", "clip")
+        with pytest.raises(AppError, match="the clip filter is not available on this server .*serve --clip"):
+            plain.check_request(str(tmp_path / "x.png"), "circle", "clip", None)
+        assert offering.check_request(str(tmp_path / "x.png"), "circle", "clip", None)[2] is clip
+        assert plain.check_request(str(tmp_path / "x.png"), "circle", "diffusion", None)[2] == "diffusion"
+    finally:
+        plain.close()
+        offering.close()
+    # serve --clip loads it at start: a missing model is the operator's one-line error, before anything is served
+    fake = type("S", (), {"captioner": None, "device": torch.device("cpu"), "dtype": torch.float32})()
+    monkeypatch.setattr(model, "load_segmenter", lambda args, overrides: fake)
+    port = str(_free_port())
+    assert cli.main(["serve", "--port", port, "--offline", "--clip", str(tmp_path / "no-clip")]) == 2
+    captured = capsys.readouterr()
+    assert "no-clip" in captured.err and "Serving" not in captured.out

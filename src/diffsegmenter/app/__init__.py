@@ -146,12 +146,22 @@ class SegmentService:
         time_limit (`float`): seconds a request may take (waiting for the model included).
         work_dir (`str | Path`, *optional*): where outputs are written (one sub-folder per request); a temporary
             folder by default.
+        clip_filter (*optional*): the loaded CLIP filter (``build_filter("clip", ...)``, ``serve --clip``); without
+            it the app offers no ``"clip"`` filter (loading CLIP and BLIP inside a request, or failing there with
+            advice only the operator can follow, is not a visitor's business).
     """
 
-    def __init__(self, segmenter: Any, time_limit: float = TIME_LIMIT_S, work_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        segmenter: Any,
+        time_limit: float = TIME_LIMIT_S,
+        work_dir: str | os.PathLike | None = None,
+        clip_filter: Any = None,
+    ):
         if not time_limit or not 0 < time_limit <= MAX_TIME_LIMIT_S:
             raise ValueError(f"time_limit must be a number of seconds in (0, {MAX_TIME_LIMIT_S:g}], got {time_limit}")
         self.segmenter = segmenter
+        self.clip_filter = clip_filter
         self.time_limit = float(time_limit)
         self.lock = threading.Lock()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffsegmenter-model")
@@ -172,6 +182,11 @@ class SegmentService:
         """Whether the model refines its maps with PAMR (``SegmenterConfig.refine == "pamr"``): the app's starting
         value of its refine switch (off unless ``serve --set refine=pamr``)."""
         return self.segmenter.config.refine == "pamr"
+
+    @property
+    def filters(self) -> tuple[str, ...]:
+        """The filters this server offers: ``none``, ``diffusion``, and ``clip`` when it was given a CLIP filter."""
+        return FILTERS if self.clip_filter is not None else tuple(f for f in FILTERS if f != "clip")
 
     @property
     def default_filter(self) -> str:
@@ -197,8 +212,13 @@ class SegmentService:
 
         path = image_path(image)
         flt = (filter or "none").strip().lower()
-        if flt not in FILTERS:
-            raise AppError(f"unknown filter {filter!r}: choose one of {', '.join(FILTERS)}")
+        if flt == "clip" and flt not in self.filters:
+            raise AppError(
+                "the clip filter is not available on this server (its operator starts it with serve --clip); choose "
+                f"one of {', '.join(self.filters)}"
+            )
+        if flt not in self.filters:
+            raise AppError(f"unknown filter {filter!r}: choose one of {', '.join(self.filters)}")
         names = parse_class_text(classes)
         if names is None and not getattr(self.segmenter, "default_classes", None):
             raise AppError("this model has no classes of its own: type class names, e.g. 'cat, sofa'")
@@ -218,7 +238,8 @@ class SegmentService:
                 raise AppError(str(exc)) from None
         else:
             refine = None
-        return path, names, (None if flt == "none" else flt), tau, refine
+        chosen = {"none": None, "clip": self.clip_filter}.get(flt, flt)
+        return path, names, chosen, tau, refine
 
     def load(self, path: Path) -> np.ndarray:
         """The uploaded image as (H, W, 3) uint8 RGB; an AppError when it cannot be used."""
@@ -473,7 +494,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
                     )
                     with gr.Row():
                         flt = gr.Radio(
-                            list(FILTERS),
+                            list(service.filters),
                             value=service.default_filter,
                             label="Filter: keep the classes found present (the likeliest one always stays)",
                             elem_id="filter",

@@ -32,19 +32,20 @@ def add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
     add_clip_filter_arguments(parser)
 
 
-def add_clip_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--clip`` and ``--blip``: the models of ``--filter clip`` (Hub ids or local folders)."""
+def add_clip_filter_arguments(parser: argparse.ArgumentParser, use: str = "for --filter clip") -> None:
+    """``--clip`` and ``--blip``: the models of the clip filter (Hub ids or local folders); ``use`` says what they
+    are for in the help."""
     parser.add_argument(
         "--clip",
         default=None,
         metavar="MODEL",
-        help="CLIP Hub id or local folder for --filter clip (default: openai/clip-vit-large-patch14)",
+        help=f"CLIP Hub id or local folder {use} (default: openai/clip-vit-large-patch14)",
     )
     parser.add_argument(
         "--blip",
         default=None,
         metavar="MODEL",
-        help="BLIP Hub id or local folder whose caption --filter clip reads, or 'none' for image similarity only "
+        help="BLIP Hub id or local folder whose caption the clip filter reads, or 'none' for image similarity only "
         "(default: the segmenter's BLIP captioner if it has one, else Salesforce/blip-image-captioning-large)",
     )
 

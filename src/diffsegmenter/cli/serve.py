@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 from .parser import CliError, Command, config_overrides, positive_int, register_command
+from .segment import add_clip_filter_arguments
 
 __all__ = ["add_serve_arguments", "cmd_serve"]
 
@@ -26,6 +27,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=TIME_LIMIT_S,
         help=f"seconds one request may take before it is answered with an error (default: {TIME_LIMIT_S:g})",
+    )
+    add_clip_filter_arguments(
+        parser, "offer the clip filter (loaded at start; without --clip or --blip it is not offered)"
     )
 
 
@@ -93,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``diffsegmenter serve``: load the model once, then serve the app until interrupted."""
     from .._optional import require
     from ..app import SegmentService, launch_app
-    from .model import check_overrides, default_model, load_segmenter
+    from .model import check_overrides, default_model, load_segmenter, setup_filter
 
     try:
         require("gradio", extra="app", feature="diffsegmenter serve")
@@ -107,7 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_overrides(overrides)
     check_address(args.host, args.port)
     segmenter = load_segmenter(args, overrides)
-    service = SegmentService(segmenter, time_limit=args.time_limit)
+    # the clip filter loads now, where a missing model is the operator's error, not each visitor's
+    offer_clip = args.clip is not None or args.blip is not None
+    clip_filter = setup_filter(segmenter, "clip", args) if offer_clip else None
+    service = SegmentService(segmenter, time_limit=args.time_limit, clip_filter=clip_filter)
     model_name = args.model if args.model is not None else default_model()
     with stop_on_sigterm():
         try:
