@@ -666,3 +666,19 @@ def test_an_interrupted_overwrite_run_resumes_where_it_stopped(
     assert not (out / ".diffsegmenter-overwrite.json").exists()  # the pass completed
     code, stdout, _ = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
     assert code == 0 and "4 segmented" in stdout  # a new --overwrite run redoes everything, as asked
+
+
+def test_run_files_written_for_part_of_a_folder_say_what_they_leave_out(
+    tmp_path: Path, tiny_model_dir: Path, capsys, caplog
+) -> None:
+    # a rerun on one image of a finished folder rewrote coco_instances.json with that image only, without a word
+    for i, name in enumerate(("a", "b")):
+        _save_random(tmp_path / "in" / f"{name}.png", (24, 32), i)
+    out = tmp_path / "out"
+    base = ["--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b", "--format", "png,coco"]
+    assert _run(["segment", str(tmp_path / "in"), *base], capsys)[0] == 0
+    assert "other result" not in caplog.text
+    assert _run(["segment", str(tmp_path / "in" / "a.png"), *base], capsys)[0] == 0
+    assert "coco_instances.json list(s) the 1 finished image(s) of this run; 1 other result(s)" in caplog.text
+    assert "b.json" in caplog.text
+    assert len(json.loads((out / "coco_instances.json").read_text())["images"]) == 1

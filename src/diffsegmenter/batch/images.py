@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,18 @@ class ImageTask(BatchTask[ImageJob]):
         if self.out is None or not any(FORMATS[name].finish is not None for name in self.formats):
             return
         classes = self.vocabulary or []
-        write_run_outputs(self.out, self.run_images(jobs), self.formats, classes)
+        images = self.run_images(jobs)
+        written = write_run_outputs(self.out, images, self.formats, classes)
+        others = _results_of_other_runs(jobs)
+        if others:  # the run files list this run's images only: said, as the folder holds more
+            logger.warning(
+                "%s list(s) the %d finished image(s) of this run; %d other result(s) in the same folder(s) (earlier "
+                "runs' inputs, e.g. %s) are not in it: give every input to one run to list them together",
+                ", ".join(sorted({p.name for p in written})) or "the run files",
+                len(images),
+                len(others),
+                others[0],
+            )
 
     @staticmethod
     def remove_stale_temp_files(jobs: Sequence[ImageJob]) -> None:
@@ -176,6 +188,34 @@ class ImageTask(BatchTask[ImageJob]):
         for folder in sorted(folders):
             if folder.is_dir() and not any(parent in folders for parent in folder.parents):
                 remove_stale_temp_files(folder)
+
+
+def _results_of_other_runs(jobs: Sequence[ImageJob]) -> list[Path]:
+    """Sidecars in the jobs' output folders that record an input of none of the jobs (an earlier run's results)."""
+    import json
+
+    from ..io.formats import RUN_FILES
+    from ..io.paths import SKIPPED_FILE
+
+    mine = {(job.out_dir, f"{job.stem}.json") for job in jobs}
+    found: list[Path] = []
+    for folder in sorted({job.out_dir for job in jobs if job.problem is None}):
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json") and e.is_file())
+        except OSError:
+            continue
+        for name in names:
+            if (folder, name) in mine or name in RUN_FILES or name == SKIPPED_FILE or name.startswith("."):
+                continue
+            if name.endswith((".coco.json", ".ls.json")):  # an image's parts, beside its sidecar
+                continue
+            try:
+                payload = json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(payload, dict) and "source" in payload and "diffsegmenter_version" in payload:
+                found.append(folder / name)
+    return found
 
 
 def run_batch(
