@@ -6,10 +6,7 @@ Per scene (val scenes of the shapes world, one ``segment`` call per scene, the s
 * ``vocab+quantile``: the whole vocabulary and the previous shipped filter (``scoring="quantile"``: one score per
   image from the denoising-error reduction, t 200/400/600, 2 draws, quantile 0.5, threshold 0.0004, 64²);
 * ``vocab+regions``: the whole vocabulary and the shipped filter (``scoring="regions"``: the model folder's
-  ``_diffusion_filter``; one vote per foreground region of the segmenter's own whole-vocabulary pass), the kept
-  classes' maps taken from that pass;
-* ``regions-then-segment``: the same filter run on its own (``select_classes``), then ``segment`` with the kept
-  classes: the path before the call reused its filter's maps (their passes run twice).
+  ``_diffusion_filter``; one vote per foreground region of the segmenter's own whole-vocabulary pass).
 
 Both filters are built once and reused, as ``segment(..., filter="diffusion")`` does. The functions are timed
 interleaved (:func:`benchmarks.timing.interleaved_medians`), so load from other processes hits all alike. Run from
@@ -29,7 +26,6 @@ import torch
 from benchmarks.timing import interleaved_medians, load_average
 from diffsegmenter import DiffSegmenter
 from diffsegmenter.cli.parser import positive_int
-from diffsegmenter.filters.base import select_classes
 from diffsegmenter.filters.diffusion import DiffusionFilter
 
 #: The shapes model's filter before issue 17 (``git show ee50b5b~1:src/diffsegmenter/models/shapes/segmenter_config.json``).
@@ -64,15 +60,10 @@ def measure(scenes: int, repeats: int) -> dict:
 
         return fn
 
-    def filter_then_segment():
-        for sc in val:
-            seg.segment(sc.image, select_classes(regions, sc.image, vocab).kept)
-
     fns = {
         "present": run(None, present),
         "vocab+quantile": run(quantile, [vocab] * len(val)),
         "vocab+regions": run(regions, [vocab] * len(val)),
-        "regions-then-segment": filter_then_segment,
     }
     times = interleaved_medians(fns, repeats=repeats)
     per_scene = {k: v / len(val) for k, v in times.items()}
@@ -80,7 +71,6 @@ def measure(scenes: int, repeats: int) -> dict:
         "seconds_per_scene": per_scene,
         "ratio_to_present": {k: v / per_scene["present"] for k, v in per_scene.items()},
         "regions_over_quantile": per_scene["vocab+regions"] / per_scene["vocab+quantile"],
-        "reuse_speedup": per_scene["regions-then-segment"] / per_scene["vocab+regions"],
         "filters": {"quantile": PREVIOUS_FILTER, "regions": {k: getattr(regions, k) for k in _FIELDS}},
     }
 

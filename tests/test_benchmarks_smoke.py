@@ -153,9 +153,7 @@ def test_filter_cost_benchmark_times_both_filters_against_the_plain_call(tmp_pat
 
     out = tmp_path / "filter_cost.json"
     report = filter_cost.main(["--scenes", "1", "--repeats", "1", "--threads", "2", "--out", str(out)])
-    variants = {"present", "vocab+quantile", "vocab+regions", "regions-then-segment"}
-    assert set(report["seconds_per_scene"]) == variants
-    assert report["reuse_speedup"] > 0
+    assert set(report["seconds_per_scene"]) == {"present", "vocab+quantile", "vocab+regions"}
     assert report["ratio_to_present"]["present"] == 1.0
     assert all(v > 0 for v in report["seconds_per_scene"].values())
     assert report["filters"]["regions"]["scoring"] == "regions"

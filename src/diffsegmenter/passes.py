@@ -9,7 +9,7 @@ and class: average the class's token maps per level, fuse the levels, complete w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,16 +22,7 @@ from .transfer import to_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CPU_BATCH_BYTES",
-    "PassSpec",
-    "PassMaps",
-    "ClassMaps",
-    "PassMemo",
-    "attention_pass",
-    "run_batched",
-    "cpu_batch_limit",
-]
+__all__ = ["CPU_BATCH_BYTES", "PassSpec", "PassMaps", "ClassMaps", "attention_pass", "run_batched", "cpu_batch_limit"]
 
 #: On the CPU, without ``config.batch_size``, the denoiser batch is sized so that its estimated memory stays within
 #: this budget (and within half the free RAM). Bigger CPU batches are not faster: on the shapes model 300 classes took
@@ -172,60 +163,6 @@ class ClassMaps:
         self.where.update(other.where)
         self.which.update(other.which)
         return self
-
-
-class PassMemo:
-    """The maps of passes already run within one :meth:`~diffsegmenter.DiffSegmenter.segment` call, for a nested
-    call on the same images to reuse (the ``"regions"`` diffusion filter segments the image with the whole vocabulary
-    first; the call's own pass then needs the maps of the kept classes, which that segmentation computed).
-
-    An entry is one prompt's maps on one view, keyed by everything the maps depend on: the view's pixels, the
-    segmenter's config and seed, the pass and the prompt's text, token ids and class positions. A hit gives the maps
-    a run would compute, up to float rounding (the batch they were computed in differs).
-    """
-
-    def __init__(self) -> None:
-        self._maps: dict[tuple, tuple[list[torch.Tensor | None], list[torch.Tensor | None]]] = {}
-
-    @staticmethod
-    def prompt_key(prompt: ClassPrompt) -> tuple:
-        """What of a prompt its maps depend on (not ``class_indices``, which index one call's class list)."""
-        return (
-            prompt.text,
-            tuple(prompt.input_ids),
-            tuple(map(tuple, prompt.class_tokens)),
-            tuple(map(tuple, prompt.extra_tokens)),
-        )
-
-    def take(
-        self, pass_key: Hashable, view_keys: Sequence[Hashable], work: Sequence[tuple[int, ClassPrompt]]
-    ) -> tuple[ClassMaps, list[tuple[int, ClassPrompt]]]:
-        """The maps of the work items seen before (keyed as this call's items are) and the items still to run."""
-        maps, missing = ClassMaps(), []
-        for i, p in work:
-            hit = self._maps.get((pass_key, view_keys[i], self.prompt_key(p)))
-            if hit is None:
-                missing.append((i, p))
-                continue
-            for j, ci in enumerate(p.class_indices):
-                if hit[0][j] is not None:
-                    maps.where[(i, ci)] = hit[0][j]
-                if hit[1][j] is not None:
-                    maps.which[(i, ci)] = hit[1][j]
-        return maps, missing
-
-    def keep(
-        self,
-        pass_key: Hashable,
-        view_keys: Sequence[Hashable],
-        work: Sequence[tuple[int, ClassPrompt]],
-        maps: ClassMaps,
-    ) -> None:
-        """Remember the maps ``run_batched`` computed for ``work``."""
-        for i, p in work:
-            where = [maps.where.get((i, ci)) for ci in p.class_indices]
-            which = [maps.which.get((i, ci)) for ci in p.class_indices]
-            self._maps[(pass_key, view_keys[i], self.prompt_key(p))] = (where, which)
 
 
 def cpu_batch_limit(backbone: DiffusionBackbone, latents: torch.Tensor) -> int:

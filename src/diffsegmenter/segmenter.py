@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ from .backbones import DiffusionBackbone, StableDiffusionBackbone
 from .classes import check_class_names, class_lists_per_image, short_name
 from .config import SegmenterConfig, check_refine, check_tau
 from .decision import PassPlan, class_decision
-from .passes import ClassMaps, PassMemo, PassSpec, attention_pass, run_batched
+from .passes import ClassMaps, PassSpec, attention_pass, run_batched
 from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
 from .readouts import readout_for
 from .refinement import Refiner
@@ -128,7 +127,6 @@ class DiffSegmenter:
         classes = default_classes if default_classes is not None else self.model_settings.classes
         self.default_classes = list(classes) if classes else None
         self._filters: dict[str, Any] = {}  # built-in filters built by name on first use (filters.build_filter)
-        self._memo: PassMemo | None = None  # set only during a filtered segment() call's filter (see segment)
 
     @classmethod
     def from_pretrained(
@@ -302,15 +300,8 @@ class DiffSegmenter:
         call_config = cfg.with_seed(seed)
         seed = call_config.seed
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
-        # maps computed inside the filter (the "regions" diffusion filter segments each image with the whole
-        # vocabulary) are kept for this call's passes; a nested call adds to its caller's memo
-        memo = self._memo if self._memo is not None else (PassMemo() if filter is not None else None)
-        previous_memo, self._memo = self._memo, memo
-        try:
-            with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's
-                class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
-        finally:
-            self._memo = previous_memo
+        with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's
+            class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
         check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
         tau = cfg.tau if tau is None else float(tau)
         # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
@@ -319,6 +310,7 @@ class DiffSegmenter:
         # .copy(), not ascontiguousarray: a 1-pixel-wide mirror is "contiguous" with a negative stride, which
         # torch.from_numpy refuses
         views = arrays + [a[:, ::-1].copy() for a in arrays] if cfg.flip else arrays
+        latents = self.encode_images(views, seed)
         # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any; a mirrored
         #    view gets its image's prompts
         work = self._work(arrays, class_lists)
@@ -326,25 +318,12 @@ class DiffSegmenter:
         # 4. the passes the class decision asks for: one denoiser forward per batch of conditional prompts, capturing
         #    attention (the capturing processors installed once for the call, or for the run in a session()); per
         #    class: its tokens' maps per level, fused, completed with the mean self-attention
-        #    (the items a nested call of this call already ran are taken from the memo)
         decision = class_decision(cfg, self.resolution)
         maps = ClassMaps()
-        view_keys = [_view_key(v) for v in views] if memo is not None else []
-        latents: dict[int | None, torch.Tensor] = {}  # per pass resolution, encoded when a pass first needs it
         with self.backbone.capture_session():
             for plan in decision.passes():
-                todo = view_work
-                if memo is not None:
-                    pass_key = (repr(call_config), repr(plan))
-                    known, todo = memo.take(pass_key, view_keys, view_work)
-                    maps.update(known)
-                if todo:
-                    if plan.resolution not in latents:
-                        latents[plan.resolution] = self.encode_images(views, seed, plan.resolution)
-                    pass_maps = self._run_pass(todo, latents[plan.resolution], plan)
-                    maps.update(pass_maps)
-                    if memo is not None:
-                        memo.keep(pass_key, view_keys, todo, pass_maps)
+                pass_latents = latents if plan.resolution is None else self.encode_images(views, seed, plan.resolution)
+                maps.update(self._run_pass(view_work, pass_latents, plan))
         # 5. per image: upsample to its size, min-max per class, decide the class (with `flip`, the mean of the
         #    image's and its mirror's scores; with `refine`, PAMR with the image's colours), label against the
         #    background tau (on the maps' device; the results come back to the host in few copies)
@@ -632,11 +611,6 @@ def _check_settings_fit(backbone: DiffusionBackbone, config: SegmenterConfig) ->
     first attention pass would otherwise refuse, after the images were read (ValueError)."""
     spec = PassSpec.from_config(config, which_weights=config.class_level_weights)
     readout_for(config.readout, config.readout_block).check_backbone(backbone, spec)
-
-
-def _view_key(view: np.ndarray) -> tuple[tuple[int, ...], bytes]:
-    """A view's shape and a digest of its pixels: what :class:`~diffsegmenter.passes.PassMemo` keys views by."""
-    return view.shape, hashlib.blake2b(np.ascontiguousarray(view).data, digest_size=16).digest()
 
 
 @functools.cache

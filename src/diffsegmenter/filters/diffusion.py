@@ -23,9 +23,7 @@ A class is kept when its score reaches ``threshold``; if none does, the best-sco
 shows something).
 
 Cost: (K + 1) x len(timesteps) x noise_draws UNet samples per image, in batches; ``"regions"`` adds one
-segmentation of the image with the whole vocabulary, whose maps ``segment(..., filter=...)`` then reuses for the kept
-classes (:class:`~diffsegmenter.passes.PassMemo`), so the call runs no attention pass of its own. No captioner, no
-CLIP.
+segmentation of the image with the whole vocabulary. No captioner, no CLIP.
 """
 
 from __future__ import annotations
