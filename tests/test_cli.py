@@ -603,9 +603,17 @@ def test_another_file_under_a_name_already_done_is_refused_not_taken_as_done(
     assert code == 2 and "from another file under the same name" in err and f"{str(first)!r}'s" in err, err
     assert _files(out) == made  # nothing replaced
     assert "0 segmented, 1 already done" in _run(["segment", str(first), *base], capsys)[1]  # its own: done
-    first.write_bytes(other.read_bytes())  # the input itself changed since: not done either
-    assert _run(["segment", str(first), *base], capsys)[0] == 2
-    code, stdout, _ = _run(["segment", str(first), *base, "--overwrite"], capsys)
+    # a resume compares size and modification time first: an unchanged input is not read again
+    import diffsegmenter.io.sidecar as sidecar_module
+
+    read = sidecar_module.source_digest
+    sidecar_module.source_digest = lambda path: pytest.fail(f"read {path} on a resume")
+    try:
+        assert "0 segmented, 1 already done" in _run(["segment", str(first), *base], capsys)[1]
+    finally:
+        sidecar_module.source_digest = read
+    first.write_bytes(other.read_bytes())  # the input itself changed since (same path): redone, not refused
+    code, stdout, _ = _run(["segment", str(first), *base], capsys)
     assert code == 0 and "1 segmented" in stdout
     coco = json.loads((out / "coco_instances.json").read_text())
     assert [(i["width"], i["height"]) for i in coco["images"]] == [(24, 32)]
@@ -633,6 +641,10 @@ def test_a_damaged_per_image_part_is_written_again_not_a_traceback(
     assert code == 0 and "2 image(s): 2 segmented, 0 already done" in stdout, stderr
     assert (out / "a.coco.json").read_text() == whole
     assert len(json.loads((out / "labelstudio_tasks.json").read_text())) == 2
+    (out / "a.coco.json").write_text('{"note": "x"}')  # JSON, but not what the COCO writer reads
+    code, stdout, stderr = _run(argv, capsys)
+    assert code == 0 and "2 image(s): 1 segmented, 1 already done" in stdout, stderr
+    assert (out / "a.coco.json").read_text() == whole
 
 
 def test_an_interrupted_overwrite_run_resumes_where_it_stopped(
@@ -664,6 +676,12 @@ def test_an_interrupted_overwrite_run_resumes_where_it_stopped(
     assert code == 0 and "4 image(s): 2 segmented, 2 already done" in stdout, stdout
     assert all(_files(out)[f"{stem}.json"] == times[f"{stem}.json"] for stem in written)  # kept, not redone
     assert not (out / ".diffsegmenter-overwrite.json").exists()  # the pass completed
+    # a record of an interrupted pass by another version of the package does not count (the code changed since)
+    (out / ".diffsegmenter-overwrite.json").write_text(
+        json.dumps({"request": json.loads((out / "0.json").read_text())["request"], "version": "0.0", "since": 0.0})
+    )
+    code, stdout, _ = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
+    assert code == 0 and "4 segmented" in stdout
     code, stdout, _ = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
     assert code == 0 and "4 segmented" in stdout  # a new --overwrite run redoes everything, as asked
 

@@ -156,3 +156,18 @@ def test_the_emphasised_last_word_is_its_readable_pieces_on_t5():
     words = tokenizer.convert_ids_to_tokens
     assert words([prompt.input_ids[i] for i in prompt.class_tokens[0]]) == ["▁cat", "▁dog"]
     assert words([prompt.input_ids[i] for i in prompt.last_word_tokens[0]]) == ["▁dog"]
+
+
+def test_special_markers_are_not_class_tokens_but_an_ordinary_pad_piece_is():
+    # "<|startoftext|>" as a class name read the BOS token; SD2's tokenizer pads with "!", an ordinary piece that a
+    # name like "yahoo!" holds, and which must stay part of its span
+    from diffsegmenter.tokens import readable_token
+
+    sd2 = CLIPTokenizer.from_pretrained(FIXTURES / "clip_tokenizer", pad_token="!")
+    bang = sd2.convert_tokens_to_ids("!")
+    assert bang in sd2.all_special_ids and readable_token(sd2, bang)
+    assert not readable_token(sd2, sd2.bos_token_id) and not readable_token(sd2, sd2.eos_token_id)
+    with pytest.raises(ClassTokenError, match="cannot read class name"):
+        per_class_prompt(sd2, "<|startoftext|>", 0, "a photograph of {}", "{}")
+    p = per_class_prompt(sd2, "yahoo!", 0, "a photograph of {}", "{}")
+    assert bang in [p.input_ids[i] for i in p.class_tokens[0]]

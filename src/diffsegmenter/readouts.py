@@ -107,14 +107,11 @@ class Readout:
         name (`str`): the ``SegmenterConfig.readout`` value.
         needs_content (`bool`): :meth:`maps` reads each sample's content-token mask.
         raw_scores (`bool`): the maps are probabilities to be labelled without a final min-max.
-        fuses_levels (`bool`): the maps fuse the captured levels with ``level_weights`` (and
-            ``class_level_weights``), which must then weigh every level the backbone's cross-attention has.
     """
 
     name = "paper"
     needs_content = False
     raw_scores = False
-    fuses_levels = True
 
     def check_family(self, family: str) -> None:
         allowed = FAMILIES[self.name]
@@ -126,25 +123,16 @@ class Readout:
             )
 
     def check_backbone(self, backbone, spec) -> None:
-        """Refuse, before any forward, what this read-out's capture and fusion would refuse on ``backbone`` with
-        ``spec`` (a :class:`~diffsegmenter.passes.PassSpec`): another family's settings (``self_attention_factor``
-        on a transformer, ``attention_blocks`` on a UNet), a block out of range, a level without a fusion weight.
+        """Refuse, before any forward, what this read-out's capture would refuse on ``backbone`` with ``spec`` (a
+        :class:`~diffsegmenter.passes.PassSpec`): another family's settings (``self_attention_factor`` on a
+        transformer, ``attention_blocks`` on a UNet) and a block out of range. (Fusion weights are checked against
+        the levels a pass captures, which depend on the input size, at the first pass.)
 
         Raises:
             ValueError: naming the setting and what the backbone reads.
         """
         self.check_family(backbone.family)
         backbone.check_reading(spec.self_attention_factor, **self.capture_blocks(backbone, spec))
-        if not self.fuses_levels:
-            return
-        levels = backbone.cross_attention_factors()
-        for field, weights in (("level_weights", spec.level_weights), ("class_level_weights", spec.which_weights)):
-            missing = sorted(levels - set(weights or {})) if weights is not None else []
-            if missing:
-                raise ValueError(
-                    f"no fusion weight for downsampling factor(s) {missing}: this {backbone.family} denoiser's "
-                    f"cross-attention lies at {sorted(levels)}; give one for each in {field}"
-                )
 
     def prepare(self, store: AttentionStore) -> None:
         """Ask the store for what :meth:`maps` reads (before the forward)."""
@@ -433,7 +421,6 @@ class SingleBlockReadout(Readout):
 
     name = "single-block"
     raw_scores = True
-    fuses_levels = False
 
     def __init__(self, block: int | None = None) -> None:
         self.block = block
@@ -468,7 +455,6 @@ class ConceptReadout(Readout):
     """
 
     name = "concept"
-    fuses_levels = False
 
     def capture(self, backbone, store, spec, text, token_groups):
         from .joint_attention import capture_concepts

@@ -39,11 +39,16 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 def readable_token(tokenizer, token: int) -> bool:
-    """Whether a token carries text the tokenizer knows: not its unknown token or any other special token (a name
-    written as ``"<pad>"`` or ``"</s>"`` tokenises to one on T5, ``"<|startoftext|>"`` on CLIP), and not a piece that
-    decodes to whitespace (sentencepiece's bare "▁")."""
-    if token == tokenizer.unk_token_id or token in tokenizer.all_special_ids:
+    """Whether a token carries text the tokenizer knows: not its unknown token, not a special marker token (a name
+    written as ``"<pad>"`` or ``"</s>"`` tokenises to one on T5, ``"<|startoftext|>"`` on CLIP; a special token that
+    is an ordinary piece, as SD2's pad token ``"!"``, stays readable), and not a piece that decodes to whitespace
+    (sentencepiece's bare "▁")."""
+    if token == tokenizer.unk_token_id:
         return False
+    if token in tokenizer.all_special_ids:
+        text = str(tokenizer.convert_ids_to_tokens(token))
+        if text.startswith("<") and text.endswith(">"):
+            return False
     return bool(tokenizer.decode([token]).strip())
 
 

@@ -435,11 +435,6 @@ class DiffusionBackbone(ABC):
             ValueError: the message names the setting and what this family reads instead.
         """
 
-    def cross_attention_factors(self) -> set[int]:
-        """The downsampling factors at which :meth:`capture` records cross-attention: the keys a fusion weight
-        (``level_weights``, ``class_level_weights``) must have."""
-        return {factor for kind, factor in self.attention_layers().values() if kind == "cross"}
-
     @abstractmethod
     def attention_layers(self) -> dict[str, tuple[str, int]]:
         """Which layers carry attention, and where.

@@ -183,9 +183,6 @@ class TransformerBackbone(DiffusionBackbone):
                 f"block index {bad[0]} out of range: this {self.family} denoiser has {n} blocks (0..{n - 1})"
             )
 
-    def cross_attention_factors(self) -> set[int]:
-        return {self.patch_factor}
-
     def capture(
         self, store, self_factor: int | None = None, *, blocks=None, self_blocks=None
     ) -> AbstractContextManager:

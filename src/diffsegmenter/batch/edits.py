@@ -152,7 +152,7 @@ class EditTask(BatchTask[ImageJob]):
 
     def write(self, job: ImageJob, item: Any, result: Any) -> bool:
         from ..io.atomic import write_json
-        from ..io.sidecar import package_version, source_digest
+        from ..io.sidecar import package_version, source_identity
 
         files = edit_files(job, self.save_mask)
         write_edit(edit_path(job), result, self.save_mask)
@@ -161,7 +161,7 @@ class EditTask(BatchTask[ImageJob]):
             _sidecar(job),
             {
                 "source": str(job.path),
-                "source_digest": source_digest(job.path),
+                **source_identity(job.path),
                 "edited": bool(result.edited),
                 "seed": int(result.seed),
                 "candidate_scores": None if scores is None else [float(s) for s in scores],

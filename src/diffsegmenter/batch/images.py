@@ -98,7 +98,10 @@ class ImageTask(BatchTask[ImageJob]):
             return False
         sidecar = self.earlier_sidecar(job)
         if sidecar is None:
-            logger.info("%s: the outputs under that name belong to another image; recomputing", job.label)
+            logger.info(
+                "%s: the outputs under that name are of another image or of this one before it changed; recomputing",
+                job.label,
+            )
             return False
         if not same_request(sidecar.get("request"), self.request):
             return False
@@ -132,9 +135,9 @@ class ImageTask(BatchTask[ImageJob]):
 
     def write(self, job: ImageJob, item: Any, result: Any) -> list[str]:
         from ..io import results
-        from ..io.sidecar import source_digest
+        from ..io.sidecar import source_identity
 
-        extra = {"source": str(job.path), "source_digest": source_digest(job.path), "request": self.request}
+        extra = {"source": str(job.path), **source_identity(job.path), "request": self.request}
         results.write_result(
             job.out_dir, job.stem, item, result, self.formats, extra=extra, vocabulary=self.vocabulary
         )

@@ -329,8 +329,8 @@ def check_earlier_requests(
         job, other = foreign[0]
         raise ValueError(
             f"{len(foreign)} image(s) would replace results {done} earlier from another file under the same name, "
-            f"e.g. {example(job)} holds {other!r}'s, not {str(job.path)!r}'s (another file, or this one changed "
-            "since): choose another --out, or pass --overwrite to replace them"
+            f"e.g. {example(job)} holds {other!r}'s, not {str(job.path)!r}'s: choose another --out, or pass "
+            "--overwrite to replace them"
         )
     if not clashes:
         return
@@ -490,16 +490,19 @@ class BatchRunner:
         import time
 
         from ..io.atomic import write_json
+        from ..io.sidecar import package_version
 
-        request = normalise_fingerprint(getattr(task, "request", None))
+        # the same request of the same version: a package upgrade between the stop and the rerun redoes everything
+        pass_of = {"request": normalise_fingerprint(getattr(task, "request", None)), "version": package_version()}
         try:
             record = json.loads(self.overwrite_record.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             record = None
-        if isinstance(record, dict) and record.get("request") == request and isinstance(record.get("since"), float):
+        same = isinstance(record, dict) and {k: record.get(k) for k in pass_of} == pass_of
+        if same and isinstance(record.get("since"), float):
             return record["since"]
         since = time.time()
-        write_json(self.overwrite_record, {"request": request, "since": since})
+        write_json(self.overwrite_record, {**pass_of, "since": since})
         return since
 
     def finish(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport) -> None:
@@ -527,7 +530,9 @@ class BatchRunner:
         if not isinstance(exc, str):
             logger.debug("traceback for %s", label, exc_info=exc)
 
-    def _pending(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport, since: float | None) -> list[Any]:
+    def _pending(
+        self, jobs: Sequence[Any], task: BatchTask, report: BatchReport, since: float | None = None
+    ) -> list[Any]:
         pending: list[Any] = []
         for job in jobs:
             problem = task.problem(job)

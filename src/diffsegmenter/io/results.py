@@ -26,7 +26,7 @@ from .checks import (
     check_scores,
     check_stem,
 )
-from .formats import FORMATS, FormatInput, RunImage, check_formats
+from .formats import FORMATS, FormatInput, RunImage, check_formats, coco, labelstudio
 from .formats.label_png import check_png_class_count
 from .sidecar import SIDECAR_KEYS, load_sidecar, save_sidecar
 
@@ -248,20 +248,30 @@ def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bo
     return all(
         p.is_file()
         and (p == paths.sidecar or p.relative_to(out_dir).as_posix() in listed_names)
-        and (p == paths.sidecar or p.suffix != ".json" or _readable_part(p))
+        and (not p.name.endswith((coco.SUFFIX, labelstudio.SUFFIX)) or _readable_part(p))
         for p in paths.files()
     )
 
 
 def _readable_part(path: Path) -> bool:
-    """Whether a per-image JSON part (``<stem>.coco.json``, ``<stem>.ls.json``) holds a JSON object, as the run-level
-    writers read it: a damaged one (truncated, edited) made the run's last step fail with a traceback, and the image
-    counted as done, so it was never written again."""
+    """Whether a per-image part that a run-level writer gathers (``<stem>.coco.json``, ``<stem>.ls.json``) holds what
+    it reads: a damaged one (truncated, edited) made the run's last step fail, and the image counted as done, so it
+    was never written again."""
     try:
-        load_sidecar(path)
+        part = load_sidecar(path)
     except (OSError, ValueError):
         return False
-    return True
+    if path.name.endswith(labelstudio.SUFFIX):
+        results = part.get("result", [])
+        return isinstance(results, list) and all(
+            isinstance(r, dict) and isinstance(r.get("value"), dict) and "brushlabels" in r["value"] for r in results
+        )
+    annotations = part.get("annotations")
+    return (
+        all(key in part for key in coco.PART_KEYS)
+        and isinstance(annotations, list)
+        and all(isinstance(a, dict) and all(k in a for k in coco.ANNOTATION_KEYS) for a in annotations)
+    )
 
 
 def write_run_outputs(

@@ -23,6 +23,7 @@ __all__ = [
     "save_sidecar",
     "sidecar_owner",
     "source_digest",
+    "source_identity",
 ]
 
 
@@ -97,11 +98,30 @@ def source_digest(source: str | os.PathLike) -> str | None:
     return f"{size}-{digest.hexdigest()}"
 
 
+def source_identity(source: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar keys that tie results to their input file: ``source_digest`` (:func:`source_digest`) and the
+    file's ``source_size`` and ``source_mtime_ns`` (a resume compares those first and reads the file only when they
+    differ); empty when the file cannot be read."""
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return {}
+    digest = source_digest(source)
+    if digest is None:
+        return {}
+    return {"source_digest": digest, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+
+
 def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """Whose results the sidecar at ``path`` describes: ``(sidecar, None)`` when it records ``source`` as its input
-    (the same file name and, where it records one, the same :func:`source_digest`), ``(None, other)`` when it
-    records another input (``other``: that input as recorded), ``(None, None)`` when there is none or it cannot be
-    read."""
+    """Whose results the sidecar at ``path`` describes.
+
+    Returns:
+        ``(sidecar, None)`` when it records ``source`` as its input: the same file name and, where it records a
+        :func:`source_digest`, the same content (the size and modification time, when they match, stand for it; a
+        file that cannot be read now is judged by its name); ``(None, other)`` when it records another input file
+        (``other``: that input as recorded); ``(None, None)`` when there is none, it cannot be read, or it records
+        this very file as it was before it changed (its results are stale: redo them).
+    """
     try:
         sidecar = load_sidecar(path) if path.is_file() else None
     except (OSError, ValueError):
@@ -109,10 +129,29 @@ def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str 
     if not sidecar:
         return None, None
     recorded = str(sidecar.get("source", ""))
-    digest = sidecar.get("source_digest")
-    if Path(recorded).name != Path(source).name or (digest is not None and digest != source_digest(source)):
+    if Path(recorded).name != Path(source).name:
         return None, recorded
-    return sidecar, None
+    digest = sidecar.get("source_digest")
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return sidecar, None
+    if digest is None or (sidecar.get("source_size"), sidecar.get("source_mtime_ns")) == (
+        stat.st_size,
+        stat.st_mtime_ns,
+    ):
+        return sidecar, None
+    now = source_digest(source)
+    if now is None or now == digest:
+        return sidecar, None
+    return (None, None) if _same_file_path(recorded, source) else (None, recorded)
+
+
+def _same_file_path(recorded: str, source: Path) -> bool:
+    try:
+        return Path(recorded).resolve() == Path(source).resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def load_own_sidecar(path: Path, source: Path) -> dict[str, Any] | None:
