@@ -657,7 +657,7 @@ def test_an_interrupted_overwrite_run_resumes_where_it_stopped(
     for i in range(4):
         _save_random(tmp_path / "in" / f"{i}.png", (24, 32), i)
     out = tmp_path / "out"
-    base = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", str(tiny_model_dir)]
+    base = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", str(tiny_model_dir), "--format", "png,coco"]
     assert _run([*base, "--classes", "a,b"], capsys)[0] == 0
     write, written = ImageTask.write, []
 
@@ -670,6 +670,9 @@ def test_an_interrupted_overwrite_run_resumes_where_it_stopped(
     monkeypatch.setattr(ImageTask, "write", stop_after_two)
     code, _, err = _run([*base, "--classes", "c,d", "--overwrite"], capsys)
     assert code == 130 and "rerun the same command to resume" in err, err
+    # the run files gather what finished before the interrupt (they were missing until a rerun)
+    coco = json.loads((out / "coco_instances.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == [f"{stem}.png" for stem in sorted(written)]
     monkeypatch.setattr(ImageTask, "write", write)
     times = _files(out)
     code, stdout, _ = _run([*base, "--classes", "c,d", "--overwrite"], capsys)

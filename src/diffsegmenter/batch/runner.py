@@ -465,18 +465,24 @@ class BatchRunner:
         disable = None if self.progress is None else not self.progress
         chunks = list(_chunks(pending, max(1, int(self.batch_size))))
         loads = prefetch(chunks, lambda chunk: self._load(chunk, task), depth=max(0, int(self.prefetch)))
-        with (
-            logging_redirect_tqdm(),
-            tqdm(total=len(pending), desc=self.desc, unit=self.unit, disable=disable) as bar,
-            task.session(),
-            contextlib.closing(loads),  # stops the loading thread when the run stops early
-        ):
-            for loaded in loads:
-                self._run_chunk(loaded, task, report, bar)
-                if report.stopped is not None:
-                    done_here = {id(job) for job, _ in report.segmented} | {id(job) for job, _ in report.skipped}
-                    report.not_started = sum(1 for job in pending if id(job) not in done_here)
-                    break
+        try:
+            with (
+                logging_redirect_tqdm(),
+                tqdm(total=len(pending), desc=self.desc, unit=self.unit, disable=disable) as bar,
+                task.session(),
+                contextlib.closing(loads),  # stops the loading thread when the run stops early
+            ):
+                for loaded in loads:
+                    self._run_chunk(loaded, task, report, bar)
+                    if report.stopped is not None:
+                        done_here = {id(job) for job, _ in report.segmented} | {id(job) for job, _ in report.skipped}
+                        report.not_started = sum(1 for job in pending if id(job) not in done_here)
+                        break
+        except KeyboardInterrupt:
+            # the run files gather what finished before the interrupt goes on (they were missing until a rerun)
+            with contextlib.suppress(Exception):
+                self.finish(jobs, task, report)
+            raise
         self.finish(jobs, task, report)
         if since is not None and report.stopped is None and self.overwrite_record is not None:
             self.overwrite_record.unlink(missing_ok=True)  # the pass is complete: a later overwrite redoes all
