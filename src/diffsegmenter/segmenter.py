@@ -407,11 +407,12 @@ class DiffSegmenter:
         """
         from .editing import EditSettings, edit_images
 
-        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(EditSettings)})
+        fields = [f.name for f in dataclasses.fields(EditSettings)]
+        unknown = sorted(set(settings) - set(fields))
         if unknown:
             raise TypeError(
                 f"edit() got {', '.join(map(repr, unknown))}, which is not an edit setting; the edit settings are "
-                f"{', '.join(f.name for f in dataclasses.fields(EditSettings))}. A segmentation setting goes in the "
+                f"{', '.join(fields)}. A segmentation setting goes in the "
                 "segmenter's config (DiffSegmenter.from_pretrained(..., name=value), or seg.config = "
                 "seg.config.replace(name=value))"
             )
@@ -623,7 +624,7 @@ def _takes_keep_on_device(backbone_class: type) -> bool:
 def _warn_if_raw_scores_under_tau(results: list[SegmentationResult]) -> None:
     """The single-block read-out's scores are raw probabilities, often far below a tau chosen for min-max maps: say so
     when an image came out all background because every score is at most its tau."""
-    low = [(i, float(r.scores.max())) for i, r in enumerate(results) if r.scores.size and r.scores.max() <= r.tau]
+    low = [(i, float(r.scores.max())) for i, r in enumerate(results) if r.background_note() is not None]
     if low:
         i, peak = low[0]
         logger.warning(

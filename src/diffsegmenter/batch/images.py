@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,25 +69,29 @@ class ImageTask(BatchTask[ImageJob]):
         # cleaned as the segmenter cleans a result's classes, so that a raw "Circle " numbers as its "Circle"
         self.vocabulary = None if vocabulary is None else check_class_names(list(vocabulary))
 
+    def sidecar_path(self, job: ImageJob) -> Path:
+        """Where the job's sidecar is (written last of its outputs)."""
+        from ..io.results import output_paths
+
+        return output_paths(job.out_dir, job.stem, self.formats).sidecar
+
     def earlier_sidecar(self, job: ImageJob) -> dict[str, Any] | None:
         """The job's earlier sidecar when it records this job's input (its name and content), else None."""
-        from ..io.results import output_paths
         from ..io.sidecar import load_own_sidecar
 
-        return load_own_sidecar(output_paths(job.out_dir, job.stem, self.formats).sidecar, job.path)
+        return load_own_sidecar(self.sidecar_path(job), job.path)
 
     def check_earlier(self, jobs: Sequence[ImageJob]) -> None:
         """Refuse a run that would replace images segmented with other settings (ValueError naming them, each
         changed setting and the ways out); a run that overwrites on purpose skips this."""
-        from ..io.results import output_paths
         from ..io.sidecar import sidecar_owner
 
         check_earlier_requests(
             jobs,
             self.request,
-            lambda job: sidecar_owner(output_paths(job.out_dir, job.stem, self.formats).sidecar, job.path),
+            lambda job: sidecar_owner(self.sidecar_path(job), job.path),
             done="segmented",
-            example=lambda job: job.out_dir / f"{job.stem}.json",
+            example=self.sidecar_path,
         )
 
     def is_done(self, job: ImageJob) -> bool:
@@ -115,10 +118,8 @@ class ImageTask(BatchTask[ImageJob]):
         return True
 
     def finished_at(self, job: ImageJob) -> float | None:
-        from ..io.results import output_paths
-
         try:
-            return output_paths(job.out_dir, job.stem, self.formats).sidecar.stat().st_mtime  # the sidecar is last
+            return self.sidecar_path(job).stat().st_mtime  # the sidecar is written last
         except OSError:
             return None
 
@@ -195,30 +196,15 @@ class ImageTask(BatchTask[ImageJob]):
 
 def _results_of_other_runs(jobs: Sequence[ImageJob]) -> list[Path]:
     """Sidecars in the jobs' output folders that record an input of none of the jobs (an earlier run's results)."""
-    import json
-
-    from ..io.formats import RUN_FILES
-    from ..io.paths import SKIPPED_FILE
+    from ..io.results import sidecars_in
 
     mine = {(job.out_dir, f"{job.stem}.json") for job in jobs}
-    found: list[Path] = []
-    for folder in sorted({job.out_dir for job in jobs if job.problem is None}):
-        try:
-            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json") and e.is_file())
-        except OSError:
-            continue
-        for name in names:
-            if (folder, name) in mine or name in RUN_FILES or name == SKIPPED_FILE or name.startswith("."):
-                continue
-            if name.endswith((".coco.json", ".ls.json")):  # an image's parts, beside its sidecar
-                continue
-            try:
-                payload = json.loads((folder / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(payload, dict) and "source" in payload and "diffsegmenter_version" in payload:
-                found.append(folder / name)
-    return found
+    return [
+        folder / name
+        for folder in sorted({job.out_dir for job in jobs if job.problem is None})
+        for name, sidecar in sidecars_in(folder).items()
+        if (folder, name) not in mine and "source" in sidecar
+    ]
 
 
 def run_batch(

@@ -34,10 +34,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.json"
-#: In an output folder while an ``--overwrite`` run is unfinished: its request and start time, so that rerunning it
-#: keeps what it already redid (:attr:`~diffsegmenter.batch.BatchRunner.overwrite_record`).
-OVERWRITE_RECORD = ".diffsegmenter-overwrite.json"
 """The run's list of skipped inputs, ``<out>/skipped.json`` (so no input may write a sidecar named so)."""
+
+OVERWRITE_RECORD = ".diffsegmenter-overwrite.json"
+"""In an output folder while an ``--overwrite`` run is unfinished: its request and start time, so that rerunning it
+keeps what it already redid (:attr:`~diffsegmenter.batch.BatchRunner.overwrite_record`)."""
 
 _GLOB_CHARS = frozenset("*?[")
 _COCO2014_PREFIX = re.compile(r"^COCO_(?:val|train)2014_")

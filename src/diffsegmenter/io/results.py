@@ -30,7 +30,15 @@ from .formats import FORMATS, FormatInput, RunImage, check_formats, coco, labels
 from .formats.label_png import check_png_class_count
 from .sidecar import SIDECAR_KEYS, load_sidecar, save_sidecar
 
-__all__ = ["OutputPaths", "earlier_outputs", "is_done", "output_paths", "write_result", "write_run_outputs"]
+__all__ = [
+    "OutputPaths",
+    "earlier_outputs",
+    "is_done",
+    "output_paths",
+    "sidecars_in",
+    "write_result",
+    "write_run_outputs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,30 +199,40 @@ def earlier_outputs(folder: str | os.PathLike) -> set[str]:
         `set[str]`: POSIX names relative to `folder`; empty when there is no sidecar or the folder cannot be read.
     """
     names: set[str] = set()
+    for name, sidecar in sidecars_in(folder).items():
+        names.add(name)
+        names.update(str(listed) for listed in sidecar["files"] if isinstance(listed, str))
+    return names
+
+
+def sidecars_in(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The sidecars that earlier runs of [`write_result`] (or an edit run) left in `folder`: file name -> content,
+    for each JSON object holding ``diffsegmenter_version`` and a ``files`` list (not searched recursively; files over
+    4 MiB are not read). Empty when the folder cannot be read."""
+    found: dict[str, dict[str, Any]] = {}
     try:
         candidates = [entry for entry in os.scandir(folder) if entry.name.endswith(".json") and entry.is_file()]
     except OSError:
-        return names
-    for entry in candidates:
+        return found
+    for entry in sorted(candidates, key=lambda e: e.name):
         try:
             if entry.stat().st_size > 4 << 20:  # a sidecar is small; do not parse large data files
                 continue
             payload = json.loads(Path(entry.path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        files = payload.get("files") if isinstance(payload, dict) else None
-        if "diffsegmenter_version" in (payload if isinstance(payload, dict) else {}) and isinstance(files, list):
-            names.add(entry.name)
-            names.update(str(name) for name in files if isinstance(name, str))
-    return names
+        if isinstance(payload, dict) and "diffsegmenter_version" in payload and isinstance(payload.get("files"), list):
+            found[entry.name] = payload
+    return found
 
 
 def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bool:
     """Whether [`write_result`] finished this image with (at least) these formats.
 
-    True when ``<stem>.json`` exists and parses, every requested file exists (a per-image JSON part also parses)
-    and the sidecar lists it among the files written with it (``"files"``): a file left by an earlier run with other settings, which the sidecar's
-    rewrite did not include, does not count. For folder formats (``"heatmaps"``) the files inside are derived from
+    True when ``<stem>.json`` exists and parses, every requested file exists (a per-image part that a run file
+    gathers also holds what its writer reads) and the sidecar lists it among the files written with it
+    (``"files"``): a file left by an earlier run with other settings, which the sidecar's rewrite did not include,
+    does not count. For folder formats (``"heatmaps"``) the files inside are derived from
     the sidecar's ``classes``.
 
     Args:

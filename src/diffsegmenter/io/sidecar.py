@@ -86,29 +86,32 @@ def source_digest(source: str | os.PathLike) -> str | None:
     """What tells one input file from another under the same name, cheaply: its size and a BLAKE2b digest of its
     first and last 64 KiB (``"<bytes>-<hex>"``); None when it cannot be read. Two images that share a name but not
     their pixels differ there (a file read in place, e.g. re-saved, counts as another file)."""
+    identity = _read_identity(source)
+    return None if identity is None else identity[0]
+
+
+def _read_identity(source: str | os.PathLike) -> tuple[str, os.stat_result] | None:
+    """:func:`source_digest` and the file's status, from one opening of the file; None when it cannot be read."""
     try:
         with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            stat = os.fstat(f.fileno())
             digest = hashlib.blake2b(f.read(DIGEST_SPAN), digest_size=16)
-            if size > DIGEST_SPAN:
-                f.seek(max(DIGEST_SPAN, size - DIGEST_SPAN))
+            if stat.st_size > DIGEST_SPAN:
+                f.seek(max(DIGEST_SPAN, stat.st_size - DIGEST_SPAN))
                 digest.update(f.read(DIGEST_SPAN))
     except OSError:
         return None
-    return f"{size}-{digest.hexdigest()}"
+    return f"{stat.st_size}-{digest.hexdigest()}", stat
 
 
 def source_identity(source: str | os.PathLike) -> dict[str, Any]:
     """The sidecar keys that tie results to their input file: ``source_digest`` (:func:`source_digest`) and the
     file's ``source_size`` and ``source_mtime_ns`` (a resume compares those first and reads the file only when they
     differ); empty when the file cannot be read."""
-    try:
-        stat = os.stat(source)
-    except OSError:
+    identity = _read_identity(source)
+    if identity is None:
         return {}
-    digest = source_digest(source)
-    if digest is None:
-        return {}
+    digest, stat = identity
     return {"source_digest": digest, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
 
 

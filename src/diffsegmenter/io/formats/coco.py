@@ -29,10 +29,11 @@ from ..sidecar import load_sidecar, package_version
 __all__ = ["RUN_FILE", "SUFFIX", "write_image", "write_run"]
 
 SUFFIX = ".coco.json"
+"""The per-image part: ``<stem>.coco.json``."""
+
 #: What :func:`write_run` reads of a part (``<stem>.coco.json``) and of each of its annotations.
 PART_KEYS = ("width", "height", "annotations")
 ANNOTATION_KEYS = ("name", "segmentation", "area", "bbox", "score")
-"""The per-image part: ``<stem>.coco.json``."""
 
 RUN_FILE = "coco_instances.json"
 """The run's COCO instances file, in the output folder."""
