@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from diffsegmenter import cli
 from diffsegmenter.cli.evaluate import main_eval
 from research.shapes.world import export_voc
 
@@ -35,3 +36,25 @@ def test_eval_oracle_on_fake_voc_with_tiny_model(tiny_model_dir, tmp_path):
     # resumable: a second run finds every prediction and gives the same numbers
     assert main_eval(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["mIoU"] == report["mIoU"]
+
+
+def test_a_resume_with_another_transformer_model_is_refused(family_folders, tmp_path, capsys):
+    # on SD3, FLUX and PixArt the run recorded "model": null (it read the UNet's config only), so a rerun with other
+    # weights of the same settings reused the first model's predictions and reported them as the second's
+    import shutil
+
+    root = export_voc(tmp_path / "shapes", {"test": 2}, workers=1)
+    other = tmp_path / "pixart-b"
+    shutil.copytree(family_folders["pixart"], other)
+    out = tmp_path / "out"
+    base = ["--dataset", "shapes", "--root", str(root), "--split", "test", "--protocol", "oracle", "--out", str(out)]
+    base += ["--set", "resolution=32", "--no-progress"]
+    assert main_eval([*base, "--model", str(family_folders["pixart"])]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["model"] == str(family_folders["pixart"])
+    assert report["backbone"] == "PixArtBackbone" and report["dtype"] == "torch.float32"
+    capsys.readouterr()
+    assert cli.main(["eval", *base, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds predictions made with other settings (model: " in err and "pixart-b" in err, err
+    assert json.loads((out / "metrics.json").read_text()) == report  # nothing reused as the other model's

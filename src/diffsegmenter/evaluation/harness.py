@@ -205,12 +205,24 @@ def _config_dict(segmenter: Any) -> dict[str, Any]:
 
 
 def _model_id(segmenter: Any) -> str | None:
-    """Best-effort id of the weights: ``segmenter.name_or_path``, else the UNet config's ``_name_or_path``."""
+    """Best-effort id of the weights: ``segmenter.name_or_path``, else the denoiser's (the UNet's or, on SD3, FLUX
+    and PixArt, the transformer's) config ``_name_or_path``: the hub id or folder it was loaded from."""
     value = getattr(segmenter, "name_or_path", None)
     if value is None:
-        unet_config = getattr(getattr(segmenter, "unet", None), "config", None)
-        value = unet_config.get("_name_or_path") if isinstance(unet_config, Mapping) else None
+        backbone = getattr(segmenter, "backbone", segmenter)
+        for name in ("unet", "transformer"):  # a transformer family has no UNet: its id was None, and a resume
+            # into a folder of another model's predictions was accepted
+            config = getattr(getattr(backbone, name, None), "config", None)
+            if isinstance(config, Mapping) and config.get("_name_or_path"):
+                value = config["_name_or_path"]
+                break
     return str(value) if value else None
+
+
+def _backbone_name(segmenter: Any) -> str | None:
+    """The backbone family's class name (``StableDiffusionBackbone``, ``FluxBackbone``...), None without one."""
+    backbone = getattr(segmenter, "backbone", None)
+    return None if backbone is None else type(backbone).__name__
 
 
 def _partial_state(cpu: bool) -> Any | None:
@@ -518,6 +530,8 @@ def _run_info(task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample]
         "candidates_json": str(candidates_json) if candidates_json is not None else None,
         "filter": fingerprint["filter"],
         "model": fingerprint["model"],
+        "backbone": _backbone_name(task.segmenter),
+        "dtype": fingerprint["dtype"],
     }
     if task.candidates is not None:
         absent = [s.image_id for s in samples if not task.candidates.get(_sample_key(s.image_id))]
