@@ -260,6 +260,8 @@ def test_a_rerun_with_other_settings_never_replaces_finished_images_unasked(
     assert _files(out) == before  # nothing rewritten, not even the run-level coco file
     # another class list into the same folder names that setting; the same settings resume as before
     assert "classes: ['a', 'b'] -> ['a', 'c']" in _run([*argv[:7], "a,c", *argv[8:]], capsys)[2]
+    # so does another precision (its labels differ): it was "already done"
+    assert "dtype: 'torch.float32' -> 'torch.bfloat16'" in _run([*argv, "--dtype", "bf16"], capsys)[2]
     images = {name: t for name, t in before.items() if name.startswith("img")}  # run-level files are rewritten whole
     assert _run(argv, capsys)[0] == 0 and {name: _files(out)[name] for name in images} == images
     assert _run([*argv, "--tau", "0.3", "--overwrite"], capsys)[0] == 0

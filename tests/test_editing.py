@@ -290,6 +290,8 @@ def test_an_edit_folder_resumes_and_never_replaces_edits_made_with_other_setting
     assert cli.main([*base, "--prompt", "a bird", *fast]) == 2  # refused before the model loads
     err = capsys.readouterr().err
     assert "edited earlier with other settings" in err and "'a dog' -> 'a bird'" in err and "--overwrite" in err
+    assert cli.main([*base, "--prompt", "a dog", *fast, "--dtype", "bf16"]) == 2  # another precision: other edits
+    assert "dtype: 'torch.float32' -> 'torch.bfloat16'" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in made} == made
     assert cli.main([*base, "--prompt", "a bird", *fast, "--overwrite"]) == 0
     assert json.loads((out / "sub" / "a.json").read_text())["request"]["prompt"] == "a bird"

@@ -31,7 +31,7 @@ from .refinement import Refiner
 from .result import SegmentationResult, build_results, check_full_size_memory
 from .settings import ModelSettings
 from .tokens import ClassTokenError
-from .transfer import to_device
+from .transfer import DEFAULT_DTYPE, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class DiffSegmenter:
         model: str | Path = "shapes",
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | str = torch.float32,
+        dtype: torch.dtype | str = DEFAULT_DTYPE,
         config: SegmenterConfig | None = None,
         captioner: Any = None,
         local_files_only: bool | None = None,

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_device", "check_dtype", "to_device", "to_host"]
+__all__ = ["DEFAULT_DTYPE", "check_device", "check_dtype", "to_device", "to_host"]
 
 _DTYPE_SPELLINGS = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 _DTYPES = {name: getattr(torch, name) for name in ("float32", "float16", "bfloat16")}
+DEFAULT_DTYPE = torch.float32
+"""The models' precision when none is given (``DiffSegmenter.from_pretrained``'s ``dtype``)."""
 
 
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:

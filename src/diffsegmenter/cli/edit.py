@@ -331,6 +331,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     resume); usage errors raise `CliError` (exit 2), before the model loads."""
     from ..batch.runner import result_settings
     from ..editing import EditSettings
+    from ..transfer import DEFAULT_DTYPE, check_dtype
     from .model import check_overrides, default_model, load_segmenter
 
     overrides = config_overrides(args)
@@ -356,7 +357,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             load_segmenter=lambda: load_segmenter(args, overrides),
             model=str(args.model) if args.model is not None else default_model(),
-            request={"config_overrides": result_settings(overrides)},  # not what leaves the edits as they are
+            request={  # not what leaves the edits as they are
+                "config_overrides": result_settings(overrides),
+                "dtype": str(check_dtype(DEFAULT_DTYPE if args.dtype is None else args.dtype)),
+            },
         )
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None
