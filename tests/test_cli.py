@@ -487,6 +487,16 @@ def test_demo_on_the_tiny_model_writes_overlays(tmp_path: Path, tiny_model_dir: 
         assert (out / f"{name}.overlay.png").is_file() and (out / f"{name}.png").is_file()
         assert f"{name}.png: " in stdout
     assert str(out.resolve()) in stdout
+    # a rerun resumed nothing and replaced everything under its names, whatever settings had made it
+    made = _files(out)
+    code, stdout, _ = _run(["demo", "--model", str(tiny_model_dir), "--out", str(out)], capsys)
+    assert code == 0 and f"{names[0]}.png: already done" in stdout and _files(out) == made
+    code, _, stderr = _run(["demo", "--model", str(tiny_model_dir), "--out", str(out), "--classes", "a,b"], capsys)
+    assert code == 2 and "segmented earlier with other settings (classes: " in stderr and "--overwrite" in stderr
+    assert _files(out) == made
+    argv = ["demo", "--model", str(tiny_model_dir), "--out", str(out), "--classes", "a,b", "--overwrite"]
+    assert _run(argv, capsys)[0] == 0
+    assert json.loads((out / f"{names[0]}.json").read_text())["request"]["classes"] == ["a", "b"]
 
 
 @pytest.mark.slow

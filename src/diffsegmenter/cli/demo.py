@@ -29,6 +29,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         default="'diffusion' when the model folder recommends its settings, as the shipped shapes model does; else none",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute the images already done (a rerun otherwise keeps them, and refuses to replace results made "
+        "with other settings, as segment does)",
+    )
 
 
 @contextlib.contextmanager
@@ -56,10 +62,14 @@ def _demo_classes(segmenter: Any) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``diffsegmenter demo``: the shipped (or given) model on the shipped example images."""
-    from ..batch import finish_report, output_lock, prepare_out_dir, run_batch
+    """``diffsegmenter demo``: the shipped (or given) model on the shipped example images.
+
+    Resumes as ``segment`` does: a rerun keeps the images already done with the same settings, and refuses (exit 2)
+    to replace results made with other settings unless ``--overwrite``."""
+    from ..batch import ImageTask, finish_report, output_lock, prepare_out_dir, run_batch
     from ..io.paths import ImageJob, image_key
     from .model import check_classes, check_clip_filter_flags, check_overrides, load_segmenter, setup_filter
+    from .segment import run_request
 
     classes = parse_classes(args.classes)
     if args.filter is not None:  # else the model's recommendation, known once it loads (setup_filter checks then)
@@ -78,8 +88,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"--out {str(out_text)!r} is the folder of the example images; choose another output folder so the "
                 "label maps do not replace them (and are not read as examples by the next demo or the web app)"
             )
+        out = prepare_out_dir(out_text)  # a file or an unwritable folder is refused before the model loads
         segmenter = load_segmenter(args, overrides)
-        out = prepare_out_dir(out_text)
         classes = classes or _demo_classes(segmenter)
         check_classes(segmenter, classes)
         flt = args.filter
@@ -88,24 +98,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             recommends = ModelSettings.coerce(getattr(segmenter, "model_settings", None)).diffusion_filter is not None
             flt = "diffusion" if recommends else "none"
+        filter_models = check_clip_filter_flags(args, flt)
         loaded_filter = setup_filter(segmenter, flt, args)  # a CLIP filter that cannot load fails once, here
+        filter_name = None if flt == "none" else flt
+        request = run_request(args, segmenter, classes, filter_name, filter_models)
         jobs = [ImageJob(path=p, out_dir=out, stem=image_key(p)) for p in paths]
         how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
         print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")
         with output_lock(out):
+            if not args.overwrite:  # the demo replaced whatever a folder held under its names, unasked
+                try:
+                    ImageTask(segmenter, DEMO_FORMATS, classes=classes, request=request).check_earlier(jobs)
+                except ValueError as exc:
+                    raise CliError(str(exc)) from None
             report = run_batch(
                 segmenter,
                 jobs,
                 formats=DEMO_FORMATS,
                 classes=classes,
                 filter=loaded_filter,
-                overwrite=True,
-                progress=False,
+                request=request,
+                overwrite=args.overwrite,
+                out=out,
+                check_earlier=False,  # checked above
             )
             lines = [
                 f"  {job.path.name}: {', '.join(found) if found else 'nothing found'} -> {job.stem}.overlay.png"
                 for job, found in report.segmented
             ]
+            lines += [f"  {job.path.name}: already done -> {job.stem}.overlay.png" for job in report.already_done]
             lines.append(f"Overlays (<name>.overlay.png) and label maps (<name>.png) written to {out.resolve()}")
             return finish_report(report, out, "\n".join(lines))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .parser import (
     DEFAULT_FORMATS,
@@ -17,7 +18,7 @@ from .parser import (
     register_command,
 )
 
-__all__ = ["add_clip_filter_arguments", "add_filter_argument", "add_segment_arguments", "cmd_segment"]
+__all__ = ["add_clip_filter_arguments", "add_filter_argument", "add_segment_arguments", "cmd_segment", "run_request"]
 
 
 def add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -150,17 +151,46 @@ def _ray_task(
     return ImageTask(segmenter, formats, classes=classes, filter=filter_name, request=request, out=out)
 
 
+def run_request(
+    args: argparse.Namespace,
+    segmenter: Any,
+    classes: list[str] | None,
+    filter_name: str | None,
+    filter_models: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What decides a run's results, as each sidecar records it (``request``): a rerun with another request is
+    refused, or redone with ``--overwrite``; with the same, finished images are kept.
+
+    Args:
+        args: the parsed command line (``--model``, ``--captioner``).
+        segmenter: the loaded segmenter (its settings and dtype).
+        classes (`list[str]`, *optional*): the classes given; None = the model's own.
+        filter_name (`str`, *optional*): ``"clip"``, ``"diffusion"`` or None (none).
+        filter_models (`dict`, *optional*): ``--clip`` / ``--blip`` as given.
+    """
+    from ..batch.runner import result_settings
+    from .model import default_model
+
+    return {
+        "model": str(args.model) if args.model is not None else default_model(),
+        "classes": list(classes) if classes is not None else list(segmenter.default_classes),
+        "filter": filter_name,
+        "filter_models": filter_models or None,  # --clip / --blip
+        "captioner": load_kwargs(args).get("captioner"),
+        "config": result_settings(segmenter.config.to_dict()),  # without what does not change the results
+        "dtype": str(segmenter.dtype),  # a rerun in another precision gives other labels: not "already done"
+    }
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     """``diffsegmenter segment``: returns the exit status (0 all done, 1 some images skipped, 3 stopped early)."""
     from ..batch import ImageTask, finish_report, output_lock, prepare_out_dir, run_batch
-    from ..batch.runner import result_settings
     from ..io.formats.label_png import check_png_class_count
     from ..io.paths import collect_jobs
     from .model import (
         check_classes,
         check_clip_filter_flags,
         check_overrides,
-        default_model,
         load_segmenter,
         setup_filter,
     )
@@ -206,16 +236,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_classes(segmenter, classes if classes is not None else segmenter.default_classes)
         flt = None if use_ray else setup_filter(segmenter, args.filter, args)  # with --ray, each actor builds its own
         filter_name = None if args.filter in (None, "none") else args.filter
-        config = result_settings(segmenter.config.to_dict())  # without what does not change the results
-        request = {
-            "model": str(args.model) if args.model is not None else default_model(),
-            "classes": classes if classes is not None else list(segmenter.default_classes),
-            "filter": filter_name,
-            "filter_models": filter_models or None,  # --clip / --blip
-            "captioner": load_kwargs(args).get("captioner"),
-            "config": config,
-            "dtype": str(segmenter.dtype),  # a rerun in another precision gives other labels: not "already done"
-        }
+        request = run_request(args, segmenter, classes, filter_name, filter_models)
         if not args.overwrite:  # before any image: results made with other settings are never replaced unasked
             try:
                 ImageTask(segmenter, formats, classes=classes, request=request).check_earlier(jobs)
@@ -246,7 +267,6 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
 
     from ..batch import ImageTask, finish_report
     from ..batch.ray_runner import run_on_ray
-    from ..io.paths import OVERWRITE_RECORD
 
     task = ImageTask(segmenter, formats, classes=classes, filter=filter_name, request=request, out=out)
     task.segmenter = None  # the driver only lists, resumes and gathers; the actors hold the models
@@ -265,7 +285,6 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
             gpus=not str(args.device or "").startswith("cpu"),  # --device cpu reserves no GPU (auto and cuda do)
-            overwrite_record=out / OVERWRITE_RECORD,
         )
     except (ImportError, ConnectionError) as exc:
         raise CliError(str(exc)) from None
