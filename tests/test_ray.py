@@ -164,3 +164,33 @@ def test_after_a_stop_the_count_matches_the_images_written(tmp_path: Path) -> No
     written = sum((out / f"{stem}.json").is_file() for stem in ("a", "c", "d"))
     assert f"{written} segmented" in done.stdout + done.stderr
     assert done.stderr.count("could not write") == 1
+
+
+def test_an_interrupted_overwrite_pass_resumes_on_ray_too(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    # the local run kept what an interrupted --overwrite pass had redone, but `--ray --overwrite` redid every image
+    from diffsegmenter.batch.images import ImageTask
+
+    from .test_cli import _save_random
+
+    for i in range(2):
+        _save_random(tmp_path / "in" / f"{i}.png", (24, 32), i)
+    out = tmp_path / "out"
+    base = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", str(tiny_model_dir), "--format", "png"]
+    assert cli.main([*base, "--classes", "a,b", "--quiet"]) == 0
+    finish = ImageTask.finish
+
+    def interrupted(self, jobs, report):
+        raise KeyboardInterrupt  # after both images were redone, before the pass completed
+
+    monkeypatch.setattr(ImageTask, "finish", interrupted)
+    assert cli.main([*base, "--classes", "c,d", "--overwrite", "--quiet"]) == 130
+    monkeypatch.setattr(ImageTask, "finish", finish)
+    assert (out / ".diffsegmenter-overwrite.json").is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("[0-9].*")}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "diffsegmenter", *base, "--classes", "c,d", "--overwrite", "--ray"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "0 segmented, 2 already done" in done.stdout, done.stdout  # Ray is not even started
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("[0-9].*")}
+    assert not (out / ".diffsegmenter-overwrite.json").exists()  # the pass completed

@@ -189,6 +189,7 @@ def run_on_ray(
     images_per_batch: int = 1,
     progress: bool = True,
     gpus: bool = True,
+    overwrite_record: Path | None = None,
 ) -> BatchReport:
     """Run an image batch on Ray Data; same files, same resume rule and same report as [`BatchRunner`].
 
@@ -205,6 +206,8 @@ def run_on_ray(
         overwrite, images_per_batch, progress: as for ``run_batch``.
         gpus (`bool`, defaults to True): give each actor a GPU where the cluster has them (False for a run the
             user put on the CPU, so that it reserves none).
+        overwrite_record (`Path`, *optional*): as [`BatchRunner.overwrite_record`]: with ``overwrite``, a rerun of
+            an interrupted pass keeps the images it already redid.
 
     Returns:
         [`BatchReport`]; ``segmented`` in input order. When the actors fail as a whole (a model that cannot load on
@@ -212,8 +215,9 @@ def run_on_ray(
         what finished.
     """
     report = BatchReport(total=len(jobs))
-    runner = BatchRunner(overwrite=overwrite)
-    pending = runner._pending(jobs, task, report)
+    runner = BatchRunner(overwrite=overwrite, overwrite_record=overwrite_record)
+    since = runner._overwrite_pass(task)
+    pending = runner._pending(jobs, task, report, since)
     if pending:
         start_ray(address)
         import ray
@@ -286,4 +290,6 @@ def run_on_ray(
         if report.stopped is not None:
             report.not_started = len(pending) - len(done)
     runner.finish(jobs, task, report)
+    if since is not None and report.stopped is None and overwrite_record is not None:
+        overwrite_record.unlink(missing_ok=True)  # the pass is complete: a later overwrite redoes all
     return report

@@ -267,6 +267,7 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
 
     from ..batch import ImageTask, finish_report
     from ..batch.ray_runner import run_on_ray
+    from ..io.paths import OVERWRITE_RECORD
 
     task = ImageTask(segmenter, formats, classes=classes, filter=filter_name, request=request, out=out)
     task.segmenter = None  # the driver only lists, resumes and gathers; the actors hold the models
@@ -285,6 +286,7 @@ def _finish_ray(args, overrides, segmenter, jobs, formats, classes, filter_name,
             images_per_batch=args.images_per_batch,
             progress=not args.quiet,
             gpus=not str(args.device or "").startswith("cpu"),  # --device cpu reserves no GPU (auto and cuda do)
+            overwrite_record=out / OVERWRITE_RECORD,
         )
     except (ImportError, ConnectionError) as exc:
         raise CliError(str(exc)) from None
