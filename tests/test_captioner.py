@@ -165,6 +165,27 @@ def test_bad_inputs(blip, image) -> None:
         captioner.continue_captions(image, "a photograph of cat")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_length"):
         BlipCaptioner(*blip, max_length=1)
+    with pytest.raises(
+        ValueError, match=r"max_length 65 is more tokens than this BLIP's decoder has positions \(64\)"
+    ):
+        BlipCaptioner(*blip, max_length=65)  # every image failed with an IndexError
+    BlipCaptioner(*blip, max_length=64)
+
+
+def test_a_16_bit_pil_image_is_read_as_segment_reads_it(blip) -> None:
+    # PIL's convert("RGB") clips I;16 values over 255: the captioner (and the CLIP filter) saw a near-white image
+    from PIL import Image
+
+    from diffsegmenter.captioner import _as_image_array
+    from diffsegmenter.images import load_image
+
+    ramp = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
+    pil = Image.fromarray(ramp)
+    assert pil.mode.startswith("I;16")
+    got = _as_image_array(pil)
+    assert got.dtype == np.uint8 and got.shape == (48, 64, 3)
+    np.testing.assert_array_equal(got, load_image(pil))
+    assert 100 < got.mean() < 155  # the ramp's middle grey, not white
 
 
 def test_from_pretrained_local_folder(blip, image, tmp_path: Path) -> None:

@@ -106,14 +106,17 @@ def strip_prefix(caption: str, prefix: str) -> str | None:
 
 
 def _as_image_array(image: Any) -> np.ndarray:
-    """Validate an RGB uint8 ``(H, W, 3)`` array (a PIL image is converted)."""
+    """Validate an RGB uint8 ``(H, W, 3)`` array (a PIL image is converted as ``segment`` reads it:
+    :func:`~diffsegmenter.images.load_image`, so 16-bit and float modes are scaled and EXIF orientation applied)."""
     if not isinstance(image, np.ndarray):
         try:
             from PIL import Image as PILImage
         except ImportError:  # pragma: no cover
             PILImage = None  # noqa: N806
         if PILImage is not None and isinstance(image, PILImage.Image):
-            return np.asarray(image.convert("RGB"))
+            from .images import load_image  # PIL's convert("RGB") clipped an I;16 image to near-white
+
+            return load_image(image)
         raise ValueError(
             f"image must be an RGB numpy array of shape (H, W, 3) and dtype uint8 (or a PIL image), got "
             f"{type(image).__name__}; load files with diffsegmenter.images first."
@@ -174,6 +177,14 @@ class BlipCaptioner:
             raise ValueError(
                 "processor must be a transformers BlipProcessor (an object with `image_processor` and `tokenizer`), "
                 f"got {type(processor).__name__}."
+            )
+        positions = getattr(
+            getattr(getattr(model, "config", None), "text_config", None), "max_position_embeddings", None
+        )
+        if isinstance(positions, int) and max_length > positions:  # else every image failed with an IndexError
+            raise ValueError(
+                f"max_length {max_length} is more tokens than this BLIP's decoder has positions ({positions}); give "
+                f"at most {positions} (SegmenterConfig.caption_max_tokens; the paper's is 20)"
             )
         self.model = model
         self.processor = processor

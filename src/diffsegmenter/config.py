@@ -206,7 +206,9 @@ class SegmenterConfig:
                 f"emphasis must be a number in (0, 10] (1.0 = off, 1.21 = the paper's), got {self.emphasis!r}"
             )
         _check_int("self_attention_steps", self.self_attention_steps, 0, 16, "0 = no completion, 1 = the paper's")
-        _check_int("caption_max_tokens", self.caption_max_tokens, 1, 512, "the paper's is 20")
+        _check_int(
+            "caption_max_tokens", self.caption_max_tokens, 2, 512, "the paper's is 20; 2 = the start token + one"
+        )
         _check_int("resolution", self.resolution, 8, 8192, "None = the model's own, e.g. 512", optional=True)
         _check_int(
             "self_attention_factor", self.self_attention_factor, 1, 64, "None = the finest level", optional=True
