@@ -386,3 +386,17 @@ def test_calls_from_several_threads_each_get_their_own_result(tiny_segmenter):
         assert got[i].classes == ref.classes and np.array_equal(got[i].labels, ref.labels)
         np.testing.assert_allclose(got[i].scores, ref.scores, atol=1e-5)
     assert dict(tiny_segmenter.backbone.unet.attn_processors) == before  # the model's own processors are back
+
+
+def test_names_read_from_the_same_token_after_the_same_words_are_refused(tiny_segmenter):
+    # under token_rule "first", "red car" and "red cat" were both read from "red" after "a photograph of": the same
+    # embedding there (CLIP's encoder is causal), near-identical maps, and no word of it
+    seg = DiffSegmenter(backbone=tiny_segmenter.backbone, config=SegmenterConfig(token_rule="first"))
+    with pytest.raises(ValueError, match=r"'red car' and 'red cat' are both read from 'red' .*token_rule=mean"):
+        seg.check_classes(["red car", "red cat"])
+    assert seg.check_classes(["car red", "cat red"]) == ["car red", "cat red"]  # read after other words
+    for config in (SegmenterConfig(token_rule="mean"), SegmenterConfig(token_rule="last")):
+        seg.config = config
+        assert seg.check_classes(["red car", "red cat"]) == ["red car", "red cat"]
+    seg.config = SegmenterConfig(token_rule="first", prompt_mode="single")  # one prompt: read at other places
+    assert seg.check_classes(["red car", "red cat"]) == ["red car", "red cat"]

@@ -25,7 +25,7 @@ from .classes import check_class_names, class_lists_per_image, short_name
 from .config import SegmenterConfig, check_refine, check_tau
 from .decision import PassPlan, class_decision
 from .passes import ClassMaps, PassSpec, attention_pass, run_batched
-from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt
+from .prompts import ClassPrompt, build_prompts, emphasis_positions, per_class_prompt, select_positions
 from .readouts import readout_for
 from .refinement import Refiner
 from .result import SegmentationResult, build_results, check_full_size_memory
@@ -510,7 +510,9 @@ class DiffSegmenter:
         """Check a class list once, before any image: the shared list rule
         (:func:`~diffsegmenter.classes.check_class_names`), then that this model's tokenizer can place every name in
         a prompt of the configured template (readable after tokenising, not cut off by the text encoder's length),
-        and that no two names are the same tokens to it (they would get identical maps).
+        that no two names are the same tokens to it (they would get identical maps), and, with a prompt per class,
+        that no two are read (``token_rule``) from the same token after the same words ("red car" and "red cat"
+        under ``"first"``: near-identical maps).
 
         The command line calls it right after loading the model, so a bad name is reported once, up front.
 
@@ -527,6 +529,7 @@ class DiffSegmenter:
         names = check_class_names(classes)
         cfg = self.config
         read_as: dict[tuple[int, ...], str] = {}
+        read_through: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
         for name in names:
             try:
                 # a single-mode prompt naming one class has exactly these segments too
@@ -542,6 +545,21 @@ class DiffSegmenter:
                     "model's tokenizer, so they would get identical maps; rename one with words it can read"
                 )
             read_as[tokens] = name
+            if cfg.prompt_mode == "per_class":
+                # each class has its own prompt: two names whose read tokens (token_rule) come after the same words
+                # get the same embeddings there (a causal text encoder), e.g. "traffic light" and "traffic
+                # circle" under "first"; their maps would differ only by the softmax over the other tokens
+                picked = select_positions(prompt.class_tokens[0], [], cfg.token_rule)
+                key = (tuple(prompt.input_ids[: max(picked) + 1]), tuple(picked))
+                if key in read_through:
+                    read = self.tokenizer.decode([prompt.input_ids[i] for i in picked]).strip()
+                    raise ClassTokenError(
+                        f"classes {short_name(read_through[key])!r} and {short_name(name)!r} are both read from "
+                        f"{read!r} after the same words (token_rule={cfg.token_rule!r}), so "
+                        "their maps would be near-identical; set token_rule='mean' (--set token_rule=mean) or "
+                        "'last', or rename one"
+                    )
+                read_through[key] = name
         return names
 
     def _get_filter(self, filter: Any):
