@@ -62,6 +62,13 @@ def test_ing_heuristic_adds_first_continuation_token(tok):
     r = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", "SITTING on a sofa", ing_heuristic=True)
     assert r.extra_tokens == [[]]  # case-sensitive, as released (BLIP writes lower case)
 
+    # BLIP decodes "cat, sitting" without a space before the comma: the released prompt "a photograph of cat++,
+    # sitting ..." has "sitting" as word 4 (the rule fires and averages in token 5, the comma); the comma was checked
+    c = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", ", sitting on a sofa", ing_heuristic=True)
+    assert c.extra_tokens == [[5]] and tok.convert_ids_to_tokens([c.input_ids[5]]) == [",</w>"]
+    d = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", ", on a sofa", ing_heuristic=True)
+    assert d.extra_tokens == [[]]
+
 
 def test_ing_rule_of_each_released_script(tok):
     """VOC12 reads tokens [4, 5] (the first sub-token and the next, whatever it is); VOC10/Context reads

@@ -65,7 +65,9 @@ def per_class_prompt(
     ``token_rule`` picks ("mean" counts as its last); when the whitespace word right after the word holding it ends
     in "ing" (case-sensitive, as released), the token ``ing_offset`` places after the class token is averaged in. The
     words are those of the prompt the released code builds, where the emphasised last class word carries "++": so
-    for a one-word class the checked word is the first continuation word ("a photograph of cat++ sitting ...").
+    for a one-word class the checked word is the first continuation word ("a photograph of cat++ sitting ..."), and
+    a continuation that starts with punctuation joins it to the word before, as BLIP decodes it ("cat++, sitting":
+    "sitting" is checked).
     The extra token is positional, as released: after a name of several sub-tokens with ``token_rule="first"`` it is
     the name's second sub-token. The word is read from the text before the text encoder's truncation, as released:
     in a prompt cut right after the class token, the extra position is the end token.
@@ -106,7 +108,15 @@ def per_class_prompt(
         if emphasised:
             name_words[-1] += "++"
         following = name_words[1:] if token_rule == "first" else []
-        following += p_after.split() + t_after.split() + continuation.split()
+        following += p_after.split() + t_after.split()
+        generated = continuation.split()
+        if generated and not generated[0][0].isalnum():
+            # the released prompt is the prefix, "++" and BLIP's decoded text after it, whose punctuation has no
+            # space before it: in "cat++, sitting" the punctuation is part of the word before ("sitting" is checked)
+            glued = generated.pop(0)
+            if following:
+                following[-1] += glued
+        following += generated
         ref = tokens[0] if token_rule == "first" else tokens[-1]
         if following and following[0].endswith("ing") and ref + ing_offset < len(tp.input_ids):
             extra = [ref + ing_offset]
