@@ -361,6 +361,22 @@ def test_a_captioner_that_breaks_its_contract_is_named(tiny_segmenter):
     with pytest.raises(ValueError, match=r"Short.continue_captions\(image, prefixes\) returned 1 item.*2 prefixes"):
         seg.segment(image, classes=["cat", "dog"])
 
+    class Nothing:
+        def continue_captions(self, image, prefixes):
+            return None
+
+    seg.captioner = Nothing()
+    with pytest.raises(ValueError, match=r"Nothing.continue_captions\(image, prefixes\) returned a NoneType"):
+        seg.segment(image, classes=["cat", "dog"])
+
+    class Whole:  # a wrapped captioning pipeline: the prompt became "a photograph of cat a photograph of cat ..."
+        def continue_captions(self, image, prefixes):
+            return [f"{p} on a mat" for p in prefixes]
+
+    seg.captioner = Whole()
+    with pytest.raises(ValueError, match=r"returned whole captions \(e.g. 'a photograph of cat on a mat' for"):
+        seg.segment(image, classes=["cat", "dog"])
+
 
 def test_calls_from_several_threads_each_get_their_own_result(tiny_segmenter):
     # the capture processors and their store are shared by the model: concurrent calls read each other's attention

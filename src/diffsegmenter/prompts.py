@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .captioner import strip_prefix
 from .tokens import ClassTokenError, readable_token, tokenise_segments
 
 __all__ = [
@@ -252,13 +253,26 @@ def build_prompts(tokenizer, image, classes: list[str], config, captioner=None) 
     conts = [""] * len(classes)
     if captioner is not None and cfg.unused_captioner_reason() is None and classes:
         prefixes = [cfg.template.format(cfg.class_phrase.format(c)) for c in classes]
-        conts = list(captioner.continue_captions(image, prefixes))
+        returned = captioner.continue_captions(image, prefixes)
+        if not isinstance(returned, list | tuple):  # None gave a bare TypeError
+            raise ValueError(
+                f"{type(captioner).__name__}.continue_captions(image, prefixes) returned a "
+                f"{type(returned).__name__}; a captioner returns a list of one string per prefix"
+            )
+        conts = list(returned)
         if len(conts) != len(prefixes) or not all(isinstance(c, str) for c in conts):
             got = [type(c).__name__ for c in conts]
             raise ValueError(
                 f"{type(captioner).__name__}.continue_captions(image, prefixes) returned {len(conts)} item(s) of "
                 f"types {got} for {len(prefixes)} prefixes; a captioner returns one string per prefix (an empty "
                 "string for no continuation)"
+            )
+        if all(strip_prefix(c, p) is not None for c, p in zip(conts, prefixes)):
+            # whole captions (e.g. a wrapped pipeline's output) made "a photograph of cat a photograph of cat ..."
+            raise ValueError(
+                f"{type(captioner).__name__}.continue_captions(image, prefixes) returned whole captions (e.g. "
+                f"{conts[0]!r} for {prefixes[0]!r}); it returns only what follows each prefix "
+                "(diffsegmenter.captioner.strip_prefix cuts a caption so)"
             )
     return [
         per_class_prompt(
