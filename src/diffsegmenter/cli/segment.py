@@ -28,7 +28,8 @@ def add_filter_argument(parser: argparse.ArgumentParser, default: str) -> None:
         choices=("none", "clip", "diffusion"),
         default=None,
         help="category filter keeping only the classes present in each image: clip (the paper's BLIP+CLIP), "
-        f"diffusion (diffusion model only) (default: {default})",
+        "diffusion (diffusion model only); both keep at least the best-scoring class, so an image is taken to show "
+        f"one of the classes given (default: {default})",
     )
     add_clip_filter_arguments(parser)
 
