@@ -497,6 +497,11 @@ def test_demo_on_the_tiny_model_writes_overlays(tmp_path: Path, tiny_model_dir: 
     argv = ["demo", "--model", str(tiny_model_dir), "--out", str(out), "--classes", "a,b", "--overwrite"]
     assert _run(argv, capsys)[0] == 0
     assert json.loads((out / f"{names[0]}.json").read_text())["request"]["classes"] == ["a", "b"]
+    # the demo of the previous version recorded no settings ("request": {}): its images are redone, not kept
+    sidecar = json.loads((out / f"{names[0]}.json").read_text())
+    (out / f"{names[0]}.json").write_text(json.dumps({**sidecar, "request": {}}))
+    code, stdout, _ = _run(["demo", "--model", str(tiny_model_dir), "--out", str(out), "--classes", "a,b"], capsys)
+    assert code == 0 and f"{names[0]}.png: already done" not in stdout and f"{names[1]}.png: already done" in stdout
 
 
 @pytest.mark.slow

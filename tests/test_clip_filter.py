@@ -383,7 +383,8 @@ def test_the_command_line_loads_the_clip_filter_from_local_folders(clip, tiny_mo
     assert "--clip set(s) the models of --filter clip" in capsys.readouterr().err
     missing = tmp_path / "no-clip"
     assert cli.main([*base, "--out", str(tmp_path / "o3"), "--filter", "clip", "--clip", str(missing)]) == 2
-    assert str(missing) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(missing) in err and "--filter clip: " in err and "(its models: --clip MODEL and --blip MODEL" in err
 
 
 def test_run_records_name_the_clip_filters_models(clip, tmp_path) -> None:

@@ -58,3 +58,7 @@ def test_a_resume_with_another_transformer_model_is_refused(family_folders, tmp_
     err = capsys.readouterr().err
     assert "holds predictions made with other settings (model: " in err and "pixart-b" in err, err
     assert json.loads((out / "metrics.json").read_text()) == report  # nothing reused as the other model's
+    # a run of the version that recorded "model": null resumes (the same weights, most likely): not a change
+    record = json.loads((out / "run_config.json").read_text())
+    (out / "run_config.json").write_text(json.dumps({**record, "model": None}))
+    assert main_eval([*base, "--model", str(family_folders["pixart"])]) == 0

@@ -68,6 +68,24 @@ def test_ing_heuristic_adds_first_continuation_token(tok):
     assert c.extra_tokens == [[5]] and tok.convert_ids_to_tokens([c.input_ids[5]]) == [",</w>"]
     d = per_class_prompt(tok, "cat", 0, "a photograph of {}", "{}", ", on a sofa", ing_heuristic=True)
     assert d.extra_tokens == [[]]
+    # the decoder keeps a space before "-": word 4 is "-" there; the Context/COCO scripts ("last") drop the comma
+    # from the prompt instead, which is not reproduced: the rule does not fire (as before)
+    assert per_class_prompt(
+        tok, "cat", 0, "a photograph of {}", "{}", "- sitting", ing_heuristic=True
+    ).extra_tokens == [[]]
+    for offset in (1, 2):
+        e = per_class_prompt(
+            tok,
+            "cat",
+            0,
+            "a photography of {}",
+            "{}",
+            ", sitting",
+            ing_heuristic=True,
+            token_rule="last",
+            ing_offset=offset,
+        )
+        assert e.extra_tokens == [[]]
 
 
 def test_ing_rule_of_each_released_script(tok):

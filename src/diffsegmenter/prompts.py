@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .captioner import strip_prefix
+from .captioner import normalized_words
 from .tokens import ClassTokenError, readable_token, tokenise_segments
 
 __all__ = [
@@ -48,6 +48,11 @@ def _split(template: str) -> tuple[str, str]:
     return before, after
 
 
+_GLUED = (".", ",", "!", "?", "'", "n't")
+"""What BERT's decoding clean-up (BLIP's tokenizer) joins to the word before: the released VOC12 prompt has no
+space before it."""
+
+
 def per_class_prompt(
     tokenizer,
     name: str,
@@ -67,8 +72,8 @@ def per_class_prompt(
     in "ing" (case-sensitive, as released), the token ``ing_offset`` places after the class token is averaged in. The
     words are those of the prompt the released code builds, where the emphasised last class word carries "++": so
     for a one-word class the checked word is the first continuation word ("a photograph of cat++ sitting ..."), and
-    a continuation that starts with punctuation joins it to the word before, as BLIP decodes it ("cat++, sitting":
-    "sitting" is checked).
+    with ``token_rule="first"`` (the VOC12 script) a continuation that starts with ``, . ! ? '`` joins it to the word
+    before, as BLIP decodes it ("cat++, sitting": "sitting" is checked).
     The extra token is positional, as released: after a name of several sub-tokens with ``token_rule="first"`` it is
     the name's second sub-token. The word is read from the text before the text encoder's truncation, as released:
     in a prompt cut right after the class token, the extra position is the end token.
@@ -111,9 +116,11 @@ def per_class_prompt(
         following = name_words[1:] if token_rule == "first" else []
         following += p_after.split() + t_after.split()
         generated = continuation.split()
-        if generated and not generated[0][0].isalnum():
-            # the released prompt is the prefix, "++" and BLIP's decoded text after it, whose punctuation has no
-            # space before it: in "cat++, sitting" the punctuation is part of the word before ("sitting" is checked)
+        if token_rule == "first" and generated and generated[0].startswith(_GLUED):
+            # the VOC12 prompt is the prefix, "++" and BLIP's decoded text after it, where the decoder's clean-up
+            # left no space before this punctuation: in "cat++, sitting" it is part of the word before, and
+            # "sitting" is checked. (The Context/COCO scripts drop it from the prompt instead: not reproduced, the
+            # rule does not fire there.)
             glued = generated.pop(0)
             if following:
                 following[-1] += glued
@@ -230,6 +237,13 @@ def apply_emphasis(z: torch.Tensor, z_empty: torch.Tensor, positions: list[int],
     return out
 
 
+def _echoes(continuation: str, prefix: str) -> bool:
+    """Whether a continuation starts with its whole prefix, word for word, and the prefix has at least two words
+    (a one-word prefix such as "sky" may well be continued by "sky ...")."""
+    words = normalized_words(prefix)
+    return len(words) >= 2 and normalized_words(continuation)[: len(words)] == words
+
+
 def build_prompts(tokenizer, image, classes: list[str], config, captioner=None) -> list[ClassPrompt]:
     """The prompts for one image's classes, as a :class:`~diffsegmenter.config.SegmenterConfig` describes them.
 
@@ -267,7 +281,7 @@ def build_prompts(tokenizer, image, classes: list[str], config, captioner=None) 
                 f"types {got} for {len(prefixes)} prefixes; a captioner returns one string per prefix (an empty "
                 "string for no continuation)"
             )
-        if all(strip_prefix(c, p) is not None for c, p in zip(conts, prefixes)):
+        if all(_echoes(c, p) for c, p in zip(conts, prefixes)):
             # whole captions (e.g. a wrapped pipeline's output) made "a photograph of cat a photograph of cat ..."
             raise ValueError(
                 f"{type(captioner).__name__}.continue_captions(image, prefixes) returned whole captions (e.g. "

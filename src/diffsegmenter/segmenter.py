@@ -179,6 +179,11 @@ class DiffSegmenter:
 
         device = check_device(device)
         dtype = check_dtype(dtype)
+        if dtype == torch.float16 and torch.device(device).type == "cpu":
+            logger.warning(
+                "float16 on the CPU is slower than float32 (most CPUs have no float16 arithmetic) and saves only "
+                "memory; use float32, or bfloat16 on a CPU that has it"
+            )
 
         backbone, settings = load_backbone(model, device=device, dtype=dtype, local_files_only=local_files_only)
         # precedence: explicit arguments > the folder's segmenter_config.json > the family's defaults > the class
@@ -510,9 +515,9 @@ class DiffSegmenter:
         """Check a class list once, before any image: the shared list rule
         (:func:`~diffsegmenter.classes.check_class_names`), then that this model's tokenizer can place every name in
         a prompt of the configured template (readable after tokenising, not cut off by the text encoder's length),
-        that no two names are the same tokens to it (they would get identical maps), and, with a prompt per class,
-        that no two are read (``token_rule``) from the same token after the same words ("red car" and "red cat"
-        under ``"first"``: near-identical maps).
+        and that no two names are the same tokens to it (they would get identical maps). With a prompt per class on
+        a causal text encoder (SD, SDXL), it warns when two are read (``token_rule``) from the same token after the
+        same words ("red car" and "red cat" under ``"first"``: near-identical maps).
 
         The command line calls it right after loading the model, so a bad name is reported once, up front.
 
@@ -530,6 +535,7 @@ class DiffSegmenter:
         cfg = self.config
         read_as: dict[tuple[int, ...], str] = {}
         read_through: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
+        same_read: tuple[str, str, str] | None = None
         for name in names:
             try:
                 # a single-mode prompt naming one class has exactly these segments too
@@ -545,21 +551,23 @@ class DiffSegmenter:
                     "model's tokenizer, so they would get identical maps; rename one with words it can read"
                 )
             read_as[tokens] = name
-            if cfg.prompt_mode == "per_class":
+            if cfg.prompt_mode == "per_class" and getattr(self.backbone, "causal_text_encoder", False):
                 # each class has its own prompt: two names whose read tokens (token_rule) come after the same words
-                # get the same embeddings there (a causal text encoder), e.g. "traffic light" and "traffic
-                # circle" under "first"; their maps would differ only by the softmax over the other tokens
+                # get the same embeddings there from a causal text encoder, e.g. "traffic light" and "traffic
+                # circle" under "first"; their maps differ only by the softmax over the other tokens. A warning, not
+                # a refusal: evaluations of such vocabularies under the default rule are still what was asked.
                 picked = select_positions(prompt.class_tokens[0], [], cfg.token_rule)
                 key = (tuple(prompt.input_ids[: max(picked) + 1]), tuple(picked))
-                if key in read_through:
-                    read = self.tokenizer.decode([prompt.input_ids[i] for i in picked]).strip()
-                    raise ClassTokenError(
-                        f"classes {short_name(read_through[key])!r} and {short_name(name)!r} are both read from "
-                        f"{read!r} after the same words (token_rule={cfg.token_rule!r}), so "
-                        "their maps would be near-identical; set token_rule='mean' (--set token_rule=mean) or "
-                        "'last', or rename one"
-                    )
-                read_through[key] = name
+                if key in read_through and not same_read:
+                    same_read = (read_through[key], name, self.tokenizer.decode([prompt.input_ids[i] for i in picked]))
+                read_through.setdefault(key, name)
+        if same_read:
+            first, second, read = same_read
+            logger.warning(
+                "classes %r and %r are both read from %r after the same words (token_rule=%r), so their maps will be "
+                "near-identical; set token_rule='mean' (--set token_rule=mean) or 'last', or rename one",
+                short_name(first), short_name(second), read.strip(), cfg.token_rule,
+            )  # fmt: skip
         return names
 
     def _get_filter(self, filter: Any):

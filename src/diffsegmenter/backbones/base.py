@@ -144,6 +144,11 @@ class DiffusionBackbone(ABC):
     #: The family's name (``"sd"``, ``"sdxl"``, ``"sd3"``, ``"flux"``, ``"pixart"``).
     family = "sd"
 
+    #: Whether the denoiser sees each text token through a causal text encoder only (the SD and SDXL UNets' CLIP):
+    #: a token's embedding then depends on the words before it alone. False for the transformer families (T5, or
+    #: joint attention, mixes the later words in).
+    causal_text_encoder = True
+
     #: The model folder's subfolder that holds the denoiser (``"unet"``; ``"transformer"`` for the DiT families).
     denoiser_folder = "unet"
 

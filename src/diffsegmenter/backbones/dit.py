@@ -109,6 +109,7 @@ class TransformerBackbone(DiffusionBackbone):
     #: processor-key template of block i, and the wrapper classes (cross reader, self reader)
     flow = False
     denoiser_folder = "transformer"
+    causal_text_encoder = False
 
     def __init__(self, vae, transformer, tokenizer, scheduler) -> None:
         super().__init__()

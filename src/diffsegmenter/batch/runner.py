@@ -209,6 +209,7 @@ def check_run_fingerprint(
     file: str = RUN_CONFIG,
     results: str = "predictions",
     may_replace: bool = True,
+    unrecorded_if_none: Sequence[str] = (),
 ) -> None:
     """Refuse to mix results made with different settings in one output folder; record the settings on first use.
 
@@ -223,6 +224,8 @@ def check_run_fingerprint(
         file (`str`, defaults to ``"run_config.json"``): where the fingerprint is kept in `out_dir`.
         results (`str`, defaults to ``"predictions"``): the results' folder in `out_dir`, named in the message.
         may_replace (`bool`, defaults to `True`): no other run uses the folder (the caller holds it exclusively).
+        unrecorded_if_none (`Sequence[str]`, *optional*): settings an older version recorded as None when it could
+            not tell them (the eval's ``model`` on SD3, FLUX and PixArt): None there is not compared.
 
     Raises:
         ValueError: the folder holds a different fingerprint (the message lists each changed setting), or its record
@@ -240,7 +243,9 @@ def check_run_fingerprint(
             )
         write_json(path, fingerprint, ensure_ascii=True, sort_keys=True)
         return
-    changed = changed_settings(read_run_record(path, results), fingerprint)
+    earlier = read_run_record(path, results)
+    earlier = {k: v for k, v in earlier.items() if not (v is None and k in unrecorded_if_none)}
+    changed = changed_settings(earlier, fingerprint)
     if not changed:
         return
     details = "; ".join(changed)
@@ -344,7 +349,10 @@ def check_earlier_requests(
 
 def same_request(earlier: Any, request: dict[str, Any]) -> bool:
     """Whether an image's recorded ``request`` is this run's, by :func:`changed_settings`'s rule (settings one side
-    does not record are not compared); ``request`` as :func:`normalise_fingerprint` gives it."""
+    does not record are not compared); ``request`` as :func:`normalise_fingerprint` gives it. An image that recorded
+    no setting at all (``{}``, as ``demo`` wrote before it resumed) is not this run's when this run records some."""
+    if earlier == {} and request:
+        return False
     return isinstance(earlier, dict) and not changed_settings(earlier, request)
 
 

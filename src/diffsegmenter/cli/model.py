@@ -96,8 +96,11 @@ def setup_filter(segmenter: Any, name: str | None, args: argparse.Namespace) -> 
     kwargs = {k: v for k, v in load_kwargs(args).items() if k in ("device", "dtype")}
     try:
         return build_filter("clip", segmenter, **kwargs, **models)
-    except (ValueError, OSError) as exc:
-        raise CliError(" ".join(str(exc).split())) from None
+    except (ValueError, OSError) as exc:  # the message names the model, not the flag that gives it
+        raise CliError(
+            f"--filter clip: {' '.join(str(exc).split())} (its models: --clip MODEL and --blip MODEL, or --blip none "
+            "for image similarity only)"
+        ) from None
 
 
 def clip_filter_models(args: argparse.Namespace) -> dict[str, Any]:

@@ -204,6 +204,11 @@ def _config_dict(segmenter: Any) -> dict[str, Any]:
     return json.loads(json.dumps(result_settings(values), default=str, sort_keys=True))
 
 
+UNRECORDED = ("model",)
+"""Settings an older version recorded as None when it could not tell them: the model of SD3, FLUX and PixArt runs
+(not a change of model on resume)."""
+
+
 def _model_id(segmenter: Any) -> str | None:
     """Best-effort id of the weights: ``segmenter.name_or_path``, else the denoiser's (the UNet's or, on SD3, FLUX
     and PixArt, the transformer's) config ``_name_or_path``: the hub id or folder it was loaded from."""
@@ -610,9 +615,10 @@ def evaluate(
                 f"{out / folder} is a file, where the run keeps its {folder}: move it away, or use another --out"
             )
     with shared_output_lock(out) as lock:  # shards with the same settings may share the folder, others may not
-        check_run_fingerprint(out, fingerprint, may_replace=lock.exclusive)
+        check_run_fingerprint(out, fingerprint, may_replace=lock.exclusive, unrecorded_if_none=UNRECORDED)
         lock.share()
-        check_run_fingerprint(out, fingerprint, may_replace=False)  # no other run replaced it while the lock changed
+        # no other run replaced it while the lock changed
+        check_run_fingerprint(out, fingerprint, may_replace=False, unrecorded_if_none=UNRECORDED)
         return _predict_and_score(segmenter, dataset, out, protocol, samples, candidates, candidates_json, filter,
                                   segment_tau, fingerprint, shard, limit, progress, sweep_tau)  # fmt: skip
 
