@@ -1,15 +1,16 @@
 """Regression test of segmentation quality: the shipped shapes model on a fixed set of held-out scenes.
 
-The 48 scenes are the first of the test split (seeds 20_000_000...), never used in training or in choosing the
-model's settings (those were chosen on the val split). Measured with the shipped settings (where at a 160² input,
-which class at the native 64², the rescaled read-out, the image and its mirror image averaged: ``flip``, tau 0.58;
-0.830 on the 300 test scenes, model card): mIoU 0.841, foreground class accuracy 0.898 (chance 0.622), class
-accuracy given the true foreground 0.928, foreground IoU 0.925 (without flip, with the paper read-out, as first
-shipped: 0.796, 0.886, 0.917, 0.869); on these scenes the trivial baselines reach mIoU 0.530 (brightness + first
-class) and 0.587 (true foreground + random present class). The binding probe on the first 24 of them: 8x8 level
-0.892, all levels 0.793, chance 0.556. The shipped diffusion filter ("regions" scoring) with the whole vocabulary on
-the first 16: presence precision 1.000, recall 1.000, then mIoU 0.846 (without flip: precision 0.964, recall 1.000,
-mIoU 0.771; issue 17). The floors sit a little below.
+The scenes are the first of the test split (seeds 20_000_000...), never used in training or in choosing the model's
+settings (those were chosen on the val split). Measured with the shipped settings (where at a 160² input, which
+class at the native 64², the rescaled read-out, the image and its mirror image averaged: ``flip``, tau 0.58; 0.830
+on the 300 test scenes, model card) on the first 32: mIoU 0.837, foreground class accuracy 0.888 (chance 0.588),
+class accuracy given the true foreground 0.917, foreground IoU 0.919 (on the first 48, as this test read before
+2026-12-02: 0.841, 0.898, 0.928, 0.925; without flip, with the paper read-out, as first shipped, on those 48:
+0.796, 0.886, 0.917, 0.869). The binding probe on the first 24: 8x8 level 0.892, all levels 0.793, chance 0.556.
+The shipped diffusion filter ("regions" scoring) with the whole vocabulary on the first 8: presence precision
+1.000, recall 1.000, then mIoU 0.868 (on the first 16: 1.000, 1.000, 0.846; without flip: 0.964, 1.000, 0.771;
+issue 17). The floors sit a little below. Fewer scenes than before (48 and 16) to keep the suite under 15
+minutes: the measured values are exact for these scenes (seeded), so the floors keep their margins.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def shapes_segmenter():
 
 @pytest.mark.slow
 def test_shipped_model_quality_does_not_regress(shapes_segmenter):
-    m = evaluate_segmenter(shapes_segmenter, scenes_of("test", 48))
+    m = evaluate_segmenter(shapes_segmenter, scenes_of("test", 32))
     assert m["mIoU"] >= 0.82, m
     assert m["fg_iou"] >= 0.90, m
     assert m["class_acc_fg"] >= 0.87, m
@@ -58,7 +59,7 @@ def test_shipped_model_loads_offline_with_its_settings(shapes_segmenter):
 @pytest.mark.slow
 def test_shipped_filter_keeps_the_present_classes(shapes_segmenter):
     vocab = ["circle", "square", "triangle", "cross"]
-    scenes = scenes_of("test", 16)
+    scenes = scenes_of("test", 8)
     results = [shapes_segmenter.segment(s.image, classes=vocab, filter="diffusion") for s in scenes]
     pairs = [(c in r.classes, c in s.classes) for r, s in zip(results, scenes) for c in vocab]
     tp = sum(k and t for k, t in pairs)
