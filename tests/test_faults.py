@@ -553,7 +553,7 @@ def test_check_device_knows_this_machine() -> None:
             check_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_a_dtype_name_loads_one_precision_or_is_refused() -> None:
+def test_a_dtype_name_loads_one_precision_or_is_refused(caplog) -> None:
     # dtype="float16" gave a float16 text encoder beside a float32 UNet and VAE; "fp16" transformers' error
     import torch
 
@@ -562,8 +562,14 @@ def test_a_dtype_name_loads_one_precision_or_is_refused() -> None:
 
     assert check_dtype("fp16") is check_dtype("float16") is check_dtype("torch.float16") is torch.float16
     assert check_dtype(torch.bfloat16) is torch.bfloat16 and check_dtype("bf16") is torch.bfloat16
-    seg = DiffSegmenter.from_pretrained("shapes", dtype="float16")
+    with caplog.at_level("WARNING", logger="diffsegmenter.segmenter"):
+        seg = DiffSegmenter.from_pretrained("shapes", dtype="float16")
     assert {seg.unet.dtype, seg.vae.dtype, seg.text_encoder.dtype} == {torch.float16}
+    assert "float16 on the CPU is slower than float32" in caplog.text  # it ran, slowly, without a word
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffsegmenter.segmenter"):
+        DiffSegmenter.from_pretrained("shapes", dtype="bfloat16")
+    assert "slower" not in caplog.text
     for bad in ("int8", torch.int8, 16, "fp8"):
         with pytest.raises(ValueError, match="dtype must be torch.float32"):
             DiffSegmenter.from_pretrained("shapes", dtype=bad)
