@@ -504,6 +504,20 @@ def test_demo_on_the_tiny_model_writes_overlays(tmp_path: Path, tiny_model_dir: 
     assert code == 0 and f"{names[0]}.png: already done" not in stdout and f"{names[1]}.png: already done" in stdout
 
 
+def test_demo_says_when_the_filter_only_guessed(tmp_path: Path) -> None:
+    # "circle" was printed for a scene without a circle: the filter keeps its best class when none reaches its
+    # threshold, and the demo's line did not say so
+    from types import SimpleNamespace
+
+    from diffsegmenter.cli.demo import _guess_note
+
+    task = SimpleNamespace(sidecar_path=lambda job: tmp_path / f"{job}.json")
+    (tmp_path / "a.json").write_text(json.dumps({"filter_best_guess": True}))
+    (tmp_path / "b.json").write_text(json.dumps({"filter_best_guess": False}))
+    assert _guess_note(task, "a") == " (the filter's best guess: no class reached its threshold)"
+    assert _guess_note(task, "b") == _guess_note(task, "missing") == ""
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (SHIPPED_MODEL / "unet").is_dir(), reason="the shipped shapes model (models/shapes/) is not built yet"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,27 @@ def test_reduction_maps_shape_and_class_dependence(tiny_segmenter):
     # the latent-resolution map depends on which class is named
     other = flt.reduction_maps(_image(), ["sofa"])
     assert not np.allclose(maps.numpy(), other.numpy())
+
+
+def test_a_kept_best_guess_is_said_up_to_the_sidecar(tiny_segmenter, tmp_path):
+    # the filter keeps the best class when none reaches its threshold (demo --classes circle on a scene without a
+    # circle printed "circle"), and nothing in the result or its files told a guess from a finding
+    from diffsegmenter.io.results import write_result
+
+    vocab = ["cat", "sofa", "plant"]
+    flt = DiffusionFilter(tiny_segmenter, timesteps=(300,), noise_draws=1)
+    flt.threshold = 1e9
+    decision = flt.select(_image(), vocab)
+    assert decision.best_guess and len(decision.kept) == 1
+    res = tiny_segmenter.segment(_image(), classes=vocab, filter=flt)
+    assert res.filter_best_guess and res.classes == decision.kept
+    write_result(tmp_path, "a", _image(), res, ["png"])
+    assert json.loads((tmp_path / "a.json").read_text())["filter_best_guess"] is True
+    flt.threshold = -1e9
+    assert not flt.select(_image(), vocab).best_guess
+    res = tiny_segmenter.segment(_image(), classes=vocab, filter=flt)
+    assert not res.filter_best_guess and res.classes == vocab
+    assert not tiny_segmenter.segment(_image(), classes=vocab).filter_best_guess  # no filter
 
 
 def test_segment_with_diffusion_filter_keeps_subset(tiny_segmenter):

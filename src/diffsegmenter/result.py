@@ -44,6 +44,8 @@ class SegmentationResult:
         prompts (`list[str]`): the exact text prompt whose attention gave each class's map.
         tau (`float`): the background score used for ``labels``.
         candidates (`dict[str, float] | None`): presence score of every vocabulary class when a filter ran.
+        filter_best_guess (`bool`): the filter found no class reaching its threshold and kept the best-scoring one
+            (``classes``) alone: that class may well be absent.
     """
 
     labels: np.ndarray
@@ -52,6 +54,7 @@ class SegmentationResult:
     prompts: list[str]
     tau: float
     candidates: dict[str, float] | None = None
+    filter_best_guess: bool = False
 
     def relabel(self, tau: float) -> np.ndarray:
         """Labels for another background score, from the stored score maps (no model call).

@@ -127,6 +127,7 @@ class DiffSegmenter:
         classes = default_classes if default_classes is not None else self.model_settings.classes
         self.default_classes = list(classes) if classes else None
         self._filters: dict[str, Any] = {}  # built-in filters built by name on first use (filters.build_filter)
+        self._warned_reads: set[tuple[str, str, str, str]] = set()  # names read from one token: warned once each
 
     @classmethod
     def from_pretrained(
@@ -306,7 +307,7 @@ class DiffSegmenter:
         seed = call_config.seed
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
         with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's
-            class_lists, candidates = self._filter_classes(filter, arrays, class_lists)
+            class_lists, candidates, guesses = self._filter_classes(filter, arrays, class_lists)
         check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
         tau = cfg.tau if tau is None else float(tau)
         # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
@@ -338,8 +339,8 @@ class DiffSegmenter:
             else None
         )
         results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)
-        for res, cand in zip(results, candidates):
-            res.candidates = cand
+        for res, cand, guess in zip(results, candidates, guesses):
+            res.candidates, res.filter_best_guess = cand, guess
         if cfg.readout == "single-block":
             _warn_if_raw_scores_under_tau(results)
         return results[0] if single else results
@@ -561,7 +562,8 @@ class DiffSegmenter:
                 if key in read_through and not same_read:
                     same_read = (read_through[key], name, self.tokenizer.decode([prompt.input_ids[i] for i in picked]))
                 read_through.setdefault(key, name)
-        if same_read:
+        if same_read and same_read + (cfg.token_rule,) not in self._warned_reads:  # segment() checks every call
+            self._warned_reads.add(same_read + (cfg.token_rule,))
             first, second, read = same_read
             logger.warning(
                 "classes %r and %r are both read from %r after the same words (token_rule=%r), so their maps will be "
@@ -604,20 +606,22 @@ class DiffSegmenter:
 
     def _filter_classes(
         self, filter: Any, arrays: list[np.ndarray], class_lists: list[list[str]]
-    ) -> tuple[list[list[str]], list[dict[str, float] | None]]:
-        """Each image's kept classes and its candidates (every vocabulary class's score; None without a filter)."""
+    ) -> tuple[list[list[str]], list[dict[str, float] | None], list[bool]]:
+        """Each image's kept classes, its candidates (every vocabulary class's score; None without a filter) and
+        whether the filter kept its best guess only (no class reached its threshold)."""
         if filter is None:
-            return class_lists, [None] * len(arrays)
+            return class_lists, [None] * len(arrays), [False] * len(arrays)
         from .filters.base import select_classes
 
         flt = self._get_filter(filter)
-        kept_lists, candidates = [], []
+        kept_lists, candidates, guesses = [], [], []
         for img, vocab in zip(arrays, class_lists):
             decision = select_classes(flt, img, vocab)  # one filter run per image
             kept = set(decision.kept)
             candidates.append({c: float(decision.scores.get(c, 0.0)) for c in vocab})
             kept_lists.append([c for c in vocab if c in kept])
-        return kept_lists, candidates
+            guesses.append(bool(getattr(decision, "best_guess", False)))
+        return kept_lists, candidates, guesses
 
     def _work(self, arrays: list[np.ndarray], class_lists: list[list[str]]) -> list[tuple[int, ClassPrompt]]:
         """(image index, prompt) items; without a captioner the prompts of a class list are built once per call."""

@@ -61,6 +61,17 @@ def _demo_classes(segmenter: Any) -> list[str]:
     return list(SHAPE_NAMES)
 
 
+def _guess_note(task: Any, job: Any) -> str:
+    """`` (the filter's best guess: ...)`` when the image's filter kept a class below its threshold, else ``""``."""
+    import json
+
+    try:
+        guessed = json.loads(task.sidecar_path(job).read_text(encoding="utf-8")).get("filter_best_guess")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return " (the filter's best guess: no class reached its threshold)" if guessed is True else ""
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``diffsegmenter demo``: the shipped (or given) model on the shipped example images.
 
@@ -105,10 +116,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         jobs = [ImageJob(path=p, out_dir=out, stem=image_key(p)) for p in paths]
         how = f" (classes present picked by the {flt} filter)" if flt != "none" else ""
         print(f"Segmenting {len(jobs)} example image(s) with vocabulary: {', '.join(classes)}{how}")
+        task = ImageTask(segmenter, DEMO_FORMATS, classes=classes, request=request)
         with output_lock(out):
             if not args.overwrite:  # the demo replaced whatever a folder held under its names, unasked
                 try:
-                    ImageTask(segmenter, DEMO_FORMATS, classes=classes, request=request).check_earlier(jobs)
+                    task.check_earlier(jobs)
                 except ValueError as exc:
                     raise CliError(str(exc)) from None
             report = run_batch(
@@ -123,7 +135,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 check_earlier=False,  # checked above
             )
             lines = [
-                f"  {job.path.name}: {', '.join(found) if found else 'nothing found'} -> {job.stem}.overlay.png"
+                f"  {job.path.name}: {', '.join(found) if found else 'nothing found'}{_guess_note(task, job)} -> "
+                f"{job.stem}.overlay.png"
                 for job, found in report.segmented
             ]
             lines += [f"  {job.path.name}: already done -> {job.stem}.overlay.png" for job in report.already_done]

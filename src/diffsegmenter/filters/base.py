@@ -25,10 +25,13 @@ class FilterDecision:
         kept (`list[str]`): the classes judged present, in vocabulary order (possibly empty).
         scores (`dict[str, float]`): presence score of every vocabulary class, in vocabulary order; higher means
             more likely present (each filter documents its range).
+        best_guess (`bool`, defaults to False): no class reached the filter's threshold, and ``kept`` is the
+            best-scoring one alone (the filter assumes every image shows a class of the vocabulary).
     """
 
     kept: list[str]
     scores: dict[str, float]
+    best_guess: bool = False
 
 
 @runtime_checkable

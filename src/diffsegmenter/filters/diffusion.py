@@ -220,7 +220,8 @@ class DiffusionFilter:
         """The kept classes and their scores from one run on the image (:meth:`scores` then :meth:`predict`)."""
         vocab = validate_vocabulary(vocabulary)
         scores = self.scores(image, vocab)
-        return FilterDecision(self.predict(image, vocab, scores=scores), scores)
+        best_guess = not any(scores[c] >= self.threshold for c in vocab)
+        return FilterDecision(self.predict(image, vocab, scores=scores), scores, best_guess=best_guess)
 
     def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
         """Presence score per class. ``"quantile"``: the ``quantile`` of its error-reduction map (unbounded; ~0 when

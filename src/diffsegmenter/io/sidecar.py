@@ -35,14 +35,24 @@ def package_version() -> str:
         return "unknown"
 
 
-SIDECAR_KEYS = ("classes", "prompts", "tau", "image_size", "label_values", "candidates", "diffsegmenter_version")
+SIDECAR_KEYS = (
+    "classes",
+    "prompts",
+    "tau",
+    "image_size",
+    "label_values",
+    "candidates",
+    "filter_best_guess",
+    "diffsegmenter_version",
+)
 
 
 def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the JSON sidecar describing one result.
 
     Keys: ``classes``, ``prompts``, ``tau``, ``image_size`` (``{"height": H, "width": W}``), ``label_values``
-    (``{"0": "background", "1": classes[0], ...}``), ``candidates`` (filter presence scores or ``null``) and
+    (``{"0": "background", "1": classes[0], ...}``), ``candidates`` (filter presence scores or ``null``),
+    ``filter_best_guess`` (when a filter ran: no class reached its threshold, the best one was kept) and
     ``diffsegmenter_version``, followed by the keys of `extra` (for example the source path, config or formats).
 
     Args:
@@ -69,6 +79,8 @@ def save_sidecar(path: str | os.PathLike, result: ResultLike, extra: Mapping[str
         "candidates": None if candidates is None else {str(k): float(v) for k, v in dict(candidates).items()},
         "diffsegmenter_version": package_version(),
     }
+    if candidates is not None:  # a filter ran: whether it only guessed (no class reached its threshold)
+        payload["filter_best_guess"] = bool(getattr(result, "filter_best_guess", False))
     for key, value in (extra or {}).items():
         if key in payload:
             raise ValueError(
