@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from .result import SegmentationResult, build_results, check_full_size_memory
 from .settings import ModelSettings
 from .tokens import ClassTokenError
 from .transfer import DEFAULT_DTYPE, to_device
+
+if TYPE_CHECKING:
+    from .filters.base import FilterDecision
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +310,7 @@ class DiffSegmenter:
         seed = call_config.seed
         arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
         with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's
-            class_lists, candidates, guesses = self._filter_classes(filter, arrays, class_lists)
+            class_lists, decisions = self._filter_classes(filter, arrays, class_lists)
         check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
         tau = cfg.tau if tau is None else float(tau)
         # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
@@ -339,8 +342,9 @@ class DiffSegmenter:
             else None
         )
         results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)
-        for res, cand, guess in zip(results, candidates, guesses):
-            res.candidates, res.filter_best_guess = cand, guess
+        for res, decision in zip(results, decisions):
+            if decision is not None:
+                res.candidates, res.filter_best_guess = decision.scores, decision.best_guess
         if cfg.readout == "single-block":
             _warn_if_raw_scores_under_tau(results)
         return results[0] if single else results
@@ -562,8 +566,9 @@ class DiffSegmenter:
                 if key in read_through and not same_read:
                     same_read = (read_through[key], name, self.tokenizer.decode([prompt.input_ids[i] for i in picked]))
                 read_through.setdefault(key, name)
-        if same_read and same_read + (cfg.token_rule,) not in self._warned_reads:  # segment() checks every call
-            self._warned_reads.add(same_read + (cfg.token_rule,))
+        warned = None if same_read is None else (*same_read, cfg.token_rule)
+        if warned is not None and warned not in self._warned_reads:  # segment() checks the list at every call
+            self._warned_reads.add(warned)
             first, second, read = same_read
             logger.warning(
                 "classes %r and %r are both read from %r after the same words (token_rule=%r), so their maps will be "
@@ -606,22 +611,26 @@ class DiffSegmenter:
 
     def _filter_classes(
         self, filter: Any, arrays: list[np.ndarray], class_lists: list[list[str]]
-    ) -> tuple[list[list[str]], list[dict[str, float] | None], list[bool]]:
-        """Each image's kept classes, its candidates (every vocabulary class's score; None without a filter) and
-        whether the filter kept its best guess only (no class reached its threshold)."""
+    ) -> tuple[list[list[str]], list[FilterDecision | None]]:
+        """Each image's kept classes and the filter's decision, as results record it: kept in vocabulary order,
+        a float score for every vocabulary class (``candidates``), ``best_guess``; None without a filter."""
         if filter is None:
-            return class_lists, [None] * len(arrays), [False] * len(arrays)
-        from .filters.base import select_classes
+            return class_lists, [None] * len(arrays)
+        from .filters.base import FilterDecision, select_classes
 
         flt = self._get_filter(filter)
-        kept_lists, candidates, guesses = [], [], []
+        decisions = []
         for img, vocab in zip(arrays, class_lists):
-            decision = select_classes(flt, img, vocab)  # one filter run per image
-            kept = set(decision.kept)
-            candidates.append({c: float(decision.scores.get(c, 0.0)) for c in vocab})
-            kept_lists.append([c for c in vocab if c in kept])
-            guesses.append(bool(getattr(decision, "best_guess", False)))
-        return kept_lists, candidates, guesses
+            got = select_classes(flt, img, vocab)  # one filter run per image
+            kept = set(got.kept)
+            decisions.append(
+                FilterDecision(
+                    [c for c in vocab if c in kept],
+                    {c: float(got.scores.get(c, 0.0)) for c in vocab},
+                    bool(getattr(got, "best_guess", False)),
+                )
+            )
+        return [d.kept for d in decisions], decisions
 
     def _work(self, arrays: list[np.ndarray], class_lists: list[list[str]]) -> list[tuple[int, ClassPrompt]]:
         """(image index, prompt) items; without a captioner the prompts of a class list are built once per call."""

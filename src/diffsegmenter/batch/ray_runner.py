@@ -290,6 +290,5 @@ def run_on_ray(
         if report.stopped is not None:
             report.not_started = len(pending) - len(done)
     runner.finish(jobs, task, report)
-    if since is not None and report.stopped is None and overwrite_record is not None:
-        overwrite_record.unlink(missing_ok=True)  # the pass is complete: a later overwrite redoes all
+    runner._end_overwrite_pass(since, report)
     return report

@@ -492,8 +492,7 @@ class BatchRunner:
                 self.finish(jobs, task, report)
             raise
         self.finish(jobs, task, report)
-        if since is not None and report.stopped is None and self.overwrite_record is not None:
-            self.overwrite_record.unlink(missing_ok=True)  # the pass is complete: a later overwrite redoes all
+        self._end_overwrite_pass(since, report)
         return report
 
     def _overwrite_pass(self, task: BatchTask) -> float | None:
@@ -518,6 +517,12 @@ class BatchRunner:
         since = time.time()
         write_json(self.overwrite_record, {**pass_of, "since": since})
         return since
+
+    def _end_overwrite_pass(self, since: float | None, report: BatchReport) -> None:
+        """Forget the overwrite pass that started at ``since`` when the run completed it (a later overwrite redoes
+        all); a stopped run keeps its record for the rerun."""
+        if since is not None and report.stopped is None and self.overwrite_record is not None:
+            self.overwrite_record.unlink(missing_ok=True)
 
     def finish(self, jobs: Sequence[Any], task: BatchTask, report: BatchReport) -> None:
         """``task.finish`` (the run-level files); a write error there stops the run (skip policy) or raises."""

@@ -63,11 +63,11 @@ def _demo_classes(segmenter: Any) -> list[str]:
 
 def _guess_note(task: Any, job: Any) -> str:
     """`` (the filter's best guess: ...)`` when the image's filter kept a class below its threshold, else ``""``."""
-    import json
+    from ..io.sidecar import load_sidecar
 
     try:
-        guessed = json.loads(task.sidecar_path(job).read_text(encoding="utf-8")).get("filter_best_guess")
-    except (OSError, ValueError, AttributeError):
+        guessed = load_sidecar(task.sidecar_path(job)).get("filter_best_guess")
+    except (OSError, ValueError):
         return ""
     return " (the filter's best guess: no class reached its threshold)" if guessed is True else ""
 

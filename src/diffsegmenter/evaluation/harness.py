@@ -215,12 +215,11 @@ def _model_id(segmenter: Any) -> str | None:
     value = getattr(segmenter, "name_or_path", None)
     if value is None:
         backbone = getattr(segmenter, "backbone", segmenter)
-        for name in ("unet", "transformer"):  # a transformer family has no UNet: its id was None, and a resume
-            # into a folder of another model's predictions was accepted
-            config = getattr(getattr(backbone, name, None), "config", None)
-            if isinstance(config, Mapping) and config.get("_name_or_path"):
-                value = config["_name_or_path"]
-                break
+        # a transformer family has no UNet: reading only the UNet's config gave None, and a resume into a folder of
+        # another model's predictions was accepted
+        denoiser = getattr(backbone, getattr(backbone, "denoiser_folder", "unet"), None)
+        config = getattr(denoiser, "config", None)
+        value = config.get("_name_or_path") if isinstance(config, Mapping) else None
     return str(value) if value else None
 
 

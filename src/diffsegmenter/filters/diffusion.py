@@ -220,8 +220,8 @@ class DiffusionFilter:
         """The kept classes and their scores from one run on the image (:meth:`scores` then :meth:`predict`)."""
         vocab = validate_vocabulary(vocabulary)
         scores = self.scores(image, vocab)
-        best_guess = not any(scores[c] >= self.threshold for c in vocab)
-        return FilterDecision(self.predict(image, vocab, scores=scores), scores, best_guess=best_guess)
+        kept, best_guess = self._keep(vocab, scores)
+        return FilterDecision(kept, scores, best_guess=best_guess)
 
     def scores(self, image: np.ndarray, vocabulary: list[str]) -> dict[str, float]:
         """Presence score per class. ``"quantile"``: the ``quantile`` of its error-reduction map (unbounded; ~0 when
@@ -240,11 +240,12 @@ class DiffusionFilter:
         """Classes whose score reaches ``threshold`` (the best one if none does), in vocabulary order; a run on the
         image unless its ``scores`` are given."""
         vocab = validate_vocabulary(vocabulary)
-        scores = scores if scores is not None else self.scores(image, vocab)
+        return self._keep(vocab, scores if scores is not None else self.scores(image, vocab))[0]
+
+    def _keep(self, vocab: list[str], scores: dict[str, float]) -> tuple[list[str], bool]:
+        """(the classes reaching ``threshold``, False), or ([the best class], True) when none does."""
         kept = [c for c in vocab if scores[c] >= self.threshold]
-        if not kept:
-            kept = [max(vocab, key=lambda c: scores[c])]
-        return kept
+        return (kept, False) if kept else ([max(vocab, key=lambda c: scores[c])], True)
 
 
 def _draw_seed(seed: int, timestep: int, draw: int) -> int:
