@@ -366,3 +366,25 @@ def test_dataset_yaml_keeps_odd_names_and_no_names(tmp_path: Path) -> None:
     assert yaml.safe_load("x: " + yolo._yaml_str(odd))["x"] == odd
     yolo.write_run(tmp_path, [], [])
     assert yaml.safe_load((tmp_path / "dataset.yaml").read_text())["names"] == {}  # was `names:`, read as null
+
+
+@pytest.mark.parametrize("mask_of", ["diagonal", "antidiagonal", "row", "pixel"])
+def test_yolo_thin_runs_stay_thin(mask_of: str) -> None:
+    """A 1-pixel-wide run has a 2-point contour in OpenCV; its line must follow the pixels, not fill their box."""
+    cv2 = pytest.importorskip("cv2")
+    mask = np.zeros((24, 24), dtype=bool)
+    if mask_of == "diagonal":
+        mask[np.arange(2, 22), np.arange(2, 22)] = True
+    elif mask_of == "antidiagonal":
+        mask[np.arange(2, 22), np.arange(21, 1, -1)] = True
+    elif mask_of == "row":
+        mask[5, 3:19] = True
+    else:
+        mask[7, 9] = True
+    (ring,) = yolo.mask_polygons(mask)
+    assert len(ring) >= 3
+    line = yolo.format_line(0, ring, 24, 24)
+    poly = np.array(line.split()[1:], dtype=float).reshape(-1, 2)
+    drawn = np.zeros(mask.shape, np.uint8)  # drawn back as Ultralytics draws polygons (cv2.fillPoly)
+    cv2.fillPoly(drawn, [np.rint(poly * 24).astype(np.int32)], 1)
+    np.testing.assert_array_equal(drawn.astype(bool), mask)

@@ -13,7 +13,9 @@ How label maps become lines:
 - a *hole* (another class, or background, enclosed by the component) is kept: one YOLO line is one polygon, so each
   hole's boundary is joined to the outer one by a zero-width cut at their nearest points (what Ultralytics does to
   join COCO multi-polygons); filled with the even-odd or non-zero rule the hole stays empty;
-- a component whose boundary has fewer than 3 points (a 1- or 2-pixel object) is written as its pixels' box.
+- a component whose boundary has fewer than 3 points (one pixel, or a straight 1-pixel-wide run, diagonal
+  included) is written as a zero-width polygon from one end to the other and back (not as its box: the box of a
+  diagonal run of L pixels is L x L).
 
 Rasterising the polygons back (``x * W``, ``y * H``, e.g. with PIL ``ImageDraw.polygon``) gives the label map back
 except on pixels next to an instance's boundary. The run-level ``dataset.yaml`` holds ``path`` (the output folder),
@@ -76,10 +78,8 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
         if hierarchy[index][3] != -1:  # a hole; joined into its parent below
             continue
         ring = contour.reshape(-1, 2)
-        if len(ring) < 3:
-            x0, y0 = ring.min(0)
-            x1, y1 = ring.max(0)
-            ring = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        if len(ring) < 3:  # one pixel, or a straight 1-pixel-wide run (OpenCV gives its two ends)
+            ring = np.array([ring[0], ring[-1], ring[0]])  # there and back: a zero-width polygon along the pixels
         child = hierarchy[index][2]
         while child != -1:
             hole = contours[child].reshape(-1, 2)
