@@ -345,6 +345,22 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_reported(tmp_path: Path, ti
     assert all(name.isascii() for name in os.listdir(out))  # no outputs of the skipped image
 
 
+@pytest.mark.parametrize("where", ["out", "cwd"])
+def test_a_full_path_that_is_not_utf8_is_refused_before_any_work(
+    tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch, where: str
+) -> None:
+    # a folder above named in Latin-1: every image was segmented, then dataset.yaml (the output folder's full path)
+    # or labelstudio_tasks.json (each image's) could not be written: exit 3 on every rerun, naming no path
+    latin = Path(os.fsdecode(bytes(tmp_path) + b"/dir_\xe9"))
+    _save_random(latin / "in" / "x.png", (24, 32), 1)
+    monkeypatch.chdir(latin)
+    out, fmt = ("out_" + os.fsdecode(b"\xe9"), "png,yolo") if where == "out" else ("out", "png,labelstudio")
+    argv = ["segment", "in", "--out", out, "--model", str(tiny_model_dir), "--classes", "a,b", "--format", fmt]
+    code, _, stderr = _run(argv, capsys)
+    assert code == 2 and "not valid UTF-8" in stderr and "dir_\\xe9" in stderr
+    assert not (latin / out / "x.png").exists()
+
+
 def test_folder_with_broken_images_reports_them_and_exits_1(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     src = tmp_path / "in"
     _save_random(src / "good1.png", (24, 32), 1)

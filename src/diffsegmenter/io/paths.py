@@ -215,7 +215,8 @@ def collect_jobs(
     Raises:
         FileNotFoundError: an input names nothing (the message names it).
         UsageError: the output folder is one of the input folders or holds an input file, two inputs' outputs
-            would collide, or (with ``yolo`` among `formats`) two inputs of one folder share a stem.
+            would collide, (with ``yolo`` among `formats`) two inputs of one folder share a stem, or a full path that
+            a run file records (``yolo``: the output folder's; ``labelstudio``: each image's) is not valid UTF-8.
     """
     from ..images import _nothing_found_message, scan_inputs
     from .formats import FORMATS, RUN_FILES
@@ -312,7 +313,30 @@ def collect_jobs(
     check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
     if formats is not None and "yolo" in formats:
         _check_yolo_stems(jobs)
+    _check_full_paths(jobs, out_root, list(FORMATS) if formats is None else formats)
     return _named(jobs, bases)
+
+
+def _check_full_paths(jobs: Sequence[ImageJob], out: Path, formats: Sequence[str]) -> None:
+    """Refuse, before any work, full paths that a run file must record but UTF-8 cannot: ``dataset.yaml`` holds
+    the output folder's, Label Studio's tasks each image's (a folder above named in another encoding, which the
+    inputs' names as given do not show)."""
+    rename = "rename that folder (e.g. `convmv -f latin1 -t utf-8 --notest <folder>`)"
+    if "yolo" in formats and not is_utf8_name(_resolve(out)):
+        raise UsageError(
+            f"the output folder's full path '{printable_path(_resolve(out))}' is not valid UTF-8 (a folder named in "
+            f"another encoding), and the yolo export's dataset.yaml must record it; {rename}, choose another --out, "
+            "or leave yolo out of --format"
+        )
+    if "labelstudio" in formats:
+        for job in jobs:
+            full = os.path.abspath(job.path)
+            if job.problem is None and not is_utf8_name(Path(full)):
+                raise UsageError(
+                    f"the full path of '{printable_path(job.path)}', '{printable_path(full)}', is not valid UTF-8 (a "
+                    f"folder named in another encoding), and Label Studio's tasks must record it; {rename}, move "
+                    "the images, or leave labelstudio out of --format"
+                )
 
 
 def _named(jobs: list[ImageJob], bases: Sequence[str]) -> list[ImageJob]:
