@@ -361,6 +361,25 @@ def test_a_full_path_that_is_not_utf8_is_refused_before_any_work(
     assert not (latin / out / "x.png").exists()
 
 
+@pytest.mark.parametrize(("earlier", "fmt"), [("x.coco.png", "png,coco"), ("x.overlay.png", "png,overlay")])
+def test_outputs_over_an_earlier_images_results_are_refused(
+    tmp_path: Path, tiny_model_dir: Path, capsys, earlier: str, fmt: str
+) -> None:
+    # x.png's COCO part x.coco.json replaced the sidecar of x.coco.png segmented earlier (its overlay x.overlay.png
+    # the label map of x.overlay.png): rc 0, the other image's results orphaned or wrong
+    src = tmp_path / "in"
+    first = _save_random(src / earlier, (24, 32), 1)
+    second = _save_random(src / "x.png", (24, 32), 2)
+    out = tmp_path / "out"
+    base = ["--out", str(out), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run(["segment", str(first), *base, "--format", "png"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, stderr = _run(["segment", str(second), *base, "--format", fmt], capsys)
+    assert code == 2 and "an earlier run wrote for the input" in stderr and earlier in stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _run(["segment", str(first), *base, "--format", "png"], capsys)[0] == 0  # still done, still its own
+
+
 def test_folder_with_broken_images_reports_them_and_exits_1(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     src = tmp_path / "in"
     _save_random(src / "good1.png", (24, 32), 1)

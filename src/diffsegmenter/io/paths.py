@@ -314,7 +314,52 @@ def collect_jobs(
     if formats is not None and "yolo" in formats:
         _check_yolo_stems(jobs)
     _check_full_paths(jobs, out_root, list(FORMATS) if formats is None else formats)
+    _check_earlier_owners(jobs, list(FORMATS) if formats is None else formats)
     return _named(jobs, bases)
+
+
+def _check_earlier_owners(jobs: Sequence[ImageJob], formats: Sequence[str]) -> None:
+    """Refuse, before any work, an input whose outputs would land on a file that an earlier run wrote for another
+    image (its sidecar lists it): ``x.png`` with ``coco`` writes ``x.coco.json``, the sidecar of an input
+    ``x.coco.png`` segmented earlier; ``x.png``'s overlay ``x.overlay.png`` is an earlier input's label map. Within one
+    run [`check_output_names`] refuses the same clashes; ``--overwrite`` would still destroy the other image's results.
+
+    Raises:
+        UsageError: naming the input, the file, the earlier image and the ways out.
+    """
+    from .formats import FORMATS
+    from .results import output_paths, sidecars_in
+
+    owners: dict[Path, dict[str, tuple[str, str]]] = {}  # folder -> written name -> (its sidecar, its source)
+    for job in jobs:
+        if job.problem is not None:
+            continue
+        folder = Path(job.out_dir)
+        if folder not in owners:
+            owners[folder] = {}
+            for sidecar_name, sidecar in sidecars_in(folder).items():
+                source = str(sidecar.get("source", "?"))
+                for listed in [sidecar_name, *(f for f in sidecar["files"] if isinstance(f, str))]:
+                    owners[folder].setdefault(listed, (sidecar_name, source))
+        written = owners[folder]
+        if not written:
+            continue
+        paths = output_paths(folder, job.stem, formats)
+        mine = paths.sidecar.name
+        for name, target in [("sidecar", paths.sidecar), *paths.targets.items()]:
+            rel = target.relative_to(folder).as_posix()
+            if FORMATS.get(name) is not None and FORMATS[name].is_folder:
+                hits = [(n, o) for n, o in written.items() if n.startswith(rel + "/") and o[0] != mine]
+            else:
+                hits = [(rel, written[rel])] if rel in written and written[rel][0] != mine else []
+            if hits:
+                hit, (sidecar_name, source) = hits[0]
+                what = "sidecar" if name == "sidecar" else FORMATS[name].what
+                raise UsageError(
+                    f"{job.label!r} would write its {what} over {str(folder / hit)!r}, which an earlier run wrote for "
+                    f"the input {source!r} (listed in {sidecar_name}); rename one of them, or segment into another "
+                    "--out"
+                )
 
 
 def _check_full_paths(jobs: Sequence[ImageJob], out: Path, formats: Sequence[str]) -> None:
