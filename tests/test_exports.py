@@ -331,6 +331,22 @@ def test_yolo_lists_each_folders_images_and_refuses_two_images_of_one_stem(tmp_p
     collect_jobs([str(src)], tmp_path / "out2", ["png", "coco"])  # other formats name them apart: fine
 
 
+def test_an_image_named_like_a_run_file_is_told_so(tmp_path: Path, caplog) -> None:
+    # coco_instances.png (a run file's stem): "two inputs map to the same output name" with one input, and with yolo
+    # "shares the stem with an image an earlier run wrote" into a new folder
+    from diffsegmenter.errors import UsageError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (8, 8)).save(src / "coco_instances.png")
+    with caplog.at_level("WARNING"):
+        (job,) = collect_jobs([str(src)], tmp_path / "out", ["png"])
+    assert job.stem == "coco_instances.png" and "kept for the run's file coco_instances.json" in caplog.text
+    assert "two inputs" not in caplog.text
+    with pytest.raises(UsageError, match="'coco_instances' is kept for the run's file.*labels/coco_instances.txt"):
+        collect_jobs([str(src)], tmp_path / "out", ["png", "yolo"])
+
+
 def test_more_classes_than_a_label_png_holds_are_refused_before_any_work(tmp_path: Path, capsys) -> None:
     from diffsegmenter import cli
     from diffsegmenter.io.results import write_result

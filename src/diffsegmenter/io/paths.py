@@ -227,7 +227,8 @@ def collect_jobs(
     seen: set[Path] = set()
     # the run's own JSON files in <out> (its report, the COCO and Label Studio exports) would overwrite a sidecar
     run_files = (SKIPPED_FILE, *(name for name in RUN_FILES if name.endswith(".json")))
-    taken: set[tuple[str, str]] = {(".", Path(name).stem.lower()) for name in run_files}
+    reserved: set[tuple[str, str]] = {(".", Path(name).stem.lower()) for name in run_files}
+    taken = set(reserved)
     earlier = _EarlierOutputs()
     bases: list[str] = []  # the folder each input is named from: a folder or glob's root, a file's folder
     for text in inputs:
@@ -281,7 +282,12 @@ def collect_jobs(
                 while (key_dir, stem.lower()) in taken:
                     counter += 1
                     stem = f"{key}-{counter}"
-                logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
+                if (key_dir, key.lower()) in reserved:
+                    logger.warning(
+                        "the name %r is kept for the run's file %s.json; writing %s as %r", key, key, path, stem
+                    )
+                else:
+                    logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
             taken.add((key_dir, stem.lower()))
             job = ImageJob(path=path, out_dir=out_root / rel, stem=stem)
             if _resolve(job.out_dir) == resolved.parent:
@@ -312,7 +318,7 @@ def collect_jobs(
             logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
     check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
     if formats is not None and "yolo" in formats:
-        _check_yolo_stems(jobs)
+        _check_yolo_stems(jobs, out_root, {stem for _, stem in reserved})
     _check_full_paths(jobs, out_root, list(FORMATS) if formats is None else formats)
     _check_earlier_owners(jobs, list(FORMATS) if formats is None else formats)
     return _named(jobs, bases)
@@ -462,7 +468,7 @@ def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Pa
                 claim(path, fmt.what, job, fmt.what)
 
 
-def _check_yolo_stems(jobs: Sequence[ImageJob]) -> None:
+def _check_yolo_stems(jobs: Sequence[ImageJob], out: Path, reserved: set[str]) -> None:
     """Refuse, for the YOLO export, an input whose outputs could not take its own stem (``x.png`` beside ``x.jpg``):
     Ultralytics finds an image's labels by its stem, so it would read the other image's ``labels/x.txt``.
 
@@ -475,6 +481,13 @@ def _check_yolo_stems(jobs: Sequence[ImageJob]) -> None:
         if job.stem.lower() == key.lower():
             continue
         other = own.get((path_key(job.out_dir), key.lower()))
+        ways = "rename one of them, segment them into separate --out folders, or leave yolo out of --format"
+        if other is None and key.lower() in reserved and path_key(job.out_dir) == path_key(out):
+            raise UsageError(
+                f"{job.label!r}: its stem {key!r} is kept for the run's file {key}.json, so its outputs are named "
+                f"{job.stem!r}, and Ultralytics looks for an image's labels under its stem (labels/{key}.txt); "
+                "rename the image, or leave yolo out of --format"
+            )
         why = (
             f"{other.label!r} and {job.label!r} share the stem {key!r}"
             if other is not None
@@ -482,5 +495,5 @@ def _check_yolo_stems(jobs: Sequence[ImageJob]) -> None:
         )
         raise UsageError(
             f"{why}, and YOLO names labels by the image's stem (Ultralytics would read labels/{key}.txt for both); "
-            "rename one of them, segment them into separate --out folders, or leave yolo out of --format"
+            + ways
         )
