@@ -293,6 +293,22 @@ def test_calls_that_cannot_fit_in_memory_are_refused_up_front() -> None:
         check_full_size_memory([photo.shape[:2]], [[f"c{i}" for i in range(1000)]])
 
 
+def test_a_list_that_cannot_fit_in_memory_together_is_refused_up_front() -> None:
+    # each image alone fits, but a call keeps every image's results until it returns: 40 photos of 40 MP with 10
+    # classes keep about 70 GB, and the check looked at one image at a time
+    import psutil
+
+    from diffsegmenter.result import check_full_size_memory
+
+    total = psutil.virtual_memory().total
+    classes = [f"c{i}" for i in range(10)]
+    side = int((total * 0.6 / (28 * 10 + 64)) ** 0.5)  # one image's work: 60% of this machine's memory
+    check_full_size_memory([(side, side)], [classes])
+    check_full_size_memory([(side // 8, side // 8)] * 10, [classes] * 10)  # small images together: fine
+    with pytest.raises(MemoryError, match="10 images in one call"):
+        check_full_size_memory([(side, side)] * 10, [classes] * 10)
+
+
 def test_npz_scores_stay_bounded_for_large_images(tmp_path: Path) -> None:
     from diffsegmenter.io import NPZ_SCORES_MAX_SIDE
 

@@ -172,27 +172,46 @@ def image_scores(
 BYTES_PER_PIXEL_PER_CLASS = 28
 BYTES_PER_PIXEL = 64
 
+#: Bytes per input pixel that each :class:`SegmentationResult` of a call keeps until the call returns: float32 score
+#: maps per class; int32 labels and the decoded RGB image per image.
+BYTES_PER_PIXEL_KEPT_PER_CLASS = 4
+BYTES_PER_PIXEL_KEPT = 4 + 3
+
 
 def check_full_size_memory(sizes: list[tuple[int, int]], class_lists: list[list[str]]) -> None:
     """Refuse up front a call whose full-size score maps and labels could not fit this machine's memory at all
-    (instead of being killed by the system part-way): estimated with :data:`BYTES_PER_PIXEL_PER_CLASS` and
-    :data:`BYTES_PER_PIXEL`, against the total RAM.
+    (instead of being killed by the system part-way): the results every image of the call keeps until it returns
+    (:data:`BYTES_PER_PIXEL_KEPT_PER_CLASS`, :data:`BYTES_PER_PIXEL_KEPT`) plus the largest one image's work
+    (:data:`BYTES_PER_PIXEL_PER_CLASS`, :data:`BYTES_PER_PIXEL`), against the total RAM.
 
     Args:
         sizes (`list[tuple[int, int]]`): each image's (height, width) in pixels.
         class_lists (`list[list[str]]`): each image's classes.
 
     Raises:
-        MemoryError: naming the image size, the class count, the estimate and the way out.
+        MemoryError: naming the image size and class count (one image) or the number of images (a list), the
+            estimate and the way out.
     """
     import psutil
 
     total = int(psutil.virtual_memory().total)
-    for (h, w), classes in zip(sizes, class_lists):
-        need = h * w * (BYTES_PER_PIXEL_PER_CLASS * len(classes) + BYTES_PER_PIXEL)
+    work = [h * w * (BYTES_PER_PIXEL_PER_CLASS * len(c) + BYTES_PER_PIXEL) for (h, w), c in zip(sizes, class_lists)]
+    kept = [
+        h * w * (BYTES_PER_PIXEL_KEPT_PER_CLASS * len(c) + BYTES_PER_PIXEL_KEPT)
+        for (h, w), c in zip(sizes, class_lists)
+    ]
+    for (h, w), classes, need in zip(sizes, class_lists, work):
         if need > total:
             raise MemoryError(
                 f"segmenting {len(classes)} classes on a {w}x{h} image needs about {need / 1e9:.1f} GB for its "
                 f"full-size score maps, more than this machine's {total / 1e9:.1f} GB of memory: pass fewer classes "
                 "per call (or a filter), or downscale the image"
             )
+    if len(sizes) > 1 and sum(kept) + max(work) > total:
+        need = sum(kept) + max(work)
+        raise MemoryError(
+            f"segmenting {len(sizes)} images in one call needs about {need / 1e9:.1f} GB (every image's full-size "
+            f"score maps are kept until the call returns), more than this machine's {total / 1e9:.1f} GB of memory: "
+            "pass fewer images per call (e.g. a loop over smaller lists, writing each list's results before the "
+            "next; `diffsegmenter segment` does so), fewer classes, or smaller images"
+        )
