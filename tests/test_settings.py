@@ -52,3 +52,44 @@ def test_segmenter_and_filter_use_the_folder_settings(tiny_model_dir, tmp_path):
     assert flt.threshold == 0.25 and flt.noise_draws == 3 and flt.quantile == 0.95  # the rest: the filter's defaults
     seg.model_settings = {"_diffusion_filter": {"threshold": 0.5}}  # the file's layout is read as settings
     assert seg.model_settings.diffusion_filter == {"threshold": 0.5} and DiffusionFilter(seg).threshold == 0.5
+
+
+def test_settings_are_checked_before_any_weight_loads(tmp_path, monkeypatch):
+    # a typo in an override, or a bad value in a folder's segmenter_config.json, was reported only after the weights
+    # had loaded (for a hub model: after gigabytes), and the file's errors did not name the file
+    from diffsegmenter import DiffSegmenter, loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the settings were checked")
+
+    monkeypatch.setattr(loading, "load_backbone", no_loading)
+    with pytest.raises(ValueError, match="unknown SegmenterConfig field"):
+        DiffSegmenter.from_pretrained("shapes", tauu=0.3)
+    with pytest.raises(ValueError, match="tau"):
+        DiffSegmenter.from_pretrained("shapes", tau=4)
+    with pytest.raises(ValueError, match="readout_block only applies"):
+        DiffSegmenter.from_pretrained("shapes", config=SegmenterConfig(), readout_block=2)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "segmenter_config.json").write_text(json.dumps({"tau": 2}))
+    with pytest.raises(ValueError, match=r"segmenter_config.json: tau must"):
+        DiffSegmenter.from_pretrained(folder)
+    (folder / "segmenter_config.json").write_text(json.dumps({"future_field": 1}))
+    with pytest.raises(ValueError, match=r"segmenter_config.json: unknown SegmenterConfig field.*newer diffsegmenter"):
+        DiffSegmenter.from_pretrained(folder)
+
+
+def test_a_full_config_says_which_recommendations_it_leaves_out(caplog):
+    # from_pretrained(model, config=SegmenterConfig(tau=0.5)) silently dropped the folder's tuned settings (and on
+    # SDXL the family's level weights): a user who meant "tau on top" got other maps with no word
+    with caplog.at_level("WARNING", logger="diffsegmenter"):
+        seg = DiffSegmenter.from_pretrained("shapes", config=SegmenterConfig(tau=0.5))
+    assert seg.config.tau == 0.5 and seg.config.readout == SegmenterConfig().readout  # used as given
+    recommended = ModelSettings.from_file(SHAPES_SETTINGS).segmenter
+    assert "config= replaces every setting" in caplog.text and "segmenter_config.json" in caplog.text
+    assert "readout=" in caplog.text and recommended["readout"] != SegmenterConfig().readout
+    assert "tau" not in caplog.text.split(" keep ")[0]  # set in the config: not reported
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffsegmenter"):
+        DiffSegmenter.from_pretrained("shapes", tau=0.5)
+    assert "config=" not in caplog.text

@@ -16,7 +16,7 @@ from .settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SHIPPED_MODELS", "resolve_model", "load_components"]
+__all__ = ["SHIPPED_MODELS", "folder_settings", "resolve_model", "load_components"]
 
 #: Models that ship inside the package: short name -> the research command that trains one (source checkout).
 SHIPPED_MODELS: dict[str, str] = {"shapes": "python -m research.shapes.train"}
@@ -365,6 +365,17 @@ def _check_scheduler_kind(src: str, family: str, index: dict[str, Any], local_fi
         f"{src}: its scheduler is {name}, and a {family} model needs {need}; put the scheduler folder the model was "
         "released with back (download or copy the model again)"
     )
+
+
+def folder_settings(model: str | os.PathLike[str]) -> ModelSettings:
+    """What a local model folder (or a shipped model) recommends, from its ``segmenter_config.json``; empty for a
+    hub id or a folder without one. Reads no weights.
+
+    Raises:
+        ValueError: the file is not valid (naming it).
+        ModelNotFoundError: a shipped model whose files are missing.
+    """
+    return _folder_settings(resolve_model(model))
 
 
 def _folder_settings(src: str) -> ModelSettings:

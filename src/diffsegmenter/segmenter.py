@@ -57,6 +57,29 @@ def _one_call_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
+def _warn_replaced_recommendations(config: SegmenterConfig, recommended: SegmenterConfig, source: str | None) -> None:
+    """Warn when a full ``config`` leaves at the class defaults fields that the model folder or the backbone family
+    would set otherwise: ``config=`` replaces every setting, which is easy to take for "these fields on top"."""
+    defaults = SegmenterConfig()
+    dropped = {
+        f.name: getattr(recommended, f.name)
+        for f in dataclasses.fields(SegmenterConfig)
+        if getattr(recommended, f.name) != getattr(defaults, f.name)
+        and getattr(config, f.name) == getattr(defaults, f.name)
+    }
+    if dropped:
+        where = f"{source} (or the backbone family's defaults)" if source else "the backbone family's defaults"
+        shown = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
+        logger.warning(
+            "config= replaces every setting: %s keep SegmenterConfig's defaults instead of the values from %s "
+            "(%s); to change single settings and keep the rest, pass them as keywords "
+            "(from_pretrained(model, tau=0.5)) or start from the loaded segmenter's config.replace(...)",
+            ", ".join(dropped),
+            where,
+            shown,
+        )
+
+
 class DiffSegmenter:
     r"""Training-free open-vocabulary semantic segmentation with a frozen latent diffusion model.
 
@@ -159,8 +182,9 @@ class DiffSegmenter:
             device (`str` or `torch.device`, *optional*, defaults to "cpu").
             dtype (`torch.dtype` or `str`, *optional*, defaults to float32): e.g. ``torch.float16`` (or
                 ``"float16"``/``"fp16"``) on a GPU; float32, float16 or bfloat16.
-            config (`SegmenterConfig`, *optional*): full settings; otherwise the model folder's
-                ``segmenter_config.json`` if any, else the paper's defaults.
+            config (`SegmenterConfig`, *optional*): full settings, used as given (the folder's and the family's
+                recommendations are not applied: a warning names those it leaves at the class defaults); otherwise
+                the model folder's ``segmenter_config.json`` over the family's defaults over the class defaults.
             captioner (*optional*): a captioner object, or a BLIP hub id / folder to load
                 (e.g. ``"Salesforce/blip-image-captioning-large"``); None = no captioner (template prompts).
             local_files_only (`bool`, *optional*): never contact the hub (default: the ``HF_HUB_OFFLINE`` setting).
@@ -178,11 +202,14 @@ class DiffSegmenter:
                 that is not float32, float16 or bfloat16 (:func:`~diffsegmenter.transfer.check_dtype`), before
                 anything is loaded.
         """
-        from .loading import load_backbone
+        from .loading import folder_settings, load_backbone
         from .transfer import check_device, check_dtype
 
         device = check_device(device)
         dtype = check_dtype(dtype)
+        # the settings' names and values, checked before any weight is read (a hub model is gigabytes); the family's
+        # defaults (level weights, blocks) take part in no check across fields
+        (config or SegmenterConfig().replace(**folder_settings(model).segmenter)).replace(**config_overrides)
         if dtype == torch.float16 and torch.device(device).type == "cpu":
             logger.warning(
                 "float16 on the CPU is slower than float32 (most CPUs have no float16 arithmetic) and saves only "
@@ -192,8 +219,11 @@ class DiffSegmenter:
         backbone, settings = load_backbone(model, device=device, dtype=dtype, local_files_only=local_files_only)
         # precedence: explicit arguments > the folder's segmenter_config.json > the family's defaults > the class
         # defaults (for SD1/SD2 the family adds nothing: the released code's values)
+        recommended = SegmenterConfig().replace(**backbone.family_defaults()).replace(**settings.segmenter)
         if config is None:
-            config = SegmenterConfig().replace(**backbone.family_defaults()).replace(**settings.segmenter)
+            config = recommended
+        else:
+            _warn_replaced_recommendations(config, recommended, settings.source)
         config = config.replace(**config_overrides)
         if isinstance(captioner, (str, Path)):
             unused = config.unused_captioner_reason()

@@ -34,8 +34,8 @@ class ModelSettings:
     Attributes:
         classes (`list[str]`, *optional*): the model's own class names (``"_classes"``); what
             :meth:`DiffSegmenter.segment <diffsegmenter.DiffSegmenter.segment>` uses when given none.
-        segmenter (`dict[str, Any]`): :class:`~diffsegmenter.config.SegmenterConfig` field values, as written (keys
-            are checked when :meth:`segmenter_config` builds the config).
+        segmenter (`dict[str, Any]`): :class:`~diffsegmenter.config.SegmenterConfig` field values, as written
+            (checked on the class defaults when read).
         diffusion_filter (`dict[str, Any]`, *optional*): keyword settings of
             :class:`~diffsegmenter.filters.diffusion.DiffusionFilter` chosen for this model (``"_diffusion_filter"``:
             ``timesteps``, ``noise_draws``, ``quantile``, ``threshold``, ``resolution``, ``scoring``,
@@ -68,8 +68,9 @@ class ModelSettings:
             source (`str`, *optional*): where it came from, for messages.
 
         Raises:
-            ValueError: ``data`` is not a JSON object, ``_classes`` is not a list of strings or ``_diffusion_filter``
-                not an object (the message names the file).
+            ValueError: ``data`` is not a JSON object, ``_classes`` is not a list of strings, ``_diffusion_filter``
+                not an object, or a SegmenterConfig field is unknown or has a bad value (the message names the
+                file).
         """
         where = f" in {source}" if source else ""
         if not isinstance(data, dict):
@@ -90,6 +91,13 @@ class ModelSettings:
         flt = known.get("diffusion_filter")
         if flt is not None and not isinstance(flt, dict):
             raise ValueError(f"'_diffusion_filter'{where} must be an object of filter settings, got {flt!r}")
+        try:  # now, naming the file: not after a model's weights have loaded, as a bare config error
+            SegmenterConfig().replace(**segmenter)
+        except ValueError as exc:
+            raise ValueError(
+                f"model settings{where}: {exc}; fix or delete that setting (a field this version does not know may "
+                "come from a newer diffsegmenter: pip install -U diffsegmenter)"
+            ) from None
         return cls(
             classes=list(classes) if classes is not None else None,
             segmenter=segmenter,
