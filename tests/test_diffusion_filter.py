@@ -153,6 +153,24 @@ def test_built_in_filters_come_from_one_factory_and_any_object_can_decide(tiny_s
     assert res.classes == ["sofa"] and res.candidates == {"cat": 0.0, "sofa": 1.0}
 
 
+@pytest.mark.parametrize(("kept", "error"), [(["Sofa"], None), (["dog"], "not in the vocabulary"), ("cat", "list")])
+def test_a_user_filters_kept_names_are_read_as_class_lists_read_names(tiny_segmenter, kept, error):
+    # "Sofa" (a class list would match "sofa"), a name outside the vocabulary, or the string "cat" (the set
+    # {'c', 'a', 't'}) each left the image with no class, an all-background map and no word
+    from diffsegmenter.filters import FilterDecision, select_classes
+
+    class Mine:
+        def select(self, image, vocabulary):
+            return FilterDecision(kept, {c: 1.0 for c in vocabulary})
+
+    if error is None:
+        assert select_classes(Mine(), _image(), ["cat", "sofa"]).kept == ["sofa"]
+        assert tiny_segmenter.segment(_image(), classes=["cat", "sofa"], filter=Mine()).classes == ["sofa"]
+    else:
+        with pytest.raises((TypeError, ValueError), match=error):
+            tiny_segmenter.segment(_image(), classes=["cat", "sofa"], filter=Mine())
+
+
 # ---------------------------------------------------------------------------------------- "regions" scoring (issue 17)
 def test_connected_regions_are_4_connected_largest_first():
     import torch

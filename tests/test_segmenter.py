@@ -434,3 +434,27 @@ def test_names_read_from_the_same_token_after_the_same_words_are_named(tiny_segm
     assert not warned(["red car", "red cat"], SegmenterConfig(token_rule="first", prompt_mode="single"))
     monkeypatch.setattr(seg.backbone, "causal_text_encoder", False)  # T5 or joint attention: later words count
     assert not warned(["red car", "red cat"])
+
+
+def test_api_slips_are_named(tiny_segmenter, tmp_path):
+    # each of these ran and did something else than asked, or failed under another name
+    import pickle
+
+    import diffsegmenter
+
+    with pytest.raises(ValueError, match="default_classes=\\['cat', 'sofa'\\]"):  # was segmented as c, a, t
+        DiffSegmenter(backbone=tiny_segmenter.backbone, default_classes="cat")
+    with pytest.raises(ValueError, match="is a URL"):  # was "Image file not found: 'https:/example.com/cat.jpg'"
+        tiny_segmenter.segment("https://example.com/cat.jpg", classes=["cat"])
+    res = tiny_segmenter.segment(np.zeros((8, 8, 3), np.uint8), classes=["cat"])
+    assert res != pickle.loads(pickle.dumps(res)) and res == res  # was "truth value of an array is ambiguous"
+    assert {"DiffSegmenter", "SegmenterConfig", "SegmentationResult"} <= set(dir(diffsegmenter))
+    cfg = SegmenterConfig(resolution=np.int64(64), emphasis=np.float32(1.5), seed=np.uint8(3))  # were refused
+    assert (type(cfg.resolution), type(cfg.emphasis), type(cfg.seed)) == (int, float, int) and cfg.emphasis == 1.5
+    previous = tiny_segmenter.config.tau
+    tiny_segmenter.config.tau = "0.3"  # set in place: ran, then res.relabel(res.tau) failed
+    try:
+        with pytest.raises(ValueError, match="tau"):
+            tiny_segmenter.segment(np.zeros((8, 8, 3), np.uint8), classes=["cat"])
+    finally:
+        tiny_segmenter.config.tau = previous

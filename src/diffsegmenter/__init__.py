@@ -30,3 +30,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'diffsegmenter' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # tab completion lists the lazily imported names too
+    return sorted(set(globals()) | set(_LAZY))

@@ -180,6 +180,14 @@ class SegmenterConfig:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # NumPy scalars (np.int64(64), np.float32(1.2)) as Python numbers
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or type(value) in (int, float):
+                continue
+            if isinstance(value, numbers.Integral):
+                setattr(self, f.name, int(value))
+            elif isinstance(value, numbers.Real):
+                setattr(self, f.name, float(value))
         self.level_weights = _check_weights("level_weights", self.level_weights)
         if self.class_level_weights is not None:
             self.class_level_weights = _check_weights("class_level_weights", self.class_level_weights)

@@ -29,6 +29,7 @@ import errno
 import glob
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -153,6 +154,11 @@ def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarra
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageLoadError(name, str(exc) or type(exc).__name__) from exc
         return _pil_to_rgb(image, name)
+    if isinstance(image, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", image):
+        raise ValueError(
+            f"{image!r} is a URL; images are not fetched from the network: download the file and pass its path, or "
+            "pass a PIL image (e.g. PIL.Image.open(io.BytesIO(requests.get(url).content)))"
+        )
     if isinstance(image, str | os.PathLike):
         return _load_path(Path(image), max_pixels)
     hint = " (for a torch tensor, pass tensor.permute(1, 2, 0).cpu().numpy())" if hasattr(image, "permute") else ""

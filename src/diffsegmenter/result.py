@@ -26,7 +26,7 @@ __all__ = ["SegmentationResult", "build_results", "check_full_size_memory", "DEV
 DEVICE_RESULT_BYTES = 256 * 1024**2
 
 
-@dataclass
+@dataclass(eq=False)  # NumPy fields: the generated == raised 'truth value of an array is ambiguous'
 class SegmentationResult:
     """Segmentation of one image.
 

@@ -150,6 +150,8 @@ class DiffSegmenter:
         if captioner is not None and (unused := self.config.unused_captioner_reason()):
             logger.warning("The captioner is not used: %s (a call's config may still use it).", unused)
         self.model_settings = model_settings
+        if default_classes is not None:  # a plain string was read letter by letter: "cat" as c, a, t
+            default_classes = check_class_names(default_classes, example="default_classes=['cat', 'sofa']")
         classes = default_classes if default_classes is not None else self.model_settings.classes
         self.default_classes = list(classes) if classes else None
         self._filters: dict[str, Any] = {}  # built-in filters built by name on first use (filters.build_filter)
@@ -325,7 +327,7 @@ class DiffSegmenter:
         items = [images] if single else list(images)
         if not items:
             return []
-        cfg = self.config
+        cfg = self.config.replace()  # checked again: a field set in place (seg.config.tau = "0.3") skipped the checks
         if tau is not None:
             tau = check_tau(tau, allow_no_background=True)
         refine = cfg.refine if refine is None else check_refine(refine)

@@ -9,7 +9,7 @@ one) implements :class:`CategoryFilter`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -107,14 +107,38 @@ def select_classes(flt: Any, image: np.ndarray, vocabulary: list[str]) -> Filter
         TypeError: the object has neither.
     """
     if hasattr(flt, "select"):
-        return flt.select(image, vocabulary)
+        decision = flt.select(image, vocabulary)
+        if not isinstance(decision, FilterDecision):
+            raise TypeError(
+                f"{type(flt).__name__}.select() must return a FilterDecision(kept, scores), got "
+                f"{type(decision).__name__}"
+            )
+        kept = _in_vocabulary(decision.kept, vocabulary, f"{type(flt).__name__}.select().kept")
+        return replace(decision, kept=kept)
     if hasattr(flt, "scores") and hasattr(flt, "predict"):
         scores = flt.scores(image, vocabulary)
-        kept = set(flt.predict(image, vocabulary))
-        return FilterDecision([c for c in vocabulary if c in kept], {c: float(scores.get(c, 0.0)) for c in vocabulary})
+        kept = _in_vocabulary(flt.predict(image, vocabulary), vocabulary, f"{type(flt).__name__}.predict()")
+        return FilterDecision(kept, {c: float(scores.get(c, 0.0)) for c in vocabulary})
     raise TypeError(
         f"a filter must have select(image, vocabulary) (or scores() and predict()), got {type(flt).__name__}"
     )
+
+
+def _in_vocabulary(names: Any, vocabulary: list[str], what: str) -> list[str]:
+    """A filter's kept names as the vocabulary spells them, in its order (compared as class lists compare names:
+    ``"Cat"`` is ``"cat"``); a name outside it, or a plain string (read letter by letter), is refused: either left
+    the image with no class and no word."""
+    from ..classes import find_class
+
+    if isinstance(names, str) or not isinstance(names, (list, tuple, set, frozenset)):
+        raise TypeError(f"{what} must give a list of class names, got {names!r}")
+    where = set()
+    for name in names:
+        index = find_class(name, vocabulary) if isinstance(name, str) else None
+        if index is None:
+            raise ValueError(f"{what} kept {name!r}, which is not in the vocabulary it was given {vocabulary!r}")
+        where.add(index)
+    return [vocabulary[i] for i in sorted(where)]
 
 
 def build_filter(name: str, segmenter: Any, **options: Any) -> Any:
