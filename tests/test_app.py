@@ -56,7 +56,7 @@ def served():
         service.close()
 
 
-def test_segment_endpoint_from_gradio_client(served) -> None:
+def test_segment_endpoint_from_gradio_client(served, capfd) -> None:
     pytest.importorskip("gradio_client", reason="the API test needs gradio_client: pip install 'diffsegmenter[app]'")
     from gradio_client import Client, handle_file
 
@@ -100,8 +100,10 @@ def test_segment_endpoint_from_gradio_client(served) -> None:
     with pytest.raises(Exception, match="refine must be one of"):
         client.predict(image=handle_file(str(SCENE)), classes="circle", refine="crf", api_name="/segment")
 
+    capfd.readouterr()
     with pytest.raises(Exception, match="no image"):  # a bad request is answered with a message
         client.predict(image=None, classes="circle", filter="none", tau=None, api_name="/segment")
+    assert "Traceback" not in capfd.readouterr().err  # not a 25-line traceback in the server's log for each
     with pytest.raises(Exception, match="duplicate"):
         client.predict(image=handle_file(str(SCENE)), classes="circle, Circle", filter="none", api_name="/segment")
     # a class name is the visitor's text: it reached the page's toast as HTML ("<sofa>" vanished)
@@ -291,7 +293,11 @@ def test_bad_requests_are_refused_before_the_model_runs(tmp_path: Path) -> None:
         ({"guidance": "strong"}, "guidance must be a number"),
         ({"guidance": -1.0}, "guidance must be a number >= 0"),
         ({"seed": -1}, "seed must be a whole number from 0"),
-        ({"seed": 1e20}, r"seed must be a whole number from 0 to 18446744073709551615"),  # was torch's overflow
+        ({"seed": 1e20}, r"seed 1e\+20 is too large to be read exactly"),  # was torch's overflow
+        ({"seed": 2**63 - 1}, r"seed must be a whole number from 0 to 9223372036854775806"),  # the library's limit
+        # 2**64 - 1 was read through a float: refused as 18446744073709551616, and 2**53 + 1 ran as 2**53
+        ({"seed": 2**64 - 1}, r"got 18446744073709551615$"),
+        ({"seed": "9007199254740993x"}, "seed must be a whole number"),
         ({"classes": "['circle', 'square']"}, "one comma-separated text"),
     ],
 )
@@ -314,6 +320,14 @@ def test_bad_edit_requests_are_refused_before_the_model_runs(tmp_path: Path, cha
             run_edit(service, **request)
     finally:
         service.close()
+
+
+def test_whole_numbers_of_the_edit_form_are_read_exactly() -> None:
+    from diffsegmenter.app.edit import _whole_number
+
+    assert _whole_number("seed", 2**53 + 1) == 2**53 + 1  # through float it ran as 2**53
+    assert _whole_number("seed", " 9007199254740993 ") == 2**53 + 1
+    assert _whole_number("steps", 4.0) == 4 and _whole_number("steps", "") is None
 
 
 # ------------------------------------------------------------------- faults found by an app fault hunt (session 14)
@@ -367,6 +381,9 @@ def test_a_result_all_background_because_of_tau_says_so(served) -> None:
 
     url, service = served
     assert service.run(str(SCENE), ", ".join(PRESENT)).note is None
+    # a filter's best guess (no class reached its threshold) looked like a finding: 'square' on a scene without one
+    guessed = service.run(str(SCENE), "square", filter="diffusion")
+    assert list(guessed.areas) == ["square"] and "only its best guess" in (guessed.note or ""), guessed.note
     note = service.run(str(SCENE), ", ".join(PRESENT), tau=1.0).note
     assert note and note.startswith("every class's score is at most tau=1 (the highest is "), note
     config = service.segmenter.config

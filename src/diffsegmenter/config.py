@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "MAX_SEED",
     "PAPER_LEVEL_WEIGHTS",
     "PAMR_DILATIONS",
     "READOUTS",
@@ -28,6 +29,9 @@ __all__ = [
     "check_tau",
     "parse_override",
 ]
+
+MAX_SEED = 2**63 - 2
+"""The largest ``seed`` a config (and a call's or an edit's seed) takes."""
 
 #: Fusion weight per downsampling factor of the latent: 1/8, 1/4, 1/2, 1/1 -> 0.3, 0.5, 0.1, 0.1 ([CODE] L452;
 #: for SD1.5 at 512² these are the 8x8, 16x16, 32x32 and 64x64 levels).
@@ -208,7 +212,7 @@ class SegmenterConfig:
         _check_int("ing_offset", self.ing_offset, 1, 8, "1 in the VOC12/Context scripts, 2 in COCO's")
         self.tau = check_tau(self.tau)
         _check_int("timestep", self.timestep, 1, 999, "the diffusion timestep the latent is noised to, e.g. 100")
-        _check_int("seed", self.seed, 0, 2**63 - 2, "any non-negative integer, e.g. 0")
+        _check_int("seed", self.seed, 0, MAX_SEED, "any non-negative integer, e.g. 0")
         if not _is_number(self.emphasis) or not 0 < self.emphasis <= 10:
             raise ValueError(
                 f"emphasis must be a number in (0, 10] (1.0 = off, 1.21 = the paper's), got {self.emphasis!r}"

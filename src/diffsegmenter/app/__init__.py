@@ -101,7 +101,9 @@ class Outcome:
     rle_json: Path | None
     score_maps: list[tuple[Path, str]]
     legend_html: str
-    note: str | None = None  # why the whole image is background, when tau is the reason (shown as a warning)
+    # shown as a warning: a filter's best guess (no class reached its threshold), and why the whole image is
+    # background when tau is the reason
+    note: str | None = None
 
 
 def parse_class_text(text: str | None) -> list[str] | None:
@@ -360,7 +362,13 @@ class SegmentService:
             Image.fromarray(picture, mode="RGB").save(target)
             maps.append((target, name))
         legend = legend_html(classes, name_colors(classes), areas)
-        return Outcome(annotated, areas, label_png, rle_json, maps, legend, result.background_note())
+        guess = (
+            f"No class reached the filter's threshold: {', '.join(classes)} is only its best guess, and may be absent."
+            if getattr(result, "filter_best_guess", False)
+            else None
+        )
+        note = " ".join(n for n in (guess, result.background_note()) if n) or None
+        return Outcome(annotated, areas, label_png, rle_json, maps, legend, note)
 
     def close(self) -> None:
         """Stop the worker thread and delete the outputs."""
@@ -458,7 +466,7 @@ def build_app(service: SegmentService, model_name: str = "the model") -> Any:
         try:
             outcome = service.run(image, classes, filter, tau, refine)
         except AppError as exc:
-            raise gr.Error(as_text(str(exc))) from None
+            raise gr.Error(as_text(str(exc)), print_exception=False) from None
         if outcome.note:
             gr.Warning(as_text(outcome.note))
         return str(outcome.annotated), outcome.areas, str(outcome.label_png), outcome

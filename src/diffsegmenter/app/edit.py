@@ -13,13 +13,16 @@ Gradio is imported only by :func:`build_edit_tab`'s caller (``app.build_app``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import numbers
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..classes import find_class
+from ..config import MAX_SEED as CONFIG_MAX_SEED
 from . import AppError, SegmentService, as_text, image_path, parse_class_text, upload_image
 
 __all__ = [
@@ -37,8 +40,8 @@ MAX_EDIT_STEPS = 100
 """Most denoising steps one edit request may ask for."""
 MAX_EDIT_DILATE = 64
 """Largest mask dilation, in pixels, one edit request may ask for."""
-MAX_SEED = 2**64 - 1
-"""Largest seed ``torch.Generator.manual_seed`` takes."""
+MAX_SEED = CONFIG_MAX_SEED
+"""Largest seed an edit request may give: the library's (:data:`diffsegmenter.config.MAX_SEED`)."""
 
 
 @dataclasses.dataclass
@@ -62,12 +65,19 @@ def _whole_number(name: str, value: Any) -> int | None:
     """A form's whole-number field: None when left empty; an AppError naming the field when not a whole number."""
     if value is None or value == "":
         return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)  # exactly as given: through float, 2**53 + 1 became 2**53
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or not number.is_integer():
         raise AppError(f"{name} must be a whole number, got {value!r}")
+    if abs(number) > 2**53:  # a float this large no longer holds every whole number
+        raise AppError(f"{name} {value!r} is too large to be read exactly; give it as a whole number (digits only)")
     return int(number)
 
 
@@ -118,7 +128,7 @@ def check_edit_request(
         raise AppError(str(exc)) from None
     seed = _whole_number("seed", seed)
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise AppError(f"seed must be a whole number from 0 to {MAX_SEED} (2**64 - 1), got {seed}")
+        raise AppError(f"seed must be a whole number from 0 to {MAX_SEED} (2**63 - 2), got {seed}")
     return path, target, " ".join(prompt.split()), fields, seed
 
 
@@ -223,7 +233,7 @@ def build_edit_tab(gr: Any, service: SegmentService, examples: list[str], vocabu
         try:
             outcome = run_edit(service, image, target, prompt, dilate, steps, guidance, seed, classes)
         except AppError as exc:
-            raise gr.Error(as_text(str(exc))) from None
+            raise gr.Error(as_text(str(exc)), print_exception=False) from None
         if outcome.note:
             gr.Warning(as_text(outcome.note))
         return str(outcome.image), str(outcome.mask)

@@ -29,7 +29,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds one request may take before it is answered with an error (default: {TIME_LIMIT_S:g})",
     )
     add_clip_filter_arguments(
-        parser, "offer the clip filter (loaded at start; without --clip or --blip it is not offered)"
+        parser, "to offer the clip filter (loaded at start; without --clip or --blip it is not offered)"
     )
 
 
@@ -119,7 +119,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with stop_on_sigterm():
         try:
             try:
-                blocks = launch_app(service, host=args.host, port=args.port, model_name=model_name, block=False)
+                blocks = launch_app(
+                    service, host=args.host, port=args.port, model_name=model_name, block=False, quiet=True
+                )
             except OSError as exc:  # the port was taken since the check, ...
                 raise CliError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}") from None
             # Said only once the server is up, so that a taken port never prints "Serving" before its error.
