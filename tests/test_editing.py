@@ -431,6 +431,12 @@ def test_one_file_edits_check_their_output_before_the_model_and_say_what_was_lef
         assert cli.main([*base, "--out", str(tmp_path / f"out{suffix}"), *missing]) == 2
         assert "written as PNG" in capsys.readouterr().err
         assert not (tmp_path / f"out{suffix}").exists()
+    # two inputs and --out two.png made a folder named two.png holding both edits
+    Image.fromarray(_image()).save(tmp_path / "in2.png")
+    two = ["edit", str(src), str(tmp_path / "in2.png"), *base[2:]]
+    assert cli.main([*two, "--out", str(tmp_path / "two.png"), *missing]) == 2
+    assert "names one image file, but 2 images were given" in capsys.readouterr().err
+    assert not (tmp_path / "two.png").exists()
     model = ["--model", str(tiny_model_dir)]
     assert cli.main([*base, "--out", str(tmp_path / "e.png"), "--tau", "1", *model]) == 0
     err = capsys.readouterr().err

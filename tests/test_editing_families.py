@@ -232,8 +232,9 @@ def test_an_edit_prompt_the_tokenizer_cannot_read_is_refused(segmenters, monkeyp
 
 
 def test_an_edit_that_overflows_is_refused_not_returned_black(segmenters, monkeypatch):
-    with pytest.raises(ValueError, match="latents overflowed to inf/NaN .*guidance=1e\\+30"):
+    with pytest.raises(ValueError, match="latents overflowed to inf/NaN .*guidance=1e\\+30") as raised:
         _edit(segmenters["sdxl"], family_image(), guidance=1e30)
+    assert segmenters["sdxl"].dtype == torch.float32 and "in float32" not in str(raised.value)  # it is already
     backbone = segmenters["sdxl"].backbone  # finite latents, a half-precision decoder that overflows
     decode = backbone.decode_latents
     monkeypatch.setattr(backbone, "decode_latents", lambda x: decode(x) * float("nan"))

@@ -325,7 +325,8 @@ def blended_latent_edit(
     if not torch.isfinite(x).all():  # the decoder and the uint8 conversion would turn it into a black region
         raise ValueError(
             f"the edit's latents overflowed to inf/NaN (guidance={s.guidance}, steps={s.steps}, weights in "
-            f"{backbone.dtype}): lower guidance (7.5 is usual), or load the model in float32"
+            f"{backbone.dtype}): lower guidance (7.5 is usual)"
+            + (", or load the model in float32" if backbone.dtype != torch.float32 else "")
         )
     decoded = backbone.decode_latents(x)
     if not torch.isfinite(decoded).all():  # finite latents, but a half-precision decoder overflowed
@@ -574,7 +575,8 @@ def edit_segmented(
         weights.append(feather_mask(region, settings.feather).numpy())
     todo = [i for i in range(n) if regions[i].any()]
     for i in sorted(set(range(n)) - set(todo)):
-        logger.warning("image %d: no pixel was labelled %r, so it is returned unchanged", i, targets[i])
+        where = "the image" if n == 1 else f"image {i} of the {n} given"
+        logger.warning("%s: no pixel was labelled %r, so it is returned unchanged", where, targets[i])
     out_images = [np.array(a, copy=True) for a in arrays]
     kept_seed = {i: seed for i in range(n)}
     scores: dict[int, list[float]] = {i: [] for i in todo}

@@ -169,7 +169,13 @@ def edit_command(
     if not paths:
         raise ValueError(f"no image found in {', '.join(map(str, inputs))}")
     out = Path(out)
-    single_file = len(paths) == 1 and out.suffix.lower() in IMAGE_EXTENSIONS | UNSUPPORTED_IMAGE_EXTENSIONS
+    named_like_image = out.suffix.lower() in IMAGE_EXTENSIONS | UNSUPPORTED_IMAGE_EXTENSIONS
+    single_file = len(paths) == 1 and named_like_image
+    if len(paths) > 1 and named_like_image and not out.exists():  # else a folder named two.png held the edits
+        raise ValueError(
+            f"--out {str(out)!r} names one image file, but {len(paths)} images were given; give a folder name "
+            "without an image suffix (or one input image)"
+        )
     if single_file and out.suffix.lower() != ".png":
         raise ValueError(f"edited images are written as PNG: name the output {out.with_suffix('.png')}")
     edit_kwargs = {
