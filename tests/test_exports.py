@@ -295,6 +295,26 @@ def test_yolo_refuses_a_dataset_yaml_that_would_rename_an_images_class_ids(tmp_p
     assert yolo.read_labels(tmp_path / "labels" / "b.txt")[0][0] == 2
 
 
+def test_run_files_match_names_as_class_lists_do(tmp_path: Path) -> None:
+    # through the API a vocabulary spelled "Cat" and results spelled "cat" made two COCO categories and two Label
+    # Studio labels, the prediction's under the one the config's user did not mean
+    from diffsegmenter.io.formats import RunImage
+    from diffsegmenter.io.results import write_result, write_run_outputs
+
+    labels = np.zeros((8, 8), np.int32)
+    labels[2:6, 2:6] = 1
+    result = FakeResult(labels, np.ones((1, 8, 8), np.float32), ["cat"], ["a cat"])
+    write_result(tmp_path, "b", None, result, ["coco", "labelstudio"])
+    image = RunImage(tmp_path, "b", "b.png", tmp_path / "b.png")
+    write_run_outputs(tmp_path, [image], ["coco", "labelstudio"], ["Cat", "Dog"])
+    coco = json.loads((tmp_path / "coco_instances.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["Cat", "Dog"]
+    assert [a["category_id"] for a in coco["annotations"]] == [1]
+    (task,) = json.loads((tmp_path / "labelstudio_tasks.json").read_text())
+    assert task["predictions"][0]["result"][0]["value"]["brushlabels"] == ["Cat"]
+    assert (tmp_path / "labelstudio_config.xml").read_text().count("<Label ") == 2
+
+
 def test_run_level_file_names_are_unique_across_input_folders(tmp_path: Path, scenes) -> None:
     # dA/x.png and dB/x.png were both file_name "x.png" in coco_instances.json and labelstudio_tasks.json
     src, truth, segmenter = scenes
