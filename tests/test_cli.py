@@ -361,7 +361,10 @@ def test_a_full_path_that_is_not_utf8_is_refused_before_any_work(
     assert not (latin / out / "x.png").exists()
 
 
-@pytest.mark.parametrize(("earlier", "fmt"), [("x.coco.png", "png,coco"), ("x.overlay.png", "png,overlay")])
+@pytest.mark.parametrize(
+    ("earlier", "fmt"),
+    [("x.coco.png", "png,coco"), ("x.overlay.png", "png,overlay"), ("X.coco.png", "png,coco")],  # X: one file on macOS
+)
 def test_outputs_over_an_earlier_images_results_are_refused(
     tmp_path: Path, tiny_model_dir: Path, capsys, earlier: str, fmt: str
 ) -> None:

@@ -365,6 +365,10 @@ def test_an_image_named_like_a_run_file_is_told_so(tmp_path: Path, caplog) -> No
     assert "two inputs" not in caplog.text
     with pytest.raises(UsageError, match="'coco_instances' is kept for the run's file.*labels/coco_instances.txt"):
         collect_jobs([str(src)], tmp_path / "out", ["png", "yolo"])
+    (src / "coco_instances.png").rename(src / "Skipped.png")  # the run file's own spelling: skipped.json
+    with caplog.at_level("WARNING"):
+        collect_jobs([str(src)], tmp_path / "out", ["png"])
+    assert "kept for the run's file skipped.json" in caplog.text
 
 
 def test_more_classes_than_a_label_png_holds_are_refused_before_any_work(tmp_path: Path, capsys) -> None:

@@ -215,8 +215,9 @@ def collect_jobs(
     Raises:
         FileNotFoundError: an input names nothing (the message names it).
         UsageError: the output folder is one of the input folders or holds an input file, two inputs' outputs
-            would collide, (with ``yolo`` among `formats`) two inputs of one folder share a stem, or a full path that
-            a run file records (``yolo``: the output folder's; ``labelstudio``: each image's) is not valid UTF-8.
+            would collide, (with ``yolo`` among `formats`) two inputs of one folder share a stem, or (with ``yolo``
+            or ``labelstudio`` among `formats`) a full path that its run file records (the output folder's, each
+            image's) is not valid UTF-8.
     """
     from ..images import _nothing_found_message, scan_inputs
     from .formats import FORMATS, RUN_FILES
@@ -227,7 +228,8 @@ def collect_jobs(
     seen: set[Path] = set()
     # the run's own JSON files in <out> (its report, the COCO and Label Studio exports) would overwrite a sidecar
     run_files = (SKIPPED_FILE, *(name for name in RUN_FILES if name.endswith(".json")))
-    reserved: set[tuple[str, str]] = {(".", Path(name).stem.lower()) for name in run_files}
+    run_file_of = {Path(name).stem.lower(): name for name in run_files}  # a reserved stem -> its run file
+    reserved: set[tuple[str, str]] = {(".", stem) for stem in run_file_of}
     taken = set(reserved)
     earlier = _EarlierOutputs()
     bases: list[str] = []  # the folder each input is named from: a folder or glob's root, a file's folder
@@ -284,7 +286,11 @@ def collect_jobs(
                     stem = f"{key}-{counter}"
                 if (key_dir, key.lower()) in reserved:
                     logger.warning(
-                        "the name %r is kept for the run's file %s.json; writing %s as %r", key, key, path, stem
+                        "the name %r is kept for the run's file %s; writing %s as %r",
+                        key,
+                        run_file_of[key.lower()],
+                        path,
+                        stem,
                     )
                 else:
                     logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
@@ -318,8 +324,9 @@ def collect_jobs(
             logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
     check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
     if formats is not None and "yolo" in formats:
-        _check_yolo_stems(jobs, out_root, {stem for _, stem in reserved})
-    _check_full_paths(jobs, out_root, list(FORMATS) if formats is None else formats)
+        _check_yolo_stems(jobs, out_root, run_file_of)
+    if formats is not None:  # the formats asked for: the run files that record full paths
+        _check_full_paths(jobs, out_root, formats)
     _check_earlier_owners(jobs, list(FORMATS) if formats is None else formats)
     return _named(jobs, bases)
 
@@ -336,33 +343,36 @@ def _check_earlier_owners(jobs: Sequence[ImageJob], formats: Sequence[str]) -> N
     from .formats import FORMATS
     from .results import output_paths, sidecars_in
 
-    owners: dict[Path, dict[str, tuple[str, str]]] = {}  # folder -> written name -> (its sidecar, its source)
+    # folder -> (written file, and first part of each written path) -> (its sidecar, its source); compared without
+    # case, as the within-run check compares paths (X.coco.json is x.coco.json on macOS and Windows)
+    owners: dict[Path, tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]] = {}
     for job in jobs:
         if job.problem is not None:
             continue
         folder = Path(job.out_dir)
         if folder not in owners:
-            owners[folder] = {}
+            files: dict[str, tuple[str, str]] = {}
+            tops: dict[str, tuple[str, str]] = {}
             for sidecar_name, sidecar in sidecars_in(folder).items():
-                source = str(sidecar.get("source", "?"))
+                owner = (sidecar_name, str(sidecar.get("source", "?")))
                 for listed in [sidecar_name, *(f for f in sidecar["files"] if isinstance(f, str))]:
-                    owners[folder].setdefault(listed, (sidecar_name, source))
-        written = owners[folder]
-        if not written:
+                    files.setdefault(listed.lower(), owner)
+                    tops.setdefault(listed.split("/")[0].lower(), owner)
+            owners[folder] = (files, tops)
+        files, tops = owners[folder]
+        if not files:
             continue
         paths = output_paths(folder, job.stem, formats)
-        mine = paths.sidecar.name
+        mine = paths.sidecar.name.lower()
         for name, target in [("sidecar", paths.sidecar), *paths.targets.items()]:
             rel = target.relative_to(folder).as_posix()
-            if FORMATS.get(name) is not None and FORMATS[name].is_folder:
-                hits = [(n, o) for n, o in written.items() if n.startswith(rel + "/") and o[0] != mine]
-            else:
-                hits = [(rel, written[rel])] if rel in written and written[rel][0] != mine else []
-            if hits:
-                hit, (sidecar_name, source) = hits[0]
+            is_folder = FORMATS.get(name) is not None and FORMATS[name].is_folder
+            owner = (tops if is_folder else files).get(rel.lower())  # a folder format: a file listed inside it
+            if owner is not None and owner[0].lower() != mine:
+                sidecar_name, source = owner
                 what = "sidecar" if name == "sidecar" else FORMATS[name].what
                 raise UsageError(
-                    f"{job.label!r} would write its {what} over {str(folder / hit)!r}, which an earlier run wrote for "
+                    f"{job.label!r} would write its {what} over {str(folder / rel)!r}, which an earlier run wrote for "
                     f"the input {source!r} (listed in {sidecar_name}); rename one of them, or segment into another "
                     "--out"
                 )
@@ -468,7 +478,7 @@ def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Pa
                 claim(path, fmt.what, job, fmt.what)
 
 
-def _check_yolo_stems(jobs: Sequence[ImageJob], out: Path, reserved: set[str]) -> None:
+def _check_yolo_stems(jobs: Sequence[ImageJob], out: Path, reserved: dict[str, str]) -> None:
     """Refuse, for the YOLO export, an input whose outputs could not take its own stem (``x.png`` beside ``x.jpg``):
     Ultralytics finds an image's labels by its stem, so it would read the other image's ``labels/x.txt``.
 
@@ -484,8 +494,8 @@ def _check_yolo_stems(jobs: Sequence[ImageJob], out: Path, reserved: set[str]) -
         ways = "rename one of them, segment them into separate --out folders, or leave yolo out of --format"
         if other is None and key.lower() in reserved and path_key(job.out_dir) == path_key(out):
             raise UsageError(
-                f"{job.label!r}: its stem {key!r} is kept for the run's file {key}.json, so its outputs are named "
-                f"{job.stem!r}, and Ultralytics looks for an image's labels under its stem (labels/{key}.txt); "
+                f"{job.label!r}: its stem {key!r} is kept for the run's file {reserved[key.lower()]}, so its "
+                f"outputs are named {job.stem!r}, and Ultralytics looks for an image's labels under its stem (labels/{key}.txt); "
                 "rename the image, or leave yolo out of --format"
             )
         why = (
