@@ -161,10 +161,11 @@ def test_a_user_filters_kept_names_are_read_as_class_lists_read_names(tiny_segme
 
     class Mine:
         def select(self, image, vocabulary):
-            return FilterDecision(kept, {c: 1.0 for c in vocabulary})
+            return FilterDecision(kept, {c.title(): 1.0 for c in vocabulary})  # scores named "Cat": cat's, not 0.0
 
     if error is None:
-        assert select_classes(Mine(), _image(), ["cat", "sofa"]).kept == ["sofa"]
+        decision = select_classes(Mine(), _image(), ["cat", "sofa"])
+        assert decision.kept == ["sofa"] and decision.scores == {"cat": 1.0, "sofa": 1.0}
         assert tiny_segmenter.segment(_image(), classes=["cat", "sofa"], filter=Mine()).classes == ["sofa"]
     else:
         with pytest.raises((TypeError, ValueError), match=error):
@@ -360,3 +361,20 @@ def test_per_call_seed_and_tau_follow_the_configs_rules():
         a = seg.segment(scenes[0], ["circle"], seed=np.int64(5), tau=np.float32(0.25))  # NumPy scalars: fine
         b = seg.segment(scenes[0], ["circle"], seed=5, tau=0.25)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.relabel(np.float32(0.5)), b.relabel(0.5))
+
+
+def test_a_user_filter_may_give_any_iterable_of_names():
+    # a NumPy array or a generator of names worked before kept names were checked, and must still
+    from diffsegmenter.filters import select_classes
+
+    for kept in (np.array(["sofa"]), (n for n in ["sofa"]), {"sofa"}):
+
+        class Legacy:
+            def scores(self, image, vocabulary):
+                return {"cat": 0.1, "sofa": 0.9, "background": 0.5}  # a key of its own: left out
+
+            def predict(self, image, vocabulary, kept=kept):
+                return kept
+
+        decision = select_classes(Legacy(), _image(), ["cat", "sofa"])
+        assert decision.kept == ["sofa"] and decision.scores == {"cat": 0.1, "sofa": 0.9}

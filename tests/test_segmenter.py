@@ -458,3 +458,14 @@ def test_api_slips_are_named(tiny_segmenter, tmp_path):
             tiny_segmenter.segment(np.zeros((8, 8, 3), np.uint8), classes=["cat"])
     finally:
         tiny_segmenter.config.tau = previous
+    # the checked copy is what the whole call reads: string keys (as from JSON) set in place passed the check, then
+    # failed deep in the passes ("its keys ['1', '2', '4', '8'] match no captured level")
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    weights = dict(tiny_segmenter.config.level_weights)
+    expected = tiny_segmenter.segment(image, classes=["cat", "dog"], seed=1).scores
+    try:
+        tiny_segmenter.config.level_weights = {str(k): v for k, v in weights.items()}
+        got = tiny_segmenter.segment(image, classes=["cat", "dog"], seed=1).scores
+    finally:
+        tiny_segmenter.config.level_weights = weights
+    np.testing.assert_array_equal(got, expected)

@@ -93,3 +93,13 @@ def test_a_full_config_says_which_recommendations_it_leaves_out(caplog):
     with caplog.at_level("WARNING", logger="diffsegmenter"):
         DiffSegmenter.from_pretrained("shapes", tau=0.5)
     assert "config=" not in caplog.text
+
+
+@pytest.mark.parametrize(("family", "warned"), [("sdxl", True), ("sd3", False), ("flux", False), ("pixart", False)])
+def test_a_full_config_warns_only_for_what_changes_the_maps(family_folders, caplog, family, warned):
+    # on the transformer families every config= warned of level weights and blocks that give the same maps: None
+    # blocks are the family's, and the paper's four weights on a one-level transformer are its one weight
+    with caplog.at_level("WARNING", logger="diffsegmenter"):
+        DiffSegmenter.from_pretrained(family_folders[family], config=SegmenterConfig(resolution=32))
+    assert ("config= replaces every setting" in caplog.text) is warned, caplog.text
+    assert not warned or "setting: level_weights keep" in caplog.text  # SDXL's weights do change the maps

@@ -57,16 +57,33 @@ def _one_call_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
-def _warn_replaced_recommendations(config: SegmenterConfig, recommended: SegmenterConfig, source: str | None) -> None:
+def _warn_replaced_recommendations(
+    config: SegmenterConfig, recommended: SegmenterConfig, source: str | None, backbone: Any
+) -> None:
     """Warn when a full ``config`` leaves at the class defaults fields that the model folder or the backbone family
-    would set otherwise: ``config=`` replaces every setting, which is easy to take for "these fields on top"."""
+    would set otherwise, and that change the results: ``config=`` replaces every setting, which is easy to take for
+    "these fields on top". Blocks left None are the family's own; fusion weights are compared over the levels the
+    family reads (its default weights' levels), normalised: the paper's four weights on a one-level transformer are
+    its one weight."""
     defaults = SegmenterConfig()
-    dropped = {
-        f.name: getattr(recommended, f.name)
-        for f in dataclasses.fields(SegmenterConfig)
-        if getattr(recommended, f.name) != getattr(defaults, f.name)
-        and getattr(config, f.name) == getattr(defaults, f.name)
-    }
+    levels = set(backbone.default_level_weights)
+
+    def effective(name: str, value: Any) -> Any:
+        if name in ("level_weights", "class_level_weights") and isinstance(value, dict):
+            kept = {k: float(v) for k, v in value.items() if k in levels}
+            total = sum(kept.values())
+            return {k: round(v / total, 9) for k, v in kept.items() if v > 0} if total > 0 else kept
+        return value
+
+    dropped = {}
+    for f in dataclasses.fields(SegmenterConfig):
+        given, wanted = getattr(config, f.name), getattr(recommended, f.name)
+        if given != getattr(defaults, f.name) or wanted == given:
+            continue
+        if f.name in ("attention_blocks", "self_attention_blocks") and given is None:
+            continue  # None reads the family's own blocks
+        if effective(f.name, given) != effective(f.name, wanted):
+            dropped[f.name] = wanted
     if dropped:
         where = f"{source} (or the backbone family's defaults)" if source else "the backbone family's defaults"
         shown = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
@@ -225,7 +242,7 @@ class DiffSegmenter:
         if config is None:
             config = recommended
         else:
-            _warn_replaced_recommendations(config, recommended, settings.source)
+            _warn_replaced_recommendations(config, recommended, settings.source, backbone)
         config = config.replace(**config_overrides)
         if isinstance(captioner, (str, Path)):
             unused = config.unused_captioner_reason()
@@ -340,46 +357,50 @@ class DiffSegmenter:
         # a per-call seed follows the config's rule and message
         call_config = cfg.with_seed(seed)
         seed = call_config.seed
-        arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
-        with self._using(call_config):  # a filter that draws noise (the diffusion one) draws this call's
+        # the whole call reads the checked copy (with the call's seed): every method below reads self.config
+        with self._using(call_config):
+            arrays = [load_image(x, max_pixels=cfg.max_image_pixels) for x in items]
+            # a filter that draws noise (the diffusion one) draws this call's
             class_lists, decisions = self._filter_classes(filter, arrays, class_lists)
-        check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
-        tau = cfg.tau if tau is None else float(tau)
-        # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
-        #    resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
-        #    the latents stay there
-        # .copy(), not ascontiguousarray: a 1-pixel-wide mirror is "contiguous" with a negative stride, which
-        # torch.from_numpy refuses
-        views = arrays + [a[:, ::-1].copy() for a in arrays] if cfg.flip else arrays
-        latents = self.encode_images(views, seed)
-        # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any; a mirrored
-        #    view gets its image's prompts
-        work = self._work(arrays, class_lists)
-        view_work = work + [(i + len(arrays), p) for i, p in work] if cfg.flip else work
-        # 4. the passes the class decision asks for: one denoiser forward per batch of conditional prompts, capturing
-        #    attention (the capturing processors installed once for the call, or for the run in a session()); per
-        #    class: its tokens' maps per level, fused, completed with the mean self-attention
-        decision = class_decision(cfg, self.resolution)
-        maps = ClassMaps()
-        with self.backbone.capture_session():
-            for plan in decision.passes():
-                pass_latents = latents if plan.resolution is None else self.encode_images(views, seed, plan.resolution)
-                maps.update(self._run_pass(view_work, pass_latents, plan))
-        # 5. per image: upsample to its size, min-max per class, decide the class (with `flip`, the mean of the
-        #    image's and its mirror's scores; with `refine`, PAMR with the image's colours), label against the
-        #    background tau (on the maps' device; the results come back to the host in few copies)
-        refiner = (
-            Refiner(cfg.refine_iterations, tuple(cfg.refine_dilations), cfg.refine_max_side)
-            if refine == "pamr"
-            else None
-        )
-        results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)
-        for res, decision in zip(results, decisions):
-            if decision is not None:
-                res.candidates, res.filter_best_guess = decision.scores, decision.best_guess
-        if cfg.readout == "single-block":
-            _warn_if_raw_scores_under_tau(results)
-        return results[0] if single else results
+            check_full_size_memory([a.shape[:2] for a in arrays], class_lists)
+            tau = cfg.tau if tau is None else float(tau)
+            # 2. the views: the images, and with `flip` their mirror images after them (view n + i mirrors image i);
+            #    resize, VAE-encode and noise to `timestep` (the same seeded noise for all classes of an image); on a GPU
+            #    the latents stay there
+            # .copy(), not ascontiguousarray: a 1-pixel-wide mirror is "contiguous" with a negative stride, which
+            # torch.from_numpy refuses
+            views = arrays + [a[:, ::-1].copy() for a in arrays] if cfg.flip else arrays
+            latents = self.encode_images(views, seed)
+            # 3. the prompts: one per class (or one naming all classes), continued by the captioner if any; a mirrored
+            #    view gets its image's prompts
+            work = self._work(arrays, class_lists)
+            view_work = work + [(i + len(arrays), p) for i, p in work] if cfg.flip else work
+            # 4. the passes the class decision asks for: one denoiser forward per batch of conditional prompts, capturing
+            #    attention (the capturing processors installed once for the call, or for the run in a session()); per
+            #    class: its tokens' maps per level, fused, completed with the mean self-attention
+            decision = class_decision(cfg, self.resolution)
+            maps = ClassMaps()
+            with self.backbone.capture_session():
+                for plan in decision.passes():
+                    pass_latents = (
+                        latents if plan.resolution is None else self.encode_images(views, seed, plan.resolution)
+                    )
+                    maps.update(self._run_pass(view_work, pass_latents, plan))
+            # 5. per image: upsample to its size, min-max per class, decide the class (with `flip`, the mean of the
+            #    image's and its mirror's scores; with `refine`, PAMR with the image's colours), label against the
+            #    background tau (on the maps' device; the results come back to the host in few copies)
+            refiner = (
+                Refiner(cfg.refine_iterations, tuple(cfg.refine_dilations), cfg.refine_max_side)
+                if refine == "pamr"
+                else None
+            )
+            results = build_results(arrays, class_lists, work, maps, decision, tau, flip=cfg.flip, refiner=refiner)
+            for res, decision in zip(results, decisions):
+                if decision is not None:
+                    res.candidates, res.filter_best_guess = decision.scores, decision.best_guess
+            if cfg.readout == "single-block":
+                _warn_if_raw_scores_under_tau(results)
+            return results[0] if single else results
 
     @contextmanager
     def session(self) -> Iterator[DiffSegmenter]:

@@ -94,10 +94,13 @@ class ModelSettings:
         try:  # now, naming the file: not after a model's weights have loaded, as a bare config error
             SegmenterConfig().replace(**segmenter)
         except ValueError as exc:
-            raise ValueError(
-                f"model settings{where}: {exc}; fix or delete that setting (a field this version does not know may "
-                "come from a newer diffsegmenter: pip install -U diffsegmenter)"
-            ) from None
+            newer = (
+                " (a field this version does not know may come from a newer diffsegmenter: pip install -U "
+                "diffsegmenter)"
+                if source
+                else ""
+            )
+            raise ValueError(f"model settings{where}: {exc}; fix or delete that setting{newer}") from None
         return cls(
             classes=list(classes) if classes is not None else None,
             segmenter=segmenter,

@@ -8,8 +8,8 @@ one) implements :class:`CategoryFilter`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -108,17 +108,21 @@ def select_classes(flt: Any, image: np.ndarray, vocabulary: list[str]) -> Filter
     """
     if hasattr(flt, "select"):
         decision = flt.select(image, vocabulary)
-        if not isinstance(decision, FilterDecision):
+        if not (hasattr(decision, "kept") and hasattr(decision, "scores")):
             raise TypeError(
                 f"{type(flt).__name__}.select() must return a FilterDecision(kept, scores), got "
                 f"{type(decision).__name__}"
             )
-        kept = _in_vocabulary(decision.kept, vocabulary, f"{type(flt).__name__}.select().kept")
-        return replace(decision, kept=kept)
+        what = f"{type(flt).__name__}.select()"
+        return FilterDecision(
+            _in_vocabulary(decision.kept, vocabulary, f"{what}.kept"),
+            _scores_in_vocabulary(decision.scores, vocabulary, f"{what}.scores"),
+            bool(getattr(decision, "best_guess", False)),
+        )
     if hasattr(flt, "scores") and hasattr(flt, "predict"):
-        scores = flt.scores(image, vocabulary)
+        scores = _scores_in_vocabulary(flt.scores(image, vocabulary), vocabulary, f"{type(flt).__name__}.scores()")
         kept = _in_vocabulary(flt.predict(image, vocabulary), vocabulary, f"{type(flt).__name__}.predict()")
-        return FilterDecision(kept, {c: float(scores.get(c, 0.0)) for c in vocabulary})
+        return FilterDecision(kept, scores)
     raise TypeError(
         f"a filter must have select(image, vocabulary) (or scores() and predict()), got {type(flt).__name__}"
     )
@@ -130,7 +134,7 @@ def _in_vocabulary(names: Any, vocabulary: list[str], what: str) -> list[str]:
     the image with no class and no word."""
     from ..classes import find_class
 
-    if isinstance(names, str) or not isinstance(names, (list, tuple, set, frozenset)):
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
         raise TypeError(f"{what} must give a list of class names, got {names!r}")
     where = set()
     for name in names:
@@ -139,6 +143,22 @@ def _in_vocabulary(names: Any, vocabulary: list[str], what: str) -> list[str]:
             raise ValueError(f"{what} kept {name!r}, which is not in the vocabulary it was given {vocabulary!r}")
         where.add(index)
     return [vocabulary[i] for i in sorted(where)]
+
+
+def _scores_in_vocabulary(scores: Any, vocabulary: list[str], what: str) -> dict[str, float]:
+    """Every vocabulary class's score from a filter's mapping, its keys matched as class lists match names (0.0
+    for a class it did not score; a key outside the vocabulary, such as a filter's own "background", is left out,
+    as before)."""
+    from ..classes import find_class
+
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"{what} must give a mapping of class name -> score, got {type(scores).__name__}")
+    out = dict.fromkeys(vocabulary, 0.0)
+    for name, score in scores.items():
+        index = find_class(name, vocabulary) if isinstance(name, str) else None
+        if index is not None:
+            out[vocabulary[index]] = float(score)
+    return out
 
 
 def build_filter(name: str, segmenter: Any, **options: Any) -> Any:
