@@ -383,6 +383,18 @@ def test_outputs_over_an_earlier_images_results_are_refused(
     assert _run(["segment", str(first), *base, "--format", "png"], capsys)[0] == 0  # still done, still its own
 
 
+@pytest.mark.parametrize("name", ["scene.coco.png", "scene.ls.png"])
+def test_an_image_named_like_a_part_is_done_on_a_rerun(tmp_path: Path, tiny_model_dir: Path, capsys, name) -> None:
+    # scene.coco.png's own sidecar scene.coco.json was read as a COCO part, failed that check, and the image was
+    # segmented again on every rerun
+    src = tmp_path / "in"
+    _save_random(src / name, (24, 32), 1)
+    argv = ["segment", str(src), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run([*argv, "--format", "png"], capsys)[0] == 0
+    code, stdout, _ = _run([*argv, "--format", "png"], capsys)
+    assert code == 0 and "0 segmented, 1 already done" in stdout, stdout
+
+
 def test_folder_with_broken_images_reports_them_and_exits_1(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     src = tmp_path / "in"
     _save_random(src / "good1.png", (24, 32), 1)

@@ -266,7 +266,8 @@ def is_done(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> bo
     return all(
         p.is_file()
         and (p == paths.sidecar or p.relative_to(out_dir).as_posix() in listed_names)
-        and (not p.name.endswith((coco.SUFFIX, labelstudio.SUFFIX)) or _readable_part(p))
+        # a part's content is checked, not the sidecar of an image named like one (scene.coco.png: scene.coco.json)
+        and (p == paths.sidecar or not p.name.endswith((coco.SUFFIX, labelstudio.SUFFIX)) or _readable_part(p))
         for p in paths.files()
     )
 
