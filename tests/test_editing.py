@@ -526,3 +526,29 @@ def test_an_edit_run_refuses_another_file_under_a_name_already_edited(tiny_model
     assert cli.main(["edit", str(tmp_path / "b" / "a.png"), *base, "--steps", "2", "--quiet"]) == 2
     assert "edited earlier from another file under the same name" in capsys.readouterr().err
     assert (out / "a.png").read_bytes() == made
+
+
+@pytest.mark.parametrize("first", ["edit", "segment"])
+def test_edit_and_segment_results_do_not_share_a_folder(tiny_model_dir, tmp_path, capsys, first):
+    # both write x.png (an edited image, a label map) and x.json; their requests share no setting that differed,
+    # so a segment run into an edit run's folder replaced the edits with label maps (and the reverse), exit 0
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_image()).save(src / "x.png")
+    out = tmp_path / "out"
+    model = ["--model", str(tiny_model_dir), "--quiet"]
+    runs = {
+        "edit": ["edit", str(src), "--out", str(out), "--target", "cat", "--prompt", "a dog", "--steps", "2", *model],
+        "segment": ["segment", str(src), "--out", str(out), "--classes", "cat,dog", "--format", "png", *model],
+    }
+    second = "segment" if first == "edit" else "edit"
+    assert cli.main(runs[first]) == 0
+    capsys.readouterr()
+    before = (out / "x.png").read_bytes()
+    assert cli.main(runs[second]) == 2
+    assert f"the results of an earlier `{first}` run" in capsys.readouterr().err
+    assert (out / "x.png").read_bytes() == before

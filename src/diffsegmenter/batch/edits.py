@@ -86,7 +86,12 @@ def check_edit_request(jobs: Sequence[ImageJob], request: dict[str, Any]) -> Non
     from ..io.sidecar import sidecar_owner
 
     check_earlier_requests(
-        jobs, request, lambda job: sidecar_owner(_sidecar(job), job.path), done="edited", example=edit_path
+        jobs,
+        request,
+        lambda job: sidecar_owner(_sidecar(job), job.path),
+        done="edited",
+        example=edit_path,
+        kind="edit",
     )
 
 

@@ -92,6 +92,7 @@ class ImageTask(BatchTask[ImageJob]):
             lambda job: sidecar_owner(self.sidecar_path(job), job.path),
             done="segmented",
             example=self.sidecar_path,
+            kind="segment",
         )
 
     def is_done(self, job: ImageJob) -> bool:

@@ -299,6 +299,7 @@ def check_earlier_requests(
     *,
     done: str,
     example: Callable[[Any], Path],
+    kind: str | None = None,
 ) -> None:
     """Refuse a run that would replace results made with other settings, or results of another input file written
     under the same name (per-image sidecars record each image's ``source`` and ``request``); called before any image
@@ -311,20 +312,30 @@ def check_earlier_requests(
             ``(sidecar, None)`` when it records this job's input, ``(None, other_source)`` when another's.
         done (`str`): what the earlier run did, for the message (``"segmented"``, ``"edited"``).
         example (`Callable`): a job's main output file, named in the message.
+        kind (`str`, *optional*): the command whose results this run writes (``"segment"``, ``"edit"``); an earlier
+            sidecar of the other command (:func:`~diffsegmenter.io.sidecar.sidecar_kind`) under the same name is
+            refused: their results share names (``x.png``: a label map, an edited image) and compare no setting.
 
     Raises:
         ValueError: naming how many images, one of them, each setting that changed (or the other input), and the
             ways out (another ``--out``, or ``--overwrite`` to redo them).
     """
+    from ..io.sidecar import sidecar_kind
+
     request = normalise_fingerprint(request)
     clashes: list[tuple[Any, list[str]]] = []
     foreign: list[tuple[Any, str]] = []
+    other_kind: list[tuple[Any, str]] = []
     for job in jobs:
         if getattr(job, "problem", None) is not None:
             continue
         sidecar, other = owner(job)
         if other is not None:
             foreign.append((job, other))
+            continue
+        written_by = sidecar_kind(sidecar) if sidecar else None
+        if kind is not None and written_by not in (None, kind):
+            other_kind.append((job, written_by))
             continue
         earlier = sidecar.get("request") if sidecar else None
         changed = changed_settings(earlier, request) if isinstance(earlier, dict) else []
@@ -336,6 +347,13 @@ def check_earlier_requests(
             f"{len(foreign)} image(s) would replace results {done} earlier from another file under the same name, "
             f"e.g. {example(job)} holds {other!r}'s, not {str(job.path)!r}'s: choose another --out, or pass "
             "--overwrite to replace them"
+        )
+    if other_kind:
+        job, written_by = other_kind[0]
+        raise ValueError(
+            f"{len(other_kind)} image(s) would replace the results of an earlier `{written_by}` run under the same "
+            f"name, e.g. {example(job)}; `{kind}` and `{written_by}` results cannot share a folder: choose another "
+            "--out, or pass --overwrite to replace them"
         )
     if not clashes:
         return

@@ -21,6 +21,7 @@ __all__ = [
     "load_sidecar",
     "package_version",
     "save_sidecar",
+    "sidecar_kind",
     "sidecar_owner",
     "source_digest",
     "source_identity",
@@ -125,6 +126,16 @@ def source_identity(source: str | os.PathLike) -> dict[str, Any]:
         return {}
     digest, stat = identity
     return {"source_digest": digest, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+
+
+def sidecar_kind(sidecar: dict[str, Any]) -> str | None:
+    """Which command wrote a sidecar: ``"edit"`` (it names its ``edit``ed image), ``"segment"`` (it lists its
+    ``formats``; ``demo`` writes the same), or None when it says neither (not compared)."""
+    if "edit" in sidecar or "edited" in sidecar:
+        return "edit"
+    if "formats" in sidecar:
+        return "segment"
+    return None
 
 
 def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str | None]:
