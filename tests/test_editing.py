@@ -552,3 +552,23 @@ def test_edit_and_segment_results_do_not_share_a_folder(tiny_model_dir, tmp_path
     assert cli.main(runs[second]) == 2
     assert f"the results of an earlier `{first}` run" in capsys.readouterr().err
     assert (out / "x.png").read_bytes() == before
+
+
+def test_an_edit_mask_never_replaces_an_earlier_images_label_map(tiny_model_dir, tmp_path, capsys):
+    # segment M/x.mask.png wrote x.mask.png (its label map); edit N/x.png --save-mask then wrote its mask over it
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    for folder, name in (("M", "x.mask.png"), ("N", "x.png")):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(_image()).save(tmp_path / folder / name)
+    out = tmp_path / "out"
+    model = ["--model", str(tiny_model_dir), "--quiet"]
+    seg = ["segment", str(tmp_path / "M"), "--out", str(out), "--classes", "cat,dog", "--format", "png", *model]
+    assert cli.main(seg) == 0
+    before = (out / "x.mask.png").read_bytes()
+    edit = ["edit", str(tmp_path / "N"), "--out", str(out), "--target", "cat", "--prompt", "a dog", "--steps", "2"]
+    assert cli.main([*edit, *model, "--save-mask"]) == 2
+    assert "would write its output over" in capsys.readouterr().err
+    assert (out / "x.mask.png").read_bytes() == before

@@ -254,16 +254,18 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
     on an input; :func:`_check_destinations` adds the masks.
     """
     from ..batch import BatchRunner, output_lock, prepare_out_dir, write_skipped
-    from ..batch.edits import EditTask, check_edit_request, edit_path
+    from ..batch.edits import EditTask, check_edit_request, edit_files, edit_path
     from ..batch.images import ImageTask
     from ..editing import check_generation
-    from ..io.paths import OVERWRITE_RECORD, collect_jobs
+    from ..io.paths import OVERWRITE_RECORD, check_earlier_owners, collect_jobs
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
     jobs = collect_jobs([str(p) for p in inputs], out, ["png"])
     usable = [job for job in jobs if job.problem is None]
     _check_destinations([job.path for job in usable], [edit_path(job) for job in usable], save_mask)
+    # the mask, x.mask.png, may be the label map an earlier segment run wrote for an input x.mask.png
+    check_earlier_owners(usable, ["png"], extra=lambda job: edit_files(job, save_mask))
     fingerprint = {
         "command": "edit",
         "model": model,

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from ..errors import UsageError
@@ -26,6 +26,7 @@ __all__ = [
     "SKIPPED_FILE",
     "ImageJob",
     "check_output_names",
+    "check_earlier_owners",
     "collect_jobs",
     "image_key",
     "path_key",
@@ -327,15 +328,21 @@ def collect_jobs(
         _check_yolo_stems(jobs, out_root, run_file_of)
     if formats is not None:  # the formats asked for: the run files that record full paths
         _check_full_paths(jobs, out_root, formats)
-    _check_earlier_owners(jobs, list(FORMATS) if formats is None else formats)
+    check_earlier_owners(jobs, list(FORMATS) if formats is None else formats)
     return _named(jobs, bases)
 
 
-def _check_earlier_owners(jobs: Sequence[ImageJob], formats: Sequence[str]) -> None:
+def check_earlier_owners(
+    jobs: Sequence[ImageJob],
+    formats: Sequence[str],
+    extra: Callable[[ImageJob], Sequence[str]] | None = None,
+) -> None:
     """Refuse, before any work, an input whose outputs would land on a file that an earlier run wrote for another
     image (its sidecar lists it): ``x.png`` with ``coco`` writes ``x.coco.json``, the sidecar of an input
     ``x.coco.png`` segmented earlier; ``x.png``'s overlay ``x.overlay.png`` is an earlier input's label map. Within one
     run [`check_output_names`] refuses the same clashes; ``--overwrite`` would still destroy the other image's results.
+    [`collect_jobs`] calls it for the formats' outputs; a command that writes more (``edit --save-mask``'s
+    ``x.mask.png``) calls it again with `extra`: a job's further file names, relative to its output folder.
 
     Raises:
         UsageError: naming the input, the file, the earlier image and the ways out.
@@ -364,13 +371,14 @@ def _check_earlier_owners(jobs: Sequence[ImageJob], formats: Sequence[str]) -> N
             continue
         paths = output_paths(folder, job.stem, formats)
         mine = paths.sidecar.name.lower()
-        for name, target in [("sidecar", paths.sidecar), *paths.targets.items()]:
+        more = [("output", folder / n) for n in (extra(job) if extra is not None else [])]
+        for name, target in [("sidecar", paths.sidecar), *paths.targets.items(), *more]:
             rel = target.relative_to(folder).as_posix()
             is_folder = FORMATS.get(name) is not None and FORMATS[name].is_folder
             owner = (tops if is_folder else files).get(rel.lower())  # a folder format: a file listed inside it
             if owner is not None and owner[0].lower() != mine:
                 sidecar_name, source = owner
-                what = "sidecar" if name == "sidecar" else FORMATS[name].what
+                what = name if name in ("sidecar", "output") else FORMATS[name].what
                 raise UsageError(
                     f"{job.label!r} would write its {what} over {str(folder / rel)!r}, which an earlier run wrote for "
                     f"the input {source!r} (listed in {sidecar_name}); rename one of them, or segment into another "
