@@ -784,3 +784,17 @@ def test_run_files_written_for_part_of_a_folder_say_what_they_leave_out(
     assert "coco_instances.json list(s) the 1 finished image(s) of this run; 1 other result(s)" in caplog.text
     assert "b.json" in caplog.text
     assert len(json.loads((out / "coco_instances.json").read_text())["images"]) == 1
+
+
+def test_a_name_given_beside_a_sibling_stays_when_the_sibling_leaves(tmp_path: Path, tiny_model_dir: Path, capsys):
+    # x.jpg took x.*, x.png x.png.*; with x.jpg moved away the rerun named x.png "x" and was refused as writing over
+    # x.jpg's results: x.png's finished results were never found
+    src = tmp_path / "in"
+    _save_random(src / "x.png", (24, 32), 1)
+    Image.open(_save_random(tmp_path / "b.png", (24, 32), 2)).save(src / "x.jpg")
+    argv = ["segment", str(src), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--classes", "a,b"]
+    assert _run([*argv, "--format", "png"], capsys)[0] == 0
+    assert (tmp_path / "out" / "x.png.json").is_file()
+    (src / "x.jpg").rename(tmp_path / "x.jpg")
+    code, stdout, stderr = _run([*argv, "--format", "png"], capsys)
+    assert code == 0 and "0 segmented, 1 already done" in stdout, stderr

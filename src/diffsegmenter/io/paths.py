@@ -279,7 +279,13 @@ def collect_jobs(
             key_dir = rel.as_posix().lower()
             stem = key = image_key(path)
             claimed = shared[(path.parent, key)] > 1 and _claimed_by_sibling(out_root / rel, key, path)
-            if (key_dir, stem.lower()) in taken or claimed:
+            if (
+                not claimed
+                and (key_dir, path.name.lower()) not in taken
+                and _kept_full_name(out_root / rel, key, path)
+            ):
+                stem = path.name  # named x.png.* beside x.jpg earlier; x.jpg has left the folder since
+            elif (key_dir, stem.lower()) in taken or claimed:
                 stem = path.name
                 counter = 1
                 while (key_dir, stem.lower()) in taken:
@@ -441,6 +447,27 @@ def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
         return False
     name = Path(source).name
     return name != path.name and (path.parent / name).is_file()
+
+
+def _kept_full_name(out_dir: Path, stem: str, path: Path) -> bool:
+    """Whether an earlier run wrote ``path``'s results under its full name (``x.png.json`` records it) because a
+    sibling (``x.jpg``) held ``<stem>.json``: the name stays ``path``'s when the sibling has left the folder (else
+    its finished results were not found, and the rerun was refused as writing over the sibling's)."""
+    from .sidecar import load_sidecar
+
+    def source_name(sidecar: Path) -> str | None:
+        try:
+            if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
+                return None
+            source = load_sidecar(sidecar).get("source")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return Path(source).name if isinstance(source, str) else None
+
+    own = source_name(out_dir / f"{path.name}.json")
+    if own != path.name:
+        return False
+    return source_name(out_dir / f"{stem}.json") != path.name  # the sibling's, or gone with it
 
 
 def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Path) -> None:
