@@ -798,3 +798,23 @@ def test_a_name_given_beside_a_sibling_stays_when_the_sibling_leaves(tmp_path: P
     (src / "x.jpg").rename(tmp_path / "x.jpg")
     code, stdout, stderr = _run([*argv, "--format", "png"], capsys)
     assert code == 0 and "0 segmented, 1 already done" in stdout, stderr
+
+
+def test_one_model_folder_spelt_two_ways_is_one_setting(tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch):
+    # --model tiny, then --model ./tiny (or its absolute path): refused as "model: 'tiny' -> './tiny'"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    _save_random(tmp_path / "in" / "x.png", (24, 32), 1)
+    argv = ["segment", "in", "--out", "out", "--classes", "a,b", "--format", "png"]
+    assert _run([*argv, "--model", "tiny"], capsys)[0] == 0
+    sidecar = json.loads((tmp_path / "out" / "x.json").read_text())
+    assert sidecar["request"]["model"] == str(tmp_path / "tiny")  # recorded by its absolute path
+    for spelling in ("./tiny", str(tmp_path / "tiny")):
+        code, stdout, stderr = _run([*argv, "--model", spelling], capsys)
+        assert code == 0 and "0 segmented, 1 already done" in stdout, stderr
+    sidecar["request"]["model"] = "tiny"  # as the previous version recorded it: the text given
+    (tmp_path / "out" / "x.json").write_text(json.dumps(sidecar))
+    code, stdout, stderr = _run([*argv, "--model", "./tiny"], capsys)
+    assert code == 0 and "0 segmented, 1 already done" in stdout, stderr

@@ -16,7 +16,7 @@ from .settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SHIPPED_MODELS", "folder_settings", "resolve_model", "load_components"]
+__all__ = ["SHIPPED_MODELS", "folder_settings", "model_key", "resolve_model", "load_components"]
 
 #: Models that ship inside the package: short name -> the research command that trains one (source checkout).
 SHIPPED_MODELS: dict[str, str] = {"shapes": "python -m research.shapes.train"}
@@ -25,6 +25,17 @@ SHIPPED_MODELS: dict[str, str] = {"shapes": "python -m research.shapes.train"}
 def _models_root() -> Path:
     """The package's ``models/`` folder (where shipped models lie)."""
     return Path(str(resources.files("diffsegmenter") / "models"))
+
+
+def model_key(model: str | os.PathLike[str]) -> str:
+    """How a run records the model it was given, so that two spellings of one folder compare equal: a local folder
+    as its absolute path (``tiny``, ``./tiny`` and ``/home/me/tiny`` are one; the same relative text run from
+    elsewhere is another), a shipped model's name or a hub id as given."""
+    if isinstance(model, str) and model in SHIPPED_MODELS:
+        return model
+    if looks_like_local_path(model):
+        return os.path.abspath(os.path.expanduser(os.fspath(model)))
+    return os.fspath(model)
 
 
 def resolve_model(model: str | os.PathLike[str]) -> str:

@@ -283,13 +283,23 @@ def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
     parts = []
     for key in sorted(set(earlier) & set(now)):
         old, new = earlier[key], now[key]
-        if old == new:
+        if old == new or (key == "model" and _same_model(old, new)):
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             parts += [f"{key}.{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
         else:
             parts.append(f"{key}: {old!r} -> {new!r}")
     return parts
+
+
+def _same_model(old: Any, new: Any) -> bool:
+    """Two recorded models that name one folder: an older version recorded the text given (``./tiny``), read from
+    the folder the run is made in now, against this version's absolute path."""
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
+    from ..loading import model_key
+
+    return model_key(old) == model_key(new)
 
 
 def check_earlier_requests(

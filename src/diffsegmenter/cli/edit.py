@@ -155,6 +155,7 @@ def edit_command(
     from ..config import check_tau
     from ..editing import EditSettings, _check_new_classes, _check_prompt
     from ..images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, scan_inputs
+    from ..loading import model_key
 
     settings = settings or EditSettings()
     target = check_class_names([target])[0]
@@ -206,7 +207,8 @@ def edit_command(
 
     if single_file:
         return _edit_one_file(paths[0], out, scan.skipped, edit_kwargs, save_mask, load)
-    model_name = None if segmenter is not None else str(model)  # a given segmenter's source is not known here
+    # a given segmenter's source is not known here; a folder is recorded by its absolute path (./x and x are one)
+    model_name = None if segmenter is not None else model_key(model)
     return _edit_folder(inputs, out, edit_kwargs, save_mask, overwrite, progress, load, model_name, request)
 
 

@@ -170,10 +170,11 @@ def run_request(
         filter_models (`dict`, *optional*): ``--clip`` / ``--blip`` as given.
     """
     from ..batch.runner import result_settings
+    from ..loading import model_key
     from .model import default_model
 
     return {
-        "model": str(args.model) if args.model is not None else default_model(),
+        "model": model_key(args.model) if args.model is not None else default_model(),  # ./x and x are one
         "classes": list(classes) if classes is not None else list(segmenter.default_classes),
         "filter": filter_name,
         "filter_models": filter_models or None,  # --clip / --blip
