@@ -818,3 +818,14 @@ def test_one_model_folder_spelt_two_ways_is_one_setting(tmp_path: Path, tiny_mod
     (tmp_path / "out" / "x.json").write_text(json.dumps(sidecar))
     code, stdout, stderr = _run([*argv, "--model", "./tiny"], capsys)
     assert code == 0 and "0 segmented, 1 already done" in stdout, stderr
+
+
+def test_a_full_name_stays_for_a_file_given_beside_one_of_the_same_name(tmp_path: Path, tiny_model_dir: Path, capsys):
+    # segment a/x.png b/x.png (b written as x.png.*), then b/x.png alone: it took "x" and was refused as writing
+    # over a/x.png's results
+    a = _save_random(tmp_path / "a" / "x.png", (24, 32), 1)
+    b = _save_random(tmp_path / "b" / "x.png", (24, 32), 2)
+    base = ["--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--classes", "a,b", "--format", "png"]
+    assert _run(["segment", str(a), str(b), *base], capsys)[0] == 0
+    code, stdout, stderr = _run(["segment", str(b), *base], capsys)
+    assert code == 0 and "0 segmented, 1 already done" in stdout, stderr

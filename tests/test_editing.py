@@ -572,3 +572,24 @@ def test_an_edit_mask_never_replaces_an_earlier_images_label_map(tiny_model_dir,
     assert cli.main([*edit, *model, "--save-mask"]) == 2
     assert "would write its output over" in capsys.readouterr().err
     assert (out / "x.mask.png").read_bytes() == before
+
+
+def test_an_earlier_edited_image_is_never_replaced_by_another_images_output(tiny_model_dir, tmp_path, capsys):
+    # an edit's sidecar names its edited image apart from "files": edit N/x.overlay.png, then segment M/x.png with
+    # the overlay format replaced the edited image with an overlay, exit 0
+    from PIL import Image
+
+    from diffsegmenter import cli
+
+    for folder, name in (("N", "x.overlay.png"), ("M", "x.png")):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(_image()).save(tmp_path / folder / name)
+    out = tmp_path / "out"
+    model = ["--model", str(tiny_model_dir), "--quiet"]
+    edit = ["edit", str(tmp_path / "N"), "--out", str(out), "--target", "cat", "--prompt", "a dog", "--steps", "2"]
+    assert cli.main([*edit, *model]) == 0
+    before = (out / "x.overlay.png").read_bytes()
+    seg = ["segment", str(tmp_path / "M"), "--out", str(out), "--classes", "cat,dog", "--format", "png,overlay"]
+    assert cli.main([*seg, *model]) == 2
+    assert "would write its overlay over" in capsys.readouterr().err
+    assert (out / "x.overlay.png").read_bytes() == before

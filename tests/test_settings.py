@@ -103,3 +103,15 @@ def test_a_full_config_warns_only_for_what_changes_the_maps(family_folders, capl
         DiffSegmenter.from_pretrained(family_folders[family], config=SegmenterConfig(resolution=32))
     assert ("config= replaces every setting" in caplog.text) is warned, caplog.text
     assert not warned or "setting: level_weights keep" in caplog.text  # SDXL's weights do change the maps
+
+
+def test_a_full_config_warns_of_a_folders_own_blocks(family_folders, tmp_path, caplog):
+    # None blocks are the family's: a folder's tuned blocks left out by config= went unsaid
+    import shutil
+
+    folder = tmp_path / "sd3"
+    shutil.copytree(family_folders["sd3"], folder)
+    (folder / "segmenter_config.json").write_text(json.dumps({"attention_blocks": [0]}))
+    with caplog.at_level("WARNING", logger="diffsegmenter"):
+        DiffSegmenter.from_pretrained(folder, config=SegmenterConfig(resolution=32))
+    assert "config= replaces every setting: attention_blocks keep" in caplog.text, caplog.text

@@ -67,6 +67,7 @@ def _warn_replaced_recommendations(
     its one weight."""
     defaults = SegmenterConfig()
     levels = set(backbone.default_level_weights)
+    family = backbone.family_defaults()
 
     def effective(name: str, value: Any) -> Any:
         if name in ("level_weights", "class_level_weights") and isinstance(value, dict):
@@ -81,7 +82,7 @@ def _warn_replaced_recommendations(
         if given != getattr(defaults, f.name) or wanted == given:
             continue
         if f.name in ("attention_blocks", "self_attention_blocks") and given is None:
-            continue  # None reads the family's own blocks
+            given = family.get(f.name)  # None reads the family's own blocks
         if effective(f.name, given) != effective(f.name, wanted):
             dropped[f.name] = wanted
     if dropped:

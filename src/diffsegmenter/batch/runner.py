@@ -297,6 +297,8 @@ def _same_model(old: Any, new: Any) -> bool:
     the folder the run is made in now, against this version's absolute path."""
     if not (isinstance(old, str) and isinstance(new, str)):
         return False
+    if old.count("/") == 1 and not old.startswith((".", "/", "~")):  # "org/name" was a hub id, or it was meant as one
+        return False
     from ..loading import model_key
 
     return model_key(old) == model_key(new)

@@ -368,7 +368,9 @@ def check_earlier_owners(
             tops: dict[str, tuple[str, str]] = {}
             for sidecar_name, sidecar in sidecars_in(folder).items():
                 owner = (sidecar_name, str(sidecar.get("source", "?")))
-                for listed in [sidecar_name, *(f for f in sidecar["files"] if isinstance(f, str))]:
+                # an edit's sidecar names its edited image apart ("edit"), so that segment takes it as an input
+                edited = [sidecar["edit"]] if isinstance(sidecar.get("edit"), str) else []
+                for listed in [sidecar_name, *edited, *(f for f in sidecar["files"] if isinstance(f, str))]:
                     files.setdefault(listed.lower(), owner)
                     tops.setdefault(listed.split("/")[0].lower(), owner)
             owners[folder] = (files, tops)
@@ -387,8 +389,7 @@ def check_earlier_owners(
                 what = name if name in ("sidecar", "output") else FORMATS[name].what
                 raise UsageError(
                     f"{job.label!r} would write its {what} over {str(folder / rel)!r}, which an earlier run wrote for "
-                    f"the input {source!r} (listed in {sidecar_name}); rename one of them, or segment into another "
-                    "--out"
+                    f"the input {source!r} (listed in {sidecar_name}); rename one of them, or write into another --out"
                 )
 
 
@@ -455,19 +456,20 @@ def _kept_full_name(out_dir: Path, stem: str, path: Path) -> bool:
     its finished results were not found, and the rerun was refused as writing over the sibling's)."""
     from .sidecar import load_sidecar
 
-    def source_name(sidecar: Path) -> str | None:
+    def source(sidecar: Path) -> str | None:
         try:
             if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
                 return None
-            source = load_sidecar(sidecar).get("source")
+            recorded = load_sidecar(sidecar).get("source")
         except (OSError, ValueError, AttributeError):
             return None
-        return Path(source).name if isinstance(source, str) else None
+        return recorded if isinstance(recorded, str) else None
 
-    own = source_name(out_dir / f"{path.name}.json")
-    if own != path.name:
+    own = source(out_dir / f"{path.name}.json")
+    if own is None or Path(own).name != path.name:
         return False
-    return source_name(out_dir / f"{stem}.json") != path.name  # the sibling's, or gone with it
+    other = source(out_dir / f"{stem}.json")  # the sibling's (another name, or the same name in another folder)
+    return other is None or Path(other).name != path.name or _resolve(Path(other)) != _resolve(path)
 
 
 def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Path) -> None:
