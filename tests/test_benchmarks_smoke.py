@@ -188,3 +188,14 @@ def test_speed_plan_counts_the_cuda_warm_up_calls():
     assert cold[1].estimate(unit) == 30.0 and warm[1].estimate(unit) == 45.0  # (10 + 5) per call
     # after the current job's first repeat: its other repeat, then the next job with its warm-up
     assert _remaining(cold, unit, 0, 1) == 4.5 + 30.0 and _remaining(warm, unit, 0, 1) == 4.5 + 45.0
+
+
+def test_rerun_listing_benchmark_times_the_listing_and_its_owner_check(tmp_path):
+    """benchmarks/rerun_listing.py at two small sizes: both times, the share and the growth written."""
+    from benchmarks import rerun_listing
+
+    out = tmp_path / "rerun.json"
+    assert rerun_listing.main(["--sizes", "10", "20", "--repeats", "1", "--json", str(out)]) == 0
+    first, second = json.loads(out.read_text())["rows"]
+    assert (first["images"], second["images"], second["size_ratio"]) == (10, 20, 2.0)
+    assert 0 < second["owner_check_s"] <= second["collect_jobs_s"] and first["growth"] == 1.0
