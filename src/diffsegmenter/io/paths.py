@@ -432,19 +432,25 @@ def _named(jobs: list[ImageJob], bases: Sequence[str]) -> list[ImageJob]:
     return named
 
 
+def _recorded_source(sidecar: Path) -> str | None:
+    """The input an earlier run's sidecar records (``source``), or None when there is none, it cannot be read, or it
+    is too large to be a sidecar (1 MiB)."""
+    from .sidecar import load_sidecar
+
+    try:
+        if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
+            return None
+        recorded = load_sidecar(sidecar).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
 def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
     """Whether ``out_dir/<stem>.json`` (an earlier run's sidecar) records another image of ``path``'s folder that
     still exists as its source: that image keeps the name, so a file added later cannot take over its outputs."""
-    from .sidecar import load_sidecar
-
-    sidecar = out_dir / f"{stem}.json"
-    try:
-        if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
-            return False
-        source = load_sidecar(sidecar).get("source")
-    except (OSError, ValueError, AttributeError):
-        return False
-    if not isinstance(source, str):
+    source = _recorded_source(out_dir / f"{stem}.json")
+    if source is None:
         return False
     name = Path(source).name
     return name != path.name and (path.parent / name).is_file()
@@ -454,21 +460,12 @@ def _kept_full_name(out_dir: Path, stem: str, path: Path) -> bool:
     """Whether an earlier run wrote ``path``'s results under its full name (``x.png.json`` records it) because a
     sibling (``x.jpg``) held ``<stem>.json``: the name stays ``path``'s when the sibling has left the folder (else
     its finished results were not found, and the rerun was refused as writing over the sibling's)."""
-    from .sidecar import load_sidecar
-
-    def source(sidecar: Path) -> str | None:
-        try:
-            if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
-                return None
-            recorded = load_sidecar(sidecar).get("source")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return recorded if isinstance(recorded, str) else None
-
-    own = source(out_dir / f"{path.name}.json")
+    own = _recorded_source(out_dir / f"{path.name}.json")
     if own is None or Path(own).name != path.name:
         return False
-    other = source(out_dir / f"{stem}.json")  # the sibling's (another name, or the same name in another folder)
+    other = _recorded_source(
+        out_dir / f"{stem}.json"
+    )  # the sibling's (another name, or the same name in another folder)
     return other is None or Path(other).name != path.name or _resolve(Path(other)) != _resolve(path)
 
 
