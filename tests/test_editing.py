@@ -528,68 +528,65 @@ def test_an_edit_run_refuses_another_file_under_a_name_already_edited(tiny_model
     assert (out / "a.png").read_bytes() == made
 
 
+def _second_run_is_refused(first: list[str], second: list[str], kept: Path, message: str, capsys) -> None:
+    """``first`` runs (exit 0); ``second``, into the same folder, is refused (exit 2, ``message`` on stderr) and
+    leaves the file ``kept`` that ``first`` wrote byte for byte."""
+    from diffsegmenter import cli
+
+    assert cli.main(first) == 0
+    capsys.readouterr()
+    before = kept.read_bytes()
+    assert cli.main(second) == 2
+    assert message in capsys.readouterr().err
+    assert kept.read_bytes() == before
+
+
+def _inputs(tmp_path: Path, files: list[tuple[str, str]]) -> None:
+    """Save the test image as each ``(folder, name)`` under ``tmp_path``."""
+    from PIL import Image
+
+    for folder, name in files:
+        (tmp_path / folder).mkdir()
+        Image.fromarray(_image()).save(tmp_path / folder / name)
+
+
 @pytest.mark.parametrize("first", ["edit", "segment"])
 def test_edit_and_segment_results_do_not_share_a_folder(tiny_model_dir, tmp_path, capsys, first):
     # both write x.png (an edited image, a label map) and x.json; their requests share no setting that differed,
     # so a segment run into an edit run's folder replaced the edits with label maps (and the reverse), exit 0
-    from PIL import Image
-
-    from diffsegmenter import cli
-
-    src = tmp_path / "in"
-    src.mkdir()
-    Image.fromarray(_image()).save(src / "x.png")
-    out = tmp_path / "out"
+    _inputs(tmp_path, [("in", "x.png")])
+    src, out = tmp_path / "in", tmp_path / "out"
     model = ["--model", str(tiny_model_dir), "--quiet"]
     runs = {
         "edit": ["edit", str(src), "--out", str(out), "--target", "cat", "--prompt", "a dog", "--steps", "2", *model],
         "segment": ["segment", str(src), "--out", str(out), "--classes", "cat,dog", "--format", "png", *model],
     }
     second = "segment" if first == "edit" else "edit"
-    assert cli.main(runs[first]) == 0
-    capsys.readouterr()
-    before = (out / "x.png").read_bytes()
-    assert cli.main(runs[second]) == 2
-    assert f"the results of an earlier `{first}` run" in capsys.readouterr().err
-    assert (out / "x.png").read_bytes() == before
+    _second_run_is_refused(
+        runs[first], runs[second], out / "x.png", f"the results of an earlier `{first}` run", capsys
+    )
 
 
 def test_an_edit_mask_never_replaces_an_earlier_images_label_map(tiny_model_dir, tmp_path, capsys):
     # segment M/x.mask.png wrote x.mask.png (its label map); edit N/x.png --save-mask then wrote its mask over it
-    from PIL import Image
-
-    from diffsegmenter import cli
-
-    for folder, name in (("M", "x.mask.png"), ("N", "x.png")):
-        (tmp_path / folder).mkdir()
-        Image.fromarray(_image()).save(tmp_path / folder / name)
+    _inputs(tmp_path, [("M", "x.mask.png"), ("N", "x.png")])
     out = tmp_path / "out"
     model = ["--model", str(tiny_model_dir), "--quiet"]
     seg = ["segment", str(tmp_path / "M"), "--out", str(out), "--classes", "cat,dog", "--format", "png", *model]
-    assert cli.main(seg) == 0
-    before = (out / "x.mask.png").read_bytes()
     edit = ["edit", str(tmp_path / "N"), "--out", str(out), "--target", "cat", "--prompt", "a dog", "--steps", "2"]
-    assert cli.main([*edit, *model, "--save-mask"]) == 2
-    assert "would write its output over" in capsys.readouterr().err
-    assert (out / "x.mask.png").read_bytes() == before
+    _second_run_is_refused(
+        seg, [*edit, *model, "--save-mask"], out / "x.mask.png", "would write its output over", capsys
+    )
 
 
 def test_an_earlier_edited_image_is_never_replaced_by_another_images_output(tiny_model_dir, tmp_path, capsys):
     # an edit's sidecar names its edited image apart from "files": edit N/x.overlay.png, then segment M/x.png with
     # the overlay format replaced the edited image with an overlay, exit 0
-    from PIL import Image
-
-    from diffsegmenter import cli
-
-    for folder, name in (("N", "x.overlay.png"), ("M", "x.png")):
-        (tmp_path / folder).mkdir()
-        Image.fromarray(_image()).save(tmp_path / folder / name)
+    _inputs(tmp_path, [("N", "x.overlay.png"), ("M", "x.png")])
     out = tmp_path / "out"
     model = ["--model", str(tiny_model_dir), "--quiet"]
     edit = ["edit", str(tmp_path / "N"), "--out", str(out), "--target", "cat", "--prompt", "a dog", "--steps", "2"]
-    assert cli.main([*edit, *model]) == 0
-    before = (out / "x.overlay.png").read_bytes()
     seg = ["segment", str(tmp_path / "M"), "--out", str(out), "--classes", "cat,dog", "--format", "png,overlay"]
-    assert cli.main([*seg, *model]) == 2
-    assert "would write its overlay over" in capsys.readouterr().err
-    assert (out / "x.overlay.png").read_bytes() == before
+    _second_run_is_refused(
+        [*edit, *model], [*seg, *model], out / "x.overlay.png", "would write its overlay over", capsys
+    )

@@ -46,6 +46,7 @@ __all__ = [
     "check_formats",
     "register_format",
     "run_class_list",
+    "run_spelling",
 ]
 
 
@@ -57,6 +58,19 @@ def run_class_list(classes: Sequence[str], vocabulary: Sequence[str] | None) -> 
     vocab = list(vocabulary or [])
     keys = {class_key(v) for v in vocab}  # "Circle " in a raw list is the result's "Circle"
     return vocab + [c for c in classes if class_key(c) not in keys]
+
+
+def run_spelling(name: str, names: list[str]) -> str:
+    """``name`` as the run's class list ``names`` spells it (compared as class lists compare names: ``"cat"`` is the
+    list's ``"Cat"``); a name not in it is appended to ``names`` (in place) as a further class. The run-level files
+    (COCO categories, Label Studio labels) name each class once this way."""
+    from ...classes import find_class
+
+    index = find_class(name, names)
+    if index is None:
+        names.append(name)
+        return name
+    return names[index]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,18 +60,14 @@ def write_run(out: Path, images: Sequence[Any], classes: Sequence[str]) -> list[
 
     Classes found in a part but not in `classes` (none, in a ``segment`` run) are appended as further categories.
     """
-    from ...classes import find_class
+    from . import run_spelling
 
     names = list(classes)
     parts = []
     for image in images:
         part = load_sidecar(Path(image.out_dir) / f"{image.stem}{SUFFIX}")
         for ann in part.get("annotations", []):
-            index = find_class(ann["name"], names)  # "cat" is the class list's "Cat": one category, not two
-            if index is None:
-                names.append(ann["name"])
-                index = len(names) - 1
-            ann["name"] = names[index]
+            ann["name"] = run_spelling(ann["name"], names)  # "cat" is the class list's "Cat": one category, not two
         parts.append((image, part))
     category = {name: i for i, name in enumerate(names, start=1)}
     coco_images, annotations = [], []

@@ -173,21 +173,14 @@ def _image_url(source: Path) -> str:
 
 def write_run(out: Path, images: Sequence[Any], classes: Sequence[str]) -> list[Path]:
     """Gather the parts of `images` into ``<out>/labelstudio_tasks.json``; write ``<out>/labelstudio_config.xml``."""
-    from ...classes import find_class
+    from . import run_spelling
 
     names = list(classes)
     tasks = []
     for image in images:
         part = load_sidecar(Path(image.out_dir) / f"{image.stem}{SUFFIX}")
-        for result in part.get("result", []):
-            spelled = []  # as the run's class list spells each name ("Cat" for "cat"): the config's labels
-            for name in result["value"]["brushlabels"]:
-                index = find_class(name, names)
-                if index is None:
-                    names.append(name)
-                    index = len(names) - 1
-                spelled.append(names[index])
-            result["value"]["brushlabels"] = spelled
+        for result in part.get("result", []):  # spelled as the run's class list, the config's labels ("Cat")
+            result["value"]["brushlabels"] = [run_spelling(n, names) for n in result["value"]["brushlabels"]]
         tasks.append(
             {
                 "data": {"image": _image_url(image.source), "file_name": image.file_name},
