@@ -19,7 +19,7 @@ pytest.importorskip("accelerate")
 
 @pytest.mark.slow
 def test_eval_on_two_processes_equals_one(tmp_path: Path) -> None:
-    root = export_voc(tmp_path / "shapes", {"train": 0, "val": 4, "test": 0}, workers=1)
+    root = export_voc(tmp_path / "shapes", {"train": 0, "val": 0, "test": 4}, workers=1)
     flags = ["eval", "--dataset", "shapes", "--root", str(root), "--protocol", "oracle", "--set", "resolution=64"]
     flags += ["--set", "flip=false"]  # the plumbing under test, at the cost it had before the shapes model took flip
     flags += ["--offline", "--no-progress"]

@@ -70,7 +70,11 @@ def build_city(tmp: Path, values):
 
 def build_shapes(tmp: Path, values):
     root = tmp / "shapes_voc"
-    for split, ids in {"train": ["000000", "000001"], "val": ["000002", "000003"], "test": ["000004"]}.items():
+    for split, ids in {
+        "train": ["000000", "000001"],
+        "val": ["000002", "000003"],
+        "test": ["000004", "000005"],
+    }.items():
         (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids))
         for i, image_id in enumerate(ids):
@@ -174,8 +178,11 @@ def test_context_and_coco_paper_names(tmp_path):
 
 def test_shapes_splits(tmp_path):
     root = build_shapes(tmp_path, [1])
-    assert [len(load_dataset("shapes", root, split=s)) for s in ("train", "val", "test")] == [2, 2, 1]
+    assert [len(load_dataset("shapes", root, split=s)) for s in ("train", "val", "test")] == [2, 2, 2]
     ds = load_dataset("shapes", root)
+    # its settings are chosen on val (the shipped model's were): the split read unless told is test
+    assert ds.split == "test" and [s.image_id for s in ds] == ["000004", "000005"]
+    assert load_dataset("voc21", build_voc(tmp_path / "voc", [1])).split == "val"
     assert ds.classes == ["background", "circle", "square", "triangle", "cross"]
     assert ds[0].image_path.suffix == ".png"
 

@@ -227,6 +227,30 @@ def test_tau_is_forwarded_only_when_given(voc, tmp_path):
     assert report["per_class_iou"]["person"] == 0.0  # 0.9 < tau: everything is background
 
 
+def test_report_says_where_tau_and_settings_came_from(voc, tmp_path):
+    # the note said "fixed, not tuned on this split" for any tau, also the shapes model's, chosen on the split read
+    seg = FakeSegmenter()
+    seg.config.resolution, seg.config.flip = 64, True
+    seg.resolution = 64
+    seg.model_settings = SimpleNamespace(provenance="chosen on 150 val scenes")
+    report = evaluate(seg, voc, tmp_path / "own", protocol="oracle", progress=False)
+    assert report["tau_source"] == "segmenter config" and "not tuned" not in report["tau_note"]
+    assert "settings_provenance" in report["tau_note"]
+    assert report["settings_provenance"] == "chosen on 150 val scenes"
+    # the settings that made the numbers are in the report (two runs at other resolutions read the same before)
+    assert report["segmenter_config"]["resolution"] == 64 and report["segmenter_config"]["flip"] is True
+    assert report["input_protocol"].startswith("whole image resized to 64x64")
+    md = (tmp_path / "own" / "metrics.md").read_text()
+    assert "resolution=64, flip=True" in md and "| settings chosen | chosen on 150 val scenes |" in md
+    assert "no sliding window" in md
+    given = evaluate(FakeSegmenter(), voc, tmp_path / "given", protocol="oracle", tau=0.5, progress=False)
+    assert given["tau_source"] == "given" and "(--tau)" in given["tau_note"]
+    assert given["settings_provenance"] is None and given["input_protocol"] is None
+    # --score-only reads them back from run_info.json
+    again = score_predictions(voc, tmp_path / "own", progress=False)
+    assert again["tau_note"] == report["tau_note"] and again["segmenter_config"] == report["segmenter_config"]
+
+
 def test_dataset_without_background_uses_tau_minus_one(tmp_path):
     voc20 = load_dataset("voc20", make_voc(tmp_path / "data"))
     seg = FakeSegmenter()

@@ -56,7 +56,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_clip_filter_arguments(parser)
     parser.add_argument("--captioner", default=None, help="BLIP id or folder for captioned prompts (default: none)")
-    parser.add_argument("--split", default=None, help="split to evaluate, e.g. train for WSSS (default: val)")
+    parser.add_argument(
+        "--split", default=None, help="split to evaluate, e.g. train for WSSS (default: val; test for shapes)"
+    )
     parser.add_argument(
         "--class-names",
         choices=("standard", "paper"),

@@ -356,7 +356,8 @@ def load_dataset(
         name (`str`): one of `DATASET_NAMES` (``voc21``, ``voc20``, ``pc60``, ``pc59``, ``object``, ``stuff``,
             ``ade``, ``city``, ``shapes``) or an alias such as ``ade20k`` / ``cityscapes``.
         root (`str` or `Path`): the dataset folder or a parent of it (e.g. mmseg's ``data/``).
-        split (`str`, *optional*): split to read; defaults to ``val``. VOC / PASCAL Context / shapes accept any split
+        split (`str`, *optional*): split to read; defaults to ``val`` (``test`` for ``shapes``, whose ``val`` is the
+            split its settings are chosen on). VOC / PASCAL Context / shapes accept any split
             with a list file (e.g. ``train`` for the WSSS setting); the other datasets have ``val`` only (the
             ``train`` folders are also read when asked for).
         class_names (`"standard"` or `"paper"`, defaults to `"standard"`): ``paper`` uses DiffSegmenter's renames
@@ -378,7 +379,8 @@ def load_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     if label_dir is not None and key not in ("voc21", "voc20", "pc60", "pc59", "shapes"):
         raise ValueError(f"label_dir applies to the VOC-layout datasets only, not to {key}")
-    split = split or "val"
+    # the shapes world's settings are chosen on val (the shipped model's were): its reported split is test
+    split = split or ("test" if key == "shapes" else "val")
     base = Path(root).expanduser()
     if not base.exists():
         raise DatasetFilesMissingError(

@@ -12,7 +12,9 @@ Protocols (which class names each image is segmented with):
   (``predict_syn_txt_0.8_img_0.97.json``: ``image_similarity`` and ``text_similarity``, image key -> class names; the
   union is used, keys may be absolute paths or basenames), or the classes kept by a category filter.
 * ``oracle``: the ground-truth classes present in each image (the weakly supervised / WSSS setting). No filter.
-* ``full-vocabulary``: every class of the dataset for every image (the mmseg / SCLIP harness setting).
+* ``full-vocabulary``: every class of the dataset for every image: the class lists of the mmseg / SCLIP harness,
+  not its inference (short side 336 and 224 sliding crops, background by ``prob_thd``); each image goes to the
+  segmenter whole, as in the paper's protocol, and ``metrics.json`` says so under ``input_protocol``.
 
 Background: on datasets with a background class (voc21, pc60, object, shapes) a pixel is background unless some class
 scores strictly above ``tau``. On datasets without one (voc20, pc59, stuff, ade, city) every pixel must get a class, so
@@ -524,6 +526,27 @@ def _shard_summary(
     }
 
 
+def _tau_source(task: EvalTask) -> str | None:
+    """Where the run's tau came from: ``"given"`` (``--tau`` / ``evaluate(tau=...)``), ``"segmenter config"`` (the
+    model folder's ``segmenter_config.json`` or the library default), None on a dataset without background."""
+    if not task.dataset.has_background:
+        return None
+    return "given" if task.segment_tau is not None else "segmenter config"
+
+
+def _input_protocol(segmenter: Any) -> str | None:
+    """How each image reaches the segmenter, for the report: the harness passes the whole image, and a segmenter
+    with a ``resolution`` resizes it to a square (no short-side resize, no sliding window: not the mmseg / SCLIP
+    harness's inference, whose numbers are made at short side 336 with 224 crops)."""
+    resolution = getattr(segmenter, "resolution", None)
+    if resolution is None:
+        return None
+    return (
+        f"whole image resized to {resolution}x{resolution} (aspect ratio not kept), scores resized back to the "
+        "image; no sliding window"
+    )
+
+
 def _run_info(task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample], candidates_json: Any) -> dict:
     """What ``metrics.json`` records about the run besides the metrics and the counts of this process's work; also
     kept in ``run_info.json`` for a later ``--score-only``."""
@@ -536,6 +559,11 @@ def _run_info(task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample]
         "model": fingerprint["model"],
         "backbone": _backbone_name(task.segmenter),
         "dtype": fingerprint["dtype"],
+        "tau_source": _tau_source(task),
+        "settings_provenance": getattr(getattr(task.segmenter, "model_settings", None), "provenance", None),
+        "input_protocol": _input_protocol(task.segmenter),
+        "captioner": fingerprint["captioner"],
+        "segmenter_config": fingerprint["segmenter_config"],
     }
     if task.candidates is not None:
         absent = [s.image_id for s in samples if not task.candidates.get(_sample_key(s.image_id))]

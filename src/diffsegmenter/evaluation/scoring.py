@@ -62,6 +62,23 @@ def _fmt(value: float | None, ndigits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{ndigits}f}"
 
 
+#: Settings shown in ``metrics.md`` (``metrics.json`` holds them all under ``segmenter_config``).
+_SHOWN_SETTINGS = ("resolution", "timestep", "readout", "flip", "refine", "prompt_mode")
+
+
+def _setting_rows(report: dict[str, Any]) -> list[str]:
+    """``metrics.md`` rows naming the model and the settings that made the predictions (none for a run recorded by
+    an older version)."""
+    rows = [f"| {key.replace('_', ' ')} | {report[key]} |" for key in ("model", "input_protocol") if report.get(key)]
+    config = report.get("segmenter_config") or {}
+    shown = ", ".join(f"{k}={config[k]}" for k in _SHOWN_SETTINGS if config.get(k) is not None)
+    if shown:
+        rows.append(f"| settings | {shown} (all: metrics.json `segmenter_config`) |")
+    if report.get("settings_provenance"):
+        rows.append(f"| settings chosen | {report['settings_provenance']} |")
+    return rows
+
+
 def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
     truth = report.get("ground_truth") or {}
     lines = [
@@ -70,7 +87,8 @@ def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
         "| setting | value |",
         "|---|---|",
         f"| protocol | {report['protocol']} |",
-        f"| tau | {report['tau']} |",
+        f"| tau | {report['tau']} ({report['tau_note']}) |",
+        *_setting_rows(report),
         f"| ground truth | `{truth.get('labels')}` under `{truth.get('root')}` |",
         f"| images | {report['num_images']} |",
         f"| missing predictions | {len(report['missing_predictions'])} |",
@@ -104,6 +122,22 @@ def _markdown(report: dict[str, Any], dataset: SegmentationDataset) -> str:
             "Not comparable with a fixed-tau number.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _tau_note(dataset: SegmentationDataset, info: dict[str, Any]) -> str:
+    """What the report's tau is, in words: fixed for the whole run, and where it came from. Whether it was chosen
+    on the evaluated split is not known here (the model folder's ``_provenance``, under ``settings_provenance``,
+    says how its settings were chosen)."""
+    if not dataset.has_background:
+        return (
+            f"no background class: background never wins (tau = {NO_BACKGROUND_TAU}), every pixel gets its best class"
+        )
+    source = {
+        "given": "given for this run (--tau)",
+        "segmenter config": "the segmenter's configured tau (its model folder's or the library default); how the "
+        "model's settings were chosen: settings_provenance",
+    }.get(info.get("tau_source"), "its origin not recorded")
+    return f"background score, fixed for the whole run: {source}"
 
 
 def score_predictions(
@@ -154,12 +188,7 @@ def score_predictions(
             "split": dataset.split,
             "protocol": info.get("protocol"),
             "tau": info.get("tau") if dataset.has_background else NO_BACKGROUND_TAU,
-            "tau_note": (
-                "background score of the segmenter (fixed, not tuned on this split)"
-                if dataset.has_background
-                else f"no background class: background never wins (tau = {NO_BACKGROUND_TAU}), every pixel gets "
-                "its best class"
-            ),
+            "tau_note": _tau_note(dataset, info),
             "ground_truth": {"root": str(dataset.root), "labels": dataset.label_folder},
             "num_images": len(samples),
             "num_classes": dataset.num_classes,
