@@ -154,3 +154,46 @@ def test_batch_run_enters_the_segmenter_session_once(tmp_path):
 
     report = BatchRunner(batch_size=2, progress=False).run(list(range(5)), Task())
     assert entered == ["in", "out"] and [r for _, r in report.segmented] == [0, 1, 2, 3, 4]
+
+
+def test_processors_set_from_outside_during_a_session_are_called_and_kept(tiny_components):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    seg = _segmenter(tiny_components)
+    reference = seg.segment(_image(), classes=["cat", "sofa"])
+    with seg.session():
+        seg.segment(_image(), classes=["cat", "sofa"])
+        seg.unet.set_attn_processor(AttnProcessor())  # other diffusers code, or the user, swaps them
+        # the next pass installed nothing (the session thought its switches still sat there): nothing was captured
+        again = seg.segment(_image(), classes=["cat", "sofa"])
+    np.testing.assert_allclose(again.scores, reference.scores, atol=1e-3)  # AttnProcessor rounds otherwise
+    # the processors set during the session are the layers' own now: they stay, none of the session's comes back
+    assert {type(p).__name__ for p in _processors(seg.unet).values()} == {"AttnProcessor"}
+
+
+def test_an_interrupt_while_installing_leaves_no_switch_behind(tiny_components, monkeypatch):
+    seg = _segmenter(tiny_components)
+    before = _processors(seg.unet)
+    original = Attention.set_processor
+    count = []
+
+    def interrupted(self, processor):
+        original(self, processor)
+        count.append(1)
+        if isinstance(processor, SwitchableCaptureProcessor) and len(count) == 2:
+            raise KeyboardInterrupt  # Ctrl-C right after the second switch was set
+
+    monkeypatch.setattr(Attention, "set_processor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        seg.segment(_image(), classes=["cat"])
+    monkeypatch.setattr(Attention, "set_processor", original)
+    # the switch set but not yet recorded stayed on its layer; the next session took it for the layer's own
+    # processor and put it back on exit, a switch calling itself: every plain forward then recursed
+    assert _processors(seg.unet) == before
+    seg.segment(_image(), classes=["cat"])
+    assert _processors(seg.unet) == before
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    text = torch.randn(1, 77, seg.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        seg.unet(x, 10, encoder_hidden_states=text)

@@ -138,19 +138,36 @@ class CaptureSession:
         self._bound: list[tuple[dict[str, SwitchableCaptureProcessor], AttentionStore]] = []
 
     def _install(self, switches: dict[str, SwitchableCaptureProcessor]) -> None:
-        """Put ``switches`` on their layers (only where another processor sits) and the originals back elsewhere."""
+        """Put ``switches`` on their layers (only where another processor sits) and the originals back elsewhere.
+
+        What a layer holds is read, not assumed: a processor set on it from outside during the session (e.g.
+        ``unet.set_attn_processor``) becomes its own processor (called while capture is off, kept on exit), and a
+        switch left on it by an interrupted earlier install is unwrapped, never taken as the layer's own (a switch
+        calling itself recursed on every later forward). Each switch is recorded before it is set, so an interrupt
+        between the two leaves nothing that :meth:`restore` does not know about.
+        """
         for key in [k for k in self._installed if k not in switches]:
-            self._layers[key][0].set_processor(self._originals.pop(key))
-            del self._installed[key]
+            self._put_back(key)
         for key, switch in switches.items():
-            if self._installed.get(key) is switch:
-                continue
             module = self._layers[key][0]
-            if key not in self._originals:
-                self._originals[key] = module.processor
+            current = module.processor
+            if current is switch and self._installed.get(key) is switch:
+                continue
+            if current is not self._installed.get(key) or key not in self._originals:
+                while isinstance(current, SwitchableCaptureProcessor):
+                    current = current.original
+                self._originals[key] = current
             switch.original = self._originals[key]
-            module.set_processor(switch)
             self._installed[key] = switch
+            module.set_processor(switch)
+
+    def _put_back(self, key: str) -> None:
+        """Give one layer its own processor back, unless something other than the session's switch sits there now
+        (set from outside: it stays)."""
+        module = self._layers[key][0]
+        switch, original = self._installed.pop(key), self._originals.pop(key)
+        if module.processor is switch:
+            module.set_processor(original)
 
     @contextmanager
     def bind(self, store: AttentionStore, self_factor: int | None = None) -> Iterator[AttentionStore]:
@@ -184,8 +201,7 @@ class CaptureSession:
         """Give every captured layer its own processor back."""
         for key in list(self._installed):
             self._installed[key].capture.store = None
-            self._layers[key][0].set_processor(self._originals.pop(key))
-            del self._installed[key]
+            self._put_back(key)
 
 
 @contextmanager

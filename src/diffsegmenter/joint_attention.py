@@ -399,8 +399,8 @@ def capture_wrapped(
         name: (plan[name][0](proc, store, plan[name][1], plan[name][2], name) if name in plan else proc)
         for name, proc in originals.items()
     }
-    model.set_attn_processor(procs)
-    try:
+    try:  # set inside: an interrupt while the processors are being set still restores them all
+        model.set_attn_processor(procs)
         yield store
     finally:
         model.set_attn_processor(dict(originals))
@@ -500,9 +500,11 @@ def capture_concepts(transformer, store: AttentionStore, concepts: torch.Tensor,
     for i, blk in enumerate(blocks):
         key = f"transformer_blocks.{i}.attn.processor"
         procs[key] = FluxConceptProcessor(originals[key], store, i in read, state, blk, key)
-    hooks = [blk.register_forward_pre_hook(grab_temb, with_kwargs=True) for blk in blocks]
-    transformer.set_attn_processor(procs)
-    try:
+    hooks = []
+    try:  # set inside: an interrupt while hooks and processors are being set still removes them all
+        for blk in blocks:
+            hooks.append(blk.register_forward_pre_hook(grab_temb, with_kwargs=True))
+        transformer.set_attn_processor(procs)
         yield store
     finally:
         for hook in hooks:
