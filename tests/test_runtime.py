@@ -51,6 +51,17 @@ def test_unknown_compile_mode_is_refused():
         seg.optimize(compile="fastest")
 
 
+def test_unknown_compile_mode_is_refused_before_loading(tmp_path, monkeypatch):
+    from diffsegmenter import DiffSegmenter, loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were read before the compile mode was checked")
+
+    monkeypatch.setattr(loading, "load_backbone", no_loading)
+    with pytest.raises(ValueError, match="compile must be"):
+        DiffSegmenter.from_pretrained("shapes", compile="fastest")
+
+
 def test_channels_last_gives_the_same_maps():
     plain, fast = _fresh_segmenter(), _fresh_segmenter().optimize(channels_last=True)
     assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

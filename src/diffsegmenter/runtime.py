@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["COMPILE_MODES", "optimize_backbone"]
+__all__ = ["COMPILE_MODES", "check_compile", "optimize_backbone"]
 
 #: ``compile=`` values besides True/False (``torch.compile``'s modes).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -29,6 +29,12 @@ def _modules(backbone: Any) -> tuple[torch.nn.Module | None, torch.nn.Module | N
     """The backbone's denoiser (``unet`` or ``transformer``) and its VAE, if it has them."""
     denoiser = getattr(backbone, "unet", None) or getattr(backbone, "transformer", None)
     return denoiser, getattr(backbone, "vae", None)
+
+
+def check_compile(compile: bool | str) -> None:
+    """Refuse a ``compile=`` value that is neither a bool nor one of :data:`COMPILE_MODES` (``ValueError``)."""
+    if compile not in (False, True) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
 
 
 def optimize_backbone(
@@ -54,8 +60,7 @@ def optimize_backbone(
     Raises:
         ValueError: an unknown compile mode; a backbone without a denoiser module.
     """
-    if compile not in (False, True) and compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+    check_compile(compile)
     denoiser, vae = _modules(backbone)
     if denoiser is None:
         raise ValueError(f"{type(backbone).__name__} has no unet or transformer to optimise")

@@ -223,10 +223,12 @@ class DiffSegmenter:
                 anything is loaded.
         """
         from .loading import folder_settings, load_backbone
+        from .runtime import check_compile
         from .transfer import check_device, check_dtype
 
         device = check_device(device)
         dtype = check_dtype(dtype)
+        check_compile(compile)  # not after minutes of loading
         # the settings' names and values, checked before any weight is read (a hub model is gigabytes); the family's
         # defaults (level weights, blocks) take part in no check across fields
         (config or SegmenterConfig().replace(**folder_settings(model).segmenter)).replace(**config_overrides)
