@@ -87,6 +87,32 @@ def test_collisions_with_folders_are_refused(tmp_path: Path) -> None:
     assert "skipped" not in stems and "skipped.png" in stems
 
 
+def test_inputs_whose_output_names_are_too_long_are_skipped_before_any_work(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    src = tmp_path / "in"
+    for name in ("a.png", "L" * 251 + ".png", "M" * 246 + ".png", "é" * 121 + ".png"):
+        _save_random(src / name)
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a"]
+    # a 251-character name failed the whole run with a traceback (its sidecar name in is_done); a 246-character
+    # one was segmented, then failed at its overlay, leaving its label map without a sidecar
+    code, stdout, stderr = _run(argv + ["--format", "png,overlay"], capsys)
+    assert code == 1 and "Traceback" not in stderr, stderr
+    reasons = {Path(item["path"]).name[:1]: item["reason"] for item in json.loads((out / "skipped.json").read_text())}
+    assert set(reasons) == {"L", "M"}  # 121 two-byte letters + ".overlay.png" fit in 255 bytes
+    assert "'<name>.overlay.png' would be 263 bytes" in reasons["L"] and "at most 243 bytes" in reasons["M"]
+    assert "4 image(s): 2 segmented, 0 already done, 2 skipped" in stdout
+    assert sorted(p.name[:1] for p in out.iterdir() if p.suffix == ".json" and p.name != "skipped.json") == ["a", "é"]
+    assert not [p for p in out.iterdir() if p.name[:1] in "LM"]  # nothing half-written
+    # edit checks its own names: x.mask.png is longer than x.png
+    long_mask = tmp_path / "edit" / ("N" * 247 + ".png")
+    _save_random(long_mask)
+    assert cli.collect_jobs([str(long_mask)], tmp_path / "e", ["png"])[0].problem is None
+    masked = cli.collect_jobs([str(long_mask)], tmp_path / "e", ["png"], extra=lambda job: [f"{job.stem}.mask.png"])
+    assert "'<name>.mask.png' would be 256 bytes" in masked[0].problem
+
+
 def test_a_previous_runs_outputs_in_the_input_folder_are_left_out(
     tmp_path: Path, tiny_model_dir: Path, capsys, caplog
 ) -> None:

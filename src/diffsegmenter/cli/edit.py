@@ -263,7 +263,7 @@ def _edit_folder(inputs, out: Path, edit_kwargs, save_mask, overwrite, progress,
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder (or a .png name for one input)")
-    jobs = collect_jobs([str(p) for p in inputs], out, ["png"])
+    jobs = collect_jobs([str(p) for p in inputs], out, ["png"], extra=lambda job: edit_files(job, save_mask))
     usable = [job for job in jobs if job.problem is None]
     _check_destinations([job.path for job in usable], [edit_path(job) for job in usable], save_mask)
     # the mask, x.mask.png, may be the label map an earlier segment run wrote for an input x.mask.png

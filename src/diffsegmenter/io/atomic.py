@@ -35,6 +35,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The longest file name (one path component), in UTF-8 bytes, that the common file systems take (ext4, APFS; NTFS
+#: counts 255 UTF-16 units, never fewer characters).
+MAX_NAME_BYTES = 255
+
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
@@ -45,7 +49,7 @@ def temp_path(target: str | os.PathLike) -> Path:
     target = Path(target)
     suffix = f".{os.getpid()}.{secrets.token_hex(4)}.tmp"
     name = target.name
-    room = 255 - 1 - len(suffix.encode())
+    room = MAX_NAME_BYTES - 1 - len(suffix.encode())
     while len(name.encode("utf-8", "surrogateescape")) > room:
         name = name[:-1]
     return target.with_name(f".{name}{suffix}")

@@ -188,7 +188,10 @@ class _EarlierOutputs:
 
 
 def collect_jobs(
-    inputs: Sequence[str], out: str | os.PathLike, formats: Sequence[str] | None = None
+    inputs: Sequence[str],
+    out: str | os.PathLike,
+    formats: Sequence[str] | None = None,
+    extra: Callable[[ImageJob], Sequence[str]] | None = None,
 ) -> list[ImageJob]:
     """Expand the inputs into image jobs with output names that cannot collide.
 
@@ -209,9 +212,12 @@ def collect_jobs(
         inputs (`Sequence[str]`): files, folders and glob patterns.
         out (`str` or `os.PathLike`): the output folder.
         formats (`Sequence[str]`, *optional*): the output formats whose names must not collide; None = all of them.
+        extra (*optional*): a job's further file names, relative to its output folder, that the command writes
+            (``edit --save-mask``'s ``x.mask.png``): checked for length with the formats' (:func:`mark_long_names`).
 
     Returns:
-        `list[ImageJob]`: in input order, each image once.
+        `list[ImageJob]`: in input order, each image once; an image whose output names would be too long for the
+        file system has a ``problem``.
 
     Raises:
         FileNotFoundError: an input names nothing (the message names it).
@@ -329,6 +335,7 @@ def collect_jobs(
             )
         if ignored:
             logger.warning("ignored %d file(s) under %r that are not images (%s)", len(ignored), text, _kinds(ignored))
+    jobs = mark_long_names(jobs, list(FORMATS) if formats is None else formats, extra)
     check_output_names(jobs, list(FORMATS) if formats is None else formats, out_root)
     if formats is not None and "yolo" in formats:
         _check_yolo_stems(jobs, out_root, run_file_of)
@@ -336,6 +343,43 @@ def collect_jobs(
         _check_full_paths(jobs, out_root, formats)
     check_earlier_owners(jobs, list(FORMATS) if formats is None else formats)
     return _named(jobs, bases)
+
+
+def mark_long_names(
+    jobs: Sequence[ImageJob],
+    formats: Sequence[str],
+    extra: Callable[[ImageJob], Sequence[str]] | None = None,
+) -> list[ImageJob]:
+    """Give a ``problem`` to each job whose output file names (sidecar, every format's file or folder, `extra`'s)
+    would be longer than file systems take (:data:`~diffsegmenter.io.atomic.MAX_NAME_BYTES`): reported as skipped
+    before any work, not found out when writing (a 251-character name failed the whole run in the first ``is_done``;
+    a 246-character one was segmented, then failed at its overlay, leaving its label map without a sidecar).
+
+    Returns:
+        `list[ImageJob]`: `jobs` in order, the ones with too long names replaced by a copy with a ``problem``.
+    """
+    from .atomic import MAX_NAME_BYTES
+    from .results import output_paths
+
+    marked = []
+    for job in jobs:
+        if job.problem is None:
+            paths = output_paths(job.out_dir, job.stem, formats)
+            names = [paths.sidecar.name, *(target.name for target in paths.targets.values())]
+            names += [Path(name).name for name in (extra(job) if extra is not None else ())]
+            longest = max(names, key=lambda name: len(name.encode("utf-8", "surrogateescape")))
+            size = len(longest.encode("utf-8", "surrogateescape"))
+            stem_bytes = len(job.stem.encode("utf-8", "surrogateescape"))
+            if size > MAX_NAME_BYTES:
+                suffix = longest[len(job.stem) :] if longest.startswith(job.stem) else longest
+                problem = (
+                    f"its name is too long for its outputs: the name of its '<name>{suffix}' would be {size} bytes, "
+                    f"more than the {MAX_NAME_BYTES} file systems take; rename it to at most "
+                    f"{MAX_NAME_BYTES - size + stem_bytes} bytes before the extension"
+                )
+                job = dataclasses.replace(job, problem=problem)
+        marked.append(job)
+    return marked
 
 
 def check_earlier_owners(
