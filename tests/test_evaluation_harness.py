@@ -213,6 +213,30 @@ def test_paper_protocol_candidate_json_absolute_keys_matched_by_basename(voc, tm
     assert report["mIoU"] == 100.0
 
 
+def test_files_saved_on_windows_are_read_and_resume_the_run(tmp_path):
+    # Notepad's byte-order mark and CRLF: the split list's first id was "\ufeff2007_000001" (reported missing), the
+    # candidate file was "not valid JSON", and the same candidates with LF endings (a git checkout) refused a resume
+    root = make_voc(tmp_path / "data")
+    split = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
+    split.write_bytes(b"\xef\xbb\xbf" + split.read_bytes().replace(b"\n", b"\r\n"))
+    voc = load_dataset("voc21", root)
+    assert voc.samples[0].image_id == "2007_000001"
+    text = json.dumps({"image_similarity": {"2007_000001.jpg": ["dog"]}, "text_similarity": {}}, indent=1)
+    windows, unix = tmp_path / "windows.json", tmp_path / "unix.json"
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    unix.write_text(text.replace('"dog"]', '"dog" ]'))
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, candidates_json=windows, limit=2, progress=False)
+    again = FakeSegmenter()
+    report = evaluate(again, voc, out, candidates_json=unix, progress=False)
+    assert report["reused"] == 2 and report["computed"] == 3 and len(again.calls) == 0  # no candidates: not sent
+    assert score_predictions(voc, out, candidates_json=unix, progress=False)["mIoU"] == report["mIoU"]
+    other = tmp_path / "other.json"
+    other.write_text(text.replace("dog", "cat"))
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(FakeSegmenter(), voc, out, candidates_json=other, progress=False)
+
+
 def test_paper_protocol_with_filter_sends_vocabulary_and_filter(voc, tmp_path):
     seg = FakeSegmenter()
     evaluate(seg, voc, tmp_path / "out", filter="clip", limit=1, progress=False)

@@ -490,3 +490,20 @@ def test_a_target_with_a_long_name_is_written(tmp_path):
         write_bytes(target, b"data")
         assert target.read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == [name]
         target.unlink()
+
+
+def test_files_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    # a sidecar or settings file saved again by a Windows editor starts with a BOM: the image was redone (its
+    # sidecar "unreadable") and the settings refused as not JSON
+    from diffsegmenter.io.results import sidecars_in
+    from diffsegmenter.settings import ModelSettings
+
+    out = tmp_path / "out"
+    write_result(out, "a", _image(), _result(), ["png"], extra={"source": "a.png"})
+    sidecar = out / "a.json"
+    sidecar.write_bytes(b"\xef\xbb\xbf" + sidecar.read_bytes().replace(b"\n", b"\r\n"))
+    assert is_done(out, "a", ["png"]) and load_sidecar(sidecar)["source"] == "a.png"
+    assert list(sidecars_in(out)) == ["a.json"]
+    settings = tmp_path / "segmenter_config.json"
+    settings.write_bytes(b"\xef\xbb\xbf" + json.dumps({"tau": 0.5, "_classes": ["cat"]}).encode())
+    assert ModelSettings.from_file(settings).classes == ["cat"]

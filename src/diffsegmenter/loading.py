@@ -184,14 +184,14 @@ def _read_json(src: str, filename: str, local_files_only: bool | None) -> dict[s
 
     if looks_like_local_path(src):
         path = Path(src).expanduser() / filename
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return json.loads(path.read_text(encoding="utf-8-sig")) if path.is_file() else {}
     from huggingface_hub import hf_hub_download
 
     try:
         path = hf_hub_download(src, filename, local_files_only=reads_cache_only(local_files_only))
     except Exception:  # noqa: BLE001 - the component loader below gives the actionable error
         return {}
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(Path(path).read_text(encoding="utf-8-sig"))
 
 
 def model_family(index: dict[str, Any]) -> str:

@@ -143,7 +143,7 @@ def _check_weights(folder: Path, present: set[str], where: str, again: str) -> N
     incomplete: list[tuple[str, int, list[str]]] = []
     for index in indexes:
         try:
-            shards = set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values())
+            shards = set(json.loads((folder / index).read_text(encoding="utf-8-sig"))["weight_map"].values())
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ModelNotFoundError(f"{where}{index} is not a weights index (damaged); {again}") from None
         missing = sorted(str(s) for s in shards if str(s) not in present)

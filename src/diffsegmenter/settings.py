@@ -119,7 +119,7 @@ class ModelSettings:
         """
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON ({exc}); fix it or delete it") from None
         if not isinstance(data, dict):

@@ -183,7 +183,7 @@ def read_run_record(path: Path, results: str = "predictions") -> dict[str, Any]:
         ValueError: the file cannot be read, is not JSON, or holds no JSON object (naming the file and the way out).
     """
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         problem = getattr(exc, "strerror", None) or " ".join(str(exc).split())
     else:
@@ -538,7 +538,7 @@ class BatchRunner:
         # the same request of the same version: a package upgrade between the stop and the rerun redoes everything
         pass_of = {"request": normalise_fingerprint(getattr(task, "request", None)), "version": package_version()}
         try:
-            record = json.loads(self.overwrite_record.read_text(encoding="utf-8"))
+            record = json.loads(self.overwrite_record.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError):
             record = None
         same = isinstance(record, dict) and {k: record.get(k) for k in pass_of} == pass_of

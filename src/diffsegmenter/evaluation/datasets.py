@@ -274,7 +274,7 @@ def _raise_missing(name: str, root: Path, missing: list[Path], total: int | None
 def _read_id_list(name: str, root: Path, list_file: Path, hint_key: str) -> list[str]:
     if not list_file.is_file():
         _raise_missing(name, root, [list_file], None, hint_key)
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in list_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"{name}: split list {list_file} is empty")
     return ids

@@ -56,7 +56,7 @@ from ..io.atomic import write_json, write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
 from .datasets import Sample, SegmentationDataset, normalize_class_name
-from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, file_sha256, score_predictions
+from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, candidates_sha256, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +325,8 @@ def _fingerprint(
         "labels": labels,
         "protocol": protocol,
         "tau": tau,
-        "candidates_sha256": file_sha256(candidates_json) if candidates_json is not None else None,
+        # the content's, not the bytes' (line endings); an older folder's candidates_sha256 is not compared
+        "candidates_content_sha256": candidates_sha256(candidates_json) if candidates_json is not None else None,
         "filter": _filter_id(filter),
         "segmenter": type(segmenter).__name__,
         "model": _model_id(segmenter),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ __all__ = [
     "SWEEP_NOTE",
     "SWEEP_TAUS",
     "check_scored_run",
+    "candidates_sha256",
     "file_sha256",
     "score_predictions",
 ]
@@ -210,8 +212,21 @@ def score_predictions(
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, hex (how ``run_config.json`` records a candidate file)."""
+    """The SHA-256 of a file's bytes, hex (how ``run_config.json`` recorded a candidate file before
+    :func:`candidates_sha256`)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def candidates_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256, hex, of a candidate file's JSON content (keys sorted, no spacing): how ``run_config.json``
+    records it (``candidates_content_sha256``), so that the same file with other line endings (a git checkout on
+    Windows), a byte-order mark or other spacing resumes the run. A file that is not JSON: its bytes' hash."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        return file_sha256(path)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_scored_run(
@@ -250,8 +265,14 @@ def check_scored_run(
             f"--tau {tau}: the predictions in {out_dir} were made with tau {previous['tau']} ({path}); --score-only "
             "scores them as they are: leave --tau out, or predict again into another --out"
         )
-    given = file_sha256(candidates_json) if candidates_json is not None else None
-    if given is not None and "candidates_sha256" in previous and given != previous["candidates_sha256"]:
+    # the content's hash; a folder of an older version recorded the file's bytes'
+    key, digest = (
+        ("candidates_content_sha256", candidates_sha256)
+        if "candidates_content_sha256" in previous
+        else ("candidates_sha256", file_sha256)
+    )
+    given = digest(candidates_json) if candidates_json is not None else None
+    if given is not None and key in previous and given != previous[key]:
         raise ValueError(
             f"--candidates {candidates_json} is not the file the predictions in {out_dir} were made with "
             f"({path}); leave it out to score them as they are, or predict again into another --out"

@@ -59,7 +59,7 @@ def load_candidates(
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as exc:
         raise ValueError(f"candidate file {str(path)!r} does not exist; pass the path of a filter JSON.") from exc
     except json.JSONDecodeError as exc:

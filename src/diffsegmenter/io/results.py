@@ -218,7 +218,7 @@ def sidecars_in(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
         try:
             if entry.stat().st_size > 4 << 20:  # a sidecar is small; do not parse large data files
                 continue
-            payload = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+            payload = json.loads(Path(entry.path).read_text(encoding="utf-8-sig"))
         except (OSError, ValueError):
             continue
         if isinstance(payload, dict) and "diffsegmenter_version" in payload and isinstance(payload.get("files"), list):

@@ -196,7 +196,7 @@ def load_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: the file is not valid JSON or not a JSON object.
     """
     try:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        payload = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"Sidecar {str(path)!r} is not valid JSON ({exc}); delete it to recompute the image."

@@ -117,7 +117,7 @@ def read_labels(path: str | os.PathLike) -> list[tuple[int, np.ndarray]]:
         ValueError: a line that is not ``<int> x1 y1 x2 y2 x3 y3 ...`` (3 points at least, values in [0, 1]).
     """
     out = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()
