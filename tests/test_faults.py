@@ -113,6 +113,29 @@ def test_inputs_whose_output_names_are_too_long_are_skipped_before_any_work(
     assert "'<name>.mask.png' would be 256 bytes" in masked[0].problem
 
 
+def test_results_from_other_systems_are_recognised_as_done(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    import unicodedata
+
+    src = tmp_path / "in"
+    decomposed = unicodedata.normalize("NFD", "café")
+    _save_random(src / "a.png")
+    _save_random(src / f"{decomposed}.png", seed=1)  # as macOS writes it: e + combining accent
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a", "--quiet"]
+    assert _run(argv, capsys)[0] == 0
+    # a.json as a run on Windows recorded it: a backslashed source ("another file under the same name" before)
+    sidecar = out / "a.json"
+    record = json.loads(sidecar.read_text())
+    record["source"] = str(src / "a.png").replace("/", "\\")
+    sidecar.write_bytes(json.dumps(record).replace("\n", "\r\n").encode())
+    # the image renamed to the composed é by a copy (rsync, unzip): it was done again beside its orphaned results
+    (src / f"{decomposed}.png").rename(src / f"{unicodedata.normalize('NFC', 'café')}.png")
+    code, stdout, stderr = _run(argv[:-1], capsys)
+    assert code == 0, stderr
+    assert "2 image(s): 0 segmented, 2 already done" in stdout
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(["a.json", f"{decomposed}.json"])
+
+
 def test_a_previous_runs_outputs_in_the_input_folder_are_left_out(
     tmp_path: Path, tiny_model_dir: Path, capsys, caplog
 ) -> None:

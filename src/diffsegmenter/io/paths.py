@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
@@ -307,6 +308,9 @@ def collect_jobs(
                     )
                 else:
                     logger.warning("two inputs map to the same output name; writing %s as %r", path, stem)
+            if stem == key and not key.isascii():  # done earlier under the other Unicode spelling of its name
+                respelt = _earlier_spelling(out_root / rel, key, path)
+                stem = respelt if (key_dir, respelt.lower()) not in taken else stem
             taken.add((key_dir, stem.lower()))
             job = ImageJob(path=path, out_dir=out_root / rel, stem=stem)
             if _resolve(job.out_dir) == resolved.parent:
@@ -490,27 +494,50 @@ def _recorded_source(sidecar: Path) -> str | None:
     return recorded if isinstance(recorded, str) else None
 
 
+def _earlier_spelling(out_dir: Path, stem: str, path: Path) -> str:
+    """``stem``, or its other Unicode spelling (composed or decomposed) when only that one's sidecar exists and
+    records ``path``: an image done as ``café.png`` written by macOS (``e`` plus an accent), then copied by a tool
+    that composes names, keeps its finished results (they were redone beside the old ones, which stayed orphaned)."""
+    from .sidecar import source_name
+
+    if (out_dir / f"{stem}.json").exists():
+        return stem
+    for form in ("NFC", "NFD"):
+        other = unicodedata.normalize(form, stem)
+        if other == stem:
+            continue
+        recorded = _recorded_source(out_dir / f"{other}.json")
+        if recorded is not None and source_name(recorded) == source_name(path.name):
+            return other
+    return stem
+
+
 def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
     """Whether ``out_dir/<stem>.json`` (an earlier run's sidecar) records another image of ``path``'s folder that
     still exists as its source: that image keeps the name, so a file added later cannot take over its outputs."""
+    from .sidecar import source_name
+
     source = _recorded_source(out_dir / f"{stem}.json")
     if source is None:
         return False
-    name = Path(source).name
-    return name != path.name and (path.parent / name).is_file()
+    return (
+        source_name(source) != source_name(path.name) and (path.parent / source_name(source, composed=False)).is_file()
+    )
 
 
 def _kept_full_name(out_dir: Path, stem: str, path: Path) -> bool:
     """Whether an earlier run wrote ``path``'s results under its full name (``x.png.json`` records it) because a
     sibling (``x.jpg``) held ``<stem>.json``: the name stays ``path``'s when the sibling has left the folder (else
     its finished results were not found, and the rerun was refused as writing over the sibling's)."""
+    from .sidecar import source_name
+
     own = _recorded_source(out_dir / f"{path.name}.json")
-    if own is None or Path(own).name != path.name:
+    if own is None or source_name(own) != source_name(path.name):
         return False
     other = _recorded_source(
         out_dir / f"{stem}.json"
     )  # the sibling's (another name, or the same name in another folder)
-    return other is None or Path(other).name != path.name or _resolve(Path(other)) != _resolve(path)
+    return other is None or source_name(other) != source_name(path.name) or _resolve(Path(other)) != _resolve(path)
 
 
 def check_output_names(jobs: Sequence[ImageJob], formats: Sequence[str], out: Path) -> None:

@@ -7,8 +7,9 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import unicodedata
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..classes import BACKGROUND
@@ -25,6 +26,7 @@ __all__ = [
     "sidecar_owner",
     "source_digest",
     "source_identity",
+    "source_name",
 ]
 
 
@@ -138,6 +140,16 @@ def sidecar_kind(sidecar: dict[str, Any]) -> str | None:
     return None
 
 
+def source_name(recorded: str | os.PathLike[str], *, composed: bool = True) -> str:
+    """The file name of a recorded or given input path, as sidecars compare them: written on any system (a path
+    with a backslash is a Windows one: ``in1\\a.png`` is ``a.png``) and in Unicode's composed form (macOS writes
+    ``é`` as ``e`` plus an accent; a copy may turn it into one character). ``composed=False``: as spelt (to find
+    the file)."""
+    text = os.fspath(recorded)
+    name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
+    return unicodedata.normalize("NFC", name) if composed else name
+
+
 def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str | None]:
     """Whose results the sidecar at ``path`` describes.
 
@@ -155,7 +167,7 @@ def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str 
     if not sidecar:
         return None, None
     recorded = str(sidecar.get("source", ""))
-    if Path(recorded).name != Path(source).name:
+    if source_name(recorded) != source_name(Path(source).name):
         return None, recorded
     digest = sidecar.get("source_digest")
     try:
