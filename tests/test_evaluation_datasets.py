@@ -187,6 +187,16 @@ def test_shapes_splits(tmp_path):
     assert ds[0].image_path.suffix == ".png"
 
 
+@pytest.mark.parametrize("name", ["ade", "city", "object"])
+def test_hidden_files_that_macos_leaves_are_not_images(tmp_path, name):
+    builder = CASES[name][0]
+    root = builder(tmp_path, CASES[name][1])
+    for image in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble, on FAT / exFAT
+    ds = load_dataset(name, root)
+    assert len(ds) == 2 and not any(s.image_id.startswith(".") for s in ds)
+
+
 def test_missing_files_are_listed_with_preparation_hint(tmp_path):
     root = build_voc(tmp_path, [1])
     (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000042.png").unlink()

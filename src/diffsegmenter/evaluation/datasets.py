@@ -332,7 +332,11 @@ def _glob_layout(
     images = root / image_dir
     if not images.is_dir():
         _raise_missing(name, root, [images], None, hint_key)
-    paths = sorted(images.glob(pattern))
+    # not the hidden files other systems leave: macOS writes ._<name>.jpg beside each image on FAT and exFAT drives,
+    # which were listed as images (the run stopped at the first, or reported its label missing)
+    paths = sorted(
+        p for p in images.glob(pattern) if not any(part.startswith(".") for part in p.relative_to(images).parts)
+    )
     if not paths:
         _raise_missing(name, root, [images / pattern], None, hint_key)
     samples = []
