@@ -91,3 +91,16 @@ def test_a_class_file_that_is_not_utf8_or_holds_form_feeds(tmp_path, capsys):
     assert "is not UTF-8 text (byte 0xe9 at position 3); save it as UTF-8" in capsys.readouterr().err
     (tmp_path / "ff.txt").write_text("salt\x0cpepper\ncircle\n", encoding="utf-8")  # splitlines() cut at \x0c
     assert parse_classes(f"@{tmp_path / 'ff.txt'}") == ["salt pepper", "circle"]
+
+
+def test_a_class_file_of_one_spreadsheet_row_is_split(tmp_path):
+    from diffsegmenter.cli.parser import parse_classes
+
+    # a row saved by Excel in a locale with semicolons, or as tab-separated text, was one class "circle;square"
+    for row, name in ((b"circle;square;triangle\r\n", "semi"), (b"circle\tsquare\ttriangle\n", "tabs")):
+        (tmp_path / name).write_bytes(row)
+        assert parse_classes(f"@{tmp_path / name}") == ["circle", "square", "triangle"]
+    (tmp_path / "mixed").write_bytes(b"salt; pepper, circle\n")  # commas first: the rest stays in its name
+    assert parse_classes(f"@{tmp_path / 'mixed'}") == ["salt; pepper", "circle"]
+    (tmp_path / "lines").write_bytes(b"salt;pepper\ncircle\n")  # one name per line: kept whole
+    assert parse_classes(f"@{tmp_path / 'lines'}") == ["salt;pepper", "circle"]

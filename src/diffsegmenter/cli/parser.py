@@ -246,7 +246,8 @@ def parse_formats(text: str | None) -> list[str]:
 
 
 def parse_classes(text: str | None) -> list[str] | None:
-    """``"cat, sofa,potted plant"`` -> ``["cat", "sofa", "potted plant"]``; ``"@file.txt"`` reads one name per line.
+    """``"cat, sofa,potted plant"`` -> ``["cat", "sofa", "potted plant"]``; ``"@file.txt"`` reads one name per line
+    (a file of one line is split at its commas, else at its tabs or semicolons: a row saved by a spreadsheet).
 
     The names follow the rule the API applies (:func:`~diffsegmenter.classes.check_class_names`): whitespace inside
     a name is normalised to single spaces and invisible characters dropped, duplicates are compared as
@@ -273,8 +274,9 @@ def parse_classes(text: str | None) -> list[str] | None:
             ) from None
         # lines end at \n (and \r\n): splitlines() also cut names at form feeds, \x85 and U+2028
         names = [line for line in raw.split("\n") if line.strip() and not line.lstrip().startswith("#")]
-        if len(names) == 1 and "," in names[0]:
-            names = names[0].split(",")
+        if len(names) == 1:  # one row: split at commas, else at tabs or semicolons (Excel's rows in some locales)
+            separator = next((sep for sep in (",", "\t", ";") if sep in names[0]), None)
+            names = names[0].split(separator) if separator is not None else names
     else:
         names = text.split(",")
     try:

@@ -71,8 +71,8 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         "--classes",
         default=None,
         help="comma-separated class names, e.g. 'cat,sofa,plant', or @FILE with one name per line (UTF-8; lines "
-        "starting with # are comments; a file of one line is split at commas, so a name holding a comma needs "
-        "two or more lines) (default: the model's own classes, if it declares any). With --filter, the vocabulary "
+        "starting with # are comments; a file of one line is split at commas, else at tabs or semicolons, so a "
+        "name holding one needs two or more lines) (default: the model's own classes, if it declares any). With --filter, the vocabulary "
         "to choose from",
     )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
