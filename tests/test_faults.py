@@ -136,6 +136,23 @@ def test_results_from_other_systems_are_recognised_as_done(tmp_path: Path, tiny_
     assert sorted(p.name for p in out.glob("*.json")) == sorted(["a.json", f"{decomposed}.json"])
 
 
+def test_inputs_given_with_a_tilde_and_missing_inputs(
+    tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _save_random(tmp_path / "imgs" / "a.png")
+    base = ["--model", str(tiny_model_dir), "--classes", "a", "--quiet"]
+    # '~' quoted (or from a shell that does not expand it) was expanded in --out but not in the inputs
+    code, _, stderr = _run(["segment", "~/imgs", "--out", "~/out", *base], capsys)
+    assert code == 0, stderr
+    assert is_done(tmp_path / "out", "a", cli.DEFAULT_FORMATS)
+    # a missing input is refused before the output folder is made (it was left behind, holding its lock file)
+    code, _, stderr = _run(["segment", "~/missing", "--out", "~/nope", *base], capsys)
+    assert code == 2 and "does not exist" in stderr and not (tmp_path / "nope").exists()
+    code, _, stderr = _run(["edit", "~/missing", "--out", "~/nope", "--target", "a", "--prompt", "b", *base], capsys)
+    assert code == 2 and "does not exist" in stderr and not (tmp_path / "nope").exists()
+
+
 def test_a_previous_runs_outputs_in_the_input_folder_are_left_out(
     tmp_path: Path, tiny_model_dir: Path, capsys, caplog
 ) -> None:

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from ..editing import EditSettings
 
 from ..classes import class_key
-from .parser import CliError, Command, add_max_pixels_argument, config_overrides, parse_classes, register_command
+from .parser import (
+    CliError,
+    Command,
+    add_max_pixels_argument,
+    config_overrides,
+    given_inputs,
+    parse_classes,
+    register_command,
+)
 
 __all__ = ["EditReport", "add_edit_arguments", "cmd_edit", "edit_command"]
 
@@ -353,7 +361,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     try:
         report = edit_command(
-            args.inputs,
+            given_inputs(args.inputs),
             args.out,
             target=args.target,
             prompt=args.prompt,

@@ -31,6 +31,7 @@ __all__ = [
     "build_parser",
     "config_overrides",
     "configure",
+    "given_inputs",
     "load_kwargs",
     "parse_classes",
     "parse_dtype",
@@ -243,6 +244,23 @@ def parse_formats(text: str | None) -> list[str]:
         except ImportError as exc:
             raise CliError(str(exc)) from None
     return chosen
+
+
+def given_inputs(texts: list[str]) -> list[str]:
+    """The input paths as given, a leading ``~`` expanded (quoted, or from a shell that does not expand it, as
+    ``--out``'s is).
+
+    Raises:
+        CliError: an input that names nothing (no file, folder or link, and no glob pattern): before the output
+            folder is made (it was left behind, empty but for its lock file).
+    """
+    from ..images import _GLOB_CHARS, _nothing_found_message
+
+    inputs = [os.path.expanduser(text) for text in texts]
+    for text in inputs:
+        if not os.path.lexists(text) and not _GLOB_CHARS.intersection(text):
+            raise CliError(_nothing_found_message(text))
+    return inputs
 
 
 def parse_classes(text: str | None) -> list[str] | None:

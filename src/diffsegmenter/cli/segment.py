@@ -11,6 +11,7 @@ from .parser import (
     Command,
     add_max_pixels_argument,
     config_overrides,
+    given_inputs,
     load_kwargs,
     parse_classes,
     parse_formats,
@@ -219,10 +220,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise CliError(f"--classes: {exc} (--format)") from None
     overrides = config_overrides(args)
     check_overrides(overrides)
+    inputs = given_inputs(args.inputs)
     out = prepare_out_dir(args.out)
     with output_lock(out):
         try:
-            jobs = collect_jobs(args.inputs, out, formats)
+            jobs = collect_jobs(inputs, out, formats)
         except FileNotFoundError as exc:
             raise CliError(str(exc)) from None
         # with --ray the driver's model only checks the classes and fingerprints the settings: on the CPU, where
