@@ -104,3 +104,5 @@ def test_a_class_file_of_one_spreadsheet_row_is_split(tmp_path):
     assert parse_classes(f"@{tmp_path / 'mixed'}") == ["salt; pepper", "circle"]
     (tmp_path / "lines").write_bytes(b"salt;pepper\ncircle\n")  # one name per line: kept whole
     assert parse_classes(f"@{tmp_path / 'lines'}") == ["salt;pepper", "circle"]
+    (tmp_path / "unicode").write_bytes("circle\r\ncafé\r\n".encode("utf-16"))  # Notepad's "Unicode": not UTF-8
+    assert parse_classes(f"@{tmp_path / 'unicode'}") == ["circle", "café"]

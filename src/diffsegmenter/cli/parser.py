@@ -281,8 +281,10 @@ def parse_classes(text: str | None) -> list[str] | None:
 
     if text.startswith("@"):
         try:
-            # utf-8-sig: a byte-order mark (Windows Notepad) is not part of the first name
-            raw = Path(text[1:]).expanduser().read_text(encoding="utf-8-sig")
+            data = Path(text[1:]).expanduser().read_bytes()
+            # a byte-order mark (Windows Notepad) is not part of the first name; UTF-16 is Notepad's "Unicode"
+            utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+            raw = data.decode("utf-16" if utf16 else "utf-8-sig")
         except OSError as exc:
             raise CliError(f"cannot read the class file {text[1:]!r}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:  # a Latin-1 / cp1252 export (Excel)

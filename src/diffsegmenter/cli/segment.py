@@ -71,7 +71,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--classes",
         default=None,
-        help="comma-separated class names, e.g. 'cat,sofa,plant', or @FILE with one name per line (UTF-8; lines "
+        help="comma-separated class names, e.g. 'cat,sofa,plant', or @FILE with one name per line (UTF-8, or UTF-16 with a byte-order mark; lines "
         "starting with # are comments; a file of one line is split at commas, else at tabs or semicolons, so a "
         "name holding one needs two or more lines) (default: the model's own classes, if it declares any). With --filter, the vocabulary "
         "to choose from",
