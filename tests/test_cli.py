@@ -67,6 +67,21 @@ def test_no_flags_forward_no_overrides() -> None:
     assert cli.load_kwargs(args) == {"dtype": torch.float16}  # --captioner none = no captioner = not forwarded
 
 
+def test_speed_flags_reach_the_loaded_model(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    for argv, expected in (
+        (["--compile"], {"compile": True}),
+        (["--compile", "max-autotune", "--channels-last"], {"compile": "max-autotune", "channels_last": True}),
+    ):
+        args = cli.build_parser().parse_args(["eval", "--dataset", "voc21", "--root", "r", "--out", "o", *argv])
+        assert cli.load_kwargs(args) == expected
+    image = _save_random(tmp_path / "x.png")
+    base = ["segment", str(image), "--model", str(tiny_model_dir), "--classes", "a", "--quiet"]
+    code, _, stderr = _run([*base, "--out", str(tmp_path / "o"), "--compile", "fastest"], capsys)
+    assert code == 2 and "compile must be True, False or one of default" in stderr
+    code, _, stderr = _run([*base, "--out", str(tmp_path / "o"), "--channels-last"], capsys)
+    assert code == 0, stderr
+
+
 #: The arguments each subcommand needs besides the shared flags; a new subcommand must be added here.
 REQUIRED_ARGS = {
     "segment": ["x.png", "--out", "o"],

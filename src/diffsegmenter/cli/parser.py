@@ -172,7 +172,8 @@ def parse_dtype(text: str) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
-    """The shared ``--model --device --dtype --set`` flags (all default to None: not given)."""
+    """The shared ``--model --device --dtype --compile --channels-last --set`` flags (all default to None: not
+    given)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -189,6 +190,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
         default=None,
         metavar="{fp32,fp16,bf16}",
         help="model precision; float32, float16 and bfloat16 are accepted too (default: fp32)",
+    )
+    group.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="MODE",
+        help="torch.compile the denoiser and the VAE encoder, optionally in a mode (default, reduce-overhead, "
+        "max-autotune, max-autotune-no-cudagraphs): pays on a GPU over many images; each new image size or batch "
+        "compiles once, minutes for SD1.5 (default: not compiled)",
+    )
+    group.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="channels-last memory for the convolutions (faster on recent GPUs; default: off)",
     )
     add_override_argument(
         group,
@@ -339,8 +356,8 @@ def _resolve_device(name: str) -> str:
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``DiffSegmenter.from_pretrained`` besides the model and config overrides.
 
-    Only the flags a user set appear (``device``, ``dtype``, ``captioner``); ``--captioner none`` is the same as
-    not giving it.
+    Only the flags a user set appear (``device``, ``dtype``, ``compile``, ``channels_last``, ``captioner``);
+    ``--captioner none`` is the same as not giving it.
     """
     kwargs: dict[str, Any] = {}
     if getattr(args, "device", None) is not None:
@@ -349,6 +366,9 @@ def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         kwargs["dtype"] = getattr(torch, DTYPES[args.dtype])
+    for flag in ("compile", "channels_last"):  # speed options of the loaded model (DiffSegmenter.optimize)
+        if getattr(args, flag, None) is not None:
+            kwargs[flag] = getattr(args, flag)
     captioner = getattr(args, "captioner", None)
     if captioner is not None and captioner.strip().lower() != "none":
         kwargs["captioner"] = captioner
