@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "COMPILE_MODES",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "MAX_SEED",
     "PAPER_LEVEL_WEIGHTS",
@@ -29,6 +30,9 @@ __all__ = [
     "check_tau",
     "parse_override",
 ]
+
+#: ``compile=`` values besides True/False (``torch.compile``'s modes; :mod:`diffsegmenter.runtime`).
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 MAX_SEED = 2**63 - 2
 """The largest ``seed`` a config (and a call's or an edit's seed) takes."""

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["COMPILE_MODES", "check_compile", "optimize_backbone"]
+from .config import COMPILE_MODES
 
-#: ``compile=`` values besides True/False (``torch.compile``'s modes).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+__all__ = ["COMPILE_MODES", "check_compile", "optimize_backbone"]
 
 
 def _modules(backbone: Any) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS, add_override_argument
+from ..config import COMPILE_MODES, DEFAULT_MAX_IMAGE_PIXELS, add_override_argument
 from ..errors import UsageError as CliError
 
 __all__ = [
@@ -193,13 +193,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
     )
     group.add_argument(
         "--compile",
-        nargs="?",
-        const=True,
+        choices=COMPILE_MODES,
         default=None,
         metavar="MODE",
-        help="torch.compile the denoiser and the VAE encoder, optionally in a mode (default, reduce-overhead, "
-        "max-autotune, max-autotune-no-cudagraphs): pays on a GPU over many images; each new image size or batch "
-        "compiles once, minutes for SD1.5 (default: not compiled)",
+        help=f"torch.compile the denoiser and the VAE encoder in a mode ({', '.join(COMPILE_MODES)}; e.g. "
+        "--compile default): pays on a GPU over many images; each new image size or batch compiles once, "
+        "minutes for SD1.5 (default: not compiled)",
     )
     group.add_argument(
         "--channels-last",

@@ -229,9 +229,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         # with --ray the driver's model only checks the classes and fingerprints the settings: on the CPU, where
         # a head node without a GPU can hold it (the actors put theirs on --device)
-        segmenter = load_segmenter(
-            argparse.Namespace(**{**vars(args), "device": "cpu"}) if use_ray else args, overrides
-        )
+        driver = {"device": "cpu", "compile": None, "channels_last": None}  # it runs no forward pass
+        segmenter = load_segmenter(argparse.Namespace(**{**vars(args), **driver}) if use_ray else args, overrides)
         if classes is None and not getattr(segmenter, "default_classes", None):
             raise CliError(
                 "no classes: pass --classes 'cat,sofa,plant' (with --filter clip or diffusion to keep only the "
