@@ -237,6 +237,24 @@ def test_files_saved_on_windows_are_read_and_resume_the_run(tmp_path):
         evaluate(FakeSegmenter(), voc, out, candidates_json=other, progress=False)
 
 
+def test_a_folder_of_an_older_version_still_checks_its_candidate_file(voc, tmp_path):
+    from diffsegmenter.evaluation.scoring import file_sha256
+
+    first, other = tmp_path / "first.json", tmp_path / "other.json"
+    first.write_text(json.dumps({"image_similarity": {"2007_000001.jpg": ["dog"]}, "text_similarity": {}}))
+    other.write_text(json.dumps({"image_similarity": {"2007_000001.jpg": ["cat"]}, "text_similarity": {}}))
+    out = tmp_path / "out"
+    evaluate(FakeSegmenter(), voc, out, candidates_json=first, limit=2, progress=False)
+    record = json.loads((out / "run_config.json").read_text())  # as the version before recorded it: the bytes
+    record["candidates_sha256"] = file_sha256(first)
+    del record["candidates_content_sha256"]
+    (out / "run_config.json").write_text(json.dumps(record))
+    # the new key was missing from the old record, so nothing was compared: other candidates mixed in
+    with pytest.raises(ValueError, match="candidates_sha256"):
+        evaluate(FakeSegmenter(), voc, out, candidates_json=other, progress=False)
+    assert evaluate(FakeSegmenter(), voc, out, candidates_json=first, progress=False)["reused"] == 2
+
+
 def test_paper_protocol_with_filter_sends_vocabulary_and_filter(voc, tmp_path):
     seg = FakeSegmenter()
     evaluate(seg, voc, tmp_path / "out", filter="clip", limit=1, progress=False)
@@ -273,6 +291,26 @@ def test_report_says_where_tau_and_settings_came_from(voc, tmp_path):
     # --score-only reads them back from run_info.json
     again = score_predictions(voc, tmp_path / "own", progress=False)
     assert again["tau_note"] == report["tau_note"] and again["segmenter_config"] == report["segmenter_config"]
+
+
+def test_settings_set_for_the_run_are_told_from_the_folders(voc, tmp_path):
+    # --set tau=0.3 was reported as "the segmenter's configured tau", beside the folder's provenance
+    from diffsegmenter import SegmenterConfig
+    from diffsegmenter.settings import ModelSettings
+
+    seg = FakeSegmenter(tau=0.3)
+    seg.model_settings = ModelSettings(segmenter={"tau": 0.5}, provenance="chosen on val")
+    seg.backbone = SimpleNamespace(family_defaults=lambda: {"timestep": 50})
+    seg.config = SegmenterConfig(tau=0.5, timestep=50)
+    report = evaluate(seg, voc, tmp_path / "folder", protocol="oracle", limit=1, progress=False)
+    assert report["settings_overridden"] == [] and report["tau_source"] == "segmenter config"
+    assert "| settings chosen | chosen on val |" in (tmp_path / "folder" / "metrics.md").read_text()
+    seg.config = SegmenterConfig(tau=0.3, timestep=50, flip=True)
+    report = evaluate(seg, voc, tmp_path / "set", protocol="oracle", limit=1, progress=False)
+    assert report["settings_overridden"] == ["flip", "tau"] and report["tau_source"] == "set on the segmenter"
+    assert "not its model folder's" in report["tau_note"]
+    md = (tmp_path / "set" / "metrics.md").read_text()
+    assert "| settings chosen | chosen on val (except flip, tau: set otherwise for this run) |" in md
 
 
 def test_dataset_without_background_uses_tau_minus_one(tmp_path):

@@ -47,6 +47,7 @@ from ..batch.runner import (
     BatchRunner,
     BatchTask,
     check_run_fingerprint,
+    read_run_record,
     result_settings,
     segmenter_session,
 )
@@ -56,7 +57,7 @@ from ..io.atomic import write_json, write_npz
 from ..io.formats.label_png import save_label_png
 from ..io.paths import image_key
 from .datasets import Sample, SegmentationDataset, normalize_class_name
-from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, candidates_sha256, score_predictions
+from .scoring import NO_BACKGROUND_TAU, RUN_INFO, SWEEP_TAUS, candidates_sha256, file_sha256, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +337,23 @@ def _fingerprint(
     }
 
 
+def _with_older_keys(out: Path, fingerprint: dict[str, Any], candidates_json: Any) -> dict[str, Any]:
+    """`fingerprint`, plus the candidate file's byte hash (``candidates_sha256``) where the folder's record is an
+    older version's, which recorded only that: a setting one side lacks is not compared, so another candidate file
+    was accepted there and the predictions mixed. (A copy of the same file with other line endings is refused there
+    too: that record cannot tell.)"""
+    path = out / RUN_CONFIG
+    if candidates_json is None or not path.is_file():
+        return fingerprint
+    try:
+        earlier = read_run_record(path)
+    except ValueError:
+        return fingerprint  # check_run_fingerprint says what is wrong with it
+    if "candidates_sha256" in earlier and "candidates_content_sha256" not in earlier:
+        return {**fingerprint, "candidates_sha256": file_sha256(candidates_json)}
+    return fingerprint
+
+
 def _filter_id(filter: Any) -> Any:
     """The filter as ``run_config.json`` records it: its name, a filter object's own ``fingerprint`` (the CLIP
     filter's models and settings) when it has one, else its class name."""
@@ -527,12 +545,33 @@ def _shard_summary(
     }
 
 
-def _tau_source(task: EvalTask) -> str | None:
-    """Where the run's tau came from: ``"given"`` (``--tau`` / ``evaluate(tau=...)``), ``"segmenter config"`` (the
-    model folder's ``segmenter_config.json`` or the library default), None on a dataset without background."""
+def _tau_source(task: EvalTask, overridden: list[str] | None) -> str | None:
+    """Where the run's tau came from: ``"given"`` (``--tau`` / ``evaluate(tau=...)``), ``"set on the segmenter"``
+    (``--set tau=...``, ``from_pretrained(..., tau=...)``: not what its model folder recommends), ``"segmenter
+    config"`` (the model folder's ``segmenter_config.json`` or the library default), None on a dataset without
+    background."""
     if not task.dataset.has_background:
         return None
-    return "given" if task.segment_tau is not None else "segmenter config"
+    if task.segment_tau is not None:
+        return "given"
+    return "set on the segmenter" if overridden and "tau" in overridden else "segmenter config"
+
+
+def _overridden_settings(segmenter: Any) -> list[str] | None:
+    """The settings of ``segmenter.config`` that differ from what its model folder (``segmenter_config.json``) and
+    its backbone family recommend, as ``from_pretrained`` builds that (those whose provenance the folder does not
+    tell); None when the segmenter does not say (another kind of segmenter, one built without a folder)."""
+    config = getattr(segmenter, "config", None)
+    settings = getattr(segmenter, "model_settings", None)
+    family = getattr(getattr(segmenter, "backbone", None), "family_defaults", None)
+    if not (dataclasses.is_dataclass(config) and hasattr(config, "replace")) or settings is None or family is None:
+        return None
+    try:
+        recommended = type(config)().replace(**family()).replace(**settings.segmenter)
+    except (TypeError, ValueError):
+        return None
+    names = result_settings({f.name: None for f in dataclasses.fields(config)})
+    return sorted(name for name in names if getattr(config, name) != getattr(recommended, name))
 
 
 def _input_protocol(segmenter: Any) -> str | None:
@@ -551,6 +590,7 @@ def _input_protocol(segmenter: Any) -> str | None:
 def _run_info(task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample], candidates_json: Any) -> dict:
     """What ``metrics.json`` records about the run besides the metrics and the counts of this process's work; also
     kept in ``run_info.json`` for a later ``--score-only``."""
+    overridden = _overridden_settings(task.segmenter)
     info: dict[str, Any] = {
         "protocol": task.protocol,
         "prompt_rule": prompt_rule_of(getattr(task.segmenter, "config", None)),
@@ -560,8 +600,9 @@ def _run_info(task: EvalTask, fingerprint: dict[str, Any], samples: list[Sample]
         "model": fingerprint["model"],
         "backbone": _backbone_name(task.segmenter),
         "dtype": fingerprint["dtype"],
-        "tau_source": _tau_source(task),
+        "tau_source": _tau_source(task, overridden),
         "settings_provenance": getattr(getattr(task.segmenter, "model_settings", None), "provenance", None),
+        "settings_overridden": overridden,
         "input_protocol": _input_protocol(task.segmenter),
         "captioner": fingerprint["captioner"],
         "segmenter_config": fingerprint["segmenter_config"],
@@ -643,6 +684,7 @@ def evaluate(
                 f"{out / folder} is a file, where the run keeps its {folder}: move it away, or use another --out"
             )
     with shared_output_lock(out) as lock:  # shards with the same settings may share the folder, others may not
+        fingerprint = _with_older_keys(out, fingerprint, candidates_json)
         check_run_fingerprint(out, fingerprint, may_replace=lock.exclusive, unrecorded_if_none=UNRECORDED)
         lock.share()
         # no other run replaced it while the lock changed
