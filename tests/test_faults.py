@@ -134,6 +134,17 @@ def test_results_from_other_systems_are_recognised_as_done(tmp_path: Path, tiny_
     assert code == 0, stderr
     assert "2 image(s): 0 segmented, 2 already done" in stdout
     assert sorted(p.name for p in out.glob("*.json")) == sorted(["a.json", f"{decomposed}.json"])
+    # on Linux both spellings can be two images: a second café.png beside the first gets its own results (it was
+    # refused as taking over the first's)
+    two = tmp_path / "two"
+    _save_random(two / f"{decomposed}.png", seed=1)
+    flags = ["--out", str(tmp_path / "out2"), *argv[4:-1]]
+    assert _run(["segment", str(two), *flags], capsys)[0] == 0
+    composed = _save_random(two / f"{unicodedata.normalize('NFC', 'café')}.png", seed=2)
+    code, stdout, stderr = _run(["segment", str(composed), str(two / f"{decomposed}.png"), *flags], capsys)
+    assert code == 0, stderr
+    assert "2 image(s): 1 segmented, 1 already done" in stdout
+    assert len(list((tmp_path / "out2").glob("caf*.json"))) == 2
 
 
 def test_inputs_given_with_a_tilde_and_missing_inputs(
@@ -149,8 +160,31 @@ def test_inputs_given_with_a_tilde_and_missing_inputs(
     # a missing input is refused before the output folder is made (it was left behind, holding its lock file)
     code, _, stderr = _run(["segment", "~/missing", "--out", "~/nope", *base], capsys)
     assert code == 2 and "does not exist" in stderr and not (tmp_path / "nope").exists()
+    code, _, stderr = _run(["segment", "~/imgs/*.jpg", "--out", "~/nope", *base], capsys)
+    assert code == 2 and "matched no image files" in stderr and not (tmp_path / "nope").exists()
     code, _, stderr = _run(["edit", "~/missing", "--out", "~/nope", "--target", "a", "--prompt", "b", *base], capsys)
     assert code == 2 and "does not exist" in stderr and not (tmp_path / "nope").exists()
+
+
+def test_a_backslash_name_and_a_changed_image_recorded_on_windows(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    src = tmp_path / "in"
+    _save_random(src / "a.png")
+    _save_random(src / "scan\\001.png")  # a Linux name; a folder separator on Windows
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(tiny_model_dir), "--classes", "a"]
+    code, stdout, stderr = _run(argv, capsys)  # it ended the whole run with a traceback
+    assert code == 1 and "Traceback" not in stderr and "2 image(s): 1 segmented, 0 already done, 1 skipped" in stdout
+    assert "holds a backslash" in json.loads((out / "skipped.json").read_text())[0]["reason"]
+    # a.json as a run on Windows recorded it, and the image changed since: redone, not "another file's results"
+    record = json.loads((out / "a.json").read_text())
+    record["source"] = "C:\\photos\\a.png"
+    (out / "a.json").write_text(json.dumps(record))
+    _save_random(src / "a.png", seed=5)
+    code, stdout, stderr = _run(argv, capsys)
+    assert code == 1 and "2 image(s): 1 segmented, 0 already done, 1 skipped" in stdout, stderr
+    assert json.loads((out / "a.json").read_text())["source"] == str(src / "a.png")
 
 
 def test_a_previous_runs_outputs_in_the_input_folder_are_left_out(

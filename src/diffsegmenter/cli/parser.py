@@ -267,14 +267,18 @@ def given_inputs(texts: list[str]) -> list[str]:
     ``--out``'s is).
 
     Raises:
-        CliError: an input that names nothing (no file, folder or link, and no glob pattern): before the output
-            folder is made (it was left behind, empty but for its lock file).
+        CliError: an input that names nothing (no file, folder or link, or a glob pattern that matches nothing):
+            before the output folder is made (it was left behind, empty but for its lock file).
     """
+    import glob
+
     from ..images import _GLOB_CHARS, _nothing_found_message
 
     inputs = [os.path.expanduser(text) for text in texts]
     for text in inputs:
-        if not os.path.lexists(text) and not _GLOB_CHARS.intersection(text):
+        if os.path.lexists(text):
+            continue
+        if not _GLOB_CHARS.intersection(text) or next(glob.iglob(text, recursive=True), None) is None:
             raise CliError(_nothing_found_message(text))
     return inputs
 

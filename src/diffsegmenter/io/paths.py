@@ -275,6 +275,18 @@ def collect_jobs(
                     )
                 )
                 continue
+            if "\\" in path.name:  # a folder separator on Windows: output_paths refuses it (the run ended there)
+                seen.add(resolved)
+                jobs.append(
+                    ImageJob(
+                        path=path,
+                        out_dir=out_root,
+                        stem=printable_path(path.name),
+                        problem="its name holds a backslash, which Windows reads as a folder separator: its outputs "
+                        "could not be named after it; rename the file",
+                    )
+                )
+                continue
             if root is not None and path in earlier:
                 left_out.append(path)
                 continue
@@ -498,7 +510,7 @@ def _earlier_spelling(out_dir: Path, stem: str, path: Path) -> str:
     """``stem``, or its other Unicode spelling (composed or decomposed) when only that one's sidecar exists and
     records ``path``: an image done as ``café.png`` written by macOS (``e`` plus an accent), then copied by a tool
     that composes names, keeps its finished results (they were redone beside the old ones, which stayed orphaned)."""
-    from .sidecar import source_name
+    from .sidecar import sidecar_owner, source_name
 
     if (out_dir / f"{stem}.json").exists():
         return stem
@@ -507,9 +519,23 @@ def _earlier_spelling(out_dir: Path, stem: str, path: Path) -> str:
         if other == stem:
             continue
         recorded = _recorded_source(out_dir / f"{other}.json")
-        if recorded is not None and source_name(recorded) == source_name(path.name):
+        if recorded is None or source_name(recorded) != source_name(path.name):
+            continue
+        # the file it records must be gone (renamed to this spelling) or be this one (a file system that ignores
+        # the spelling): on Linux both spellings can be two images, each with its own results
+        spelt = path.parent / source_name(recorded, composed=False)
+        if spelt.exists() and not _same_file(spelt, path):
+            continue
+        if sidecar_owner(out_dir / f"{other}.json", path)[0] is not None:  # and the content is the same
             return other
     return stem
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _claimed_by_sibling(out_dir: Path, stem: str, path: Path) -> bool:
