@@ -144,7 +144,8 @@ class SegmenterConfig:
     # rescaling over the prompt's content tokens; any backbone), "weighted" (GoCA's automatic head and layer
     # weighting + rescaling; any backbone; level_weights unused), "single-block" (Seg4Diff: one block's raw
     # image->text probabilities, argmax; SD3, FLUX), "concept" (ConceptAttention: classes as extra token streams;
-    # FLUX). Each family's default: backbones.*.family_defaults.
+    # FLUX). Every family keeps "paper" by default: a successor's read-out becomes a family's default only once it is
+    # measured on that family (none is yet: no real SDXL, SD3, FLUX or PixArt weights could be run here).
     readout: Literal["paper", "rescaled", "weighted", "single-block", "concept"] = "paper"
     # The single-block read-out's block index (as attention_blocks counts them); None = the family's default
     # (readouts.single_block_default: SD3 block 9 of 24, FLUX double-stream block 12 of 19, scaled to the depth).

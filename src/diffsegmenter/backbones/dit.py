@@ -8,7 +8,8 @@ for a model with ``p``x``p`` patches).
 Flow-matching families (SD3, FLUX) noise with ``x_sigma = (1 - sigma) x0 + sigma eps`` (what
 ``FlowMatchEulerDiscreteScheduler.scale_noise`` computes). ``SegmenterConfig.timestep`` keeps its meaning, "t of
 1000 on SD's DDPM schedule", and is mapped to the sigma of the same signal-to-noise ratio (:func:`flow_sigma`):
-t = 100 -> sigma = 0.256. For comparison Seg4Diff's "step 8 of 28" on SD3 (shift 3) is sigma = 0.88, i.e. t ~ 600.
+t = 100 -> sigma = 0.256. For comparison Seg4Diff's "step 8 of 28" on SD3 (shift 3) is sigma = 0.88, i.e. t ~ 870
+(``flow_sigma(870)`` = 0.877).
 Generation (editing) steps on exact sigmas instead: :class:`FlowMatchSampler` wraps diffusers'
 ``FlowMatchEulerDiscreteScheduler`` made from the model's scheduler config, its timesteps are
 :class:`~.base.FlowSigma` values (from 1 = pure noise), and each family gives its pipeline's schedule arguments
