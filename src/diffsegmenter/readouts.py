@@ -425,6 +425,19 @@ class SingleBlockReadout(Readout):
     def __init__(self, block: int | None = None) -> None:
         self.block = block
 
+    def check_backbone(self, backbone, spec) -> None:
+        """As :meth:`Readout.check_backbone`; also refuses ``attention_blocks`` other than the family's, which this
+        read-out does not read (it reads ``readout_block``; a user's blocks were ignored without a word)."""
+        super().check_backbone(backbone, spec)
+        default = getattr(backbone, "default_blocks", None)
+        if spec.attention_blocks is not None and default is not None and list(spec.attention_blocks) != default():
+            block = self.block if self.block is not None else single_block_default(backbone)
+            raise ValueError(
+                f"the single-block read-out reads one block, readout_block ({block} here), not attention_blocks "
+                f"{list(spec.attention_blocks)}: set readout_block to the block to read, and leave attention_blocks "
+                "unset"
+            )
+
     def capture_blocks(self, backbone, spec) -> dict:
         block = self.block if self.block is not None else single_block_default(backbone)
         return {"blocks": [block], "self_blocks": [block]}
