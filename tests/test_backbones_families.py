@@ -198,6 +198,19 @@ def test_settings_the_family_cannot_read_are_refused_when_the_segmenter_is_made(
         DiffSegmenter.from_pretrained(family_folders[name], resolution=32, **settings)
 
 
+def test_a_setting_the_family_cannot_read_names_the_file_that_set_it(family_folders, tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(family_folders["sd3"], tmp_path / "sd3")
+    (folder / "segmenter_config.json").write_text(json.dumps({"readout": "concept"}))
+    with pytest.raises(
+        ValueError, match=r"runs on flux backbones.*\(readout set by .*segmenter_config.json; override"
+    ):
+        DiffSegmenter.from_pretrained(folder, resolution=32)
+    assert DiffSegmenter.from_pretrained(folder, resolution=32, readout="paper").config.readout == "paper"
+
+
 @pytest.mark.parametrize("name", ["sdxl", "pixart", "flux"])
 def test_weighted_readout_without_level_weights_for_every_level_still_segments(family_folders, name):
     # the weighted read-out's default background ("absorb") does not use level_weights; a first version of the

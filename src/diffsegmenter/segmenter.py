@@ -264,7 +264,16 @@ class DiffSegmenter:
                 local_files_only=local_files_only,
                 max_length=config.caption_max_tokens,
             )
-        seg = cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
+        try:
+            seg = cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
+        except ValueError as exc:  # a setting the family cannot read: name the file that set it, if one did
+            from_file = [k for k, v in settings.segmenter.items() if k in str(exc) and getattr(config, k, None) == v]
+            if not from_file or settings.source is None:
+                raise
+            raise ValueError(
+                f"{exc} ({', '.join(from_file)} set by {settings.source}; override with a keyword or --set, or edit "
+                "the file)"
+            ) from None
         if compile or channels_last:
             seg.optimize(compile=compile, channels_last=channels_last)
         return seg
