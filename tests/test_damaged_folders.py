@@ -79,6 +79,23 @@ def test_a_tokenizer_without_its_vocabulary_is_refused_before_any_weights(
     assert loads == []
 
 
+def test_a_t5_vocabulary_sentencepiece_must_read_is_told_before_any_weights(family_folders, tmp_path, loads):
+    # PixArt's tokenizer folder ships spiece.model only: without sentencepiece transformers fell back to tiktoken
+    # and failed with "`tiktoken` is required to read a `tiktoken` file", after the check had passed it
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here: the folder would load")
+    folder = _copy(family_folders["pixart"], tmp_path / "spiece")
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    (folder / "tokenizer" / "spiece.model").write_bytes(b"\x00" * 16)
+    with pytest.raises(
+        ModelNotFoundError, match=r"tokenizer/ holds its vocabulary as spiece.model only.*sentencepiece"
+    ):
+        load_backbone(folder)
+    assert loads == []
+
+
 def test_a_tokenizer_loaded_without_a_vocabulary_is_refused(tmp_path):
     # the same check on the loaded object: a Hub download that lacks the files gives such a tokenizer too
     from transformers import CLIPTokenizer

@@ -13,6 +13,7 @@ it (download or copy the model again).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -114,7 +115,15 @@ def check_component_files(root: Path, name: str, *, src: str, local: bool = True
             raise ModelNotFoundError(f"{where} has no scheduler_config.json; {_again(src, local)}")
         return
     if kind == "tokenizer":
-        if any(all(f in present for f in files) for files in TOKENIZER_VOCABULARIES):
+        readable = [files for files in TOKENIZER_VOCABULARIES if all(f in present for f in files)]
+        if readable == [("spiece.model",)] and importlib.util.find_spec("sentencepiece") is None:
+            # transformers then tries tiktoken and fails with "`tiktoken` is required to read a `tiktoken` file"
+            raise ModelNotFoundError(
+                f"{where} holds its vocabulary as spiece.model only (no tokenizer.json), which transformers reads "
+                "with sentencepiece, not installed: pip install 'diffsegmenter[sentencepiece]' (or pip install "
+                "sentencepiece)"
+            )
+        if readable:
             return
         pairs = [files for files in TOKENIZER_VOCABULARIES if len(files) > 1 and any(f in present for f in files)]
         lacking = [f for files in pairs for f in files if f not in present]
