@@ -140,6 +140,16 @@ def test_sd_components_of_other_classes_are_refused(sd_folder, family_folders, t
     assert loads == []
 
 
+@pytest.mark.parametrize("family, named", [("flux", "StableDiffusion3Pipeline"), ("sd3", "FluxPipeline")])
+def test_a_pipeline_name_that_contradicts_its_transformer_is_refused(family, named, family_folders, tmp_path, loads):
+    # it was refused as "a conditioned model" (the channel count differed), which sent users to another checkpoint
+    folder = _copy(family_folders[family], tmp_path / "f")
+    _edit_json(folder / "model_index.json", _class_name=named)
+    with pytest.raises(ValueError, match=rf"names a {named} .* but lists a \w+Transformer2DModel \({family}\)"):
+        load_backbone(folder)
+    assert loads == []
+
+
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_a_missing_component_is_found_before_any_weights_load(family, family_folders, tmp_path, loads):
     # FLUX without scheduler/ loaded the VAE, the transformer and both text encoders (33 GB for FLUX.1-dev) first

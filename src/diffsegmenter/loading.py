@@ -203,9 +203,23 @@ def model_family(index: dict[str, Any]) -> str:
             ControlNet or upscaling pipeline, a custom one); the message lists the supported pipelines.
     """
     name = index.get("_class_name")
+    transformer = (index.get("transformer") or [None, None])[1]
+    by_transformer = {
+        "SD3Transformer2DModel": "sd3",
+        "FluxTransformer2DModel": "flux",
+        "PixArtTransformer2DModel": "pixart",
+    }
     if name:
         if str(name) in PIPELINE_FAMILIES:
-            return PIPELINE_FAMILIES[str(name)]
+            family = PIPELINE_FAMILIES[str(name)]
+            listed = by_transformer.get(str(transformer))
+            if listed is not None and listed != family:  # it read as a "conditioned model" of the named family
+                raise ValueError(
+                    f"model_index.json names a {name} ({family}) but lists a {transformer} ({listed}) as its "
+                    f"transformer: the file was edited or belongs to another model; set _class_name to the "
+                    f"{listed} pipeline, or use the model's own model_index.json"
+                )
+            return family
         supported = sorted(
             n for n in PIPELINE_FAMILIES if "Img2Img" not in n and "Inpaint" not in n and "Fill" not in n
         )
@@ -214,12 +228,8 @@ def model_family(index: dict[str, Any]) -> str:
             f"reads text-to-image models of these pipelines: {', '.join(supported)} (their image-to-image versions "
             "too). For a ControlNet or adapter pipeline, pass its base model"
         )
-    transformer = (index.get("transformer") or [None, None])[1]
-    by_transformer = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
     if transformer in by_transformer:
-        return by_transformer[transformer]
-    if transformer == "PixArtTransformer2DModel":
-        return "pixart"
+        return by_transformer[str(transformer)]
     return "sdxl" if index.get("text_encoder_2") and index.get("unet") else "sd"
 
 
