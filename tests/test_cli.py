@@ -69,7 +69,7 @@ def test_no_flags_forward_no_overrides() -> None:
 
 def test_speed_flags_reach_the_loaded_model(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     for argv, expected in (
-        (["--compile", "default"], {"compile": "default"}),
+        (["--compile"], {"compile": "default"}),
         (["--compile", "max-autotune", "--channels-last"], {"compile": "max-autotune", "channels_last": True}),
     ):
         args = cli.build_parser().parse_args(["eval", "--dataset", "voc21", "--root", "r", "--out", "o", *argv])
@@ -79,6 +79,9 @@ def test_speed_flags_reach_the_loaded_model(tmp_path: Path, tiny_model_dir: Path
     with pytest.raises(SystemExit):  # refused by the parser, before any folder is made
         cli.main([*base, "--out", str(tmp_path / "o"), "--compile", "fastest"])
     assert "invalid choice: 'fastest'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):  # an input after a bare --compile is read as its mode: refused, not lost
+        cli.main(["segment", "--compile", str(image), "--out", str(tmp_path / "o")])
+    assert "invalid choice" in capsys.readouterr().err
     code, _, stderr = _run([*base, "--out", str(tmp_path / "o"), "--channels-last"], capsys)
     assert code == 0, stderr
 

@@ -148,6 +148,10 @@ def test_a_pipeline_name_that_contradicts_its_transformer_is_refused(family, nam
     with pytest.raises(ValueError, match=rf"names a {named} .* but lists a \w+Transformer2DModel \({family}\)"):
         load_backbone(folder)
     assert loads == []
+    from diffsegmenter.loading import model_family
+
+    for entry in (["diffusers"], {"a": 1}, None):  # a damaged entry names no class (it raised IndexError, KeyError)
+        assert model_family({"_class_name": "StableDiffusionPipeline", "transformer": entry}) == "sd"
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])

@@ -203,7 +203,8 @@ def model_family(index: dict[str, Any]) -> str:
             ControlNet or upscaling pipeline, a custom one); the message lists the supported pipelines.
     """
     name = index.get("_class_name")
-    transformer = (index.get("transformer") or [None, None])[1]
+    entry = index.get("transformer")  # [library, class]; anything else (damaged) names no class
+    transformer = entry[1] if isinstance(entry, list) and len(entry) > 1 else None
     by_transformer = {
         "SD3Transformer2DModel": "sd3",
         "FluxTransformer2DModel": "flux",

@@ -193,12 +193,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
     )
     group.add_argument(
         "--compile",
+        nargs="?",
+        const="default",
         choices=COMPILE_MODES,
         default=None,
         metavar="MODE",
-        help=f"torch.compile the denoiser and the VAE encoder in a mode ({', '.join(COMPILE_MODES)}; e.g. "
-        "--compile default): pays on a GPU over many images; each new image size or batch compiles once, "
-        "minutes for SD1.5 (default: not compiled)",
+        help=f"torch.compile the denoiser and the VAE encoder, in a mode ({', '.join(COMPILE_MODES)}; "
+        "alone: default): pays on a GPU over many images; each new image size or batch compiles once, minutes "
+        "for SD1.5 (default: not compiled)",
     )
     group.add_argument(
         "--channels-last",

@@ -186,10 +186,6 @@ def sidecar_owner(path: Path, source: Path) -> tuple[dict[str, Any] | None, str 
 
 
 def _same_file_path(recorded: str, source: Path) -> bool:
-    """Whether ``recorded`` is ``source``'s path; a path recorded on Windows, read elsewhere, cannot be resolved:
-    with the same file name, it is taken for it (the image changed since: redo it, not refuse it as another's)."""
-    if "\\" in recorded and os.sep == "/":
-        return True
     try:
         return Path(recorded).resolve() == Path(source).resolve()
     except (OSError, RuntimeError):
