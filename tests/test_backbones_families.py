@@ -209,6 +209,15 @@ def test_a_setting_the_family_cannot_read_names_the_file_that_set_it(family_fold
     ):
         DiffSegmenter.from_pretrained(folder, resolution=32)
     assert DiffSegmenter.from_pretrained(folder, resolution=32, readout="paper").config.readout == "paper"
+    # found by trying, not by reading the message: a block copied from a bigger model's file is named (its field
+    # is not in the message), and the file's resolution is not blamed for the user's class_resolution
+    (folder / "segmenter_config.json").write_text(json.dumps({"attention_blocks": [99], "resolution": 32}))
+    with pytest.raises(ValueError, match=r"block index 99 out of range.*\(attention_blocks set by .*json"):
+        DiffSegmenter.from_pretrained(folder)
+    (folder / "segmenter_config.json").write_text(json.dumps({"resolution": 32}))
+    with pytest.raises(ValueError, match=r"class_resolution=30") as refused:
+        DiffSegmenter.from_pretrained(folder, class_level_weights={2: 1.0}, class_resolution=30)
+    assert "set by" not in str(refused.value)
 
 
 @pytest.mark.parametrize("name", ["sdxl", "pixart", "flux"])

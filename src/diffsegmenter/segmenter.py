@@ -160,10 +160,7 @@ class DiffSegmenter:
         self.backbone = backbone
         self.config = config or SegmenterConfig().replace(**backbone.family_defaults())
         # a read-out this family cannot run, or settings it cannot read, are refused here, not at the first image
-        _check_settings_fit(backbone, self.config)
-        for setting in ("resolution", "class_resolution"):  # so is a size the family cannot read
-            if getattr(self.config, setting) is not None:
-                backbone.check_resolution(int(getattr(self.config, setting)), setting)
+        _check_fit(backbone, self.config)
         self.captioner = captioner
         if captioner is not None and (unused := self.config.unused_captioner_reason()):
             logger.warning("The captioner is not used: %s (a call's config may still use it).", unused)
@@ -267,8 +264,8 @@ class DiffSegmenter:
         try:
             seg = cls(config=config, captioner=captioner, model_settings=settings, backbone=backbone)
         except ValueError as exc:  # a setting the family cannot read: name the file that set it, if one did
-            from_file = [k for k, v in settings.segmenter.items() if k in str(exc) and getattr(config, k, None) == v]
-            if not from_file or settings.source is None:
+            from_file = _set_by_file(backbone, config, settings) if settings.source is not None else []
+            if not from_file:
                 raise
             raise ValueError(
                 f"{exc} ({', '.join(from_file)} set by {settings.source}; override with a keyword or --set, or edit "
@@ -365,7 +362,7 @@ class DiffSegmenter:
         class_lists = class_lists_per_image(classes, len(items), self.default_classes)
         for names in dict.fromkeys(tuple(c) for c in class_lists):
             self.check_classes(list(names))
-        _check_settings_fit(self.backbone, cfg)  # a config set since construction: refused before any image
+        _check_fit(self.backbone, cfg)  # a config set since construction: refused before any image
         # a per-call seed follows the config's rule and message
         call_config = cfg.with_seed(seed)
         seed = call_config.seed
@@ -711,11 +708,31 @@ class DiffSegmenter:
         return work
 
 
-def _check_settings_fit(backbone: DiffusionBackbone, config: SegmenterConfig) -> None:
-    """Refuse settings the backbone cannot read (:meth:`~diffsegmenter.readouts.Readout.check_backbone`): what the
-    first attention pass would otherwise refuse, after the images were read (ValueError)."""
+def _check_fit(backbone: DiffusionBackbone, config: SegmenterConfig) -> None:
+    """Refuse settings the backbone cannot read (:meth:`~diffsegmenter.readouts.Readout.check_backbone`) and input
+    sizes it cannot take: what the first attention pass would otherwise refuse, after the images were read
+    (ValueError)."""
     spec = PassSpec.from_config(config, which_weights=config.class_level_weights)
     readout_for(config.readout, config.readout_block).check_backbone(backbone, spec)
+    for setting in ("resolution", "class_resolution"):
+        if getattr(config, setting) is not None:
+            backbone.check_resolution(int(getattr(config, setting)), setting)
+
+
+def _set_by_file(backbone: DiffusionBackbone, config: SegmenterConfig, settings: ModelSettings) -> list[str]:
+    """The settings of a model folder's file (kept in `config`) whose family or class default instead would make
+    `config` fit `backbone`: the ones to blame when it does not (found by trying, not by reading the message)."""
+    base = SegmenterConfig().replace(**backbone.family_defaults())
+    blamed = []
+    for key, value in settings.segmenter.items():
+        if getattr(config, key, None) != value or getattr(base, key, None) == value:
+            continue
+        try:
+            _check_fit(backbone, config.replace(**{key: getattr(base, key)}))
+        except (TypeError, ValueError):
+            continue
+        blamed.append(key)
+    return blamed
 
 
 @functools.cache
