@@ -426,17 +426,22 @@ class SingleBlockReadout(Readout):
         self.block = block
 
     def check_backbone(self, backbone, spec) -> None:
-        """As :meth:`Readout.check_backbone`; also refuses ``attention_blocks`` other than the family's, which this
-        read-out does not read (it reads ``readout_block``; a user's blocks were ignored without a word)."""
+        """As :meth:`Readout.check_backbone`; also refuses ``attention_blocks`` / ``self_attention_blocks`` other
+        than the family's, which this read-out does not read (it reads ``readout_block``; a user's blocks were
+        ignored without a word)."""
         super().check_backbone(backbone, spec)
-        default = getattr(backbone, "default_blocks", None)
-        if spec.attention_blocks is not None and default is not None and list(spec.attention_blocks) != default():
-            block = self.block if self.block is not None else single_block_default(backbone)
-            raise ValueError(
-                f"the single-block read-out reads one block, readout_block ({block} here), not attention_blocks "
-                f"{list(spec.attention_blocks)}: set readout_block to the block to read, and leave attention_blocks "
-                "unset"
-            )
+        for setting, default in (
+            ("attention_blocks", getattr(backbone, "default_blocks", None)),
+            ("self_attention_blocks", getattr(backbone, "default_self_blocks", None)),
+        ):
+            given = getattr(spec, setting)
+            if given is not None and default is not None and set(given) != set(default()):
+                block = self.block if self.block is not None else single_block_default(backbone)
+                raise ValueError(
+                    f"the single-block read-out reads one block, readout_block ({block} here), not {setting} "
+                    f"{list(given)}: set readout_block to the block to read, and {setting} to None (--set "
+                    f"{setting}=null)"
+                )
 
     def capture_blocks(self, backbone, spec) -> dict:
         block = self.block if self.block is not None else single_block_default(backbone)
