@@ -96,6 +96,28 @@ def test_a_t5_vocabulary_sentencepiece_must_read_is_told_before_any_weights(fami
     assert loads == []
 
 
+def test_a_t5_vocabulary_downloaded_now_names_sentencepiece(tmp_path):
+    # a hub id not yet cached passes no folder check: transformers' own failure is translated
+    import importlib.util
+
+    from diffsegmenter.hub import load_component
+
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here")
+
+    class T5Like:
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise ValueError(
+                "`tiktoken` is required to read a `tiktoken` file. Install it with `pip install tiktoken`."
+            )
+
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "spiece.model").write_bytes(b"\x00")
+    with pytest.raises(ModelNotFoundError, match=r"needs sentencepiece.*diffsegmenter\[sentencepiece\]"):
+        load_component(T5Like, tmp_path, subfolder="tokenizer")
+
+
 def test_a_tokenizer_loaded_without_a_vocabulary_is_refused(tmp_path):
     # the same check on the loaded object: a Hub download that lacks the files gives such a tokenizer too
     from transformers import CLIPTokenizer

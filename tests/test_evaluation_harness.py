@@ -310,7 +310,9 @@ def test_settings_set_for_the_run_are_told_from_the_folders(voc, tmp_path):
     assert report["settings_overridden"] == ["flip", "tau"] and report["tau_source"] == "set on the segmenter"
     assert "not its model folder's" in report["tau_note"]
     md = (tmp_path / "set" / "metrics.md").read_text()
-    assert "| settings chosen | chosen on val (except flip, tau: set otherwise for this run) |" in md
+    assert (
+        "| settings chosen | chosen on val (except flip, tau: set for this run, by its flags or its protocol) |" in md
+    )
 
 
 def test_dataset_without_background_uses_tau_minus_one(tmp_path):

@@ -18,6 +18,7 @@ which wraps ``cls.from_pretrained`` so that:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -470,6 +471,13 @@ def load_component(
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
             loaded = cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)  # type: ignore[attr-defined]
     except Exception as exc:
+        if "tiktoken" in str(exc) and importlib.util.find_spec("sentencepiece") is None:
+            # a vocabulary in spiece.model only (a T5 tokenizer downloaded now): transformers tried tiktoken last
+            raise ModelNotFoundError(
+                f"Could not load {what}: its vocabulary is a sentencepiece model (spiece.model), which needs "
+                "sentencepiece, not installed: pip install 'diffsegmenter[sentencepiece]' (or pip install "
+                "sentencepiece)"
+            ) from exc
         if not _is_load_failure(exc):
             if any(mark in str(exc) for mark in _MISMATCH):  # not a missing dependency, not out of memory
                 first = str(exc).strip().splitlines()[0]

@@ -560,7 +560,9 @@ def _tau_source(task: EvalTask, overridden: list[str] | None) -> str | None:
 def _overridden_settings(segmenter: Any) -> list[str] | None:
     """The settings of ``segmenter.config`` that differ from what its model folder (``segmenter_config.json``) and
     its backbone family recommend, as ``from_pretrained`` builds that (those whose provenance the folder does not
-    tell); None when the segmenter does not say (another kind of segmenter, one built without a folder)."""
+    tell), the paper protocol's released-script rules among them; None for a segmenter that does not say (another
+    kind of segmenter: no dataclass config, model settings or backbone family). One built from components, without
+    a folder, is compared with its family's and the library's defaults."""
     config = getattr(segmenter, "config", None)
     settings = getattr(segmenter, "model_settings", None)
     family = getattr(getattr(segmenter, "backbone", None), "family_defaults", None)

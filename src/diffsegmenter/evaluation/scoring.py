@@ -78,7 +78,7 @@ def _setting_rows(report: dict[str, Any]) -> list[str]:
         rows.append(f"| settings | {shown} (all: metrics.json `segmenter_config`) |")
     if report.get("settings_provenance"):
         changed = report.get("settings_overridden")
-        but = f" (except {', '.join(changed)}: set otherwise for this run)" if changed else ""
+        but = f" (except {', '.join(changed)}: set for this run, by its flags or its protocol)" if changed else ""
         rows.append(f"| settings chosen | {report['settings_provenance']}{but} |")
     return rows
 
@@ -138,7 +138,8 @@ def _tau_note(dataset: SegmentationDataset, info: dict[str, Any]) -> str:
         )
     source = {
         "given": "given for this run (--tau)",
-        "set on the segmenter": "set on the segmenter for this run (--set tau=...), not its model folder's",
+        "set on the segmenter": "set on the segmenter for this run (--set tau=..., from_pretrained(tau=...)), not "
+        "its model folder's",
         "segmenter config": "the segmenter's configured tau (its model folder's or the library default); how the "
         "model's settings were chosen: settings_provenance",
     }.get(info.get("tau_source"), "its origin not recorded")
