@@ -160,15 +160,19 @@ def test_processors_set_from_outside_during_a_session_are_called_and_kept(tiny_c
     from diffusers.models.attention_processor import AttnProcessor
 
     seg = _segmenter(tiny_components)
+    before = _processors(seg.unet)
     reference = seg.segment(_image(), classes=["cat", "sofa"])
-    with seg.session():
-        seg.segment(_image(), classes=["cat", "sofa"])
-        seg.unet.set_attn_processor(AttnProcessor())  # other diffusers code, or the user, swaps them
-        # the next pass installed nothing (the session thought its switches still sat there): nothing was captured
-        again = seg.segment(_image(), classes=["cat", "sofa"])
-    np.testing.assert_allclose(again.scores, reference.scores, atol=1e-3)  # AttnProcessor rounds otherwise
-    # the processors set during the session are the layers' own now: they stay, none of the session's comes back
-    assert {type(p).__name__ for p in _processors(seg.unet).values()} == {"AttnProcessor"}
+    try:
+        with seg.session():
+            seg.segment(_image(), classes=["cat", "sofa"])
+            seg.unet.set_attn_processor(AttnProcessor())  # other diffusers code, or the user, swaps them
+            # the next pass installed nothing (the session thought its switches still sat there): nothing captured
+            again = seg.segment(_image(), classes=["cat", "sofa"])
+        np.testing.assert_allclose(again.scores, reference.scores, atol=1e-3)  # AttnProcessor rounds otherwise
+        # the processors set during the session are the layers' own now: they stay, none of the session's comes back
+        assert {type(p).__name__ for p in _processors(seg.unet).values()} == {"AttnProcessor"}
+    finally:
+        seg.unet.set_attn_processor(before)  # the UNet is the whole test session's (other tests' float rounding)
 
 
 def test_an_interrupt_while_installing_leaves_no_switch_behind(tiny_components, monkeypatch):
