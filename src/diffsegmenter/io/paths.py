@@ -263,29 +263,9 @@ def collect_jobs(
             resolved = _resolve(path)
             if resolved in seen or (exclude_out and _is_within(resolved, out_resolved)):
                 continue
-            if not is_utf8_name(path):  # its sidecar could not record it, nor the run files name it
+            if (problem := _name_problem(path)) is not None:
                 seen.add(resolved)
-                jobs.append(
-                    ImageJob(
-                        path=path,
-                        out_dir=out_root,
-                        stem=printable_path(path.name),
-                        problem="its name is not valid UTF-8 (written in another encoding); rename the file, e.g. "
-                        "with `convmv -f latin1 -t utf-8 --notest <file>`",
-                    )
-                )
-                continue
-            if "\\" in path.name:  # a folder separator on Windows: output_paths refuses it (the run ended there)
-                seen.add(resolved)
-                jobs.append(
-                    ImageJob(
-                        path=path,
-                        out_dir=out_root,
-                        stem=printable_path(path.name),
-                        problem="its name holds a backslash, which Windows reads as a folder separator: its outputs "
-                        "could not be named after it; rename the file",
-                    )
-                )
+                jobs.append(ImageJob(path=path, out_dir=out_root, stem=printable_path(path.name), problem=problem))
                 continue
             if root is not None and path in earlier:
                 left_out.append(path)
@@ -504,6 +484,23 @@ def _recorded_source(sidecar: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return recorded if isinstance(recorded, str) else None
+
+
+def _name_problem(path: Path) -> str | None:
+    """Why an input's file name cannot name its outputs, or None: not valid UTF-8 (its sidecar could not record it,
+    nor the run files name it), or holding a backslash (a folder separator on Windows, which ``output_paths``
+    refuses: the run ended there)."""
+    if not is_utf8_name(path):
+        return (
+            "its name is not valid UTF-8 (written in another encoding); rename the file, e.g. with `convmv -f latin1 "
+            "-t utf-8 --notest <file>`"
+        )
+    if "\\" in path.name:
+        return (
+            "its name holds a backslash, which Windows reads as a folder separator: its outputs could not be named "
+            "after it; rename the file"
+        )
+    return None
 
 
 def _earlier_spelling(out_dir: Path, stem: str, path: Path) -> str:
