@@ -190,6 +190,7 @@ def test_a_resolution_that_is_not_whole_patches_is_refused_when_the_segmenter_is
         # it read its default block, ignoring the user's
         ("sd3", {"readout": "single-block", "attention_blocks": [0]}, "reads one block, readout_block .*not"),
         ("flux", {"readout": "single-block", "self_attention_blocks": [0]}, "not self_attention_blocks .*=null"),
+        ("flux", {"readout": "concept", "self_attention_blocks": [0]}, "no completion step.*=null"),
     ],
 )
 def test_settings_the_family_cannot_read_are_refused_when_the_segmenter_is_made(family_folders, name, settings, match):

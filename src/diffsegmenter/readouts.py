@@ -474,6 +474,18 @@ class ConceptReadout(Readout):
 
     name = "concept"
 
+    def check_backbone(self, backbone, spec) -> None:
+        """As :meth:`Readout.check_backbone`; also refuses ``self_attention_blocks`` other than the family's: this
+        read-out has no completion, so they were ignored without a word."""
+        super().check_backbone(backbone, spec)
+        default = getattr(backbone, "default_self_blocks", None)
+        given = spec.self_attention_blocks
+        if given is not None and default is not None and set(given) != set(default()):
+            raise ValueError(
+                f"the concept read-out has no completion step: it reads no self_attention_blocks ({list(given)} "
+                "given); set self_attention_blocks to None (--set self_attention_blocks=null)"
+            )
+
     def capture(self, backbone, store, spec, text, token_groups):
         from .joint_attention import capture_concepts
 
