@@ -409,6 +409,21 @@ def splits_where_and_which(readout: Readout) -> bool:
     return getattr(readout, "background", None) == "paper"
 
 
+#: The family's default of each block setting: the backbone method that gives it.
+_BLOCK_DEFAULTS = {"attention_blocks": "default_blocks", "self_attention_blocks": "default_self_blocks"}
+
+
+def _blocks_set_otherwise(backbone, spec, settings: tuple[str, ...]) -> tuple[str, list[int]] | None:
+    """The first of the block `settings` (``attention_blocks``, ``self_attention_blocks``) that `spec` sets to other
+    blocks than the family's default, with its blocks; None when all are unset or the family's (in any order). For
+    the read-outs that do not read those settings (their blocks would be ignored without a word)."""
+    for setting in settings:
+        given, default = getattr(spec, setting), getattr(backbone, _BLOCK_DEFAULTS[setting], None)
+        if given is not None and default is not None and set(given) != set(default()):
+            return setting, list(given)
+    return None
+
+
 class SingleBlockReadout(Readout):
     """Seg4Diff: one block's image->text probabilities, head-averaged, post-softmax; no min-max, no completion.
 
@@ -430,18 +445,15 @@ class SingleBlockReadout(Readout):
         than the family's, which this read-out does not read (it reads ``readout_block``; a user's blocks were
         ignored without a word)."""
         super().check_backbone(backbone, spec)
-        for setting, default in (
-            ("attention_blocks", getattr(backbone, "default_blocks", None)),
-            ("self_attention_blocks", getattr(backbone, "default_self_blocks", None)),
-        ):
-            given = getattr(spec, setting)
-            if given is not None and default is not None and set(given) != set(default()):
-                block = self.block if self.block is not None else single_block_default(backbone)
-                raise ValueError(
-                    f"the single-block read-out reads one block, readout_block ({block} here), not {setting} "
-                    f"{list(given)}: set readout_block to the block to read, and {setting} to None (--set "
-                    f"{setting}=null)"
-                )
+        if (
+            unread := _blocks_set_otherwise(backbone, spec, ("attention_blocks", "self_attention_blocks"))
+        ) is not None:
+            setting, given = unread
+            block = self.block if self.block is not None else single_block_default(backbone)
+            raise ValueError(
+                f"the single-block read-out reads one block, readout_block ({block} here), not {setting} {given}: "
+                f"set readout_block to the block to read, and {setting} to None (--set {setting}=null)"
+            )
 
     def capture_blocks(self, backbone, spec) -> dict:
         block = self.block if self.block is not None else single_block_default(backbone)
@@ -478,11 +490,9 @@ class ConceptReadout(Readout):
         """As :meth:`Readout.check_backbone`; also refuses ``self_attention_blocks`` other than the family's: this
         read-out has no completion, so they were ignored without a word."""
         super().check_backbone(backbone, spec)
-        default = getattr(backbone, "default_self_blocks", None)
-        given = spec.self_attention_blocks
-        if given is not None and default is not None and set(given) != set(default()):
+        if (unread := _blocks_set_otherwise(backbone, spec, ("self_attention_blocks",))) is not None:
             raise ValueError(
-                f"the concept read-out has no completion step: it reads no self_attention_blocks ({list(given)} "
+                f"the concept read-out has no completion step: it reads no self_attention_blocks ({unread[1]} "
                 "given); set self_attention_blocks to None (--set self_attention_blocks=null)"
             )
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiffSegmenter", "SegmentationResult"]
+__all__ = ["DiffSegmenter", "SegmentationResult", "recommended_config"]
 
 
 def _component(name: str) -> property:
@@ -158,7 +158,7 @@ class DiffSegmenter:
         elif any(p is not None for p in parts):
             raise ValueError("give either backbone= or the five components, not both")
         self.backbone = backbone
-        self.config = config or SegmenterConfig().replace(**backbone.family_defaults())
+        self.config = config or recommended_config(backbone)
         # a read-out this family cannot run, or settings it cannot read, are refused here, not at the first image
         _check_fit(backbone, self.config)
         self.captioner = captioner
@@ -238,7 +238,7 @@ class DiffSegmenter:
         backbone, settings = load_backbone(model, device=device, dtype=dtype, local_files_only=local_files_only)
         # precedence: explicit arguments > the folder's segmenter_config.json > the family's defaults > the class
         # defaults (for SD1/SD2 the family adds nothing: the released code's values)
-        recommended = SegmenterConfig().replace(**backbone.family_defaults()).replace(**settings.segmenter)
+        recommended = recommended_config(backbone, settings)
         if config is None:
             config = recommended
         else:
@@ -708,6 +708,13 @@ class DiffSegmenter:
         return work
 
 
+def recommended_config(backbone: DiffusionBackbone, settings: ModelSettings | None = None) -> SegmenterConfig:
+    """The settings a model recommends: the library's defaults, then the backbone family's, then its folder's
+    ``segmenter_config.json`` (`settings`), as ``from_pretrained`` takes them when given no config."""
+    config = SegmenterConfig().replace(**backbone.family_defaults())
+    return config.replace(**settings.segmenter) if settings is not None else config
+
+
 def _check_fit(backbone: DiffusionBackbone, config: SegmenterConfig) -> None:
     """Refuse settings the backbone cannot read (:meth:`~diffsegmenter.readouts.Readout.check_backbone`) and input
     sizes it cannot take: what the first attention pass would otherwise refuse, after the images were read
@@ -722,7 +729,7 @@ def _check_fit(backbone: DiffusionBackbone, config: SegmenterConfig) -> None:
 def _set_by_file(backbone: DiffusionBackbone, config: SegmenterConfig, settings: ModelSettings) -> list[str]:
     """The settings of a model folder's file (kept in `config`) whose family or class default instead would make
     `config` fit `backbone`: the ones to blame when it does not (found by trying, not by reading the message)."""
-    base = SegmenterConfig().replace(**backbone.family_defaults())
+    base = recommended_config(backbone)
     blamed = []
     for key, value in settings.segmenter.items():
         if getattr(config, key, None) != value or getattr(base, key, None) == value:

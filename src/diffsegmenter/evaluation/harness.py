@@ -563,13 +563,16 @@ def _overridden_settings(segmenter: Any) -> list[str] | None:
     tell), the paper protocol's released-script rules among them; None for a segmenter that does not say (another
     kind of segmenter: no dataclass config, model settings or backbone family). One built from components, without
     a folder, is compared with its family's and the library's defaults."""
+    from ..config import SegmenterConfig
+    from ..segmenter import recommended_config
+
     config = getattr(segmenter, "config", None)
     settings = getattr(segmenter, "model_settings", None)
-    family = getattr(getattr(segmenter, "backbone", None), "family_defaults", None)
-    if not (dataclasses.is_dataclass(config) and hasattr(config, "replace")) or settings is None or family is None:
+    backbone = getattr(segmenter, "backbone", None)
+    if not isinstance(config, SegmenterConfig) or settings is None or not hasattr(backbone, "family_defaults"):
         return None
     try:
-        recommended = type(config)().replace(**family()).replace(**settings.segmenter)
+        recommended = recommended_config(backbone, settings)
     except (TypeError, ValueError):
         return None
     names = result_settings({f.name: None for f in dataclasses.fields(config)})

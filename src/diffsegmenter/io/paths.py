@@ -26,10 +26,12 @@ __all__ = [
     "OVERWRITE_RECORD",
     "SKIPPED_FILE",
     "ImageJob",
+    "base_name",
     "check_output_names",
     "check_earlier_owners",
     "collect_jobs",
     "image_key",
+    "mark_long_names",
     "path_key",
 ]
 
@@ -44,6 +46,12 @@ keeps what it already redid (:attr:`~diffsegmenter.batch.BatchRunner.overwrite_r
 
 _GLOB_CHARS = frozenset("*?[")
 _COCO2014_PREFIX = re.compile(r"^COCO_(?:val|train)2014_")
+
+
+def base_name(text: str) -> str:
+    """The file name at the end of a path written on any system: a path with a backslash is a Windows one
+    (``C:\\data\\x.jpg`` -> ``x.jpg``), any other a POSIX one."""
+    return PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
 
 
 def image_key(
@@ -70,7 +78,7 @@ def image_key(
         name = path_or_name.name
     else:
         text = os.fspath(path_or_name).strip()
-        name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
+        name = base_name(text)
         if not name:
             return text
     key = PurePosixPath(name).stem if name and strip_extension else name
@@ -363,10 +371,10 @@ def mark_long_names(
             paths = output_paths(job.out_dir, job.stem, formats)
             names = [paths.sidecar.name, *(target.name for target in paths.targets.values())]
             names += [Path(name).name for name in (extra(job) if extra is not None else ())]
-            longest = max(names, key=lambda name: len(name.encode("utf-8", "surrogateescape")))
-            size = len(longest.encode("utf-8", "surrogateescape"))
-            stem_bytes = len(job.stem.encode("utf-8", "surrogateescape"))
+            longest = max(names, key=_name_bytes)
+            size = _name_bytes(longest)
             if size > MAX_NAME_BYTES:
+                stem_bytes = _name_bytes(job.stem)
                 suffix = longest[len(job.stem) :] if longest.startswith(job.stem) else longest
                 problem = (
                     f"its name is too long for its outputs: the name of its '<name>{suffix}' would be {size} bytes, "
@@ -376,6 +384,11 @@ def mark_long_names(
                 job = dataclasses.replace(job, problem=problem)
         marked.append(job)
     return marked
+
+
+def _name_bytes(name: str) -> int:
+    """A file name's length as file systems count it: UTF-8 bytes (undecodable bytes kept as they are)."""
+    return len(name.encode("utf-8", "surrogateescape"))
 
 
 def check_earlier_owners(
@@ -515,15 +528,13 @@ def _earlier_spelling(out_dir: Path, stem: str, path: Path) -> str:
         other = unicodedata.normalize(form, stem)
         if other == stem:
             continue
-        recorded = _recorded_source(out_dir / f"{other}.json")
-        if recorded is None or source_name(recorded) != source_name(path.name):
+        sidecar, _ = sidecar_owner(out_dir / f"{other}.json", path)  # this name (either spelling), this content
+        if sidecar is None:
             continue
         # the file it records must be gone (renamed to this spelling) or be this one (a file system that ignores
         # the spelling): on Linux both spellings can be two images, each with its own results
-        spelt = path.parent / source_name(recorded, composed=False)
-        if spelt.exists() and not _same_file(spelt, path):
-            continue
-        if sidecar_owner(out_dir / f"{other}.json", path)[0] is not None:  # and the content is the same
+        spelt = path.parent / source_name(str(sidecar.get("source", "")), composed=False)
+        if not spelt.exists() or _same_file(spelt, path):
             return other
     return stem
 

@@ -9,12 +9,13 @@ import json
 import os
 import unicodedata
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from ..classes import BACKGROUND
 from .atomic import write_json
 from .checks import ResultLike, check_labels
+from .paths import base_name
 
 __all__ = [
     "SIDECAR_KEYS",
@@ -145,8 +146,7 @@ def source_name(recorded: str | os.PathLike[str], *, composed: bool = True) -> s
     with a backslash is a Windows one: ``in1\\a.png`` is ``a.png``) and in Unicode's composed form (macOS writes
     ``é`` as ``e`` plus an accent; a copy may turn it into one character). ``composed=False``: as spelt (to find
     the file)."""
-    text = os.fspath(recorded)
-    name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
+    name = base_name(os.fspath(recorded))
     return unicodedata.normalize("NFC", name) if composed else name
 
 
